@@ -1,0 +1,17 @@
+//! Test plugin: passes every message (for benches and the hot-path tests).
+//! Exports `message-hooks` only (plus `lifecycle`).
+
+use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+
+struct Pass;
+
+#[edgesync_plugin::export]
+impl Plugin for Pass {
+    fn init(_config: &str) -> Result<Self, String> {
+        Ok(Pass)
+    }
+
+    fn on_message(&self, _sender: &ConnRef, _msg: MessageRef<'_>) -> MessageVerdict {
+        MessageVerdict::Pass
+    }
+}
