@@ -1,0 +1,112 @@
+//! The wasmtime engine every plugin shares, and the epoch ticker that
+//! drives CPU deadlines.
+//!
+//! Engine settings: Cranelift, component model, epoch interruption,
+//! component-model concurrency off (it costs 2-3x per call and hooks are
+//! synchronous), pooling allocator sized by [`HostConfig`] with a fallback
+//! to on-demand allocation when the pool cannot be reserved.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::config::HostConfig;
+
+/// Which instance allocator the engine ended up with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Allocator {
+    /// Pre-reserved slots: fast instantiation, bounded memory.
+    Pooling,
+    /// mmap per instance (pooling disabled or could not be reserved).
+    OnDemand,
+}
+
+/// Builds the engine, pooling first, then on-demand.
+///
+/// # Errors
+/// When even the on-demand engine cannot be created.
+pub(crate) fn build(config: &HostConfig) -> wasmtime::Result<(Engine, Allocator)> {
+    if config.pooling {
+        let mut c = base_config(config);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(config)));
+        match Engine::new(&c) {
+            Ok(engine) => return Ok((engine, Allocator::Pooling)),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "plugin host: pooling allocator unavailable, falling back to on-demand allocation"
+            ),
+        }
+    }
+    let engine = Engine::new(&base_config(config))?;
+    Ok((engine, Allocator::OnDemand))
+}
+
+fn base_config(config: &HostConfig) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.concurrency_support(false);
+    c.epoch_interruption(true);
+    c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    // Guests get a generous but bounded stack; deep recursion traps.
+    c.max_wasm_stack(512 << 10);
+    c.async_stack_size(1 << 20);
+    let _ = config;
+    c
+}
+
+fn pooling(config: &HostConfig) -> PoolingAllocationConfig {
+    let n = config.pool_total_instances.max(1);
+    let mut p = PoolingAllocationConfig::new();
+    // A Rust wasm32-wasip2 component holds one main core module plus a few
+    // small shim modules (indirect-call tables), one linear memory.
+    p.total_component_instances(n)
+        .total_core_instances(n.saturating_mul(8))
+        .total_memories(n.saturating_mul(2))
+        .total_tables(n.saturating_mul(8))
+        .total_stacks(n)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(2)
+        .max_tables_per_component(8)
+        .max_memory_size((config.max_memory_mib as usize) << 20)
+        // Keep a little of each freed slot resident so reuse is cheap.
+        .linear_memory_keep_resident(64 << 10)
+        .table_keep_resident(16 << 10);
+    p
+}
+
+/// Increments the engine's epoch every tick on a dedicated thread; stops
+/// when dropped.
+pub(crate) struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    pub(crate) fn start(engine: &Engine, tick: Duration) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = engine.weak();
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("edgesync-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })?;
+        Ok(EpochTicker { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

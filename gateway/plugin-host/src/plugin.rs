@@ -1,0 +1,423 @@
+//! [`Plugin`]: a loaded plugin — hook calls, hot reload, timers.
+//!
+//! Every hook call follows the same path:
+//! 1. the current version is read (one `Arc` clone); a family the
+//!    component does not export returns [`PluginError::NotExported`]
+//!    without touching an instance;
+//! 2. the breaker admits the call or returns [`PluginError::Disabled`];
+//! 3. within the wall-clock timeout: a concurrency permit, an idle
+//!    instance (or a new one, which runs `init`), the CPU deadline armed,
+//!    the export called with `call_async`;
+//! 4. success → instance back to the pool, breaker told; fault → instance
+//!    discarded, breaker told, error classified.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::task::JoinHandle;
+
+use crate::bindings::types::{
+    Batch, ConnInfo, ConnRef, ConnectVerdict, Message, MessageVerdict, SubscribeVerdict,
+    WriteVerdict,
+};
+use crate::breaker::BreakerState;
+use crate::config::{FailurePolicy, PluginConfig};
+use crate::error::PluginError;
+use crate::hooks::{Exports, Hook};
+use crate::host::{ComponentInfo, HostShared, build_version};
+use crate::pool::{Instance, Version, describe_fault};
+use crate::state::PluginCtx;
+
+/// `on-batch` gets one CPU budget per this many messages.
+pub const BATCH_MESSAGES_PER_DEADLINE: usize = 256;
+
+/// A loaded plugin. Cheap to clone; all clones share the plugin. Dropping
+/// the last clone unloads it (timers stop, metrics are unregistered).
+#[derive(Clone)]
+pub struct Plugin {
+    inner: Arc<PluginInner>,
+}
+
+struct PluginInner {
+    shared: Arc<HostShared>,
+    ctx: Arc<PluginCtx>,
+    current: RwLock<Arc<Version>>,
+    reload_lock: tokio::sync::Mutex<()>,
+    timer_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for PluginInner {
+    fn drop(&mut self) {
+        if let Some(t) = self.timer_task.get_mut().take() {
+            t.abort();
+        }
+    }
+}
+
+/// The outcome of a successful [`Plugin::reload`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Version that served before.
+    pub from_version: u64,
+    /// Version serving now.
+    pub to_version: u64,
+    /// Whether every call on the old version finished within
+    /// `plugin_host.drain_timeout_ms` (they finish regardless).
+    pub drained: bool,
+    /// The new component.
+    pub info: ComponentInfo,
+}
+
+/// Runs a hook through the common call path (see the module docs).
+/// `$family` is the `Hooks` field, `$budget` the CPU budget, and the
+/// closure-like tail builds the export call from the typed exports `$g`
+/// and the store `$store`.
+macro_rules! call_hook {
+    ($self:ident, $hook:expr, $budget:expr, $family:ident, |$g:ident, $store:ident| $call:expr) => {{
+        let hook: Hook = $hook;
+        let version = $self.begin(hook)?;
+        let _inflight = version.enter();
+        let started = Instant::now();
+        let budget: Duration = $budget;
+        let inner = &$self.inner;
+        let outcome = tokio::time::timeout(version.config.limits.timeout(), async {
+            let Some(_permit) = version.permit().await else {
+                return Err(PluginError::Host {
+                    plugin: inner.ctx.name.clone(),
+                    hook,
+                    reason: "instance pool closed".into(),
+                });
+            };
+            let mut inst: Instance = version.checkout(&inner.shared, &inner.ctx).await?;
+            let ticks = inst.store.data_mut().cpu.arm(budget);
+            inst.store.set_epoch_deadline(ticks);
+            let result = match inst.hooks.$family.as_ref() {
+                Some($g) => {
+                    let $store = &mut inst.store;
+                    $call.await
+                }
+                None => Err(wasmtime::format_err!("instance lacks an exported family")),
+            };
+            Ok((inst, result))
+        })
+        .await;
+        $self.finish(&version, hook, started, outcome)
+    }};
+}
+
+/// A guest result that breaks the contract (classified as `Contract`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct ContractViolation(String);
+
+impl Plugin {
+    pub(crate) fn start(shared: Arc<HostShared>, ctx: Arc<PluginCtx>, version: Arc<Version>) -> Plugin {
+        let plugin = Plugin {
+            inner: Arc::new(PluginInner {
+                shared,
+                ctx: ctx.clone(),
+                current: RwLock::new(version),
+                reload_lock: tokio::sync::Mutex::new(()),
+                timer_task: Mutex::new(None),
+            }),
+        };
+        let task = tokio::spawn(run_timers(Arc::downgrade(&plugin.inner), ctx));
+        *plugin.inner.timer_task.lock() = Some(task);
+        plugin
+    }
+
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.inner.ctx.name
+    }
+
+    /// The hook families the current version exports. The host never calls
+    /// a family that is not in this set.
+    pub fn exports(&self) -> Exports {
+        self.inner.current.read().exports
+    }
+
+    /// Whether the current version exports the family of `hook`.
+    pub fn has(&self, hook: Hook) -> bool {
+        self.exports().contains(hook.family())
+    }
+
+    /// The current version number (increases with every reload).
+    pub fn version(&self) -> u64 {
+        self.inner.current.read().ctx.id
+    }
+
+    /// The current version's config.
+    pub fn config(&self) -> PluginConfig {
+        self.inner.current.read().config.clone()
+    }
+
+    /// What the current component is.
+    pub fn info(&self) -> ComponentInfo {
+        self.inner.current.read().info.clone()
+    }
+
+    /// The configured failure policy for `hook`: what the gateway does when
+    /// a call returns an error.
+    pub fn policy(&self, hook: Hook) -> FailurePolicy {
+        self.inner.current.read().config.failure.for_hook(hook)
+    }
+
+    /// The crash-loop breaker's position.
+    pub fn breaker(&self) -> BreakerState {
+        self.inner.current.read().breaker.lock().state()
+    }
+
+    /// Names of the plugin's active timers.
+    pub fn timers(&self) -> Vec<String> {
+        self.inner.ctx.timers.names()
+    }
+
+    /// Full names of the metrics the plugin defined.
+    pub fn metric_names(&self) -> Vec<String> {
+        self.inner.ctx.metrics.names()
+    }
+
+    /// Idle warm instances of the current version.
+    pub fn idle_instances(&self) -> usize {
+        self.inner.current.read().idle_len()
+    }
+
+    /// Instantiates a fresh instance (running the guest's `init` with the
+    /// current config) and adds it to the warm pool. Load already does this
+    /// `limits.pool_size` times; call it to check `init` or top up the pool.
+    ///
+    /// # Errors
+    /// [`PluginError::Init`] if `init` fails or faults.
+    pub async fn init(&self) -> Result<(), PluginError> {
+        let version = self.inner.current.read().clone();
+        let timeout = version.config.limits.timeout().max(version.config.limits.init_deadline() * 2);
+        match tokio::time::timeout(timeout, version.warm(&self.inner.shared, &self.inner.ctx)).await {
+            Ok(r) => r,
+            Err(_) => Err(PluginError::Init {
+                plugin: self.name().to_string(),
+                reason: format!("instantiation and init took longer than {timeout:?}"),
+            }),
+        }
+    }
+
+    /// `auth-hooks.on-connect`: admit a connection.
+    ///
+    /// # Errors
+    /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnConnect)`.
+    pub async fn on_connect(&self, conn: &ConnInfo) -> Result<ConnectVerdict, PluginError> {
+        let budget = self.deadline();
+        call_hook!(self, Hook::OnConnect, budget, auth, |g, store| g.call_on_connect(store, conn))
+    }
+
+    /// `auth-hooks.on-subscribe`: admit a subscription.
+    ///
+    /// # Errors
+    /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnSubscribe)`.
+    pub async fn on_subscribe(&self, conn: &ConnRef, pattern: &str) -> Result<SubscribeVerdict, PluginError> {
+        let budget = self.deadline();
+        call_hook!(self, Hook::OnSubscribe, budget, auth, |g, store| g
+            .call_on_subscribe(store, conn, pattern))
+    }
+
+    /// `auth-hooks.on-disconnect`: a connection ended.
+    ///
+    /// # Errors
+    /// See [`PluginError`] (informational only: nothing to refuse).
+    pub async fn on_disconnect(&self, conn: &ConnRef) -> Result<(), PluginError> {
+        let budget = self.deadline();
+        call_hook!(self, Hook::OnDisconnect, budget, auth, |g, store| g.call_on_disconnect(store, conn))
+    }
+
+    /// `message-hooks.on-message`: the verdict on one published message.
+    ///
+    /// # Errors
+    /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnMessage)`.
+    pub async fn on_message(&self, sender: &ConnRef, msg: &Message) -> Result<MessageVerdict, PluginError> {
+        let budget = self.deadline();
+        call_hook!(self, Hook::OnMessage, budget, message, |g, store| g
+            .call_on_message(store, sender, msg))
+    }
+
+    /// `message-hooks.on-batch`: one verdict per message of `batch`, in
+    /// order, in one guest call (build the batch with
+    /// [`BatchBuilder`](crate::BatchBuilder)). The CPU budget is
+    /// `deadline_ms` per [`BATCH_MESSAGES_PER_DEADLINE`] messages.
+    ///
+    /// # Errors
+    /// See [`PluginError`]; [`PluginError::Contract`] if the guest returns
+    /// the wrong number of verdicts. Apply [`Plugin::policy`]`(Hook::OnBatch)`.
+    pub async fn on_batch(&self, sender: &ConnRef, batch: &Batch) -> Result<Vec<MessageVerdict>, PluginError> {
+        let n = batch.entries.len();
+        let budget = self.deadline() * (1 + n / BATCH_MESSAGES_PER_DEADLINE) as u32;
+        call_hook!(self, Hook::OnBatch, budget, message, |g, store| async {
+            let verdicts = g.call_on_batch(store, sender, batch).await?;
+            if verdicts.len() != n {
+                return Err(wasmtime::Error::new(ContractViolation(format!(
+                    "on-batch returned {} verdicts for {n} messages",
+                    verdicts.len()
+                ))));
+            }
+            Ok(verdicts)
+        })
+    }
+
+    /// `storage-hooks.on-write`: the verdict on a record about to be
+    /// persisted.
+    ///
+    /// # Errors
+    /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnWrite)`.
+    pub async fn on_write(&self, sender: &ConnRef, msg: &Message) -> Result<WriteVerdict, PluginError> {
+        let budget = self.deadline();
+        call_hook!(self, Hook::OnWrite, budget, storage, |g, store| g.call_on_write(store, sender, msg))
+    }
+
+    /// `timer-hooks.on-timer`: the timer `name` fired. The plugin's timer
+    /// task calls this; exposed for tests and manual triggering.
+    ///
+    /// # Errors
+    /// See [`PluginError`].
+    pub async fn on_timer(&self, name: &str) -> Result<(), PluginError> {
+        let budget = self.deadline();
+        call_hook!(self, Hook::OnTimer, budget, timer, |g, store| g.call_on_timer(store, name))
+    }
+
+    /// Hot reload: builds the new version from `config` (same name; path,
+    /// config table, limits, grants may change) and runs `init` on its warm
+    /// instances while the old version keeps serving; then swaps atomically
+    /// and drains the old version. If anything fails before the swap the old
+    /// version stays — that is the rollback — and the error is returned.
+    /// Timers the new version did not set again are cancelled.
+    ///
+    /// # Errors
+    /// [`PluginError::Load`] or [`PluginError::Init`] from the new version.
+    pub async fn reload(&self, config: PluginConfig) -> Result<ReloadReport, PluginError> {
+        if config.name != self.name() {
+            return Err(PluginError::load(
+                self.name(),
+                format!("reload must keep the name (got `{}`)", config.name),
+            ));
+        }
+        let _serial = self.inner.reload_lock.lock().await;
+        let new = build_version(&self.inner.shared, &self.inner.ctx, config).await?;
+        let old = std::mem::replace(&mut *self.inner.current.write(), new.clone());
+        old.retire();
+        self.inner.ctx.timers.retain_version(new.ctx.id);
+        let drain = Duration::from_millis(self.inner.shared.config.drain_timeout_ms);
+        let drained = old.wait_drained(drain).await;
+        tracing::info!(
+            plugin = self.name(),
+            from = old.ctx.id,
+            to = new.ctx.id,
+            drained,
+            "plugin reloaded"
+        );
+        Ok(ReloadReport { from_version: old.ctx.id, to_version: new.ctx.id, drained, info: new.info.clone() })
+    }
+
+    fn deadline(&self) -> Duration {
+        self.inner.current.read().config.limits.deadline()
+    }
+
+    /// Steps 1-2 of a call: export check and breaker.
+    fn begin(&self, hook: Hook) -> Result<Arc<Version>, PluginError> {
+        let version = self.inner.current.read().clone();
+        if !version.exports.contains(hook.family()) {
+            return Err(PluginError::NotExported { plugin: self.name().to_string(), hook });
+        }
+        let admitted = version.breaker.lock().admit(Instant::now());
+        if let Err(retry_in) = admitted {
+            self.inner.ctx.telemetry.error(hook, crate::error::ErrorKind::Disabled);
+            return Err(PluginError::Disabled { plugin: self.name().to_string(), retry_in });
+        }
+        Ok(version)
+    }
+
+    /// Step 4: pool, breaker, telemetry, classification.
+    fn finish<R>(
+        &self,
+        version: &Version,
+        hook: Hook,
+        started: Instant,
+        outcome: Result<Result<(Instance, wasmtime::Result<R>), PluginError>, tokio::time::error::Elapsed>,
+    ) -> Result<R, PluginError> {
+        let ctx = &self.inner.ctx;
+        let err = match outcome {
+            Ok(Ok((inst, Ok(value)))) => {
+                version.checkin(inst, ctx);
+                version.breaker.lock().on_success();
+                ctx.telemetry.ok(hook, started.elapsed().as_secs_f64());
+                return Ok(value);
+            }
+            Ok(Ok((inst, Err(e)))) => {
+                ctx.telemetry.discarded.inc();
+                classify(&ctx.name, hook, &inst, &e)
+            }
+            Ok(Err(e)) => e,
+            Err(_) => {
+                ctx.telemetry.discarded.inc();
+                PluginError::Timeout {
+                    plugin: ctx.name.clone(),
+                    hook,
+                    timeout: version.config.limits.timeout(),
+                }
+            }
+        };
+        ctx.telemetry.error(hook, err.kind());
+        if err.is_guest_fault() && version.breaker.lock().on_fault(Instant::now()) {
+            ctx.telemetry.breaker_trips.inc();
+            tracing::warn!(plugin = %ctx.name, %hook, error = %err, "plugin crash-loop breaker opened");
+        } else {
+            tracing::debug!(plugin = %ctx.name, %hook, error = %err, "plugin hook failed");
+        }
+        Err(err)
+    }
+}
+
+/// Turns a failed export call into a classified error.
+fn classify(plugin: &str, hook: Hook, inst: &Instance, e: &wasmtime::Error) -> PluginError {
+    let state = inst.store.data();
+    let plugin = plugin.to_string();
+    if state.memory.hit {
+        return PluginError::MemoryLimit { plugin, hook, limit_bytes: state.memory.max_bytes };
+    }
+    if state.cpu.exceeded {
+        return PluginError::Deadline { plugin, hook, budget: state.cpu.budget() };
+    }
+    if let Some(c) = e.downcast_ref::<ContractViolation>() {
+        return PluginError::Contract { plugin, hook, reason: c.0.clone() };
+    }
+    PluginError::Trap { plugin, hook, message: describe_fault(state, e) }
+}
+
+/// Delivers the plugin's timers until the plugin is dropped.
+async fn run_timers(plugin: Weak<PluginInner>, ctx: Arc<PluginCtx>) {
+    loop {
+        let changed = ctx.timers.changed.notified();
+        match ctx.timers.next_due() {
+            Some(due) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due) => {}
+                    _ = changed => continue,
+                }
+            }
+            None => {
+                changed.await;
+                continue;
+            }
+        }
+        let names = ctx.timers.take_due(tokio::time::Instant::now());
+        let Some(inner) = plugin.upgrade() else { return };
+        let p = Plugin { inner };
+        for name in names {
+            match p.on_timer(&name).await {
+                Ok(()) => {}
+                Err(PluginError::NotExported { .. }) => {
+                    tracing::debug!(plugin = %ctx.name, timer = %name, "timer fired but on-timer is not exported");
+                }
+                Err(e) => tracing::warn!(plugin = %ctx.name, timer = %name, error = %e, "on-timer failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! One loaded version of a plugin and its warm instance pool.
+//!
+//! A [`Version`] is built once per load or reload: compiled component,
+//! `InstancePre` (imports resolved once), export indices of the families
+//! the component has, and a pool of initialised instances. Instances are
+//! checked out for one call and checked back in — unless the call faulted
+//! (discarded), the instance reached its randomised call budget (retired),
+//! the pool is full, or the version was replaced by a reload (drained).
+//! Concurrency is bounded by a semaphore of `limits.max_instances`; idle
+//! instances are at most `limits.pool_size`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use wasmtime::Store;
+use wasmtime::component::{InstancePre, ResourceTable};
+
+use crate::bindings::{auth_hooks, lifecycle, message_hooks, storage_hooks, timer_hooks};
+use crate::breaker::Breaker;
+use crate::caps;
+use crate::config::PluginConfig;
+use crate::error::PluginError;
+use crate::hooks::{Exports, Family};
+use crate::host::{ComponentInfo, HostShared};
+use crate::state::{CpuMeter, HostState, MemoryCap, PluginCtx, VersionCtx, on_epoch_deadline};
+
+/// Export indices, resolved once per version for the exported families.
+#[derive(Default)]
+pub(crate) struct HookIndices {
+    lifecycle: Option<lifecycle::GuestIndices>,
+    auth: Option<auth_hooks::GuestIndices>,
+    message: Option<message_hooks::GuestIndices>,
+    storage: Option<storage_hooks::GuestIndices>,
+    timer: Option<timer_hooks::GuestIndices>,
+}
+
+impl HookIndices {
+    /// Looks up the exports of every family in `exports`.
+    ///
+    /// # Errors
+    /// A family is exported with a shape that does not match the contract.
+    pub(crate) fn new(pre: &InstancePre<HostState>, exports: Exports) -> wasmtime::Result<Self> {
+        let mut i = HookIndices::default();
+        if exports.contains(Family::Lifecycle) {
+            i.lifecycle = Some(lifecycle::GuestIndices::new(pre)?);
+        }
+        if exports.contains(Family::Auth) {
+            i.auth = Some(auth_hooks::GuestIndices::new(pre)?);
+        }
+        if exports.contains(Family::Message) {
+            i.message = Some(message_hooks::GuestIndices::new(pre)?);
+        }
+        if exports.contains(Family::Storage) {
+            i.storage = Some(storage_hooks::GuestIndices::new(pre)?);
+        }
+        if exports.contains(Family::Timer) {
+            i.timer = Some(timer_hooks::GuestIndices::new(pre)?);
+        }
+        Ok(i)
+    }
+
+    fn load(
+        &self,
+        store: &mut Store<HostState>,
+        instance: &wasmtime::component::Instance,
+    ) -> wasmtime::Result<Hooks> {
+        Ok(Hooks {
+            lifecycle: self.lifecycle.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
+            auth: self.auth.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
+            message: self.message.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
+            storage: self.storage.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
+            timer: self.timer.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
+        })
+    }
+}
+
+/// Typed exports of one instance; `None` for families not exported.
+pub(crate) struct Hooks {
+    pub lifecycle: Option<lifecycle::Guest>,
+    pub auth: Option<auth_hooks::Guest>,
+    pub message: Option<message_hooks::Guest>,
+    pub storage: Option<storage_hooks::Guest>,
+    pub timer: Option<timer_hooks::Guest>,
+}
+
+/// An initialised instance.
+pub(crate) struct Instance {
+    pub store: Store<HostState>,
+    pub hooks: Hooks,
+    calls: u64,
+    retire_after: u64,
+}
+
+/// One version of a plugin.
+pub(crate) struct Version {
+    pub ctx: Arc<VersionCtx>,
+    pub config: PluginConfig,
+    pub exports: Exports,
+    pub info: ComponentInfo,
+    pre: InstancePre<HostState>,
+    indices: HookIndices,
+    idle: Mutex<Vec<Instance>>,
+    busy: Arc<Semaphore>,
+    pub breaker: Mutex<Breaker>,
+    retired: AtomicBool,
+    inflight: AtomicUsize,
+    drained: Notify,
+}
+
+impl Version {
+    pub(crate) fn new(
+        ctx: Arc<VersionCtx>,
+        config: PluginConfig,
+        info: ComponentInfo,
+        pre: InstancePre<HostState>,
+        indices: HookIndices,
+    ) -> Self {
+        Version {
+            busy: Arc::new(Semaphore::new(config.limits.max_instances)),
+            breaker: Mutex::new(Breaker::new(&config.breaker, Instant::now())),
+            exports: info.exports,
+            ctx,
+            config,
+            info,
+            pre,
+            indices,
+            idle: Mutex::new(Vec::new()),
+            retired: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            drained: Notify::new(),
+        }
+    }
+
+    /// Marks a call in flight until the guard drops (also on cancellation).
+    pub(crate) fn enter(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(self.clone())
+    }
+
+    /// A permit for one concurrent call.
+    pub(crate) async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.busy.clone().acquire_owned().await.ok()
+    }
+
+    /// An idle instance, or a new one.
+    pub(crate) async fn checkout(
+        &self,
+        shared: &HostShared,
+        plugin: &Arc<PluginCtx>,
+    ) -> Result<Instance, PluginError> {
+        if let Some(i) = self.idle.lock().pop() {
+            return Ok(i);
+        }
+        self.instantiate(shared, plugin).await
+    }
+
+    /// Returns an instance after a successful call.
+    pub(crate) fn checkin(&self, mut inst: Instance, plugin: &PluginCtx) {
+        inst.calls += 1;
+        if self.retired.load(Ordering::Acquire) {
+            return;
+        }
+        if inst.calls >= inst.retire_after {
+            plugin.telemetry.retired.inc();
+            return;
+        }
+        let mut idle = self.idle.lock();
+        if idle.len() < self.config.limits.pool_size {
+            idle.push(inst);
+        }
+    }
+
+    /// Adds a fresh instance to the idle pool (prewarming, `Plugin::init`).
+    pub(crate) async fn warm(&self, shared: &HostShared, plugin: &Arc<PluginCtx>) -> Result<(), PluginError> {
+        let inst = self.instantiate(shared, plugin).await?;
+        let mut idle = self.idle.lock();
+        if idle.len() < self.config.limits.pool_size.max(1) {
+            idle.push(inst);
+        }
+        Ok(())
+    }
+
+    /// Instantiates from the `InstancePre` and runs `init`, under the init
+    /// CPU deadline and the memory cap.
+    async fn instantiate(&self, shared: &HostShared, plugin: &Arc<PluginCtx>) -> Result<Instance, PluginError> {
+        let limits = &self.config.limits;
+        let state = HostState {
+            plugin: plugin.clone(),
+            version: self.ctx.clone(),
+            wasi: caps::wasi::ctx(&self.ctx.grants),
+            table: ResourceTable::new(),
+            memory: MemoryCap { max_bytes: limits.memory_bytes(), hit: false },
+            cpu: CpuMeter::new(shared.tick),
+        };
+        let mut store = Store::new(&shared.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.epoch_deadline_callback(on_epoch_deadline);
+        let ticks = store.data_mut().cpu.arm(limits.init_deadline());
+        store.set_epoch_deadline(ticks);
+        let init_err = |store: &Store<HostState>, e: wasmtime::Error| PluginError::Init {
+            plugin: plugin.name.clone(),
+            reason: describe_fault(store.data(), &e),
+        };
+        let instance = match self.pre.instantiate_async(&mut store).await {
+            Ok(i) => i,
+            Err(e) => return Err(init_err(&store, e)),
+        };
+        let hooks = match self.indices.load(&mut store, &instance) {
+            Ok(h) => h,
+            Err(e) => return Err(init_err(&store, e)),
+        };
+        if let Some(lc) = &hooks.lifecycle {
+            match lc.call_init(&mut store, &self.ctx.config_json).await {
+                Ok(Ok(())) => {}
+                Ok(Err(reason)) => {
+                    let reason = caps::log::truncate(&reason, 1024).to_string();
+                    return Err(PluginError::Init { plugin: plugin.name.clone(), reason });
+                }
+                Err(e) => return Err(init_err(&store, e)),
+            }
+        }
+        plugin.telemetry.created.inc();
+        Ok(Instance { store, hooks, calls: 0, retire_after: self.draw_retire_after() })
+    }
+
+    fn draw_retire_after(&self) -> u64 {
+        let n = self.config.limits.retire_after_calls;
+        if n == 0 {
+            return u64::MAX;
+        }
+        rand::rng().random_range(n.div_ceil(2)..=n.saturating_add(n / 2))
+    }
+
+    /// Stops pooling: idle instances are dropped now, busy ones at checkin.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.idle.lock().clear();
+    }
+
+    /// Waits until no call runs on this version, at most `timeout`.
+    /// Returns whether it drained.
+    pub(crate) async fn wait_drained(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.drained.notified();
+            if self.inflight.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.inflight.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+
+    /// Idle instances right now (for tests and introspection).
+    pub(crate) fn idle_len(&self) -> usize {
+        self.idle.lock().len()
+    }
+}
+
+/// Decrements the in-flight count of a version when dropped.
+pub(crate) struct InflightGuard(Arc<Version>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// A human-readable description of a fault, using the instance's meters.
+pub(crate) fn describe_fault(state: &HostState, e: &wasmtime::Error) -> String {
+    if state.memory.hit {
+        return format!("memory limit of {} bytes reached", state.memory.max_bytes);
+    }
+    if state.cpu.exceeded {
+        return format!("CPU deadline of {:?} exceeded", state.cpu.budget());
+    }
+    let text = format!("{e:#}");
+    caps::log::truncate(&text, 2048).to_string()
+}

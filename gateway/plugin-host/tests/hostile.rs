@@ -1,0 +1,127 @@
+//! Hostile plugins: runaway CPU, memory bombs, traps, crash loops. The
+//! host must stop each within its limits and keep serving.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use edgesync_plugin_host::{BreakerState, ErrorKind, MessageVerdict, PluginError};
+
+/// Scheduling slack on a loaded 2-core CI machine, on top of deadline + tick.
+const SLACK: Duration = Duration::from_millis(40);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_is_stopped_at_the_deadline_and_the_host_keeps_serving() {
+    let h = host();
+    let mut c = config("looper", "infinite-loop");
+    c.limits.deadline_ms = 10;
+    let looper = h.load(c).await;
+    let pass = h.load(config("pass", "pass")).await;
+
+    // Another plugin keeps serving while the loop spins on another worker.
+    let other = tokio::spawn({
+        let pass = pass.clone();
+        async move {
+            let mut n = 0;
+            let until = Instant::now() + Duration::from_millis(30);
+            while Instant::now() < until {
+                assert_eq!(pass.on_message(&conn("b"), &msg("t.x", b"y")).await.expect("pass"), MessageVerdict::Pass);
+                n += 1;
+                tokio::task::yield_now().await;
+            }
+            n
+        }
+    });
+
+    let start = Instant::now();
+    let err = looper.on_message(&conn("a"), &msg("t.x", b"loop")).await.err().expect("must be stopped");
+    let took = start.elapsed();
+    assert!(matches!(err, PluginError::Deadline { .. }), "{err:?}");
+    assert!(took >= Duration::from_millis(10), "stopped early: {took:?}");
+    assert!(took <= Duration::from_millis(10 + 1) + SLACK, "stopped late: {took:?}");
+    assert!(other.await.expect("other task") > 0);
+
+    // The faulted instance was discarded; the next call works.
+    let v = looper.on_message(&conn("a"), &msg("t.x", b"fine")).await.expect("next call");
+    assert_eq!(v, MessageVerdict::Pass);
+    assert_eq!(h.metric("edgesync_plugin_calls_total", &[("plugin", "looper"), ("outcome", "deadline")]), Some(1.0));
+    assert_eq!(h.metric("edgesync_plugin_instances_total", &[("plugin", "looper"), ("event", "discarded")]), Some(1.0));
+}
+
+#[tokio::test]
+async fn memory_bomb_is_capped() {
+    let h = host();
+    let mut c = config("bomb", "memory-bomb");
+    c.limits.memory_mib = 8;
+    let bomb = h.load(c).await;
+    let err = bomb.on_message(&conn("a"), &msg("t.x", b"bomb")).await.err().expect("must fail");
+    match &err {
+        PluginError::MemoryLimit { limit_bytes, .. } => assert_eq!(*limit_bytes, 8 << 20),
+        other => panic!("expected MemoryLimit, got {other:?}"),
+    }
+    let v = bomb.on_message(&conn("a"), &msg("t.x", b"ok")).await.expect("next call");
+    assert_eq!(v, MessageVerdict::Pass);
+}
+
+#[tokio::test]
+async fn trap_fails_that_call_and_the_next_works() {
+    let h = host();
+    let trap = h.load(config("trap", "trap")).await;
+    let err = trap.on_message(&conn("a"), &msg("t.x", b"TRAP")).await.err().expect("must trap");
+    assert_eq!(err.kind(), ErrorKind::Trap);
+    assert!(err.is_guest_fault());
+    assert!(err.to_string().contains("trap"), "{err}");
+    let v = trap.on_message(&conn("a"), &msg("t.x", b"ok")).await.expect("next call");
+    assert_eq!(v, MessageVerdict::Replace(msg("t.x", b"OK")));
+    assert_eq!(trap.breaker(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn crash_loop_opens_the_breaker_then_recovers() {
+    let h = host();
+    let mut c = config("crashy", "trap");
+    c.breaker.failures = 3;
+    c.breaker.window_ms = 10_000;
+    c.breaker.backoff_ms = 150;
+    let trap = h.load(c).await;
+    for _ in 0..3 {
+        let e = trap.on_message(&conn("a"), &msg("t.x", b"TRAP")).await.err().map(|e| e.kind());
+        assert_eq!(e, Some(ErrorKind::Trap));
+    }
+    assert!(matches!(trap.breaker(), BreakerState::Open { .. }));
+    // Even a good message is refused while open, without running the guest.
+    let err = trap.on_message(&conn("a"), &msg("t.x", b"ok")).await.err().expect("disabled");
+    assert!(matches!(err, PluginError::Disabled { retry_in, .. } if retry_in <= Duration::from_millis(150)));
+    assert!(err.is_retryable() && !err.is_guest_fault());
+    assert_eq!(h.metric("edgesync_plugin_breaker_trips_total", &[("plugin", "crashy")]), Some(1.0));
+
+    tokio::time::sleep(Duration::from_millis(170)).await;
+    let v = trap.on_message(&conn("a"), &msg("t.x", b"ok")).await.expect("probe succeeds");
+    assert_eq!(v, MessageVerdict::Replace(msg("t.x", b"OK")));
+    assert_eq!(trap.breaker(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn wall_clock_timeout_covers_waiting_for_an_instance() {
+    let h = host();
+    let mut c = config("looper", "infinite-loop");
+    c.limits.deadline_ms = 50;
+    c.limits.timeout_ms = 60;
+    c.limits.max_instances = 1;
+    let looper = h.load(c).await;
+    // One call holds the only instance for ~50 ms of CPU; a second call
+    // queued behind it must not wait past its own timeout.
+    let first = tokio::spawn({
+        let l = looper.clone();
+        async move { l.on_message(&conn("a"), &msg("t.x", b"loop")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let start = Instant::now();
+    let second = looper.on_message(&conn("a"), &msg("t.x", b"ok")).await;
+    assert!(start.elapsed() <= Duration::from_millis(60) + SLACK);
+    let first = first.await.expect("join");
+    assert!(first.is_err());
+    // Either it got the instance after the first was stopped, or it timed out.
+    assert!(matches!(second, Ok(MessageVerdict::Pass) | Err(PluginError::Timeout { .. })), "{second:?}");
+}
