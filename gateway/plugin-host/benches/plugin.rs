@@ -1,1 +1,122 @@
-fn main() {}
+//! Plugin host benchmarks (criterion):
+//! - `on_message/pass_256B`: one hook call, 256-byte payload, pass verdict
+//!   (target p50 ≤ 0.5 µs, p99 ≤ 2 µs);
+//! - `on_batch/pass_256x256B`: per-message cost of `on-batch` (target ≤ 100 ns);
+//! - `instantiate/from_pool_pre`: a fresh instance from the `InstancePre`
+//!   plus `init` (target ≤ 15 µs p50);
+//! - `load/compile_cache_hit`: component from the disk cache (target ≤ 5 ms).
+//!
+//! Also prints on-message p50/p99 from an HDR histogram, since criterion
+//! reports means and medians only.
+//!
+//! `CARGO_TARGET_DIR=/work/target-plugin cargo bench -p edgesync-plugin-host`
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use edgesync_plugin_host::testing::MemoryServices;
+use edgesync_plugin_host::{
+    BatchBuilder, ConnRef, HostConfig, Message, Plugin, PluginConfig, PluginHost, built,
+};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+fn host(cache: Option<&Path>) -> PluginHost {
+    let cfg = HostConfig { cache_dir: cache.map(Path::to_path_buf), ..HostConfig::default() };
+    PluginHost::new(cfg, Arc::new(MemoryServices::new()), prometheus::Registry::new()).expect("host")
+}
+
+fn load(rt: &tokio::runtime::Runtime, host: &PluginHost) -> Plugin {
+    let mut c = PluginConfig::new("pass", built::PASS);
+    c.limits.retire_after_calls = 0;
+    rt.block_on(host.load(c)).expect("load pass")
+}
+
+fn sender() -> ConnRef {
+    ConnRef { conn_id: 1, client_id: "bench-client".into(), principal: "bench".into() }
+}
+
+fn message() -> Message {
+    Message { topic: "bench.topic.a".into(), headers: Vec::new(), payload: vec![b'x'; 256] }
+}
+
+fn on_message(c: &mut Criterion) {
+    let rt = runtime();
+    let host = host(None);
+    let plugin = load(&rt, &host);
+    let (s, m) = (sender(), message());
+    c.bench_function("on_message/pass_256B", |b| {
+        b.to_async(&rt).iter(|| async { plugin.on_message(&s, &m).await.expect("call") })
+    });
+    percentiles(&rt, &plugin, &s, &m);
+}
+
+fn percentiles(rt: &tokio::runtime::Runtime, plugin: &Plugin, s: &ConnRef, m: &Message) {
+    let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
+    rt.block_on(async {
+        for _ in 0..10_000 {
+            plugin.on_message(s, m).await.expect("warm");
+        }
+        for _ in 0..200_000 {
+            let t = Instant::now();
+            plugin.on_message(s, m).await.expect("call");
+            hist.record(t.elapsed().as_nanos() as u64).ok();
+        }
+    });
+    println!(
+        "on_message/pass_256B percentiles: p50 {} ns, p99 {} ns, p99.9 {} ns",
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999)
+    );
+}
+
+fn on_batch(c: &mut Criterion) {
+    let rt = runtime();
+    let host = host(None);
+    let plugin = load(&rt, &host);
+    let s = sender();
+    let mut b = BatchBuilder::with_capacity(256, 256 * 270);
+    for _ in 0..256 {
+        b.push("bench.topic.a", &[], &[b'x'; 256]).expect("push");
+    }
+    let batch = b.finish();
+    let mut g = c.benchmark_group("on_batch");
+    g.throughput(Throughput::Elements(256));
+    g.bench_function("pass_256x256B", |b| {
+        b.to_async(&rt).iter(|| async { plugin.on_batch(&s, &batch).await.expect("call") })
+    });
+    g.finish();
+}
+
+fn instantiate(c: &mut Criterion) {
+    let rt = runtime();
+    let host = host(None);
+    println!("allocator: {:?}", host.allocator());
+    let plugin = load(&rt, &host);
+    // The pool is full (pool_size instances), so each `init` instantiates
+    // from the InstancePre, runs the guest's init, and drops the instance.
+    c.bench_function("instantiate/from_pool_pre", |b| {
+        b.to_async(&rt).iter(|| async { plugin.init().await.expect("init") })
+    });
+}
+
+fn cache_load(c: &mut Criterion) {
+    let rt = runtime();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = host(Some(dir.path()));
+    rt.block_on(host.inspect(Path::new(built::PASS))).expect("fill cache");
+    let mut g = c.benchmark_group("load");
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("compile_cache_hit", |b| {
+        b.to_async(&rt).iter(|| async { host.inspect(Path::new(built::PASS)).await.expect("hit") })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, on_message, on_batch, instantiate, cache_load);
+criterion_main!(benches);
