@@ -5,7 +5,7 @@
 //! [`Plugin`] impl with the hooks you need, and one attribute,
 //! [`export`]:
 //!
-//! ```ignore
+//! ```no_run
 //! use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
 //!
 //! /// Rejects messages larger than `max_bytes`, and upper-cases `shout.>` topics.
@@ -37,6 +37,7 @@
 //!         MessageVerdict::Pass
 //!     }
 //! }
+//! # fn main() {}
 //! ```
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (crate type
