@@ -1,0 +1,331 @@
+//! The broker: topics, the subscription index and fan-out.
+//!
+//! It owns, per topic, the *delivered head* — the version vector of what has
+//! been fanned out — and the list of subscriptions that match the topic (exact
+//! and wildcard alike, so fan-out costs O(matching subscriptions), not
+//! O(patterns)). Committed batches arrive from the store in commit order; for
+//! each record the push is encoded at most once per encoding and the same bytes
+//! are queued in every matching connection's outbox (a connection subscribed
+//! through several patterns gets the record once).
+//!
+//! A subscription is *live* (fan-out delivers to it) or *catching up* (its
+//! session reads the store). The switch happens under the broker lock, only
+//! when the session's position has reached the delivered head of every
+//! matching topic, so a record is delivered exactly once: either from the
+//! store by catch-up or by fan-out, never both and never neither.
+//!
+//! The broker never waits for a subscriber: a full outbox applies the topic's
+//! slow-consumer policy (see [`crate::outbox`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use edgesync_protocol::topic::{is_pattern, matches};
+use edgesync_protocol::{Cursor, Encoding, Origin, ServerFrame};
+use parking_lot::Mutex;
+
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Pushed, SlowConsumerPolicy};
+use crate::store::{Committed, Record};
+
+/// Maps a topic to its slow-consumer policy (built from config).
+pub type PolicyFn = Arc<dyn Fn(&str) -> SlowConsumerPolicy + Send + Sync>;
+
+/// A connection as the broker sees it.
+#[derive(Debug)]
+pub struct ConnOut {
+    pub id: u64,
+    pub outbox: Outbox,
+    /// Fan-out stamp of the last record queued here (dedupes overlapping subscriptions).
+    stamp: AtomicU64,
+}
+
+impl ConnOut {
+    pub fn new(id: u64, outbox: Outbox) -> Arc<Self> {
+        Arc::new(ConnOut { id, outbox, stamp: AtomicU64::new(0) })
+    }
+}
+
+/// Identifies a subscription inside the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SubId(u64);
+
+impl SubId {
+    /// A fixed id for unit tests elsewhere in the crate.
+    #[cfg(test)]
+    pub fn test(n: u64) -> Self {
+        SubId(n)
+    }
+}
+
+struct Sub {
+    conn: Arc<ConnOut>,
+    pattern: Arc<str>,
+    live: bool,
+}
+
+struct Topic {
+    head: BTreeMap<Origin, u64>,
+    subs: Vec<SubId>,
+    policy: SlowConsumerPolicy,
+}
+
+struct Inner {
+    topics: HashMap<Arc<str>, Topic>,
+    /// Wildcard subscriptions (also listed in each matching topic's `subs`).
+    wild: Vec<SubId>,
+    subs: HashMap<SubId, Sub>,
+    next_sub: u64,
+    stamp: u64,
+}
+
+/// The broker; shared by sessions (subscribe) and the fan-out task.
+pub struct Broker {
+    inner: Mutex<Inner>,
+    policy: PolicyFn,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker").finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker whose delivered heads start at the store's heads.
+    pub fn new(heads: HashMap<String, BTreeMap<Origin, u64>>, policy: PolicyFn, metrics: Arc<Metrics>) -> Self {
+        let topics = heads
+            .into_iter()
+            .map(|(name, head)| {
+                let p = policy(&name);
+                (Arc::<str>::from(name), Topic { head, subs: Vec::new(), policy: p })
+            })
+            .collect();
+        Broker {
+            inner: Mutex::new(Inner { topics, wild: Vec::new(), subs: HashMap::new(), next_sub: 1, stamp: 0 }),
+            policy,
+            metrics,
+        }
+    }
+
+    /// Add a subscription. `live`: deliver from now on; the returned cursor is the
+    /// delivered head of every matching topic (the position the subscription starts at).
+    /// Not live: the caller catches up from the store and calls [`Broker::try_go_live`].
+    pub fn subscribe(&self, conn: &Arc<ConnOut>, pattern: &str, live: bool) -> (SubId, Cursor) {
+        let mut g = self.inner.lock();
+        let id = SubId(g.next_sub);
+        g.next_sub += 1;
+        let pattern: Arc<str> = Arc::from(pattern);
+        let wildcard = is_pattern(&pattern);
+        let mut cursor = Cursor::new();
+        if wildcard {
+            g.wild.push(id);
+            for (name, t) in g.topics.iter_mut() {
+                if matches(&pattern, name) {
+                    t.subs.push(id);
+                    cursor.set_topic(name, t.head.clone());
+                }
+            }
+        } else {
+            let policy = &self.policy;
+            let t = g.topics.entry(pattern.clone()).or_insert_with(|| Topic {
+                head: BTreeMap::new(),
+                subs: Vec::new(),
+                policy: policy(&pattern),
+            });
+            t.subs.push(id);
+            cursor.set_topic(&pattern, t.head.clone());
+        }
+        g.subs.insert(id, Sub { conn: conn.clone(), pattern, live });
+        (id, cursor)
+    }
+
+    /// Topics currently known that match `pattern`, with their delivered heads.
+    pub fn matching_heads(&self, pattern: &str) -> Vec<(String, BTreeMap<Origin, u64>)> {
+        let g = self.inner.lock();
+        g.topics
+            .iter()
+            .filter(|(name, _)| matches(pattern, name))
+            .map(|(name, t)| (name.to_string(), t.head.clone()))
+            .collect()
+    }
+
+    /// Switch a catching-up subscription to live if `position` has reached the
+    /// delivered head of every matching topic. Returns false when more must be read.
+    pub fn try_go_live(&self, id: SubId, position: &Cursor) -> bool {
+        let mut g = self.inner.lock();
+        let Some(sub) = g.subs.get(&id) else { return true };
+        let pattern = sub.pattern.clone();
+        let behind = g.topics.iter().any(|(name, t)| {
+            matches(&pattern, name)
+                && t.head.iter().any(|(origin, seq)| position.position(name, origin) < *seq)
+        });
+        if behind {
+            return false;
+        }
+        if let Some(sub) = g.subs.get_mut(&id) {
+            sub.live = true;
+        }
+        true
+    }
+
+    /// Remove one subscription.
+    pub fn unsubscribe(&self, id: SubId) {
+        let mut g = self.inner.lock();
+        let Some(sub) = g.subs.remove(&id) else { return };
+        g.wild.retain(|s| *s != id);
+        for (name, t) in g.topics.iter_mut() {
+            if matches(&sub.pattern, name) {
+                t.subs.retain(|s| *s != id);
+            }
+        }
+    }
+
+    /// Remove every subscription of a connection.
+    pub fn remove_conn(&self, ids: impl IntoIterator<Item = SubId>) {
+        for id in ids {
+            self.unsubscribe(id);
+        }
+    }
+
+    /// Fan out one committed batch, in order.
+    pub fn fanout(&self, batch: &Committed) {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        for record in batch.iter() {
+            inner.stamp += 1;
+            let stamp = inner.stamp;
+            let topic = match inner.topics.get_mut(record.topic.as_str()) {
+                Some(t) => t,
+                None => {
+                    let name: Arc<str> = Arc::from(record.topic.as_str());
+                    let subs = inner
+                        .wild
+                        .iter()
+                        .filter(|id| inner.subs.get(id).is_some_and(|s| matches(&s.pattern, &name)))
+                        .copied()
+                        .collect();
+                    let policy = (self.policy)(&name);
+                    inner.topics.entry(name).or_insert(Topic { head: BTreeMap::new(), subs, policy })
+                }
+            };
+            let head = topic.head.entry(record.origin.clone()).or_insert(0);
+            debug_assert!(record.seq > *head, "fan-out out of order: {} <= {}", record.seq, *head);
+            *head = (*head).max(record.seq);
+            let mut frames = Encoded::default();
+            for id in &topic.subs {
+                let Some(sub) = inner.subs.get(id) else { continue };
+                if !sub.live || sub.conn.stamp.swap(stamp, Ordering::Relaxed) == stamp {
+                    continue;
+                }
+                let frame = frames.get(record, sub.conn.outbox.encoding());
+                match sub.conn.outbox.push_message(frame, &record.topic, &record.origin, record.seq, topic.policy) {
+                    Pushed::Queued => self.metrics.messages_out.inc(),
+                    Pushed::Dropped => self.metrics.gap_drops.inc(),
+                    Pushed::Closed => {}
+                }
+            }
+        }
+    }
+
+    /// Number of subscriptions (for metrics and tests).
+    pub fn subscription_count(&self) -> usize {
+        self.inner.lock().subs.len()
+    }
+}
+
+/// A record's push, encoded lazily at most once per encoding.
+#[derive(Default)]
+struct Encoded {
+    json: Option<Bytes>,
+    msgpack: Option<Bytes>,
+}
+
+impl Encoded {
+    fn get(&mut self, record: &Record, enc: Encoding) -> &Bytes {
+        let slot = match enc {
+            Encoding::Json => &mut self.json,
+            Encoding::MsgPack => &mut self.msgpack,
+        };
+        slot.get_or_insert_with(|| Bytes::from(enc.encode(&ServerFrame::Msg(record.to_msg()))))
+    }
+}
+
+/// Encode one record as a push (used by catch-up reads so their bytes match fan-out's).
+pub fn encode_push(record: &Record, enc: Encoding) -> Bytes {
+    Bytes::from(enc.encode(&ServerFrame::Msg(record.to_msg())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use edgesync_protocol::Headers;
+
+    fn rec(topic: &str, seq: u64) -> Arc<Record> {
+        Arc::new(Record {
+            topic: topic.into(),
+            origin: Origin::new("n", 1),
+            seq,
+            hlc: seq,
+            client: "c".into(),
+            mid: None,
+            headers: Headers::default(),
+            payload: Bytes::from_static(b"x"),
+        })
+    }
+
+    fn broker() -> Broker {
+        Broker::new(HashMap::new(), Arc::new(|_| SlowConsumerPolicy::Gap), Arc::new(Metrics::new()))
+    }
+
+    fn drain(c: &ConnOut) -> Vec<ServerFrame> {
+        let mut out = Vec::new();
+        c.outbox.drain_into(&mut out, usize::MAX);
+        if out.is_empty() {
+            return Vec::new();
+        }
+        Encoding::Json.decode_all(&out).expect("decode")
+    }
+
+    #[test]
+    fn overlapping_patterns_deliver_once_and_wildcards_see_new_topics() {
+        let b = broker();
+        let c = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        b.subscribe(&c, "a.>", true);
+        b.subscribe(&c, "a.b", true);
+        b.subscribe(&c, "*.b", true);
+        b.fanout(&Arc::new(vec![rec("a.b", 1), rec("a.c", 1), rec("x.y", 1)]));
+        let got: Vec<String> = drain(&c)
+            .into_iter()
+            .map(|f| match f {
+                ServerFrame::Msg(m) => m.topic,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec!["a.b".to_string(), "a.c".to_string()]);
+    }
+
+    #[test]
+    fn catching_up_subscription_goes_live_only_at_head() {
+        let b = broker();
+        let c = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        let (id, _) = b.subscribe(&c, "t", false);
+        b.fanout(&Arc::new(vec![rec("t", 1), rec("t", 2)]));
+        assert!(drain(&c).is_empty(), "not live: nothing fanned out");
+        let mut pos = Cursor::new();
+        pos.observe("t", &Origin::new("n", 1), 1);
+        assert!(!b.try_go_live(id, &pos));
+        pos.observe("t", &Origin::new("n", 1), 2);
+        assert!(b.try_go_live(id, &pos));
+        b.fanout(&Arc::new(vec![rec("t", 3)]));
+        assert_eq!(drain(&c).len(), 1);
+        b.unsubscribe(id);
+        b.fanout(&Arc::new(vec![rec("t", 4)]));
+        assert!(drain(&c).is_empty());
+        assert_eq!(b.subscription_count(), 0);
+    }
+}

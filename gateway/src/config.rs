@@ -1,0 +1,518 @@
+//! Configuration: a TOML file, overridden by flags and `EDGESYNC_*` environment
+//! variables, turned into typed runtime settings by [`Config::build`].
+//!
+//! Every key has a default, so an empty file (or none) runs a usable gateway.
+//! Unknown keys and bad values are errors that name the key and the line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::outbox::SlowConsumerPolicy;
+use crate::store::{FsyncPolicy, Retention, StoreOptions};
+
+/// A configuration problem, with the key (and line, when it came from the file).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into() }
+}
+
+/// The whole file. Field docs give the default and the reason.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node id (letters, digits, `-`, `_`; ≤ 64 bytes). Default: generated once and kept in the data dir.
+    pub node_id: Option<String>,
+    /// Data directory for the store, dev certificates and plugin cache. Default `./edgesync-data`.
+    pub data_dir: PathBuf,
+    pub listen: ListenConfig,
+    pub tls: TlsConfig,
+    pub store: StoreConfig,
+    pub limits: Limits,
+    /// Per-topic settings, first matching pattern wins.
+    #[serde(rename = "topic")]
+    pub topics: Vec<TopicConfig>,
+    pub log: LogConfig,
+    pub admin: AdminConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: None,
+            data_dir: PathBuf::from("edgesync-data"),
+            listen: ListenConfig::default(),
+            tls: TlsConfig::default(),
+            store: StoreConfig::default(),
+            limits: Limits::default(),
+            topics: Vec::new(),
+            log: LogConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+/// Listener addresses; `"off"` disables one.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Plain WebSocket. Default `127.0.0.1:7400` (loopback: plain text never leaves the host by default).
+    pub ws: ListenAddr,
+    /// WebSocket over TLS. Default `127.0.0.1:7443`.
+    pub wss: ListenAddr,
+    /// QUIC (UDP). Default `127.0.0.1:7443`.
+    pub quic: ListenAddr,
+    /// Admin HTTP (metrics, health, API). Default `127.0.0.1:7480`.
+    pub admin: ListenAddr,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            ws: ListenAddr::on("127.0.0.1:7400"),
+            wss: ListenAddr::on("127.0.0.1:7443"),
+            quic: ListenAddr::on("127.0.0.1:7443"),
+            admin: ListenAddr::on("127.0.0.1:7480"),
+        }
+    }
+}
+
+/// A listener address or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr(pub Option<SocketAddr>);
+
+impl ListenAddr {
+    fn on(s: &str) -> Self {
+        ListenAddr(s.parse().ok())
+    }
+
+    /// Parse `host:port` or `off`.
+    ///
+    /// # Errors
+    /// A message naming the bad text.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "off" | "" | "none" => Ok(ListenAddr(None)),
+            other => other
+                .parse::<SocketAddr>()
+                .map(|a| ListenAddr(Some(a)))
+                .map_err(|e| format!("{other:?} is not host:port or \"off\" ({e})")),
+        }
+    }
+}
+
+impl Serialize for ListenAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(a) => s.serialize_str(&a.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ListenAddr::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// TLS for wss and QUIC.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// PEM certificate chain. Default: a development certificate generated under `<data_dir>/tls`.
+    pub cert: Option<PathBuf>,
+    /// PEM private key (required with `cert`).
+    pub key: Option<PathBuf>,
+}
+
+/// Durability settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// `always`: fdatasync each group commit before acking (default). `interval`: ack after
+    /// writing to the OS, fdatasync every `fsync_interval_ms` (power loss can lose that window).
+    pub fsync: FsyncMode,
+    /// Default 10 ms.
+    pub fsync_interval_ms: u64,
+    /// Most records per group commit. Default 4096.
+    pub max_batch: usize,
+    /// Publishes queued for the writer before publishers wait. Default 16384.
+    pub queue_depth: usize,
+    /// Dedupe window for (client id, client message id). Default 120000 ms.
+    pub dedupe_window_ms: u64,
+    /// Block cache, MiB. Default 64.
+    pub cache_mb: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            fsync: FsyncMode::Always,
+            fsync_interval_ms: 10,
+            max_batch: 4096,
+            queue_depth: 16_384,
+            dedupe_window_ms: 120_000,
+            cache_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    Always,
+    Interval,
+}
+
+/// Bounds on every input. Each is announced to clients in `connected` where relevant.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest frame accepted from a client, bytes. Default 1 MiB.
+    pub max_frame_bytes: usize,
+    /// Longest topic or pattern, bytes. Default 256.
+    pub max_topic_bytes: usize,
+    /// Most headers per message. Default 32.
+    pub max_headers: usize,
+    /// Most header bytes (names + values) per message. Default 8 KiB.
+    pub max_header_bytes: usize,
+    /// Longest client id and client message id, bytes. Default 128.
+    pub max_id_bytes: usize,
+    /// Subscriptions per connection. Default 256.
+    pub max_subscriptions: usize,
+    /// Connections in total. Default 10000 (the process must stay under its file limit).
+    pub max_connections: usize,
+    /// Connections per remote IP. Default 1000.
+    pub max_connections_per_ip: usize,
+    /// Publishes per second per connection (token bucket, burst of the same size). Default 10000.
+    pub publish_rate_per_sec: u32,
+    /// Publishes awaiting their durable ack per connection before reading pauses. Default 1024.
+    pub max_inflight_publishes: usize,
+    /// Close a connection that sent nothing for this long. Default 60000 ms.
+    pub idle_timeout_ms: u64,
+    /// Send a WebSocket ping after this long without traffic. Default 20000 ms.
+    pub ping_interval_ms: u64,
+    /// Frames queued per connection before the slow-consumer policy applies. Default 8192.
+    pub outbox_frames: usize,
+    /// Bytes queued per connection before the slow-consumer policy applies. Default 8 MiB.
+    pub outbox_bytes: usize,
+    /// Most messages per `history` reply. Default 1000.
+    pub max_history: u32,
+    /// Longest cursor accepted, bytes. Default 64 KiB.
+    pub max_cursor_bytes: usize,
+    /// Time allowed for the WebSocket/TLS handshake and the first `connect`. Default 10000 ms.
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_bytes: 1 << 20,
+            max_topic_bytes: 256,
+            max_headers: 32,
+            max_header_bytes: 8 << 10,
+            max_id_bytes: 128,
+            max_subscriptions: 256,
+            max_connections: 10_000,
+            max_connections_per_ip: 1_000,
+            publish_rate_per_sec: 10_000,
+            max_inflight_publishes: 1024,
+            idle_timeout_ms: 60_000,
+            ping_interval_ms: 20_000,
+            outbox_frames: 8192,
+            outbox_bytes: 8 << 20,
+            max_history: 1000,
+            max_cursor_bytes: 64 << 10,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Settings for topics matching `pattern`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Topic pattern (`*`, `>` allowed).
+    pub pattern: String,
+    /// Keep at most this many messages. Default unlimited.
+    #[serde(default)]
+    pub max_messages: Option<u64>,
+    /// Keep at most this many payload bytes. Default unlimited.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// Drop messages older than this. Default unlimited.
+    #[serde(default)]
+    pub max_age_secs: Option<u64>,
+    /// What a subscriber that cannot keep up gets. Default `gap`.
+    #[serde(default)]
+    pub slow_consumer: SlowConsumerPolicy,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info,edgesync::store=debug`. Default `info`; `RUST_LOG` overrides.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Admin API.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/v1/*` (and `/metrics` when `protect_metrics`). Default none: the API is
+    /// then disabled except `/metrics`, `/healthz`, `/readyz`.
+    pub token: Option<String>,
+    /// Require the token on `/metrics` too. Default false.
+    pub protect_metrics: bool,
+}
+
+/// Values from flags and environment that override the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub node_id: Option<String>,
+    pub ws: Option<ListenAddr>,
+    pub wss: Option<ListenAddr>,
+    pub quic: Option<ListenAddr>,
+    pub admin: Option<ListenAddr>,
+}
+
+impl Config {
+    /// Read and parse a config file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Parse`] with line and column for syntax errors, unknown keys and bad values.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+    }
+
+    /// Parse TOML text.
+    ///
+    /// # Errors
+    /// The parser's message, which names the key, line and column.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Apply flag / environment overrides.
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(d) = &o.data_dir {
+            self.data_dir = d.clone();
+        }
+        if let Some(n) = &o.node_id {
+            self.node_id = Some(n.clone());
+        }
+        if let Some(a) = o.ws {
+            self.listen.ws = a;
+        }
+        if let Some(a) = o.wss {
+            self.listen.wss = a;
+        }
+        if let Some(a) = o.quic {
+            self.listen.quic = a;
+        }
+        if let Some(a) = o.admin {
+            self.listen.admin = a;
+        }
+    }
+
+    /// Check cross-field rules and produce runtime settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn build(&self) -> Result<Settings, ConfigError> {
+        if let Some(n) = &self.node_id {
+            if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid("node_id", format!("{n:?}: use 1-64 letters, digits, '-' or '_'")));
+            }
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(invalid("tls", "`cert` and `key` must be given together"));
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_frame_bytes", l.max_frame_bytes),
+            ("limits.max_topic_bytes", l.max_topic_bytes),
+            ("limits.max_subscriptions", l.max_subscriptions),
+            ("limits.max_connections", l.max_connections),
+            ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.max_inflight_publishes", l.max_inflight_publishes),
+            ("limits.outbox_frames", l.outbox_frames),
+            ("limits.outbox_bytes", l.outbox_bytes),
+            ("limits.max_id_bytes", l.max_id_bytes),
+            ("store.max_batch", self.store.max_batch),
+            ("store.queue_depth", self.store.queue_depth),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be greater than 0"));
+            }
+        }
+        if l.max_topic_bytes > u16::MAX as usize {
+            return Err(invalid("limits.max_topic_bytes", "must be at most 65535"));
+        }
+        if l.max_id_bytes > 255 {
+            return Err(invalid("limits.max_id_bytes", "must be at most 255"));
+        }
+        if l.publish_rate_per_sec == 0 {
+            return Err(invalid("limits.publish_rate_per_sec", "must be greater than 0"));
+        }
+        if l.max_connections > 19_000 {
+            return Err(invalid("limits.max_connections", "must stay below the process file limit (19000)"));
+        }
+        for (i, t) in self.topics.iter().enumerate() {
+            edgesync_protocol::topic::validate_pattern(&t.pattern, l.max_topic_bytes)
+                .map_err(|e| invalid(&format!("topic[{i}].pattern"), e.to_string()))?;
+        }
+        if self.store.fsync == FsyncMode::Interval && self.store.fsync_interval_ms == 0 {
+            return Err(invalid("store.fsync_interval_ms", "must be greater than 0 with fsync = \"interval\""));
+        }
+        Ok(Settings { config: Arc::new(self.clone()) })
+    }
+}
+
+/// Runtime settings derived from a valid [`Config`].
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config: Arc<Config>,
+}
+
+impl Settings {
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    /// Store options for this configuration.
+    pub fn store_options(&self) -> StoreOptions {
+        let c = &self.config;
+        let mut o = StoreOptions::new(c.data_dir.clone());
+        o.node_id = c.node_id.clone();
+        o.fsync = match c.store.fsync {
+            FsyncMode::Always => FsyncPolicy::Always,
+            FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_millis(c.store.fsync_interval_ms)),
+        };
+        o.max_batch = c.store.max_batch;
+        o.queue_depth = c.store.queue_depth;
+        o.dedupe_window = Duration::from_millis(c.store.dedupe_window_ms);
+        o.cache_bytes = c.store.cache_mb << 20;
+        let topics = c.topics.clone();
+        o.retention = Arc::new(move |topic: &str| {
+            topics
+                .iter()
+                .find(|t| edgesync_protocol::topic::matches(&t.pattern, topic))
+                .map(|t| Retention {
+                    max_messages: t.max_messages,
+                    max_bytes: t.max_bytes,
+                    max_age: t.max_age_secs.map(Duration::from_secs),
+                })
+                .unwrap_or_default()
+        });
+        o
+    }
+
+    /// Slow-consumer policy per topic.
+    pub fn slow_consumer_policy(&self) -> crate::broker::PolicyFn {
+        let topics = self.config.topics.clone();
+        Arc::new(move |topic: &str| {
+            topics
+                .iter()
+                .find(|t| edgesync_protocol::topic::matches(&t.pattern, topic))
+                .map(|t| t.slow_consumer)
+                .unwrap_or_default()
+        })
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = (*self.config).clone();
+        if c.admin.token.is_some() {
+            c.admin.token = Some("<redacted>".into());
+        }
+        toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("").expect("parse");
+        assert_eq!(c, Config::default());
+        c.build().expect("valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err = Config::from_toml("data_dir = \"x\"\n\n[limits]\nmax_frame_byte = 3\n").expect_err("unknown");
+        assert!(err.contains("max_frame_byte"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_toml("[store]\nfsync = \"sometimes\"\n").expect_err("bad enum");
+        assert!(err.contains("sometimes") && err.contains("line 2"), "{err}");
+        let err = Config::from_toml("[listen]\nws = \"nowhere\"\n").expect_err("bad addr");
+        assert!(err.contains("nowhere") && err.contains("line 2"), "{err}");
+        let c = Config::from_toml("[limits]\nmax_subscriptions = 0\n").expect("parse");
+        let err = c.build().expect_err("zero").to_string();
+        assert!(err.contains("limits.max_subscriptions"), "{err}");
+        let c = Config::from_toml("[[topic]]\npattern = \"a.>.b\"\n").expect("parse");
+        assert!(c.build().expect_err("bad pattern").to_string().contains("topic[0].pattern"));
+    }
+
+    #[test]
+    fn overrides_win_and_off_disables() {
+        let mut c = Config::from_toml("[listen]\nws = \"127.0.0.1:1\"\nwss = \"off\"\n").expect("parse");
+        assert_eq!(c.listen.wss, ListenAddr(None));
+        c.apply(&Overrides { ws: Some(ListenAddr::parse("127.0.0.1:2").expect("addr")), ..Overrides::default() });
+        assert_eq!(c.listen.ws.0.map(|a| a.port()), Some(2));
+    }
+
+    #[test]
+    fn retention_and_policy_follow_first_matching_pattern() {
+        let c = Config::from_toml(
+            "[[topic]]\npattern = \"chat.>\"\nmax_messages = 5\nslow_consumer = \"disconnect\"\n[[topic]]\npattern = \">\"\nmax_age_secs = 60\n",
+        )
+        .expect("parse");
+        let s = c.build().expect("valid");
+        let o = s.store_options();
+        assert_eq!((o.retention)("chat.x").max_messages, Some(5));
+        assert_eq!((o.retention)("other").max_age, Some(Duration::from_secs(60)));
+        assert_eq!((s.slow_consumer_policy())("chat.x"), SlowConsumerPolicy::Disconnect);
+        assert_eq!((s.slow_consumer_policy())("other"), SlowConsumerPolicy::Gap);
+    }
+}

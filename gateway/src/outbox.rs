@@ -1,0 +1,337 @@
+//! Per-connection bounded outbox of pre-encoded frames.
+//!
+//! The broker pushes each message's bytes (encoded once per encoding and shared
+//! by every subscriber through `Bytes`) into the outbox of every subscribed
+//! connection; the connection's writer drains everything queued into one
+//! transport frame. The outbox never blocks the broker:
+//!
+//! - while it has room (`max_frames` and `max_bytes`), a push is queued;
+//! - when it is full, policy `gap` records the missed range per (topic, origin)
+//!   and drops the message; once the queue has drained below half, the gap
+//!   notices are queued ahead of anything newer, so a subscriber always learns
+//!   exactly what it missed (and reads it from history);
+//! - policy `disconnect` closes the connection with `slow_consumer` instead.
+//!
+//! Replies to commands are always queued (they are bounded by the session's
+//! in-flight limit), so a reply is never lost.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use edgesync_protocol::frame::GapReason;
+use edgesync_protocol::{Cursor, Encoding, ErrorCode, Origin, ServerFrame};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// What to do with a subscriber whose outbox is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowConsumerPolicy {
+    /// Drop, and announce the missed range with a `gap` push.
+    #[default]
+    Gap,
+    /// Close the connection with error `slow_consumer`.
+    Disconnect,
+}
+
+/// Result of pushing a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Queued,
+    /// Dropped; a gap notice will follow.
+    Dropped,
+    /// The outbox is closed (connection ending).
+    Closed,
+}
+
+/// Most distinct (topic, origin) gap ranges held per connection before it is
+/// disconnected instead (bounds memory for a subscriber to many topics).
+pub const MAX_PENDING_GAPS: usize = 1024;
+
+/// Why an outbox was closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug)]
+struct PendingGap {
+    topic: String,
+    origin: Origin,
+    from: u64,
+    to: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    gaps: Vec<PendingGap>,
+    closed: Option<CloseReason>,
+}
+
+/// The outbox. Shared between the broker (pushes) and the connection writer (drains).
+#[derive(Debug)]
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    /// Wakes the writer when the queue goes from empty to non-empty or closes.
+    ready: Notify,
+    /// Wakes catch-up reads when the writer has drained.
+    drained: Notify,
+    encoding: Encoding,
+    max_frames: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    pub fn new(encoding: Encoding, max_frames: usize, max_bytes: usize) -> Self {
+        Outbox {
+            inner: Mutex::new(Inner::default()),
+            ready: Notify::new(),
+            drained: Notify::new(),
+            encoding,
+            max_frames: max_frames.max(2),
+            max_bytes: max_bytes.max(1024),
+        }
+    }
+
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// Queue a delivery of message `seq` of (`topic`, `origin`), applying the slow-consumer policy.
+    pub fn push_message(
+        &self,
+        frame: &Bytes,
+        topic: &str,
+        origin: &Origin,
+        seq: u64,
+        policy: SlowConsumerPolicy,
+    ) -> Pushed {
+        let mut g = self.inner.lock();
+        if g.closed.is_some() {
+            return Pushed::Closed;
+        }
+        let full = g.queue.len() >= self.max_frames || g.bytes + frame.len() > self.max_bytes;
+        let recovering = !g.gaps.is_empty() && g.queue.len() > self.max_frames / 2;
+        if full || recovering {
+            if policy == SlowConsumerPolicy::Disconnect {
+                self.close_locked(&mut g, ErrorCode::SlowConsumer, "outbox overflowed: subscriber too slow");
+                return Pushed::Closed;
+            }
+            let pending = g.gaps.len();
+            match g.gaps.iter_mut().find(|p| p.topic == topic && p.origin == *origin) {
+                Some(p) => p.to = seq,
+                None if pending >= MAX_PENDING_GAPS => {
+                    self.close_locked(&mut g, ErrorCode::SlowConsumer, "too many distinct gaps pending");
+                    return Pushed::Closed;
+                }
+                None => g.gaps.push(PendingGap { topic: topic.into(), origin: origin.clone(), from: seq, to: seq }),
+            }
+            return Pushed::Dropped;
+        }
+        let was_empty = g.queue.is_empty();
+        if !g.gaps.is_empty() {
+            self.flush_gaps_locked(&mut g);
+        }
+        g.bytes += frame.len();
+        g.queue.push_back(frame.clone());
+        drop(g);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Queue a reply or control push; never dropped (bounded by the caller).
+    pub fn push_reply(&self, frame: &ServerFrame) {
+        let bytes = Bytes::from(self.encoding.encode(frame));
+        let mut g = self.inner.lock();
+        if g.closed.is_some() {
+            return;
+        }
+        let was_empty = g.queue.is_empty();
+        g.bytes += bytes.len();
+        g.queue.push_back(bytes);
+        drop(g);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// True when a catch-up reader may queue more (below half full, no pending gaps).
+    pub fn has_room(&self) -> bool {
+        let g = self.inner.lock();
+        g.closed.is_none() && g.gaps.is_empty() && g.queue.len() < self.max_frames / 2 && g.bytes < self.max_bytes / 2
+    }
+
+    /// Queue pre-encoded history bytes regardless of fullness (caller checked [`Outbox::has_room`]).
+    pub fn push_history(&self, frame: Bytes) {
+        let mut g = self.inner.lock();
+        if g.closed.is_some() {
+            return;
+        }
+        let was_empty = g.queue.is_empty();
+        g.bytes += frame.len();
+        g.queue.push_back(frame);
+        drop(g);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
+    /// Close the outbox; the writer sends `code` as a final error and closes the connection.
+    pub fn close(&self, code: ErrorCode, message: &str) {
+        let mut g = self.inner.lock();
+        self.close_locked(&mut g, code, message);
+    }
+
+    fn close_locked(&self, g: &mut Inner, code: ErrorCode, message: &str) {
+        if g.closed.is_none() {
+            g.closed = Some(CloseReason { code, message: message.into() });
+            self.ready.notify_one();
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Why the outbox closed, if it did.
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.inner.lock().closed.clone()
+    }
+
+    /// Wait until there is something to write (or the outbox closed).
+    pub async fn ready(&self) {
+        loop {
+            {
+                let g = self.inner.lock();
+                if !g.queue.is_empty() || !g.gaps.is_empty() || g.closed.is_some() {
+                    return;
+                }
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    /// Wait until the writer has drained (for catch-up readers).
+    pub async fn wait_room(&self) {
+        let notified = self.drained.notified();
+        if self.has_room() {
+            return;
+        }
+        notified.await;
+    }
+
+    /// Move queued frames into `out`, joined by the encoding's separator, up to about
+    /// `max_bytes` (at least one frame). Returns the number of messages moved.
+    pub fn drain_into(&self, out: &mut Vec<u8>, max_bytes: usize) -> usize {
+        let mut g = self.inner.lock();
+        let sep = self.encoding.separator();
+        let mut n = 0;
+        loop {
+            while let Some(front) = g.queue.front() {
+                if n > 0 && out.len() + front.len() > max_bytes {
+                    break;
+                }
+                if n > 0 {
+                    out.extend_from_slice(sep);
+                }
+                out.extend_from_slice(front);
+                let len = front.len();
+                g.queue.pop_front();
+                g.bytes -= len;
+                n += 1;
+            }
+            // Everything older is written: announce pending gaps in the same frame.
+            if g.queue.is_empty() && !g.gaps.is_empty() {
+                self.flush_gaps_locked(&mut g);
+                continue;
+            }
+            break;
+        }
+        drop(g);
+        if n > 0 {
+            self.drained.notify_waiters();
+        }
+        n
+    }
+
+    /// Queued frame count (for metrics and tests).
+    pub fn depth(&self) -> usize {
+        self.inner.lock().queue.len()
+    }
+
+    fn flush_gaps_locked(&self, g: &mut Inner) {
+        for gap in std::mem::take(&mut g.gaps) {
+            let mut cursor = Cursor::new();
+            cursor.observe(&gap.topic, &gap.origin, gap.from.saturating_sub(1));
+            let frame = ServerFrame::Gap {
+                topic: gap.topic,
+                origin: gap.origin.node,
+                epoch: gap.origin.epoch,
+                from: gap.from,
+                to: gap.to,
+                reason: GapReason::SlowConsumer,
+                cursor: cursor.encode(),
+            };
+            let bytes = Bytes::from(self.encoding.encode(&frame));
+            g.bytes += bytes.len();
+            g.queue.push_back(bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(seq: u64) -> Bytes {
+        Bytes::from(format!("m{seq}"))
+    }
+
+    #[test]
+    fn overflow_becomes_one_gap_per_stream_then_recovers_in_order() {
+        let ob = Outbox::new(Encoding::Json, 4, 1 << 20);
+        let o = Origin::new("n", 1);
+        for seq in 1..=4 {
+            assert_eq!(ob.push_message(&msg(seq), "t", &o, seq, SlowConsumerPolicy::Gap), Pushed::Queued);
+        }
+        for seq in 5..=9 {
+            assert_eq!(ob.push_message(&msg(seq), "t", &o, seq, SlowConsumerPolicy::Gap), Pushed::Dropped);
+        }
+        let mut out = Vec::new();
+        assert_eq!(ob.drain_into(&mut out, 1 << 20), 5, "4 messages then the gap notice");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(&lines[..4], &["m1", "m2", "m3", "m4"]);
+        let gap: ServerFrame = serde_json::from_str(lines[4]).expect("gap");
+        match gap {
+            ServerFrame::Gap { from, to, topic, cursor, .. } => {
+                assert_eq!((from, to, topic.as_str()), (5, 9, "t"));
+                let c = Cursor::decode(&cursor, 1024).expect("cursor");
+                assert_eq!(c.position("t", &o), 4);
+            }
+            other => panic!("expected gap, got {other:?}"),
+        }
+        assert_eq!(ob.push_message(&msg(10), "t", &o, 10, SlowConsumerPolicy::Gap), Pushed::Queued);
+    }
+
+    #[test]
+    fn disconnect_policy_closes() {
+        let ob = Outbox::new(Encoding::MsgPack, 2, 1 << 20);
+        let o = Origin::new("n", 1);
+        ob.push_message(&msg(1), "t", &o, 1, SlowConsumerPolicy::Disconnect);
+        ob.push_message(&msg(2), "t", &o, 2, SlowConsumerPolicy::Disconnect);
+        assert_eq!(ob.push_message(&msg(3), "t", &o, 3, SlowConsumerPolicy::Disconnect), Pushed::Closed);
+        assert_eq!(ob.closed().map(|c| c.code), Some(ErrorCode::SlowConsumer));
+    }
+
+    #[test]
+    fn replies_are_never_dropped() {
+        let ob = Outbox::new(Encoding::Json, 2, 1 << 20);
+        for id in 0..10 {
+            ob.push_reply(&ServerFrame::Pong { id });
+        }
+        assert_eq!(ob.depth(), 10);
+    }
+}

@@ -1,0 +1,463 @@
+//! The async driver of a session: moves frames between a transport and the
+//! [`Session`] state machine, executes validated commands against the store and
+//! broker, and writes the connection's outbox.
+//!
+//! One task per connection runs [`run`]. It waits on, in priority order:
+//! shutdown, outbox ready to write, publish acks completing (in order),
+//! the next inbound frame (paused while `max_inflight_publishes` acks are
+//! outstanding — the per-connection backpressure edge), catch-up work (only
+//! while the outbox has room), and the idle/ping timer.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use edgesync_protocol::frame::{GapReason, LimitsInfo};
+use edgesync_protocol::{ClientFrame, Cursor, Encoding, ErrorCode, Origin, ServerFrame};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+
+use super::{Command, Session, StartAt, frame_kind};
+use crate::broker::{ConnOut, SubId, encode_push};
+use crate::outbox::Outbox;
+use crate::server::Gateway;
+use crate::store::{Ack, StoreError};
+
+/// Errors a transport reports to the driver.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// A frame exceeded the size limit; answered with `frame_too_large` and closed.
+    #[error("frame too large: {0}")]
+    TooLarge(String),
+    /// The peer broke the transport protocol; closed.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    #[error("io: {0}")]
+    Io(String),
+}
+
+/// What a transport must provide to carry a session.
+pub trait Conn: Send {
+    /// Next application frame; `None` when the peer closed cleanly.
+    fn recv(&mut self) -> impl Future<Output = Option<Result<Bytes, ConnError>>> + Send;
+    /// Write one frame holding one or more encoded messages.
+    fn send(&mut self, frame: Vec<u8>) -> impl Future<Output = Result<(), ConnError>> + Send;
+    /// Send a transport-level keepalive.
+    fn ping(&mut self) -> impl Future<Output = Result<(), ConnError>> + Send;
+    /// Close with an error code (None: normal close).
+    fn close(&mut self, code: Option<ErrorCode>, reason: &str) -> impl Future<Output = ()> + Send;
+}
+
+/// Who is on the other end.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    /// `ws`, `wss` or `quic`.
+    pub transport: &'static str,
+    /// Identity from a client certificate, when mTLS presented one.
+    pub tls_identity: Option<String>,
+    pub encoding: Encoding,
+}
+
+/// Largest frame the writer builds from batched messages.
+const MAX_BATCH_FRAME: usize = 256 << 10;
+/// Records read per catch-up step.
+const CATCHUP_CHUNK: usize = 256;
+
+type AckFuture = Pin<Box<dyn Future<Output = AckDone> + Send>>;
+
+struct AckDone {
+    id: u64,
+    topic: String,
+    want_ack: bool,
+    started: Instant,
+    result: Result<Ack, StoreError>,
+}
+
+/// A subscription reading stored records before going live.
+struct CatchUp {
+    sub: SubId,
+    pattern: String,
+    position: Cursor,
+}
+
+/// Run one connection to completion.
+pub async fn run<C: Conn>(mut conn: C, gw: Arc<Gateway>, info: ConnInfo) {
+    let limits = gw.settings.limits().clone();
+    let conn_id = gw.next_conn_id();
+    let out = ConnOut::new(conn_id, Outbox::new(info.encoding, limits.outbox_frames, limits.outbox_bytes));
+    let now = Instant::now();
+    let mut session = Session::new(limits.clone(), now);
+    let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
+    let mut catchups: VecDeque<CatchUp> = VecDeque::new();
+    let (mut last_rx, mut last_tx) = (now, now);
+    let shutdown = gw.shutdown.clone();
+    let mut draining = false;
+    let mut close_reason: Option<(Option<ErrorCode>, String)> = None;
+    let _registered = gw.register_conn(conn_id, &info);
+    tracing::debug!(conn_id, remote = %info.remote, transport = info.transport, "session start");
+
+    'session: loop {
+        let deadline = super::next_deadline(last_rx, last_tx, &limits);
+        let read_ok = !draining && pending.len() < limits.max_inflight_publishes;
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.cancelled(), if !draining => Event::Shutdown,
+            _ = out.outbox.ready() => Event::Write,
+            done = pending.next(), if !pending.is_empty() => Event::Acked(done),
+            frame = conn.recv(), if read_ok => Event::Inbound(frame),
+            _ = out.outbox.wait_room(), if !catchups.is_empty() && !draining => Event::CatchUp,
+            _ = tokio::time::sleep_until(deadline.into()), if !draining => Event::Timer,
+        };
+        match event {
+            Event::Shutdown => {
+                draining = true;
+                out.outbox.push_reply(&ServerFrame::error(None, ErrorCode::ShuttingDown, "gateway is shutting down"));
+                close_reason = Some((Some(ErrorCode::ShuttingDown), "gateway shutting down".into()));
+            }
+            Event::Write => {
+                if let Some(closed) = out.outbox.closed() {
+                    // Flush what is queued, then the reason, then close.
+                    let _ = flush(&mut conn, &out, &gw).await;
+                    let f = ServerFrame::error(None, closed.code, closed.message.clone());
+                    let _ = conn.send(info.encoding.encode(&f)).await;
+                    close_reason = Some((Some(closed.code), closed.message));
+                    break 'session;
+                }
+                if flush(&mut conn, &out, &gw).await.is_err() {
+                    close_reason = Some((None, "write failed".into()));
+                    break 'session;
+                }
+                last_tx = Instant::now();
+            }
+            Event::Acked(Some(done)) => finish_publish(&gw, &out, done),
+            Event::Acked(None) => {}
+            Event::Inbound(None) => {
+                close_reason = Some((None, "client closed".into()));
+                break 'session;
+            }
+            Event::Inbound(Some(Err(e))) => {
+                let code = match e {
+                    ConnError::TooLarge(_) => ErrorCode::FrameTooLarge,
+                    ConnError::Protocol(_) => ErrorCode::BadFrame,
+                    ConnError::Io(_) => {
+                        close_reason = Some((None, e.to_string()));
+                        break 'session;
+                    }
+                };
+                gw.metrics.commands.with_label_values(&["frame", code.as_str()]).inc();
+                out.outbox.push_reply(&ServerFrame::error(None, code, e.to_string()));
+                flush(&mut conn, &out, &gw).await.ok();
+                close_reason = Some((Some(code), e.to_string()));
+                break 'session;
+            }
+            Event::Inbound(Some(Ok(frame))) => {
+                last_rx = Instant::now();
+                gw.metrics.bytes.with_label_values(&["in"]).inc_by(frame.len() as u64);
+                let frames: Vec<ClientFrame> = match info.encoding.decode_all(&frame) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        gw.metrics.commands.with_label_values(&["frame", e.code().as_str()]).inc();
+                        out.outbox.push_reply(&ServerFrame::error(None, e.code(), e.to_string()));
+                        continue;
+                    }
+                };
+                for f in frames {
+                    let kind = frame_kind(&f);
+                    match session.handle(f, last_rx) {
+                        Ok(cmd) => {
+                            execute(cmd, &gw, &out, &mut session, &mut pending, &mut catchups, &info).await;
+                        }
+                        Err(reply) => {
+                            if let ServerFrame::Error { code, .. } = &*reply {
+                                gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
+                            }
+                            out.outbox.push_reply(&reply);
+                        }
+                    }
+                }
+            }
+            Event::CatchUp => {
+                if let Some(mut c) = catchups.pop_front() {
+                    match catch_up_step(&gw, &out, &mut c) {
+                        Ok(true) => {}
+                        Ok(false) => catchups.push_back(c),
+                        Err(e) => {
+                            tracing::warn!(conn_id, error = %e, "catch-up read failed");
+                            out.outbox.close(ErrorCode::StorageUnavailable, "reading stored messages failed");
+                        }
+                    }
+                }
+            }
+            Event::Timer => {
+                let now = Instant::now();
+                if now.duration_since(last_rx).as_millis() as u64 >= limits.idle_timeout_ms {
+                    out.outbox.close(ErrorCode::IdleTimeout, "nothing received within the idle timeout");
+                } else if conn.ping().await.is_err() {
+                    close_reason = Some((None, "ping failed".into()));
+                    break 'session;
+                } else {
+                    last_tx = now;
+                }
+            }
+        }
+        if draining && pending.is_empty() && out.outbox.depth() == 0 {
+            break 'session;
+        }
+    }
+    // Teardown: subscriptions first so fan-out stops queueing, then close the transport.
+    let subs: Vec<SubId> = session.subscriptions().map(|(_, s)| *s).collect();
+    gw.metrics.subscriptions.sub(subs.len() as i64);
+    gw.broker.remove_conn(subs);
+    let (code, reason) = close_reason.unwrap_or((None, "closed".into()));
+    if draining {
+        flush(&mut conn, &out, &gw).await.ok();
+    }
+    conn.close(code, &reason).await;
+    let label = code.map_or("normal", |c| c.as_str());
+    gw.metrics.connections_closed.with_label_values(&[label]).inc();
+    tracing::debug!(conn_id, reason = %reason, "session end");
+}
+
+enum Event {
+    Shutdown,
+    Write,
+    Acked(Option<AckDone>),
+    Inbound(Option<Result<Bytes, ConnError>>),
+    CatchUp,
+    Timer,
+}
+
+/// Write everything queued, in frames of at most [`MAX_BATCH_FRAME`] bytes.
+async fn flush<C: Conn>(conn: &mut C, out: &ConnOut, gw: &Gateway) -> Result<(), ConnError> {
+    loop {
+        let mut buf = Vec::with_capacity(4096);
+        if out.outbox.drain_into(&mut buf, MAX_BATCH_FRAME) == 0 {
+            return Ok(());
+        }
+        gw.metrics.bytes.with_label_values(&["out"]).inc_by(buf.len() as u64);
+        conn.send(buf).await?;
+    }
+}
+
+async fn execute(
+    cmd: Command,
+    gw: &Arc<Gateway>,
+    out: &Arc<ConnOut>,
+    session: &mut Session,
+    pending: &mut FuturesOrdered<AckFuture>,
+    catchups: &mut VecDeque<CatchUp>,
+    info: &ConnInfo,
+) {
+    let kind = cmd.kind();
+    match cmd {
+        Command::Connect { id, client_id, token } => {
+            match gw.authorize(&client_id, token.as_deref(), info).await {
+                Ok(principal) => session.set_principal(principal),
+                Err((code, msg)) => {
+                    session.reset_connect();
+                    gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
+                    out.outbox.push_reply(&ServerFrame::error(Some(id), code, msg.clone()));
+                    out.outbox.close(code, &msg);
+                    return;
+                }
+            }
+            gw.set_conn_client(out.id, &client_id);
+            let l = gw.settings.limits();
+            out.outbox.push_reply(&ServerFrame::Connected {
+                id,
+                client_id,
+                conn_id: out.id,
+                node: gw.store.node().to_string(),
+                epoch: gw.store.epoch(),
+                version: edgesync_protocol::PROTOCOL_VERSION,
+                limits: LimitsInfo {
+                    max_frame_bytes: l.max_frame_bytes as u64,
+                    max_topic_bytes: l.max_topic_bytes as u64,
+                    max_headers: l.max_headers as u64,
+                    max_subscriptions: l.max_subscriptions as u64,
+                    publish_rate_per_sec: u64::from(l.publish_rate_per_sec),
+                    idle_timeout_ms: l.idle_timeout_ms,
+                },
+            });
+        }
+        Command::Subscribe { id, pattern, start } => {
+            if let Err((code, msg)) = gw.authorize_subscribe(session.principal(), &pattern).await {
+                gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
+                out.outbox.push_reply(&ServerFrame::error(Some(id), code, msg));
+                return;
+            }
+            let live = start == StartAt::Latest;
+            let (sub, head) = gw.broker.subscribe(out, &pattern, live);
+            session.add_subscription(pattern.clone(), sub);
+            gw.metrics.subscriptions.inc();
+            let position = match start {
+                StartAt::Latest => head,
+                StartAt::Earliest => Cursor::new(),
+                StartAt::Cursor(mut c) => {
+                    c.retain(|t| edgesync_protocol::topic::matches(&pattern, t));
+                    c
+                }
+                StartAt::Last(n) => {
+                    let mut c = Cursor::new();
+                    for (topic, _) in gw.broker.matching_heads(&pattern) {
+                        c.set_topic(&topic, gw.store.last_n_positions(&topic, n));
+                    }
+                    c
+                }
+            };
+            out.outbox.push_reply(&ServerFrame::Subscribed { id, topic: pattern.clone(), cursor: position.encode() });
+            if !live {
+                catchups.push_back(CatchUp { sub, pattern, position });
+            }
+        }
+        Command::Unsubscribe { id, pattern, sub } => {
+            gw.broker.unsubscribe(sub);
+            catchups.retain(|c| c.sub != sub);
+            gw.metrics.subscriptions.dec();
+            out.outbox.push_reply(&ServerFrame::Unsubscribed { id, topic: pattern });
+        }
+        Command::Publish { id, mut req, ack } => {
+            let started = Instant::now();
+            match gw.ingest(session.principal(), &mut req).await {
+                Ok(crate::server::Ingest::Store) => {}
+                Ok(crate::server::Ingest::Dropped) => {
+                    gw.metrics.commands.with_label_values(&[kind, "dropped"]).inc();
+                    if ack {
+                        // A plugin dropped the message on purpose: acknowledged, not stored.
+                        out.outbox.push_reply(&ServerFrame::Puback {
+                            id,
+                            topic: req.topic,
+                            origin: String::new(),
+                            epoch: 0,
+                            seq: 0,
+                            hlc: 0,
+                            cursor: String::new(),
+                            dup: false,
+                        });
+                    }
+                    return;
+                }
+                Err((code, msg)) => {
+                    gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
+                    out.outbox.push_reply(&ServerFrame::error(Some(id), code, msg));
+                    return;
+                }
+            }
+            let store = gw.store.clone();
+            let topic = req.topic.clone();
+            pending.push_back(Box::pin(async move {
+                let result = store.append(req).await;
+                AckDone { id, topic, want_ack: ack, started, result }
+            }));
+            return;
+        }
+        Command::History { id, topic, start, limit } => {
+            let after = match start {
+                StartAt::Latest => gw.store.head(&topic),
+                StartAt::Earliest => BTreeMap::new(),
+                StartAt::Cursor(c) => c.topic(&topic).cloned().unwrap_or_default(),
+                StartAt::Last(n) => gw.store.last_n_positions(&topic, n),
+            };
+            match gw.store.read(&topic, &after, None, limit) {
+                Ok(batch) => {
+                    for m in &batch.missing {
+                        out.outbox.push_reply(&gap_frame(&topic, m, &after));
+                    }
+                    let mut cursor = Cursor::new();
+                    cursor.set_topic(&topic, batch.positions.clone());
+                    out.outbox.push_reply(&ServerFrame::History {
+                        id,
+                        topic,
+                        msgs: batch.records.iter().map(|r| r.to_msg()).collect(),
+                        cursor: cursor.encode(),
+                        more: batch.more,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "history read failed");
+                    out.outbox.push_reply(&ServerFrame::error(Some(id), ErrorCode::StorageUnavailable, e.to_string()));
+                    gw.metrics.commands.with_label_values(&[kind, "storage_unavailable"]).inc();
+                    return;
+                }
+            }
+        }
+        Command::Ping { id } => out.outbox.push_reply(&ServerFrame::Pong { id }),
+    }
+    gw.metrics.commands.with_label_values(&[kind, "ok"]).inc();
+}
+
+fn finish_publish(gw: &Gateway, out: &ConnOut, done: AckDone) {
+    gw.metrics.publish_ack_seconds.observe(done.started.elapsed().as_secs_f64());
+    match done.result {
+        Ok(ack) => {
+            gw.metrics.commands.with_label_values(&["pub", "ok"]).inc();
+            if done.want_ack {
+                let mut cursor = Cursor::new();
+                cursor.set_topic(&done.topic, ack.vv.clone());
+                out.outbox.push_reply(&ServerFrame::Puback {
+                    id: done.id,
+                    topic: done.topic,
+                    origin: ack.origin.node,
+                    epoch: ack.origin.epoch,
+                    seq: ack.seq,
+                    hlc: ack.hlc,
+                    cursor: cursor.encode(),
+                    dup: ack.dup,
+                });
+            }
+        }
+        Err(e) => {
+            let code = match e {
+                StoreError::Closed => ErrorCode::ShuttingDown,
+                _ => ErrorCode::StorageUnavailable,
+            };
+            gw.metrics.commands.with_label_values(&["pub", code.as_str()]).inc();
+            out.outbox.push_reply(&ServerFrame::error(Some(done.id), code, e.to_string()));
+        }
+    }
+}
+
+fn gap_frame(topic: &str, m: &crate::store::MissingRange, _after: &BTreeMap<Origin, u64>) -> ServerFrame {
+    let mut cursor = Cursor::new();
+    cursor.observe(topic, &m.origin, m.from.saturating_sub(1));
+    ServerFrame::Gap {
+        topic: topic.to_string(),
+        origin: m.origin.node.clone(),
+        epoch: m.origin.epoch,
+        from: m.from,
+        to: m.to,
+        reason: GapReason::Retention,
+        cursor: cursor.encode(),
+    }
+}
+
+/// One bounded step of catch-up. Returns true when the subscription went live.
+fn catch_up_step(gw: &Gateway, out: &ConnOut, c: &mut CatchUp) -> Result<bool, StoreError> {
+    let enc = out.outbox.encoding();
+    let mut budget = CATCHUP_CHUNK;
+    for (topic, head) in gw.broker.matching_heads(&c.pattern) {
+        let after = c.position.topic(&topic).cloned().unwrap_or_default();
+        if head.iter().all(|(o, s)| after.get(o).copied().unwrap_or(0) >= *s) {
+            continue;
+        }
+        let batch = gw.store.read(&topic, &after, Some(&head), budget)?;
+        for m in &batch.missing {
+            out.outbox.push_history(Bytes::from(enc.encode(&gap_frame(&topic, m, &after))));
+        }
+        for r in &batch.records {
+            out.outbox.push_history(encode_push(r, enc));
+        }
+        gw.metrics.messages_out.inc_by(batch.records.len() as u64);
+        budget = budget.saturating_sub(batch.records.len());
+        c.position.set_topic(&topic, batch.positions);
+        if budget == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(gw.broker.try_go_live(c.sub, &c.position))
+}

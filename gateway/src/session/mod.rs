@@ -1,0 +1,373 @@
+//! The session: one client connection's protocol state, with no I/O.
+//!
+//! [`Session::handle`] takes a decoded command and the current time and returns
+//! either a validated [`Command`] for the driver to execute or the error reply
+//! to send. Everything a client can get wrong is decided here: ordering
+//! (`connect` first, once), topic and pattern rules, header and id bounds,
+//! subscription limits, cursors and the publish rate. The async driver in
+//! [`driver`] moves frames and executes commands; it makes no protocol decisions.
+
+pub mod driver;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edgesync_protocol::topic::{is_system, validate_pattern, validate_topic};
+use edgesync_protocol::{ClientFrame, Cursor, ErrorCode, Headers, ServerFrame, Start};
+
+use crate::broker::SubId;
+use crate::config::Limits;
+use crate::store::AppendRequest;
+
+/// Where a subscription or history read starts, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    Latest,
+    Earliest,
+    Cursor(Cursor),
+    Last(u64),
+}
+
+/// A validated command for the driver.
+#[derive(Debug)]
+pub enum Command {
+    Connect { id: u64, client_id: String, token: Option<String> },
+    Subscribe { id: u64, pattern: String, start: StartAt },
+    Unsubscribe { id: u64, pattern: String, sub: SubId },
+    Publish { id: u64, req: AppendRequest, ack: bool },
+    History { id: u64, topic: String, start: StartAt, limit: usize },
+    Ping { id: u64 },
+}
+
+impl Command {
+    /// Metric label for the command type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::Connect { .. } => "connect",
+            Command::Subscribe { .. } => "sub",
+            Command::Unsubscribe { .. } => "unsub",
+            Command::Publish { .. } => "pub",
+            Command::History { .. } => "history",
+            Command::Ping { .. } => "ping",
+        }
+    }
+}
+
+/// Metric label for a raw frame's command type.
+pub fn frame_kind(f: &ClientFrame) -> &'static str {
+    match f {
+        ClientFrame::Connect { .. } => "connect",
+        ClientFrame::Sub { .. } => "sub",
+        ClientFrame::Unsub { .. } => "unsub",
+        ClientFrame::Pub { .. } => "pub",
+        ClientFrame::History { .. } => "history",
+        ClientFrame::Ping { .. } => "ping",
+    }
+}
+
+/// Token bucket for the publish rate: `rate` tokens per second, burst `rate`.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(rate_per_sec: u32, now: Instant) -> Self {
+        TokenBucket { rate: f64::from(rate_per_sec), tokens: f64::from(rate_per_sec), last: now }
+    }
+
+    /// Take one token if available.
+    pub fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Protocol state of one connection.
+#[derive(Debug)]
+pub struct Session {
+    limits: Limits,
+    client_id: Option<String>,
+    principal: Option<String>,
+    connect_cursor: Option<Cursor>,
+    subs: HashMap<String, SubId>,
+    bucket: TokenBucket,
+}
+
+type Reply = Box<ServerFrame>;
+
+fn err(id: u64, code: ErrorCode, msg: impl Into<String>) -> Reply {
+    Box::new(ServerFrame::error(Some(id), code, msg))
+}
+
+impl Session {
+    pub fn new(limits: Limits, now: Instant) -> Self {
+        let bucket = TokenBucket::new(limits.publish_rate_per_sec, now);
+        Session { limits, client_id: None, principal: None, connect_cursor: None, subs: HashMap::new(), bucket }
+    }
+
+    /// The client id once connected.
+    pub fn client_id(&self) -> Option<&str> {
+        self.client_id.as_deref()
+    }
+
+    /// The authenticated principal, if auth assigned one.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
+    }
+
+    /// Record the principal chosen by the auth hooks.
+    pub fn set_principal(&mut self, p: Option<String>) {
+        self.principal = p;
+    }
+
+    /// Subscriptions held, by pattern.
+    pub fn subscriptions(&self) -> impl Iterator<Item = (&String, &SubId)> {
+        self.subs.iter()
+    }
+
+    /// Remember a subscription the broker accepted.
+    pub fn add_subscription(&mut self, pattern: String, sub: SubId) {
+        self.subs.insert(pattern, sub);
+    }
+
+    /// Forget the session (connect failed auth).
+    pub fn reset_connect(&mut self) {
+        self.client_id = None;
+    }
+
+    /// Validate one command.
+    ///
+    /// # Errors
+    /// The error reply to send (the connection stays open).
+    pub fn handle(&mut self, frame: ClientFrame, now: Instant) -> Result<Command, Reply> {
+        let id = frame.id();
+        if self.client_id.is_none() && !matches!(frame, ClientFrame::Connect { .. } | ClientFrame::Ping { .. }) {
+            return Err(err(id, ErrorCode::NotConnected, "send connect first"));
+        }
+        match frame {
+            ClientFrame::Connect { id, token, client_id, cursor } => self.connect(id, token, client_id, cursor),
+            ClientFrame::Sub { id, topic, start } => self.subscribe(id, topic, start),
+            ClientFrame::Unsub { id, topic } => match self.subs.remove(&topic) {
+                Some(sub) => Ok(Command::Unsubscribe { id, pattern: topic, sub }),
+                None => Err(err(id, ErrorCode::NotSubscribed, format!("not subscribed to {topic:?}"))),
+            },
+            ClientFrame::Pub { id, topic, data, headers, mid, ack } => {
+                self.publish(id, topic, data.0, headers, mid, ack, now)
+            }
+            ClientFrame::History { id, topic, start, limit } => {
+                validate_topic(&topic, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
+                let start = self.start(id, start.unwrap_or(Start::Earliest))?;
+                let limit = limit.unwrap_or(self.limits.max_history).min(self.limits.max_history).max(1) as usize;
+                Ok(Command::History { id, topic, start, limit })
+            }
+            ClientFrame::Ping { id } => Ok(Command::Ping { id }),
+        }
+    }
+
+    fn connect(
+        &mut self,
+        id: u64,
+        token: Option<String>,
+        client_id: Option<String>,
+        cursor: Option<String>,
+    ) -> Result<Command, Reply> {
+        if self.client_id.is_some() {
+            return Err(err(id, ErrorCode::AlreadyConnected, "connect was already sent"));
+        }
+        let client_id = match client_id {
+            Some(c) => {
+                self.check_id(id, "client_id", &c)?;
+                c
+            }
+            None => format!("c-{:016x}", rand::random::<u64>()),
+        };
+        if let Some(text) = cursor {
+            let c = Cursor::decode(&text, self.limits.max_cursor_bytes)
+                .map_err(|e| err(id, ErrorCode::CursorInvalid, e.to_string()))?;
+            self.connect_cursor = Some(c);
+        }
+        self.client_id = Some(client_id.clone());
+        Ok(Command::Connect { id, client_id, token })
+    }
+
+    fn subscribe(&mut self, id: u64, pattern: String, start: Option<Start>) -> Result<Command, Reply> {
+        validate_pattern(&pattern, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
+        if self.subs.contains_key(&pattern) {
+            return Err(err(id, ErrorCode::AlreadySubscribed, format!("already subscribed to {pattern:?}")));
+        }
+        if self.subs.len() >= self.limits.max_subscriptions {
+            return Err(err(
+                id,
+                ErrorCode::TooManySubscriptions,
+                format!("limit is {} subscriptions per connection", self.limits.max_subscriptions),
+            ));
+        }
+        let start = match start {
+            Some(s) => self.start(id, s)?,
+            None => match &self.connect_cursor {
+                Some(c) => StartAt::Cursor(c.clone()),
+                None => StartAt::Latest,
+            },
+        };
+        Ok(Command::Subscribe { id, pattern, start })
+    }
+
+    fn start(&self, id: u64, s: Start) -> Result<StartAt, Reply> {
+        Ok(match s {
+            Start::Latest => StartAt::Latest,
+            Start::Earliest => StartAt::Earliest,
+            Start::Last(n) => StartAt::Last(n),
+            Start::Cursor(text) => StartAt::Cursor(
+                Cursor::decode(&text, self.limits.max_cursor_bytes)
+                    .map_err(|e| err(id, ErrorCode::CursorInvalid, e.to_string()))?,
+            ),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn publish(
+        &mut self,
+        id: u64,
+        topic: String,
+        payload: Bytes,
+        headers: Headers,
+        mid: Option<String>,
+        ack: bool,
+        now: Instant,
+    ) -> Result<Command, Reply> {
+        validate_topic(&topic, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
+        if is_system(&topic) {
+            return Err(err(id, ErrorCode::Forbidden, "topics starting with '$' are reserved for the gateway"));
+        }
+        if headers.len() > self.limits.max_headers || headers.byte_len() > self.limits.max_header_bytes {
+            return Err(err(
+                id,
+                ErrorCode::HeadersTooLarge,
+                format!(
+                    "{} headers / {} bytes; limits are {} / {}",
+                    headers.len(),
+                    headers.byte_len(),
+                    self.limits.max_headers,
+                    self.limits.max_header_bytes
+                ),
+            ));
+        }
+        if headers.0.iter().any(|(k, _)| k.is_empty()) {
+            return Err(err(id, ErrorCode::BadRequest, "header names must not be empty"));
+        }
+        if let Some(m) = &mid {
+            self.check_id(id, "mid", m)?;
+        }
+        if !self.bucket.take(now) {
+            return Err(err(
+                id,
+                ErrorCode::RateLimited,
+                format!("limit is {} publishes per second per connection", self.limits.publish_rate_per_sec),
+            ));
+        }
+        let client = self.client_id.clone().unwrap_or_default();
+        Ok(Command::Publish { id, req: AppendRequest { topic, client, mid, headers, payload }, ack })
+    }
+
+    fn check_id(&self, id: u64, field: &str, value: &str) -> Result<(), Reply> {
+        if value.is_empty() || value.len() > self.limits.max_id_bytes {
+            return Err(err(
+                id,
+                ErrorCode::BadRequest,
+                format!("{field} must be 1-{} bytes", self.limits.max_id_bytes),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Time until the idle check should next run.
+pub fn next_deadline(last_rx: Instant, last_tx: Instant, limits: &Limits) -> Instant {
+    let idle = last_rx + Duration::from_millis(limits.idle_timeout_ms);
+    let ping = last_tx.max(last_rx) + Duration::from_millis(limits.ping_interval_ms);
+    idle.min(ping)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgesync_protocol::Payload;
+
+    fn connected() -> (Session, Instant) {
+        let now = Instant::now();
+        let mut s = Session::new(Limits { publish_rate_per_sec: 2, max_subscriptions: 1, ..Limits::default() }, now);
+        s.handle(ClientFrame::Connect { id: 1, token: None, client_id: Some("c".into()), cursor: None }, now)
+            .expect("connect");
+        (s, now)
+    }
+
+    fn code(r: Result<Command, Reply>) -> ErrorCode {
+        match r.map_err(|b| *b) {
+            Err(ServerFrame::Error { code, .. }) => code,
+            other => panic!("expected error, got {other:?}"),
+        }
+    }
+
+    fn publish(topic: &str) -> ClientFrame {
+        ClientFrame::Pub { id: 2, topic: topic.into(), data: Payload::from("x"), headers: Headers::default(), mid: None, ack: true }
+    }
+
+    #[test]
+    fn commands_before_connect_are_refused() {
+        let mut s = Session::new(Limits::default(), Instant::now());
+        assert_eq!(code(s.handle(publish("a"), Instant::now())), ErrorCode::NotConnected);
+        assert!(s.handle(ClientFrame::Ping { id: 1 }, Instant::now()).is_ok());
+    }
+
+    #[test]
+    fn limits_answer_with_their_codes() {
+        let (mut s, now) = connected();
+        assert_eq!(code(s.handle(ClientFrame::Connect { id: 3, token: None, client_id: None, cursor: None }, now)), ErrorCode::AlreadyConnected);
+        assert_eq!(code(s.handle(publish("a..b"), now)), ErrorCode::TopicInvalid);
+        assert_eq!(code(s.handle(publish(&"x".repeat(300)), now)), ErrorCode::TopicTooLong);
+        assert_eq!(code(s.handle(publish("$sys"), now)), ErrorCode::Forbidden);
+        assert_eq!(code(s.handle(publish("a.*"), now)), ErrorCode::TopicInvalid);
+        let many = Headers((0..40).map(|i| (format!("h{i}"), "v".into())).collect());
+        let f = ClientFrame::Pub { id: 4, topic: "a".into(), data: Payload::from("x"), headers: many, mid: None, ack: true };
+        assert_eq!(code(s.handle(f, now)), ErrorCode::HeadersTooLarge);
+        assert!(s.handle(publish("a"), now).is_ok());
+        assert!(s.handle(publish("a"), now).is_ok());
+        assert_eq!(code(s.handle(publish("a"), now)), ErrorCode::RateLimited);
+        assert!(s.handle(publish("a"), now + Duration::from_millis(600)).is_ok(), "bucket refills");
+        assert_eq!(
+            code(s.handle(ClientFrame::Sub { id: 8, topic: "q".into(), start: Some(Start::Cursor("!!".into())) }, now)),
+            ErrorCode::CursorInvalid
+        );
+        let sub = s.handle(ClientFrame::Sub { id: 5, topic: "a.>".into(), start: None }, now).expect("sub");
+        assert!(matches!(sub, Command::Subscribe { start: StartAt::Latest, .. }));
+        s.add_subscription("a.>".into(), SubId::test(1));
+        assert_eq!(code(s.handle(ClientFrame::Sub { id: 6, topic: "a.>".into(), start: None }, now)), ErrorCode::AlreadySubscribed);
+        assert_eq!(code(s.handle(ClientFrame::Sub { id: 6, topic: "b".into(), start: None }, now)), ErrorCode::TooManySubscriptions);
+        assert_eq!(code(s.handle(ClientFrame::Unsub { id: 7, topic: "zz".into() }, now)), ErrorCode::NotSubscribed);
+    }
+
+    #[test]
+    fn connect_cursor_is_the_default_start() {
+        let now = Instant::now();
+        let mut s = Session::new(Limits::default(), now);
+        let mut c = Cursor::new();
+        c.observe("a", &edgesync_protocol::Origin::new("n", 1), 3);
+        s.handle(ClientFrame::Connect { id: 1, token: None, client_id: None, cursor: Some(c.encode()) }, now).expect("connect");
+        assert!(s.client_id().is_some_and(|c| c.starts_with("c-")));
+        match s.handle(ClientFrame::Sub { id: 2, topic: "a".into(), start: None }, now).expect("sub") {
+            Command::Subscribe { start: StartAt::Cursor(got), .. } => assert_eq!(got, c),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! WebSocket listeners (`ws` and `wss`).
+//!
+//! Accepts TCP, optionally completes TLS, negotiates the subprotocol
+//! (`edgesync.json.v1` or `edgesync.msgpack.v1`; none offered means JSON, only
+//! unknown ones offered is refused with HTTP 400), applies the connection
+//! limits, then runs the session driver. Frame size limits are enforced by
+//! tungstenite before a frame is buffered whole.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use edgesync_protocol::{Encoding, ErrorCode, ServerFrame};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use crate::server::Gateway;
+use crate::session::driver::{self, Conn, ConnError, ConnInfo};
+
+/// Accept WebSocket connections until shutdown. `tls`: wss when present.
+pub async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, gw: Arc<Gateway>) {
+    let transport = if tls.is_some() { "wss" } else { "ws" };
+    loop {
+        let accepted = tokio::select! {
+            _ = gw.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, remote) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, transport, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gw2 = gw.clone();
+        let tls = tls.clone();
+        gw.tasks.spawn(async move {
+            let timeout = Duration::from_millis(gw2.settings.limits().handshake_timeout_ms);
+            match tls {
+                None => handle(stream, remote, transport, gw2, timeout).await,
+                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => handle(s, remote, transport, gw2, timeout).await,
+                    Ok(Err(e)) => {
+                        gw2.metrics.connections_refused.with_label_values(&["tls_handshake"]).inc();
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    }
+                    Err(_) => {
+                        gw2.metrics.connections_refused.with_label_values(&["handshake_timeout"]).inc();
+                    }
+                },
+            }
+        });
+    }
+}
+
+/// Bind a listener for `addr`.
+///
+/// # Errors
+/// The bind error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+async fn handle<S>(stream: S, remote: SocketAddr, transport: &'static str, gw: Arc<Gateway>, timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = gw.settings.limits();
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(limits.outbox_bytes + (1 << 20))
+        .max_message_size(Some(limits.max_frame_bytes))
+        .max_frame_size(Some(limits.max_frame_bytes));
+    let chosen = Arc::new(Mutex::new(Encoding::Json));
+    let chosen2 = chosen.clone();
+    let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let offered: Vec<String> = req
+            .headers()
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_string()))
+            .collect();
+        if offered.is_empty() {
+            return Ok(resp);
+        }
+        match offered.iter().find_map(|p| Encoding::from_subprotocol(p)) {
+            Some(enc) => {
+                if let Ok(mut c) = chosen2.lock() {
+                    *c = enc;
+                }
+                if let Ok(v) = http::HeaderValue::from_str(enc.subprotocol()) {
+                    resp.headers_mut().insert("sec-websocket-protocol", v);
+                }
+                Ok(resp)
+            }
+            None => {
+                let mut r = ErrorResponse::new(Some(format!(
+                    "unsupported subprotocol; offer {} or {}",
+                    edgesync_protocol::SUBPROTOCOL_JSON,
+                    edgesync_protocol::SUBPROTOCOL_MSGPACK
+                )));
+                *r.status_mut() = http::StatusCode::BAD_REQUEST;
+                Err(r)
+            }
+        }
+    };
+    let ws = match tokio::time::timeout(
+        timeout,
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
+    )
+    .await
+    {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            gw.metrics.connections_refused.with_label_values(&["ws_handshake"]).inc();
+            tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
+            return;
+        }
+        Err(_) => {
+            gw.metrics.connections_refused.with_label_values(&["handshake_timeout"]).inc();
+            return;
+        }
+    };
+    let encoding = chosen.lock().map(|c| *c).unwrap_or(Encoding::Json);
+    let mut conn = WsConn { ws, encoding };
+    let _admission = match gw.admit(remote.ip()) {
+        Ok(guard) => guard,
+        Err(msg) => {
+            gw.metrics.connections_refused.with_label_values(&["too_many_connections"]).inc();
+            let f = ServerFrame::error(None, ErrorCode::TooManyConnections, msg.clone());
+            let _ = conn.send(encoding.encode(&f)).await;
+            conn.close(Some(ErrorCode::TooManyConnections), &msg).await;
+            return;
+        }
+    };
+    gw.metrics.connections_accepted.with_label_values(&[transport]).inc();
+    let open = gw.metrics.connections_open.with_label_values(&[transport]);
+    open.inc();
+    driver::run(conn, gw.clone(), ConnInfo { remote, transport, tls_identity: None, encoding }).await;
+    open.dec();
+}
+
+/// A session's view of a WebSocket.
+pub struct WsConn<S> {
+    ws: WebSocketStream<S>,
+    encoding: Encoding,
+}
+
+impl<S> Conn for WsConn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn recv(&mut self) -> Option<Result<Bytes, ConnError>> {
+        loop {
+            return match self.ws.next().await? {
+                Ok(Message::Binary(b)) => Some(Ok(b)),
+                Ok(Message::Text(t)) => Some(Ok(Bytes::from(t))),
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                Ok(Message::Close(_)) => None,
+                Err(WsError::Capacity(e)) => Some(Err(ConnError::TooLarge(e.to_string()))),
+                Err(WsError::Protocol(e)) => Some(Err(ConnError::Protocol(e.to_string()))),
+                Err(WsError::Utf8(e)) => Some(Err(ConnError::Protocol(e.to_string()))),
+                Err(WsError::ConnectionClosed | WsError::AlreadyClosed) => None,
+                Err(e) => Some(Err(ConnError::Io(e.to_string()))),
+            };
+        }
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), ConnError> {
+        let msg = if self.encoding.is_text() {
+            match String::from_utf8(frame) {
+                Ok(s) => Message::text(s),
+                Err(e) => Message::binary(e.into_bytes()),
+            }
+        } else {
+            Message::binary(frame)
+        };
+        self.ws.send(msg).await.map_err(|e| ConnError::Io(e.to_string()))
+    }
+
+    async fn ping(&mut self) -> Result<(), ConnError> {
+        self.ws.send(Message::Ping(Bytes::new())).await.map_err(|e| ConnError::Io(e.to_string()))
+    }
+
+    async fn close(&mut self, code: Option<ErrorCode>, reason: &str) {
+        let code = match code {
+            None => CloseCode::Normal,
+            Some(ErrorCode::FrameTooLarge) => CloseCode::Size,
+            Some(ErrorCode::ShuttingDown) => CloseCode::Away,
+            Some(ErrorCode::TooManyConnections | ErrorCode::RateLimited | ErrorCode::SlowConsumer) => CloseCode::Again,
+            Some(ErrorCode::Internal | ErrorCode::StorageUnavailable) => CloseCode::Error,
+            Some(ErrorCode::BadFrame) => CloseCode::Protocol,
+            Some(_) => CloseCode::Policy,
+        };
+        // Close reasons are limited to 123 bytes by the WebSocket spec.
+        let mut reason = reason.to_string();
+        while reason.len() > 120 {
+            reason.pop();
+        }
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = self.ws.close(Some(frame)).await;
+            // Wait briefly for the peer's close so the TCP connection ends cleanly.
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
+    }
+}

@@ -1,0 +1,331 @@
+//! `edgesync-client`: an async Rust client for edgesync.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), edgesync_client::ClientError> {
+//! use edgesync_client::{Client, ClientOptions, Start};
+//! let client = Client::connect(ClientOptions::new("ws://127.0.0.1:7400")).await?;
+//! let mut sub = client.subscribe("chat.>", Start::Latest).await?;
+//! let ack = client.publish("chat.room1", "hello").await?;
+//! println!("stored as seq {}", ack.seq);
+//! while let Some(event) = sub.next().await {
+//!     println!("{event:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! The client keeps one connection in a background task. With `reconnect`
+//! (the default) it reconnects with backoff after a failure, re-subscribes
+//! every subscription from its cursor (so nothing is missed or repeated), and
+//! resends publishes that were in flight with the same client message id (so
+//! the gateway stores each exactly once).
+
+mod conn;
+mod task;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+pub use edgesync_protocol::frame::{GapReason, LimitsInfo};
+pub use edgesync_protocol::{Cursor, Encoding, ErrorCode, Headers, Msg, Origin, Payload, Start};
+use tokio::sync::{mpsc, oneshot};
+
+/// Client failures.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad url {0:?}: use ws://, wss:// or quic://host:port")]
+    Url(String),
+    #[error("connect failed: {0}")]
+    Connect(String),
+    #[error("tls: {0}")]
+    Tls(String),
+    /// The gateway answered with an error.
+    #[error("{code}: {message}")]
+    Server { code: ErrorCode, message: String, retry: bool },
+    #[error("connection lost")]
+    ConnectionLost,
+    #[error("timed out waiting for the gateway")]
+    Timeout,
+    #[error("client closed")]
+    Closed,
+    #[error("unexpected reply: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gateway's error code, when this is a server error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// `ws://host:port[/path]`, `wss://...` or `quic://host:port`.
+    pub url: String,
+    pub token: Option<String>,
+    /// Stable client id (scopes idempotent publish); generated when absent.
+    pub client_id: Option<String>,
+    /// Encoding for WebSocket (QUIC always uses MessagePack). Default MessagePack.
+    pub encoding: Encoding,
+    /// CA certificate (PEM) to trust for wss/quic, e.g. the gateway's development CA.
+    pub ca: Option<PathBuf>,
+    /// Skip certificate verification (development only).
+    pub insecure: bool,
+    /// Reconnect and resume after a failure. Default true.
+    pub reconnect: bool,
+    /// Longest wait between reconnect attempts. Default 5 s.
+    pub max_backoff: Duration,
+    /// Give up on a command after this long. Default 30 s.
+    pub request_timeout: Duration,
+    /// Resume cursor sent with `connect`.
+    pub cursor: Option<String>,
+    /// Events buffered per subscription before the connection waits for the application.
+    pub subscription_buffer: usize,
+}
+
+impl ClientOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientOptions {
+            url: url.into(),
+            token: None,
+            client_id: None,
+            encoding: Encoding::MsgPack,
+            ca: None,
+            insecure: false,
+            reconnect: true,
+            max_backoff: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(30),
+            cursor: None,
+            subscription_buffer: 65_536,
+        }
+    }
+}
+
+/// Options of one publish.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    pub headers: Headers,
+    /// Client message id; generated when absent so retries are idempotent.
+    pub mid: Option<String>,
+    /// Wait for the durable ack (default). `false`: fire and forget.
+    pub ack: bool,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions { headers: Headers::default(), mid: None, ack: true }
+    }
+}
+
+/// A durable publish acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubAck {
+    pub topic: String,
+    pub origin: Origin,
+    pub seq: u64,
+    pub hlc: u64,
+    pub cursor: String,
+    pub dup: bool,
+}
+
+/// Something a subscription delivers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Msg(Msg),
+    /// Messages that will not arrive live; read them with [`Client::history`] from `cursor`.
+    Gap { topic: String, origin: Origin, from: u64, to: u64, reason: GapReason, cursor: String },
+}
+
+/// A page of stored messages.
+#[derive(Debug, Clone)]
+pub struct History {
+    pub msgs: Vec<Msg>,
+    pub cursor: String,
+    pub more: bool,
+}
+
+/// Facts from the gateway's `connected` reply.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub client_id: String,
+    pub conn_id: u64,
+    pub node: String,
+    pub epoch: u64,
+    pub limits: LimitsInfo,
+}
+
+/// A live subscription; dropping it does not unsubscribe (call [`Client::unsubscribe`]).
+#[derive(Debug)]
+pub struct Subscription {
+    pub pattern: String,
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Subscription {
+    /// Next event; `None` when the client closed.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// Next event within `d`.
+    pub async fn next_timeout(&mut self, d: Duration) -> Option<Event> {
+        tokio::time::timeout(d, self.rx.recv()).await.ok().flatten()
+    }
+}
+
+pub(crate) enum Request {
+    Publish { topic: String, payload: Bytes, opts: PublishOptions, reply: Option<oneshot::Sender<Result<PubAck, ClientError>>> },
+    Subscribe { pattern: String, start: Start, events: mpsc::Sender<Event>, reply: oneshot::Sender<Result<String, ClientError>> },
+    Unsubscribe { pattern: String, reply: oneshot::Sender<Result<(), ClientError>> },
+    History { topic: String, start: Start, limit: Option<u32>, reply: oneshot::Sender<Result<History, ClientError>> },
+    Ping { reply: oneshot::Sender<Result<(), ClientError>> },
+    Raw { frame: Vec<u8>, reply: oneshot::Sender<Result<(), ClientError>> },
+    Cursor { reply: oneshot::Sender<Cursor> },
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// A connected client. Cheap to clone; all clones share the connection.
+#[derive(Debug, Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Request>,
+    info: SessionInfo,
+    timeout: Duration,
+    sub_buffer: usize,
+}
+
+impl Client {
+    /// Connect and complete the `connect` handshake.
+    ///
+    /// # Errors
+    /// [`ClientError`] when the URL is bad, the connection fails or the gateway refuses.
+    pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        let timeout = opts.request_timeout;
+        let sub_buffer = opts.subscription_buffer;
+        let (tx, info) = task::spawn(opts).await?;
+        Ok(Client { tx, info, timeout, sub_buffer })
+    }
+
+    /// What the gateway said at connect.
+    pub fn session(&self) -> &SessionInfo {
+        &self.info
+    }
+
+    /// Publish and wait for the durable ack.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] with the gateway's code, or a connection error.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<PubAck, ClientError> {
+        self.publish_with(topic, payload, PublishOptions::default()).await
+    }
+
+    /// Publish with options. With `ack: false` returns once the frame is queued
+    /// (the returned ack has seq 0).
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn publish_with(&self, topic: &str, payload: impl Into<Bytes>, opts: PublishOptions) -> Result<PubAck, ClientError> {
+        let payload = payload.into();
+        if !opts.ack {
+            self.send(Request::Publish { topic: topic.into(), payload, opts, reply: None }).await?;
+            return Ok(PubAck { topic: topic.into(), origin: Origin::new("", 0), seq: 0, hlc: 0, cursor: String::new(), dup: false });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Publish { topic: topic.into(), payload, opts, reply: Some(reply) }).await?;
+        self.wait(rx).await?
+    }
+
+    /// Subscribe to a topic or pattern.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (e.g. `forbidden`, `too_many_subscriptions`).
+    pub async fn subscribe(&self, pattern: &str, start: Start) -> Result<Subscription, ClientError> {
+        let (events, rx) = mpsc::channel(self.sub_buffer.max(16));
+        let (reply, done) = oneshot::channel();
+        self.send(Request::Subscribe { pattern: pattern.into(), start, events, reply }).await?;
+        self.wait(done).await??;
+        Ok(Subscription { pattern: pattern.into(), rx })
+    }
+
+    /// Drop a subscription.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] `not_subscribed`.
+    pub async fn unsubscribe(&self, pattern: &str) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Unsubscribe { pattern: pattern.into(), reply }).await?;
+        self.wait(rx).await?
+    }
+
+    /// Read stored messages of one topic.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] for a bad topic or cursor.
+    pub async fn history(&self, topic: &str, start: Start, limit: Option<u32>) -> Result<History, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::History { topic: topic.into(), start, limit, reply }).await?;
+        self.wait(rx).await?
+    }
+
+    /// Round trip to the gateway.
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Ping { reply }).await?;
+        self.wait(rx).await?
+    }
+
+    /// Send raw bytes as one frame (for conformance tests of malformed input).
+    ///
+    /// # Errors
+    /// Connection errors.
+    pub async fn send_raw(&self, frame: Vec<u8>) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Raw { frame, reply }).await?;
+        self.wait(rx).await?
+    }
+
+    /// Everything seen so far by every subscription, merged: pass it as
+    /// `ClientOptions::cursor` (or a `Start::Cursor`) to resume elsewhere.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`].
+    pub async fn cursor(&self) -> Result<Cursor, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Cursor { reply }).await?;
+        self.wait(rx).await
+    }
+
+    /// Close the connection (pending commands fail with [`ClientError::Closed`]).
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Request::Close { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    async fn send(&self, r: Request) -> Result<(), ClientError> {
+        self.tx.send(r).await.map_err(|_| ClientError::Closed)
+    }
+
+    async fn wait<T>(&self, rx: oneshot::Receiver<T>) -> Result<T, ClientError> {
+        match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+}
+
+/// Per-topic positions as a map (used by tests and tools).
+pub fn positions(c: &Cursor, topic: &str) -> BTreeMap<Origin, u64> {
+    c.topic(topic).cloned().unwrap_or_default()
+}
