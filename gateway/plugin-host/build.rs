@@ -15,7 +15,8 @@ use std::process::Command;
 const WASM_TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let repo = manifest_dir.join("../..");
     let plugins = repo.join("plugins");
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -45,7 +46,11 @@ fn main() {
     for member in &members {
         let name = package_name(&plugins.join(member).join("Cargo.toml"));
         let file = release.join(format!("{}.wasm", name.replace('-', "_")));
-        assert!(file.is_file(), "plugin `{name}` did not produce {}", file.display());
+        assert!(
+            file.is_file(),
+            "plugin `{name}` did not produce {}",
+            file.display()
+        );
         let ident = name.to_uppercase().replace('-', "_");
         src.push_str(&format!(
             "/// The `{name}` component (`plugins/{member}`).\npub const {ident}: &str = {:?};\n",
@@ -53,9 +58,14 @@ fn main() {
         ));
         all.push((name, file));
     }
-    src.push_str("\n/// (package name, path) of every built plugin.\npub const ALL: &[(&str, &str)] = &[\n");
+    src.push_str(
+        "\n/// (package name, path) of every built plugin.\npub const ALL: &[(&str, &str)] = &[\n",
+    );
     for (name, file) in &all {
-        src.push_str(&format!("    ({name:?}, {:?}),\n", file.display().to_string()));
+        src.push_str(&format!(
+            "    ({name:?}, {:?}),\n",
+            file.display().to_string()
+        ));
     }
     src.push_str("];\n\n");
     src.push_str(
@@ -68,7 +78,9 @@ fn main() {
 
 /// Re-run when any source file under `dir` changes (skipping `target`).
 fn watch(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -86,7 +98,9 @@ fn watch(dir: &Path) {
 /// The uncommented entries of `members = [...]`.
 fn workspace_members(manifest: &Path) -> Vec<String> {
     let text = fs::read_to_string(manifest).expect("read plugins/Cargo.toml");
-    let start = text.find("members = [").expect("plugins/Cargo.toml has members");
+    let start = text
+        .find("members = [")
+        .expect("plugins/Cargo.toml has members");
     let rest = &text[start + "members = [".len()..];
     let end = rest.find(']').expect("members list is closed");
     rest[..end]
@@ -99,40 +113,67 @@ fn workspace_members(manifest: &Path) -> Vec<String> {
 }
 
 fn package_name(manifest: &Path) -> String {
-    let text = fs::read_to_string(manifest).unwrap_or_else(|e| panic!("read {}: {e}", manifest.display()));
+    let text =
+        fs::read_to_string(manifest).unwrap_or_else(|e| panic!("read {}: {e}", manifest.display()));
     text.lines()
         .map(str::trim)
-        .find_map(|l| l.strip_prefix("name = \"").and_then(|r| r.split('"').next()))
+        .find_map(|l| {
+            l.strip_prefix("name = \"")
+                .and_then(|r| r.split('"').next())
+        })
         .unwrap_or_else(|| panic!("{} has no package name", manifest.display()))
         .to_string()
 }
 
 fn ensure_wasm_target() {
-    let Ok(out) = Command::new("rustup").args(["target", "list", "--installed"]).output() else {
+    let Ok(out) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
         return; // no rustup: assume a toolchain with the target
     };
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.trim() == WASM_TARGET) {
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == WASM_TARGET)
+    {
         return;
     }
-    let status = Command::new("rustup").args(["target", "add", WASM_TARGET]).status();
-    assert!(status.is_ok_and(|s| s.success()), "`rustup target add {WASM_TARGET}` failed");
+    let status = Command::new("rustup")
+        .args(["target", "add", WASM_TARGET])
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "`rustup target add {WASM_TARGET}` failed"
+    );
 }
 
 fn build_plugins(plugins: &Path, target_dir: &Path) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--target", WASM_TARGET, "--manifest-path"])
-        .arg(plugins.join("Cargo.toml"))
-        .env("CARGO_TARGET_DIR", target_dir);
+    cmd.args([
+        "build",
+        "--release",
+        "--target",
+        WASM_TARGET,
+        "--manifest-path",
+    ])
+    .arg(plugins.join("Cargo.toml"))
+    .env("CARGO_TARGET_DIR", target_dir);
     // The outer build's settings must not leak into the wasm build.
     for (key, _) in env::vars_os() {
         let k = key.to_string_lossy();
         let leaks = (k.starts_with("CARGO_") && k != "CARGO_HOME" && k != "CARGO_MAKEFLAGS")
-            || matches!(k.as_ref(), "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER");
+            || matches!(
+                k.as_ref(),
+                "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER"
+            );
         if leaks && k != "CARGO_TARGET_DIR" {
             cmd.env_remove(&key);
         }
     }
     let status = cmd.status().expect("run cargo for plugins/");
-    assert!(status.success(), "building plugins/ for {WASM_TARGET} failed (see output above)");
+    assert!(
+        status.success(),
+        "building plugins/ for {WASM_TARGET} failed (see output above)"
+    );
 }

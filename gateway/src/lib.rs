@@ -13,8 +13,10 @@
 //! - [`store`]: the durable log (group commit, version vectors, retention, dedupe).
 //! - [`metrics`]: the one Prometheus registry.
 //! - [`server`]: wires everything together (`server::run(config, shutdown)`).
+//! - [`cli`]: the `edgesync` command line (serve, pub, sub, cert, check-config).
 
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod outbox;

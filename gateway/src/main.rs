@@ -1,1 +1,5 @@
-fn main() {}
+//! The `edgesync` binary: parses the command line and hands off to [`edgesync::cli`].
+
+fn main() -> std::process::ExitCode {
+    edgesync::cli::main()
+}

@@ -22,12 +22,23 @@ use edgesync_plugin_host::{
 };
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn host(cache: Option<&Path>) -> PluginHost {
-    let cfg = HostConfig { cache_dir: cache.map(Path::to_path_buf), ..HostConfig::default() };
-    PluginHost::new(cfg, Arc::new(MemoryServices::new()), prometheus::Registry::new()).expect("host")
+    let cfg = HostConfig {
+        cache_dir: cache.map(Path::to_path_buf),
+        ..HostConfig::default()
+    };
+    PluginHost::new(
+        cfg,
+        Arc::new(MemoryServices::new()),
+        prometheus::Registry::new(),
+    )
+    .expect("host")
 }
 
 fn load(rt: &tokio::runtime::Runtime, host: &PluginHost) -> Plugin {
@@ -37,11 +48,19 @@ fn load(rt: &tokio::runtime::Runtime, host: &PluginHost) -> Plugin {
 }
 
 fn sender() -> ConnRef {
-    ConnRef { conn_id: 1, client_id: "bench-client".into(), principal: "bench".into() }
+    ConnRef {
+        conn_id: 1,
+        client_id: "bench-client".into(),
+        principal: "bench".into(),
+    }
 }
 
 fn message() -> Message {
-    Message { topic: "bench.topic.a".into(), headers: Vec::new(), payload: vec![b'x'; 256] }
+    Message {
+        topic: "bench.topic.a".into(),
+        headers: Vec::new(),
+        payload: vec![b'x'; 256],
+    }
 }
 
 fn on_message(c: &mut Criterion) {
@@ -50,7 +69,8 @@ fn on_message(c: &mut Criterion) {
     let plugin = load(&rt, &host);
     let (s, m) = (sender(), message());
     c.bench_function("on_message/pass_256B", |b| {
-        b.to_async(&rt).iter(|| async { plugin.on_message(&s, &m).await.expect("call") })
+        b.to_async(&rt)
+            .iter(|| async { plugin.on_message(&s, &m).await.expect("call") })
     });
     percentiles(&rt, &plugin, &s, &m);
 }
@@ -88,7 +108,8 @@ fn on_batch(c: &mut Criterion) {
     let mut g = c.benchmark_group("on_batch");
     g.throughput(Throughput::Elements(256));
     g.bench_function("pass_256x256B", |b| {
-        b.to_async(&rt).iter(|| async { plugin.on_batch(&s, &batch).await.expect("call") })
+        b.to_async(&rt)
+            .iter(|| async { plugin.on_batch(&s, &batch).await.expect("call") })
     });
     g.finish();
 }
@@ -101,7 +122,8 @@ fn instantiate(c: &mut Criterion) {
     // The pool is full (pool_size instances), so each `init` instantiates
     // from the InstancePre, runs the guest's init, and drops the instance.
     c.bench_function("instantiate/from_pool_pre", |b| {
-        b.to_async(&rt).iter(|| async { plugin.init().await.expect("init") })
+        b.to_async(&rt)
+            .iter(|| async { plugin.init().await.expect("init") })
     });
 }
 
@@ -109,11 +131,13 @@ fn cache_load(c: &mut Criterion) {
     let rt = runtime();
     let dir = tempfile::tempdir().expect("tempdir");
     let host = host(Some(dir.path()));
-    rt.block_on(host.inspect(Path::new(built::PASS))).expect("fill cache");
+    rt.block_on(host.inspect(Path::new(built::PASS)))
+        .expect("fill cache");
     let mut g = c.benchmark_group("load");
     g.measurement_time(Duration::from_secs(3));
     g.bench_function("compile_cache_hit", |b| {
-        b.to_async(&rt).iter(|| async { host.inspect(Path::new(built::PASS)).await.expect("hit") })
+        b.to_async(&rt)
+            .iter(|| async { host.inspect(Path::new(built::PASS)).await.expect("hit") })
     });
     g.finish();
 }

@@ -9,6 +9,7 @@ use crate::bindings::types::{Batch, BatchEntry, Header, Message};
 #[derive(Debug, Default)]
 pub struct BatchBuilder {
     data: Vec<u8>,
+    headers: Vec<Header>,
     entries: Vec<BatchEntry>,
 }
 
@@ -21,22 +22,36 @@ impl BatchBuilder {
     /// A builder with room for `messages` messages and `bytes` bytes of
     /// topics and payloads.
     pub fn with_capacity(messages: usize, bytes: usize) -> Self {
-        BatchBuilder { data: Vec::with_capacity(bytes), entries: Vec::with_capacity(messages) }
+        BatchBuilder {
+            data: Vec::with_capacity(bytes),
+            entries: Vec::with_capacity(messages),
+        }
     }
 
     /// Appends one message.
     ///
     /// # Errors
     /// [`BatchFull`] past 4 GiB.
-    pub fn push(&mut self, topic: &str, headers: &[Header], payload: &[u8]) -> Result<(), BatchFull> {
+    pub fn push(
+        &mut self,
+        topic: &str,
+        headers: &[Header],
+        payload: &[u8],
+    ) -> Result<(), BatchFull> {
         let topic_end = self.data.len() + topic.len();
         let payload_end = topic_end + payload.len();
-        let (Ok(topic_end), Ok(payload_end)) = (u32::try_from(topic_end), u32::try_from(payload_end)) else {
+        let headers_end = self.headers.len() + headers.len();
+        let (Ok(topic_end), Ok(payload_end), Ok(headers_end)) = (
+            u32::try_from(topic_end),
+            u32::try_from(payload_end),
+            u32::try_from(headers_end),
+        ) else {
             return Err(BatchFull);
         };
         self.data.extend_from_slice(topic.as_bytes());
         self.data.extend_from_slice(payload);
-        self.entries.push(BatchEntry { topic_end, payload_end, headers: headers.to_vec() });
+        self.headers.extend_from_slice(headers);
+        self.entries.push(BatchEntry { topic_end, payload_end, headers_end });
         Ok(())
     }
 
@@ -52,7 +67,10 @@ impl BatchBuilder {
 
     /// The batch.
     pub fn finish(self) -> Batch {
-        Batch { data: self.data, entries: self.entries }
+        Batch {
+            data: self.data,
+            entries: self.entries,
+        }
     }
 
     /// A batch of `messages`.
@@ -60,7 +78,10 @@ impl BatchBuilder {
     /// # Errors
     /// [`BatchFull`] past 4 GiB.
     pub fn from_messages(messages: &[Message]) -> Result<Batch, BatchFull> {
-        let bytes = messages.iter().map(|m| m.topic.len() + m.payload.len()).sum();
+        let bytes = messages
+            .iter()
+            .map(|m| m.topic.len() + m.payload.len())
+            .sum();
         let mut b = BatchBuilder::with_capacity(messages.len(), bytes);
         for m in messages {
             b.push(&m.topic, &m.headers, &m.payload)?;
@@ -80,7 +101,13 @@ mod tests {
         b.push("c", &[], b"").ok();
         let batch = b.finish();
         assert_eq!(batch.data, b"a.bxyc");
-        assert_eq!((batch.entries[0].topic_end, batch.entries[0].payload_end), (3, 5));
-        assert_eq!((batch.entries[1].topic_end, batch.entries[1].payload_end), (6, 6));
+        assert_eq!(
+            (batch.entries[0].topic_end, batch.entries[0].payload_end),
+            (3, 5)
+        );
+        assert_eq!(
+            (batch.entries[1].topic_end, batch.entries[1].payload_end),
+            (6, 6)
+        );
     }
 }

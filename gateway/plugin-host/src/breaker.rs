@@ -97,7 +97,9 @@ impl Breaker {
     }
 
     fn trip(&mut self, now: Instant) {
-        self.state = BreakerState::Open { until: now + self.backoff };
+        self.state = BreakerState::Open {
+            until: now + self.backoff,
+        };
         self.backoff = (self.backoff * 2).min(self.backoff_max);
         self.count = 0;
         self.window_start = now;
@@ -109,7 +111,12 @@ mod tests {
     use super::*;
 
     fn cfg() -> BreakerConfig {
-        BreakerConfig { failures: 3, window_ms: 1000, backoff_ms: 100, backoff_max_ms: 250 }
+        BreakerConfig {
+            failures: 3,
+            window_ms: 1000,
+            backoff_ms: 100,
+            backoff_max_ms: 250,
+        }
     }
 
     #[test]
@@ -119,7 +126,10 @@ mod tests {
         assert!(!b.on_fault(t0));
         assert!(!b.on_fault(t0));
         assert!(b.on_fault(t0));
-        assert_eq!(b.admit(t0 + Duration::from_millis(50)), Err(Duration::from_millis(50)));
+        assert_eq!(
+            b.admit(t0 + Duration::from_millis(50)),
+            Err(Duration::from_millis(50))
+        );
         // Backoff elapsed: probe allowed; a fault re-opens with 200 ms.
         let t1 = t0 + Duration::from_millis(100);
         assert_eq!(b.admit(t1), Ok(()));

@@ -53,12 +53,22 @@ pub(crate) fn compile(
     let sha256 = hex::encode(Sha256::digest(bytes));
     let Some(dir) = cache_dir else {
         let component = Component::new(engine, bytes)?;
-        return Ok(Compiled { component, sha256, outcome: CacheOutcome::Uncached });
+        return Ok(Compiled {
+            component,
+            sha256,
+            outcome: CacheOutcome::Uncached,
+        });
     };
     let path = dir.join(format!("{sha256}-{engine_key}.cwasm"));
     if path.is_file() {
         match load_cached(engine, &path) {
-            Ok(component) => return Ok(Compiled { component, sha256, outcome: CacheOutcome::Hit }),
+            Ok(component) => {
+                return Ok(Compiled {
+                    component,
+                    sha256,
+                    outcome: CacheOutcome::Hit,
+                });
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "plugin cache: unusable entry, recompiling");
                 let _ = std::fs::remove_file(&path);
@@ -74,7 +84,11 @@ pub(crate) fn compile(
         }
     };
     let component = deserialize_fresh(engine, &artefact)?;
-    Ok(Compiled { component, sha256, outcome })
+    Ok(Compiled {
+        component,
+        sha256,
+        outcome,
+    })
 }
 
 /// Loads a cached artefact.

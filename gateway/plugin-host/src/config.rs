@@ -250,7 +250,12 @@ pub struct BreakerConfig {
 
 impl Default for BreakerConfig {
     fn default() -> Self {
-        BreakerConfig { failures: 5, window_ms: 10_000, backoff_ms: 1_000, backoff_max_ms: 60_000 }
+        BreakerConfig {
+            failures: 5,
+            window_ms: 10_000,
+            backoff_ms: 1_000,
+            backoff_max_ms: 60_000,
+        }
     }
 }
 
@@ -265,7 +270,10 @@ pub struct ConfigError {
 }
 
 fn bad(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_string(), reason: reason.into() }
+    ConfigError {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
 }
 
 impl PluginConfig {
@@ -288,36 +296,54 @@ impl PluginConfig {
     /// The first offending key.
     pub fn validate(&self, host: &HostConfig) -> Result<(), ConfigError> {
         if !name_is_valid(&self.name) {
-            return Err(bad("plugin.name", "must be 1-64 of [a-z0-9_-], starting with a letter"));
+            return Err(bad(
+                "plugin.name",
+                "must be 1-64 of [a-z0-9_-], starting with a letter",
+            ));
         }
         let l = &self.limits;
         if l.memory_mib == 0 || l.memory_mib > host.max_memory_mib {
             return Err(bad(
                 "plugin.limits.memory_mib",
-                format!("must be in 1..={} (plugin_host.max_memory_mib)", host.max_memory_mib),
+                format!(
+                    "must be in 1..={} (plugin_host.max_memory_mib)",
+                    host.max_memory_mib
+                ),
             ));
         }
         if l.deadline_ms == 0 || l.deadline_ms > 60_000 {
             return Err(bad("plugin.limits.deadline_ms", "must be in 1..=60000"));
         }
         if l.init_deadline_ms == 0 || l.init_deadline_ms > 60_000 {
-            return Err(bad("plugin.limits.init_deadline_ms", "must be in 1..=60000"));
+            return Err(bad(
+                "plugin.limits.init_deadline_ms",
+                "must be in 1..=60000",
+            ));
         }
         if l.timeout_ms < l.deadline_ms || l.timeout_ms > 600_000 {
-            return Err(bad("plugin.limits.timeout_ms", "must be in deadline_ms..=600000"));
+            return Err(bad(
+                "plugin.limits.timeout_ms",
+                "must be in deadline_ms..=600000",
+            ));
         }
         if l.max_instances == 0 || l.max_instances > 4096 {
             return Err(bad("plugin.limits.max_instances", "must be in 1..=4096"));
         }
         if l.pool_size > l.max_instances {
-            return Err(bad("plugin.limits.pool_size", "must not exceed max_instances"));
+            return Err(bad(
+                "plugin.limits.pool_size",
+                "must not exceed max_instances",
+            ));
         }
         let b = &self.breaker;
         if b.failures == 0 {
             return Err(bad("plugin.breaker.failures", "must be at least 1"));
         }
         if b.backoff_ms == 0 || b.backoff_max_ms < b.backoff_ms {
-            return Err(bad("plugin.breaker.backoff_ms", "must be >= 1 and <= backoff_max_ms"));
+            return Err(bad(
+                "plugin.breaker.backoff_ms",
+                "must be >= 1 and <= backoff_max_ms",
+            ));
         }
         Ok(())
     }
@@ -348,7 +374,9 @@ impl Limits {
 /// Plugin names end up in metric names, log fields and kv scopes.
 pub fn name_is_valid(name: &str) -> bool {
     let mut chars = name.chars();
-    let Some(first) = chars.next() else { return false };
+    let Some(first) = chars.next() else {
+        return false;
+    };
     name.len() <= 64
         && first.is_ascii_lowercase()
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
@@ -367,14 +395,19 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         let json = r#"{"name":"a","path":"a.wasm","limits":{"memroy_mib":4}}"#;
-        let err = serde_json::from_str::<PluginConfig>(json).err().map(|e| e.to_string());
+        let err = serde_json::from_str::<PluginConfig>(json)
+            .err()
+            .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("memroy_mib"));
     }
 
     #[test]
     fn bad_values_name_the_key() {
         let mut c = PluginConfig::new("Bad Name", "x.wasm");
-        assert_eq!(c.validate(&HostConfig::default()).map_err(|e| e.key), Err("plugin.name".into()));
+        assert_eq!(
+            c.validate(&HostConfig::default()).map_err(|e| e.key),
+            Err("plugin.name".into())
+        );
         c.name = "ok".into();
         c.limits.memory_mib = 1024;
         let key = c.validate(&HostConfig::default()).map_err(|e| e.key);

@@ -30,7 +30,7 @@ pub enum Allocator {
 /// When even the on-demand engine cannot be created.
 pub(crate) fn build(config: &HostConfig) -> wasmtime::Result<(Engine, Allocator)> {
     if config.pooling {
-        let mut c = base_config(config);
+        let mut c = base_config();
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(config)));
         match Engine::new(&c) {
             Ok(engine) => return Ok((engine, Allocator::Pooling)),
@@ -40,11 +40,11 @@ pub(crate) fn build(config: &HostConfig) -> wasmtime::Result<(Engine, Allocator)
             ),
         }
     }
-    let engine = Engine::new(&base_config(config))?;
+    let engine = Engine::new(&base_config())?;
     Ok((engine, Allocator::OnDemand))
 }
 
-fn base_config(config: &HostConfig) -> Config {
+fn base_config() -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
     c.concurrency_support(false);
@@ -53,7 +53,6 @@ fn base_config(config: &HostConfig) -> Config {
     // Guests get a generous but bounded stack; deep recursion traps.
     c.max_wasm_stack(512 << 10);
     c.async_stack_size(1 << 20);
-    let _ = config;
     c
 }
 
@@ -89,16 +88,21 @@ impl EpochTicker {
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("edgesync-epoch".into()).spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
+        let thread = std::thread::Builder::new()
+            .name("edgesync-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
+                    }
                 }
-            }
-        })?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
+            })?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

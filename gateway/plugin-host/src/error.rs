@@ -191,10 +191,16 @@ impl PluginError {
     /// Whether calling again later may succeed (the breaker closes, the
     /// host recovers). A fault caused by the input itself will recur.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.kind(), ErrorKind::Disabled | ErrorKind::Host | ErrorKind::Timeout)
+        matches!(
+            self.kind(),
+            ErrorKind::Disabled | ErrorKind::Host | ErrorKind::Timeout
+        )
     }
 
     pub(crate) fn load(plugin: &str, reason: impl Into<String>) -> Self {
-        PluginError::Load { plugin: plugin.to_string(), reason: reason.into() }
+        PluginError::Load {
+            plugin: plugin.to_string(),
+            reason: reason.into(),
+        }
     }
 }

@@ -20,8 +20,13 @@ pub enum Family {
 
 impl Family {
     /// Every family, in contract order.
-    pub const ALL: [Family; 5] =
-        [Family::Lifecycle, Family::Auth, Family::Message, Family::Storage, Family::Timer];
+    pub const ALL: [Family; 5] = [
+        Family::Lifecycle,
+        Family::Auth,
+        Family::Message,
+        Family::Storage,
+        Family::Timer,
+    ];
 
     /// The exported interface name, without package and version.
     pub fn interface(self) -> &'static str {

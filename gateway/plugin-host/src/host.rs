@@ -87,7 +87,8 @@ impl PluginHost {
         services: Arc<dyn HostServices>,
         registry: Registry,
     ) -> Result<Self, HostError> {
-        let (engine, allocator) = engine::build(&config).map_err(|e| HostError::Engine(format!("{e:#}")))?;
+        let (engine, allocator) =
+            engine::build(&config).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         caps::link_all(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let tick = Duration::from_millis(config.epoch_tick_ms.max(1));
@@ -149,7 +150,9 @@ impl PluginHost {
         self.shared
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| PluginError::load(&label, format!("does not link against the contract: {e:#}")))?;
+            .map_err(|e| {
+                PluginError::load(&label, format!("does not link against the contract: {e:#}"))
+            })?;
         Ok(info)
     }
 }
@@ -166,13 +169,14 @@ pub(crate) async fn build_version(
         .validate(&shared.config)
         .map_err(|e| PluginError::load(&name, e.to_string()))?;
     let (component, mut info) = compile_file(shared, &name, &config.path).await?;
-    info.imports = caps::check_grants(&component, &config.grants).map_err(|e| PluginError::load(&name, e))?;
-    let pre = shared
-        .linker
-        .instantiate_pre(&component)
-        .map_err(|e| PluginError::load(&name, format!("does not link against the contract: {e:#}")))?;
-    let indices = HookIndices::new(&pre, info.exports)
-        .map_err(|e| PluginError::load(&name, format!("exports do not match the contract: {e:#}")))?;
+    info.imports =
+        caps::check_grants(&component, &config.grants).map_err(|e| PluginError::load(&name, e))?;
+    let pre = shared.linker.instantiate_pre(&component).map_err(|e| {
+        PluginError::load(&name, format!("does not link against the contract: {e:#}"))
+    })?;
+    let indices = HookIndices::new(&pre, info.exports).map_err(|e| {
+        PluginError::load(&name, format!("exports do not match the contract: {e:#}"))
+    })?;
     let config_value = serde_json::Value::Object(config.config.clone());
     let vctx = Arc::new(VersionCtx {
         id: shared.next_version.fetch_add(1, Ordering::Relaxed),
@@ -181,7 +185,10 @@ pub(crate) async fn build_version(
         grants: config.grants.clone(),
     });
     let prewarm = config.limits.pool_size.max(1);
-    let timeout = config.limits.timeout().max(config.limits.init_deadline() * 2);
+    let timeout = config
+        .limits
+        .timeout()
+        .max(config.limits.init_deadline() * 2);
     let version = Arc::new(Version::new(vctx, config, info, pre, indices));
     for _ in 0..prewarm {
         match tokio::time::timeout(timeout, version.warm(shared, ctx)).await {
@@ -210,7 +217,11 @@ async fn compile_file(
     if meta.len() > max {
         return Err(PluginError::load(
             name,
-            format!("{}: {} bytes exceeds plugin_host.max_component_mib", path.display(), meta.len()),
+            format!(
+                "{}: {} bytes exceeds plugin_host.max_component_mib",
+                path.display(),
+                meta.len()
+            ),
         ));
     }
     let bytes = tokio::fs::read(path)
@@ -218,14 +229,32 @@ async fn compile_file(
         .map_err(|e| PluginError::load(name, format!("{}: {e}", path.display())))?;
     let s = shared.clone();
     let job = tokio::task::spawn_blocking(move || {
-        cache::compile(&s.engine, &s.engine_key, &bytes, s.config.cache_dir.as_deref())
+        cache::compile(
+            &s.engine,
+            &s.engine_key,
+            &bytes,
+            s.config.cache_dir.as_deref(),
+        )
     });
     let limit = Duration::from_millis(shared.config.compile_timeout_ms);
     let compiled = match tokio::time::timeout(limit, job).await {
-        Err(_) => return Err(PluginError::load(name, format!("compilation took longer than {limit:?}"))),
-        Ok(Err(join)) => return Err(PluginError::load(name, format!("compiler task failed: {join}"))),
+        Err(_) => {
+            return Err(PluginError::load(
+                name,
+                format!("compilation took longer than {limit:?}"),
+            ));
+        }
+        Ok(Err(join)) => {
+            return Err(PluginError::load(
+                name,
+                format!("compiler task failed: {join}"),
+            ));
+        }
         Ok(Ok(Err(e))) => {
-            return Err(PluginError::load(name, format!("{}: not a valid component: {e:#}", path.display())));
+            return Err(PluginError::load(
+                name,
+                format!("{}: not a valid component: {e:#}", path.display()),
+            ));
         }
         Ok(Ok(Ok(c))) => c,
     };

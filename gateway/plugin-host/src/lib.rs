@@ -74,8 +74,7 @@ pub use plugin::{BATCH_MESSAGES_PER_DEADLINE, Plugin, ReloadReport};
 pub use services::{HostServices, KvEntry, ServiceError};
 pub use types::{
     Batch, BatchEntry, ConnInfo, ConnRef, ConnectVerdict, Header, Message, MessageVerdict,
-    Permissions, Principal, RetentionHint, SubscribeVerdict, Transport, WriteChanges,
-    WriteVerdict,
+    Permissions, Principal, RetentionHint, SubscribeVerdict, Transport, WriteChanges, WriteVerdict,
 };
 
 /// Limits on what guests pass to host capabilities.

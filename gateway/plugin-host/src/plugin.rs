@@ -5,9 +5,10 @@
 //!    component does not export returns [`PluginError::NotExported`]
 //!    without touching an instance;
 //! 2. the breaker admits the call or returns [`PluginError::Disabled`];
-//! 3. within the wall-clock timeout: a concurrency permit, an idle
-//!    instance (or a new one, which runs `init`), the CPU deadline armed,
-//!    the export called with `call_async`;
+//! 3. a concurrency permit (waiting at most the wall-clock timeout), an
+//!    idle instance (or a new one, which runs `init`), the CPU deadline and
+//!    wall-clock timeout armed on the epoch callback, the export called
+//!    with `call_async`;
 //! 4. success → instance back to the pool, breaker told; fault → instance
 //!    discarded, breaker told, error classified.
 
@@ -72,37 +73,38 @@ pub struct ReloadReport {
 /// Runs a hook through the common call path (see the module docs).
 /// `$family` is the `Hooks` field, `$budget` the CPU budget, and the
 /// closure-like tail builds the export call from the typed exports `$g`
-/// and the store `$store`.
+/// and the store `$store`. No tokio timer on this path: the wall-clock
+/// timeout is enforced by the epoch callback (host functions are
+/// synchronous, so the call never awaits anything but guest code).
 macro_rules! call_hook {
     ($self:ident, $hook:expr, $budget:expr, $family:ident, |$g:ident, $store:ident| $call:expr) => {{
         let hook: Hook = $hook;
         let version = $self.begin(hook)?;
         let _inflight = version.enter();
         let started = Instant::now();
-        let budget: Duration = $budget;
-        let inner = &$self.inner;
-        let outcome = tokio::time::timeout(version.config.limits.timeout(), async {
-            let Some(_permit) = version.permit().await else {
-                return Err(PluginError::Host {
-                    plugin: inner.ctx.name.clone(),
-                    hook,
-                    reason: "instance pool closed".into(),
-                });
-            };
-            let mut inst: Instance = version.checkout(&inner.shared, &inner.ctx).await?;
-            let ticks = inst.store.data_mut().cpu.arm(budget);
-            inst.store.set_epoch_deadline(ticks);
-            let result = match inst.hooks.$family.as_ref() {
-                Some($g) => {
-                    let $store = &mut inst.store;
-                    $call.await
-                }
-                None => Err(wasmtime::format_err!("instance lacks an exported family")),
-            };
-            Ok((inst, result))
-        })
-        .await;
-        $self.finish(&version, hook, started, outcome)
+        let timeout = version.config.limits.timeout();
+        let Some(_permit) = version.permit(timeout).await else {
+            let reason = format!(
+                "no free instance within {timeout:?} (limits.max_instances = {})",
+                version.config.limits.max_instances
+            );
+            let err = PluginError::Host { plugin: $self.name().to_string(), hook, reason };
+            return Err($self.fail(&version, hook, err));
+        };
+        let mut inst: Instance = match version.checkout(&$self.inner.shared, &$self.inner.ctx).await {
+            Ok(inst) => inst,
+            Err(e) => return Err($self.fail(&version, hook, e)),
+        };
+        let ticks = inst.store.data_mut().cpu.arm($budget, timeout);
+        inst.store.set_epoch_deadline(ticks);
+        let result = match inst.hooks.$family.as_ref() {
+            Some($g) => {
+                let $store = &mut inst.store;
+                $call.await
+            }
+            None => Err(wasmtime::format_err!("instance lacks an exported family")),
+        };
+        $self.finish(&version, hook, started, inst, result)
     }};
 }
 
@@ -112,7 +114,11 @@ macro_rules! call_hook {
 struct ContractViolation(String);
 
 impl Plugin {
-    pub(crate) fn start(shared: Arc<HostShared>, ctx: Arc<PluginCtx>, version: Arc<Version>) -> Plugin {
+    pub(crate) fn start(
+        shared: Arc<HostShared>,
+        ctx: Arc<PluginCtx>,
+        version: Arc<Version>,
+    ) -> Plugin {
         let plugin = Plugin {
             inner: Arc::new(PluginInner {
                 shared,
@@ -192,8 +198,13 @@ impl Plugin {
     /// [`PluginError::Init`] if `init` fails or faults.
     pub async fn init(&self) -> Result<(), PluginError> {
         let version = self.inner.current.read().clone();
-        let timeout = version.config.limits.timeout().max(version.config.limits.init_deadline() * 2);
-        match tokio::time::timeout(timeout, version.warm(&self.inner.shared, &self.inner.ctx)).await {
+        let timeout = version
+            .config
+            .limits
+            .timeout()
+            .max(version.config.limits.init_deadline() * 2);
+        match tokio::time::timeout(timeout, version.warm(&self.inner.shared, &self.inner.ctx)).await
+        {
             Ok(r) => r,
             Err(_) => Err(PluginError::Init {
                 plugin: self.name().to_string(),
@@ -208,14 +219,19 @@ impl Plugin {
     /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnConnect)`.
     pub async fn on_connect(&self, conn: &ConnInfo) -> Result<ConnectVerdict, PluginError> {
         let budget = self.deadline();
-        call_hook!(self, Hook::OnConnect, budget, auth, |g, store| g.call_on_connect(store, conn))
+        call_hook!(self, Hook::OnConnect, budget, auth, |g, store| g
+            .call_on_connect(store, conn))
     }
 
     /// `auth-hooks.on-subscribe`: admit a subscription.
     ///
     /// # Errors
     /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnSubscribe)`.
-    pub async fn on_subscribe(&self, conn: &ConnRef, pattern: &str) -> Result<SubscribeVerdict, PluginError> {
+    pub async fn on_subscribe(
+        &self,
+        conn: &ConnRef,
+        pattern: &str,
+    ) -> Result<SubscribeVerdict, PluginError> {
         let budget = self.deadline();
         call_hook!(self, Hook::OnSubscribe, budget, auth, |g, store| g
             .call_on_subscribe(store, conn, pattern))
@@ -227,14 +243,19 @@ impl Plugin {
     /// See [`PluginError`] (informational only: nothing to refuse).
     pub async fn on_disconnect(&self, conn: &ConnRef) -> Result<(), PluginError> {
         let budget = self.deadline();
-        call_hook!(self, Hook::OnDisconnect, budget, auth, |g, store| g.call_on_disconnect(store, conn))
+        call_hook!(self, Hook::OnDisconnect, budget, auth, |g, store| g
+            .call_on_disconnect(store, conn))
     }
 
     /// `message-hooks.on-message`: the verdict on one published message.
     ///
     /// # Errors
     /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnMessage)`.
-    pub async fn on_message(&self, sender: &ConnRef, msg: &Message) -> Result<MessageVerdict, PluginError> {
+    pub async fn on_message(
+        &self,
+        sender: &ConnRef,
+        msg: &Message,
+    ) -> Result<MessageVerdict, PluginError> {
         let budget = self.deadline();
         call_hook!(self, Hook::OnMessage, budget, message, |g, store| g
             .call_on_message(store, sender, msg))
@@ -248,9 +269,14 @@ impl Plugin {
     /// # Errors
     /// See [`PluginError`]; [`PluginError::Contract`] if the guest returns
     /// the wrong number of verdicts. Apply [`Plugin::policy`]`(Hook::OnBatch)`.
-    pub async fn on_batch(&self, sender: &ConnRef, batch: &Batch) -> Result<Vec<MessageVerdict>, PluginError> {
+    pub async fn on_batch(
+        &self,
+        sender: &ConnRef,
+        batch: &Batch,
+    ) -> Result<Vec<MessageVerdict>, PluginError> {
         let n = batch.entries.len();
-        let budget = self.deadline() * (1 + n / BATCH_MESSAGES_PER_DEADLINE) as u32;
+        let budgets = (1 + n / BATCH_MESSAGES_PER_DEADLINE).min(1000) as u32;
+        let budget = self.deadline() * budgets;
         call_hook!(self, Hook::OnBatch, budget, message, |g, store| async {
             let verdicts = g.call_on_batch(store, sender, batch).await?;
             if verdicts.len() != n {
@@ -268,9 +294,14 @@ impl Plugin {
     ///
     /// # Errors
     /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnWrite)`.
-    pub async fn on_write(&self, sender: &ConnRef, msg: &Message) -> Result<WriteVerdict, PluginError> {
+    pub async fn on_write(
+        &self,
+        sender: &ConnRef,
+        msg: &Message,
+    ) -> Result<WriteVerdict, PluginError> {
         let budget = self.deadline();
-        call_hook!(self, Hook::OnWrite, budget, storage, |g, store| g.call_on_write(store, sender, msg))
+        call_hook!(self, Hook::OnWrite, budget, storage, |g, store| g
+            .call_on_write(store, sender, msg))
     }
 
     /// `timer-hooks.on-timer`: the timer `name` fired. The plugin's timer
@@ -280,7 +311,8 @@ impl Plugin {
     /// See [`PluginError`].
     pub async fn on_timer(&self, name: &str) -> Result<(), PluginError> {
         let budget = self.deadline();
-        call_hook!(self, Hook::OnTimer, budget, timer, |g, store| g.call_on_timer(store, name))
+        call_hook!(self, Hook::OnTimer, budget, timer, |g, store| g
+            .call_on_timer(store, name))
     }
 
     /// Hot reload: builds the new version from `config` (same name; path,
@@ -313,7 +345,12 @@ impl Plugin {
             drained,
             "plugin reloaded"
         );
-        Ok(ReloadReport { from_version: old.ctx.id, to_version: new.ctx.id, drained, info: new.info.clone() })
+        Ok(ReloadReport {
+            from_version: old.ctx.id,
+            to_version: new.ctx.id,
+            drained,
+            info: new.info.clone(),
+        })
     }
 
     fn deadline(&self) -> Duration {
@@ -324,12 +361,21 @@ impl Plugin {
     fn begin(&self, hook: Hook) -> Result<Arc<Version>, PluginError> {
         let version = self.inner.current.read().clone();
         if !version.exports.contains(hook.family()) {
-            return Err(PluginError::NotExported { plugin: self.name().to_string(), hook });
+            return Err(PluginError::NotExported {
+                plugin: self.name().to_string(),
+                hook,
+            });
         }
         let admitted = version.breaker.lock().admit(Instant::now());
         if let Err(retry_in) = admitted {
-            self.inner.ctx.telemetry.error(hook, crate::error::ErrorKind::Disabled);
-            return Err(PluginError::Disabled { plugin: self.name().to_string(), retry_in });
+            self.inner
+                .ctx
+                .telemetry
+                .error(hook, crate::error::ErrorKind::Disabled);
+            return Err(PluginError::Disabled {
+                plugin: self.name().to_string(),
+                retry_in,
+            });
         }
         Ok(version)
     }
@@ -340,30 +386,29 @@ impl Plugin {
         version: &Version,
         hook: Hook,
         started: Instant,
-        outcome: Result<Result<(Instance, wasmtime::Result<R>), PluginError>, tokio::time::error::Elapsed>,
+        inst: Instance,
+        result: wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let ctx = &self.inner.ctx;
-        let err = match outcome {
-            Ok(Ok((inst, Ok(value)))) => {
+        match result {
+            Ok(value) => {
                 version.checkin(inst, ctx);
                 version.breaker.lock().on_success();
                 ctx.telemetry.ok(hook, started.elapsed().as_secs_f64());
-                return Ok(value);
+                Ok(value)
             }
-            Ok(Ok((inst, Err(e)))) => {
+            Err(e) => {
                 ctx.telemetry.discarded.inc();
-                classify(&ctx.name, hook, &inst, &e)
+                let err = classify(&ctx.name, hook, &inst, &e);
+                drop(inst);
+                Err(self.fail(version, hook, err))
             }
-            Ok(Err(e)) => e,
-            Err(_) => {
-                ctx.telemetry.discarded.inc();
-                PluginError::Timeout {
-                    plugin: ctx.name.clone(),
-                    hook,
-                    timeout: version.config.limits.timeout(),
-                }
-            }
-        };
+        }
+    }
+
+    /// Records a failed call (telemetry, breaker) and returns its error.
+    fn fail(&self, version: &Version, hook: Hook, err: PluginError) -> PluginError {
+        let ctx = &self.inner.ctx;
         ctx.telemetry.error(hook, err.kind());
         if err.is_guest_fault() && version.breaker.lock().on_fault(Instant::now()) {
             ctx.telemetry.breaker_trips.inc();
@@ -371,7 +416,7 @@ impl Plugin {
         } else {
             tracing::debug!(plugin = %ctx.name, %hook, error = %err, "plugin hook failed");
         }
-        Err(err)
+        err
     }
 }
 
@@ -380,15 +425,31 @@ fn classify(plugin: &str, hook: Hook, inst: &Instance, e: &wasmtime::Error) -> P
     let state = inst.store.data();
     let plugin = plugin.to_string();
     if state.memory.hit {
-        return PluginError::MemoryLimit { plugin, hook, limit_bytes: state.memory.max_bytes };
+        return PluginError::MemoryLimit {
+            plugin,
+            hook,
+            limit_bytes: state.memory.max_bytes,
+        };
     }
     if state.cpu.exceeded {
-        return PluginError::Deadline { plugin, hook, budget: state.cpu.budget() };
+        return PluginError::Deadline {
+            plugin,
+            hook,
+            budget: state.cpu.budget(),
+        };
     }
     if let Some(c) = e.downcast_ref::<ContractViolation>() {
-        return PluginError::Contract { plugin, hook, reason: c.0.clone() };
+        return PluginError::Contract {
+            plugin,
+            hook,
+            reason: c.0.clone(),
+        };
     }
-    PluginError::Trap { plugin, hook, message: describe_fault(state, e) }
+    PluginError::Trap {
+        plugin,
+        hook,
+        message: describe_fault(state, e),
+    }
 }
 
 /// Delivers the plugin's timers until the plugin is dropped.
@@ -408,7 +469,9 @@ async fn run_timers(plugin: Weak<PluginInner>, ctx: Arc<PluginCtx>) {
             }
         }
         let names = ctx.timers.take_due(tokio::time::Instant::now());
-        let Some(inner) = plugin.upgrade() else { return };
+        let Some(inner) = plugin.upgrade() else {
+            return;
+        };
         let p = Plugin { inner };
         for name in names {
             match p.on_timer(&name).await {
@@ -416,7 +479,9 @@ async fn run_timers(plugin: Weak<PluginInner>, ctx: Arc<PluginCtx>) {
                 Err(PluginError::NotExported { .. }) => {
                     tracing::debug!(plugin = %ctx.name, timer = %name, "timer fired but on-timer is not exported");
                 }
-                Err(e) => tracing::warn!(plugin = %ctx.name, timer = %name, error = %e, "on-timer failed"),
+                Err(e) => {
+                    tracing::warn!(plugin = %ctx.name, timer = %name, error = %e, "on-timer failed")
+                }
             }
         }
     }

@@ -69,11 +69,31 @@ impl HookIndices {
         instance: &wasmtime::component::Instance,
     ) -> wasmtime::Result<Hooks> {
         Ok(Hooks {
-            lifecycle: self.lifecycle.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
-            auth: self.auth.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
-            message: self.message.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
-            storage: self.storage.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
-            timer: self.timer.as_ref().map(|i| i.load(&mut *store, instance)).transpose()?,
+            lifecycle: self
+                .lifecycle
+                .as_ref()
+                .map(|i| i.load(&mut *store, instance))
+                .transpose()?,
+            auth: self
+                .auth
+                .as_ref()
+                .map(|i| i.load(&mut *store, instance))
+                .transpose()?,
+            message: self
+                .message
+                .as_ref()
+                .map(|i| i.load(&mut *store, instance))
+                .transpose()?,
+            storage: self
+                .storage
+                .as_ref()
+                .map(|i| i.load(&mut *store, instance))
+                .transpose()?,
+            timer: self
+                .timer
+                .as_ref()
+                .map(|i| i.load(&mut *store, instance))
+                .transpose()?,
         })
     }
 }
@@ -141,9 +161,15 @@ impl Version {
         InflightGuard(self.clone())
     }
 
-    /// A permit for one concurrent call.
-    pub(crate) async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.busy.clone().acquire_owned().await.ok()
+    /// A permit for one concurrent call, waiting at most `timeout`.
+    pub(crate) async fn permit(&self, timeout: Duration) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.busy.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        match tokio::time::timeout(timeout, self.busy.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Some(p),
+            _ => None,
+        }
     }
 
     /// An idle instance, or a new one.
@@ -175,7 +201,11 @@ impl Version {
     }
 
     /// Adds a fresh instance to the idle pool (prewarming, `Plugin::init`).
-    pub(crate) async fn warm(&self, shared: &HostShared, plugin: &Arc<PluginCtx>) -> Result<(), PluginError> {
+    pub(crate) async fn warm(
+        &self,
+        shared: &HostShared,
+        plugin: &Arc<PluginCtx>,
+    ) -> Result<(), PluginError> {
         let inst = self.instantiate(shared, plugin).await?;
         let mut idle = self.idle.lock();
         if idle.len() < self.config.limits.pool_size.max(1) {
@@ -186,20 +216,28 @@ impl Version {
 
     /// Instantiates from the `InstancePre` and runs `init`, under the init
     /// CPU deadline and the memory cap.
-    async fn instantiate(&self, shared: &HostShared, plugin: &Arc<PluginCtx>) -> Result<Instance, PluginError> {
+    async fn instantiate(
+        &self,
+        shared: &HostShared,
+        plugin: &Arc<PluginCtx>,
+    ) -> Result<Instance, PluginError> {
         let limits = &self.config.limits;
         let state = HostState {
             plugin: plugin.clone(),
             version: self.ctx.clone(),
             wasi: caps::wasi::ctx(&self.ctx.grants),
             table: ResourceTable::new(),
-            memory: MemoryCap { max_bytes: limits.memory_bytes(), hit: false },
+            memory: MemoryCap {
+                max_bytes: limits.memory_bytes(),
+                hit: false,
+            },
             cpu: CpuMeter::new(shared.tick),
         };
         let mut store = Store::new(&shared.engine, state);
         store.limiter(|s| &mut s.memory);
         store.epoch_deadline_callback(on_epoch_deadline);
-        let ticks = store.data_mut().cpu.arm(limits.init_deadline());
+        let wall = limits.timeout().max(limits.init_deadline() * 2);
+        let ticks = store.data_mut().cpu.arm(limits.init_deadline(), wall);
         store.set_epoch_deadline(ticks);
         let init_err = |store: &Store<HostState>, e: wasmtime::Error| PluginError::Init {
             plugin: plugin.name.clone(),
@@ -218,13 +256,21 @@ impl Version {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => {
                     let reason = caps::log::truncate(&reason, 1024).to_string();
-                    return Err(PluginError::Init { plugin: plugin.name.clone(), reason });
+                    return Err(PluginError::Init {
+                        plugin: plugin.name.clone(),
+                        reason,
+                    });
                 }
                 Err(e) => return Err(init_err(&store, e)),
             }
         }
         plugin.telemetry.created.inc();
-        Ok(Instance { store, hooks, calls: 0, retire_after: self.draw_retire_after() })
+        Ok(Instance {
+            store,
+            hooks,
+            calls: 0,
+            retire_after: self.draw_retire_after(),
+        })
     }
 
     fn draw_retire_after(&self) -> u64 {
@@ -280,6 +326,9 @@ pub(crate) fn describe_fault(state: &HostState, e: &wasmtime::Error) -> String {
     }
     if state.cpu.exceeded {
         return format!("CPU deadline of {:?} exceeded", state.cpu.budget());
+    }
+    if state.cpu.timed_out {
+        return format!("wall-clock timeout of {:?} exceeded", state.cpu.wall());
     }
     let text = format!("{e:#}");
     caps::log::truncate(&text, 2048).to_string()

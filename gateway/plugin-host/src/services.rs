@@ -94,8 +94,13 @@ pub trait HostServices: Send + Sync + 'static {
         payload: &[u8],
     ) -> Result<(), ServiceError>;
     /// Delivers directly to one connection (no subscription, no storage).
-    fn send(&self, plugin: &str, conn_id: u64, topic: &str, payload: &[u8])
-    -> Result<(), ServiceError>;
+    fn send(
+        &self,
+        plugin: &str,
+        conn_id: u64,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), ServiceError>;
     /// Closes a connection with a reason.
     fn close(&self, plugin: &str, conn_id: u64, reason: &str) -> Result<(), ServiceError>;
 

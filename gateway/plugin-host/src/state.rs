@@ -52,7 +52,10 @@ pub(crate) struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -95,15 +98,22 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
-/// Guest CPU time of the current call: wall time since `arm` minus time
-/// spent in host functions. Checked on every epoch tick past the deadline.
+/// The two clocks of the current call, checked whenever the store's epoch
+/// deadline passes: guest CPU time (wall time since `arm` minus time spent
+/// in host functions) against the CPU budget, and wall time against the
+/// call's timeout. Enforcing the wall-clock timeout here rather than with a
+/// tokio timer keeps the timer wheel off the hot path; host functions are
+/// synchronous, so a call never waits on anything else.
 pub(crate) struct CpuMeter {
     started: Instant,
     host: Duration,
     budget: Duration,
+    wall: Duration,
     tick: Duration,
-    /// Set when the deadline interrupted the guest.
+    /// Set when the CPU deadline interrupted the guest.
     pub exceeded: bool,
+    /// Set when the wall-clock timeout interrupted the guest.
+    pub timed_out: bool,
 }
 
 impl CpuMeter {
@@ -112,18 +122,22 @@ impl CpuMeter {
             started: Instant::now(),
             host: Duration::ZERO,
             budget: Duration::ZERO,
+            wall: Duration::ZERO,
             tick,
             exceeded: false,
+            timed_out: false,
         }
     }
 
-    /// Starts metering a call with `budget`; returns the epoch ticks to set
-    /// as the store's deadline.
-    pub fn arm(&mut self, budget: Duration) -> u64 {
+    /// Starts metering a call with a CPU `budget` and a `wall` timeout;
+    /// returns the epoch ticks to set as the store's deadline.
+    pub fn arm(&mut self, budget: Duration, wall: Duration) -> u64 {
         self.started = Instant::now();
         self.host = Duration::ZERO;
         self.budget = budget;
+        self.wall = wall.max(budget);
         self.exceeded = false;
+        self.timed_out = false;
         ticks(budget, self.tick)
     }
 
@@ -131,14 +145,15 @@ impl CpuMeter {
         self.budget
     }
 
+    pub fn wall(&self) -> Duration {
+        self.wall
+    }
+
     /// Adds the time since `since` (a host function's start) to host time.
     pub fn add_host_time(&mut self, since: Instant) {
         self.host += since.elapsed();
     }
 
-    fn guest_elapsed(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.host)
-    }
 }
 
 fn ticks(d: Duration, tick: Duration) -> u64 {
@@ -146,18 +161,25 @@ fn ticks(d: Duration, tick: Duration) -> u64 {
     (d.as_nanos().div_ceil(tick_ns) as u64).max(1)
 }
 
-/// The store's epoch-deadline callback: interrupt when guest CPU time is
-/// spent, otherwise extend the deadline by the remaining budget.
+/// The store's epoch-deadline callback: interrupt when guest CPU time or
+/// the wall-clock timeout is spent, otherwise extend the deadline to the
+/// nearer of the two.
 pub(crate) fn on_epoch_deadline(
     mut ctx: StoreContextMut<'_, HostState>,
 ) -> wasmtime::Result<UpdateDeadline> {
     let cpu = &mut ctx.data_mut().cpu;
-    let used = cpu.guest_elapsed();
+    let wall_used = cpu.started.elapsed();
+    let used = wall_used.saturating_sub(cpu.host);
     if used >= cpu.budget {
         cpu.exceeded = true;
         return Ok(UpdateDeadline::Interrupt);
     }
-    Ok(UpdateDeadline::Continue(ticks(cpu.budget - used, cpu.tick)))
+    if wall_used >= cpu.wall {
+        cpu.timed_out = true;
+        return Ok(UpdateDeadline::Interrupt);
+    }
+    let next = (cpu.budget - used).min(cpu.wall - wall_used);
+    Ok(UpdateDeadline::Continue(ticks(next, cpu.tick)))
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@
 //!   `discarded` (after a fault), `retired` (call budget reached)
 //! - `edgesync_plugin_breaker_trips_total{plugin}`
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry,
+};
 
 use crate::error::ErrorKind;
 use crate::hooks::Hook;
@@ -26,7 +28,10 @@ pub(crate) struct HostTelemetry {
 impl HostTelemetry {
     pub(crate) fn register(registry: &Registry) -> prometheus::Result<Self> {
         let calls = IntCounterVec::new(
-            Opts::new("edgesync_plugin_calls_total", "Plugin hook calls by outcome."),
+            Opts::new(
+                "edgesync_plugin_calls_total",
+                "Plugin hook calls by outcome.",
+            ),
             &["plugin", "hook", "outcome"],
         )?;
         let duration = HistogramVec::new(
@@ -41,18 +46,29 @@ impl HostTelemetry {
             &["plugin", "hook"],
         )?;
         let instances = IntCounterVec::new(
-            Opts::new("edgesync_plugin_instances_total", "Plugin instance lifecycle events."),
+            Opts::new(
+                "edgesync_plugin_instances_total",
+                "Plugin instance lifecycle events.",
+            ),
             &["plugin", "event"],
         )?;
         let breaker_trips = IntCounterVec::new(
-            Opts::new("edgesync_plugin_breaker_trips_total", "Crash-loop breaker trips."),
+            Opts::new(
+                "edgesync_plugin_breaker_trips_total",
+                "Crash-loop breaker trips.",
+            ),
             &["plugin"],
         )?;
         registry.register(Box::new(calls.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(instances.clone()))?;
         registry.register(Box::new(breaker_trips.clone()))?;
-        Ok(HostTelemetry { calls, duration, instances, breaker_trips })
+        Ok(HostTelemetry {
+            calls,
+            duration,
+            instances,
+            breaker_trips,
+        })
     }
 
     /// Pre-resolved handles for one plugin (no label lookup per call).
@@ -91,6 +107,8 @@ impl PluginTelemetry {
     }
 
     pub(crate) fn error(&self, hook: Hook, kind: ErrorKind) {
-        self.calls.with_label_values(&[self.plugin.as_str(), hook.name(), kind.as_str()]).inc();
+        self.calls
+            .with_label_values(&[self.plugin.as_str(), hook.name(), kind.as_str()])
+            .inc();
     }
 }

@@ -88,10 +88,19 @@ impl MemoryServices {
         }
     }
 
-    fn put(&self, plugin: &str, key: &str, value: Vec<u8>, ttl_ms: Option<u64>, keep_ttl: bool) -> u64 {
+    fn put(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+        keep_ttl: bool,
+    ) -> u64 {
         let mut kv = self.kv.lock();
         let k = (plugin.to_string(), key.to_string());
-        let (version, old_expiry) = kv.get(&k).map_or((1, None), |s| (s.entry.version + 1, s.expires));
+        let (version, old_expiry) = kv
+            .get(&k)
+            .map_or((1, None), |s| (s.entry.version + 1, s.expires));
         let expires = match ttl_ms {
             Some(ms) if !keep_ttl || old_expiry.is_none() => {
                 Some(Instant::now() + Duration::from_millis(ms))
@@ -99,7 +108,13 @@ impl MemoryServices {
             _ if keep_ttl => old_expiry,
             _ => None,
         };
-        kv.insert(k, Stored { entry: KvEntry { value, version }, expires });
+        kv.insert(
+            k,
+            Stored {
+                entry: KvEntry { value, version },
+                expires,
+            },
+        );
         version
     }
 }
@@ -109,7 +124,13 @@ impl HostServices for MemoryServices {
         Ok(self.live(plugin, key))
     }
 
-    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<u64, ServiceError> {
+    fn kv_set(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<u64, ServiceError> {
         Ok(self.put(plugin, key, value.to_vec(), ttl_ms, false))
     }
 
@@ -130,11 +151,19 @@ impl HostServices for MemoryServices {
 
     fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, ServiceError> {
         let existed = self.live(plugin, key).is_some();
-        self.kv.lock().remove(&(plugin.to_string(), key.to_string()));
+        self.kv
+            .lock()
+            .remove(&(plugin.to_string(), key.to_string()));
         Ok(existed)
     }
 
-    fn kv_increment(&self, plugin: &str, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, ServiceError> {
+    fn kv_increment(
+        &self,
+        plugin: &str,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, ServiceError> {
         let current = match self.live(plugin, key) {
             Some(e) => std::str::from_utf8(&e.value)
                 .ok()
@@ -147,7 +176,12 @@ impl HostServices for MemoryServices {
         Ok(next)
     }
 
-    fn kv_scan_prefix(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<(String, KvEntry)>, ServiceError> {
+    fn kv_scan_prefix(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KvEntry)>, ServiceError> {
         let now = Instant::now();
         let kv = self.kv.lock();
         Ok(kv
@@ -159,7 +193,13 @@ impl HostServices for MemoryServices {
             .collect())
     }
 
-    fn publish(&self, plugin: &str, topic: &str, headers: &[Header], payload: &[u8]) -> Result<(), ServiceError> {
+    fn publish(
+        &self,
+        plugin: &str,
+        topic: &str,
+        headers: &[Header],
+        payload: &[u8],
+    ) -> Result<(), ServiceError> {
         self.published.lock().push(Published {
             plugin: plugin.to_string(),
             topic: topic.to_string(),
@@ -169,7 +209,13 @@ impl HostServices for MemoryServices {
         Ok(())
     }
 
-    fn send(&self, _plugin: &str, conn_id: u64, topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
+    fn send(
+        &self,
+        _plugin: &str,
+        conn_id: u64,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), ServiceError> {
         self.actions.lock().push(ConnAction::Send {
             conn_id,
             topic: topic.to_string(),
@@ -179,7 +225,10 @@ impl HostServices for MemoryServices {
     }
 
     fn close(&self, _plugin: &str, conn_id: u64, reason: &str) -> Result<(), ServiceError> {
-        self.actions.lock().push(ConnAction::Close { conn_id, reason: reason.to_string() });
+        self.actions.lock().push(ConnAction::Close {
+            conn_id,
+            reason: reason.to_string(),
+        });
         Ok(())
     }
 }

@@ -14,54 +14,121 @@ use edgesync_plugin_host::{
 async fn auth_hooks_allow_deny_and_permissions() {
     let h = host();
     let auth = h.load(config("auth", "auth-only")).await;
-    assert_eq!(auth.exports().iter().collect::<Vec<_>>(), vec![Family::Lifecycle, Family::Auth]);
+    assert_eq!(
+        auth.exports().iter().collect::<Vec<_>>(),
+        vec![Family::Lifecycle, Family::Auth]
+    );
 
-    let ConnectVerdict::Allow(p) = auth.on_connect(&conn_info("alice", None)).await.expect("call") else {
+    let ConnectVerdict::Allow(p) = auth
+        .on_connect(&conn_info("alice", None))
+        .await
+        .expect("call")
+    else {
         panic!("alice must be allowed");
     };
     assert_eq!(p.id, "alice");
-    assert_eq!(p.permissions.publish, vec!["alice.>".to_string(), "public.>".to_string()]);
-    assert_eq!(p.attributes, vec![("remote".to_string(), "127.0.0.1:5000".to_string())]);
+    assert_eq!(
+        p.permissions.publish,
+        vec!["alice.>".to_string(), "public.>".to_string()]
+    );
+    assert_eq!(
+        p.attributes,
+        vec![("remote".to_string(), "127.0.0.1:5000".to_string())]
+    );
 
-    let denied = auth.on_connect(&conn_info("banned-bob", None)).await.expect("call");
-    assert_eq!(denied, ConnectVerdict::Deny("client `banned-bob` is banned".into()));
+    let denied = auth
+        .on_connect(&conn_info("banned-bob", None))
+        .await
+        .expect("call");
+    assert_eq!(
+        denied,
+        ConnectVerdict::Deny("client `banned-bob` is banned".into())
+    );
 
-    let sub = auth.on_subscribe(&conn("alice"), "secret.plans").await.expect("call");
+    let sub = auth
+        .on_subscribe(&conn("alice"), "secret.plans")
+        .await
+        .expect("call");
     assert!(matches!(sub, SubscribeVerdict::Deny(_)));
-    let sub = auth.on_subscribe(&conn("alice"), "public.news").await.expect("call");
+    let sub = auth
+        .on_subscribe(&conn("alice"), "public.news")
+        .await
+        .expect("call");
     assert_eq!(sub, SubscribeVerdict::Allow);
-    auth.on_disconnect(&conn("alice")).await.expect("disconnect");
+    auth.on_disconnect(&conn("alice"))
+        .await
+        .expect("disconnect");
 }
 
 #[tokio::test]
 async fn an_auth_only_plugin_is_never_called_for_messages() {
     let h = host();
     let auth = h.load(config("auth", "auth-only")).await;
-    let created = h.metric("edgesync_plugin_instances_total", &[("plugin", "auth"), ("event", "created")]);
+    let created = h.metric(
+        "edgesync_plugin_instances_total",
+        &[("plugin", "auth"), ("event", "created")],
+    );
 
     for hook in [Hook::OnMessage, Hook::OnBatch, Hook::OnWrite, Hook::OnTimer] {
         assert!(!auth.has(hook));
     }
-    let err = auth.on_message(&conn("alice"), &msg("public.x", b"hi")).await.err();
-    assert!(matches!(err, Some(PluginError::NotExported { hook: Hook::OnMessage, .. })), "{err:?}");
+    let err = auth
+        .on_message(&conn("alice"), &msg("public.x", b"hi"))
+        .await
+        .err();
+    assert!(
+        matches!(
+            err,
+            Some(PluginError::NotExported {
+                hook: Hook::OnMessage,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     let batch = BatchBuilder::from_messages(&[msg("public.x", b"hi")]).expect("batch");
-    let err = auth.on_batch(&conn("alice"), &batch).await.err().map(|e| e.kind());
+    let err = auth
+        .on_batch(&conn("alice"), &batch)
+        .await
+        .err()
+        .map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::NotExported));
-    let err = auth.on_write(&conn("alice"), &msg("public.x", b"hi")).await.err().map(|e| e.kind());
+    let err = auth
+        .on_write(&conn("alice"), &msg("public.x", b"hi"))
+        .await
+        .err()
+        .map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::NotExported));
 
     // The host did not even try: no instance was created or checked out,
     // and no call was counted for a message hook.
     assert_eq!(
-        h.metric("edgesync_plugin_instances_total", &[("plugin", "auth"), ("event", "created")]),
+        h.metric(
+            "edgesync_plugin_instances_total",
+            &[("plugin", "auth"), ("event", "created")]
+        ),
         created
     );
-    assert_eq!(h.metric("edgesync_plugin_calls_total", &[("plugin", "auth"), ("hook", "on-message"), ("outcome", "ok")]), Some(0.0));
+    assert_eq!(
+        h.metric(
+            "edgesync_plugin_calls_total",
+            &[
+                ("plugin", "auth"),
+                ("hook", "on-message"),
+                ("outcome", "ok")
+            ]
+        ),
+        Some(0.0)
+    );
     assert_eq!(auth.idle_instances(), 1);
 
     // And the reverse: a message-only plugin has no auth hooks.
     let pass = h.load(config("pass", "pass")).await;
-    let err = pass.on_connect(&conn_info("a", None)).await.err().map(|e| e.kind());
+    let err = pass
+        .on_connect(&conn_info("a", None))
+        .await
+        .err()
+        .map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::NotExported));
 }
 
@@ -69,10 +136,18 @@ async fn an_auth_only_plugin_is_never_called_for_messages() {
 async fn message_hooks_pass_replace_and_batch() {
     let h = host();
     let pass = h.load(config("pass", "pass")).await;
-    assert_eq!(pass.on_message(&conn("a"), &msg("t.a", b"x")).await.expect("call"), MessageVerdict::Pass);
+    assert_eq!(
+        pass.on_message(&conn("a"), &msg("t.a", b"x"))
+            .await
+            .expect("call"),
+        MessageVerdict::Pass
+    );
 
     let upper = h.load(config("upper", "trap")).await;
-    let v = upper.on_message(&conn("a"), &msg("t.a", b"shout")).await.expect("call");
+    let v = upper
+        .on_message(&conn("a"), &msg("t.a", b"shout"))
+        .await
+        .expect("call");
     assert_eq!(v, MessageVerdict::Replace(msg("t.a", b"SHOUT")));
 
     // on-batch: derived from on-message by the SDK; one verdict each.
@@ -80,7 +155,10 @@ async fn message_hooks_pass_replace_and_batch() {
     for p in [&b"a"[..], b"bb", b""] {
         b.push("t.b", &[], p).expect("push");
     }
-    let verdicts = upper.on_batch(&conn("a"), &b.finish()).await.expect("batch");
+    let verdicts = upper
+        .on_batch(&conn("a"), &b.finish())
+        .await
+        .expect("batch");
     assert_eq!(
         verdicts,
         vec![
@@ -89,7 +167,10 @@ async fn message_hooks_pass_replace_and_batch() {
             MessageVerdict::Replace(msg("t.b", b"")),
         ]
     );
-    let verdicts = pass.on_batch(&conn("a"), &BatchBuilder::default().finish()).await.expect("empty");
+    let verdicts = pass
+        .on_batch(&conn("a"), &BatchBuilder::default().finish())
+        .await
+        .expect("empty");
     assert!(verdicts.is_empty());
 }
 
@@ -110,14 +191,28 @@ async fn storage_hook_skips_ephemeral_and_hints_retention() {
         retention.exports().iter().collect::<Vec<_>>(),
         vec![Family::Lifecycle, Family::Storage]
     );
-    let v = retention.on_write(&conn("a"), &msg("presence.alice", b"{}")).await.expect("call");
+    let v = retention
+        .on_write(&conn("a"), &msg("presence.alice", b"{}"))
+        .await
+        .expect("call");
     assert_eq!(v, WriteVerdict::Skip);
-    let v = retention.on_write(&conn("a"), &msg("chat.room1", b"{}")).await.expect("call");
-    let WriteVerdict::AcceptWith(changes) = v else { panic!("expected accept-with, got {v:?}") };
+    let v = retention
+        .on_write(&conn("a"), &msg("chat.room1", b"{}"))
+        .await
+        .expect("call");
+    let WriteVerdict::AcceptWith(changes) = v else {
+        panic!("expected accept-with, got {v:?}")
+    };
     let hint = changes.retention.expect("hint");
-    assert_eq!((hint.max_age_ms, hint.max_count, hint.max_bytes), (Some(60000), Some(100), None));
+    assert_eq!(
+        (hint.max_age_ms, hint.max_count, hint.max_bytes),
+        (Some(60000), Some(100), None)
+    );
     assert_eq!(changes.payload, None);
-    let v = retention.on_write(&conn("a"), &msg("other.x", b"{}")).await.expect("call");
+    let v = retention
+        .on_write(&conn("a"), &msg("other.x", b"{}"))
+        .await
+        .expect("call");
     assert_eq!(v, WriteVerdict::Accept);
 }
 
@@ -135,11 +230,22 @@ async fn ticker_publishes_on_schedule() {
     assert_eq!(ticker.timers(), vec!["tick".to_string()]);
     tokio::time::sleep(Duration::from_millis(230)).await;
     let published = h.services.published();
-    assert!(published.len() >= 5, "only {} ticks in 230 ms", published.len());
-    assert!(published.len() <= 13, "{} ticks in 230 ms: timer set twice?", published.len());
+    assert!(
+        published.len() >= 5,
+        "only {} ticks in 230 ms",
+        published.len()
+    );
+    assert!(
+        published.len() <= 13,
+        "{} ticks in 230 ms: timer set twice?",
+        published.len()
+    );
     let mut last_seq = 0;
     for p in &published {
-        assert_eq!((p.plugin.as_str(), p.topic.as_str()), ("ticker", "time.tick"));
+        assert_eq!(
+            (p.plugin.as_str(), p.topic.as_str()),
+            ("ticker", "time.tick")
+        );
         let v: serde_json::Value = serde_json::from_slice(&p.payload).expect("json");
         assert_eq!(v["node"], "edge-1");
         let seq = v["seq"].as_i64().expect("seq");
@@ -165,4 +271,33 @@ async fn init_errors_fail_the_load() {
     let err = h.host.load(c).await.err().expect("load must fail");
     assert_eq!(err.kind(), ErrorKind::Init);
     assert!(err.to_string().contains("schema config"), "{err}");
+}
+
+#[tokio::test]
+async fn instances_retire_after_a_randomised_call_budget() {
+    let h = host();
+    let mut c = config("pass", "pass");
+    c.limits.retire_after_calls = 4; // each instance draws from [2, 6]
+    let p = h.load(c).await;
+    for _ in 0..40 {
+        assert_eq!(p.on_message(&conn("a"), &msg("t.x", b"y")).await.expect("call"), MessageVerdict::Pass);
+    }
+    let retired = h.metric("edgesync_plugin_instances_total", &[("plugin", "pass"), ("event", "retired")]);
+    let retired = retired.unwrap_or(0.0);
+    assert!((6.0..=20.0).contains(&retired), "retired {retired} instances in 40 calls");
+}
+
+#[tokio::test]
+async fn on_demand_allocation_works_when_pooling_is_off() {
+    let h = host_with(edgesync_plugin_host::HostConfig {
+        pooling: false,
+        ..Default::default()
+    });
+    assert_eq!(h.host.allocator(), edgesync_plugin_host::Allocator::OnDemand);
+    let p = h.load(config("pass", "pass")).await;
+    assert_eq!(p.on_message(&conn("a"), &msg("t.x", b"y")).await.expect("call"), MessageVerdict::Pass);
+    // The default engine pools (or fell back, with a warning, where the
+    // address space could not be reserved).
+    let pooled = host();
+    println!("default allocator: {:?}", pooled.host.allocator());
 }

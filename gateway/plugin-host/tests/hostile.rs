@@ -26,7 +26,12 @@ async fn infinite_loop_is_stopped_at_the_deadline_and_the_host_keeps_serving() {
             let mut n = 0;
             let until = Instant::now() + Duration::from_millis(30);
             while Instant::now() < until {
-                assert_eq!(pass.on_message(&conn("b"), &msg("t.x", b"y")).await.expect("pass"), MessageVerdict::Pass);
+                assert_eq!(
+                    pass.on_message(&conn("b"), &msg("t.x", b"y"))
+                        .await
+                        .expect("pass"),
+                    MessageVerdict::Pass
+                );
                 n += 1;
                 tokio::task::yield_now().await;
             }
@@ -35,18 +40,40 @@ async fn infinite_loop_is_stopped_at_the_deadline_and_the_host_keeps_serving() {
     });
 
     let start = Instant::now();
-    let err = looper.on_message(&conn("a"), &msg("t.x", b"loop")).await.err().expect("must be stopped");
+    let err = looper
+        .on_message(&conn("a"), &msg("t.x", b"loop"))
+        .await
+        .err()
+        .expect("must be stopped");
     let took = start.elapsed();
     assert!(matches!(err, PluginError::Deadline { .. }), "{err:?}");
     assert!(took >= Duration::from_millis(10), "stopped early: {took:?}");
-    assert!(took <= Duration::from_millis(10 + 1) + SLACK, "stopped late: {took:?}");
+    assert!(
+        took <= Duration::from_millis(10 + 1) + SLACK,
+        "stopped late: {took:?}"
+    );
     assert!(other.await.expect("other task") > 0);
 
     // The faulted instance was discarded; the next call works.
-    let v = looper.on_message(&conn("a"), &msg("t.x", b"fine")).await.expect("next call");
+    let v = looper
+        .on_message(&conn("a"), &msg("t.x", b"fine"))
+        .await
+        .expect("next call");
     assert_eq!(v, MessageVerdict::Pass);
-    assert_eq!(h.metric("edgesync_plugin_calls_total", &[("plugin", "looper"), ("outcome", "deadline")]), Some(1.0));
-    assert_eq!(h.metric("edgesync_plugin_instances_total", &[("plugin", "looper"), ("event", "discarded")]), Some(1.0));
+    assert_eq!(
+        h.metric(
+            "edgesync_plugin_calls_total",
+            &[("plugin", "looper"), ("outcome", "deadline")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        h.metric(
+            "edgesync_plugin_instances_total",
+            &[("plugin", "looper"), ("event", "discarded")]
+        ),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]
@@ -55,12 +82,19 @@ async fn memory_bomb_is_capped() {
     let mut c = config("bomb", "memory-bomb");
     c.limits.memory_mib = 8;
     let bomb = h.load(c).await;
-    let err = bomb.on_message(&conn("a"), &msg("t.x", b"bomb")).await.err().expect("must fail");
+    let err = bomb
+        .on_message(&conn("a"), &msg("t.x", b"bomb"))
+        .await
+        .err()
+        .expect("must fail");
     match &err {
         PluginError::MemoryLimit { limit_bytes, .. } => assert_eq!(*limit_bytes, 8 << 20),
         other => panic!("expected MemoryLimit, got {other:?}"),
     }
-    let v = bomb.on_message(&conn("a"), &msg("t.x", b"ok")).await.expect("next call");
+    let v = bomb
+        .on_message(&conn("a"), &msg("t.x", b"ok"))
+        .await
+        .expect("next call");
     assert_eq!(v, MessageVerdict::Pass);
 }
 
@@ -68,11 +102,18 @@ async fn memory_bomb_is_capped() {
 async fn trap_fails_that_call_and_the_next_works() {
     let h = host();
     let trap = h.load(config("trap", "trap")).await;
-    let err = trap.on_message(&conn("a"), &msg("t.x", b"TRAP")).await.err().expect("must trap");
+    let err = trap
+        .on_message(&conn("a"), &msg("t.x", b"TRAP"))
+        .await
+        .err()
+        .expect("must trap");
     assert_eq!(err.kind(), ErrorKind::Trap);
     assert!(err.is_guest_fault());
     assert!(err.to_string().contains("trap"), "{err}");
-    let v = trap.on_message(&conn("a"), &msg("t.x", b"ok")).await.expect("next call");
+    let v = trap
+        .on_message(&conn("a"), &msg("t.x", b"ok"))
+        .await
+        .expect("next call");
     assert_eq!(v, MessageVerdict::Replace(msg("t.x", b"OK")));
     assert_eq!(trap.breaker(), BreakerState::Closed);
 }
@@ -86,18 +127,37 @@ async fn crash_loop_opens_the_breaker_then_recovers() {
     c.breaker.backoff_ms = 150;
     let trap = h.load(c).await;
     for _ in 0..3 {
-        let e = trap.on_message(&conn("a"), &msg("t.x", b"TRAP")).await.err().map(|e| e.kind());
+        let e = trap
+            .on_message(&conn("a"), &msg("t.x", b"TRAP"))
+            .await
+            .err()
+            .map(|e| e.kind());
         assert_eq!(e, Some(ErrorKind::Trap));
     }
     assert!(matches!(trap.breaker(), BreakerState::Open { .. }));
     // Even a good message is refused while open, without running the guest.
-    let err = trap.on_message(&conn("a"), &msg("t.x", b"ok")).await.err().expect("disabled");
-    assert!(matches!(err, PluginError::Disabled { retry_in, .. } if retry_in <= Duration::from_millis(150)));
+    let err = trap
+        .on_message(&conn("a"), &msg("t.x", b"ok"))
+        .await
+        .err()
+        .expect("disabled");
+    assert!(
+        matches!(err, PluginError::Disabled { retry_in, .. } if retry_in <= Duration::from_millis(150))
+    );
     assert!(err.is_retryable() && !err.is_guest_fault());
-    assert_eq!(h.metric("edgesync_plugin_breaker_trips_total", &[("plugin", "crashy")]), Some(1.0));
+    assert_eq!(
+        h.metric(
+            "edgesync_plugin_breaker_trips_total",
+            &[("plugin", "crashy")]
+        ),
+        Some(1.0)
+    );
 
     tokio::time::sleep(Duration::from_millis(170)).await;
-    let v = trap.on_message(&conn("a"), &msg("t.x", b"ok")).await.expect("probe succeeds");
+    let v = trap
+        .on_message(&conn("a"), &msg("t.x", b"ok"))
+        .await
+        .expect("probe succeeds");
     assert_eq!(v, MessageVerdict::Replace(msg("t.x", b"OK")));
     assert_eq!(trap.breaker(), BreakerState::Closed);
 }
@@ -122,6 +182,13 @@ async fn wall_clock_timeout_covers_waiting_for_an_instance() {
     assert!(start.elapsed() <= Duration::from_millis(60) + SLACK);
     let first = first.await.expect("join");
     assert!(first.is_err());
-    // Either it got the instance after the first was stopped, or it timed out.
-    assert!(matches!(second, Ok(MessageVerdict::Pass) | Err(PluginError::Timeout { .. })), "{second:?}");
+    // Either it got the instance after the first was stopped, or it gave
+    // up waiting for one — a host condition, not the guest's fault.
+    match second {
+        Ok(v) => assert_eq!(v, MessageVerdict::Pass),
+        Err(e) => {
+            assert_eq!(e.kind(), ErrorKind::Host, "{e}");
+            assert!(!e.is_guest_fault() && e.is_retryable());
+        }
+    }
 }

@@ -39,7 +39,10 @@ async fn reload_swaps_under_load_without_failed_calls() {
         workers.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let v = p.on_message(&conn("a"), &msg("t.x", b"{}")).await.expect("no call may fail");
+                let v = p
+                    .on_message(&conn("a"), &msg("t.x", b"{}"))
+                    .await
+                    .expect("no call may fail");
                 seen.push(version_of(&v));
                 calls.fetch_add(1, Ordering::Relaxed);
                 tokio::task::yield_now().await;
@@ -48,7 +51,10 @@ async fn reload_swaps_under_load_without_failed_calls() {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-    let report = p.reload(config_json("t", "transform", enrich(2))).await.expect("reload");
+    let report = p
+        .reload(config_json("t", "transform", enrich(2)))
+        .await
+        .expect("reload");
     assert!(report.drained);
     assert_eq!(report.from_version, v1);
     assert_eq!(p.version(), report.to_version);
@@ -76,14 +82,22 @@ async fn failed_init_rolls_back_to_the_old_version() {
         .expect("reload must fail");
     assert_eq!(err.kind(), ErrorKind::Init);
     assert_eq!(p.version(), before);
-    let v = p.on_message(&conn("a"), &msg("t.x", b"{}")).await.expect("old version serves");
+    let v = p
+        .on_message(&conn("a"), &msg("t.x", b"{}"))
+        .await
+        .expect("old version serves");
     assert_eq!(version_of(&v), 1);
 
     // A different component (path) with the same name works too.
     let mut other = config("t", "pass");
     other.limits.pool_size = 1;
     p.reload(other).await.expect("reload to pass");
-    assert_eq!(p.on_message(&conn("a"), &msg("t.x", b"{}")).await.expect("call"), MessageVerdict::Pass);
+    assert_eq!(
+        p.on_message(&conn("a"), &msg("t.x", b"{}"))
+            .await
+            .expect("call"),
+        MessageVerdict::Pass
+    );
     // A reload cannot rename a plugin.
     let err = p.reload(config("u", "pass")).await.err().map(|e| e.kind());
     assert_eq!(err, Some(ErrorKind::Load));
@@ -92,7 +106,11 @@ async fn failed_init_rolls_back_to_the_old_version() {
 #[tokio::test]
 async fn reload_drops_timers_the_new_version_does_not_set() {
     let h = host();
-    let mut c = config_json("tick", "ticker", json!({"topic": "a.b", "interval_ms": 1000}));
+    let mut c = config_json(
+        "tick",
+        "ticker",
+        json!({"topic": "a.b", "interval_ms": 1000}),
+    );
     c.grants.pubsub = true;
     let p = h.load(c).await;
     assert_eq!(p.timers(), vec!["tick".to_string()]);

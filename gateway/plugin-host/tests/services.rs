@@ -6,7 +6,11 @@ use common::*;
 use edgesync_plugin_host::{HostServices, MessageVerdict, Plugin};
 
 async fn kv(p: &Plugin, cmd: &str) -> String {
-    match p.on_message(&conn("a"), &msg("kv.cmd", cmd.as_bytes())).await.expect("call") {
+    match p
+        .on_message(&conn("a"), &msg("kv.cmd", cmd.as_bytes()))
+        .await
+        .expect("call")
+    {
         MessageVerdict::Replace(m) => String::from_utf8(m.payload).expect("utf8"),
         other => panic!("expected replace, got {other:?}"),
     }
@@ -31,7 +35,13 @@ async fn kv_operations_go_through_host_services_scoped_by_plugin() {
 
     // Stored by the services under the plugin's name; another plugin with
     // the same keys sees its own scope.
-    assert_eq!(h.services.kv_get("counter", "hits").expect("get").map(|e| e.value), Some(b"6".to_vec()));
+    assert_eq!(
+        h.services
+            .kv_get("counter", "hits")
+            .expect("get")
+            .map(|e| e.value),
+        Some(b"6".to_vec())
+    );
     let other = h.load(config("other", "kv-counter")).await;
     assert_eq!(kv(&other, "get hits").await, "none");
     // Keys past the bound are refused by the host before the services.
@@ -53,20 +63,60 @@ async fn plugin_metrics_are_registered_and_recorded() {
             "edgesync_plugin_metrics_user_payload_bytes".to_string(),
         ]
     );
-    for (topic, payload) in [("chat.a", &b"12345"[..]), ("chat.b", b"1"), ("sensors.x", b"123")] {
-        assert_eq!(p.on_message(&conn("a"), &msg(topic, payload)).await.expect("call"), MessageVerdict::Pass);
+    for (topic, payload) in [
+        ("chat.a", &b"12345"[..]),
+        ("chat.b", b"1"),
+        ("sensors.x", b"123"),
+    ] {
+        assert_eq!(
+            p.on_message(&conn("a"), &msg(topic, payload))
+                .await
+                .expect("call"),
+            MessageVerdict::Pass
+        );
     }
-    assert_eq!(h.metric("edgesync_plugin_metrics_user_messages_total", &[("class", "chat")]), Some(2.0));
-    assert_eq!(h.metric("edgesync_plugin_metrics_user_messages_total", &[("class", "sensors")]), Some(1.0));
-    assert_eq!(h.metric("edgesync_plugin_metrics_user_last_payload_bytes", &[]), Some(3.0));
-    assert_eq!(h.metric("edgesync_plugin_metrics_user_payload_bytes_count", &[]), Some(3.0));
+    assert_eq!(
+        h.metric(
+            "edgesync_plugin_metrics_user_messages_total",
+            &[("class", "chat")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        h.metric(
+            "edgesync_plugin_metrics_user_messages_total",
+            &[("class", "sensors")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        h.metric("edgesync_plugin_metrics_user_last_payload_bytes", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        h.metric("edgesync_plugin_metrics_user_payload_bytes_count", &[]),
+        Some(3.0)
+    );
     // The host's own metrics sit on the same registry.
     assert_eq!(
-        h.metric("edgesync_plugin_calls_total", &[("plugin", "metrics-user"), ("hook", "on-message"), ("outcome", "ok")]),
+        h.metric(
+            "edgesync_plugin_calls_total",
+            &[
+                ("plugin", "metrics-user"),
+                ("hook", "on-message"),
+                ("outcome", "ok")
+            ]
+        ),
         Some(3.0)
     );
     // Unloading unregisters the plugin's metrics.
     drop(p);
     tokio::task::yield_now().await;
-    assert_eq!(h.metric("edgesync_plugin_metrics_user_messages_total", &[("class", "chat")]), None);
+    assert_eq!(
+        h.metric(
+            "edgesync_plugin_metrics_user_messages_total",
+            &[("class", "chat")]
+        ),
+        None
+    );
 }

@@ -44,8 +44,9 @@ impl KeyCache {
             JwtAlg::Hs256 => DecodingKey::from_secret(k.key.as_bytes()),
             JwtAlg::Rs256 => DecodingKey::from_rsa_pem(k.key.as_bytes())
                 .map_err(|e| format!("RS256 key: {e}"))?,
-            JwtAlg::Eddsa => DecodingKey::from_ed_pem(k.key.as_bytes())
-                .map_err(|e| format!("EdDSA key: {e}"))?,
+            JwtAlg::Eddsa => {
+                DecodingKey::from_ed_pem(k.key.as_bytes()).map_err(|e| format!("EdDSA key: {e}"))?
+            }
         };
         let mut keys = self.keys.lock();
         if keys.len() >= MAX_CACHED_KEYS {
@@ -65,7 +66,12 @@ fn algorithm(alg: JwtAlg) -> Algorithm {
 }
 
 /// Verifies `token` with the first key whose algorithm matches its header.
-pub(crate) fn verify(cache: &KeyCache, token: &str, keys: &[JwtKey], leeway_s: u32) -> Result<String, String> {
+pub(crate) fn verify(
+    cache: &KeyCache,
+    token: &str,
+    keys: &[JwtKey],
+    leeway_s: u32,
+) -> Result<String, String> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(format!("token over {MAX_TOKEN_BYTES} bytes"));
     }
@@ -88,7 +94,12 @@ pub(crate) fn verify(cache: &KeyCache, token: &str, keys: &[JwtKey], leeway_s: u
 }
 
 impl crypto::Host for HostState {
-    fn verify_jwt(&mut self, token: String, keys: Vec<JwtKey>, leeway_s: u32) -> Result<String, String> {
+    fn verify_jwt(
+        &mut self,
+        token: String,
+        keys: Vec<JwtKey>,
+        leeway_s: u32,
+    ) -> Result<String, String> {
         host_time(self, |s| verify(&s.plugin.crypto, &token, &keys, leeway_s))
     }
 

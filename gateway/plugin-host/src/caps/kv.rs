@@ -23,11 +23,19 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 }
 
 fn check_key(key: &str) -> Result<(), KvError> {
-    if key.len() > MAX_KEY_BYTES { Err(KvError::TooLarge) } else { Ok(()) }
+    if key.len() > MAX_KEY_BYTES {
+        Err(KvError::TooLarge)
+    } else {
+        Ok(())
+    }
 }
 
 fn check_value(value: &[u8]) -> Result<(), KvError> {
-    if value.len() > MAX_VALUE_BYTES { Err(KvError::TooLarge) } else { Ok(()) }
+    if value.len() > MAX_VALUE_BYTES {
+        Err(KvError::TooLarge)
+    } else {
+        Ok(())
+    }
 }
 
 fn map_err(e: ServiceError) -> KvError {
@@ -39,7 +47,10 @@ fn map_err(e: ServiceError) -> KvError {
 }
 
 fn entry(e: KvEntry) -> Entry {
-    Entry { value: e.value, version: e.version }
+    Entry {
+        value: e.value,
+        version: e.version,
+    }
 }
 
 impl kv::Host for HostState {
@@ -53,8 +64,12 @@ impl kv::Host for HostState {
     fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Result<u64, KvError> {
         check_key(&key)?;
         check_value(&value)?;
-        host_time(self, |s| s.plugin.services.kv_set(&s.plugin.name, &key, &value, ttl_ms))
-            .map_err(map_err)
+        host_time(self, |s| {
+            s.plugin
+                .services
+                .kv_set(&s.plugin.name, &key, &value, ttl_ms)
+        })
+        .map_err(map_err)
     }
 
     fn compare_and_swap(
@@ -67,7 +82,13 @@ impl kv::Host for HostState {
         check_key(&key)?;
         check_value(&value)?;
         host_time(self, |s| {
-            s.plugin.services.kv_compare_and_swap(&s.plugin.name, &key, expected_version, &value, ttl_ms)
+            s.plugin.services.kv_compare_and_swap(
+                &s.plugin.name,
+                &key,
+                expected_version,
+                &value,
+                ttl_ms,
+            )
         })
         .map_err(map_err)
     }
@@ -79,15 +100,23 @@ impl kv::Host for HostState {
 
     fn increment(&mut self, key: String, delta: i64, ttl_ms: Option<u64>) -> Result<i64, KvError> {
         check_key(&key)?;
-        host_time(self, |s| s.plugin.services.kv_increment(&s.plugin.name, &key, delta, ttl_ms))
-            .map_err(map_err)
+        host_time(self, |s| {
+            s.plugin
+                .services
+                .kv_increment(&s.plugin.name, &key, delta, ttl_ms)
+        })
+        .map_err(map_err)
     }
 
     fn scan_prefix(&mut self, prefix: String, limit: u32) -> Result<Vec<(String, Entry)>, KvError> {
         check_key(&prefix)?;
         let limit = limit.min(MAX_SCAN) as usize;
-        host_time(self, |s| s.plugin.services.kv_scan_prefix(&s.plugin.name, &prefix, limit))
-            .map(|v| v.into_iter().map(|(k, e)| (k, entry(e))).collect())
-            .map_err(map_err)
+        host_time(self, |s| {
+            s.plugin
+                .services
+                .kv_scan_prefix(&s.plugin.name, &prefix, limit)
+        })
+        .map(|v| v.into_iter().map(|(k, e)| (k, entry(e))).collect())
+        .map_err(map_err)
     }
 }

@@ -30,7 +30,9 @@ pub(crate) struct LogLimiter {
 
 impl LogLimiter {
     fn admit(&self) -> bool {
-        let now_s = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now_s = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         if self.window_s.swap(now_s, Ordering::Relaxed) != now_s {
             self.count.store(0, Ordering::Relaxed);
         }

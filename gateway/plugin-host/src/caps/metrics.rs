@@ -96,7 +96,10 @@ impl PluginMetrics {
         if let Some(&id) = t.by_name.get(name) {
             let d = &t.defs[id as usize];
             if d.kind != kind || d.labels != labels {
-                return Err(format!("`{name}` is already defined as a {:?} with labels {:?}", d.kind, d.labels));
+                return Err(format!(
+                    "`{name}` is already defined as a {:?} with labels {:?}",
+                    d.kind, d.labels
+                ));
             }
             return Ok(id);
         }
@@ -104,7 +107,11 @@ impl PluginMetrics {
             return Err(format!("at most {MAX_METRICS} metrics per plugin"));
         }
         let full = format!("{}{name}", self.prefix);
-        let help = if help.is_empty() { name } else { super::log::truncate(help, 256) };
+        let help = if help.is_empty() {
+            name
+        } else {
+            super::log::truncate(help, 256)
+        };
         let label_refs: Vec<&str> = labels.iter().map(String::as_str).collect();
         let handle = match kind {
             Kind::Counter => Handle::Counter(
@@ -129,9 +136,17 @@ impl PluginMetrics {
             Handle::Gauge(g) => Box::new(g.clone()),
             Handle::Histogram(h) => Box::new(h.clone()),
         };
-        self.registry.register(collector).map_err(|e| format!("register `{full}`: {e}"))?;
+        self.registry
+            .register(collector)
+            .map_err(|e| format!("register `{full}`: {e}"))?;
         let id = t.defs.len() as u32;
-        t.defs.push(Def { name: name.to_string(), kind, labels, handle, series: HashSet::new() });
+        t.defs.push(Def {
+            name: name.to_string(),
+            kind,
+            labels,
+            handle,
+            series: HashSet::new(),
+        });
         t.by_name.insert(name.to_string(), id);
         Ok(id)
     }
@@ -152,7 +167,10 @@ impl PluginMetrics {
     /// Full names of the defined metrics (for tests and `plugin check`).
     pub(crate) fn names(&self) -> Vec<String> {
         let t = self.table.lock();
-        t.defs.iter().map(|d| format!("{}{}", self.prefix, d.name)).collect()
+        t.defs
+            .iter()
+            .map(|d| format!("{}{}", self.prefix, d.name))
+            .collect()
     }
 }
 
@@ -207,16 +225,37 @@ fn validate_name(name: &str) -> Result<(), String> {
     let ok = name.len() <= 64
         && chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok { Ok(()) } else { Err(format!("name `{}` must match [a-z][a-z0-9_]{{0,63}}", super::log::truncate(name, 64))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name `{}` must match [a-z][a-z0-9_]{{0,63}}",
+            super::log::truncate(name, 64)
+        ))
+    }
 }
 
 impl metrics::Host for HostState {
-    fn define_counter(&mut self, name: String, help: String, labels: Vec<String>) -> Result<u32, String> {
-        self.plugin.metrics.define(Kind::Counter, &name, &help, labels, Vec::new())
+    fn define_counter(
+        &mut self,
+        name: String,
+        help: String,
+        labels: Vec<String>,
+    ) -> Result<u32, String> {
+        self.plugin
+            .metrics
+            .define(Kind::Counter, &name, &help, labels, Vec::new())
     }
 
-    fn define_gauge(&mut self, name: String, help: String, labels: Vec<String>) -> Result<u32, String> {
-        self.plugin.metrics.define(Kind::Gauge, &name, &help, labels, Vec::new())
+    fn define_gauge(
+        &mut self,
+        name: String,
+        help: String,
+        labels: Vec<String>,
+    ) -> Result<u32, String> {
+        self.plugin
+            .metrics
+            .define(Kind::Gauge, &name, &help, labels, Vec::new())
     }
 
     fn define_histogram(
@@ -226,7 +265,9 @@ impl metrics::Host for HostState {
         labels: Vec<String>,
         buckets: Vec<f64>,
     ) -> Result<u32, String> {
-        self.plugin.metrics.define(Kind::Histogram, &name, &help, labels, buckets)
+        self.plugin
+            .metrics
+            .define(Kind::Histogram, &name, &help, labels, buckets)
     }
 
     fn add(&mut self, id: u32, labels: Vec<String>, delta: f64) {
@@ -239,6 +280,8 @@ impl metrics::Host for HostState {
     }
 
     fn observe(&mut self, id: u32, labels: Vec<String>, value: f64) {
-        self.plugin.metrics.record(id, Kind::Histogram, labels, value);
+        self.plugin
+            .metrics
+            .record(id, Kind::Histogram, labels, value);
     }
 }

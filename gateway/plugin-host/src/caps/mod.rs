@@ -59,15 +59,14 @@ fn granted(interface: &str, grants: &Grants) -> Option<(bool, &'static str)> {
 ///
 /// # Errors
 /// The first ungranted capability, phrased for the operator.
-pub(crate) fn check_grants(
-    component: &Component,
-    grants: &Grants,
-) -> Result<Vec<String>, String> {
+pub(crate) fn check_grants(component: &Component, grants: &Grants) -> Result<Vec<String>, String> {
     let engine = component.engine();
     let mut imports = Vec::new();
     for (name, _) in component.component_type().imports(engine) {
         imports.push(name.to_string());
-        let Some(rest) = name.strip_prefix("edgesync:plugin/") else { continue };
+        let Some(rest) = name.strip_prefix("edgesync:plugin/") else {
+            continue;
+        };
         let iface = rest.split('@').next().unwrap_or(rest);
         if let Some((false, grant)) = granted(iface, grants) {
             return Err(format!(

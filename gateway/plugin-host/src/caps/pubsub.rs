@@ -29,10 +29,17 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 pub(crate) fn check_topic(topic: &str) -> Result<(), String> {
     let ok = !topic.is_empty()
         && topic.len() <= MAX_TOPIC_BYTES
-        && topic.split('.').all(|s| {
-            !s.is_empty() && s != "*" && s != ">" && !s.chars().any(char::is_whitespace)
-        });
-    if ok { Ok(()) } else { Err(format!("invalid topic `{}`", super::log::truncate(topic, 64))) }
+        && topic
+            .split('.')
+            .all(|s| !s.is_empty() && s != "*" && s != ">" && !s.chars().any(char::is_whitespace));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid topic `{}`",
+            super::log::truncate(topic, 64)
+        ))
+    }
 }
 
 fn check_payload(payload: &[u8]) -> Result<(), String> {
@@ -43,27 +50,42 @@ fn check_payload(payload: &[u8]) -> Result<(), String> {
 }
 
 impl pubsub::Host for HostState {
-    fn publish(&mut self, topic: String, headers: Vec<Header>, payload: Vec<u8>) -> Result<(), String> {
+    fn publish(
+        &mut self,
+        topic: String,
+        headers: Vec<Header>,
+        payload: Vec<u8>,
+    ) -> Result<(), String> {
         check_topic(&topic)?;
         check_payload(&payload)?;
         if headers.len() > MAX_HEADERS {
             return Err(format!("at most {MAX_HEADERS} headers"));
         }
-        host_time(self, |s| s.plugin.services.publish(&s.plugin.name, &topic, &headers, &payload))
-            .map_err(|e| e.to_string())
+        host_time(self, |s| {
+            s.plugin
+                .services
+                .publish(&s.plugin.name, &topic, &headers, &payload)
+        })
+        .map_err(|e| e.to_string())
     }
 
     fn send(&mut self, conn_id: u64, topic: String, payload: Vec<u8>) -> Result<(), String> {
         check_topic(&topic)?;
         check_payload(&payload)?;
-        host_time(self, |s| s.plugin.services.send(&s.plugin.name, conn_id, &topic, &payload))
-            .map_err(|e| e.to_string())
+        host_time(self, |s| {
+            s.plugin
+                .services
+                .send(&s.plugin.name, conn_id, &topic, &payload)
+        })
+        .map_err(|e| e.to_string())
     }
 
     fn close(&mut self, conn_id: u64, reason: String) -> Result<(), String> {
         let reason = super::log::truncate(&reason, MAX_REASON_BYTES).to_string();
-        host_time(self, |s| s.plugin.services.close(&s.plugin.name, conn_id, &reason))
-            .map_err(|e| e.to_string())
+        host_time(self, |s| {
+            s.plugin.services.close(&s.plugin.name, conn_id, &reason)
+        })
+        .map_err(|e| e.to_string())
     }
 }
 

@@ -63,6 +63,11 @@ impl TimerTable {
         let repeat = repeat.then_some(period);
         let mut t = self.timers.lock();
         if let Some(existing) = t.get_mut(name) {
+            // An instance of an older version (still draining after a
+            // reload) must not override what the newer version set.
+            if existing.version > version {
+                return Ok(());
+            }
             if existing.repeat == repeat && repeat.is_some() {
                 existing.version = version;
                 return Ok(());
@@ -70,7 +75,14 @@ impl TimerTable {
         } else if t.len() >= MAX_TIMERS {
             return Err(format!("at most {MAX_TIMERS} timers per plugin"));
         }
-        t.insert(name.to_string(), Timer { repeat, due: Instant::now() + period, version });
+        t.insert(
+            name.to_string(),
+            Timer {
+                repeat,
+                due: Instant::now() + period,
+                version,
+            },
+        );
         drop(t);
         self.changed.notify_one();
         Ok(())
@@ -93,11 +105,16 @@ impl TimerTable {
     /// removed, repeats rescheduled (skipping missed periods, no bursts).
     pub(crate) fn take_due(&self, now: Instant) -> Vec<String> {
         let mut t = self.timers.lock();
-        let mut due: Vec<(Instant, String)> =
-            t.iter().filter(|(_, v)| v.due <= now).map(|(k, v)| (v.due, k.clone())).collect();
+        let mut due: Vec<(Instant, String)> = t
+            .iter()
+            .filter(|(_, v)| v.due <= now)
+            .map(|(k, v)| (v.due, k.clone()))
+            .collect();
         due.sort();
         for (_, name) in &due {
-            let Some(timer) = t.get_mut(name) else { continue };
+            let Some(timer) = t.get_mut(name) else {
+                continue;
+            };
             match timer.repeat {
                 Some(period) => {
                     timer.due += period;
@@ -129,12 +146,16 @@ impl TimerTable {
 impl timers::Host for HostState {
     fn set_once(&mut self, name: String, delay_ms: u64) -> Result<(), String> {
         let v = self.version.id;
-        self.plugin.timers.set(&name, Duration::from_millis(delay_ms), false, v)
+        self.plugin
+            .timers
+            .set(&name, Duration::from_millis(delay_ms), false, v)
     }
 
     fn set_repeat(&mut self, name: String, interval_ms: u64) -> Result<(), String> {
         let v = self.version.id;
-        self.plugin.timers.set(&name, Duration::from_millis(interval_ms), true, v)
+        self.plugin
+            .timers
+            .set(&name, Duration::from_millis(interval_ms), true, v)
     }
 
     fn cancel(&mut self, name: String) -> bool {
@@ -161,8 +182,14 @@ mod tests {
         assert_eq!(t.next_due(), due);
         t.set("once", Duration::from_millis(10), false, 2).ok();
         tokio::time::advance(Duration::from_millis(60)).await;
-        assert_eq!(t.take_due(Instant::now()), vec!["once".to_string(), "tick".to_string()]);
+        assert_eq!(
+            t.take_due(Instant::now()),
+            vec!["once".to_string(), "tick".to_string()]
+        );
         assert_eq!(t.names(), vec!["tick".to_string()]);
+        // An older version cannot override a newer one's timer.
+        t.set("tick", Duration::from_millis(500), true, 1).ok();
+        assert!(t.next_due() <= Some(Instant::now() + Duration::from_millis(100)));
         t.retain_version(3);
         assert!(t.names().is_empty());
         assert!(t.set("x", Duration::from_millis(1), true, 1).is_err());

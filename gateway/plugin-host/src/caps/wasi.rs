@@ -18,7 +18,9 @@ pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 /// A fresh, empty WASI context for one instance.
 pub(crate) fn ctx(grants: &Grants) -> WasiCtx {
     let mut b = WasiCtxBuilder::new();
-    b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+    b.allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
     if grants.stdio {
         b.inherit_stdout().inherit_stderr();
     }

@@ -25,7 +25,11 @@ pub fn host_with(config: HostConfig) -> TestHost {
     let services = Arc::new(MemoryServices::new());
     let registry = Registry::new();
     let host = PluginHost::new(config, services.clone(), registry.clone()).expect("host starts");
-    TestHost { host, services, registry }
+    TestHost {
+        host,
+        services,
+        registry,
+    }
 }
 
 /// A config for the built plugin `package` (e.g. `jwt-auth`), named `name`.
@@ -67,23 +71,31 @@ impl TestHost {
     /// of `labels` (histograms: use `<name>_count`).
     pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let text = self.metrics_text();
-        text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
-            if metric != name {
-                return None;
-            }
-            let all = labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
-            if !all {
-                return None;
-            }
-            value.parse().ok()
-        })
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|line| {
+                let (series, value) = line.rsplit_once(' ')?;
+                let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+                if metric != name {
+                    return None;
+                }
+                let all = labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+                if !all {
+                    return None;
+                }
+                value.parse().ok()
+            })
     }
 }
 
 pub fn conn(client: &str) -> ConnRef {
-    ConnRef { conn_id: 7, client_id: client.into(), principal: client.into() }
+    ConnRef {
+        conn_id: 7,
+        client_id: client.into(),
+        principal: client.into(),
+    }
 }
 
 pub fn conn_info(client: &str, token: Option<&str>) -> ConnInfo {
@@ -97,5 +109,9 @@ pub fn conn_info(client: &str, token: Option<&str>) -> ConnInfo {
 }
 
 pub fn msg(topic: &str, payload: &[u8]) -> Message {
-    Message { topic: topic.into(), headers: Vec::new(), payload: payload.to_vec() }
+    Message {
+        topic: topic.into(),
+        headers: Vec::new(),
+        payload: payload.to_vec(),
+    }
 }
