@@ -42,7 +42,8 @@ pub enum ConnError {
 
 /// What a transport must provide to carry a session.
 pub trait Conn: Send {
-    /// Next application frame; `None` when the peer closed cleanly.
+    /// Next application frame; `None` when the peer closed cleanly. An empty frame is
+    /// liveness only (e.g. a WebSocket pong): it resets the idle timer and is not decoded.
     fn recv(&mut self) -> impl Future<Output = Option<Result<Bytes, ConnError>>> + Send;
     /// Write one frame holding one or more encoded messages.
     fn send(&mut self, frame: Vec<u8>) -> impl Future<Output = Result<(), ConnError>> + Send;
@@ -86,7 +87,21 @@ struct CatchUp {
 }
 
 /// Run one connection to completion.
-pub async fn run<C: Conn>(mut conn: C, gw: Arc<Gateway>, info: ConnInfo) {
+pub async fn run<C: Conn>(conn: C, gw: Arc<Gateway>, info: ConnInfo) {
+    run_with_datagrams(conn, gw, info, None).await;
+}
+
+/// [`run`], plus ephemeral publishes arriving outside the stream (QUIC datagrams, one
+/// MessagePack `pub` each). They pass the same session validation as `pub`, then the
+/// broker fans them out without storing them; a rejected one is counted
+/// (`edgesync_commands_total{command="datagram"}`), not answered: it has no id and its
+/// delivery was never promised.
+pub async fn run_with_datagrams<C: Conn>(
+    mut conn: C,
+    gw: Arc<Gateway>,
+    info: ConnInfo,
+    mut datagrams: Option<tokio::sync::mpsc::Receiver<Bytes>>,
+) {
     let limits = gw.settings.limits().clone();
     let conn_id = gw.next_conn_id();
     let out = ConnOut::new(conn_id, Outbox::new(info.encoding, limits.outbox_frames, limits.outbox_bytes));
@@ -111,6 +126,7 @@ pub async fn run<C: Conn>(mut conn: C, gw: Arc<Gateway>, info: ConnInfo) {
             done = pending.next(), if !pending.is_empty() => Event::Acked(done),
             frame = conn.recv(), if read_ok => Event::Inbound(frame),
             _ = out.outbox.wait_room(), if !catchups.is_empty() && !draining => Event::CatchUp,
+            d = next_datagram(&mut datagrams), if datagrams.is_some() && !draining => Event::Datagram(d),
             _ = tokio::time::sleep_until(deadline.into()), if !draining => Event::Timer,
         };
         match event {
@@ -157,6 +173,9 @@ pub async fn run<C: Conn>(mut conn: C, gw: Arc<Gateway>, info: ConnInfo) {
             }
             Event::Inbound(Some(Ok(frame))) => {
                 last_rx = Instant::now();
+                if frame.is_empty() {
+                    continue; // keepalive (a pong, or an empty frame from the client)
+                }
                 gw.metrics.bytes.with_label_values(&["in"]).inc_by(frame.len() as u64);
                 let frames: Vec<ClientFrame> = match info.encoding.decode_all(&frame) {
                     Ok(f) => f,
@@ -181,6 +200,8 @@ pub async fn run<C: Conn>(mut conn: C, gw: Arc<Gateway>, info: ConnInfo) {
                     }
                 }
             }
+            Event::Datagram(None) => datagrams = None,
+            Event::Datagram(Some(d)) => ephemeral(&gw, &mut session, &d, &info).await,
             Event::CatchUp => {
                 if let Some(mut c) = catchups.pop_front() {
                     match catch_up_step(&gw, &out, &mut c) {
@@ -230,6 +251,60 @@ enum Event {
     Inbound(Option<Result<Bytes, ConnError>>),
     CatchUp,
     Timer,
+    Datagram(Option<Bytes>),
+}
+
+async fn next_datagram(rx: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Validate one datagram like a `pub`, run it through the same ingest (permissions and
+/// message hooks), and fan it out as an ephemeral message (`seq` 0, not stored, not acked).
+async fn ephemeral(gw: &Gateway, session: &mut Session, datagram: &[u8], info: &ConnInfo) {
+    let now = Instant::now();
+    let count = |result: &str| gw.metrics.commands.with_label_values(&["datagram", result]).inc();
+    gw.metrics.bytes.with_label_values(&["in"]).inc_by(datagram.len() as u64);
+    let mut frames: Vec<super::EphemeralPub> = match info.encoding.decode_all(datagram) {
+        Ok(f) => f,
+        Err(e) => return count(e.code().as_str()),
+    };
+    let (Some(p), true) = (frames.pop(), frames.is_empty()) else {
+        return count(ErrorCode::BadFrame.as_str());
+    };
+    let mut req = match session.handle_ephemeral(p, now) {
+        Ok(req) => req,
+        Err(reply) => {
+            if let ServerFrame::Error { code, .. } = &*reply {
+                count(code.as_str());
+            }
+            return;
+        }
+    };
+    match gw.ingest(session.principal(), &mut req).await {
+        Ok(crate::server::Ingest::Store) => {}
+        Ok(crate::server::Ingest::Dropped) => return count("dropped"),
+        Err((code, _)) => return count(code.as_str()),
+    }
+    let hlc = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_millis() as u64) << 16)
+        .unwrap_or(0);
+    let msg = edgesync_protocol::Msg {
+        topic: req.topic,
+        origin: gw.store.node().to_string(),
+        epoch: gw.store.epoch(),
+        seq: 0,
+        hlc,
+        client: req.client,
+        mid: None,
+        headers: req.headers,
+        data: edgesync_protocol::Payload(req.payload),
+    };
+    gw.broker.fanout_ephemeral(&msg);
+    count("ok");
 }
 
 /// Write everything queued, in frames of at most [`MAX_BATCH_FRAME`] bytes.
@@ -366,6 +441,7 @@ async fn execute(
             match gw.store.read(&topic, &after, None, limit) {
                 Ok(batch) => {
                     for m in &batch.missing {
+                        gw.metrics.gap(m.corrupt);
                         out.outbox.push_reply(&gap_frame(&topic, m, &after));
                     }
                     let mut cursor = Cursor::new();
@@ -447,6 +523,7 @@ fn catch_up_step(gw: &Gateway, out: &ConnOut, c: &mut CatchUp) -> Result<bool, S
         }
         let batch = gw.store.read(&topic, &after, Some(&head), budget)?;
         for m in &batch.missing {
+            gw.metrics.gap(m.corrupt);
             out.outbox.push_history(Bytes::from(enc.encode(&gap_frame(&topic, m, &after))));
         }
         for r in &batch.records {

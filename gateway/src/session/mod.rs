@@ -93,6 +93,24 @@ impl TokenBucket {
     }
 }
 
+/// An ephemeral publish as carried by a QUIC datagram: the `pub` frame shape, with `id`
+/// optional (and ignored, like `mid` and `ack`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct EphemeralPub {
+    /// Frame type; must be `pub`.
+    pub t: String,
+    #[serde(default)]
+    pub id: Option<u64>,
+    pub topic: String,
+    pub data: edgesync_protocol::Payload,
+    #[serde(default)]
+    pub headers: Headers,
+    #[serde(default)]
+    pub mid: Option<String>,
+    #[serde(default)]
+    pub ack: Option<bool>,
+}
+
 /// Protocol state of one connection.
 #[derive(Debug)]
 pub struct Session {
@@ -175,6 +193,23 @@ impl Session {
         }
     }
 
+    /// Validate an ephemeral publish (one QUIC datagram) with exactly the rules of a `pub`
+    /// command: connected first, topic, reserved `$` topics, header bounds and the same
+    /// publish-rate bucket. `id`, `mid` and `ack` are ignored: nothing is stored or acked.
+    ///
+    /// # Errors
+    /// The error reply that a `pub` would get (the driver counts it; datagrams get no reply).
+    pub fn handle_ephemeral(&mut self, p: EphemeralPub, now: Instant) -> Result<AppendRequest, Reply> {
+        if p.t != "pub" {
+            return Err(err(0, ErrorCode::BadRequest, format!("a datagram carries a pub frame, not {:?}", p.t)));
+        }
+        let frame = ClientFrame::Pub { id: 0, topic: p.topic, data: p.data, headers: p.headers, mid: None, ack: false };
+        match self.handle(frame, now)? {
+            Command::Publish { req, .. } => Ok(req),
+            other => Err(err(0, ErrorCode::Internal, format!("unexpected command {}", other.kind()))),
+        }
+    }
+
     fn connect(
         &mut self,
         id: u64,
@@ -203,6 +238,13 @@ impl Session {
 
     fn subscribe(&mut self, id: u64, pattern: String, start: Option<Start>) -> Result<Command, Reply> {
         validate_pattern(&pattern, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
+        let start = match start {
+            Some(s) => self.start(id, s)?,
+            None => match &self.connect_cursor {
+                Some(c) => StartAt::Cursor(c.clone()),
+                None => StartAt::Latest,
+            },
+        };
         if self.subs.contains_key(&pattern) {
             return Err(err(id, ErrorCode::AlreadySubscribed, format!("already subscribed to {pattern:?}")));
         }
@@ -213,13 +255,6 @@ impl Session {
                 format!("limit is {} subscriptions per connection", self.limits.max_subscriptions),
             ));
         }
-        let start = match start {
-            Some(s) => self.start(id, s)?,
-            None => match &self.connect_cursor {
-                Some(c) => StartAt::Cursor(c.clone()),
-                None => StartAt::Latest,
-            },
-        };
         Ok(Command::Subscribe { id, pattern, start })
     }
 

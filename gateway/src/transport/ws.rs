@@ -79,7 +79,9 @@ where
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_write_buffer_size(limits.outbox_bytes + (1 << 20))
+        // One message is buffered at a time (write_buffer_size 0 flushes every send); what a
+        // message may hold is bounded upstream by the outbox and `limits.max_history`.
+        .max_write_buffer_size(usize::MAX)
         .max_message_size(Some(limits.max_frame_bytes))
         .max_frame_size(Some(limits.max_frame_bytes));
     let chosen = Arc::new(Mutex::new(Encoding::Json));
@@ -167,7 +169,9 @@ where
             return match self.ws.next().await? {
                 Ok(Message::Binary(b)) => Some(Ok(b)),
                 Ok(Message::Text(t)) => Some(Ok(Bytes::from(t))),
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => continue,
+                // A pong proves the peer is alive: report it as an empty frame.
+                Ok(Message::Pong(_)) => Some(Ok(Bytes::new())),
+                Ok(Message::Ping(_) | Message::Frame(_)) => continue,
                 Ok(Message::Close(_)) => None,
                 Err(WsError::Capacity(e)) => Some(Err(ConnError::TooLarge(e.to_string()))),
                 Err(WsError::Protocol(e)) => Some(Err(ConnError::Protocol(e.to_string()))),

@@ -25,6 +25,7 @@ mod tls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -166,27 +167,51 @@ pub struct SessionInfo {
 pub struct Subscription {
     pub pattern: String,
     rx: mpsc::Receiver<Event>,
+    /// What the application has taken from this subscription (its resume point).
+    consumed: Arc<Mutex<Cursor>>,
 }
 
 impl Subscription {
     /// Next event; `None` when the client closed.
     pub async fn next(&mut self) -> Option<Event> {
-        self.rx.recv().await
+        let ev = self.rx.recv().await;
+        self.note(&ev);
+        ev
     }
 
     /// Next event within `d`.
     pub async fn next_timeout(&mut self, d: Duration) -> Option<Event> {
-        tokio::time::timeout(d, self.rx.recv()).await.ok().flatten()
+        let ev = tokio::time::timeout(d, self.rx.recv()).await.ok().flatten();
+        self.note(&ev);
+        ev
+    }
+
+    /// Position after the last event taken with `next`: resume from it to continue exactly here.
+    pub fn cursor(&self) -> Cursor {
+        self.consumed.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    fn note(&self, ev: &Option<Event>) {
+        if let (Some(Event::Msg(m)), Ok(mut c)) = (ev, self.consumed.lock()) {
+            c.observe(&m.topic, &Origin::new(m.origin.clone(), m.epoch), m.seq);
+        }
     }
 }
 
 pub(crate) enum Request {
     Publish { topic: String, payload: Bytes, opts: PublishOptions, reply: Option<oneshot::Sender<Result<PubAck, ClientError>>> },
-    Subscribe { pattern: String, start: Start, events: mpsc::Sender<Event>, reply: oneshot::Sender<Result<String, ClientError>> },
+    Subscribe {
+        pattern: String,
+        start: Start,
+        events: mpsc::Sender<Event>,
+        consumed: Arc<Mutex<Cursor>>,
+        reply: oneshot::Sender<Result<String, ClientError>>,
+    },
     Unsubscribe { pattern: String, reply: oneshot::Sender<Result<(), ClientError>> },
     History { topic: String, start: Start, limit: Option<u32>, reply: oneshot::Sender<Result<History, ClientError>> },
     Ping { reply: oneshot::Sender<Result<(), ClientError>> },
     Raw { frame: Vec<u8>, reply: oneshot::Sender<Result<(), ClientError>> },
+    Ephemeral { topic: String, payload: Bytes, headers: Headers, reply: oneshot::Sender<Result<(), ClientError>> },
     Cursor { reply: oneshot::Sender<Cursor> },
     Close { reply: oneshot::Sender<()> },
 }
@@ -248,9 +273,13 @@ impl Client {
     pub async fn subscribe(&self, pattern: &str, start: Start) -> Result<Subscription, ClientError> {
         let (events, rx) = mpsc::channel(self.sub_buffer.max(16));
         let (reply, done) = oneshot::channel();
-        self.send(Request::Subscribe { pattern: pattern.into(), start, events, reply }).await?;
-        self.wait(done).await??;
-        Ok(Subscription { pattern: pattern.into(), rx })
+        let consumed = Arc::new(Mutex::new(Cursor::new()));
+        self.send(Request::Subscribe { pattern: pattern.into(), start, events, consumed: consumed.clone(), reply }).await?;
+        let start_cursor = self.wait(done).await??;
+        if let (Ok(c), Ok(mut g)) = (Cursor::decode(&start_cursor, usize::MAX), consumed.lock()) {
+            g.merge(&c);
+        }
+        Ok(Subscription { pattern: pattern.into(), rx, consumed })
     }
 
     /// Drop a subscription.
@@ -283,6 +312,19 @@ impl Client {
         self.wait(rx).await?
     }
 
+    /// Publish an ephemeral message as one QUIC datagram (`quic://` only): not stored, not
+    /// acknowledged, delivered best-effort to live subscribers on every transport with
+    /// `seq` 0. Returns once the datagram is handed to QUIC; it may still be lost.
+    ///
+    /// # Errors
+    /// [`ClientError::Protocol`] on WebSocket or when the datagram is larger than the path
+    /// allows (about 1.1 KiB on a typical path); connection errors.
+    pub async fn publish_ephemeral(&self, topic: &str, payload: impl Into<Bytes>, headers: Headers) -> Result<(), ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Ephemeral { topic: topic.into(), payload: payload.into(), headers, reply }).await?;
+        self.wait(rx).await?
+    }
+
     /// Send raw bytes as one frame (for conformance tests of malformed input).
     ///
     /// # Errors
@@ -293,7 +335,7 @@ impl Client {
         self.wait(rx).await?
     }
 
-    /// Everything seen so far by every subscription, merged: pass it as
+    /// What the application has consumed from every subscription, merged: pass it as
     /// `ClientOptions::cursor` (or a `Start::Cursor`) to resume elsewhere.
     ///
     /// # Errors

@@ -26,6 +26,8 @@ struct SubState {
     position: Cursor,
     /// Cleared by unsubscribe.
     active: bool,
+    /// What the application has taken (shared with the `Subscription`).
+    consumed: std::sync::Arc<std::sync::Mutex<Cursor>>,
 }
 
 struct Task {
@@ -133,9 +135,9 @@ impl Task {
                 }
                 conn.send(frame).await
             }
-            Request::Subscribe { pattern, start, events, reply } => {
+            Request::Subscribe { pattern, start, events, consumed, reply } => {
                 let id = self.id();
-                self.subs.push(SubState { pattern: pattern.clone(), events, position: Cursor::new(), active: true });
+                self.subs.push(SubState { pattern: pattern.clone(), events, position: Cursor::new(), active: true, consumed });
                 self.inflight.insert(id, Inflight::Subscribe { sub: self.subs.len() - 1, reply: Some(reply) });
                 conn.send(self.encoding.encode(&ClientFrame::Sub { id, topic: pattern, start: Some(start) })).await
             }
@@ -159,10 +161,20 @@ impl Task {
                 let _ = reply.send(r.clone());
                 r
             }
+            Request::Ephemeral { topic, payload, headers, reply } => {
+                let frame = ClientFrame::Pub { id: 0, topic, data: Payload(payload), headers, mid: None, ack: false };
+                let r = conn.send_datagram(self.encoding.encode(&frame));
+                let lost = matches!(r, Err(ClientError::ConnectionLost));
+                let _ = reply.send(r);
+                // Only a lost connection needs a reconnect; other errors are the caller's.
+                if lost { Err(ClientError::ConnectionLost) } else { Ok(()) }
+            }
             Request::Cursor { reply } => {
                 let mut c = Cursor::new();
                 for s in &self.subs {
-                    c.merge(&s.position);
+                    if let Ok(consumed) = s.consumed.lock() {
+                        c.merge(&consumed);
+                    }
                 }
                 let _ = reply.send(c);
                 Ok(())
@@ -197,6 +209,12 @@ impl Task {
 
     async fn handle_server_frame(&mut self, f: ServerFrame) {
         match f {
+            ServerFrame::Msg(m) if m.seq == 0 => {
+                // Ephemeral (datagram) message: best-effort, never in a cursor, not deduplicated.
+                for s in self.subs.iter().filter(|s| s.active && matches(&s.pattern, &m.topic)) {
+                    let _ = s.events.try_send(Event::Msg(m.clone()));
+                }
+            }
             ServerFrame::Msg(m) => {
                 let origin = Origin::new(m.origin.clone(), m.epoch);
                 for s in self.subs.iter_mut().filter(|s| s.active && matches(&s.pattern, &m.topic)) {
