@@ -24,6 +24,7 @@ impl BatchBuilder {
     pub fn with_capacity(messages: usize, bytes: usize) -> Self {
         BatchBuilder {
             data: Vec::with_capacity(bytes),
+            headers: Vec::new(),
             entries: Vec::with_capacity(messages),
         }
     }
@@ -69,6 +70,7 @@ impl BatchBuilder {
     pub fn finish(self) -> Batch {
         Batch {
             data: self.data,
+            headers: self.headers,
             entries: self.entries,
         }
     }

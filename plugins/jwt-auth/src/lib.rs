@@ -90,7 +90,9 @@ fn parse_alg(alg: &str) -> Result<JwtAlg, String> {
         "HS256" => Ok(JwtAlg::Hs256),
         "RS256" => Ok(JwtAlg::Rs256),
         "EDDSA" | "ED25519" => Ok(JwtAlg::Eddsa),
-        other => Err(format!("keys: unsupported alg `{other}` (HS256, RS256, EdDSA)")),
+        other => Err(format!(
+            "keys: unsupported alg `{other}` (HS256, RS256, EdDSA)"
+        )),
     }
 }
 
@@ -98,15 +100,21 @@ fn parse_alg(alg: &str) -> Result<JwtAlg, String> {
 fn string_list(v: Option<&Value>) -> Option<Vec<String>> {
     match v? {
         Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(items) => {
-            Some(items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect())
-        }
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_string))
+                .collect(),
+        ),
         _ => None,
     }
 }
 
 fn expand(patterns: &[String], principal: &str) -> Vec<String> {
-    patterns.iter().map(|p| p.replace("{principal}", principal)).collect()
+    patterns
+        .iter()
+        .map(|p| p.replace("{principal}", principal))
+        .collect()
 }
 
 impl JwtAuth {
@@ -128,19 +136,26 @@ impl JwtAuth {
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(format!("token lacks the `{}` claim", c.principal_claim)),
         };
-        let publish = string_list(claims.get(&c.publish_claim)).unwrap_or_else(|| c.default_publish.clone());
-        let subscribe =
-            string_list(claims.get(&c.subscribe_claim)).unwrap_or_else(|| c.default_subscribe.clone());
+        let publish =
+            string_list(claims.get(&c.publish_claim)).unwrap_or_else(|| c.default_publish.clone());
+        let subscribe = string_list(claims.get(&c.subscribe_claim))
+            .unwrap_or_else(|| c.default_subscribe.clone());
         let attributes = c
             .attributes
             .iter()
             .filter_map(|name| {
                 let v = claims.get(name)?;
-                Some((name.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string)))
+                Some((
+                    name.clone(),
+                    v.as_str().map_or_else(|| v.to_string(), str::to_string),
+                ))
             })
             .collect();
         Ok(Principal {
-            permissions: Permissions { publish: expand(&publish, &id), subscribe: expand(&subscribe, &id) },
+            permissions: Permissions {
+                publish: expand(&publish, &id),
+                subscribe: expand(&subscribe, &id),
+            },
             id,
             attributes,
         })
@@ -150,14 +165,20 @@ impl JwtAuth {
 #[edgesync_plugin::export]
 impl Plugin for JwtAuth {
     fn init(config: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("jwt-auth config: {e}"))?;
+        let config: Config =
+            serde_json::from_str(config).map_err(|e| format!("jwt-auth config: {e}"))?;
         if config.keys.is_empty() {
             return Err("jwt-auth config: `keys` must list at least one key".into());
         }
         let keys = config
             .keys
             .iter()
-            .map(|k| Ok(JwtKey { alg: parse_alg(&k.alg)?, key: k.key.clone() }))
+            .map(|k| {
+                Ok(JwtKey {
+                    alg: parse_alg(&k.alg)?,
+                    key: k.key.clone(),
+                })
+            })
             .collect::<Result<Vec<_>, String>>()?;
         Ok(JwtAuth { config, keys })
     }

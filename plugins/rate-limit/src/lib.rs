@@ -57,7 +57,8 @@ impl RateLimit {
 #[edgesync_plugin::export]
 impl Plugin for RateLimit {
     fn init(config: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("rate-limit config: {e}"))?;
+        let config: Config =
+            serde_json::from_str(config).map_err(|e| format!("rate-limit config: {e}"))?;
         if config.window_ms == 0 {
             return Err("rate-limit config: window_ms must be > 0".into());
         }
@@ -66,7 +67,12 @@ impl Plugin for RateLimit {
 
     fn on_message(&self, sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
         let c = &self.config;
-        if !c.topics.is_empty() && !c.topics.iter().any(|p| edgesync_plugin::topic_matches(p, msg.topic)) {
+        if !c.topics.is_empty()
+            && !c
+                .topics
+                .iter()
+                .any(|p| edgesync_plugin::topic_matches(p, msg.topic))
+        {
             return MessageVerdict::Pass;
         }
         let window = timers::now() / c.window_ms;

@@ -43,8 +43,13 @@ struct Retention {
 #[edgesync_plugin::export]
 impl Plugin for Retention {
     fn init(config: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("retention config: {e}"))?;
-        for p in config.ephemeral.iter().chain(config.rules.iter().map(|r| &r.topics)) {
+        let config: Config =
+            serde_json::from_str(config).map_err(|e| format!("retention config: {e}"))?;
+        for p in config
+            .ephemeral
+            .iter()
+            .chain(config.rules.iter().map(|r| &r.topics))
+        {
             if !edgesync_plugin::pattern_is_valid(p) {
                 return Err(format!("retention config: `{p}` is not a topic pattern"));
             }
@@ -54,10 +59,20 @@ impl Plugin for Retention {
 
     fn on_write(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> WriteVerdict {
         let topic = msg.topic;
-        if self.config.ephemeral.iter().any(|p| edgesync_plugin::topic_matches(p, topic)) {
+        if self
+            .config
+            .ephemeral
+            .iter()
+            .any(|p| edgesync_plugin::topic_matches(p, topic))
+        {
             return WriteVerdict::Skip;
         }
-        match self.config.rules.iter().find(|r| edgesync_plugin::topic_matches(&r.topics, topic)) {
+        match self
+            .config
+            .rules
+            .iter()
+            .find(|r| edgesync_plugin::topic_matches(&r.topics, topic))
+        {
             Some(r) => WriteVerdict::AcceptWith(WriteChanges {
                 headers: None,
                 payload: None,

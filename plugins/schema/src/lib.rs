@@ -52,7 +52,9 @@ struct Schema {
     rules: Vec<Compiled>,
 }
 
-const TYPES: &[&str] = &["string", "number", "integer", "boolean", "object", "array", "null", "any"];
+const TYPES: &[&str] = &[
+    "string", "number", "integer", "boolean", "object", "array", "null", "any",
+];
 
 fn type_name(v: &Value) -> &'static str {
     match v {
@@ -77,11 +79,19 @@ impl Compiled {
         if let Some(max) = r.max_bytes
             && payload.len() > max
         {
-            return Err(format!("payload is {} bytes, the limit is {max}", payload.len()));
+            return Err(format!(
+                "payload is {} bytes, the limit is {max}",
+                payload.len()
+            ));
         }
         let obj: Map<String, Value> = match serde_json::from_slice::<Value>(payload) {
             Ok(Value::Object(o)) => o,
-            Ok(other) => return Err(format!("payload must be a JSON object, got {}", type_name(&other))),
+            Ok(other) => {
+                return Err(format!(
+                    "payload must be a JSON object, got {}",
+                    type_name(&other)
+                ));
+            }
             Err(e) => return Err(format!("payload is not valid JSON: {e}")),
         };
         for field in &r.required {
@@ -93,7 +103,11 @@ impl Compiled {
             if let Some(v) = obj.get(field)
                 && !types.iter().any(|t| type_ok(t, v))
             {
-                return Err(format!("field `{field}` must be {}, got {}", types.join(" or "), type_name(v)));
+                return Err(format!(
+                    "field `{field}` must be {}, got {}",
+                    types.join(" or "),
+                    type_name(v)
+                ));
             }
         }
         if !r.additional
@@ -108,18 +122,26 @@ impl Compiled {
 #[edgesync_plugin::export]
 impl Plugin for Schema {
     fn init(config: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("schema config: {e}"))?;
+        let config: Config =
+            serde_json::from_str(config).map_err(|e| format!("schema config: {e}"))?;
         let mut rules = Vec::new();
         for (i, rule) in config.rules.into_iter().enumerate() {
             if !edgesync_plugin::pattern_is_valid(&rule.topics) {
-                return Err(format!("schema config: rules[{i}].topics `{}` is not a pattern", rule.topics));
+                return Err(format!(
+                    "schema config: rules[{i}].topics `{}` is not a pattern",
+                    rule.topics
+                ));
             }
             let mut fields = Vec::new();
             for (name, t) in &rule.fields {
-                let spec = t.as_str().ok_or_else(|| format!("schema config: rules[{i}].fields.{name} must be a string"))?;
+                let spec = t.as_str().ok_or_else(|| {
+                    format!("schema config: rules[{i}].fields.{name} must be a string")
+                })?;
                 let types: Vec<String> = spec.split('|').map(|s| s.trim().to_string()).collect();
                 if let Some(bad) = types.iter().find(|t| !TYPES.contains(&t.as_str())) {
-                    return Err(format!("schema config: rules[{i}].fields.{name}: unknown type `{bad}`"));
+                    return Err(format!(
+                        "schema config: rules[{i}].fields.{name}: unknown type `{bad}`"
+                    ));
                 }
                 fields.push((name.clone(), types));
             }
@@ -129,12 +151,18 @@ impl Plugin for Schema {
     }
 
     fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
-        let Some(rule) = self.rules.iter().find(|r| edgesync_plugin::topic_matches(&r.rule.topics, msg.topic)) else {
+        let Some(rule) = self
+            .rules
+            .iter()
+            .find(|r| edgesync_plugin::topic_matches(&r.rule.topics, msg.topic))
+        else {
             return MessageVerdict::Pass;
         };
         match rule.check(msg.payload) {
             Ok(()) => MessageVerdict::Pass,
-            Err(reason) => MessageVerdict::Reject(format!("schema ({}): {reason}", rule.rule.topics)),
+            Err(reason) => {
+                MessageVerdict::Reject(format!("schema ({}): {reason}", rule.rule.topics))
+            }
         }
     }
 }

@@ -38,7 +38,8 @@ struct Ticker {
 #[edgesync_plugin::export]
 impl Plugin for Ticker {
     fn init(config: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("ticker config: {e}"))?;
+        let config: Config =
+            serde_json::from_str(config).map_err(|e| format!("ticker config: {e}"))?;
         // Idempotent: every instance runs init; the host keeps one timer.
         timers::set_repeat(TIMER, config.interval_ms)?;
         Ok(Ticker { config })

@@ -68,7 +68,9 @@ fn put(obj: &mut Map<String, Value>, path: &str, value: Value) {
             obj.insert(path.to_string(), value);
         }
         Some((head, rest)) => {
-            let child = obj.entry(head.to_string()).or_insert_with(|| Value::Object(Map::new()));
+            let child = obj
+                .entry(head.to_string())
+                .or_insert_with(|| Value::Object(Map::new()));
             if !child.is_object() {
                 *child = Value::Object(Map::new());
             }
@@ -100,7 +102,11 @@ fn redact(obj: &mut Map<String, Value>, path: &str, with: Option<&Value>) -> boo
 impl Transform {
     fn applies(&self, topic: &str) -> bool {
         self.config.topics.is_empty()
-            || self.config.topics.iter().any(|p| edgesync_plugin::topic_matches(p, topic))
+            || self
+                .config
+                .topics
+                .iter()
+                .any(|p| edgesync_plugin::topic_matches(p, topic))
     }
 
     /// Applies every rule; returns whether anything changed.
@@ -135,7 +141,8 @@ impl Transform {
 #[edgesync_plugin::export]
 impl Plugin for Transform {
     fn init(config: &str) -> Result<Self, String> {
-        let config: Config = serde_json::from_str(config).map_err(|e| format!("transform config: {e}"))?;
+        let config: Config =
+            serde_json::from_str(config).map_err(|e| format!("transform config: {e}"))?;
         let renames = config
             .rename
             .iter()

@@ -1,9 +1,14 @@
-//! One transport connection of the client: WebSocket (ws/wss).
+//! One transport connection of the client: WebSocket (ws/wss) or QUIC.
+//!
+//! QUIC (`quic://host:port`): ALPN `edgesync/1`, TLS 1.3, the session on the first
+//! bidirectional stream with `u32` big-endian length-prefixed MessagePack frames,
+//! and QUIC datagrams for ephemeral publishes. QUIC always uses MessagePack.
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use edgesync_protocol::Encoding;
+use edgesync_protocol::codec::LengthPrefixed;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -20,6 +25,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// A connected transport.
 pub(crate) enum Conn {
     Ws { ws: Box<WebSocketStream<Box<dyn Io>>>, text: bool },
+    Quic(Box<QuicConn>),
+}
+
+/// Largest frame accepted from the gateway, bytes (same bound as WebSocket).
+const MAX_FRAME: usize = 64 << 20;
+
+/// The client side of a QUIC session.
+pub(crate) struct QuicConn {
+    /// Kept so the endpoint's driver lives as long as the connection.
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// Bytes read but not yet split into frames.
+    buf: BytesMut,
+    framing: LengthPrefixed,
 }
 
 /// A parsed server URL.
@@ -49,7 +70,7 @@ impl Conn {
         let t = parse_url(&opts.url)?;
         match t.scheme.as_str() {
             "ws" | "wss" => Self::open_ws(opts, &t).await,
-            _ => Err(ClientError::Url(format!("{}: QUIC is not supported by this client build", opts.url))),
+            _ => Self::open_quic(opts, &t).await,
         }
     }
 
@@ -83,8 +104,59 @@ impl Conn {
         Ok((Conn::Ws { ws: Box::new(ws), text: chosen.is_text() }, chosen))
     }
 
+    async fn open_quic(opts: &ClientOptions, t: &Target) -> Result<(Conn, Encoding), ClientError> {
+        let addr = tokio::net::lookup_host((t.host.as_str(), t.port))
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .next()
+            .ok_or_else(|| ClientError::Connect(format!("{}: no address", t.host)))?;
+        let tls = crate::tls::client_config(opts.ca.as_deref(), opts.insecure, &[edgesync_protocol::ALPN_QUIC])?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        // Keep NAT bindings and the gateway's idle timer (QUIC level) fresh on quiet sessions.
+        transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+        config.transport_config(Arc::new(transport));
+        let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+            .parse()
+            .map_err(|e: std::net::AddrParseError| ClientError::Connect(e.to_string()))?;
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let connection = endpoint
+            .connect_with(config, addr, &t.host)
+            .map_err(|e| ClientError::Connect(e.to_string()))?
+            .await
+            .map_err(|e| match e {
+                // 0x100-0x1ff: a TLS alert (RFC 9001 §4.8), e.g. an untrusted certificate.
+                quinn::ConnectionError::TransportError(te) if (0x100..0x200).contains(&u64::from(te.code)) => ClientError::Tls(te.to_string()),
+                other => ClientError::Connect(other.to_string()),
+            })?;
+        let (send, recv) = connection.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let q = QuicConn {
+            _endpoint: endpoint,
+            connection,
+            send,
+            recv,
+            buf: BytesMut::with_capacity(4096),
+            framing: LengthPrefixed::new(MAX_FRAME),
+        };
+        Ok((Conn::Quic(Box::new(q)), Encoding::MsgPack))
+    }
+
+    /// Send one QUIC datagram (ephemeral publish). Errors on WebSocket, or when the
+    /// gateway does not accept datagrams or this one exceeds the path's datagram size.
+    pub(crate) fn send_datagram(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
+        match self {
+            Conn::Ws { .. } => Err(ClientError::Protocol("ephemeral publishes need a quic:// connection".into())),
+            Conn::Quic(q) => q.connection.send_datagram(Bytes::from(frame)).map_err(|e| match e {
+                quinn::SendDatagramError::ConnectionLost(_) => ClientError::ConnectionLost,
+                other => ClientError::Protocol(other.to_string()),
+            }),
+        }
+    }
+
     pub(crate) async fn send(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
         match self {
+            Conn::Quic(q) => q.send_frame(frame).await,
             Conn::Ws { ws, text } => {
                 let msg = if *text {
                     Message::text(String::from_utf8(frame).map_err(|e| ClientError::Protocol(e.to_string()))?)
@@ -100,12 +172,14 @@ impl Conn {
     pub(crate) async fn send_raw(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
         match self {
             Conn::Ws { ws, .. } => ws.send(Message::binary(frame)).await.map_err(|_| ClientError::ConnectionLost),
+            Conn::Quic(q) => q.send_frame(frame).await,
         }
     }
 
     /// Next frame; `None` when the connection ended.
     pub(crate) async fn recv(&mut self) -> Option<Bytes> {
         match self {
+            Conn::Quic(q) => q.recv_frame().await,
             Conn::Ws { ws, .. } => loop {
                 match ws.next().await? {
                     Ok(Message::Binary(b)) => return Some(b),
@@ -121,6 +195,38 @@ impl Conn {
         match self {
             Conn::Ws { ws, .. } => {
                 let _ = ws.as_mut().close(None).await;
+            }
+            Conn::Quic(q) => {
+                let _ = q.send.finish();
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), q.send.stopped()).await;
+                q.connection.close(quinn::VarInt::from_u32(0), b"client closed");
+            }
+        }
+    }
+}
+
+impl QuicConn {
+    async fn send_frame(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
+        let mut prefix = Vec::with_capacity(4);
+        LengthPrefixed::put_prefix(&mut prefix, frame.len());
+        let mut chunks = [Bytes::from(prefix), Bytes::from(frame)];
+        self.send.write_all_chunks(&mut chunks).await.map_err(|_| ClientError::ConnectionLost)
+    }
+
+    /// Next frame; `None` when the stream or connection ended or the gateway broke framing.
+    async fn recv_frame(&mut self) -> Option<Bytes> {
+        loop {
+            match self.framing.next_frame(&mut self.buf) {
+                Ok(Some(f)) => return Some(f),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "bad frame from gateway");
+                    return None;
+                }
+            }
+            match self.recv.read_chunk(64 << 10, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) | Err(_) => return None,
             }
         }
     }

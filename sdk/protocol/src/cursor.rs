@@ -202,6 +202,14 @@ mod tests {
     }
 
     #[test]
+    fn documented_example() {
+        // PROTOCOL.md §5 shows these bytes.
+        let mut c = Cursor::new();
+        c.observe("a", &Origin::new("n1", 1), 3);
+        assert_eq!(c.encode(), "AZGSoWGRk6JuMQED");
+    }
+
+    #[test]
     fn observe_keeps_maximum() {
         let mut c = Cursor::new();
         let o = Origin::new("n", 1);

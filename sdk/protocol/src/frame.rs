@@ -209,7 +209,8 @@ pub struct Msg {
     /// Node id of the gateway where the message entered.
     pub origin: String,
     pub epoch: u64,
-    /// Dense per (topic, origin, epoch), starting at 1.
+    /// Dense per (topic, origin, epoch), starting at 1. `0` marks an ephemeral message
+    /// (a QUIC datagram publish): not stored, never part of a cursor, best-effort.
     pub seq: u64,
     /// Hybrid logical clock: milliseconds since the Unix epoch << 16 | logical counter.
     pub hlc: u64,

@@ -2,8 +2,9 @@
 //!
 //! Layout (see `batch-entry` in the WIT): message `i` occupies
 //! `data[start .. payload_end]`, `start` being the previous entry's
-//! `payload_end` (0 first); its topic is `data[start .. topic_end]` and its
-//! payload `data[topic_end .. payload_end]`.
+//! `payload_end` (0 first); its topic is `data[start .. topic_end]`, its
+//! payload `data[topic_end .. payload_end]` and its headers
+//! `headers[hstart .. headers_end]` (`hstart`: the previous `headers_end`).
 
 use crate::message::MessageRef;
 use crate::types::{Batch, Header};
@@ -22,7 +23,11 @@ pub struct BatchItem<'a> {
 impl<'a> BatchItem<'a> {
     /// The same message as a [`MessageRef`].
     pub fn as_message_ref(&self) -> MessageRef<'a> {
-        MessageRef { topic: self.topic, headers: self.headers, payload: self.payload }
+        MessageRef {
+            topic: self.topic,
+            headers: self.headers,
+            payload: self.payload,
+        }
     }
 }
 
@@ -65,18 +70,26 @@ impl Batch {
 
     /// The messages, in order.
     pub fn items(&self) -> impl Iterator<Item = Result<BatchItem<'_>, BatchError>> + '_ {
-        let mut start = 0usize;
+        let (mut start, mut hstart) = (0usize, 0usize);
         self.entries.iter().enumerate().map(move |(index, e)| {
             let topic_end = e.topic_end as usize;
             let payload_end = e.payload_end as usize;
-            if start > topic_end || topic_end > payload_end || payload_end > self.data.len() {
+            let headers_end = e.headers_end as usize;
+            if start > topic_end
+                || topic_end > payload_end
+                || payload_end > self.data.len()
+                || hstart > headers_end
+                || headers_end > self.headers.len()
+            {
                 return Err(BatchError::BadOffsets { index });
             }
             let topic = std::str::from_utf8(&self.data[start..topic_end])
                 .map_err(|_| BatchError::TopicNotUtf8 { index })?;
             let payload = &self.data[topic_end..payload_end];
+            let headers = &self.headers[hstart..headers_end];
             start = payload_end;
-            Ok(BatchItem { topic, headers: &e.headers, payload })
+            hstart = headers_end;
+            Ok(BatchItem { topic, headers, payload })
         })
     }
 }

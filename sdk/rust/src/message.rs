@@ -27,7 +27,10 @@ impl<'a> MessageRef<'a> {
 
     /// The value of the first header named `name` (case-sensitive).
     pub fn header(&self, name: &str) -> Option<&'a str> {
-        self.headers.iter().find(|h| h.name == name).map(|h| h.value.as_str())
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_str())
     }
 
     /// The payload as UTF-8, if it is.
@@ -39,6 +42,10 @@ impl<'a> MessageRef<'a> {
 impl Message {
     /// A borrowed view of this message.
     pub fn as_ref(&self) -> MessageRef<'_> {
-        MessageRef { topic: &self.topic, headers: &self.headers, payload: &self.payload }
+        MessageRef {
+            topic: &self.topic,
+            headers: &self.headers,
+            payload: &self.payload,
+        }
     }
 }

@@ -28,9 +28,10 @@ pub fn topic_matches(pattern: &str, topic: &str) -> bool {
 /// Whether `pattern` is well formed: non-empty segments, `>` only last.
 pub fn pattern_is_valid(pattern: &str) -> bool {
     let segments: Vec<&str> = pattern.split('.').collect();
-    segments.iter().enumerate().all(|(i, s)| {
-        !s.is_empty() && (*s != ">" || i + 1 == segments.len())
-    })
+    segments
+        .iter()
+        .enumerate()
+        .all(|(i, s)| !s.is_empty() && (*s != ">" || i + 1 == segments.len()))
 }
 
 #[cfg(test)]

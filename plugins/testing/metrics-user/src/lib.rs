@@ -17,9 +17,22 @@ struct MetricsUser {
 impl Plugin for MetricsUser {
     fn init(_config: &str) -> Result<Self, String> {
         Ok(MetricsUser {
-            messages: metrics::define_counter("messages_total", "Messages seen.", &["class".into()])?,
-            last_size: metrics::define_gauge("last_payload_bytes", "Size of the last payload.", &[])?,
-            sizes: metrics::define_histogram("payload_bytes", "Payload sizes.", &[], &[16.0, 256.0, 4096.0])?,
+            messages: metrics::define_counter(
+                "messages_total",
+                "Messages seen.",
+                &["class".into()],
+            )?,
+            last_size: metrics::define_gauge(
+                "last_payload_bytes",
+                "Size of the last payload.",
+                &[],
+            )?,
+            sizes: metrics::define_histogram(
+                "payload_bytes",
+                "Payload sizes.",
+                &[],
+                &[16.0, 256.0, 4096.0],
+            )?,
             seen: Cell::new(0),
         })
     }

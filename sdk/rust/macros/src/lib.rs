@@ -24,7 +24,10 @@ const WORLD: &str = "edgesync-rust-guest";
 
 /// Hook families and the trait methods that select them.
 const FAMILIES: &[(&str, &[&str])] = &[
-    ("auth-hooks", &["on_connect", "on_subscribe", "on_disconnect"]),
+    (
+        "auth-hooks",
+        &["on_connect", "on_subscribe", "on_disconnect"],
+    ),
     ("message-hooks", &["on_message", "on_batch"]),
     ("storage-hooks", &["on_write"]),
     ("timer-hooks", &["on_timer"]),
