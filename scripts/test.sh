@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine. Installs what the tests need:
+# the wasm32-wasip2 target (plugins are built from source by the test build),
+# Python's aioquic + msgpack (independent QUIC interop client) and Debian's
+# prometheus/promtool (metrics tests scrape a real Prometheus server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rustup target add wasm32-wasip2 >/dev/null 2>&1 || rustup target add wasm32-wasip2
+
+if ! python3 -c 'import aioquic, msgpack' >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check aioquic msgpack || echo "warning: pip install aioquic msgpack failed; the QUIC interop test will report it"
+fi
+
+if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+      || echo "warning: could not install prometheus; the metrics tests will report it"
+  fi
+fi
+
+# Tests start gateways and clients in parallel; two threads per core is plenty here.
+export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+exec cargo test --workspace --locked "$@"
