@@ -4,9 +4,56 @@
 //! HalfOpen (calls allowed as probes) → a success closes it and resets the
 //! backoff; a fault re-opens it with the backoff doubled, up to the max.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 use crate::config::BreakerConfig;
+
+/// A breaker behind a lock, with a lock-free fast path: while no fault is
+/// being counted ("quiet"), admitting and recording success touch one
+/// atomic and no clock.
+pub(crate) struct BreakerCell {
+    quiet: AtomicBool,
+    inner: Mutex<Breaker>,
+}
+
+impl BreakerCell {
+    pub(crate) fn new(c: &BreakerConfig) -> Self {
+        BreakerCell { quiet: AtomicBool::new(true), inner: Mutex::new(Breaker::new(c, Instant::now())) }
+    }
+
+    /// Whether a call may run; `Err(retry_in)` while open.
+    pub(crate) fn admit(&self) -> Result<(), Duration> {
+        if self.quiet.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.inner.lock().admit(Instant::now())
+    }
+
+    pub(crate) fn on_success(&self) {
+        if self.quiet.load(Ordering::Acquire) {
+            return;
+        }
+        let mut b = self.inner.lock();
+        b.on_success();
+        if b.is_quiet(Instant::now()) {
+            self.quiet.store(true, Ordering::Release);
+        }
+    }
+
+    /// Records a guest fault; returns whether the breaker tripped.
+    pub(crate) fn on_fault(&self) -> bool {
+        let mut b = self.inner.lock();
+        self.quiet.store(false, Ordering::Release);
+        b.on_fault(Instant::now())
+    }
+
+    pub(crate) fn state(&self) -> BreakerState {
+        self.inner.lock().state()
+    }
+}
 
 /// Breaker position, as reported by `Plugin::breaker`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +99,12 @@ impl Breaker {
 
     pub(crate) fn state(&self) -> BreakerState {
         self.state
+    }
+
+    /// Closed with no fault counted in the current window.
+    fn is_quiet(&self, now: Instant) -> bool {
+        self.state == BreakerState::Closed
+            && (self.count == 0 || now.duration_since(self.window_start) > self.window)
     }
 
     /// Whether a call may run at `now`; `Err(retry_in)` while open.

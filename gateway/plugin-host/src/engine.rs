@@ -7,7 +7,7 @@
 //! to on-demand allocation when the pool cannot be reserved.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -76,6 +76,22 @@ fn pooling(config: &HostConfig) -> PoolingAllocationConfig {
     p
 }
 
+/// Ticks since the host started, readable with one atomic load: the time
+/// base of the CPU meter (an `Instant::now()` per call costs more than
+/// the rest of the bookkeeping on some virtual machines).
+#[derive(Clone, Default)]
+pub(crate) struct TickClock(Arc<AtomicU64>);
+
+impl TickClock {
+    pub(crate) fn now(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn advance(&self, ticks: u64) {
+        self.0.fetch_add(ticks, Ordering::AcqRel);
+    }
+}
+
 /// Increments the engine's epoch every tick on a dedicated thread; stops
 /// when dropped.
 pub(crate) struct EpochTicker {
@@ -84,25 +100,25 @@ pub(crate) struct EpochTicker {
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engine: &Engine, tick: Duration) -> std::io::Result<Self> {
+    /// Starts ticking `engine` and `clock`. The clock is advanced first, so
+    /// when a deadline fires the clock already shows the tick that fired it.
+    pub(crate) fn start(engine: &Engine, clock: TickClock, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("edgesync-epoch".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
+        let thread = std::thread::Builder::new().name("edgesync-epoch".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(engine) => {
+                        clock.advance(1);
+                        engine.increment_epoch();
                     }
+                    None => return,
                 }
-            })?;
-        Ok(EpochTicker {
-            stop,
-            thread: Some(thread),
-        })
+            }
+        })?;
+        Ok(EpochTicker { stop, thread: Some(thread) })
     }
 }
 

@@ -19,7 +19,7 @@ use wasmtime::component::{Component, Linker};
 use crate::cache::{self, CacheOutcome};
 use crate::caps;
 use crate::config::{HostConfig, PluginConfig};
-use crate::engine::{self, Allocator, EpochTicker};
+use crate::engine::{self, Allocator, EpochTicker, TickClock};
 use crate::error::PluginError;
 use crate::hooks::{Exports, Family};
 use crate::plugin::Plugin;
@@ -71,6 +71,7 @@ pub(crate) struct HostShared {
     pub registry: Registry,
     pub telemetry: HostTelemetry,
     pub tick: Duration,
+    pub clock: TickClock,
     next_version: AtomicU64,
     _ticker: EpochTicker,
 }
@@ -92,7 +93,8 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         caps::link_all(&mut linker).map_err(|e| HostError::Engine(format!("{e:#}")))?;
         let tick = Duration::from_millis(config.epoch_tick_ms.max(1));
-        let ticker = EpochTicker::start(&engine, tick)?;
+        let clock = TickClock::default();
+        let ticker = EpochTicker::start(&engine, clock.clone(), tick)?;
         let telemetry = HostTelemetry::register(&registry)?;
         let engine_key = cache::engine_key(&engine);
         Ok(PluginHost {
@@ -106,6 +108,7 @@ impl PluginHost {
                 registry,
                 telemetry,
                 tick,
+                clock,
                 next_version: AtomicU64::new(1),
                 _ticker: ticker,
             }),

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::Rng;
@@ -20,7 +20,7 @@ use wasmtime::Store;
 use wasmtime::component::{InstancePre, ResourceTable};
 
 use crate::bindings::{auth_hooks, lifecycle, message_hooks, storage_hooks, timer_hooks};
-use crate::breaker::Breaker;
+use crate::breaker::BreakerCell;
 use crate::caps;
 use crate::config::PluginConfig;
 use crate::error::PluginError;
@@ -125,7 +125,7 @@ pub(crate) struct Version {
     indices: HookIndices,
     idle: Mutex<Vec<Instance>>,
     busy: Arc<Semaphore>,
-    pub breaker: Mutex<Breaker>,
+    pub breaker: BreakerCell,
     retired: AtomicBool,
     inflight: AtomicUsize,
     drained: Notify,
@@ -141,7 +141,7 @@ impl Version {
     ) -> Self {
         Version {
             busy: Arc::new(Semaphore::new(config.limits.max_instances)),
-            breaker: Mutex::new(Breaker::new(&config.breaker, Instant::now())),
+            breaker: BreakerCell::new(&config.breaker),
             exports: info.exports,
             ctx,
             config,
@@ -231,7 +231,7 @@ impl Version {
                 max_bytes: limits.memory_bytes(),
                 hit: false,
             },
-            cpu: CpuMeter::new(shared.tick),
+            cpu: CpuMeter::new(shared.clock.clone(), shared.tick),
         };
         let mut store = Store::new(&shared.engine, state);
         store.limiter(|s| &mut s.memory);

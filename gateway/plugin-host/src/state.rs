@@ -12,6 +12,7 @@ use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::caps;
+use crate::engine::TickClock;
 use crate::config::Grants;
 use crate::services::HostServices;
 use crate::telemetry::PluginTelemetry;
@@ -99,17 +100,27 @@ impl ResourceLimiter for MemoryCap {
 }
 
 /// The two clocks of the current call, checked whenever the store's epoch
-/// deadline passes: guest CPU time (wall time since `arm` minus time spent
-/// in host functions) against the CPU budget, and wall time against the
-/// call's timeout. Enforcing the wall-clock timeout here rather than with a
-/// tokio timer keeps the timer wheel off the hot path; host functions are
-/// synchronous, so a call never waits on anything else.
+/// deadline passes: guest CPU time (time since `arm` minus time spent in
+/// host functions) against the CPU budget, and total time against the
+/// call's wall-clock timeout.
+///
+/// Time is counted in epoch ticks read from the [`TickClock`] (one atomic
+/// load per call), so a call is never interrupted before its budget and at
+/// most one tick after it. Enforcing the wall-clock timeout here rather
+/// than with a tokio timer keeps the timer wheel off the hot path; host
+/// functions are synchronous, so a call never awaits anything but guest
+/// code. "CPU time" is wall time in guest code: a worker thread preempted
+/// by the OS for longer than the budget is charged for it, so budgets
+/// below a few milliseconds are unwise on overloaded machines.
 pub(crate) struct CpuMeter {
-    started: Instant,
+    clock: TickClock,
+    tick: Duration,
+    start_tick: u64,
     host: Duration,
     budget: Duration,
     wall: Duration,
-    tick: Duration,
+    budget_ticks: u64,
+    wall_ticks: u64,
     /// Set when the CPU deadline interrupted the guest.
     pub exceeded: bool,
     /// Set when the wall-clock timeout interrupted the guest.
@@ -117,28 +128,35 @@ pub(crate) struct CpuMeter {
 }
 
 impl CpuMeter {
-    pub fn new(tick: Duration) -> Self {
+    pub fn new(clock: TickClock, tick: Duration) -> Self {
         CpuMeter {
-            started: Instant::now(),
+            clock,
+            tick,
+            start_tick: 0,
             host: Duration::ZERO,
             budget: Duration::ZERO,
             wall: Duration::ZERO,
-            tick,
+            budget_ticks: 1,
+            wall_ticks: 1,
             exceeded: false,
             timed_out: false,
         }
     }
 
     /// Starts metering a call with a CPU `budget` and a `wall` timeout;
-    /// returns the epoch ticks to set as the store's deadline.
+    /// returns the epoch ticks to set as the store's deadline. The start
+    /// tick may be up to one tick old, hence the extra tick: the guest
+    /// always gets its full budget.
     pub fn arm(&mut self, budget: Duration, wall: Duration) -> u64 {
-        self.started = Instant::now();
+        self.start_tick = self.clock.now();
         self.host = Duration::ZERO;
         self.budget = budget;
         self.wall = wall.max(budget);
+        self.budget_ticks = ticks(budget, self.tick);
+        self.wall_ticks = ticks(self.wall, self.tick);
         self.exceeded = false;
         self.timed_out = false;
-        ticks(budget, self.tick)
+        self.budget_ticks + 1
     }
 
     pub fn budget(&self) -> Duration {
@@ -154,6 +172,22 @@ impl CpuMeter {
         self.host += since.elapsed();
     }
 
+    /// What to do at an epoch deadline.
+    fn check(&mut self) -> UpdateDeadline {
+        let elapsed = self.clock.now().saturating_sub(self.start_tick);
+        let host_ticks = (self.host.as_nanos() / self.tick.as_nanos().max(1)) as u64;
+        let guest = elapsed.saturating_sub(host_ticks);
+        if guest > self.budget_ticks {
+            self.exceeded = true;
+            return UpdateDeadline::Interrupt;
+        }
+        if elapsed > self.wall_ticks {
+            self.timed_out = true;
+            return UpdateDeadline::Interrupt;
+        }
+        let next = (self.budget_ticks + 1 - guest).min(self.wall_ticks + 1 - elapsed);
+        UpdateDeadline::Continue(next.max(1))
+    }
 }
 
 fn ticks(d: Duration, tick: Duration) -> u64 {
@@ -167,24 +201,35 @@ fn ticks(d: Duration, tick: Duration) -> u64 {
 pub(crate) fn on_epoch_deadline(
     mut ctx: StoreContextMut<'_, HostState>,
 ) -> wasmtime::Result<UpdateDeadline> {
-    let cpu = &mut ctx.data_mut().cpu;
-    let wall_used = cpu.started.elapsed();
-    let used = wall_used.saturating_sub(cpu.host);
-    if used >= cpu.budget {
-        cpu.exceeded = true;
-        return Ok(UpdateDeadline::Interrupt);
-    }
-    if wall_used >= cpu.wall {
-        cpu.timed_out = true;
-        return Ok(UpdateDeadline::Interrupt);
-    }
-    let next = (cpu.budget - used).min(cpu.wall - wall_used);
-    Ok(UpdateDeadline::Continue(ticks(next, cpu.tick)))
+    Ok(ctx.data_mut().cpu.check())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meter_never_interrupts_early_and_at_most_a_tick_late() {
+        let clock = TickClock::default();
+        let mut m = CpuMeter::new(clock.clone(), Duration::from_millis(1));
+        let deadline = m.arm(Duration::from_millis(10), Duration::from_millis(50));
+        assert_eq!(deadline, 11);
+        clock.advance(10);
+        assert!(matches!(m.check(), UpdateDeadline::Continue(1)));
+        clock.advance(1);
+        assert!(matches!(m.check(), UpdateDeadline::Interrupt));
+        assert!(m.exceeded && !m.timed_out);
+
+        // Host time is not guest time; the wall clock still runs.
+        let deadline = m.arm(Duration::from_millis(10), Duration::from_millis(20));
+        assert_eq!(deadline, 11);
+        m.host = Duration::from_millis(15);
+        clock.advance(18);
+        assert!(matches!(m.check(), UpdateDeadline::Continue(3)));
+        clock.advance(3);
+        assert!(matches!(m.check(), UpdateDeadline::Interrupt));
+        assert!(m.timed_out && !m.exceeded);
+    }
 
     #[test]
     fn ticks_round_up() {

@@ -4,7 +4,8 @@
 //!
 //! - `edgesync_plugin_calls_total{plugin,hook,outcome}` — outcome is `ok`
 //!   or an [`ErrorKind`] label (`trap`, `deadline`, …)
-//! - `edgesync_plugin_call_duration_seconds{plugin,hook}` — successful calls
+//! - `edgesync_plugin_call_duration_seconds{plugin,hook}` — successful
+//!   calls, sampled (one in `LATENCY_SAMPLE_EVERY` per worker thread)
 //! - `edgesync_plugin_instances_total{plugin,event}` — `created`,
 //!   `discarded` (after a fault), `retired` (call budget reached)
 //! - `edgesync_plugin_breaker_trips_total{plugin}`
@@ -101,9 +102,11 @@ pub(crate) struct PluginTelemetry {
 }
 
 impl PluginTelemetry {
-    pub(crate) fn ok(&self, hook: Hook, seconds: f64) {
+    pub(crate) fn ok(&self, hook: Hook, seconds: Option<f64>) {
         self.ok[hook.index()].inc();
-        self.duration[hook.index()].observe(seconds);
+        if let Some(s) = seconds {
+            self.duration[hook.index()].observe(s);
+        }
     }
 
     pub(crate) fn error(&self, hook: Hook, kind: ErrorKind) {
