@@ -35,6 +35,9 @@ pub struct Metrics {
     pub bytes: IntCounterVec,
     /// Deliveries dropped because an outbox was full (announced by a gap notice).
     pub gap_drops: IntCounter,
+    /// Ephemeral (QUIC datagram) deliveries by result: `queued`, or `dropped` when an
+    /// outbox was full (best-effort: no gap notice).
+    pub ephemeral_deliveries: IntCounterVec,
     /// Publish received → durable ack sent, seconds.
     pub publish_ack_seconds: Histogram,
     /// Group commit: records per batch.
@@ -95,6 +98,14 @@ impl Metrics {
                 "Deliveries dropped by a full outbox and announced with a gap notice.",
             )
             .expect("valid metric"),
+            ephemeral_deliveries: IntCounterVec::new(
+                Opts::new(
+                    "edgesync_ephemeral_deliveries_total",
+                    "Ephemeral (datagram) message deliveries to subscribers, by result.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
             publish_ack_seconds: Histogram::with_opts(
                 HistogramOpts::new("edgesync_publish_ack_seconds", "Publish received to durable ack, seconds.")
                     .buckets(LATENCY_BUCKETS.to_vec()),
@@ -143,6 +154,7 @@ impl Metrics {
             Box::new(self.messages_out.clone()),
             Box::new(self.bytes.clone()),
             Box::new(self.gap_drops.clone()),
+            Box::new(self.ephemeral_deliveries.clone()),
             Box::new(self.publish_ack_seconds.clone()),
             Box::new(self.store_batch_records.clone()),
             Box::new(self.store_commit_seconds.clone()),

@@ -160,6 +160,25 @@ impl Outbox {
         }
     }
 
+    /// Queue an ephemeral (datagram) delivery only if there is room and no gap is pending;
+    /// otherwise drop it. Ephemeral messages are best-effort: a drop never applies the
+    /// slow-consumer policy and never produces a gap notice. Returns true when queued.
+    pub fn try_push_ephemeral(&self, frame: &Bytes) -> bool {
+        let mut g = self.inner.lock();
+        let full = g.queue.len() >= self.max_frames || g.bytes + frame.len() > self.max_bytes;
+        if g.closed.is_some() || full || !g.gaps.is_empty() {
+            return false;
+        }
+        let was_empty = g.queue.is_empty();
+        g.bytes += frame.len();
+        g.queue.push_back(frame.clone());
+        drop(g);
+        if was_empty {
+            self.ready.notify_one();
+        }
+        true
+    }
+
     /// True when a catch-up reader may queue more (below half full, no pending gaps).
     pub fn has_room(&self) -> bool {
         let g = self.inner.lock();

@@ -27,7 +27,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::session::driver::ConnInfo;
 use crate::store::{AppendRequest, Store, StoreError};
-use crate::transport::{tls, ws};
+use crate::transport::{quic, tls, ws};
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]
@@ -274,8 +274,15 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         bound.dev_ca = id.dev_ca.clone();
         tokio::spawn(ws::serve(l, Some(acceptor), gw.clone()));
     }
+    if let (Some(addr), Some(id)) = (cfg.listen.quic.0, &identity) {
+        let config = quic::server_config(id, cfg.tls.client_ca.as_deref(), gw.settings.limits())?;
+        let endpoint = quic::bind(addr, config).map_err(|source| ServerError::Bind { what: "quic", addr, source })?;
+        bound.quic = endpoint.local_addr().ok();
+        bound.dev_ca = bound.dev_ca.take().or_else(|| id.dev_ca.clone());
+        tokio::spawn(quic::serve(endpoint, gw.clone()));
+    }
     gw.ready.store(true, Ordering::Relaxed);
-    tracing::info!(node = gw.store.node(), epoch = gw.store.epoch(), ws = ?bound.ws, wss = ?bound.wss, "edgesync ready");
+    tracing::info!(node = gw.store.node(), epoch = gw.store.epoch(), ws = ?bound.ws, wss = ?bound.wss, quic = ?bound.quic, "edgesync ready");
     Ok(Running { gateway: gw, bound, fanout })
 }
 

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use edgesync_protocol::topic::{is_pattern, matches};
-use edgesync_protocol::{Cursor, Encoding, Origin, ServerFrame};
+use edgesync_protocol::{Cursor, Encoding, Msg, Origin, ServerFrame};
 use parking_lot::Mutex;
 
 use crate::metrics::Metrics;
@@ -231,6 +231,43 @@ impl Broker {
         }
     }
 
+    /// Deliver an ephemeral message (a QUIC datagram publish, `seq` 0) to the live
+    /// subscriptions matching its topic, on every transport. Nothing is stored, no
+    /// delivered head or version vector changes, no topic is created, and a full outbox
+    /// drops the message instead of queueing it (best-effort). Returns the number queued.
+    pub fn fanout_ephemeral(&self, msg: &Msg) -> usize {
+        debug_assert_eq!(msg.seq, 0, "ephemeral messages carry seq 0");
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        inner.stamp += 1;
+        let stamp = inner.stamp;
+        let subs: &[SubId] = match inner.topics.get(msg.topic.as_str()) {
+            Some(t) => &t.subs,
+            None => &inner.wild,
+        };
+        let (mut json, mut msgpack): (Option<Bytes>, Option<Bytes>) = (None, None);
+        let mut queued = 0;
+        for id in subs {
+            let Some(sub) = inner.subs.get(id) else { continue };
+            if !sub.live || !matches(&sub.pattern, &msg.topic) || sub.conn.stamp.swap(stamp, Ordering::Relaxed) == stamp {
+                continue;
+            }
+            let enc = sub.conn.outbox.encoding();
+            let slot = match enc {
+                Encoding::Json => &mut json,
+                Encoding::MsgPack => &mut msgpack,
+            };
+            let frame = slot.get_or_insert_with(|| Bytes::from(enc.encode(&ServerFrame::Msg(msg.clone()))));
+            if sub.conn.outbox.try_push_ephemeral(frame) {
+                queued += 1;
+                self.metrics.ephemeral_deliveries.with_label_values(&["queued"]).inc();
+            } else {
+                self.metrics.ephemeral_deliveries.with_label_values(&["dropped"]).inc();
+            }
+        }
+        queued
+    }
+
     /// Number of subscriptions (for metrics and tests).
     pub fn subscription_count(&self) -> usize {
         self.inner.lock().subs.len()
@@ -307,6 +344,33 @@ mod tests {
             })
             .collect();
         assert_eq!(got, vec!["a.b".to_string(), "a.c".to_string()]);
+    }
+
+    #[test]
+    fn ephemeral_reaches_live_subscribers_without_touching_heads() {
+        let b = broker();
+        let live = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        let catching_up = ConnOut::new(2, Outbox::new(Encoding::MsgPack, 100, 1 << 20));
+        b.subscribe(&live, "e.*", true);
+        b.subscribe(&live, "e.x", true);
+        b.subscribe(&catching_up, "e.x", false);
+        let msg = Msg {
+            topic: "e.x".into(),
+            origin: "n".into(),
+            epoch: 1,
+            seq: 0,
+            hlc: 0,
+            client: "c".into(),
+            mid: None,
+            headers: Headers::default(),
+            data: edgesync_protocol::Payload::from("p"),
+        };
+        assert_eq!(b.fanout_ephemeral(&msg), 1, "once per connection, live only");
+        assert_eq!(drain(&live).len(), 1);
+        assert!(b.matching_heads("e.>").iter().all(|(_, h)| h.is_empty()), "no head moved");
+        let unknown = Msg { topic: "e.new".into(), ..msg };
+        assert_eq!(b.fanout_ephemeral(&unknown), 1, "wildcards match topics never stored");
+        assert!(b.matching_heads("e.new").is_empty(), "no topic created");
     }
 
     #[test]

@@ -84,6 +84,43 @@ impl Retention {
 /// Maps a topic to its retention limits (built from config).
 pub type RetentionFn = Arc<dyn Fn(&str) -> Retention + Send + Sync>;
 
+/// What one group commit did, for [`StoreObserver::committed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Append requests in the batch (duplicates answered from the dedupe window included).
+    pub requests: usize,
+    /// New records made durable.
+    pub records: usize,
+    /// Batch write plus fsync (policy `always`) or write to the OS (policy `interval`).
+    pub elapsed: Duration,
+}
+
+/// Told what the writer did (the gateway's metrics implement it). Methods run on
+/// the writer or fsync thread, so they must be quick and must not block; the
+/// defaults do nothing, which keeps the store usable and testable on its own.
+pub trait StoreObserver: Send + Sync {
+    /// A group commit succeeded.
+    fn committed(&self, _stats: &CommitStats) {}
+    /// One fdatasync of the journal finished (successfully or not) after `elapsed`.
+    fn synced(&self, _elapsed: Duration) {}
+}
+
+/// The observer that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl StoreObserver for NoObserver {}
+
+/// Totals over every topic, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreTotals {
+    pub topics: u64,
+    /// Records held (after retention).
+    pub records: u64,
+    /// Payload bytes held (after retention).
+    pub payload_bytes: u64,
+}
+
 /// Everything the store needs to open.
 #[derive(Clone)]
 pub struct StoreOptions {
@@ -105,6 +142,8 @@ pub struct StoreOptions {
     pub retention: RetentionFn,
     /// Block cache size in bytes.
     pub cache_bytes: u64,
+    /// Told about commits and fsyncs (metrics). Default: [`NoObserver`].
+    pub observer: Arc<dyn StoreObserver>,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -126,6 +165,7 @@ impl StoreOptions {
             dedupe_window: Duration::from_secs(120),
             retention: Arc::new(|_| Retention::default()),
             cache_bytes: 64 << 20,
+            observer: Arc::new(NoObserver),
         }
     }
 }
@@ -236,6 +276,8 @@ struct Shared {
     local: Origin,
     poisoned: AtomicBool,
     dedupe_window: Duration,
+    /// Told about fsyncs (the writer also reports commits to it).
+    observer: Arc<dyn StoreObserver>,
     /// Set when open had to start a new epoch (the previous tail could not be proven).
     new_epoch_reason: Option<String>,
 }
@@ -303,6 +345,7 @@ impl Store {
             index: RwLock::new(index),
             poisoned: AtomicBool::new(false),
             dedupe_window: opts.dedupe_window,
+            observer: opts.observer.clone(),
             new_epoch_reason: reason,
         });
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
@@ -482,6 +525,21 @@ impl Store {
         Ok(out)
     }
 
+    /// Topic, record and payload byte totals (sums the in-memory index; no disk reads).
+    pub fn totals(&self) -> StoreTotals {
+        let idx = self.shared.index.read();
+        idx.topics.values().fold(StoreTotals { topics: idx.topics.len() as u64, ..StoreTotals::default() }, |mut t, s| {
+            t.records += s.count;
+            t.payload_bytes += s.bytes;
+            t
+        })
+    }
+
+    /// True after a failed fsync: nothing more is acknowledged until restart.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Relaxed)
+    }
+
     /// Approximate bytes used on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.shared.db.disk_space().unwrap_or(0)
@@ -524,7 +582,10 @@ impl Store {
 
 impl Shared {
     fn persist(&self) -> Result<(), StoreError> {
-        self.db.persist(PersistMode::SyncData).map_err(|e| {
+        let started = std::time::Instant::now();
+        let result = self.db.persist(PersistMode::SyncData);
+        self.observer.synced(started.elapsed());
+        result.map_err(|e| {
             self.poisoned.store(true, Ordering::Relaxed);
             tracing::error!(error = %e, "fsync failed; store poisoned, no further acknowledgements");
             StoreError::Engine(e)
@@ -731,6 +792,12 @@ impl Writer {
             }
             if let Some(done) = shutdown {
                 let _ = self.shared.db.persist(PersistMode::SyncAll);
+                // Write memtables out so the next open replays a short journal, not all of it.
+                for ks in [&self.shared.records, &self.shared.meta, &self.shared.dedupe, &self.shared.kv] {
+                    if let Err(e) = ks.rotate_memtable_and_wait() {
+                        tracing::warn!(error = %e, "memtable flush at shutdown failed; the next open replays the journal");
+                    }
+                }
                 let _ = done.send(());
                 tracing::info!("store writer stopped");
                 return;
@@ -753,6 +820,8 @@ impl Writer {
             }
             return;
         }
+        let started = std::time::Instant::now();
+        let requests = appends.len();
         let shared = self.shared.clone();
         let mut index = std::mem::take(&mut self.index);
         let mut batch = shared.db.batch();
@@ -851,6 +920,8 @@ impl Writer {
         });
         match result {
             Ok(()) => {
+                let stats = CommitStats { requests, records: committed.len(), elapsed: started.elapsed() };
+                shared.observer.committed(&stats);
                 let names: Vec<String> = touched.into_keys().collect();
                 publish_index(&shared, &index, &names);
                 self.index = index;

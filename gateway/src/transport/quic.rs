@@ -1,0 +1,360 @@
+//! QUIC listener for clients (quinn, rustls, TLS 1.3, ALPN `edgesync/1`).
+//!
+//! A client opens one bidirectional stream; the session runs on it with
+//! length-prefixed MessagePack frames ([`LengthPrefixed`]: `u32` big-endian
+//! length, then the body). Oversized prefixes are refused before the body is
+//! buffered (`frame_too_large`, then close). QUIC datagrams carry opt-in
+//! ephemeral publishes, handed to the session driver through a bounded channel
+//! (full: dropped, they are best-effort). The transport applies the connection
+//! limits and runs [`driver::run_with_datagrams`]; it never interprets frames.
+//! `docs/protocol-quic.md` is the wire description.
+//!
+//! Transport settings: idle timeout `limits.idle_timeout_ms`, keep-alive every
+//! `limits.ping_interval_ms` (so NAT bindings survive quiet sessions), one
+//! bidirectional stream and no unidirectional streams per connection,
+//! connection migration on (a phone changing networks keeps its session).
+//! QUIC always negotiates TLS 1.3 (RFC 9001); with `[tls] client_ca`, a client
+//! certificate is requested and, when presented and valid, its subject CN (or
+//! first SAN) becomes [`ConnInfo::tls_identity`].
+//!
+//! Close codes (QUIC application error codes in CONNECTION_CLOSE; the reason
+//! phrase is the error message): see [`close_code`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use edgesync_protocol::codec::LengthPrefixed;
+use edgesync_protocol::{DecodeError, Encoding, ErrorCode};
+use quinn::crypto::rustls::QuicServerConfig;
+use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc;
+
+use super::tls::{self, Identity, TlsError};
+use crate::config::Limits;
+use crate::server::Gateway;
+use crate::session::driver::{self, Conn, ConnError, ConnInfo};
+
+/// Application close code: normal close (client left, or clean end of session).
+pub const CLOSE_NORMAL: u32 = 0x0;
+/// Application close code for an error code without its own number (see the final `error` frame).
+pub const CLOSE_OTHER: u32 = 0xff;
+
+/// Datagrams queued between the connection and its session; more are dropped.
+const DATAGRAM_QUEUE: usize = 256;
+/// Datagram receive buffer per connection, bytes (quinn drops the oldest beyond it).
+const DATAGRAM_RECV_BUFFER: usize = 64 << 10;
+/// Largest read from the stream at once.
+const READ_CHUNK: usize = 64 << 10;
+/// Time allowed for the peer to acknowledge the final frames before the connection closes.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// QUIC close reasons are kept short (they travel in one packet).
+const MAX_REASON_BYTES: usize = 120;
+
+/// The QUIC application error code sent when a session closes with `code`.
+///
+/// | code | meaning |
+/// |---|---|
+/// | 0x00 | normal close |
+/// | 0x01 | `internal` |
+/// | 0x02 | `bad_frame` |
+/// | 0x03 | `frame_too_large` |
+/// | 0x04 | `idle_timeout` |
+/// | 0x05 | `shutting_down` |
+/// | 0x06 | `too_many_connections` |
+/// | 0x07 | `slow_consumer` |
+/// | 0x08 | `rate_limited` |
+/// | 0x09 | `storage_unavailable` |
+/// | 0x0a | `unauthorized` |
+/// | 0x0b | `forbidden` |
+/// | 0x0c | `bad_request` (e.g. no stream opened in time) |
+/// | 0xff | any other code (the final `error` frame names it) |
+pub fn close_code(code: Option<ErrorCode>) -> u32 {
+    match code {
+        None => CLOSE_NORMAL,
+        Some(ErrorCode::Internal) => 0x01,
+        Some(ErrorCode::BadFrame) => 0x02,
+        Some(ErrorCode::FrameTooLarge) => 0x03,
+        Some(ErrorCode::IdleTimeout) => 0x04,
+        Some(ErrorCode::ShuttingDown) => 0x05,
+        Some(ErrorCode::TooManyConnections) => 0x06,
+        Some(ErrorCode::SlowConsumer) => 0x07,
+        Some(ErrorCode::RateLimited) => 0x08,
+        Some(ErrorCode::StorageUnavailable) => 0x09,
+        Some(ErrorCode::Unauthorized) => 0x0a,
+        Some(ErrorCode::Forbidden) => 0x0b,
+        Some(ErrorCode::BadRequest) => 0x0c,
+        Some(_) => CLOSE_OTHER,
+    }
+}
+
+/// The quinn server configuration: TLS from `identity` (ALPN `edgesync/1`), optional
+/// client-certificate CA, and transport limits from `limits`.
+///
+/// # Errors
+/// [`TlsError`] for an unusable certificate, key or CA.
+pub fn server_config(identity: &Identity, client_ca: Option<&Path>, limits: &Limits) -> Result<quinn::ServerConfig, TlsError> {
+    let tls = tls::server_config(identity, &[edgesync_protocol::ALPN_QUIC], client_ca)?;
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = Duration::from_millis(limits.idle_timeout_ms);
+    transport
+        .max_idle_timeout(quinn::IdleTimeout::try_from(idle).ok())
+        .keep_alive_interval(Some(Duration::from_millis(limits.ping_interval_ms.max(1))))
+        .max_concurrent_bidi_streams(VarInt::from_u32(1))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(Some(DATAGRAM_RECV_BUFFER));
+    config.transport_config(Arc::new(transport));
+    config.migration(true);
+    Ok(config)
+}
+
+/// Bind the UDP socket and create the endpoint.
+///
+/// # Errors
+/// The bind error.
+pub fn bind(addr: SocketAddr, config: quinn::ServerConfig) -> std::io::Result<Endpoint> {
+    Endpoint::server(config, addr)
+}
+
+/// Accept QUIC connections until shutdown.
+pub async fn serve(endpoint: Endpoint, gw: Arc<Gateway>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = gw.shutdown.cancelled() => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+        };
+        let gw2 = gw.clone();
+        gw.tasks.spawn(handle(incoming, gw2));
+    }
+    // Refuse new handshakes; sessions close their own connections after draining.
+    endpoint.set_server_config(None);
+}
+
+async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
+    let remote = incoming.remote_address();
+    let timeout = Duration::from_millis(gw.settings.limits().handshake_timeout_ms);
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            gw.metrics.connections_refused.with_label_values(&["quic_handshake"]).inc();
+            tracing::debug!(%remote, error = %e, "QUIC accept failed");
+            return;
+        }
+    };
+    let connection = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            gw.metrics.connections_refused.with_label_values(&["quic_handshake"]).inc();
+            tracing::debug!(%remote, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            gw.metrics.connections_refused.with_label_values(&["handshake_timeout"]).inc();
+            return;
+        }
+    };
+    let _admission = match gw.admit(remote.ip()) {
+        Ok(guard) => guard,
+        Err(msg) => {
+            gw.metrics.connections_refused.with_label_values(&["too_many_connections"]).inc();
+            close(&connection, Some(ErrorCode::TooManyConnections), &msg);
+            return;
+        }
+    };
+    let (send, recv) = match tokio::time::timeout(timeout, connection.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "QUIC connection ended before opening a stream");
+            return;
+        }
+        Err(_) => {
+            gw.metrics.connections_refused.with_label_values(&["handshake_timeout"]).inc();
+            close(&connection, Some(ErrorCode::BadRequest), "open a bidirectional stream after the handshake");
+            return;
+        }
+    };
+    let tls_identity = peer_identity(&connection);
+    let (tx, rx) = mpsc::channel(DATAGRAM_QUEUE);
+    tokio::spawn(read_datagrams(connection.clone(), tx));
+    let limits = gw.settings.limits();
+    let conn = QuicConn {
+        connection,
+        send,
+        recv,
+        buf: BytesMut::with_capacity(4096),
+        framing: LengthPrefixed::new(limits.max_frame_bytes),
+        eof: false,
+    };
+    gw.metrics.connections_accepted.with_label_values(&["quic"]).inc();
+    let open = gw.metrics.connections_open.with_label_values(&["quic"]);
+    open.inc();
+    let info = ConnInfo { remote, transport: "quic", tls_identity, encoding: Encoding::MsgPack };
+    driver::run_with_datagrams(conn, gw.clone(), info, Some(rx)).await;
+    open.dec();
+}
+
+/// Move datagrams to the session; a full queue drops (datagrams are best-effort).
+async fn read_datagrams(connection: Connection, tx: mpsc::Sender<Bytes>) {
+    while let Ok(d) = connection.read_datagram().await {
+        match tx.try_send(d) {
+            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return,
+        }
+    }
+}
+
+fn close(connection: &Connection, code: Option<ErrorCode>, reason: &str) {
+    connection.close(VarInt::from_u32(close_code(code)), truncate(reason).as_bytes());
+}
+
+fn truncate(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+/// The identity in a verified client certificate: subject CN, else the first DNS, email
+/// or URI subject alternative name.
+fn peer_identity(connection: &Connection) -> Option<String> {
+    let any = connection.peer_identity()?;
+    let certs = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    certs.first().and_then(|c| certificate_identity(c))
+}
+
+/// Subject CN, else the first DNS / email / URI SAN, of a DER certificate.
+pub fn certificate_identity(der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    if let Some(cn) = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
+        return Some(cn.to_string());
+    }
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => Some((*s).to_string()),
+        _ => None,
+    })
+}
+
+/// A session's view of a QUIC connection: the first bidirectional stream, length-prefixed.
+pub struct QuicConn {
+    connection: Connection,
+    send: SendStream,
+    recv: RecvStream,
+    /// Bytes read but not yet split into frames (at most one frame plus one chunk).
+    buf: BytesMut,
+    framing: LengthPrefixed,
+    /// The client finished its stream.
+    eof: bool,
+}
+
+impl Conn for QuicConn {
+    // Cancel-safe: the driver drops this future when another event wins; state lives in
+    // `self` and quinn's `read_chunk` consumes nothing unless it returns.
+    async fn recv(&mut self) -> Option<Result<Bytes, ConnError>> {
+        loop {
+            match self.framing.next_frame(&mut self.buf) {
+                Ok(Some(frame)) => return Some(Ok(frame)),
+                Ok(None) => {}
+                Err(e @ DecodeError::TooLarge { .. }) => return Some(Err(ConnError::TooLarge(e.to_string()))),
+                Err(_) => return Some(Err(ConnError::Protocol("zero-length frame".into()))),
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return None;
+                }
+                return Some(Err(ConnError::Protocol("stream ended inside a frame".into())));
+            }
+            match self.recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                Ok(None) => self.eof = true,
+                Err(quinn::ReadError::ConnectionLost(
+                    quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed,
+                )) => return None,
+                Err(e) => return Some(Err(ConnError::Io(e.to_string()))),
+            }
+        }
+    }
+
+    async fn send(&mut self, frame: Vec<u8>) -> Result<(), ConnError> {
+        let mut prefix = Vec::with_capacity(4);
+        LengthPrefixed::put_prefix(&mut prefix, frame.len());
+        let mut chunks = [Bytes::from(prefix), Bytes::from(frame)];
+        self.send.write_all_chunks(&mut chunks).await.map_err(|e| ConnError::Io(e.to_string()))
+    }
+
+    /// QUIC keep-alive (configured on the endpoint) already probes the path.
+    async fn ping(&mut self) -> Result<(), ConnError> {
+        match self.connection.close_reason() {
+            Some(e) => Err(ConnError::Io(e.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    async fn close(&mut self, code: Option<ErrorCode>, reason: &str) {
+        // Closing the connection discards unsent stream data: finish the stream and give the
+        // peer a bounded time to acknowledge the final frames (e.g. the closing `error`).
+        let _ = self.send.finish();
+        let _ = tokio::time::timeout(CLOSE_LINGER, self.send.stopped()).await;
+        close(&self.connection, code, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_cn_then_san() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(vec!["device-7.example".to_string()]).expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = p.self_signed(&key).expect("cert");
+        assert_eq!(certificate_identity(cert.der()).as_deref(), Some("device-7.example"));
+        p.distinguished_name.push(rcgen::DnType::CommonName, "sensor-42");
+        let cert = p.self_signed(&key).expect("cert");
+        assert_eq!(certificate_identity(cert.der()).as_deref(), Some("sensor-42"));
+        assert_eq!(certificate_identity(b"garbage"), None);
+    }
+
+    #[test]
+    fn documented_frame_bytes() {
+        // docs/protocol-quic.md "Worked example": keep the two in sync.
+        let body = Encoding::MsgPack.encode(&edgesync_protocol::ClientFrame::Connect {
+            id: 1,
+            token: None,
+            client_id: None,
+            cursor: None,
+        });
+        let mut wire = Vec::new();
+        LengthPrefixed::put_prefix(&mut wire, body.len());
+        wire.extend_from_slice(&body);
+        let want = [0, 0, 0, 0x0f, 0x82, 0xa1, b't', 0xa7, b'c', b'o', b'n', b'n', b'e', b'c', b't', 0xa2, b'i', b'd', 1];
+        assert_eq!(wire, want);
+        let pong = Encoding::MsgPack.encode(&edgesync_protocol::ServerFrame::Pong { id: 1 });
+        assert_eq!(pong, [0x82, 0xa1, b't', 0xa4, b'p', b'o', b'n', b'g', 0xa2, b'i', b'd', 1]);
+        let dg = [
+            0x83, 0xa1, 0x74, 0xa3, 0x70, 0x75, 0x62, 0xa5, 0x74, 0x6f, 0x70, 0x69, 0x63, 0xa6, 0x63, 0x75, 0x72, 0x2e,
+            0x75, 0x31, 0xa4, 0x64, 0x61, 0x74, 0x61, 0xc4, 0x02, 0x01, 0x02,
+        ];
+        let p: Vec<crate::session::EphemeralPub> = Encoding::MsgPack.decode_all(&dg).expect("datagram example decodes");
+        assert_eq!((p[0].topic.as_str(), p[0].data.0.as_ref()), ("cur.u1", &[1u8, 2][..]));
+    }
+
+    #[test]
+    fn close_codes_are_stable() {
+        assert_eq!(close_code(None), 0);
+        assert_eq!(close_code(Some(ErrorCode::FrameTooLarge)), 3);
+        assert_eq!(close_code(Some(ErrorCode::ShuttingDown)), 5);
+        assert_eq!(close_code(Some(ErrorCode::CursorInvalid)), CLOSE_OTHER);
+        assert_eq!(truncate(&"é".repeat(100)).len(), 120);
+    }
+}
