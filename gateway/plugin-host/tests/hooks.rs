@@ -301,3 +301,21 @@ async fn on_demand_allocation_works_when_pooling_is_off() {
     let pooled = host();
     println!("default allocator: {:?}", pooled.host.allocator());
 }
+
+/// The gateway calls hooks from spawned tasks: every hook future is `Send`.
+#[allow(dead_code)]
+fn hook_futures_are_send(p: &edgesync_plugin_host::Plugin) {
+    fn send<T: Send>(_: T) {}
+    let (c, m) = (conn("a"), msg("t", b""));
+    let info = conn_info("a", None);
+    let batch = BatchBuilder::default().finish();
+    send(p.on_connect(&info));
+    send(p.on_subscribe(&c, "t"));
+    send(p.on_disconnect(&c));
+    send(p.on_message(&c, &m));
+    send(p.on_batch(&c, &batch));
+    send(p.on_write(&c, &m));
+    send(p.on_timer("t"));
+    send(p.init());
+    send(p.reload(config("x", "pass")));
+}
