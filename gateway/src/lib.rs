@@ -12,9 +12,11 @@
 //!   per-connection [`outbox`]es of pre-encoded frames.
 //! - [`store`]: the durable log (group commit, version vectors, retention, dedupe).
 //! - [`metrics`]: the one Prometheus registry.
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, JSON API under `/v1/`).
 //! - [`server`]: wires everything together (`server::run(config, shutdown)`).
 //! - [`cli`]: the `edgesync` command line (serve, pub, sub, cert, check-config).
 
+pub mod admin;
 pub mod broker;
 pub mod cli;
 pub mod config;

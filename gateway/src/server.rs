@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -163,6 +164,12 @@ impl Gateway {
         v
     }
 
+    /// Plugin administration for the admin API (`/v1/plugins`); `None` while no
+    /// plugin host is wired in. The plugin integration replaces this body.
+    pub fn plugins(&self) -> Option<Arc<dyn crate::admin::PluginAdmin>> {
+        None
+    }
+
     /// True once every listener is bound and the store is open.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
@@ -210,6 +217,10 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub bound: Bound,
     fanout: tokio::task::JoinHandle<()>,
+    /// Stops the admin listener; cancelled last in [`Running::stop`], so `/readyz`
+    /// answers 503 (not "connection refused") while sessions drain.
+    admin_stop: CancellationToken,
+    admin_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Running {
@@ -224,11 +235,12 @@ impl std::fmt::Debug for Running {
 /// [`ServerError`] naming what could not start.
 pub async fn start(settings: Settings) -> Result<Running, ServerError> {
     let cfg = settings.config.clone();
-    let opts = settings.store_options();
+    let metrics = Arc::new(Metrics::new());
+    let mut opts = settings.store_options();
+    opts.observer = metrics.clone();
     let (store, mut committed) = tokio::task::spawn_blocking(move || Store::open(opts))
         .await
         .map_err(|e| ServerError::Store(StoreError::Io(std::io::Error::other(e))))??;
-    let metrics = Arc::new(Metrics::new());
     let broker = Arc::new(Broker::new(store.heads(), settings.slow_consumer_policy(), metrics.clone()));
     let gw = Arc::new(Gateway {
         settings: settings.clone(),
@@ -258,7 +270,18 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
             }
         }
     });
+    gw.metrics.watch_gateway(Arc::downgrade(&gw));
     let mut bound = Bound::default();
+    // The admin listener comes first so `/readyz` answers 503 while the rest binds.
+    let admin_stop = CancellationToken::new();
+    let admin_guard = admin_stop.clone().drop_guard(); // stops it if startup fails below
+    let mut admin_task = None;
+    if let Some(addr) = cfg.listen.admin.0 {
+        let l = admin::bind(addr).await.map_err(|source| ServerError::Bind { what: "admin", addr, source })?;
+        bound.admin = l.local_addr().ok();
+        tracing::info!(addr = ?bound.admin, "admin listening");
+        admin_task = Some(tokio::spawn(admin::serve(l, gw.clone(), admin_stop.clone())));
+    }
     if let Some(addr) = cfg.listen.ws.0 {
         let l = ws::bind(addr).await.map_err(|source| ServerError::Bind { what: "ws", addr, source })?;
         bound.ws = l.local_addr().ok();
@@ -283,7 +306,8 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
     }
     gw.ready.store(true, Ordering::Relaxed);
     tracing::info!(node = gw.store.node(), epoch = gw.store.epoch(), ws = ?bound.ws, wss = ?bound.wss, quic = ?bound.quic, "edgesync ready");
-    Ok(Running { gateway: gw, bound, fanout })
+    let _ = admin_guard.disarm();
+    Ok(Running { gateway: gw, bound, fanout, admin_stop, admin_task })
 }
 
 impl Running {
@@ -298,6 +322,11 @@ impl Running {
         }
         gw.store.shutdown().await;
         self.fanout.abort();
+        self.admin_stop.cancel();
+        if let Some(t) = self.admin_task {
+            // Graceful: in-flight admin requests finish; bounded so a stuck client cannot hold exit.
+            let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
+        }
         tracing::info!(ms = started.elapsed().as_millis() as u64, "edgesync stopped");
     }
 }

@@ -216,6 +216,7 @@ impl Broker {
             debug_assert!(record.seq > *head, "fan-out out of order: {} <= {}", record.seq, *head);
             *head = (*head).max(record.seq);
             let mut frames = Encoded::default();
+            let mut delivered = false;
             for id in &topic.subs {
                 let Some(sub) = inner.subs.get(id) else { continue };
                 if !sub.live || sub.conn.stamp.swap(stamp, Ordering::Relaxed) == stamp {
@@ -223,12 +224,33 @@ impl Broker {
                 }
                 let frame = frames.get(record, sub.conn.outbox.encoding());
                 match sub.conn.outbox.push_message(frame, &record.topic, &record.origin, record.seq, topic.policy) {
-                    Pushed::Queued => self.metrics.messages_out.inc(),
+                    Pushed::Queued => {
+                        self.metrics.messages_out.inc();
+                        delivered = true;
+                    }
                     Pushed::Dropped => self.metrics.gap_drops.inc(),
                     Pushed::Closed => {}
                 }
             }
+            if delivered {
+                self.metrics.delivered(record.hlc);
+            }
         }
+    }
+
+    /// Outbox depth over every connection with a subscription (read at scrape time).
+    pub fn outbox_depths(&self) -> OutboxDepths {
+        let g = self.inner.lock();
+        let mut seen = std::collections::HashSet::new();
+        let mut d = OutboxDepths::default();
+        for sub in g.subs.values() {
+            if seen.insert(sub.conn.id) {
+                let depth = sub.conn.outbox.depth() as u64;
+                d.queued_frames += depth;
+                d.max_frames = d.max_frames.max(depth);
+            }
+        }
+        d
     }
 
     /// Deliver an ephemeral message (a QUIC datagram publish, `seq` 0) to the live
@@ -272,6 +294,15 @@ impl Broker {
     pub fn subscription_count(&self) -> usize {
         self.inner.lock().subs.len()
     }
+}
+
+/// Frames waiting in subscribers' outboxes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxDepths {
+    /// All outboxes together.
+    pub queued_frames: u64,
+    /// The deepest one.
+    pub max_frames: u64,
 }
 
 /// A record's push, encoded lazily at most once per encoding.

@@ -152,13 +152,23 @@ async fn wait_for_signal() {
     }
 }
 
-/// Install the tracing subscriber: text on a terminal, JSON when configured.
+/// Install the tracing subscriber on stderr.
+///
+/// `text`: human-readable, coloured only when stderr is a terminal (so files and
+/// journald get no escape codes). `json`: one object per line with the event's
+/// fields at the top level, for log shippers. `level` is a filter with levels per
+/// module (`info,edgesync::store=debug`); `RUST_LOG` overrides it.
+///
+/// Levels: ERROR only when an operator must act or data was lost (failed fsync,
+/// corrupt record, cannot start); WARN for degraded but self-healing states;
+/// INFO for lifecycle; DEBUG per connection.
 pub fn init_logging(format: LogFormat, level: &str) {
+    use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},fjall=warn,lsm_tree=warn")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
     };
 }

@@ -202,3 +202,40 @@ fn missing_tail_record_starts_a_new_epoch() {
     assert_eq!((ack.origin.epoch, ack.seq), (old_epoch + 1, 1));
     rt.block_on(store.shutdown());
 }
+
+/// Records what the writer reports, for the observer test.
+#[derive(Default)]
+struct Recorder {
+    commits: parking_lot::Mutex<Vec<CommitStats>>,
+    syncs: std::sync::atomic::AtomicUsize,
+}
+
+impl StoreObserver for Recorder {
+    fn committed(&self, stats: &CommitStats) {
+        self.commits.lock().push(*stats);
+    }
+    fn synced(&self, _elapsed: Duration) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn observer_sees_commits_and_fsyncs_and_totals_follow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = Arc::new(Recorder::default());
+    let mut opts = StoreOptions::new(dir.path());
+    opts.observer = rec.clone();
+    let (store, _rx) = Store::open(opts).expect("open");
+    rt().block_on(async {
+        store.append(req("a", b"xyz", Some("m1"))).await.expect("append");
+        store.append(req("a", b"xyz", Some("m1"))).await.expect("dup");
+        store.append(req("b", b"12", None)).await.expect("append");
+        store.shutdown().await;
+    });
+    let commits = rec.commits.lock().clone();
+    assert_eq!(commits.iter().map(|c| c.requests).sum::<usize>(), 3, "{commits:?}");
+    assert_eq!(commits.iter().map(|c| c.records).sum::<usize>(), 2, "the duplicate is not a new record");
+    assert!(rec.syncs.load(Ordering::Relaxed) >= 2, "fsync policy always: one fsync per commit");
+    assert_eq!(store.totals(), StoreTotals { topics: 2, records: 2, payload_bytes: 5 });
+    assert!(!store.is_poisoned());
+}

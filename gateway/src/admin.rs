@@ -1,0 +1,597 @@
+//! The admin HTTP listener (`listen.admin`, default `127.0.0.1:7480`): metrics,
+//! health and a JSON API for operators.
+//!
+//! | route                              | auth                         | what |
+//! |------------------------------------|------------------------------|------|
+//! | `GET /metrics`                     | token if `protect_metrics`   | Prometheus text format |
+//! | `GET /healthz`                     | none                         | 200 while the process serves HTTP |
+//! | `GET /readyz`                      | token when one is configured | 200 when store open, listeners bound, plugins loaded; 503 before and while shutting down |
+//! | `POST /v1/publish`                 | token                        | publish through the client ingest path; returns the durable ack |
+//! | `GET /v1/topics`                   | token                        | topics with counts, bytes, heads, retention |
+//! | `GET /v1/history?topic=&from=&limit=` | token                     | stored messages of one topic |
+//! | `GET /v1/connections`              | token                        | current client connections |
+//! | `GET /v1/config`                   | token                        | effective configuration, secrets redacted |
+//! | `GET /v1/plugins`                  | token                        | loaded plugins |
+//! | `POST /v1/plugins/{name}/reload`   | token                        | reload one plugin |
+//!
+//! Auth is `Authorization: Bearer <[admin] token>`. With no token configured
+//! the `/v1` API is disabled (403 with a message saying how to enable it) and
+//! `/readyz` is open, so a probe works on a default install. Errors are JSON
+//! `{"code": "...", "message": "..."}` with a fitting HTTP status.
+//!
+//! This module owns HTTP only: publishing goes through [`Gateway::ingest`] and
+//! the store exactly like a client publish; plugins are reached through the
+//! [`PluginAdmin`] seam ([`Gateway::plugins`]), which the plugin integration
+//! implements.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use edgesync_protocol::topic::{is_system, validate_topic};
+use edgesync_protocol::{Cursor, ErrorCode, Headers, Msg, Payload};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::server::{Gateway, Ingest};
+use crate::store::{AppendRequest, StoreError};
+
+/// Client id recorded on messages published through the admin API.
+pub const ADMIN_CLIENT_ID: &str = "admin";
+/// Most topics one `GET /v1/topics` returns.
+const MAX_TOPICS_PAGE: usize = 10_000;
+
+/// Plugin administration, implemented by the plugin integration (the one seam
+/// between this module and plugins; see [`Gateway::plugins`]).
+pub trait PluginAdmin: Send + Sync {
+    /// Loaded plugins, in load order.
+    fn list(&self) -> Vec<PluginInfo>;
+
+    /// Reload plugin `name` from its configured source.
+    ///
+    /// # Errors
+    /// [`PluginAdminError::NotFound`] for an unknown name; `Failed` when the new
+    /// version did not load (the old one keeps running).
+    fn reload<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<PluginInfo, PluginAdminError>> + Send + 'a>>;
+}
+
+/// One plugin as listed by the admin API.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PluginInfo {
+    pub name: String,
+    /// Hooks the plugin implements.
+    pub hooks: Vec<String>,
+    /// `running`, `breaker_open`, `failed`, ...
+    pub state: String,
+    /// Anything else the plugin host wants to show (version, digest, instances, ...).
+    #[serde(flatten)]
+    pub detail: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why a plugin reload failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PluginAdminError {
+    #[error("no such plugin: {0}")]
+    NotFound(String),
+    #[error("reload failed: {0}")]
+    Failed(String),
+}
+
+/// Bind the admin listener.
+///
+/// # Errors
+/// The bind error.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Serve the admin API on `listener` until `stop` is cancelled.
+///
+/// `stop` is separate from the gateway's shutdown token on purpose: while the
+/// gateway drains, `/readyz` must keep answering 503 so load balancers move away.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationToken) {
+    let app = router(gw);
+    let result = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "admin listener stopped with an error");
+    }
+}
+
+/// The admin routes (also usable without a listener, e.g. in tests).
+pub fn router(gw: Arc<Gateway>) -> Router {
+    let body_limit = gw.settings.limits().max_frame_bytes.saturating_mul(2).saturating_add(64 << 10);
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/v1/publish", post(publish))
+        .route("/v1/topics", get(topics))
+        .route("/v1/history", get(history))
+        .route("/v1/connections", get(connections))
+        .route("/v1/config", get(config))
+        .route("/v1/plugins", get(plugins))
+        .route("/v1/plugins/{name}/reload", post(reload_plugin))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route") })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(gw)
+}
+
+/// An error answer: HTTP status plus JSON `{code, message}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// The answer for a protocol error code (same code names as client errors).
+    fn from_code(code: ErrorCode, message: impl Into<String>) -> Self {
+        use ErrorCode::*;
+        let status = match code {
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+            RateLimited | TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+            FrameTooLarge | HeadersTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            StorageUnavailable | ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self::new(status, code.as_str(), message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            code: &'a str,
+            message: &'a str,
+        }
+        let mut resp = (self.status, Json(Body { code: self.code, message: &self.message })).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError::new(e.status(), "bad_request", e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError::bad_request(e.body_text())
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Which routes need the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guard {
+    /// `/v1/*`: always; disabled when no token is configured.
+    Api,
+    /// `/readyz`, and `/metrics` with `protect_metrics`: only when a token is configured.
+    IfConfigured,
+}
+
+/// Check the bearer token.
+///
+/// # Errors
+/// 403 `admin_disabled` (API without a configured token), 401 `unauthorized` (missing or wrong token).
+fn authorize(gw: &Gateway, headers: &HeaderMap, guard: Guard) -> Result<(), ApiError> {
+    let Some(expected) = gw.settings.config.admin.token.as_deref() else {
+        return match guard {
+            Guard::IfConfigured => Ok(()),
+            Guard::Api => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                "the admin API is disabled: set `token` in the [admin] section of the config to enable it",
+            )),
+        };
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match presented {
+        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <token>`")),
+        Some(t) if !same_secret(t, expected) => {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin token"))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// Compare secrets without an early exit on the first differing byte (hashing
+/// first also hides the length).
+fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if gw.settings.config.admin.protect_metrics {
+        if let Err(e) = authorize(&gw, &headers, Guard::IfConfigured) {
+            return e.into_response();
+        }
+    }
+    let body = gw.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness and the checks behind it.
+#[derive(Debug, Serialize)]
+struct Readiness {
+    /// Store open, listeners bound, plugins loaded, not shutting down, store not poisoned.
+    ready: bool,
+    shutting_down: bool,
+    store_poisoned: bool,
+}
+
+async fn readyz(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+    if let Err(e) = authorize(&gw, &headers, Guard::IfConfigured) {
+        return e.into_response();
+    }
+    let shutting_down = gw.shutdown.is_cancelled();
+    let store_poisoned = gw.store.is_poisoned();
+    let ready = gw.is_ready() && !store_poisoned;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(Readiness { ready, shutting_down, store_poisoned })).into_response()
+}
+
+/// `POST /v1/publish` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    topic: String,
+    /// A UTF-8 string, or `{"b64": "..."}` for binary payloads.
+    data: Payload,
+    #[serde(default)]
+    headers: Headers,
+    /// Idempotency key: a retry with the same `mid` within the dedupe window gets the original ack.
+    #[serde(default)]
+    mid: Option<String>,
+}
+
+/// The durable ack of an admin publish.
+#[derive(Debug, Serialize)]
+struct PublishAck {
+    topic: String,
+    /// False when a plugin dropped the message on purpose (acknowledged, not stored).
+    stored: bool,
+    origin: String,
+    epoch: u64,
+    seq: u64,
+    hlc: u64,
+    /// Cursor positioned just after this message.
+    cursor: String,
+    dup: bool,
+}
+
+async fn publish(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Json<PublishBody>, JsonRejection>,
+) -> ApiResult<PublishAck> {
+    authorize(&gw, &headers, Guard::Api)?;
+    let Json(body) = body?;
+    let result = publish_inner(&gw, body).await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.code,
+    };
+    gw.metrics.commands.with_label_values(&["admin_pub", label]).inc();
+    result.map(Json)
+}
+
+async fn publish_inner(gw: &Gateway, body: PublishBody) -> Result<PublishAck, ApiError> {
+    let l = gw.settings.limits();
+    validate_topic(&body.topic, l.max_topic_bytes).map_err(|e| ApiError::from_code(e.code(), e.to_string()))?;
+    if is_system(&body.topic) {
+        return Err(ApiError::from_code(ErrorCode::Forbidden, "topics starting with '$' are reserved for the gateway"));
+    }
+    if body.headers.len() > l.max_headers || body.headers.byte_len() > l.max_header_bytes {
+        return Err(ApiError::from_code(
+            ErrorCode::HeadersTooLarge,
+            format!("limits are {} headers / {} bytes", l.max_headers, l.max_header_bytes),
+        ));
+    }
+    if body.headers.0.iter().any(|(k, _)| k.is_empty()) {
+        return Err(ApiError::bad_request("header names must not be empty"));
+    }
+    if body.data.0.len() > l.max_frame_bytes {
+        return Err(ApiError::from_code(ErrorCode::FrameTooLarge, format!("payload exceeds {} bytes", l.max_frame_bytes)));
+    }
+    if let Some(m) = &body.mid {
+        if m.is_empty() || m.len() > l.max_id_bytes {
+            return Err(ApiError::bad_request(format!("mid must be 1-{} bytes", l.max_id_bytes)));
+        }
+    }
+    let mut req = AppendRequest {
+        topic: body.topic,
+        client: ADMIN_CLIENT_ID.to_string(),
+        mid: body.mid,
+        headers: body.headers,
+        payload: body.data.0,
+    };
+    match gw.ingest(None, &mut req).await {
+        Ok(Ingest::Store) => {}
+        Ok(Ingest::Dropped) => {
+            return Ok(PublishAck {
+                topic: req.topic,
+                stored: false,
+                origin: String::new(),
+                epoch: 0,
+                seq: 0,
+                hlc: 0,
+                cursor: String::new(),
+                dup: false,
+            });
+        }
+        Err((code, msg)) => return Err(ApiError::from_code(code, msg)),
+    }
+    let topic = req.topic.clone();
+    let ack = gw.store.append(req).await.map_err(|e| match e {
+        StoreError::Closed => ApiError::from_code(ErrorCode::ShuttingDown, e.to_string()),
+        other => ApiError::from_code(ErrorCode::StorageUnavailable, other.to_string()),
+    })?;
+    let mut cursor = Cursor::new();
+    cursor.set_topic(&topic, ack.vv.clone());
+    Ok(PublishAck {
+        topic,
+        stored: true,
+        origin: ack.origin.node,
+        epoch: ack.origin.epoch,
+        seq: ack.seq,
+        hlc: ack.hlc,
+        cursor: cursor.encode(),
+        dup: ack.dup,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicsQuery {
+    /// Only topics sorting after this name (paging).
+    #[serde(default)]
+    after: Option<String>,
+    /// Most topics to return. Default and maximum 10000.
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+struct TopicEntry {
+    topic: String,
+    messages: u64,
+    bytes: u64,
+    heads: BTreeMap<String, u64>,
+    retention: RetentionView,
+    slow_consumer: crate::outbox::SlowConsumerPolicy,
+}
+
+/// Retention of a topic; `null` means unlimited.
+#[derive(Debug, Serialize)]
+struct RetentionView {
+    max_messages: Option<u64>,
+    max_bytes: Option<u64>,
+    max_age_secs: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct TopicsPage {
+    topics: Vec<TopicEntry>,
+    /// True when more topics follow; ask again with `after` = the last topic.
+    more: bool,
+}
+
+async fn topics(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    q: Result<Query<TopicsQuery>, QueryRejection>,
+) -> ApiResult<TopicsPage> {
+    authorize(&gw, &headers, Guard::Api)?;
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(MAX_TOPICS_PAGE).clamp(1, MAX_TOPICS_PAGE);
+    let retention = gw.settings.store_options().retention;
+    let policy = gw.settings.slow_consumer_policy();
+    let mut all = gw.store.topics();
+    if let Some(after) = &q.after {
+        all.retain(|t| t.topic.as_str() > after.as_str());
+    }
+    let more = all.len() > limit;
+    let topics = all
+        .into_iter()
+        .take(limit)
+        .map(|t| {
+            let r = retention(&t.topic);
+            TopicEntry {
+                retention: RetentionView {
+                    max_messages: r.max_messages,
+                    max_bytes: r.max_bytes,
+                    max_age_secs: r.max_age.map(|d| d.as_secs()),
+                },
+                slow_consumer: policy(&t.topic),
+                topic: t.topic,
+                messages: t.messages,
+                bytes: t.bytes,
+                heads: t.heads,
+            }
+        })
+        .collect();
+    Ok(Json(TopicsPage { topics, more }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    topic: String,
+    /// `earliest` (default), `latest`, `last:N`, or a cursor (from a puback or a previous page).
+    #[serde(default)]
+    from: Option<String>,
+    /// Most messages; default and maximum `limits.max_history`.
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+struct GapView {
+    origin: String,
+    epoch: u64,
+    from: u64,
+    to: u64,
+    /// `retention` or `corrupt`.
+    reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct HistoryPage {
+    topic: String,
+    msgs: Vec<Msg>,
+    /// Ranges that cannot be read (removed by retention or failed their checksum).
+    gaps: Vec<GapView>,
+    /// Pass as `from` to read the next page.
+    cursor: String,
+    more: bool,
+}
+
+async fn history(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> ApiResult<HistoryPage> {
+    authorize(&gw, &headers, Guard::Api)?;
+    let Query(q) = q?;
+    let l = gw.settings.limits();
+    validate_topic(&q.topic, l.max_topic_bytes).map_err(|e| ApiError::from_code(e.code(), e.to_string()))?;
+    let limit = q.limit.unwrap_or(l.max_history).clamp(1, l.max_history.max(1)) as usize;
+    let after = match q.from.as_deref().unwrap_or("earliest") {
+        "earliest" | "" => BTreeMap::new(),
+        "latest" => gw.store.head(&q.topic),
+        s if s.starts_with("last:") => {
+            let n: u64 = s[5..].parse().map_err(|_| ApiError::bad_request(format!("`from={s}`: last:N needs a number")))?;
+            gw.store.last_n_positions(&q.topic, n)
+        }
+        s => Cursor::decode(s, l.max_cursor_bytes)
+            .map_err(|e| ApiError::from_code(ErrorCode::CursorInvalid, e.to_string()))?
+            .topic(&q.topic)
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let batch = gw
+        .store
+        .read(&q.topic, &after, None, limit)
+        .map_err(|e| ApiError::from_code(ErrorCode::StorageUnavailable, e.to_string()))?;
+    let gaps = batch
+        .missing
+        .iter()
+        .map(|m| GapView {
+            origin: m.origin.node.clone(),
+            epoch: m.origin.epoch,
+            from: m.from,
+            to: m.to,
+            reason: if m.corrupt { "corrupt" } else { "retention" },
+        })
+        .collect();
+    let mut cursor = Cursor::new();
+    cursor.set_topic(&q.topic, batch.positions.clone());
+    Ok(Json(HistoryPage {
+        msgs: batch.records.iter().map(|r| r.to_msg()).collect(),
+        gaps,
+        cursor: cursor.encode(),
+        more: batch.more,
+        topic: q.topic,
+    }))
+}
+
+async fn connections(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+    authorize(&gw, &headers, Guard::Api)?;
+    Ok(Json(serde_json::json!({ "connections": gw.connections() })))
+}
+
+async fn config(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+    authorize(&gw, &headers, Guard::Api)?;
+    // Redaction lives in one place (`Settings::redacted_toml`); convert its output.
+    let table: toml::Table = toml::from_str(&gw.settings.redacted_toml())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let value = serde_json::to_value(table)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(Json(value))
+}
+
+async fn plugins(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+    authorize(&gw, &headers, Guard::Api)?;
+    let list = gw.plugins().map(|p| p.list()).unwrap_or_default();
+    Ok(Json(serde_json::json!({ "plugins": list })))
+}
+
+async fn reload_plugin(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<PluginInfo> {
+    authorize(&gw, &headers, Guard::Api)?;
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such plugin: {name}"));
+    let Some(host) = gw.plugins() else { return Err(not_found()) };
+    match host.reload(&name).await {
+        Ok(info) => {
+            tracing::info!(plugin = %name, "plugin reloaded through the admin API");
+            Ok(Json(info))
+        }
+        Err(PluginAdminError::NotFound(_)) => Err(not_found()),
+        Err(e @ PluginAdminError::Failed(_)) => {
+            tracing::warn!(plugin = %name, error = %e, "plugin reload failed; previous version keeps running");
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_failed", e.to_string()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_value() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+        assert!(!same_secret("", "x"));
+    }
+
+    #[test]
+    fn protocol_codes_map_to_http_statuses() {
+        assert_eq!(ApiError::from_code(ErrorCode::Forbidden, "").status, StatusCode::FORBIDDEN);
+        assert_eq!(ApiError::from_code(ErrorCode::TopicInvalid, "").status, StatusCode::BAD_REQUEST);
+        assert_eq!(ApiError::from_code(ErrorCode::ShuttingDown, "").status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ApiError::from_code(ErrorCode::Rejected, "x").code, "rejected");
+    }
+}

@@ -1,0 +1,456 @@
+//! Metrics, health and the admin API against an in-process gateway on
+//! 127.0.0.1 (port 0, temporary data directory).
+//!
+//! The promtool and Prometheus tests call `tests/scripts/ensure-prometheus.sh`,
+//! which installs Debian's `prometheus` package when the tools are missing.
+//! Every wait is a bounded poll; nothing asserts on wall-clock durations.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use edgesync::config::{Config, ListenAddr};
+use edgesync::server::{Running, start};
+use edgesync_client::{Client, ClientOptions, Event, PublishOptions, Start};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "s3cret-admin-token";
+/// Upper bound of any single poll loop (steps of 50 ms).
+const POLL_STEPS: usize = 400;
+
+/// A gateway with ws and admin on 127.0.0.1 ports chosen by the OS.
+struct Gw {
+    running: Running,
+    _dir: tempfile::TempDir,
+}
+
+impl Gw {
+    async fn start(token: Option<&str>, tweak: impl FnOnce(&mut Config)) -> Result<Gw> {
+        let dir = tempfile::tempdir()?;
+        let mut c = Config::default();
+        c.data_dir = dir.path().to_path_buf();
+        c.listen.ws = ListenAddr::parse("127.0.0.1:0").map_err(anyhow::Error::msg)?;
+        c.listen.wss = ListenAddr(None);
+        c.listen.quic = ListenAddr(None);
+        c.listen.admin = ListenAddr::parse("127.0.0.1:0").map_err(anyhow::Error::msg)?;
+        c.admin.token = token.map(String::from);
+        tweak(&mut c);
+        let running = start(c.build()?).await?;
+        Ok(Gw { running, _dir: dir })
+    }
+
+    fn admin(&self) -> SocketAddr {
+        self.running.bound.admin.expect("admin listener bound")
+    }
+
+    fn ws_url(&self) -> String {
+        format!("ws://{}", self.running.bound.ws.expect("ws listener bound"))
+    }
+
+    async fn client(&self, id: &str) -> Result<Client> {
+        let mut o = ClientOptions::new(self.ws_url());
+        o.client_id = Some(id.into());
+        o.reconnect = false;
+        Ok(Client::connect(o).await?)
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> Result<(u16, String)> {
+        http(self.admin(), "GET", path, token, None).await
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        let (status, body) = self.get("/metrics", None).await?;
+        anyhow::ensure!(status == 200, "/metrics answered {status}: {body}");
+        Ok(body)
+    }
+
+    async fn stop(self) {
+        self.running.stop(Duration::from_secs(5)).await;
+    }
+}
+
+/// One HTTP/1.0 exchange (the server closes the connection, so the body is
+/// everything after the header block — no chunked encoding with 1.0).
+async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Result<(u16, String)> {
+    let exchange = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+        if let Some(t) = token {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if method != "GET" {
+            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        s.write_all(req.as_bytes()).await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        let text = String::from_utf8(raw)?;
+        let (head, body) = text.split_once("\r\n\r\n").context("no header terminator")?;
+        let status: u16 = head.split_whitespace().nth(1).context("no status")?.parse()?;
+        anyhow::Ok((status, body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(20), exchange).await.context("HTTP exchange timed out")?
+}
+
+/// The value of one exposition line: `series` is the name with its labels
+/// exactly as rendered (e.g. `edgesync_connections_open{transport="ws"}`).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn v(text: &str, series: &str) -> f64 {
+    value(text, series).unwrap_or(0.0)
+}
+
+/// Poll `/metrics` until `cond` holds (bounded).
+async fn wait_metrics(gw: &Gw, what: &str, cond: impl Fn(&str) -> bool) -> Result<String> {
+    let mut last = String::new();
+    for _ in 0..POLL_STEPS {
+        last = gw.metrics().await?;
+        if cond(&last) {
+            return Ok(last);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("metrics never showed {what}:\n{last}")
+}
+
+fn json(body: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(body).with_context(|| format!("not JSON: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_connects_publishes_and_deliveries() -> Result<()> {
+    let gw = Gw::start(Some(TOKEN), |_| {}).await?;
+    let before = gw.metrics().await?;
+    assert_eq!(v(&before, "edgesync_ready"), 1.0);
+    assert_eq!(v(&before, "edgesync_messages_in_total"), 0.0);
+
+    let sub = gw.client("sub").await?;
+    let publisher = gw.client("pub").await?;
+    let mut s = sub.subscribe("m.>", Start::Latest).await?;
+    for i in 0..5 {
+        publisher.publish("m.a", format!("hello {i}")).await?;
+    }
+    for _ in 0..5 {
+        match s.next_timeout(Duration::from_secs(10)).await {
+            Some(Event::Msg(_)) => {}
+            other => bail!("expected a message, got {other:?}"),
+        }
+    }
+    let m = gw.metrics().await?;
+    assert_eq!(v(&m, "edgesync_connections_open{transport=\"ws\"}"), 2.0, "{m}");
+    assert_eq!(v(&m, "edgesync_connections_accepted_total{transport=\"ws\"}"), 2.0);
+    assert_eq!(v(&m, "edgesync_subscriptions"), 1.0);
+    assert_eq!(v(&m, "edgesync_messages_in_total"), 5.0);
+    assert_eq!(v(&m, "edgesync_messages_out_total"), 5.0);
+    assert_eq!(v(&m, "edgesync_store_appends_total"), 5.0);
+    assert_eq!(v(&m, "edgesync_commands_total{command=\"pub\",result=\"ok\"}"), 5.0);
+    assert_eq!(v(&m, "edgesync_publish_ack_seconds_count"), 5.0);
+    assert_eq!(v(&m, "edgesync_publish_deliver_seconds_count"), 5.0);
+    assert!(v(&m, "edgesync_store_commit_seconds_count") >= 1.0);
+    assert!(v(&m, "edgesync_store_batch_records_sum") >= 5.0);
+    assert!(v(&m, "edgesync_store_fsync_seconds_count") >= 1.0, "fsync policy always");
+    assert_eq!(v(&m, "edgesync_store_topics"), 1.0);
+    assert_eq!(v(&m, "edgesync_store_records"), 5.0);
+    assert!(v(&m, "edgesync_store_payload_bytes") >= 35.0);
+    assert!(v(&m, "edgesync_store_disk_bytes") > 0.0);
+    assert_eq!(v(&m, "edgesync_store_poisoned"), 0.0);
+    assert!(v(&m, "edgesync_frame_bytes_total{direction=\"in\"}") > 0.0);
+    assert!(v(&m, "edgesync_frame_bytes_total{direction=\"out\"}") > 0.0);
+    assert!(m.contains("edgesync_build_info{version="));
+    if cfg!(target_os = "linux") {
+        assert!(v(&m, "process_resident_memory_bytes") > 0.0, "process metrics");
+        assert!(v(&m, "process_open_fds") > 0.0);
+    }
+
+    sub.close().await;
+    publisher.close().await;
+    let m = wait_metrics(&gw, "both connections closed", |m| {
+        v(m, "edgesync_connections_open{transport=\"ws\"}") == 0.0
+    })
+    .await?;
+    assert_eq!(v(&m, "edgesync_subscriptions"), 0.0);
+    let closed: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("edgesync_connections_closed_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(closed, 2.0, "{m}");
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_drops_and_gaps_are_counted() -> Result<()> {
+    // An outbox of 2 frames: one group commit with more records than that already overflows it.
+    let gw = Gw::start(Some(TOKEN), |c| {
+        c.limits.outbox_frames = 2;
+        c.limits.publish_rate_per_sec = 1_000_000;
+    })
+    .await?;
+    let sub = gw.client("slow").await?;
+    let publisher = gw.client("fast").await?;
+    let mut s = sub.subscribe("d.x", Start::Latest).await?;
+    let mut dropped = 0.0;
+    for _round in 0..50 {
+        for i in 0..200 {
+            let o = PublishOptions { ack: false, ..PublishOptions::default() };
+            publisher.publish_with("d.x", format!("m{i}"), o).await?;
+        }
+        publisher.publish("d.x", "sync").await?; // durable ack: everything before it is fanned out
+        dropped = v(&gw.metrics().await?, "edgesync_deliveries_dropped_total{reason=\"outbox_full\"}");
+        if dropped > 0.0 {
+            break;
+        }
+    }
+    assert!(dropped > 0.0, "no delivery was dropped with a 2-frame outbox");
+    // The subscriber is told: a gap notice arrives (bounded read).
+    let mut saw_gap = false;
+    for _ in 0..20_000 {
+        match s.next_timeout(Duration::from_secs(10)).await {
+            Some(Event::Gap { .. }) => {
+                saw_gap = true;
+                break;
+            }
+            Some(Event::Msg(_)) => {}
+            None => break,
+        }
+    }
+    assert!(saw_gap, "dropped deliveries are announced with a gap");
+    // Fan-out runs just after the ack, so wait (bounded) for the last batch to be counted.
+    wait_metrics(&gw, "every stored message either queued or dropped for the one subscriber", |m| {
+        let out = v(m, "edgesync_messages_out_total");
+        let dropped = v(m, "edgesync_deliveries_dropped_total{reason=\"outbox_full\"}");
+        out + dropped == v(m, "edgesync_store_appends_total")
+    })
+    .await?;
+    sub.close().await;
+    publisher.close().await;
+    gw.stop().await;
+    Ok(())
+}
+
+/// Run `tests/scripts/ensure-prometheus.sh`; the directory holding the tools.
+fn ensure_prometheus() -> Result<PathBuf> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-prometheus.sh");
+    let out = std::process::Command::new("sh").arg(&script).output().context("running ensure-prometheus.sh")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ensure-prometheus.sh failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(PathBuf::from(String::from_utf8(out.stdout)?.trim()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exposition_passes_promtool() -> Result<()> {
+    let tools = tokio::task::spawn_blocking(ensure_prometheus).await??;
+    let gw = Gw::start(Some(TOKEN), |_| {}).await?;
+    let c = gw.client("p").await?;
+    let _s = c.subscribe("p.>", Start::Latest).await?;
+    c.publish("p.a", "x").await?;
+    let text = wait_metrics(&gw, "the delivery", |m| v(m, "edgesync_messages_out_total") >= 1.0).await?;
+    let mut child = tokio::process::Command::new(tools.join("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    stdin.write_all(text.as_bytes()).await?;
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    c.close().await;
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_gateway() -> Result<()> {
+    let tools = tokio::task::spawn_blocking(ensure_prometheus).await??;
+    let gw = Gw::start(Some(TOKEN), |_| {}).await?;
+    let c = gw.client("scraped").await?;
+    c.publish("s.a", "x").await?;
+    let dir = tempfile::tempdir()?;
+    let admin = gw.admin();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: edgesync\n    static_configs:\n      - targets: ['{admin}']\n"
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config)?;
+    // A free port for Prometheus' own HTTP API (bind, read, release).
+    let web = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut prom = tokio::process::Command::new(tools.join("prometheus"))
+        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting prometheus")?;
+    let query = "/api/v1/query?query=edgesync_messages_in_total";
+    let mut last = String::from("(no answer)");
+    let mut found = None;
+    for _ in 0..POLL_STEPS {
+        if let Some(status) = prom.try_wait()? {
+            bail!("prometheus exited early: {status}");
+        }
+        if let Ok((200, body)) = http(web, "GET", query, None, None).await {
+            let j = json(&body)?;
+            let ours = j["data"]["result"].as_array().into_iter().flatten().find(|r| {
+                r["metric"]["instance"] == admin.to_string() && r["metric"]["job"] == "edgesync"
+            });
+            if let Some(r) = ours {
+                found = r["value"][1].as_str().map(String::from);
+                break;
+            }
+            last = body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(value) = found else { bail!("Prometheus never returned our series; last answer: {last}") };
+    assert_eq!(value, "1", "one message was published before the scrape");
+    let _ = prom.kill().await;
+    c.close().await;
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_needs_the_token_and_works_with_it() -> Result<()> {
+    let gw = Gw::start(Some(TOKEN), |_| {}).await?;
+    for path in ["/v1/topics", "/v1/connections", "/v1/config", "/v1/plugins", "/readyz"] {
+        let (status, body) = gw.get(path, None).await?;
+        assert_eq!(status, 401, "{path} without a token: {body}");
+        assert_eq!(json(&body)?["code"], "unauthorized");
+        let (status, _) = gw.get(path, Some("wrong")).await?;
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let (status, body) = gw.get(path, Some(TOKEN)).await?;
+        assert_eq!(status, 200, "{path} with the token: {body}");
+    }
+    let (status, _) = http(gw.admin(), "POST", "/v1/publish", Some("wrong"), Some("{\"topic\":\"a\",\"data\":\"x\"}")).await?;
+    assert_eq!(status, 401);
+    assert_eq!(gw.get("/healthz", None).await?.0, 200, "healthz is open");
+    assert_eq!(gw.get("/metrics", None).await?.0, 200, "metrics are open unless protect_metrics");
+
+    // Publish through the API: stored, acknowledged, delivered to a subscriber, readable.
+    let c = gw.client("watcher").await?;
+    let mut s = c.subscribe("adm.>", Start::Latest).await?;
+    let body = r#"{"topic":"adm.t","data":"hello","headers":{"k":"v"},"mid":"m-1"}"#;
+    let (status, ack) = http(gw.admin(), "POST", "/v1/publish", Some(TOKEN), Some(body)).await?;
+    assert_eq!(status, 200, "{ack}");
+    let ack = json(&ack)?;
+    assert_eq!(ack["seq"], 1);
+    assert_eq!(ack["stored"], true);
+    assert_eq!(ack["dup"], false);
+    let (_, again) = http(gw.admin(), "POST", "/v1/publish", Some(TOKEN), Some(body)).await?;
+    assert_eq!(json(&again)?["dup"], true, "same mid: the original ack");
+    match s.next_timeout(Duration::from_secs(10)).await {
+        Some(Event::Msg(m)) => {
+            assert_eq!(m.topic, "adm.t");
+            assert_eq!(&m.data.0[..], b"hello");
+            assert_eq!(m.client, "admin");
+        }
+        other => bail!("expected the admin publish, got {other:?}"),
+    }
+    let (status, err) = http(gw.admin(), "POST", "/v1/publish", Some(TOKEN), Some(r#"{"topic":"a..b","data":"x"}"#)).await?;
+    assert_eq!(status, 400);
+    assert_eq!(json(&err)?["code"], "topic_invalid");
+    let (status, err) = http(gw.admin(), "POST", "/v1/publish", Some(TOKEN), Some("{not json")).await?;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(json(&err)?["code"], "bad_request");
+
+    let (_, h) = gw.get("/v1/history?topic=adm.t&from=earliest&limit=10", Some(TOKEN)).await?;
+    let h = json(&h)?;
+    assert_eq!(h["msgs"].as_array().map(Vec::len), Some(1), "{h}");
+    assert_eq!(h["msgs"][0]["data"], "hello");
+    assert_eq!(h["more"], false);
+    let cursor = h["cursor"].as_str().context("cursor")?.to_string();
+    let (_, next) = gw.get(&format!("/v1/history?topic=adm.t&from={cursor}"), Some(TOKEN)).await?;
+    assert_eq!(json(&next)?["msgs"].as_array().map(Vec::len), Some(0), "nothing after the cursor");
+
+    let (_, t) = gw.get("/v1/topics", Some(TOKEN)).await?;
+    let t = json(&t)?;
+    assert_eq!(t["topics"][0]["topic"], "adm.t", "{t}");
+    assert_eq!(t["topics"][0]["messages"], 1);
+    assert_eq!(t["topics"][0]["retention"]["max_messages"], serde_json::Value::Null);
+
+    let (_, conns) = gw.get("/v1/connections", Some(TOKEN)).await?;
+    let conns = json(&conns)?;
+    assert_eq!(conns["connections"][0]["client_id"], "watcher", "{conns}");
+    assert_eq!(conns["connections"][0]["transport"], "ws");
+
+    let (_, cfg) = gw.get("/v1/config", Some(TOKEN)).await?;
+    assert!(!cfg.contains(TOKEN), "the token is redacted: {cfg}");
+    assert_eq!(json(&cfg)?["admin"]["token"], "<redacted>");
+
+    let (_, p) = gw.get("/v1/plugins", Some(TOKEN)).await?;
+    assert_eq!(json(&p)?["plugins"], serde_json::json!([]));
+    let (status, err) = http(gw.admin(), "POST", "/v1/plugins/nope/reload", Some(TOKEN), Some("")).await?;
+    assert_eq!(status, 404);
+    assert_eq!(json(&err)?["code"], "not_found");
+
+    let m = gw.metrics().await?;
+    assert_eq!(v(&m, "edgesync_commands_total{command=\"admin_pub\",result=\"ok\"}"), 2.0, "{m}");
+    assert_eq!(v(&m, "edgesync_commands_total{command=\"admin_pub\",result=\"topic_invalid\"}"), 1.0);
+    c.close().await;
+    gw.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_api_is_disabled_and_protect_metrics_guards_metrics() -> Result<()> {
+    let open = Gw::start(None, |_| {}).await?;
+    let (status, body) = open.get("/v1/topics", None).await?;
+    assert_eq!(status, 403, "{body}");
+    let err = json(&body)?;
+    assert_eq!(err["code"], "admin_disabled");
+    assert!(err["message"].as_str().is_some_and(|m| m.contains("[admin]")), "{err}");
+    assert_eq!(open.get("/readyz", None).await?.0, 200, "readyz is open without a token");
+    open.stop().await;
+
+    let guarded = Gw::start(Some(TOKEN), |c| c.admin.protect_metrics = true).await?;
+    assert_eq!(guarded.get("/metrics", None).await?.0, 401);
+    assert_eq!(guarded.get("/metrics", Some("wrong")).await?.0, 401);
+    let (status, body) = guarded.get("/metrics", Some(TOKEN)).await?;
+    assert_eq!(status, 200);
+    assert!(body.contains("edgesync_messages_in_total"));
+    assert_eq!(guarded.get("/healthz", None).await?.0, 200);
+    guarded.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_false_unless_the_gateway_is_ready() -> Result<()> {
+    let gw = Gw::start(Some(TOKEN), |_| {}).await?;
+    let (status, body) = gw.get("/readyz", Some(TOKEN)).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)?["ready"], true);
+    // Draining: the shutdown token is cancelled, the admin listener still answers.
+    gw.running.gateway.shutdown.cancel();
+    let (status, body) = gw.get("/readyz", Some(TOKEN)).await?;
+    assert_eq!(status, 503, "{body}");
+    let r = json(&body)?;
+    assert_eq!(r["ready"], false);
+    assert_eq!(r["shutting_down"], true);
+    assert_eq!(v(&gw.metrics().await?, "edgesync_ready"), 0.0);
+    assert_eq!(gw.get("/healthz", None).await?.0, 200, "alive while draining");
+    let admin = gw.admin();
+    gw.stop().await;
+    assert!(http(admin, "GET", "/healthz", None, None).await.is_err(), "admin listener closed after stop");
+    Ok(())
+}
