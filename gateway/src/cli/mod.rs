@@ -3,6 +3,7 @@
 //! Flags override environment variables (`EDGESYNC_*`), which override the
 //! config file, which overrides the built-in defaults.
 
+mod bench;
 mod cert;
 mod client;
 
@@ -33,6 +34,8 @@ pub enum Command {
     /// Make a CA and node/server certificates (for wss, QUIC and gateway mTLS).
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Load scenarios (fanout, latency, durable, idle) against edgesync and nats-server.
+    Bench(bench::BenchArgs),
     /// Check a config file and print the effective configuration.
     CheckConfig {
         /// The TOML file.
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Pub(args) => client::run_pub(args),
         Command::Sub(args) => client::run_sub(args),
         Command::Cert(c) => cert::run(c),
+        Command::Bench(a) => bench::run(a),
         Command::CheckConfig { file } => match Config::from_file(&file).map_err(|e| e.to_string()).and_then(|c| c.build().map_err(|e| e.to_string())) {
             Ok(s) => {
                 print!("{}", s.redacted_toml());

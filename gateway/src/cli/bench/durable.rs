@@ -1,0 +1,166 @@
+//! `durable`: acknowledged publishes/s with fsync group commit.
+//!
+//! C publisher connections each keep `window` publishes in flight (pipelined:
+//! a new one is sent as soon as an ack returns), 64-byte payloads, distinct
+//! topics per connection so acks measure the store, not one topic's head.
+//! The gateway acks only after the record is on disk (`fsync = always` for a
+//! gateway the bench starts), so acks/s is durable throughput and ack latency
+//! includes the group commit's fdatasync.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::report::{Report, latency_histogram};
+use super::{Counters, Target, wire};
+
+/// Acks still outstanding at the end get this long to arrive before the connection closes.
+const DRAIN: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DurableArgs {
+    /// Publisher connections.
+    #[arg(long, short = 'c', default_value_t = 16)]
+    pub publishers: usize,
+    /// Publishes in flight per connection (keep ≤ the gateway's `max_inflight_publishes`, 1024).
+    #[arg(long, short = 'w', default_value_t = 256)]
+    pub window: usize,
+    /// Measured seconds (1-second windows), after a 1-second warm-up.
+    #[arg(long, short = 'd', default_value_t = 10)]
+    pub seconds: u64,
+    /// Payload bytes.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+}
+
+pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
+    let mut conns = Vec::with_capacity(a.publishers);
+    for _ in 0..a.publishers {
+        let mut ws = wire::connect(&target.url, target.proto).await?;
+        wire::handshake(&mut ws, target.proto).await?;
+        conns.push(ws);
+    }
+    let stop = CancellationToken::new();
+    let measuring = Rc::new(std::cell::Cell::new(false));
+    let counters = Rc::new(Counters::default());
+    let hist = Rc::new(RefCell::new(latency_histogram()));
+    let mut tasks = Vec::new();
+    for (i, ws) in conns.into_iter().enumerate() {
+        let p = Publisher { topic: format!("bench.durable.{i}"), window: a.window.max(1), payload: vec![0x5a; a.payload] };
+        let (stop, counters, hist, measuring) = (stop.clone(), counters.clone(), hist.clone(), measuring.clone());
+        tasks.push(tokio::task::spawn_local(async move { p.run(ws, target_proto(), stop, counters, hist, measuring).await }));
+    }
+    let c2 = counters.clone();
+    let m2 = measuring.clone();
+    let rates = super::sample_rates(
+        move || {
+            // The first sample marks the end of the warm-up.
+            m2.set(true);
+            c2.delivered.get()
+        },
+        Duration::from_secs(1),
+        a.seconds,
+    )
+    .await;
+    measuring.set(false);
+    stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let h = hist.borrow();
+    let mut r = Report::new("durable", target.label());
+    r.param("publishers", a.publishers).param("window", a.window).param("seconds", a.seconds).param("payload_bytes", a.payload);
+    r.windows("acks_per_sec", &rates)
+        .latency("ack_us", &h)
+        .metric("acked_total", counters.delivered.get() as f64)
+        .metric("errors", counters.errors.get() as f64)
+        .metric("dropped_conns", counters.dropped.get() as f64);
+    Ok(r)
+}
+
+/// Only edgesync speaks durable acks.
+fn target_proto() -> wire::Proto {
+    wire::Proto::Edgesync
+}
+
+struct Publisher {
+    topic: String,
+    window: usize,
+    payload: Vec<u8>,
+}
+
+impl Publisher {
+    async fn run(self, mut ws: wire::Ws, proto: wire::Proto, stop: CancellationToken, counters: Rc<Counters>, hist: Rc<RefCell<Histogram<u64>>>, measuring: Rc<std::cell::Cell<bool>>) {
+        let mut inflight: HashMap<u64, Instant> = HashMap::with_capacity(self.window * 2);
+        let mut scanner = wire::Scanner::new(proto);
+        let mut next_id = 100u64;
+        let mut frame = Vec::new();
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        // Bounded by `stop` plus DRAIN.
+        loop {
+            if drain_deadline.is_none() && stop.is_cancelled() {
+                drain_deadline = Some(tokio::time::Instant::now() + DRAIN);
+            }
+            if drain_deadline.is_none() && inflight.len() < self.window {
+                frame.clear();
+                // One WebSocket frame carries every publish that fits the window.
+                while inflight.len() < self.window {
+                    next_id += 1;
+                    wire::encode_publish(&mut frame, proto, &self.topic, &self.payload, next_id, true);
+                    inflight.insert(next_id, Instant::now());
+                }
+                if ws.send(Message::binary(frame.clone())).await.is_err() {
+                    Counters::add(&counters.dropped, 1);
+                    return;
+                }
+            }
+            if drain_deadline.is_some() && inflight.is_empty() {
+                break;
+            }
+            let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let next = tokio::select! {
+                m = ws.next() => m,
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = stop.cancelled(), if drain_deadline.is_none() => continue,
+            };
+            let bytes = match next {
+                Some(Ok(Message::Binary(b))) => b,
+                Some(Ok(Message::Close(_))) | None => {
+                    Counters::add(&counters.dropped, 1);
+                    return;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => {
+                    Counters::add(&counters.errors, 1);
+                    return;
+                }
+            };
+            let now = Instant::now();
+            let on = measuring.get();
+            let mut acked = 0;
+            let seen = scanner.scan(&bytes, &mut |_| {}, &mut |id| {
+                if let Some(sent) = inflight.remove(&id) {
+                    acked += 1;
+                    if on {
+                        let us = now.duration_since(sent).as_micros() as u64;
+                        let _ = hist.borrow_mut().record(us.max(1));
+                    }
+                }
+            });
+            Counters::add(&counters.delivered, acked);
+            if seen.errors > 0 {
+                // An error reply (e.g. rate limited) also ends that publish.
+                Counters::add(&counters.errors, seen.errors);
+                inflight.clear();
+            }
+        }
+        wire::close(ws).await;
+    }
+}

@@ -1,0 +1,187 @@
+//! A gateway the bench starts itself: `edgesync serve` as a child process.
+//!
+//! A child process, not an in-process server, so that the load generator and
+//! the gateway can be pinned to different cores (`taskset -c CPUS`), so that
+//! `idle` can read the gateway's own RSS, and so that each side has the whole
+//! file limit for its sockets. The child gets a fresh data directory under
+//! the system temp dir (removed afterwards), plain ws on a free loopback port,
+//! every other listener off, and limits raised for load (see [`config_toml`]).
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// How long the child may take to start listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a SIGTERM'd child may take to drain before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Fsync policy for the child's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// fdatasync every group commit before acking.
+    Always,
+    /// Ack after write(2); fdatasync every 10 ms.
+    Interval,
+}
+
+/// A running child gateway; stopped (SIGTERM, then SIGKILL) on drop.
+#[derive(Debug)]
+pub struct ChildGateway {
+    child: Child,
+    dir: PathBuf,
+    pub url: String,
+    pub pid: u32,
+}
+
+impl ChildGateway {
+    /// Start `exe serve` pinned to `cpus` (a taskset list) when given.
+    ///
+    /// # Errors
+    /// The binary or `taskset` could not start, or the gateway never listened.
+    pub fn start(exe: &PathBuf, cpus: Option<&str>, fsync: Fsync) -> Result<Self> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("edgesync-bench-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let config = dir.join("bench.toml");
+        std::fs::write(&config, config_toml(&dir.join("data"), port, fsync)).context("write bench config")?;
+        let log = std::fs::File::create(dir.join("gateway.log")).context("create gateway log")?;
+        let mut cmd = match cpus {
+            Some(c) => {
+                let mut t = Command::new("taskset");
+                t.args(["-c", c]).arg(exe);
+                t
+            }
+            None => Command::new(exe),
+        };
+        cmd.arg("serve").arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        // Keep the child's listeners exactly as configured.
+        for var in ["EDGESYNC_WS", "EDGESYNC_WSS", "EDGESYNC_QUIC", "EDGESYNC_ADMIN", "EDGESYNC_DATA_DIR", "EDGESYNC_CONFIG"] {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn().with_context(|| format!("start {} serve", exe.display()))?;
+        let pid = child.id();
+        let mut gw = ChildGateway { child, dir, url: format!("ws://127.0.0.1:{port}"), pid };
+        gw.wait_ready(port)?;
+        Ok(gw)
+    }
+
+    fn wait_ready(&mut self, port: u16) -> Result<()> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let started = Instant::now();
+        // Bounded by READY_TIMEOUT.
+        while started.elapsed() < READY_TIMEOUT {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
+                bail!("gateway exited during startup ({status}):\n{log}");
+            }
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("gateway did not listen on {addr} within {READY_TIMEOUT:?}")
+    }
+
+    /// Graceful stop: SIGTERM (via kill(1): the workspace forbids unsafe), wait, then SIGKILL.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
+        let started = Instant::now();
+        while started.elapsed() < STOP_TIMEOUT {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildGateway {
+    fn drop(&mut self) {
+        self.stop_inner();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The child's config: limits raised so the bench measures throughput, not admission.
+fn config_toml(data: &std::path::Path, port: u16, fsync: Fsync) -> String {
+    let fsync = match fsync {
+        Fsync::Always => "always",
+        Fsync::Interval => "interval",
+    };
+    format!(
+        r#"# Written by `edgesync bench`.
+data_dir = {data:?}
+
+[listen]
+ws = "127.0.0.1:{port}"
+wss = "off"
+quic = "off"
+admin = "off"
+
+[store]
+fsync = "{fsync}"
+
+[limits]
+# 15k idle connections plus the bench's own.
+max_connections = 18000
+max_connections_per_ip = 18000
+# The bench publishes from one connection as fast as the gateway takes it.
+publish_rate_per_sec = 100000000
+# Idle connections send nothing for the whole idle scenario.
+idle_timeout_ms = 3600000
+ping_interval_ms = 600000
+
+[log]
+level = "warn"
+"#,
+        data = data.display().to_string(),
+    )
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Resident set of `pid` in KiB (`VmRSS` from /proc).
+///
+/// # Errors
+/// The process is gone or /proc is unreadable.
+pub fn rss_kib(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("read /proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")
+}
+
+/// Raise this process's soft file limit to its hard limit, with prlimit(1) (the workspace
+/// forbids `unsafe`, and setrlimit(2) through libc is unsafe). Children inherit it.
+pub fn raise_nofile() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let mut nums = line.split_whitespace().filter_map(|w| w.parse::<u64>().ok());
+    let (soft, hard) = (nums.next()?, nums.next()?);
+    if soft < hard {
+        let arg = format!("--nofile={hard}:{hard}");
+        let ok = Command::new("prlimit").args(["--pid", &std::process::id().to_string(), &arg]).status().is_ok_and(|s| s.success());
+        if !ok {
+            return Some(soft);
+        }
+    }
+    Some(hard)
+}

@@ -1,0 +1,309 @@
+//! `edgesync bench`: load scenarios against a gateway (and, for comparison in
+//! the same run, against a nats-server WebSocket listener).
+//!
+//! - [`fanout`]: 1 publisher → N subscribers, delivered messages/s per 1 s window.
+//! - [`latency`]: publish at R msgs/s to N subscribers, publish → deliver percentiles.
+//! - [`durable`]: acknowledged publishes/s with fsync from C pipelined publishers.
+//! - [`idle`]: gateway RSS per idle WebSocket connection.
+//!
+//! Without `--url` the bench starts `edgesync serve` as a child process
+//! ([`gateway`]), pinned with `--server-cpus` through taskset; pin the bench
+//! itself with `taskset -c N edgesync bench …`. The load generator is one
+//! single-threaded tokio runtime: on a pinned core more threads only add
+//! contention. Every loop is bounded by the scenario's duration or a count,
+//! and every connection is closed with a close frame at the end.
+
+mod durable;
+mod fanout;
+mod gateway;
+mod idle;
+mod latency;
+mod report;
+mod wire;
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use gateway::{ChildGateway, Fsync};
+use report::Report;
+use wire::{Proto, Ws};
+
+/// `edgesync bench` flags.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+    /// Which server(s) to load; `both` runs edgesync then nats and prints the ratio.
+    #[arg(long, global = true, value_enum, default_value = "edgesync")]
+    pub target: TargetArg,
+    /// An already running edgesync (ws://host:port). Default: start `edgesync serve` as a child.
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// A nats-server WebSocket listener (ws://127.0.0.1:PORT), for `--target nats|both`.
+    #[arg(long, global = true)]
+    pub nats_url: Option<String>,
+    /// CPU list for the child gateway (`taskset -c`), e.g. `0`.
+    #[arg(long, global = true)]
+    pub server_cpus: Option<String>,
+    /// Store fsync policy of the child gateway. Default: `always` for durable, `interval` otherwise.
+    #[arg(long, global = true, value_enum)]
+    pub fsync: Option<Fsync>,
+    /// The edgesync binary for the child gateway. Default: this executable.
+    #[arg(long, global = true)]
+    pub server_bin: Option<PathBuf>,
+    /// PID of the server behind `--url`/`--nats-url`, for `idle` (reads its /proc status).
+    #[arg(long, global = true)]
+    pub server_pid: Option<u32>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TargetArg {
+    Edgesync,
+    Nats,
+    Both,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// 1 publisher → N subscribers; delivered messages/s.
+    Fanout(fanout::FanoutArgs),
+    /// Publish at a fixed rate to N subscribers; publish → deliver latency.
+    Latency(latency::LatencyArgs),
+    /// Acknowledged (durable) publishes/s and ack latency, C pipelined publishers.
+    Durable(durable::DurableArgs),
+    /// Server RSS per idle WebSocket connection.
+    Idle(idle::IdleArgs),
+}
+
+impl Scenario {
+    fn name(&self) -> &'static str {
+        match self {
+            Scenario::Fanout(_) => "fanout",
+            Scenario::Latency(_) => "latency",
+            Scenario::Durable(_) => "durable",
+            Scenario::Idle(_) => "idle",
+        }
+    }
+}
+
+/// Entry point of `edgesync bench`.
+pub fn run(args: BenchArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    match local.block_on(&rt, run_all(&args)) {
+        Ok(reports) => {
+            if args.json {
+                match serde_json::to_string_pretty(&reports) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => eprintln!("error: {e}"),
+                }
+            } else {
+                report::print_table(&reports);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where one scenario run points.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub proto: Proto,
+    pub url: String,
+    /// The server process, when known (idle needs it).
+    pub pid: Option<u32>,
+}
+
+impl Target {
+    pub fn label(&self) -> String {
+        match self.proto {
+            Proto::Edgesync => "edgesync".into(),
+            Proto::Nats => "nats".into(),
+        }
+    }
+}
+
+async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
+    let nofile = gateway::raise_nofile();
+    tracing::debug!(?nofile, "file limit");
+    let protos: &[Proto] = match args.target {
+        TargetArg::Edgesync => &[Proto::Edgesync],
+        TargetArg::Nats => &[Proto::Nats],
+        TargetArg::Both => &[Proto::Edgesync, Proto::Nats],
+    };
+    let mut reports = Vec::new();
+    for proto in protos {
+        let mut child = None;
+        let target = match proto {
+            Proto::Nats => {
+                let url = args.nats_url.clone().context("--target nats needs --nats-url ws://127.0.0.1:PORT (see bench/nats.conf)")?;
+                Target { proto: Proto::Nats, url, pid: args.server_pid }
+            }
+            Proto::Edgesync => match &args.url {
+                Some(url) => Target { proto: Proto::Edgesync, url: url.clone(), pid: args.server_pid },
+                None => {
+                    let exe = match &args.server_bin {
+                        Some(p) => p.clone(),
+                        None => std::env::current_exe().context("locate the edgesync binary")?,
+                    };
+                    let default_fsync = if matches!(args.scenario, Scenario::Durable(_)) { Fsync::Always } else { Fsync::Interval };
+                    let fsync = args.fsync.unwrap_or(default_fsync);
+                    let gw = ChildGateway::start(&exe, args.server_cpus.as_deref(), fsync)?;
+                    eprintln!("bench: started gateway pid {} at {} (fsync {fsync:?}, cpus {:?})", gw.pid, gw.url, args.server_cpus);
+                    let t = Target { proto: Proto::Edgesync, url: gw.url.clone(), pid: Some(gw.pid) };
+                    child = Some(gw);
+                    t
+                }
+            },
+        };
+        eprintln!("bench: {} against {} at {}", args.scenario.name(), target.label(), target.url);
+        let result = match &args.scenario {
+            Scenario::Fanout(a) => fanout::run(&target, a).await,
+            Scenario::Latency(a) => latency::run(&target, a).await,
+            Scenario::Durable(a) => {
+                if *proto == Proto::Nats {
+                    bail!("durable runs against edgesync only (core NATS does not persist)");
+                }
+                durable::run(&target, a).await
+            }
+            Scenario::Idle(a) => idle::run(&target, a).await,
+        };
+        if let Some(gw) = child {
+            tokio::task::spawn_blocking(move || gw.stop()).await.ok();
+        }
+        let mut r = result?;
+        if *proto == Proto::Edgesync {
+            let fsync = args.fsync.unwrap_or(if matches!(args.scenario, Scenario::Durable(_)) { Fsync::Always } else { Fsync::Interval });
+            if args.url.is_none() {
+                r.param("fsync", serde_json::to_value(fsync).unwrap_or_default());
+            }
+        }
+        reports.push(r);
+    }
+    Ok(reports)
+}
+
+/// Per-run counters shared by the tasks of one scenario (one thread: plain cells).
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub delivered: Cell<u64>,
+    pub gap_msgs: Cell<u64>,
+    pub errors: Cell<u64>,
+    /// Connections the server closed before the scenario ended.
+    pub dropped: Cell<u64>,
+}
+
+impl Counters {
+    fn add(c: &Cell<u64>, n: u64) {
+        c.set(c.get() + n);
+    }
+}
+
+/// Open `n` subscribed connections, at most `parallel` handshakes at a time.
+///
+/// # Errors
+/// The first connection that fails.
+pub async fn open_subscribers(target: &Target, subject: &str, n: usize, parallel: usize) -> Result<Vec<Ws>> {
+    let started = Instant::now();
+    let opened: Vec<Result<Ws>> = futures_util::stream::iter(0..n)
+        .map(|_| async {
+            let mut ws = wire::connect(&target.url, target.proto).await?;
+            wire::handshake(&mut ws, target.proto).await?;
+            wire::subscribe(&mut ws, target.proto, subject).await?;
+            Ok(ws)
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let subs = opened.into_iter().collect::<Result<Vec<_>>>()?;
+    eprintln!("bench: {} subscribers ready in {:.1}s", subs.len(), started.elapsed().as_secs_f64());
+    Ok(subs)
+}
+
+/// Read one subscriber until `stop`, counting deliveries and calling `on_msg(payload)`;
+/// answers NATS PINGs; closes the connection at the end.
+pub async fn subscriber(mut ws: Ws, proto: Proto, stop: CancellationToken, counters: Rc<Counters>, mut on_msg: impl FnMut(&[u8])) {
+    let mut scanner = wire::Scanner::new(proto);
+    // Bounded by `stop` (the scenario's duration) or the server closing.
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            m = ws.next() => m,
+        };
+        let frame = match next {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Text(t))) => bytes::Bytes::copy_from_slice(t.as_bytes()),
+            Some(Ok(Message::Close(_))) | None => {
+                Counters::add(&counters.dropped, 1);
+                return;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) => {
+                Counters::add(&counters.errors, 1);
+                Counters::add(&counters.dropped, 1);
+                return;
+            }
+        };
+        let seen = scanner.scan(&frame, &mut on_msg, &mut |_| {});
+        Counters::add(&counters.delivered, seen.msgs);
+        Counters::add(&counters.gap_msgs, seen.gap_msgs);
+        Counters::add(&counters.errors, seen.errors);
+        if seen.ping && ws.send(Message::binary(bytes::Bytes::from_static(b"PONG\r\n"))).await.is_err() {
+            Counters::add(&counters.errors, 1);
+        }
+    }
+    wire::close(ws).await;
+}
+
+/// Nanoseconds since `epoch`, written into the first 8 bytes of a payload.
+pub fn stamp(payload: &mut [u8], epoch: Instant) -> u64 {
+    let ns = epoch.elapsed().as_nanos() as u64;
+    if let Some(head) = payload.get_mut(..8) {
+        head.copy_from_slice(&ns.to_le_bytes());
+    }
+    ns
+}
+
+/// Microseconds since the stamp in `payload`, if it carries one.
+pub fn age_us(payload: &[u8], epoch: Instant) -> Option<u64> {
+    let head: [u8; 8] = payload.get(..8)?.try_into().ok()?;
+    let sent = u64::from_le_bytes(head);
+    let now = epoch.elapsed().as_nanos() as u64;
+    Some(now.saturating_sub(sent) / 1000)
+}
+
+/// Sample `counter` every second for `seconds` windows after `warmup`; per-window rates.
+pub async fn sample_rates(counter: impl Fn() -> u64, warmup: Duration, seconds: u64) -> Vec<f64> {
+    tokio::time::sleep(warmup).await;
+    let mut rates = Vec::with_capacity(seconds as usize);
+    let (mut last, mut at) = (counter(), Instant::now());
+    for _ in 0..seconds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (now_n, now_t) = (counter(), Instant::now());
+        rates.push(now_n.saturating_sub(last) as f64 / now_t.duration_since(at).as_secs_f64());
+        (last, at) = (now_n, now_t);
+    }
+    rates
+}

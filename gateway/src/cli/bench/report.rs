@@ -1,0 +1,126 @@
+//! Results: one [`Report`] per (scenario, target), printed as a table or JSON.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// One scenario run against one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub target: String,
+    /// The parameters it ran with (subscribers, rate, seconds, …).
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Results in print order.
+    pub metrics: Vec<Metric>,
+}
+
+/// One named figure; units are part of the name (`msgs_per_sec_p50`, `latency_us_p99`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Metric {
+    pub name: String,
+    pub value: f64,
+}
+
+impl Report {
+    pub fn new(scenario: &'static str, target: impl Into<String>) -> Self {
+        Report { scenario, target: target.into(), params: serde_json::Map::new(), metrics: Vec::new() }
+    }
+
+    pub fn param(&mut self, k: &str, v: impl Into<serde_json::Value>) -> &mut Self {
+        self.params.insert(k.into(), v.into());
+        self
+    }
+
+    pub fn metric(&mut self, name: impl Into<String>, value: f64) -> &mut Self {
+        self.metrics.push(Metric { name: name.into(), value });
+        self
+    }
+
+    pub fn value(&self, name: &str) -> Option<f64> {
+        self.metrics.iter().find(|m| m.name == name).map(|m| m.value)
+    }
+
+    /// Add `{prefix}_p10/p50/p90` over per-second window rates.
+    pub fn windows(&mut self, prefix: &str, rates: &[f64]) -> &mut Self {
+        let q = |p: f64| quantile(rates, p);
+        self.metric(format!("{prefix}_p10"), q(0.10)).metric(format!("{prefix}_p50"), q(0.50)).metric(format!("{prefix}_p90"), q(0.90))
+    }
+
+    /// Add `{prefix}_p50 … _max` from a histogram recorded in microseconds.
+    pub fn latency(&mut self, prefix: &str, h: &Histogram<u64>) -> &mut Self {
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+            self.metric(format!("{prefix}_{name}"), h.value_at_quantile(q) as f64);
+        }
+        self.metric(format!("{prefix}_max"), h.max() as f64).metric(format!("{prefix}_samples"), h.len() as f64)
+    }
+}
+
+/// Nearest-rank quantile of unsorted values (0 when empty).
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// A latency histogram in microseconds, 1 µs .. 100 s, 3 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    // Bounds are constants that satisfy new_with_bounds' preconditions (low ≥ 1, high ≥ 2·low, sigfig ≤ 5).
+    Histogram::new_with_bounds(1, 100_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+/// Print reports as a table (and a ratio line when two targets ran the same scenario).
+pub fn print_table(reports: &[Report]) {
+    for r in reports {
+        let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("\n== {} on {} ({})", r.scenario, r.target, params.join(" "));
+        for m in &r.metrics {
+            println!("  {:<28} {:>16}", m.name, human(m.value));
+        }
+    }
+    if let [a, b] = reports
+        && a.scenario == b.scenario
+    {
+        for key in ["msgs_per_sec_p50", "latency_us_p99"] {
+            if let (Some(x), Some(y)) = (a.value(key), b.value(key))
+                && y > 0.0
+            {
+                println!("\n{key}: {} / {} = {:.2}", a.target, b.target, x / y);
+            }
+        }
+    }
+}
+
+fn human(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        let s = format!("{}", v as i64);
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 && c != '-' {
+                out.push('_');
+            }
+            out.push(c);
+        }
+        out
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(quantile(&v, 0.5), 3.0);
+        assert_eq!(quantile(&v, 0.1), 1.0);
+        assert_eq!(quantile(&v, 0.9), 5.0);
+        assert_eq!(quantile(&[], 0.5), 0.0);
+        assert_eq!(human(1234567.0), "1_234_567");
+    }
+}
