@@ -46,6 +46,14 @@ pub struct Config {
     pub topics: Vec<TopicConfig>,
     pub log: LogConfig,
     pub admin: AdminConfig,
+    /// WebAssembly plugins (`[[plugin]]`: name, path, config table, limits, grants, failure policy).
+    #[serde(rename = "plugin")]
+    pub plugins: Vec<crate::plugin::PluginConfig>,
+    /// Which plugins run for which topics (`[[route]] topics = "chat.>" plugins = [...]`).
+    #[serde(rename = "route")]
+    pub routes: Vec<crate::plugin::RouteConfig>,
+    /// Plugin runtime settings (cache dir default `<data_dir>/plugin-cache`, epoch tick, pooling).
+    pub plugin_host: crate::plugin::HostConfig,
 }
 
 impl Default for Config {
@@ -60,6 +68,9 @@ impl Default for Config {
             topics: Vec::new(),
             log: LogConfig::default(),
             admin: AdminConfig::default(),
+            plugins: Vec::new(),
+            routes: Vec::new(),
+            plugin_host: crate::plugin::HostConfig::default(),
         }
     }
 }
@@ -399,6 +410,19 @@ impl Config {
         for (i, t) in self.topics.iter().enumerate() {
             edgesync_protocol::topic::validate_pattern(&t.pattern, l.max_topic_bytes)
                 .map_err(|e| invalid(&format!("topic[{i}].pattern"), e.to_string()))?;
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            edgesync_protocol::topic::validate_pattern(&r.topics, l.max_topic_bytes)
+                .map_err(|e| invalid(&format!("route[{i}].topics"), e.to_string()))?;
+            if let Some(name) = r.plugins.iter().find(|n| !self.plugins.iter().any(|p| &p.name == *n)) {
+                return Err(invalid(&format!("route[{i}].plugins"), format!("no [[plugin]] named {name:?}")));
+            }
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            if !names.insert(&p.name) {
+                return Err(invalid(&format!("plugin[{i}].name"), format!("{:?} is defined twice", p.name)));
+            }
         }
         if self.store.fsync == FsyncMode::Interval && self.store.fsync_interval_ms == 0 {
             return Err(invalid("store.fsync_interval_ms", "must be greater than 0 with fsync = \"interval\""));

@@ -8,6 +8,8 @@
 //! - (`edgesync-protocol` decodes frames; it does no I/O.)
 //! - [`session`]: the per-connection state machine (limits, auth state,
 //!   subscriptions, rate limit) and its thin async driver.
+//! - [`plugin`]: WebAssembly plugins on the path — auth at connect/subscribe, message and
+//!   storage hooks before the store, timers (runtime: the `edgesync-plugin-host` crate).
 //! - [`broker`]: topics, the wildcard index, subscriptions, fan-out into
 //!   per-connection [`outbox`]es of pre-encoded frames.
 //! - [`store`]: the durable log (group commit, version vectors, retention, dedupe).
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod outbox;
+pub mod plugin;
 pub mod server;
 pub mod session;
 pub mod store;

@@ -23,7 +23,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin;
-use crate::broker::Broker;
+use crate::broker::{Broker, ConnOut};
+use crate::plugin::services::GatewayServices;
+use crate::plugin::{Outcome, Plugins, Sender};
+use crate::session::Auth;
+use edgesync_plugin_host::Transport as PluginTransport;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::session::driver::ConnInfo;
@@ -37,6 +41,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("tls: {0}")]
     Tls(#[from] tls::TlsError),
+    #[error("plugins: {0}")]
+    Plugins(#[from] crate::plugin::PluginSetupError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
 }
@@ -57,6 +63,9 @@ pub struct ConnSummary {
     pub transport: &'static str,
     pub client_id: Option<String>,
     pub connected_at_ms: u64,
+    /// The connection's outbox, for plugin `send` / `close`.
+    #[serde(skip)]
+    pub out: std::sync::Weak<ConnOut>,
 }
 
 #[derive(Default)]
@@ -78,6 +87,8 @@ pub struct Gateway {
     next_conn: AtomicU64,
     admission: Mutex<Admission>,
     conns: Mutex<HashMap<u64, ConnSummary>>,
+    /// Loaded plugins (`None` when no `[[plugin]]` is configured).
+    plugins: Option<Arc<Plugins>>,
     ready: AtomicBool,
 }
 
@@ -142,11 +153,18 @@ impl Gateway {
         Ok(AdmitGuard { gw: self.clone(), ip })
     }
 
-    pub fn register_conn(&self, id: u64, info: &ConnInfo) -> ConnGuard<'_> {
+    pub fn register_conn(&self, id: u64, info: &ConnInfo, out: &Arc<ConnOut>) -> ConnGuard<'_> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
         self.conns.lock().insert(
             id,
-            ConnSummary { id, remote: info.remote.to_string(), transport: info.transport, client_id: None, connected_at_ms: now },
+            ConnSummary {
+                id,
+                remote: info.remote.to_string(),
+                transport: info.transport,
+                client_id: None,
+                connected_at_ms: now,
+                out: Arc::downgrade(out),
+            },
         );
         ConnGuard { gw: self, id }
     }
@@ -167,7 +185,7 @@ impl Gateway {
     /// Plugin administration for the admin API (`/v1/plugins`); `None` while no
     /// plugin host is wired in. The plugin integration replaces this body.
     pub fn plugins(&self) -> Option<Arc<dyn crate::admin::PluginAdmin>> {
-        None
+        self.plugins.clone().map(|p| p as Arc<dyn crate::admin::PluginAdmin>)
     }
 
     /// True once every listener is bound and the store is open.
@@ -175,29 +193,164 @@ impl Gateway {
         self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
     }
 
-    /// Auth at connect: the principal, or the error to refuse with.
+    /// Auth at connect: `on-connect` of every auth plugin. `Ok(None)`: no auth plugins,
+    /// everything is allowed.
     ///
     /// # Errors
     /// `(code, message)` for the client.
-    pub async fn authorize(&self, _client_id: &str, _token: Option<&str>, _info: &ConnInfo) -> Result<Option<String>, (ErrorCode, String)> {
-        Ok(None)
+    pub async fn authorize(
+        &self,
+        conn_id: u64,
+        client_id: &str,
+        token: Option<&str>,
+        info: &ConnInfo,
+    ) -> Result<Option<Auth>, (ErrorCode, String)> {
+        let Some(p) = &self.plugins else { return Ok(None) };
+        let transport = if info.transport == "quic" { PluginTransport::Quic } else { PluginTransport::Websocket };
+        let conn = edgesync_plugin_host::ConnInfo {
+            conn_id,
+            client_id: client_id.to_string(),
+            token: token.map(str::to_string),
+            remote_addr: info.remote.to_string(),
+            transport,
+        };
+        p.connect(&conn).await
     }
 
-    /// Auth at subscribe.
+    /// Auth at subscribe: `on-subscribe` of every auth plugin.
     ///
     /// # Errors
     /// `(code, message)` for the client.
-    pub async fn authorize_subscribe(&self, _principal: Option<&str>, _pattern: &str) -> Result<(), (ErrorCode, String)> {
+    pub async fn authorize_subscribe(&self, sender: &Sender, pattern: &str) -> Result<(), (ErrorCode, String)> {
+        let Some(p) = &self.plugins else { return Ok(()) };
+        p.subscribe(&sender.conn_ref(), pattern).await
+    }
+
+    /// The session ended: `on-disconnect` of every auth plugin.
+    pub async fn disconnected(&self, sender: &Sender) {
+        if let Some(p) = &self.plugins {
+            p.disconnect(&sender.conn_ref()).await;
+        }
+    }
+
+    /// Message and storage hooks for a publish from outside a session (admin API).
+    ///
+    /// # Errors
+    /// `(code, message)` for the client.
+    pub async fn ingest(&self, principal: Option<&str>, req: &mut AppendRequest) -> Result<Ingest, (ErrorCode, String)> {
+        let sender = Sender { conn_id: 0, client_id: req.client.clone(), principal: principal.map(str::to_string), plugin: None };
+        self.ingest_from(&sender, req).await
+    }
+
+    /// Message hooks then storage hooks for a publish, before it is stored. Messages a
+    /// plugin failed on are stored in `$dlq.<plugin>`; `skip` delivers live only.
+    ///
+    /// # Errors
+    /// `(code, message)` for the client.
+    pub async fn ingest_from(&self, sender: &Sender, req: &mut AppendRequest) -> Result<Ingest, (ErrorCode, String)> {
+        self.metrics.messages_in.inc();
+        let Some(p) = &self.plugins else { return Ok(Ingest::Store) };
+        let original = (req.headers.clone(), req.payload.clone());
+        let mut dead = Vec::new();
+        let mut hint = None;
+        let outcome = p.ingest(sender, req, &mut dead, &mut hint).await;
+        for (plugin, error) in dead {
+            self.dead_letter(&plugin, &error, sender, &req.topic, &original.0, &original.1).await;
+        }
+        if let Some(r) = hint {
+            self.store.set_retention_override(&req.topic, r);
+        }
+        match outcome? {
+            Outcome::Store => Ok(Ingest::Store),
+            Outcome::Dropped => Ok(Ingest::Dropped),
+            Outcome::Ephemeral => {
+                let msg = edgesync_protocol::Msg {
+                    topic: req.topic.clone(),
+                    origin: self.store.node().to_string(),
+                    epoch: self.store.epoch(),
+                    seq: 0,
+                    hlc: 0,
+                    client: req.client.clone(),
+                    mid: req.mid.clone(),
+                    headers: req.headers.clone(),
+                    data: edgesync_protocol::Payload(req.payload.clone()),
+                };
+                self.broker.fanout_ephemeral(&msg);
+                Ok(Ingest::Dropped)
+            }
+        }
+    }
+
+    /// Store a message a plugin failed on in `$dlq.<plugin>`, with the original topic and
+    /// the error in headers. Never retried; if even this fails, the loss is logged as an error.
+    async fn dead_letter(
+        &self,
+        plugin: &str,
+        error: &str,
+        sender: &Sender,
+        topic: &str,
+        headers: &edgesync_protocol::Headers,
+        payload: &bytes::Bytes,
+    ) {
+        let mut h = headers.clone();
+        h.0.push(("edgesync-dlq-topic".into(), topic.to_string()));
+        h.0.push(("edgesync-dlq-error".into(), error.chars().take(512).collect()));
+        let req = AppendRequest {
+            topic: format!("$dlq.{plugin}"),
+            client: sender.client_id.clone(),
+            mid: None,
+            headers: h,
+            payload: payload.clone(),
+        };
+        match self.store.append(req).await {
+            Ok(ack) => tracing::warn!(plugin, topic, dlq_seq = ack.seq, error, "plugin failed on a message; dead-lettered"),
+            Err(e) => tracing::error!(plugin, topic, error = %e, "dead-lettering failed; the message is lost"),
+        }
+    }
+
+    /// A publish made by a plugin: hooks (skipping the publisher), store, fan-out.
+    ///
+    /// # Errors
+    /// `(code, message)` why it was refused.
+    pub async fn publish_internal(
+        &self,
+        sender: &Sender,
+        topic: &str,
+        headers: edgesync_protocol::Headers,
+        payload: bytes::Bytes,
+    ) -> Result<(), (ErrorCode, String)> {
+        let mut req = AppendRequest { topic: topic.to_string(), client: sender.client_id.clone(), mid: None, headers, payload };
+        if self.ingest_from(sender, &mut req).await? == Ingest::Store {
+            self.store.append(req).await.map_err(|e| (ErrorCode::StorageUnavailable, e.to_string()))?;
+        }
         Ok(())
     }
 
-    /// Permissions and message hooks for a publish, before it is stored.
-    ///
-    /// # Errors
-    /// `(code, message)` for the client.
-    pub async fn ingest(&self, _principal: Option<&str>, _req: &mut AppendRequest) -> Result<Ingest, (ErrorCode, String)> {
-        self.metrics.messages_in.inc();
-        Ok(Ingest::Store)
+    /// Deliver a message straight to one connection (plugin `send`): not stored, `seq` 0,
+    /// dropped when the outbox is full. False when the connection does not exist.
+    pub fn send_direct(&self, conn_id: u64, topic: &str, payload: &[u8]) -> bool {
+        let Some(out) = self.conns.lock().get(&conn_id).and_then(|c| c.out.upgrade()) else { return false };
+        let msg = edgesync_protocol::Msg {
+            topic: topic.to_string(),
+            origin: self.store.node().to_string(),
+            epoch: self.store.epoch(),
+            seq: 0,
+            hlc: 0,
+            client: String::new(),
+            mid: None,
+            headers: edgesync_protocol::Headers::default(),
+            data: edgesync_protocol::Payload(bytes::Bytes::copy_from_slice(payload)),
+        };
+        let frame = bytes::Bytes::from(out.outbox.encoding().encode(&edgesync_protocol::ServerFrame::Msg(msg)));
+        out.outbox.try_push_ephemeral(&frame);
+        true
+    }
+
+    /// Close one connection with a reason (plugin `close`). False when it does not exist.
+    pub fn close_conn(&self, conn_id: u64, reason: &str) -> bool {
+        let Some(out) = self.conns.lock().get(&conn_id).and_then(|c| c.out.upgrade()) else { return false };
+        out.outbox.close(ErrorCode::Forbidden, reason);
+        true
     }
 }
 
@@ -242,6 +395,17 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         .await
         .map_err(|e| ServerError::Store(StoreError::Io(std::io::Error::other(e))))??;
     let broker = Arc::new(Broker::new(store.heads(), settings.slow_consumer_policy(), metrics.clone()));
+    let services = Arc::new(GatewayServices::default());
+    let plugins = if cfg.plugins.is_empty() {
+        None
+    } else {
+        let mut host = cfg.plugin_host.clone();
+        if host.cache_dir.is_none() {
+            host.cache_dir = Some(cfg.data_dir.join("plugin-cache"));
+        }
+        let loaded = Plugins::load(host, &cfg.plugins, &cfg.routes, services.clone(), metrics.registry.clone()).await?;
+        Some(Arc::new(loaded))
+    };
     let gw = Arc::new(Gateway {
         settings: settings.clone(),
         store: store.clone(),
@@ -252,8 +416,10 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         next_conn: AtomicU64::new(1),
         admission: Mutex::new(Admission::default()),
         conns: Mutex::new(HashMap::new()),
+        plugins,
         ready: AtomicBool::new(false),
     });
+    services.attach(&gw);
     let fanout = tokio::spawn(async move {
         while let Some(batch) = committed.recv().await {
             broker.fanout(&batch);

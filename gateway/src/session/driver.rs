@@ -113,7 +113,7 @@ pub async fn run_with_datagrams<C: Conn>(
     let shutdown = gw.shutdown.clone();
     let mut draining = false;
     let mut close_reason: Option<(Option<ErrorCode>, String)> = None;
-    let _registered = gw.register_conn(conn_id, &info);
+    let _registered = gw.register_conn(conn_id, &info, &out);
     tracing::debug!(conn_id, remote = %info.remote, transport = info.transport, "session start");
 
     'session: loop {
@@ -230,6 +230,9 @@ pub async fn run_with_datagrams<C: Conn>(
             break 'session;
         }
     }
+    if session.client_id().is_some() {
+        gw.disconnected(&sender(&out, &session)).await;
+    }
     // Teardown: subscriptions first so fan-out stops queueing, then close the transport.
     let subs: Vec<SubId> = session.subscriptions().map(|(_, s)| *s).collect();
     gw.metrics.subscriptions.sub(subs.len() as i64);
@@ -331,8 +334,8 @@ async fn execute(
     let kind = cmd.kind();
     match cmd {
         Command::Connect { id, client_id, token } => {
-            match gw.authorize(&client_id, token.as_deref(), info).await {
-                Ok(principal) => session.set_principal(principal),
+            match gw.authorize(out.id, &client_id, token.as_deref(), info).await {
+                Ok(auth) => session.set_auth(auth),
                 Err((code, msg)) => {
                     session.reset_connect();
                     gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
@@ -361,7 +364,7 @@ async fn execute(
             });
         }
         Command::Subscribe { id, pattern, start } => {
-            if let Err((code, msg)) = gw.authorize_subscribe(session.principal(), &pattern).await {
+            if let Err((code, msg)) = gw.authorize_subscribe(&sender(out, session), &pattern).await {
                 gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
                 out.outbox.push_reply(&ServerFrame::error(Some(id), code, msg));
                 return;
@@ -398,7 +401,7 @@ async fn execute(
         }
         Command::Publish { id, mut req, ack } => {
             let started = Instant::now();
-            match gw.ingest(session.principal(), &mut req).await {
+            match gw.ingest_from(&sender(out, session), &mut req).await {
                 Ok(crate::server::Ingest::Store) => {}
                 Ok(crate::server::Ingest::Dropped) => {
                     gw.metrics.commands.with_label_values(&[kind, "dropped"]).inc();
@@ -465,6 +468,15 @@ async fn execute(
         Command::Ping { id } => out.outbox.push_reply(&ServerFrame::Pong { id }),
     }
     gw.metrics.commands.with_label_values(&[kind, "ok"]).inc();
+}
+
+fn sender(out: &ConnOut, session: &Session) -> crate::plugin::Sender {
+    crate::plugin::Sender {
+        conn_id: out.id,
+        client_id: session.client_id().unwrap_or_default().to_string(),
+        principal: session.principal().map(str::to_string),
+        plugin: None,
+    }
 }
 
 fn finish_publish(gw: &Gateway, out: &ConnOut, done: AckDone) {

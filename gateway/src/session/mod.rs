@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edgesync_protocol::topic::{is_system, validate_pattern, validate_topic};
+use edgesync_protocol::topic::{covers, is_system, matches, validate_pattern, validate_topic};
 use edgesync_protocol::{ClientFrame, Cursor, ErrorCode, Headers, ServerFrame, Start};
 
 use crate::broker::SubId;
@@ -111,12 +111,23 @@ pub struct EphemeralPub {
     pub ack: Option<bool>,
 }
 
+/// Who the auth hooks said is connected, and what they may do. Without auth
+/// plugins there is no `Auth` and every topic is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub principal: String,
+    /// Topic patterns this principal may publish to.
+    pub publish: Vec<String>,
+    /// Topic patterns this principal may subscribe to (a subscription must be covered by one).
+    pub subscribe: Vec<String>,
+}
+
 /// Protocol state of one connection.
 #[derive(Debug)]
 pub struct Session {
     limits: Limits,
     client_id: Option<String>,
-    principal: Option<String>,
+    auth: Option<Auth>,
     connect_cursor: Option<Cursor>,
     subs: HashMap<String, SubId>,
     bucket: TokenBucket,
@@ -131,7 +142,7 @@ fn err(id: u64, code: ErrorCode, msg: impl Into<String>) -> Reply {
 impl Session {
     pub fn new(limits: Limits, now: Instant) -> Self {
         let bucket = TokenBucket::new(limits.publish_rate_per_sec, now);
-        Session { limits, client_id: None, principal: None, connect_cursor: None, subs: HashMap::new(), bucket }
+        Session { limits, client_id: None, auth: None, connect_cursor: None, subs: HashMap::new(), bucket }
     }
 
     /// The client id once connected.
@@ -141,12 +152,12 @@ impl Session {
 
     /// The authenticated principal, if auth assigned one.
     pub fn principal(&self) -> Option<&str> {
-        self.principal.as_deref()
+        self.auth.as_ref().map(|a| a.principal.as_str())
     }
 
-    /// Record the principal chosen by the auth hooks.
-    pub fn set_principal(&mut self, p: Option<String>) {
-        self.principal = p;
+    /// Record what the auth hooks decided; enforced on every later publish and subscribe.
+    pub fn set_auth(&mut self, auth: Option<Auth>) {
+        self.auth = auth;
     }
 
     /// Subscriptions held, by pattern.
@@ -238,6 +249,11 @@ impl Session {
 
     fn subscribe(&mut self, id: u64, pattern: String, start: Option<Start>) -> Result<Command, Reply> {
         validate_pattern(&pattern, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
+        if let Some(a) = &self.auth {
+            if !a.subscribe.iter().any(|g| covers(g, &pattern)) {
+                return Err(err(id, ErrorCode::Forbidden, format!("{} may not subscribe to {pattern:?}", a.principal)));
+            }
+        }
         let start = match start {
             Some(s) => self.start(id, s)?,
             None => match &self.connect_cursor {
@@ -284,6 +300,11 @@ impl Session {
         validate_topic(&topic, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
         if is_system(&topic) {
             return Err(err(id, ErrorCode::Forbidden, "topics starting with '$' are reserved for the gateway"));
+        }
+        if let Some(a) = &self.auth {
+            if !a.publish.iter().any(|g| matches(g, &topic)) {
+                return Err(err(id, ErrorCode::Forbidden, format!("{} may not publish to {topic:?}", a.principal)));
+            }
         }
         if headers.len() > self.limits.max_headers || headers.byte_len() > self.limits.max_header_bytes {
             return Err(err(
@@ -390,6 +411,17 @@ mod tests {
         assert_eq!(code(s.handle(ClientFrame::Sub { id: 6, topic: "a.>".into(), start: None }, now)), ErrorCode::AlreadySubscribed);
         assert_eq!(code(s.handle(ClientFrame::Sub { id: 6, topic: "b".into(), start: None }, now)), ErrorCode::TooManySubscriptions);
         assert_eq!(code(s.handle(ClientFrame::Unsub { id: 7, topic: "zz".into() }, now)), ErrorCode::NotSubscribed);
+    }
+
+    #[test]
+    fn auth_permissions_are_enforced() {
+        let (mut s, now) = connected();
+        s.set_auth(Some(Auth { principal: "u1".into(), publish: vec!["chat.u1.>".into()], subscribe: vec!["chat.*".into()] }));
+        assert_eq!(code(s.handle(publish("chat.u2.x"), now)), ErrorCode::Forbidden);
+        assert!(s.handle(publish("chat.u1.x"), now).is_ok());
+        assert_eq!(code(s.handle(ClientFrame::Sub { id: 3, topic: "chat.>".into(), start: None }, now)), ErrorCode::Forbidden);
+        assert!(s.handle(ClientFrame::Sub { id: 4, topic: "chat.room".into(), start: None }, now).is_ok());
+        assert_eq!(s.principal(), Some("u1"));
     }
 
     #[test]

@@ -280,6 +280,9 @@ struct Shared {
     observer: Arc<dyn StoreObserver>,
     /// Set when open had to start a new epoch (the previous tail could not be proven).
     new_epoch_reason: Option<String>,
+    /// Retention set at run time by storage hooks (`accept-with` hints); wins over config.
+    /// Kept in memory: plugins re-state their hints on every write.
+    retention_overrides: RwLock<HashMap<String, Retention>>,
 }
 
 /// In-memory view of the meta keyspace, updated only after a durable commit.
@@ -347,6 +350,7 @@ impl Store {
             dedupe_window: opts.dedupe_window,
             observer: opts.observer.clone(),
             new_epoch_reason: reason,
+            retention_overrides: RwLock::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(64);
@@ -390,6 +394,15 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Request::Append(req, tx)).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Set a topic's retention at run time (a storage hook's hint); it replaces the
+    /// configured limits for that topic until restart.
+    pub fn set_retention_override(&self, topic: &str, retention: Retention) {
+        let mut g = self.shared.retention_overrides.write();
+        if g.get(topic) != Some(&retention) && (g.len() < 100_000 || g.contains_key(topic)) {
+            g.insert(topic.to_string(), retention);
+        }
     }
 
     /// Ask the writer to run retention and dedupe expiry now (normally every second).
@@ -1011,7 +1024,7 @@ impl Writer {
         let now = now_ms();
         let mut changed = Vec::new();
         for (name, t) in index.topics.iter_mut() {
-            let policy = (self.opts.retention)(name);
+            let policy = shared.retention_overrides.read().get(name).copied().unwrap_or_else(|| (self.opts.retention)(name));
             if policy.is_unlimited() {
                 continue;
             }

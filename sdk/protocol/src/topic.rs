@@ -129,6 +129,30 @@ pub fn matches(pattern: &str, topic: &str) -> bool {
     }
 }
 
+/// Does permission pattern `grant` cover subscription pattern `wanted`, i.e. does every
+/// topic matching `wanted` also match `grant`? Both are assumed valid patterns.
+pub fn covers(grant: &str, wanted: &str) -> bool {
+    let g: Vec<&str> = grant.split('.').collect();
+    let w: Vec<&str> = wanted.split('.').collect();
+    for (i, gs) in g.iter().enumerate() {
+        let Some(ws) = w.get(i) else { return false };
+        match (*gs, *ws) {
+            (">", _) => return !(i == 0 && ws.starts_with('$') && !g.is_empty()),
+            (_, ">") => return false,
+            ("*", "*") => {}
+            ("*", lit) => {
+                if i == 0 && lit.starts_with('$') {
+                    return false;
+                }
+            }
+            (_, "*") => return false,
+            (a, b) if a != b => return false,
+            _ => {}
+        }
+    }
+    g.len() == w.len()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,6 +171,22 @@ mod tests {
         assert!(!matches(">", "$dlq.x"));
         assert!(!matches("*.x", "$dlq.x"));
         assert!(matches("$dlq.>", "$dlq.x"));
+    }
+
+    #[test]
+    fn covering_rules() {
+        assert!(covers(">", "a.b"));
+        assert!(covers("a.>", "a.*.c"));
+        assert!(covers("a.>", "a.>"));
+        assert!(!covers("a.>", "a"));
+        assert!(covers("a.*", "a.b"));
+        assert!(covers("a.*", "a.*"));
+        assert!(!covers("a.*", "a.>"));
+        assert!(!covers("a.b", "a.*"));
+        assert!(covers("a.b", "a.b"));
+        assert!(!covers("a.b", "a.b.c"));
+        assert!(!covers(">", "$dlq.x"));
+        assert!(covers("$dlq.>", "$dlq.x"));
     }
 
     #[test]
@@ -198,6 +238,22 @@ mod tests {
             prop_assert!(validate_pattern(&ps, 1000).is_ok());
             prop_assert!(validate_topic(&ts, 1000).is_ok());
             prop_assert_eq!(matches(&ps, &ts), model(&p, &t));
+        }
+
+        #[test]
+        fn covering_implies_matching(t in topic(), g in topic(), w in topic(), gm in 0u8..3, wm in 0u8..3) {
+            // Random grant and wanted patterns; whenever `covers` says yes, every topic the
+            // wanted pattern matches must match the grant.
+            let pat = |v: &Vec<String>, m: u8| -> String {
+                let mut v = v.clone();
+                match m { 0 => { v[0] = "*".into(); } 1 => { let n = v.len() - 1; v[n] = ">".into(); } _ => {} }
+                v.join(".")
+            };
+            let (gp, wp) = (pat(&g, gm), pat(&w, wm));
+            let ts = t.join(".");
+            if covers(&gp, &wp) && matches(&wp, &ts) {
+                prop_assert!(matches(&gp, &ts), "{} covers {} but not {}", gp, wp, ts);
+            }
         }
 
         #[test]

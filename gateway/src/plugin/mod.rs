@@ -1,0 +1,339 @@
+//! The gateway side of WebAssembly plugins: which plugins run where, and the
+//! services they call back into.
+//!
+//! The runtime (wasmtime, sandbox, pools, breaker, reload) is the
+//! `edgesync-plugin-host` crate. This module:
+//!
+//! - loads every `[[plugin]]` at startup (compilation happens here, never on
+//!   the message path) and keeps them by name;
+//! - resolves `[[route]]`s (first matching topic pattern wins) to an ordered
+//!   chain of plugins for message and storage hooks;
+//! - runs the phases: `on-connect` / `on-subscribe` / `on-disconnect` on every
+//!   plugin exporting auth hooks, in config order; `on-message` then `on-write`
+//!   along the topic's chain, where a message enters (replicas never re-run
+//!   them);
+//! - applies the failure policy per hook (fail-closed: refuse; fail-open:
+//!   continue) and dead-letters every message a plugin failed on to
+//!   `$dlq.<plugin>` (stored, never retried);
+//! - implements [`HostServices`] ([`services::GatewayServices`]): durable kv in
+//!   the store, publish through the normal pipeline with loop protection,
+//!   direct send and close.
+
+pub mod services;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use edgesync_plugin_host as ph;
+use edgesync_protocol::ErrorCode;
+use edgesync_protocol::topic::matches;
+use ph::{ConnectVerdict, Family, FailurePolicy, Hook, MessageVerdict, SubscribeVerdict, WriteVerdict};
+use serde::{Deserialize, Serialize};
+
+use crate::admin::{PluginAdmin, PluginAdminError, PluginInfo};
+use crate::session::Auth;
+use crate::store::AppendRequest;
+use std::future::Future;
+use std::pin::Pin;
+
+pub use ph::{HostConfig, PluginConfig};
+
+/// `[[route]]`: topics matching `topics` run `plugins`, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Topic pattern (`*`, `>`).
+    pub topics: String,
+    /// Plugin names, in call order.
+    pub plugins: Vec<String>,
+}
+
+/// Most plugin publishes in one causal chain before a publish is refused (loop protection).
+pub const MAX_HOPS: u32 = 4;
+
+/// Who sent a message into the pipeline.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    pub conn_id: u64,
+    pub client_id: String,
+    pub principal: Option<String>,
+    /// Set when a plugin published it: that plugin's hooks are skipped (loop protection).
+    pub plugin: Option<String>,
+}
+
+impl Sender {
+    pub(crate) fn conn_ref(&self) -> ph::ConnRef {
+        ph::ConnRef { conn_id: self.conn_id, client_id: self.client_id.clone(), principal: self.principal.clone().unwrap_or_default() }
+    }
+}
+
+/// What the hooks decided about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Store it (possibly changed in place).
+    Store,
+    /// A message hook dropped it on purpose.
+    Dropped,
+    /// A storage hook said `skip`: deliver live, do not persist.
+    Ephemeral,
+}
+
+/// Setup failures (startup stops with the plugin named).
+#[derive(Debug, thiserror::Error)]
+pub enum PluginSetupError {
+    #[error("plugin runtime: {0}")]
+    Host(#[from] ph::HostError),
+    #[error("plugin {name}: {source}")]
+    Load { name: String, source: ph::PluginError },
+    #[error("route {index}: unknown plugin {name:?}")]
+    UnknownPlugin { index: usize, name: String },
+}
+
+/// Loaded plugins and routes.
+pub struct Plugins {
+    host: ph::PluginHost,
+    /// Name → plugin, plus config order.
+    loaded: BTreeMap<String, ph::Plugin>,
+    order: Vec<String>,
+    routes: Vec<RouteConfig>,
+}
+
+impl std::fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugins").field("order", &self.order).finish_non_exhaustive()
+    }
+}
+
+fn refuse(code: ErrorCode, msg: impl Into<String>) -> (ErrorCode, String) {
+    (code, msg.into())
+}
+
+impl Plugins {
+    /// Start the runtime and load (compile, instantiate, `init`) every plugin.
+    ///
+    /// # Errors
+    /// [`PluginSetupError`] naming the plugin or route.
+    pub async fn load(
+        host_config: HostConfig,
+        configs: &[PluginConfig],
+        routes: &[RouteConfig],
+        services: Arc<dyn ph::HostServices>,
+        registry: prometheus::Registry,
+    ) -> Result<Plugins, PluginSetupError> {
+        let host = ph::PluginHost::new(host_config, services, registry)?;
+        let mut loaded = BTreeMap::new();
+        let mut order = Vec::new();
+        for c in configs {
+            let p = host.load(c.clone()).await.map_err(|source| PluginSetupError::Load { name: c.name.clone(), source })?;
+            tracing::info!(plugin = %c.name, exports = ?p.exports().iter().map(Family::interface).collect::<Vec<_>>(), "plugin loaded");
+            order.push(c.name.clone());
+            loaded.insert(c.name.clone(), p);
+        }
+        for (index, r) in routes.iter().enumerate() {
+            if let Some(name) = r.plugins.iter().find(|n| !loaded.contains_key(*n)) {
+                return Err(PluginSetupError::UnknownPlugin { index, name: name.clone() });
+            }
+        }
+        Ok(Plugins { host, loaded, order, routes: routes.to_vec() })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.loaded.is_empty()
+    }
+
+    /// Plugins exporting auth hooks, in config order.
+    fn auth_chain(&self) -> impl Iterator<Item = &ph::Plugin> {
+        self.order.iter().filter_map(|n| self.loaded.get(n)).filter(|p| p.exports().contains(Family::Auth))
+    }
+
+    /// The plugin chain of the first route matching `topic`.
+    fn chain(&self, topic: &str) -> Vec<&ph::Plugin> {
+        self.routes
+            .iter()
+            .find(|r| matches(&r.topics, topic))
+            .map(|r| r.plugins.iter().filter_map(|n| self.loaded.get(n)).collect())
+            .unwrap_or_default()
+    }
+
+    /// `on-connect` on every auth plugin. No auth plugin: everyone may do anything.
+    ///
+    /// # Errors
+    /// `unauthorized` with the plugin's reason.
+    pub async fn connect(&self, info: &ph::ConnInfo) -> Result<Option<Auth>, (ErrorCode, String)> {
+        let mut auth: Option<Auth> = None;
+        for p in self.auth_chain() {
+            match p.on_connect(info).await {
+                Ok(ConnectVerdict::Allow(principal)) => {
+                    if auth.is_none() {
+                        auth = Some(Auth {
+                            principal: principal.id,
+                            publish: principal.permissions.publish,
+                            subscribe: principal.permissions.subscribe,
+                        });
+                    }
+                }
+                Ok(ConnectVerdict::Deny(reason)) => return Err(refuse(ErrorCode::Unauthorized, reason)),
+                Err(e) => {
+                    if p.policy(Hook::OnConnect) == FailurePolicy::Closed {
+                        tracing::warn!(plugin = p.name(), error = %e, "auth plugin failed; connection refused (fail-closed)");
+                        return Err(refuse(ErrorCode::Unauthorized, format!("auth plugin {} failed", p.name())));
+                    }
+                }
+            }
+        }
+        Ok(auth)
+    }
+
+    /// `on-subscribe` on every auth plugin.
+    ///
+    /// # Errors
+    /// `forbidden` with the plugin's reason.
+    pub async fn subscribe(&self, conn: &ph::ConnRef, pattern: &str) -> Result<(), (ErrorCode, String)> {
+        for p in self.auth_chain().filter(|p| p.has(Hook::OnSubscribe)) {
+            match p.on_subscribe(conn, pattern).await {
+                Ok(SubscribeVerdict::Allow) => {}
+                Ok(SubscribeVerdict::Deny(reason)) => return Err(refuse(ErrorCode::Forbidden, reason)),
+                Err(e) => {
+                    if p.policy(Hook::OnSubscribe) == FailurePolicy::Closed {
+                        tracing::warn!(plugin = p.name(), error = %e, "auth plugin failed; subscribe refused (fail-closed)");
+                        return Err(refuse(ErrorCode::Forbidden, format!("auth plugin {} failed", p.name())));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `on-disconnect` on every auth plugin (errors are logged only).
+    pub async fn disconnect(&self, conn: &ph::ConnRef) {
+        for p in self.auth_chain().filter(|p| p.has(Hook::OnDisconnect)) {
+            if let Err(e) = p.on_disconnect(conn).await {
+                tracing::debug!(plugin = p.name(), error = %e, "on-disconnect failed");
+            }
+        }
+    }
+
+    /// Message hooks then storage hooks along the topic's chain. `req` is changed in
+    /// place by `replace` / `accept-with`. Messages a plugin failed on are returned in
+    /// `dead` (plugin, error) for the caller to store in `$dlq.<plugin>`; a retention
+    /// hint from `accept-with` is returned in `hint`.
+    ///
+    /// # Errors
+    /// `rejected` with the plugin's reason, or when a fail-closed hook failed.
+    pub async fn ingest(
+        &self,
+        sender: &Sender,
+        req: &mut AppendRequest,
+        dead: &mut Vec<(String, String)>,
+        hint: &mut Option<crate::store::Retention>,
+    ) -> Result<Outcome, (ErrorCode, String)> {
+        let chain = self.chain(&req.topic);
+        if chain.is_empty() {
+            return Ok(Outcome::Store);
+        }
+        let conn = sender.conn_ref();
+        for p in chain.iter().filter(|p| Some(p.name()) != sender.plugin.as_deref()) {
+            if !p.exports().contains(Family::Message) {
+                continue;
+            }
+            let msg = to_message(req);
+            match p.on_message(&conn, &msg).await {
+                Ok(MessageVerdict::Pass) => {}
+                Ok(MessageVerdict::Replace(m)) => from_message(req, m),
+                Ok(MessageVerdict::Drop) => return Ok(Outcome::Dropped),
+                Ok(MessageVerdict::Reject(reason)) => return Err(refuse(ErrorCode::Rejected, reason)),
+                Err(e) => {
+                    dead.push((p.name().to_string(), e.to_string()));
+                    if p.policy(Hook::OnMessage) == FailurePolicy::Closed {
+                        return Err(refuse(ErrorCode::Rejected, format!("plugin {} failed; message dead-lettered", p.name())));
+                    }
+                }
+            }
+        }
+        let mut outcome = Outcome::Store;
+        for p in chain.iter().filter(|p| Some(p.name()) != sender.plugin.as_deref()) {
+            if !p.exports().contains(Family::Storage) {
+                continue;
+            }
+            let msg = to_message(req);
+            match p.on_write(&conn, &msg).await {
+                Ok(WriteVerdict::Accept) => {}
+                Ok(WriteVerdict::AcceptWith(changes)) => {
+                    if let Some(h) = changes.headers {
+                        req.headers = edgesync_protocol::Headers(h.into_iter().map(|h| (h.name, h.value)).collect());
+                    }
+                    if let Some(payload) = changes.payload {
+                        req.payload = bytes::Bytes::from(payload);
+                    }
+                    if let Some(r) = changes.retention {
+                        *hint = Some(crate::store::Retention {
+                            max_messages: r.max_count,
+                            max_bytes: r.max_bytes,
+                            max_age: r.max_age_ms.map(std::time::Duration::from_millis),
+                        });
+                    }
+                }
+                Ok(WriteVerdict::Skip) => outcome = Outcome::Ephemeral,
+                Ok(WriteVerdict::Reject(reason)) => return Err(refuse(ErrorCode::Rejected, reason)),
+                Err(e) => {
+                    dead.push((p.name().to_string(), e.to_string()));
+                    if p.policy(Hook::OnWrite) == FailurePolicy::Closed {
+                        return Err(refuse(ErrorCode::Rejected, format!("plugin {} failed; message dead-lettered", p.name())));
+                    }
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    fn info(p: &ph::Plugin) -> PluginInfo {
+        let mut detail = serde_json::Map::new();
+        detail.insert("version".into(), p.version().into());
+        detail.insert("path".into(), p.config().path.display().to_string().into());
+        detail.insert("timers".into(), p.timers().into());
+        detail.insert("idle_instances".into(), p.idle_instances().into());
+        let state = match p.breaker() {
+            ph::BreakerState::Closed => "running".to_string(),
+            other => format!("breaker_{other:?}").to_lowercase(),
+        };
+        PluginInfo { name: p.name().to_string(), hooks: p.exports().iter().map(|f| f.interface().to_string()).collect(), state, detail }
+    }
+
+    /// Validate a component against the contract (for `edgesync plugin check`).
+    ///
+    /// # Errors
+    /// Why it is not a valid plugin.
+    pub async fn inspect(&self, path: &std::path::Path) -> Result<ph::ComponentInfo, String> {
+        self.host.inspect(path).await.map_err(|e| e.to_string())
+    }
+}
+
+fn to_message(req: &AppendRequest) -> ph::Message {
+    ph::Message {
+        topic: req.topic.clone(),
+        headers: req.headers.0.iter().map(|(k, v)| ph::Header { name: k.clone(), value: v.clone() }).collect(),
+        payload: req.payload.to_vec(),
+    }
+}
+
+fn from_message(req: &mut AppendRequest, m: ph::Message) {
+    // A replace may not move the message to another topic: permissions were checked for this one.
+    req.headers = edgesync_protocol::Headers(m.headers.into_iter().map(|h| (h.name, h.value)).collect());
+    req.payload = bytes::Bytes::from(m.payload);
+}
+
+impl PluginAdmin for Plugins {
+    fn list(&self) -> Vec<PluginInfo> {
+        self.order.iter().filter_map(|n| self.loaded.get(n)).map(Plugins::info).collect()
+    }
+
+    /// Hot reload from the plugin's configured path: `init` the new version, swap
+    /// atomically, drain the old; the old keeps running when `init` fails.
+    fn reload<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<PluginInfo, PluginAdminError>> + Send + 'a>> {
+        Box::pin(async move {
+            let p = self.loaded.get(name).ok_or_else(|| PluginAdminError::NotFound(name.to_string()))?;
+            p.reload(p.config()).await.map_err(|e| PluginAdminError::Failed(e.to_string()))?;
+            Ok(Plugins::info(p))
+        })
+    }
+}
