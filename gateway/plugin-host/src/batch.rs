@@ -52,7 +52,11 @@ impl BatchBuilder {
         self.data.extend_from_slice(topic.as_bytes());
         self.data.extend_from_slice(payload);
         self.headers.extend_from_slice(headers);
-        self.entries.push(BatchEntry { topic_end, payload_end, headers_end });
+        self.entries.push(BatchEntry {
+            topic_end,
+            payload_end,
+            headers_end,
+        });
         Ok(())
     }
 

@@ -21,7 +21,10 @@ pub(crate) struct BreakerCell {
 
 impl BreakerCell {
     pub(crate) fn new(c: &BreakerConfig) -> Self {
-        BreakerCell { quiet: AtomicBool::new(true), inner: Mutex::new(Breaker::new(c, Instant::now())) }
+        BreakerCell {
+            quiet: AtomicBool::new(true),
+            inner: Mutex::new(Breaker::new(c, Instant::now())),
+        }
     }
 
     /// Whether a call may run; `Err(retry_in)` while open.

@@ -102,23 +102,32 @@ pub(crate) struct EpochTicker {
 impl EpochTicker {
     /// Starts ticking `engine` and `clock`. The clock is advanced first, so
     /// when a deadline fires the clock already shows the tick that fired it.
-    pub(crate) fn start(engine: &Engine, clock: TickClock, tick: Duration) -> std::io::Result<Self> {
+    pub(crate) fn start(
+        engine: &Engine,
+        clock: TickClock,
+        tick: Duration,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let weak = engine.weak();
         let flag = stop.clone();
-        let thread = std::thread::Builder::new().name("edgesync-epoch".into()).spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                std::thread::sleep(tick);
-                match weak.upgrade() {
-                    Some(engine) => {
-                        clock.advance(1);
-                        engine.increment_epoch();
+        let thread = std::thread::Builder::new()
+            .name("edgesync-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    match weak.upgrade() {
+                        Some(engine) => {
+                            clock.advance(1);
+                            engine.increment_epoch();
+                        }
+                        None => return,
                     }
-                    None => return,
                 }
-            }
-        })?;
-        Ok(EpochTicker { stop, thread: Some(thread) })
+            })?;
+        Ok(EpochTicker {
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 

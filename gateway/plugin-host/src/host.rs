@@ -61,6 +61,14 @@ pub struct PluginHost {
     shared: Arc<HostShared>,
 }
 
+impl std::fmt::Debug for PluginHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginHost")
+            .field("allocator", &self.shared.allocator)
+            .finish()
+    }
+}
+
 pub(crate) struct HostShared {
     pub config: HostConfig,
     pub engine: Engine,

@@ -40,6 +40,16 @@ pub struct Plugin {
     inner: Arc<PluginInner>,
 }
 
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.name())
+            .field("version", &self.version())
+            .field("exports", &self.exports())
+            .finish()
+    }
+}
+
 struct PluginInner {
     shared: Arc<HostShared>,
     ctx: Arc<PluginCtx>,
@@ -88,10 +98,17 @@ macro_rules! call_hook {
                 "no free instance within {timeout:?} (limits.max_instances = {})",
                 version.config.limits.max_instances
             );
-            let err = PluginError::Host { plugin: $self.name().to_string(), hook, reason };
+            let err = PluginError::Host {
+                plugin: $self.name().to_string(),
+                hook,
+                reason,
+            };
             return Err($self.fail(&version, hook, err));
         };
-        let mut inst: Instance = match version.checkout(&$self.inner.shared, &$self.inner.ctx).await {
+        let mut inst: Instance = match version
+            .checkout(&$self.inner.shared, &$self.inner.ctx)
+            .await
+        {
             Ok(inst) => inst,
             Err(e) => return Err($self.fail(&version, hook, e)),
         };
@@ -393,7 +410,8 @@ impl Plugin {
             Ok(value) => {
                 version.checkin(inst, ctx);
                 version.breaker.on_success();
-                ctx.telemetry.ok(hook, started.map(|s| s.elapsed().as_secs_f64()));
+                ctx.telemetry
+                    .ok(hook, started.map(|s| s.elapsed().as_secs_f64()));
                 Ok(value)
             }
             Err(e) => {

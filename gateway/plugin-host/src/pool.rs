@@ -245,6 +245,18 @@ impl Version {
         };
         let instance = match self.pre.instantiate_async(&mut store).await {
             Ok(i) => i,
+            // Every pool slot is taken (all plugins together): the host's
+            // capacity, not the guest's fault.
+            Err(e)
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some() =>
+            {
+                return Err(PluginError::Host {
+                    plugin: plugin.name.clone(),
+                    hook: crate::hooks::Hook::Init,
+                    reason: format!("{e} (raise plugin_host.pool_total_instances)"),
+                });
+            }
             Err(e) => return Err(init_err(&store, e)),
         };
         let hooks = match self.indices.load(&mut store, &instance) {

@@ -12,8 +12,8 @@ use wasmtime::{ResourceLimiter, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::caps;
-use crate::engine::TickClock;
 use crate::config::Grants;
+use crate::engine::TickClock;
 use crate::services::HostServices;
 use crate::telemetry::PluginTelemetry;
 

@@ -259,7 +259,7 @@ async fn ungranted_capability_fails_the_load() {
     let h = host();
     let c = config_json("ticker", "ticker", serde_json::json!({"topic": "t.x"}));
     // grants.pubsub defaults to false.
-    let err = h.host.load(c).await.err().expect("load must fail");
+    let err = h.host.load(c).await.expect_err("load must fail");
     assert_eq!(err.kind(), ErrorKind::Load);
     assert!(err.to_string().contains("grants.pubsub"), "{err}");
 }
@@ -268,7 +268,7 @@ async fn ungranted_capability_fails_the_load() {
 async fn init_errors_fail_the_load() {
     let h = host();
     let c = config_json("schema", "schema", serde_json::json!({"rules": "nope"}));
-    let err = h.host.load(c).await.err().expect("load must fail");
+    let err = h.host.load(c).await.expect_err("load must fail");
     assert_eq!(err.kind(), ErrorKind::Init);
     assert!(err.to_string().contains("schema config"), "{err}");
 }
@@ -280,11 +280,22 @@ async fn instances_retire_after_a_randomised_call_budget() {
     c.limits.retire_after_calls = 4; // each instance draws from [2, 6]
     let p = h.load(c).await;
     for _ in 0..40 {
-        assert_eq!(p.on_message(&conn("a"), &msg("t.x", b"y")).await.expect("call"), MessageVerdict::Pass);
+        assert_eq!(
+            p.on_message(&conn("a"), &msg("t.x", b"y"))
+                .await
+                .expect("call"),
+            MessageVerdict::Pass
+        );
     }
-    let retired = h.metric("edgesync_plugin_instances_total", &[("plugin", "pass"), ("event", "retired")]);
+    let retired = h.metric(
+        "edgesync_plugin_instances_total",
+        &[("plugin", "pass"), ("event", "retired")],
+    );
     let retired = retired.unwrap_or(0.0);
-    assert!((6.0..=20.0).contains(&retired), "retired {retired} instances in 40 calls");
+    assert!(
+        (6.0..=20.0).contains(&retired),
+        "retired {retired} instances in 40 calls"
+    );
 }
 
 #[tokio::test]
@@ -293,9 +304,17 @@ async fn on_demand_allocation_works_when_pooling_is_off() {
         pooling: false,
         ..Default::default()
     });
-    assert_eq!(h.host.allocator(), edgesync_plugin_host::Allocator::OnDemand);
+    assert_eq!(
+        h.host.allocator(),
+        edgesync_plugin_host::Allocator::OnDemand
+    );
     let p = h.load(config("pass", "pass")).await;
-    assert_eq!(p.on_message(&conn("a"), &msg("t.x", b"y")).await.expect("call"), MessageVerdict::Pass);
+    assert_eq!(
+        p.on_message(&conn("a"), &msg("t.x", b"y"))
+            .await
+            .expect("call"),
+        MessageVerdict::Pass
+    );
     // The default engine pools (or fell back, with a warning, where the
     // address space could not be reserved).
     let pooled = host();

@@ -43,8 +43,7 @@ async fn infinite_loop_is_stopped_at_the_deadline_and_the_host_keeps_serving() {
     let err = looper
         .on_message(&conn("a"), &msg("t.x", b"loop"))
         .await
-        .err()
-        .expect("must be stopped");
+        .expect_err("must be stopped");
     let took = start.elapsed();
     assert!(matches!(err, PluginError::Deadline { .. }), "{err:?}");
     assert!(took >= Duration::from_millis(10), "stopped early: {took:?}");
@@ -85,8 +84,7 @@ async fn memory_bomb_is_capped() {
     let err = bomb
         .on_message(&conn("a"), &msg("t.x", b"bomb"))
         .await
-        .err()
-        .expect("must fail");
+        .expect_err("must fail");
     match &err {
         PluginError::MemoryLimit { limit_bytes, .. } => assert_eq!(*limit_bytes, 8 << 20),
         other => panic!("expected MemoryLimit, got {other:?}"),
@@ -105,8 +103,7 @@ async fn trap_fails_that_call_and_the_next_works() {
     let err = trap
         .on_message(&conn("a"), &msg("t.x", b"TRAP"))
         .await
-        .err()
-        .expect("must trap");
+        .expect_err("must trap");
     assert_eq!(err.kind(), ErrorKind::Trap);
     assert!(err.is_guest_fault());
     assert!(err.to_string().contains("trap"), "{err}");
@@ -139,8 +136,7 @@ async fn crash_loop_opens_the_breaker_then_recovers() {
     let err = trap
         .on_message(&conn("a"), &msg("t.x", b"ok"))
         .await
-        .err()
-        .expect("disabled");
+        .expect_err("disabled");
     assert!(
         matches!(err, PluginError::Disabled { retry_in, .. } if retry_in <= Duration::from_millis(150))
     );
@@ -191,4 +187,24 @@ async fn wall_clock_timeout_covers_waiting_for_an_instance() {
             assert!(!e.is_guest_fault() && e.is_retryable());
         }
     }
+}
+
+#[tokio::test]
+async fn an_exhausted_instance_pool_is_a_host_error_not_a_guest_fault() {
+    let h = host_with(edgesync_plugin_host::HostConfig {
+        pool_total_instances: 2,
+        ..Default::default()
+    });
+    if h.host.allocator() != edgesync_plugin_host::Allocator::Pooling {
+        return; // fell back to on-demand allocation: nothing to exhaust
+    }
+    let _a = h.load(config("a", "pass")).await;
+    let _b = h.load(config("b", "pass")).await;
+    let err = h
+        .host
+        .load(config("c", "pass"))
+        .await
+        .expect_err("no slot left");
+    assert_eq!(err.kind(), ErrorKind::Host, "{err}");
+    assert!(!err.is_guest_fault());
 }

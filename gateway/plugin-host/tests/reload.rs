@@ -78,8 +78,7 @@ async fn failed_init_rolls_back_to_the_old_version() {
     let err = p
         .reload(config_json("t", "transform", json!({"rename": {"a": 5}})))
         .await
-        .err()
-        .expect("reload must fail");
+        .expect_err("reload must fail");
     assert_eq!(err.kind(), ErrorKind::Init);
     assert_eq!(p.version(), before);
     let v = p
