@@ -28,9 +28,14 @@
 //!   `edgesync_outbox_*`. On a replica the HLC is the origin's, so the value then
 //!   includes replication delay and clock skew.
 //!
-//! Plugins: the plugin host records into the `edgesync_plugin_*` families
-//! below (labels `plugin`, `hook`); plugin-defined metrics are registered on
-//! [`Metrics::registry`] under the plugin's name by the plugin integration.
+//! Plugins: the `edgesync_plugin_*` families (calls by outcome — `ok`, `trap`,
+//! `deadline`, `timeout`, … —, call duration, instance lifecycle, breaker trips;
+//! labels `plugin`, `hook`) are declared in the plugin host's own telemetry
+//! module (`gateway/plugin-host/src/telemetry.rs`) and registered on
+//! [`Metrics::registry`] when plugins load, so they render with everything
+//! else. They are not declared here a second time: the registry refuses
+//! duplicate names. Plugin-defined metrics also go on that registry, under the
+//! plugin's name.
 
 use std::sync::Weak;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,7 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::server::Gateway;
@@ -94,18 +99,6 @@ pub struct Metrics {
     pub store_fsync_seconds: Histogram,
     /// Records appended to the store (duplicates answered from the dedupe window excluded).
     pub store_appends: IntCounter,
-    /// Plugin calls by plugin, hook and result (set by the plugin host).
-    pub plugin_calls: IntCounterVec,
-    /// Plugin call latency by plugin and hook.
-    pub plugin_call_seconds: HistogramVec,
-    /// Plugin calls that trapped, by plugin and hook.
-    pub plugin_traps: IntCounterVec,
-    /// Plugin calls that ran out of their deadline, by plugin and hook.
-    pub plugin_timeouts: IntCounterVec,
-    /// Live plugin instances, by plugin.
-    pub plugin_instances: IntGaugeVec,
-    /// 1 while a plugin's circuit breaker is open (calls short-circuited), by plugin.
-    pub plugin_breaker_open: IntGaugeVec,
     /// Subscriptions currently held.
     pub subscriptions: IntGauge,
 }
@@ -182,33 +175,6 @@ impl Metrics {
                 LATENCY_BUCKETS,
             ),
             store_appends: counter("edgesync_store_appends_total", "Records appended to the store."),
-            plugin_calls: counter_vec(
-                "edgesync_plugin_calls_total",
-                "Plugin hook calls by plugin, hook and result.",
-                &["plugin", "hook", "result"],
-            ),
-            plugin_call_seconds: histogram_vec(
-                "edgesync_plugin_call_seconds",
-                "Plugin hook call latency, seconds.",
-                LATENCY_BUCKETS,
-                &["plugin", "hook"],
-            ),
-            plugin_traps: counter_vec(
-                "edgesync_plugin_traps_total",
-                "Plugin hook calls that trapped.",
-                &["plugin", "hook"],
-            ),
-            plugin_timeouts: counter_vec(
-                "edgesync_plugin_timeouts_total",
-                "Plugin hook calls that exceeded their deadline.",
-                &["plugin", "hook"],
-            ),
-            plugin_instances: gauge_vec("edgesync_plugin_instances", "Live plugin instances.", &["plugin"]),
-            plugin_breaker_open: gauge_vec(
-                "edgesync_plugin_breaker_open",
-                "1 while the plugin's circuit breaker is open.",
-                &["plugin"],
-            ),
             subscriptions: IntGauge::new("edgesync_subscriptions", "Subscriptions currently held.")
                 .expect("valid metric"),
             registry,
@@ -236,12 +202,6 @@ impl Metrics {
             Box::new(self.store_commit_seconds.clone()),
             Box::new(self.store_fsync_seconds.clone()),
             Box::new(self.store_appends.clone()),
-            Box::new(self.plugin_calls.clone()),
-            Box::new(self.plugin_call_seconds.clone()),
-            Box::new(self.plugin_traps.clone()),
-            Box::new(self.plugin_timeouts.clone()),
-            Box::new(self.plugin_instances.clone()),
-            Box::new(self.plugin_breaker_open.clone()),
             Box::new(self.subscriptions.clone()),
             Box::new(build_info()),
         ];
@@ -429,10 +389,6 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric")
-}
-
-fn histogram_vec(name: &str, help: &str, buckets: &[f64], labels: &[&str]) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).expect("valid metric")
 }
 
 /// `edgesync_build_info{version="…"} 1`: lets dashboards show which version runs.
