@@ -61,7 +61,10 @@ pub trait PluginAdmin: Send + Sync {
     /// # Errors
     /// [`PluginAdminError::NotFound`] for an unknown name; `Failed` when the new
     /// version did not load (the old one keeps running).
-    fn reload<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<PluginInfo, PluginAdminError>> + Send + 'a>>;
+    fn reload<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<PluginInfo, PluginAdminError>> + Send + 'a>>;
 }
 
 /// One plugin as listed by the admin API.
@@ -100,7 +103,9 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// gateway drains, `/readyz` must keep answering 503 so load balancers move away.
 pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationToken) {
     let app = router(gw);
-    let result = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "admin listener stopped with an error");
     }
@@ -108,7 +113,12 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
 
 /// The admin routes (also usable without a listener, e.g. in tests).
 pub fn router(gw: Arc<Gateway>) -> Router {
-    let body_limit = gw.settings.limits().max_frame_bytes.saturating_mul(2).saturating_add(64 << 10);
+    let body_limit = gw
+        .settings
+        .limits()
+        .max_frame_bytes
+        .saturating_mul(2)
+        .saturating_add(64 << 10);
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -120,7 +130,9 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/config", get(config))
         .route("/v1/plugins", get(plugins))
         .route("/v1/plugins/{name}/reload", post(reload_plugin))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route")
+        })
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
 }
@@ -135,7 +147,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
@@ -166,9 +182,17 @@ impl IntoResponse for ApiError {
             code: &'a str,
             message: &'a str,
         }
-        let mut resp = (self.status, Json(Body { code: self.code, message: &self.message })).into_response();
+        let mut resp = (
+            self.status,
+            Json(Body {
+                code: self.code,
+                message: &self.message,
+            }),
+        )
+            .into_response();
         if self.status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -215,13 +239,22 @@ fn authorize(gw: &Gateway, headers: &HeaderMap, guard: Guard) -> Result<(), ApiE
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match presented {
-        None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing `Authorization: Bearer <token>`")),
-        Some(t) if !same_secret(t, expected) => {
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "wrong admin token"))
-        }
+        None => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing `Authorization: Bearer <token>`",
+        )),
+        Some(t) if !same_secret(t, expected) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "wrong admin token",
+        )),
         Some(_) => Ok(()),
     }
 }
@@ -231,7 +264,10 @@ fn authorize(gw: &Gateway, headers: &HeaderMap, guard: Guard) -> Result<(), ApiE
 fn same_secret(a: &str, b: &str) -> bool {
     use sha2::{Digest, Sha256};
     let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
-    x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q)) == 0
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
@@ -241,7 +277,14 @@ async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response
         }
     }
     let body = gw.metrics.render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], body).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -264,8 +307,20 @@ async fn readyz(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
     let shutting_down = gw.shutdown.is_cancelled();
     let store_poisoned = gw.store.is_poisoned();
     let ready = gw.is_ready() && !store_poisoned;
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(Readiness { ready, shutting_down, store_poisoned })).into_response()
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(Readiness {
+            ready,
+            shutting_down,
+            store_poisoned,
+        }),
+    )
+        .into_response()
 }
 
 /// `POST /v1/publish` body.
@@ -309,31 +364,47 @@ async fn publish(
         Ok(_) => "ok",
         Err(e) => e.code,
     };
-    gw.metrics.commands.with_label_values(&["admin_pub", label]).inc();
+    gw.metrics
+        .commands
+        .with_label_values(&["admin_pub", label])
+        .inc();
     result.map(Json)
 }
 
 async fn publish_inner(gw: &Gateway, body: PublishBody) -> Result<PublishAck, ApiError> {
     let l = gw.settings.limits();
-    validate_topic(&body.topic, l.max_topic_bytes).map_err(|e| ApiError::from_code(e.code(), e.to_string()))?;
+    validate_topic(&body.topic, l.max_topic_bytes)
+        .map_err(|e| ApiError::from_code(e.code(), e.to_string()))?;
     if is_system(&body.topic) {
-        return Err(ApiError::from_code(ErrorCode::Forbidden, "topics starting with '$' are reserved for the gateway"));
+        return Err(ApiError::from_code(
+            ErrorCode::Forbidden,
+            "topics starting with '$' are reserved for the gateway",
+        ));
     }
     if body.headers.len() > l.max_headers || body.headers.byte_len() > l.max_header_bytes {
         return Err(ApiError::from_code(
             ErrorCode::HeadersTooLarge,
-            format!("limits are {} headers / {} bytes", l.max_headers, l.max_header_bytes),
+            format!(
+                "limits are {} headers / {} bytes",
+                l.max_headers, l.max_header_bytes
+            ),
         ));
     }
     if body.headers.0.iter().any(|(k, _)| k.is_empty()) {
         return Err(ApiError::bad_request("header names must not be empty"));
     }
     if body.data.0.len() > l.max_frame_bytes {
-        return Err(ApiError::from_code(ErrorCode::FrameTooLarge, format!("payload exceeds {} bytes", l.max_frame_bytes)));
+        return Err(ApiError::from_code(
+            ErrorCode::FrameTooLarge,
+            format!("payload exceeds {} bytes", l.max_frame_bytes),
+        ));
     }
     if let Some(m) = &body.mid {
         if m.is_empty() || m.len() > l.max_id_bytes {
-            return Err(ApiError::bad_request(format!("mid must be 1-{} bytes", l.max_id_bytes)));
+            return Err(ApiError::bad_request(format!(
+                "mid must be 1-{} bytes",
+                l.max_id_bytes
+            )));
         }
     }
     let mut req = AppendRequest {
@@ -492,13 +563,19 @@ async fn history(
     authorize(&gw, &headers, Guard::Api)?;
     let Query(q) = q?;
     let l = gw.settings.limits();
-    validate_topic(&q.topic, l.max_topic_bytes).map_err(|e| ApiError::from_code(e.code(), e.to_string()))?;
-    let limit = q.limit.unwrap_or(l.max_history).clamp(1, l.max_history.max(1)) as usize;
+    validate_topic(&q.topic, l.max_topic_bytes)
+        .map_err(|e| ApiError::from_code(e.code(), e.to_string()))?;
+    let limit = q
+        .limit
+        .unwrap_or(l.max_history)
+        .clamp(1, l.max_history.max(1)) as usize;
     let after = match q.from.as_deref().unwrap_or("earliest") {
         "earliest" | "" => BTreeMap::new(),
         "latest" => gw.store.head(&q.topic),
         s if s.starts_with("last:") => {
-            let n: u64 = s[5..].parse().map_err(|_| ApiError::bad_request(format!("`from={s}`: last:N needs a number")))?;
+            let n: u64 = s[5..]
+                .parse()
+                .map_err(|_| ApiError::bad_request(format!("`from={s}`: last:N needs a number")))?;
             gw.store.last_n_positions(&q.topic, n)
         }
         s => Cursor::decode(s, l.max_cursor_bytes)
@@ -533,12 +610,18 @@ async fn history(
     }))
 }
 
-async fn connections(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+async fn connections(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> ApiResult<serde_json::Value> {
     authorize(&gw, &headers, Guard::Api)?;
     Ok(Json(serde_json::json!({ "connections": gw.connections() })))
 }
 
-async fn config(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+async fn config(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> ApiResult<serde_json::Value> {
     authorize(&gw, &headers, Guard::Api)?;
     // Redaction lives in one place (`Settings::redacted_toml`); convert its output.
     let table: toml::Table = toml::from_str(&gw.settings.redacted_toml())
@@ -548,7 +631,10 @@ async fn config(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult
     Ok(Json(value))
 }
 
-async fn plugins(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+async fn plugins(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> ApiResult<serde_json::Value> {
     authorize(&gw, &headers, Guard::Api)?;
     let list = gw.plugins().map(|p| p.list()).unwrap_or_default();
     Ok(Json(serde_json::json!({ "plugins": list })))
@@ -560,8 +646,16 @@ async fn reload_plugin(
     Path(name): Path<String>,
 ) -> ApiResult<PluginInfo> {
     authorize(&gw, &headers, Guard::Api)?;
-    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such plugin: {name}"));
-    let Some(host) = gw.plugins() else { return Err(not_found()) };
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no such plugin: {name}"),
+        )
+    };
+    let Some(host) = gw.plugins() else {
+        return Err(not_found());
+    };
     match host.reload(&name).await {
         Ok(info) => {
             tracing::info!(plugin = %name, "plugin reloaded through the admin API");
@@ -570,7 +664,11 @@ async fn reload_plugin(
         Err(PluginAdminError::NotFound(_)) => Err(not_found()),
         Err(e @ PluginAdminError::Failed(_)) => {
             tracing::warn!(plugin = %name, error = %e, "plugin reload failed; previous version keeps running");
-            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "reload_failed", e.to_string()))
+            Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "reload_failed",
+                e.to_string(),
+            ))
         }
     }
 }
@@ -589,9 +687,21 @@ mod tests {
 
     #[test]
     fn protocol_codes_map_to_http_statuses() {
-        assert_eq!(ApiError::from_code(ErrorCode::Forbidden, "").status, StatusCode::FORBIDDEN);
-        assert_eq!(ApiError::from_code(ErrorCode::TopicInvalid, "").status, StatusCode::BAD_REQUEST);
-        assert_eq!(ApiError::from_code(ErrorCode::ShuttingDown, "").status, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(ApiError::from_code(ErrorCode::Rejected, "x").code, "rejected");
+        assert_eq!(
+            ApiError::from_code(ErrorCode::Forbidden, "").status,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            ApiError::from_code(ErrorCode::TopicInvalid, "").status,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ApiError::from_code(ErrorCode::ShuttingDown, "").status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            ApiError::from_code(ErrorCode::Rejected, "x").code,
+            "rejected"
+        );
     }
 }

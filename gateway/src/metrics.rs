@@ -51,12 +51,14 @@ use crate::store::{CommitStats, StoreObserver};
 
 /// Latency buckets in seconds, 50 µs to 5 s.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0,
 ];
 
 /// Delivery latency buckets in seconds: the HLC has millisecond resolution, so 1 ms to 60 s.
-const DELIVER_BUCKETS: &[f64] =
-    &[0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+const DELIVER_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 /// The gateway's metrics.
 #[derive(Debug, Clone)]
@@ -113,7 +115,11 @@ impl Metrics {
             &["reason"],
         );
         let m = Metrics {
-            connections_open: gauge_vec("edgesync_connections_open", "Open client connections by transport.", &["transport"]),
+            connections_open: gauge_vec(
+                "edgesync_connections_open",
+                "Open client connections by transport.",
+                &["transport"],
+            ),
             connections_accepted: counter_vec(
                 "edgesync_connections_accepted_total",
                 "Client connections accepted by transport.",
@@ -134,9 +140,19 @@ impl Metrics {
                 "Client commands by type and result.",
                 &["command", "result"],
             ),
-            messages_in: counter("edgesync_messages_in_total", "Messages accepted from publishers."),
-            messages_out: counter("edgesync_messages_out_total", "Message deliveries queued to subscribers."),
-            bytes: counter_vec("edgesync_frame_bytes_total", "Client frame bytes by direction.", &["direction"]),
+            messages_in: counter(
+                "edgesync_messages_in_total",
+                "Messages accepted from publishers.",
+            ),
+            messages_out: counter(
+                "edgesync_messages_out_total",
+                "Message deliveries queued to subscribers.",
+            ),
+            bytes: counter_vec(
+                "edgesync_frame_bytes_total",
+                "Client frame bytes by direction.",
+                &["direction"],
+            ),
             gap_drops: deliveries_dropped.with_label_values(&["outbox_full"]),
             deliveries_dropped,
             ephemeral_deliveries: counter_vec(
@@ -174,7 +190,10 @@ impl Metrics {
                 "One fdatasync of the store journal, seconds.",
                 LATENCY_BUCKETS,
             ),
-            store_appends: counter("edgesync_store_appends_total", "Records appended to the store."),
+            store_appends: counter(
+                "edgesync_store_appends_total",
+                "Records appended to the store.",
+            ),
             subscriptions: IntGauge::new("edgesync_subscriptions", "Subscriptions currently held.")
                 .expect("valid metric"),
             registry,
@@ -212,14 +231,20 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         {
             // Fails only if the process metric names were registered twice on this registry.
-            let _ = self.registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+            let _ = self.registry.register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ));
         }
     }
 
     /// Install the source of the scrape-time state metrics (store size, outbox depth,
     /// readiness). Call once; a second call is ignored (the names are taken).
     pub fn watch(&self, source: impl Fn() -> Option<StateSample> + Send + Sync + 'static) {
-        if self.registry.register(Box::new(StateCollector::new(Box::new(source)))).is_err() {
+        if self
+            .registry
+            .register(Box::new(StateCollector::new(Box::new(source))))
+            .is_err()
+        {
             tracing::debug!("state metrics already watched");
         }
     }
@@ -246,12 +271,16 @@ impl Metrics {
 
     /// Count a gap notice for a stored range (`corrupt` records or removed by retention).
     pub fn gap(&self, corrupt: bool) {
-        self.gaps.with_label_values(&[if corrupt { "corrupt" } else { "retention" }]).inc();
+        self.gaps
+            .with_label_values(&[if corrupt { "corrupt" } else { "retention" }])
+            .inc();
     }
 
     /// Observe the delivery latency of a record with HLC `hlc` (ms << 16) queued now.
     pub fn delivered(&self, hlc: u64) {
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let age_ms = now_ms.saturating_sub(hlc >> 16);
         self.publish_deliver_seconds.observe(age_ms as f64 / 1000.0);
     }
@@ -277,7 +306,8 @@ impl StoreObserver for Metrics {
     fn committed(&self, stats: &CommitStats) {
         self.store_batch_records.observe(stats.requests as f64);
         self.store_appends.inc_by(stats.records as u64);
-        self.store_commit_seconds.observe(stats.elapsed.as_secs_f64());
+        self.store_commit_seconds
+            .observe(stats.elapsed.as_secs_f64());
     }
 
     fn synced(&self, elapsed: Duration) {
@@ -327,14 +357,32 @@ impl StateCollector {
         let g = |name: &str, help: &str| IntGauge::new(name, help).expect("valid metric");
         StateCollector {
             source,
-            ready: g("edgesync_ready", "1 when the store is open, listeners are bound and plugins loaded."),
+            ready: g(
+                "edgesync_ready",
+                "1 when the store is open, listeners are bound and plugins loaded.",
+            ),
             store_topics: g("edgesync_store_topics", "Topics held by the store."),
-            store_records: g("edgesync_store_records", "Records held by the store (after retention)."),
-            store_payload_bytes: g("edgesync_store_payload_bytes", "Payload bytes held by the store (after retention)."),
+            store_records: g(
+                "edgesync_store_records",
+                "Records held by the store (after retention).",
+            ),
+            store_payload_bytes: g(
+                "edgesync_store_payload_bytes",
+                "Payload bytes held by the store (after retention).",
+            ),
             store_disk_bytes: g("edgesync_store_disk_bytes", "Bytes the store uses on disk."),
-            store_poisoned: g("edgesync_store_poisoned", "1 after a failed fsync: publishes are refused until restart."),
-            outbox_queued_frames: g("edgesync_outbox_queued_frames", "Frames queued in all connection outboxes."),
-            outbox_depth_max_frames: g("edgesync_outbox_depth_max_frames", "Frames queued in the deepest outbox."),
+            store_poisoned: g(
+                "edgesync_store_poisoned",
+                "1 after a failed fsync: publishes are refused until restart.",
+            ),
+            outbox_queued_frames: g(
+                "edgesync_outbox_queued_frames",
+                "Frames queued in all connection outboxes.",
+            ),
+            outbox_depth_max_frames: g(
+                "edgesync_outbox_depth_max_frames",
+                "Frames queued in the deepest outbox.",
+            ),
         }
     }
 
@@ -358,7 +406,9 @@ impl Collector for StateCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let Some(s) = (self.source)() else { return Vec::new() };
+        let Some(s) = (self.source)() else {
+            return Vec::new();
+        };
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         self.ready.set(i64::from(s.ready));
         self.store_topics.set(clamp(s.store_topics));
@@ -367,8 +417,12 @@ impl Collector for StateCollector {
         self.store_disk_bytes.set(clamp(s.store_disk_bytes));
         self.store_poisoned.set(i64::from(s.store_poisoned));
         self.outbox_queued_frames.set(clamp(s.outbox_queued_frames));
-        self.outbox_depth_max_frames.set(clamp(s.outbox_depth_max_frames));
-        self.gauges().into_iter().flat_map(|g| g.collect()).collect()
+        self.outbox_depth_max_frames
+            .set(clamp(s.outbox_depth_max_frames));
+        self.gauges()
+            .into_iter()
+            .flat_map(|g| g.collect())
+            .collect()
     }
 }
 
@@ -388,12 +442,17 @@ fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
-    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec())).expect("valid metric")
+    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
+        .expect("valid metric")
 }
 
 /// `edgesync_build_info{version="…"} 1`: lets dashboards show which version runs.
 fn build_info() -> IntGaugeVec {
-    let g = gauge_vec("edgesync_build_info", "Always 1; the version label says which build runs.", &["version"]);
+    let g = gauge_vec(
+        "edgesync_build_info",
+        "Always 1; the version label says which build runs.",
+        &["version"],
+    );
     g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     g
 }
@@ -408,7 +467,13 @@ mod tests {
         m.gap_drops.inc();
         m.gap(false);
         m.delivered(0);
-        m.watch(|| Some(StateSample { ready: true, store_records: 3, ..StateSample::default() }));
+        m.watch(|| {
+            Some(StateSample {
+                ready: true,
+                store_records: 3,
+                ..StateSample::default()
+            })
+        });
         let text = m.render();
         for name in [
             "edgesync_deliveries_dropped_total{reason=\"outbox_full\"} 1",

@@ -74,7 +74,13 @@ impl Gw {
 
 /// One HTTP/1.0 exchange (the server closes the connection, so the body is
 /// everything after the header block — no chunked encoding with 1.0).
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Result<(u16, String)> {
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     let exchange = async {
         let mut s = TcpStream::connect(addr).await?;
         let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
@@ -83,7 +89,10 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
         }
         let body = body.unwrap_or("");
         if method != "GET" {
-            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+            req.push_str(&format!(
+                "Content-Type: application/json\r\nContent-Length: {}\r\n",
+                body.len()
+            ));
         }
         req.push_str("\r\n");
         req.push_str(body);
@@ -91,11 +100,19 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
         let mut raw = Vec::new();
         s.read_to_end(&mut raw).await?;
         let text = String::from_utf8(raw)?;
-        let (head, body) = text.split_once("\r\n\r\n").context("no header terminator")?;
-        let status: u16 = head.split_whitespace().nth(1).context("no status")?.parse()?;
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .context("no header terminator")?;
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .context("no status")?
+            .parse()?;
         anyhow::Ok((status, body.to_string()))
     };
-    tokio::time::timeout(Duration::from_secs(20), exchange).await.context("HTTP exchange timed out")?
+    tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .context("HTTP exchange timed out")?
 }
 
 /// The value of one exposition line: `series` is the name with its labels
@@ -103,7 +120,10 @@ async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>, b
 fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
@@ -148,18 +168,31 @@ async fn metrics_move_with_connects_publishes_and_deliveries() -> Result<()> {
         }
     }
     let m = gw.metrics().await?;
-    assert_eq!(v(&m, "edgesync_connections_open{transport=\"ws\"}"), 2.0, "{m}");
-    assert_eq!(v(&m, "edgesync_connections_accepted_total{transport=\"ws\"}"), 2.0);
+    assert_eq!(
+        v(&m, "edgesync_connections_open{transport=\"ws\"}"),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        v(&m, "edgesync_connections_accepted_total{transport=\"ws\"}"),
+        2.0
+    );
     assert_eq!(v(&m, "edgesync_subscriptions"), 1.0);
     assert_eq!(v(&m, "edgesync_messages_in_total"), 5.0);
     assert_eq!(v(&m, "edgesync_messages_out_total"), 5.0);
     assert_eq!(v(&m, "edgesync_store_appends_total"), 5.0);
-    assert_eq!(v(&m, "edgesync_commands_total{command=\"pub\",result=\"ok\"}"), 5.0);
+    assert_eq!(
+        v(&m, "edgesync_commands_total{command=\"pub\",result=\"ok\"}"),
+        5.0
+    );
     assert_eq!(v(&m, "edgesync_publish_ack_seconds_count"), 5.0);
     assert_eq!(v(&m, "edgesync_publish_deliver_seconds_count"), 5.0);
     assert!(v(&m, "edgesync_store_commit_seconds_count") >= 1.0);
     assert!(v(&m, "edgesync_store_batch_records_sum") >= 5.0);
-    assert!(v(&m, "edgesync_store_fsync_seconds_count") >= 1.0, "fsync policy always");
+    assert!(
+        v(&m, "edgesync_store_fsync_seconds_count") >= 1.0,
+        "fsync policy always"
+    );
     assert_eq!(v(&m, "edgesync_store_topics"), 1.0);
     assert_eq!(v(&m, "edgesync_store_records"), 5.0);
     assert!(v(&m, "edgesync_store_payload_bytes") >= 35.0);
@@ -169,7 +202,10 @@ async fn metrics_move_with_connects_publishes_and_deliveries() -> Result<()> {
     assert!(v(&m, "edgesync_frame_bytes_total{direction=\"out\"}") > 0.0);
     assert!(m.contains("edgesync_build_info{version="));
     if cfg!(target_os = "linux") {
-        assert!(v(&m, "process_resident_memory_bytes") > 0.0, "process metrics");
+        assert!(
+            v(&m, "process_resident_memory_bytes") > 0.0,
+            "process metrics"
+        );
         assert!(v(&m, "process_open_fds") > 0.0);
     }
 
@@ -204,16 +240,25 @@ async fn slow_consumer_drops_and_gaps_are_counted() -> Result<()> {
     let mut dropped = 0.0;
     for _round in 0..50 {
         for i in 0..200 {
-            let o = PublishOptions { ack: false, ..PublishOptions::default() };
+            let o = PublishOptions {
+                ack: false,
+                ..PublishOptions::default()
+            };
             publisher.publish_with("d.x", format!("m{i}"), o).await?;
         }
         publisher.publish("d.x", "sync").await?; // durable ack: everything before it is fanned out
-        dropped = v(&gw.metrics().await?, "edgesync_deliveries_dropped_total{reason=\"outbox_full\"}");
+        dropped = v(
+            &gw.metrics().await?,
+            "edgesync_deliveries_dropped_total{reason=\"outbox_full\"}",
+        );
         if dropped > 0.0 {
             break;
         }
     }
-    assert!(dropped > 0.0, "no delivery was dropped with a 2-frame outbox");
+    assert!(
+        dropped > 0.0,
+        "no delivery was dropped with a 2-frame outbox"
+    );
     // The subscriber is told: a gap notice arrives (bounded read).
     let mut saw_gap = false;
     for _ in 0..20_000 {
@@ -228,11 +273,18 @@ async fn slow_consumer_drops_and_gaps_are_counted() -> Result<()> {
     }
     assert!(saw_gap, "dropped deliveries are announced with a gap");
     // Fan-out runs just after the ack, so wait (bounded) for the last batch to be counted.
-    wait_metrics(&gw, "every stored message either queued or dropped for the one subscriber", |m| {
-        let out = v(m, "edgesync_messages_out_total");
-        let dropped = v(m, "edgesync_deliveries_dropped_total{reason=\"outbox_full\"}");
-        out + dropped == v(m, "edgesync_store_appends_total")
-    })
+    wait_metrics(
+        &gw,
+        "every stored message either queued or dropped for the one subscriber",
+        |m| {
+            let out = v(m, "edgesync_messages_out_total");
+            let dropped = v(
+                m,
+                "edgesync_deliveries_dropped_total{reason=\"outbox_full\"}",
+            );
+            out + dropped == v(m, "edgesync_store_appends_total")
+        },
+    )
     .await?;
     sub.close().await;
     publisher.close().await;
@@ -243,7 +295,10 @@ async fn slow_consumer_drops_and_gaps_are_counted() -> Result<()> {
 /// Run `tests/scripts/ensure-prometheus.sh`; the directory holding the tools.
 fn ensure_prometheus() -> Result<PathBuf> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-prometheus.sh");
-    let out = std::process::Command::new("sh").arg(&script).output().context("running ensure-prometheus.sh")?;
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .output()
+        .context("running ensure-prometheus.sh")?;
     anyhow::ensure!(
         out.status.success(),
         "ensure-prometheus.sh failed: {}{}",
@@ -260,7 +315,10 @@ async fn exposition_passes_promtool() -> Result<()> {
     let c = gw.client("p").await?;
     let _s = c.subscribe("p.>", Start::Latest).await?;
     c.publish("p.a", "x").await?;
-    let text = wait_metrics(&gw, "the delivery", |m| v(m, "edgesync_messages_out_total") >= 1.0).await?;
+    let text = wait_metrics(&gw, "the delivery", |m| {
+        v(m, "edgesync_messages_out_total") >= 1.0
+    })
+    .await?;
     let mut child = tokio::process::Command::new(tools.join("promtool"))
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -272,8 +330,15 @@ async fn exposition_passes_promtool() -> Result<()> {
     stdin.write_all(text.as_bytes()).await?;
     drop(stdin);
     let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output()).await??;
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "promtool check metrics:\n{report}"
+    );
     c.close().await;
     gw.stop().await;
     Ok(())
@@ -294,8 +359,14 @@ async fn a_real_prometheus_scrapes_the_gateway() -> Result<()> {
     // A free port for Prometheus' own HTTP API (bind, read, release).
     let web = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
     let mut prom = tokio::process::Command::new(tools.join("prometheus"))
-        .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
         .arg(format!("--web.listen-address={web}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -311,9 +382,13 @@ async fn a_real_prometheus_scrapes_the_gateway() -> Result<()> {
         }
         if let Ok((200, body)) = http(web, "GET", query, None, None).await {
             let j = json(&body)?;
-            let ours = j["data"]["result"].as_array().into_iter().flatten().find(|r| {
-                r["metric"]["instance"] == admin.to_string() && r["metric"]["job"] == "edgesync"
-            });
+            let ours = j["data"]["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| {
+                    r["metric"]["instance"] == admin.to_string() && r["metric"]["job"] == "edgesync"
+                });
             if let Some(r) = ours {
                 found = r["value"][1].as_str().map(String::from);
                 break;
@@ -322,7 +397,9 @@ async fn a_real_prometheus_scrapes_the_gateway() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let Some(value) = found else { bail!("Prometheus never returned our series; last answer: {last}") };
+    let Some(value) = found else {
+        bail!("Prometheus never returned our series; last answer: {last}")
+    };
     assert_eq!(value, "1", "one message was published before the scrape");
     let _ = prom.kill().await;
     c.close().await;
@@ -333,7 +410,13 @@ async fn a_real_prometheus_scrapes_the_gateway() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_api_needs_the_token_and_works_with_it() -> Result<()> {
     let gw = Gw::start(Some(TOKEN), |_| {}).await?;
-    for path in ["/v1/topics", "/v1/connections", "/v1/config", "/v1/plugins", "/readyz"] {
+    for path in [
+        "/v1/topics",
+        "/v1/connections",
+        "/v1/config",
+        "/v1/plugins",
+        "/readyz",
+    ] {
         let (status, body) = gw.get(path, None).await?;
         assert_eq!(status, 401, "{path} without a token: {body}");
         assert_eq!(json(&body)?["code"], "unauthorized");
@@ -342,10 +425,21 @@ async fn admin_api_needs_the_token_and_works_with_it() -> Result<()> {
         let (status, body) = gw.get(path, Some(TOKEN)).await?;
         assert_eq!(status, 200, "{path} with the token: {body}");
     }
-    let (status, _) = http(gw.admin(), "POST", "/v1/publish", Some("wrong"), Some("{\"topic\":\"a\",\"data\":\"x\"}")).await?;
+    let (status, _) = http(
+        gw.admin(),
+        "POST",
+        "/v1/publish",
+        Some("wrong"),
+        Some("{\"topic\":\"a\",\"data\":\"x\"}"),
+    )
+    .await?;
     assert_eq!(status, 401);
     assert_eq!(gw.get("/healthz", None).await?.0, 200, "healthz is open");
-    assert_eq!(gw.get("/metrics", None).await?.0, 200, "metrics are open unless protect_metrics");
+    assert_eq!(
+        gw.get("/metrics", None).await?.0,
+        200,
+        "metrics are open unless protect_metrics"
+    );
 
     // Publish through the API: stored, acknowledged, delivered to a subscriber, readable.
     let c = gw.client("watcher").await?;
@@ -367,27 +461,58 @@ async fn admin_api_needs_the_token_and_works_with_it() -> Result<()> {
         }
         other => bail!("expected the admin publish, got {other:?}"),
     }
-    let (status, err) = http(gw.admin(), "POST", "/v1/publish", Some(TOKEN), Some(r#"{"topic":"a..b","data":"x"}"#)).await?;
+    let (status, err) = http(
+        gw.admin(),
+        "POST",
+        "/v1/publish",
+        Some(TOKEN),
+        Some(r#"{"topic":"a..b","data":"x"}"#),
+    )
+    .await?;
     assert_eq!(status, 400);
     assert_eq!(json(&err)?["code"], "topic_invalid");
-    let (status, err) = http(gw.admin(), "POST", "/v1/publish", Some(TOKEN), Some("{not json")).await?;
+    let (status, err) = http(
+        gw.admin(),
+        "POST",
+        "/v1/publish",
+        Some(TOKEN),
+        Some("{not json"),
+    )
+    .await?;
     assert_eq!(status, 400, "{err}");
     assert_eq!(json(&err)?["code"], "bad_request");
 
-    let (_, h) = gw.get("/v1/history?topic=adm.t&from=earliest&limit=10", Some(TOKEN)).await?;
+    let (_, h) = gw
+        .get(
+            "/v1/history?topic=adm.t&from=earliest&limit=10",
+            Some(TOKEN),
+        )
+        .await?;
     let h = json(&h)?;
     assert_eq!(h["msgs"].as_array().map(Vec::len), Some(1), "{h}");
     assert_eq!(h["msgs"][0]["data"], "hello");
     assert_eq!(h["more"], false);
     let cursor = h["cursor"].as_str().context("cursor")?.to_string();
-    let (_, next) = gw.get(&format!("/v1/history?topic=adm.t&from={cursor}"), Some(TOKEN)).await?;
-    assert_eq!(json(&next)?["msgs"].as_array().map(Vec::len), Some(0), "nothing after the cursor");
+    let (_, next) = gw
+        .get(
+            &format!("/v1/history?topic=adm.t&from={cursor}"),
+            Some(TOKEN),
+        )
+        .await?;
+    assert_eq!(
+        json(&next)?["msgs"].as_array().map(Vec::len),
+        Some(0),
+        "nothing after the cursor"
+    );
 
     let (_, t) = gw.get("/v1/topics", Some(TOKEN)).await?;
     let t = json(&t)?;
     assert_eq!(t["topics"][0]["topic"], "adm.t", "{t}");
     assert_eq!(t["topics"][0]["messages"], 1);
-    assert_eq!(t["topics"][0]["retention"]["max_messages"], serde_json::Value::Null);
+    assert_eq!(
+        t["topics"][0]["retention"]["max_messages"],
+        serde_json::Value::Null
+    );
 
     let (_, conns) = gw.get("/v1/connections", Some(TOKEN)).await?;
     let conns = json(&conns)?;
@@ -400,13 +525,33 @@ async fn admin_api_needs_the_token_and_works_with_it() -> Result<()> {
 
     let (_, p) = gw.get("/v1/plugins", Some(TOKEN)).await?;
     assert_eq!(json(&p)?["plugins"], serde_json::json!([]));
-    let (status, err) = http(gw.admin(), "POST", "/v1/plugins/nope/reload", Some(TOKEN), Some("")).await?;
+    let (status, err) = http(
+        gw.admin(),
+        "POST",
+        "/v1/plugins/nope/reload",
+        Some(TOKEN),
+        Some(""),
+    )
+    .await?;
     assert_eq!(status, 404);
     assert_eq!(json(&err)?["code"], "not_found");
 
     let m = gw.metrics().await?;
-    assert_eq!(v(&m, "edgesync_commands_total{command=\"admin_pub\",result=\"ok\"}"), 2.0, "{m}");
-    assert_eq!(v(&m, "edgesync_commands_total{command=\"admin_pub\",result=\"topic_invalid\"}"), 1.0);
+    assert_eq!(
+        v(
+            &m,
+            "edgesync_commands_total{command=\"admin_pub\",result=\"ok\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        v(
+            &m,
+            "edgesync_commands_total{command=\"admin_pub\",result=\"topic_invalid\"}"
+        ),
+        1.0
+    );
     c.close().await;
     gw.stop().await;
     Ok(())
@@ -419,8 +564,17 @@ async fn without_a_token_the_api_is_disabled_and_protect_metrics_guards_metrics(
     assert_eq!(status, 403, "{body}");
     let err = json(&body)?;
     assert_eq!(err["code"], "admin_disabled");
-    assert!(err["message"].as_str().is_some_and(|m| m.contains("[admin]")), "{err}");
-    assert_eq!(open.get("/readyz", None).await?.0, 200, "readyz is open without a token");
+    assert!(
+        err["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("[admin]")),
+        "{err}"
+    );
+    assert_eq!(
+        open.get("/readyz", None).await?.0,
+        200,
+        "readyz is open without a token"
+    );
     open.stop().await;
 
     let guarded = Gw::start(Some(TOKEN), |c| c.admin.protect_metrics = true).await?;
@@ -448,9 +602,16 @@ async fn readyz_is_false_unless_the_gateway_is_ready() -> Result<()> {
     assert_eq!(r["ready"], false);
     assert_eq!(r["shutting_down"], true);
     assert_eq!(v(&gw.metrics().await?, "edgesync_ready"), 0.0);
-    assert_eq!(gw.get("/healthz", None).await?.0, 200, "alive while draining");
+    assert_eq!(
+        gw.get("/healthz", None).await?.0,
+        200,
+        "alive while draining"
+    );
     let admin = gw.admin();
     gw.stop().await;
-    assert!(http(admin, "GET", "/healthz", None, None).await.is_err(), "admin listener closed after stop");
+    assert!(
+        http(admin, "GET", "/healthz", None, None).await.is_err(),
+        "admin listener closed after stop"
+    );
     Ok(())
 }
