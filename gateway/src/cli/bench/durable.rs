@@ -18,6 +18,7 @@ use hdrhistogram::Histogram;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use super::gateway::CpuSpan;
 use super::report::{Report, latency_histogram};
 use super::{Counters, Target, wire};
 
@@ -59,10 +60,18 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
     }
     let c2 = counters.clone();
     let m2 = measuring.clone();
+    let cpu = Rc::new(std::cell::Cell::new(None));
+    let (cpu2, pid) = (cpu.clone(), target.pid);
+    let acked0 = Rc::new(std::cell::Cell::new(0u64));
+    let a2 = acked0.clone();
     let rates = super::sample_rates(
         move || {
             // The first sample marks the end of the warm-up.
             m2.set(true);
+            if cpu2.get().is_none() {
+                cpu2.set(Some(CpuSpan::start(pid)));
+                a2.set(c2.delivered.get());
+            }
             c2.delivered.get()
         },
         Duration::from_secs(1),
@@ -70,6 +79,8 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
     )
     .await;
     measuring.set(false);
+    let cpu_used = cpu.get().map(|c| c.end()).unwrap_or((None, None));
+    let acked_measured = counters.delivered.get().saturating_sub(acked0.get()) as f64;
     stop.cancel();
     for t in tasks {
         let _ = t.await;
@@ -81,7 +92,8 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
         .latency("ack_us", &h)
         .metric("acked_total", counters.delivered.get() as f64)
         .metric("errors", counters.errors.get() as f64)
-        .metric("dropped_conns", counters.dropped.get() as f64);
+        .metric("dropped_conns", counters.dropped.get() as f64)
+        .cpu(cpu_used, acked_measured, "acks");
     Ok(r)
 }
 

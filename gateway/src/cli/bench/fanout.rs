@@ -15,6 +15,7 @@ use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use super::gateway::CpuSpan;
 use super::report::Report;
 use super::{Counters, Target, wire};
 
@@ -81,7 +82,26 @@ pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
     };
     let started = Instant::now();
     let c2 = counters.clone();
-    let rates = super::sample_rates(move || c2.delivered.get(), Duration::from_secs(1), a.seconds).await;
+    let cpu = std::rc::Rc::new(std::cell::Cell::new(None));
+    let (cpu2, pid) = (cpu.clone(), target.pid);
+    let measured0 = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let m2 = measured0.clone();
+    let rates = super::sample_rates(
+        move || {
+            let n = c2.delivered.get();
+            // The first sample ends the warm-up: CPU accounting starts there.
+            if cpu2.get().is_none() {
+                cpu2.set(Some(CpuSpan::start(pid)));
+                m2.set(n);
+            }
+            n
+        },
+        Duration::from_secs(1),
+        a.seconds,
+    )
+    .await;
+    let cpu_used = cpu.get().map(|c| c.end()).unwrap_or((None, None));
+    let measured = counters.delivered.get().saturating_sub(measured0.get()) as f64;
     let elapsed = started.elapsed().as_secs_f64();
     stop.cancel();
     let _ = pub_task.await;
@@ -96,6 +116,7 @@ pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
         .metric("publish_per_sec_mean", published.get() as f64 / elapsed)
         .metric("gap_msgs", counters.gap_msgs.get() as f64)
         .metric("errors", counters.errors.get() as f64)
-        .metric("dropped_conns", counters.dropped.get() as f64);
+        .metric("dropped_conns", counters.dropped.get() as f64)
+        .cpu(cpu_used, measured, "msgs");
     Ok(r)
 }

@@ -185,3 +185,55 @@ pub fn raise_nofile() -> Option<u64> {
     }
     Some(hard)
 }
+
+/// CPU seconds (user + system) `pid` has used so far, from /proc/<pid>/stat. On a machine
+/// shared with other work, work per CPU-second is steadier than work per wall-second.
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at field 3; utime is 14.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+/// `sysconf(_SC_CLK_TCK)` without unsafe: getconf(1), else the Linux default of 100.
+fn clock_ticks() -> f64 {
+    static TCK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TCK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// CPU used by a server (when its pid is known) and by this load generator over a span.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSpan {
+    server_pid: Option<u32>,
+    server0: Option<f64>,
+    client0: Option<f64>,
+}
+
+impl CpuSpan {
+    pub fn start(server_pid: Option<u32>) -> Self {
+        CpuSpan { server_pid, server0: server_pid.and_then(cpu_secs), client0: cpu_secs(std::process::id()) }
+    }
+
+    /// (server CPU s, client CPU s) since `start`.
+    pub fn end(&self) -> (Option<f64>, Option<f64>) {
+        let server = match (self.server_pid.and_then(cpu_secs), self.server0) {
+            (Some(b), Some(a)) => Some(b - a),
+            _ => None,
+        };
+        let client = match (cpu_secs(std::process::id()), self.client0) {
+            (Some(b), Some(a)) => Some(b - a),
+            _ => None,
+        };
+        (server, client)
+    }
+}

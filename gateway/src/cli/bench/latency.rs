@@ -16,6 +16,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
+use super::gateway::CpuSpan;
 use super::report::{Report, latency_histogram};
 use super::{Counters, Target, wire};
 
@@ -68,6 +69,7 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
     let mut payload = vec![0x5au8; a.payload.max(8)];
     let (mut frame, mut measured) = (Vec::with_capacity(256), 0u64);
     let started = Instant::now();
+    let cpu = CpuSpan::start(target.pid);
     // Bounded: `total` publishes.
     for i in 0..total {
         tick.tick().await;
@@ -81,6 +83,7 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
     }
     let rate_actual = total as f64 / started.elapsed().as_secs_f64();
     tokio::time::sleep(DRAIN).await;
+    let cpu_used = cpu.end();
     stop.cancel();
     wire::close(publisher).await;
     for r in readers {
@@ -96,6 +99,7 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
         .metric("missing_deliveries", expected.saturating_sub(h.len()) as f64)
         .metric("gap_msgs", counters.gap_msgs.get() as f64)
         .metric("errors", counters.errors.get() as f64)
-        .metric("dropped_conns", counters.dropped.get() as f64);
+        .metric("dropped_conns", counters.dropped.get() as f64)
+        .cpu(cpu_used, (total * a.subscribers as u64) as f64, "msgs");
     Ok(r)
 }

@@ -40,6 +40,17 @@ impl Report {
         self.metrics.iter().find(|m| m.name == name).map(|m| m.value)
     }
 
+    /// Add CPU seconds used by server and load generator, and `work` per CPU-second of each.
+    pub fn cpu(&mut self, span: (Option<f64>, Option<f64>), work: f64, unit: &str) -> &mut Self {
+        if let (Some(s), true) = (span.0, span.0.is_some_and(|s| s > 0.0)) {
+            self.metric("server_cpu_secs", s).metric(format!("{unit}_per_server_cpu_sec"), work / s);
+        }
+        if let Some(c) = span.1.filter(|c| *c > 0.0) {
+            self.metric("client_cpu_secs", c).metric(format!("{unit}_per_client_cpu_sec"), work / c);
+        }
+        self
+    }
+
     /// Add `{prefix}_p10/p50/p90` over per-second window rates.
     pub fn windows(&mut self, prefix: &str, rates: &[f64]) -> &mut Self {
         let q = |p: f64| quantile(rates, p);

@@ -202,7 +202,16 @@ impl Scanner {
 }
 
 fn find_crlf(b: &[u8]) -> Option<usize> {
-    b.windows(2).position(|w| w == b"\r\n")
+    let mut from = 0;
+    // Bounded: `from` grows every iteration.
+    while let Some(i) = b.get(from..)?.iter().position(|x| *x == b'\r') {
+        let at = from + i;
+        if b.get(at + 1) == Some(&b'\n') {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+    None
 }
 
 fn parse_usize(b: &[u8]) -> Option<usize> {
