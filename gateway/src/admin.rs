@@ -271,10 +271,10 @@ fn same_secret(a: &str, b: &str) -> bool {
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if gw.settings.config.admin.protect_metrics {
-        if let Err(e) = authorize(&gw, &headers, Guard::IfConfigured) {
-            return e.into_response();
-        }
+    if gw.settings.config.admin.protect_metrics
+        && let Err(e) = authorize(&gw, &headers, Guard::IfConfigured)
+    {
+        return e.into_response();
     }
     let body = gw.metrics.render();
     (
@@ -399,13 +399,13 @@ async fn publish_inner(gw: &Gateway, body: PublishBody) -> Result<PublishAck, Ap
             format!("payload exceeds {} bytes", l.max_frame_bytes),
         ));
     }
-    if let Some(m) = &body.mid {
-        if m.is_empty() || m.len() > l.max_id_bytes {
-            return Err(ApiError::bad_request(format!(
-                "mid must be 1-{} bytes",
-                l.max_id_bytes
-            )));
-        }
+    if let Some(m) = &body.mid
+        && (m.is_empty() || m.len() > l.max_id_bytes)
+    {
+        return Err(ApiError::bad_request(format!(
+            "mid must be 1-{} bytes",
+            l.max_id_bytes
+        )));
     }
     let mut req = AppendRequest {
         topic: body.topic,

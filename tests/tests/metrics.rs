@@ -30,8 +30,10 @@ struct Gw {
 impl Gw {
     async fn start(token: Option<&str>, tweak: impl FnOnce(&mut Config)) -> Result<Gw> {
         let dir = tempfile::tempdir()?;
-        let mut c = Config::default();
-        c.data_dir = dir.path().to_path_buf();
+        let mut c = Config {
+            data_dir: dir.path().to_path_buf(),
+            ..Config::default()
+        };
         c.listen.ws = ListenAddr::parse("127.0.0.1:0").map_err(anyhow::Error::msg)?;
         c.listen.wss = ListenAddr(None);
         c.listen.quic = ListenAddr(None);
