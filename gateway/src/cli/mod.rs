@@ -6,6 +6,7 @@
 mod bench;
 mod cert;
 mod client;
+mod plugin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ pub enum Command {
     Cert(cert::CertCommand),
     /// Load scenarios (fanout, latency, durable, idle) against edgesync and nats-server.
     Bench(bench::BenchArgs),
+    /// Make, build, check and reload WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Check a config file and print the effective configuration.
     CheckConfig {
         /// The TOML file.
@@ -77,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::Pub(args) => client::run_pub(args),
         Command::Sub(args) => client::run_sub(args),
         Command::Cert(c) => cert::run(c),
+        Command::Plugin(c) => plugin::run(c),
         Command::Bench(a) => bench::run(a),
         Command::CheckConfig { file } => match Config::from_file(&file).map_err(|e| e.to_string()).and_then(|c| c.build().map_err(|e| e.to_string())) {
             Ok(s) => {
