@@ -369,11 +369,10 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key.
     pub fn build(&self) -> Result<Settings, ConfigError> {
-        if let Some(n) = &self.node_id {
-            if n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        if let Some(n) = &self.node_id
+            && (n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
                 return Err(invalid("node_id", format!("{n:?}: use 1-64 letters, digits, '-' or '_'")));
             }
-        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid("tls", "`cert` and `key` must be given together"));
         }

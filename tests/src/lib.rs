@@ -23,13 +23,16 @@ fn loopback0() -> ListenAddr {
 
 /// A config for tests: data in `dir`, ws + wss on ephemeral ports, no QUIC/admin unless asked.
 pub fn test_config(dir: &Path) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
-    c.listen.ws = loopback0();
-    c.listen.wss = loopback0();
-    c.listen.quic = ListenAddr(None);
-    c.listen.admin = ListenAddr(None);
-    c
+    Config {
+        data_dir: dir.to_path_buf(),
+        listen: edgesync::config::ListenConfig {
+            ws: loopback0(),
+            wss: loopback0(),
+            quic: ListenAddr(None),
+            admin: ListenAddr(None),
+        },
+        ..Config::default()
+    }
 }
 
 impl TestGateway {

@@ -91,7 +91,9 @@ async fn connect_retry(url: &str) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_acknowledged_publishes_loses_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let acked: Arc<Mutex<HashMap<String, (String, u64, u64)>>> = Arc::default();
+    // mid → (topic, epoch, seq) of every acknowledged publish.
+    type Acked = HashMap<String, (String, u64, u64)>;
+    let acked: Arc<Mutex<Acked>> = Arc::default();
     let cycles = 4;
     for cycle in 0..cycles {
         let port = free_port();

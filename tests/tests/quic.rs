@@ -28,13 +28,11 @@ fn addr(port: u16) -> ListenAddr {
 }
 
 fn config(dir: &Path, quic_port: u16) -> Config {
-    let mut c = Config::default();
-    c.data_dir = dir.to_path_buf();
-    c.listen.ws = addr(0);
-    c.listen.wss = ListenAddr(None);
-    c.listen.quic = addr(quic_port);
-    c.listen.admin = ListenAddr(None);
-    c
+    Config {
+        data_dir: dir.to_path_buf(),
+        listen: edgesync::config::ListenConfig { ws: addr(0), wss: ListenAddr(None), quic: addr(quic_port), admin: ListenAddr(None) },
+        ..Config::default()
+    }
 }
 
 impl Gw {
@@ -160,7 +158,7 @@ async fn resume_after_the_connection_drops_has_no_gap_and_no_duplicate() {
     let mut i = 0u32;
     // Publish until the reader has been dropped at least twice (bounded).
     while (idle_closes.get() < 2 || i < 40) && i < 400 {
-        publisher.publish(if i % 2 == 0 { "r.a" } else { "r.b" }, format!("m{i}")).await.expect("publish");
+        publisher.publish(if i.is_multiple_of(2) { "r.a" } else { "r.b" }, format!("m{i}")).await.expect("publish");
         i += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -249,11 +249,10 @@ impl Session {
 
     fn subscribe(&mut self, id: u64, pattern: String, start: Option<Start>) -> Result<Command, Reply> {
         validate_pattern(&pattern, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
-        if let Some(a) = &self.auth {
-            if !a.subscribe.iter().any(|g| covers(g, &pattern)) {
+        if let Some(a) = &self.auth
+            && !a.subscribe.iter().any(|g| covers(g, &pattern)) {
                 return Err(err(id, ErrorCode::Forbidden, format!("{} may not subscribe to {pattern:?}", a.principal)));
             }
-        }
         let start = match start {
             Some(s) => self.start(id, s)?,
             None => match &self.connect_cursor {
@@ -301,11 +300,10 @@ impl Session {
         if is_system(&topic) {
             return Err(err(id, ErrorCode::Forbidden, "topics starting with '$' are reserved for the gateway"));
         }
-        if let Some(a) = &self.auth {
-            if !a.publish.iter().any(|g| matches(g, &topic)) {
+        if let Some(a) = &self.auth
+            && !a.publish.iter().any(|g| matches(g, &topic)) {
                 return Err(err(id, ErrorCode::Forbidden, format!("{} may not publish to {topic:?}", a.principal)));
             }
-        }
         if headers.len() > self.limits.max_headers || headers.byte_len() > self.limits.max_header_bytes {
             return Err(err(
                 id,

@@ -211,6 +211,9 @@ pub struct Ack {
     pub dup: bool,
 }
 
+/// A raw key/value pair of the plugin kv keyspace.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
 /// Records made durable by one group commit, in commit order.
 pub type Committed = Arc<Vec<Arc<Record>>>;
 
@@ -583,7 +586,7 @@ impl Store {
     }
 
     /// Plugin key/value entries under a prefix, at most `limit`.
-    pub fn kv_scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn kv_scan(&self, prefix: &[u8], limit: usize) -> Result<Vec<KvPair>, StoreError> {
         let mut out = Vec::new();
         for g in self.shared.kv.prefix(prefix).take(limit) {
             let (k, v) = g.into_inner()?;

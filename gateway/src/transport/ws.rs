@@ -86,6 +86,8 @@ where
         .max_frame_size(Some(limits.max_frame_bytes));
     let chosen = Arc::new(Mutex::new(Encoding::Json));
     let chosen2 = chosen.clone();
+    // The error type is tungstenite's handshake response; its size is not ours to choose.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         let offered: Vec<String> = req
             .headers()

@@ -140,11 +140,10 @@ pub fn covers(grant: &str, wanted: &str) -> bool {
             (">", _) => return !(i == 0 && ws.starts_with('$') && !g.is_empty()),
             (_, ">") => return false,
             ("*", "*") => {}
-            ("*", lit) => {
-                if i == 0 && lit.starts_with('$') {
+            ("*", lit)
+                if i == 0 && lit.starts_with('$') => {
                     return false;
                 }
-            }
             (_, "*") => return false,
             (a, b) if a != b => return false,
             _ => {}
