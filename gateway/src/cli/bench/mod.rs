@@ -18,6 +18,7 @@ mod fanout;
 mod gateway;
 mod idle;
 mod latency;
+mod plugin;
 mod report;
 mod wire;
 
@@ -84,6 +85,8 @@ pub enum Scenario {
     Durable(durable::DurableArgs),
     /// Server RSS per idle WebSocket connection.
     Idle(idle::IdleArgs),
+    /// Acked publishes/s with no plugin vs one pass-through plugin (starts its own gateways).
+    Plugin(plugin::PluginArgs),
 }
 
 impl Scenario {
@@ -93,6 +96,7 @@ impl Scenario {
             Scenario::Latency(_) => "latency",
             Scenario::Durable(_) => "durable",
             Scenario::Idle(_) => "idle",
+            Scenario::Plugin(_) => "plugin",
         }
     }
 }
@@ -188,6 +192,7 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
                 durable::run(&target, a).await
             }
             Scenario::Idle(a) => idle::run(&target, a).await,
+            Scenario::Plugin(a) => plugin::run(args, a).await,
         };
         if let Some(gw) = child {
             tokio::task::spawn_blocking(move || gw.stop()).await.ok();
