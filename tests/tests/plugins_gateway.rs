@@ -16,6 +16,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use edgesync::config::Config;
@@ -290,19 +291,27 @@ plugins = ["hot"]
     };
     let v0 = version(&admin);
 
+    let acked = Arc::new(AtomicUsize::new(0));
     let mut publishers = Vec::new();
     for k in 0..LOAD_CLIENTS {
         let c = client_named(&gw, None).await;
+        let acked = acked.clone();
         publishers.push(tokio::spawn(async move {
             for i in 0..LOAD_PER_CLIENT {
                 let ack = c.publish(&format!("load.c{k}"), format!("c{k}-{i}")).await.expect("every publish acked");
                 assert!(ack.seq > 0 && !ack.dup, "stored once: {ack:?}");
+                acked.fetch_add(1, Ordering::Relaxed);
             }
             c
         }));
     }
-    for _ in 0..LOAD_RELOADS {
-        tokio::time::sleep(Duration::from_millis(15)).await;
+    // Reload r starts once (r + 1) / (LOAD_RELOADS + 2) of the publishes are acked, so every
+    // reload begins mid-load whatever the machine's speed.
+    let total = LOAD_CLIENTS * LOAD_PER_CLIENT;
+    for r in 0..LOAD_RELOADS {
+        let threshold = (r + 1) * total / (LOAD_RELOADS + 2);
+        let reached = edgesync_tests::eventually(2000, || acked.load(Ordering::Relaxed) >= threshold).await;
+        assert!(reached, "publishes progress: {} of {threshold}", acked.load(Ordering::Relaxed));
         admin.reload("hot").await.expect("reload under load");
     }
     let mut clients = Vec::new();
