@@ -53,10 +53,22 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
     let counters = Rc::new(Counters::default());
     let hist = Rc::new(RefCell::new(latency_histogram()));
     let mut tasks = Vec::new();
+    let proto = target.proto;
     for (i, ws) in conns.into_iter().enumerate() {
-        let p = Publisher { topic: format!("bench.durable.{i}"), window: a.window.max(1), payload: vec![0x5a; a.payload] };
-        let (stop, counters, hist, measuring) = (stop.clone(), counters.clone(), hist.clone(), measuring.clone());
-        tasks.push(tokio::task::spawn_local(async move { p.run(ws, target_proto(), stop, counters, hist, measuring).await }));
+        let p = Publisher {
+            topic: format!("bench.durable.{i}"),
+            window: a.window.max(1),
+            payload: vec![0x5a; a.payload],
+        };
+        let (stop, counters, hist, measuring) = (
+            stop.clone(),
+            counters.clone(),
+            hist.clone(),
+            measuring.clone(),
+        );
+        tasks.push(tokio::task::spawn_local(async move {
+            p.run(ws, proto, stop, counters, hist, measuring).await
+        }));
     }
     let c2 = counters.clone();
     let m2 = measuring.clone();
@@ -87,7 +99,10 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
     }
     let h = hist.borrow();
     let mut r = Report::new("durable", target.label());
-    r.param("publishers", a.publishers).param("window", a.window).param("seconds", a.seconds).param("payload_bytes", a.payload);
+    r.param("publishers", a.publishers)
+        .param("window", a.window)
+        .param("seconds", a.seconds)
+        .param("payload_bytes", a.payload);
     r.windows("acks_per_sec", &rates)
         .latency("ack_us", &h)
         .metric("acked_total", counters.delivered.get() as f64)
@@ -97,11 +112,6 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
     Ok(r)
 }
 
-/// Only edgesync speaks durable acks.
-fn target_proto() -> wire::Proto {
-    wire::Proto::Edgesync
-}
-
 struct Publisher {
     topic: String,
     window: usize,
@@ -109,7 +119,15 @@ struct Publisher {
 }
 
 impl Publisher {
-    async fn run(self, mut ws: wire::Ws, proto: wire::Proto, stop: CancellationToken, counters: Rc<Counters>, hist: Rc<RefCell<Histogram<u64>>>, measuring: Rc<std::cell::Cell<bool>>) {
+    async fn run(
+        self,
+        mut ws: wire::Ws,
+        proto: wire::Proto,
+        stop: CancellationToken,
+        counters: Rc<Counters>,
+        hist: Rc<RefCell<Histogram<u64>>>,
+        measuring: Rc<std::cell::Cell<bool>>,
+    ) {
         let mut inflight: HashMap<u64, Instant> = HashMap::with_capacity(self.window * 2);
         let mut scanner = wire::Scanner::new(proto);
         let mut next_id = 100u64;
@@ -125,7 +143,14 @@ impl Publisher {
                 // One WebSocket frame carries every publish that fits the window.
                 while inflight.len() < self.window {
                     next_id += 1;
-                    wire::encode_publish(&mut frame, proto, &self.topic, &self.payload, next_id, true);
+                    wire::encode_publish(
+                        &mut frame,
+                        proto,
+                        &self.topic,
+                        &self.payload,
+                        next_id,
+                        true,
+                    );
                     inflight.insert(next_id, Instant::now());
                 }
                 if ws.send(Message::binary(frame.clone())).await.is_err() {
@@ -136,7 +161,8 @@ impl Publisher {
             if drain_deadline.is_some() && inflight.is_empty() {
                 break;
             }
-            let deadline = drain_deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let deadline = drain_deadline
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             let next = tokio::select! {
                 m = ws.next() => m,
                 _ = tokio::time::sleep_until(deadline) => break,

@@ -48,12 +48,28 @@ pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
     let counters = Rc::new(Counters::default());
     let mut readers = Vec::with_capacity(subs.len());
     for ws in subs {
-        readers.push(tokio::task::spawn_local(super::subscriber(ws, target.proto, stop.clone(), counters.clone(), |_| {})));
+        readers.push(tokio::task::spawn_local(super::subscriber(
+            ws,
+            target.proto,
+            stop.clone(),
+            counters.clone(),
+            |_| {},
+        )));
     }
     let published = Rc::new(std::cell::Cell::new(0u64));
     let pub_task = {
-        let (stop, counters, published, proto) = (stop.clone(), counters.clone(), published.clone(), target.proto);
-        let (n, window, batch, size) = (a.subscribers as u64, a.window, a.pub_batch.max(1), a.payload.max(8));
+        let (stop, counters, published, proto) = (
+            stop.clone(),
+            counters.clone(),
+            published.clone(),
+            target.proto,
+        );
+        let (n, window, batch, size) = (
+            a.subscribers as u64,
+            a.window,
+            a.pub_batch.max(1),
+            a.payload.max(8),
+        );
         tokio::task::spawn_local(async move {
             let payload = vec![0x5au8; size];
             let mut frame = Vec::with_capacity(batch * (size + 64));
@@ -70,7 +86,11 @@ pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
                     id += 1;
                     wire::encode_publish(&mut frame, proto, SUBJECT, &payload, id, false);
                 }
-                if publisher.send(Message::binary(frame.clone())).await.is_err() {
+                if publisher
+                    .send(Message::binary(frame.clone()))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 published.set(published.get() + batch as u64);
@@ -109,7 +129,10 @@ pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
         let _ = r.await;
     }
     let mut r = Report::new("fanout", target.label());
-    r.param("subscribers", a.subscribers).param("seconds", a.seconds).param("payload_bytes", a.payload).param("window", a.window);
+    r.param("subscribers", a.subscribers)
+        .param("seconds", a.seconds)
+        .param("payload_bytes", a.payload)
+        .param("window", a.window);
     r.windows("msgs_per_sec", &rates)
         .metric("published", published.get() as f64)
         .metric("delivered", counters.delivered.get() as f64)

@@ -45,10 +45,12 @@ impl ChildGateway {
     /// The binary or `taskset` could not start, or the gateway never listened.
     pub fn start(exe: &PathBuf, cpus: Option<&str>, fsync: Fsync) -> Result<Self> {
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("edgesync-bench-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("edgesync-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let config = dir.join("bench.toml");
-        std::fs::write(&config, config_toml(&dir.join("data"), port, fsync)).context("write bench config")?;
+        std::fs::write(&config, config_toml(&dir.join("data"), port, fsync))
+            .context("write bench config")?;
         let log = std::fs::File::create(dir.join("gateway.log")).context("create gateway log")?;
         let mut cmd = match cpus {
             Some(c) => {
@@ -58,14 +60,33 @@ impl ChildGateway {
             }
             None => Command::new(exe),
         };
-        cmd.arg("serve").arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
         // Keep the child's listeners exactly as configured.
-        for var in ["EDGESYNC_WS", "EDGESYNC_WSS", "EDGESYNC_QUIC", "EDGESYNC_ADMIN", "EDGESYNC_DATA_DIR", "EDGESYNC_CONFIG"] {
+        for var in [
+            "EDGESYNC_WS",
+            "EDGESYNC_WSS",
+            "EDGESYNC_QUIC",
+            "EDGESYNC_ADMIN",
+            "EDGESYNC_DATA_DIR",
+            "EDGESYNC_CONFIG",
+        ] {
             cmd.env_remove(var);
         }
-        let child = cmd.spawn().with_context(|| format!("start {} serve", exe.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {} serve", exe.display()))?;
         let pid = child.id();
-        let mut gw = ChildGateway { child, dir, url: format!("ws://127.0.0.1:{port}"), pid };
+        let mut gw = ChildGateway {
+            child,
+            dir,
+            url: format!("ws://127.0.0.1:{port}"),
+            pid,
+        };
         gw.wait_ready(port)?;
         Ok(gw)
     }
@@ -96,7 +117,9 @@ impl ChildGateway {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
         let started = Instant::now();
         while started.elapsed() < STOP_TIMEOUT {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
@@ -162,7 +185,8 @@ fn free_port() -> Result<u16> {
 /// # Errors
 /// The process is gone or /proc is unreadable.
 pub fn rss_kib(pid: u32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("read /proc/{pid}/status"))?;
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
     s.lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
@@ -174,11 +198,16 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 pub fn raise_nofile() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let mut nums = line.split_whitespace().filter_map(|w| w.parse::<u64>().ok());
+    let mut nums = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
     let (soft, hard) = (nums.next()?, nums.next()?);
     if soft < hard {
         let arg = format!("--nofile={hard}:{hard}");
-        let ok = Command::new("prlimit").args(["--pid", &std::process::id().to_string(), &arg]).status().is_ok_and(|s| s.success());
+        let ok = Command::new("prlimit")
+            .args(["--pid", &std::process::id().to_string(), &arg])
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
             return Some(soft);
         }
@@ -221,7 +250,11 @@ pub struct CpuSpan {
 
 impl CpuSpan {
     pub fn start(server_pid: Option<u32>) -> Self {
-        CpuSpan { server_pid, server0: server_pid.and_then(cpu_secs), client0: cpu_secs(std::process::id()) }
+        CpuSpan {
+            server_pid,
+            server0: server_pid.and_then(cpu_secs),
+            client0: cpu_secs(std::process::id()),
+        }
     }
 
     /// (server CPU s, client CPU s) since `start`.

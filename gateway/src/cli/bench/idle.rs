@@ -30,7 +30,9 @@ pub struct IdleArgs {
 }
 
 pub async fn run(target: &Target, a: &IdleArgs) -> Result<Report> {
-    let pid = target.pid.context("idle needs the server's pid: let the bench start the gateway, or pass --server-pid")?;
+    let pid = target.pid.context(
+        "idle needs the server's pid: let the bench start the gateway, or pass --server-pid",
+    )?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_kib(pid)?;
     let started = Instant::now();
@@ -63,14 +65,23 @@ pub async fn run(target: &Target, a: &IdleArgs) -> Result<Report> {
     let after = rss_kib(pid)?;
     let open = conns.len();
     let closing = Instant::now();
-    futures_util::stream::iter(conns).for_each_concurrent(a.parallel.max(1), wire::close).await;
+    futures_util::stream::iter(conns)
+        .for_each_concurrent(a.parallel.max(1), wire::close)
+        .await;
     let mut r = Report::new("idle", target.label());
     r.param("connections", a.connections);
     r.metric("connections_open", open as f64)
         .metric("connections_failed", failed as f64)
         .metric("rss_before_kib", before as f64)
         .metric("rss_after_kib", after as f64)
-        .metric("kib_per_conn", if open > 0 { after.saturating_sub(before) as f64 / open as f64 } else { 0.0 })
+        .metric(
+            "kib_per_conn",
+            if open > 0 {
+                after.saturating_sub(before) as f64 / open as f64
+            } else {
+                0.0
+            },
+        )
         .metric("open_secs", open_secs)
         .metric("close_secs", closing.elapsed().as_secs_f64());
     Ok(r)

@@ -53,7 +53,9 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
     for ws in subs {
         let hist = hist.clone();
         let on_msg = move |p: &[u8]| {
-            let Some(head) = p.get(..8).and_then(|h| <[u8; 8]>::try_from(h).ok()) else { return };
+            let Some(head) = p.get(..8).and_then(|h| <[u8; 8]>::try_from(h).ok()) else {
+                return;
+            };
             if u64::from_le_bytes(head) < warmup_ns {
                 return;
             }
@@ -61,7 +63,13 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
                 let _ = hist.borrow_mut().record(us.max(1));
             }
         };
-        readers.push(tokio::task::spawn_local(super::subscriber(ws, target.proto, stop.clone(), counters.clone(), on_msg)));
+        readers.push(tokio::task::spawn_local(super::subscriber(
+            ws,
+            target.proto,
+            stop.clone(),
+            counters.clone(),
+            on_msg,
+        )));
     }
     let total = a.rate.max(1) * (a.seconds + 1);
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / a.rate.max(1)));
@@ -92,11 +100,17 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
     let h = hist.borrow();
     let expected = measured * a.subscribers as u64;
     let mut r = Report::new("latency", target.label());
-    r.param("subscribers", a.subscribers).param("rate", a.rate).param("seconds", a.seconds).param("payload_bytes", a.payload);
+    r.param("subscribers", a.subscribers)
+        .param("rate", a.rate)
+        .param("seconds", a.seconds)
+        .param("payload_bytes", a.payload);
     r.latency("latency_us", &h)
         .metric("publish_rate_actual", rate_actual)
         .metric("expected_deliveries", expected as f64)
-        .metric("missing_deliveries", expected.saturating_sub(h.len()) as f64)
+        .metric(
+            "missing_deliveries",
+            expected.saturating_sub(h.len()) as f64,
+        )
         .metric("gap_msgs", counters.gap_msgs.get() as f64)
         .metric("errors", counters.errors.get() as f64)
         .metric("dropped_conns", counters.dropped.get() as f64)

@@ -103,7 +103,10 @@ impl Scenario {
 
 /// Entry point of `edgesync bench`.
 pub fn run(args: BenchArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -156,32 +159,58 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
         TargetArg::Nats => &[Proto::Nats],
         TargetArg::Both => &[Proto::Edgesync, Proto::Nats],
     };
+    let default_fsync = if matches!(args.scenario, Scenario::Durable(_)) {
+        Fsync::Always
+    } else {
+        Fsync::Interval
+    };
+    let fsync = args.fsync.unwrap_or(default_fsync);
     let mut reports = Vec::new();
     for proto in protos {
         let mut child = None;
         let target = match proto {
             Proto::Nats => {
-                let url = args.nats_url.clone().context("--target nats needs --nats-url ws://127.0.0.1:PORT (see bench/nats.conf)")?;
-                Target { proto: Proto::Nats, url, pid: args.server_pid }
+                let url = args.nats_url.clone().context(
+                    "--target nats needs --nats-url ws://127.0.0.1:PORT (see bench/nats.conf)",
+                )?;
+                Target {
+                    proto: Proto::Nats,
+                    url,
+                    pid: args.server_pid,
+                }
             }
             Proto::Edgesync => match &args.url {
-                Some(url) => Target { proto: Proto::Edgesync, url: url.clone(), pid: args.server_pid },
+                Some(url) => Target {
+                    proto: Proto::Edgesync,
+                    url: url.clone(),
+                    pid: args.server_pid,
+                },
                 None => {
                     let exe = match &args.server_bin {
                         Some(p) => p.clone(),
                         None => std::env::current_exe().context("locate the edgesync binary")?,
                     };
-                    let default_fsync = if matches!(args.scenario, Scenario::Durable(_)) { Fsync::Always } else { Fsync::Interval };
-                    let fsync = args.fsync.unwrap_or(default_fsync);
                     let gw = ChildGateway::start(&exe, args.server_cpus.as_deref(), fsync)?;
-                    eprintln!("bench: started gateway pid {} at {} (fsync {fsync:?}, cpus {:?})", gw.pid, gw.url, args.server_cpus);
-                    let t = Target { proto: Proto::Edgesync, url: gw.url.clone(), pid: Some(gw.pid) };
+                    eprintln!(
+                        "bench: started gateway pid {} at {} (fsync {fsync:?}, cpus {:?})",
+                        gw.pid, gw.url, args.server_cpus
+                    );
+                    let t = Target {
+                        proto: Proto::Edgesync,
+                        url: gw.url.clone(),
+                        pid: Some(gw.pid),
+                    };
                     child = Some(gw);
                     t
                 }
             },
         };
-        eprintln!("bench: {} against {} at {}", args.scenario.name(), target.label(), target.url);
+        eprintln!(
+            "bench: {} against {} at {}",
+            args.scenario.name(),
+            target.label(),
+            target.url
+        );
         let result = match &args.scenario {
             Scenario::Fanout(a) => fanout::run(&target, a).await,
             Scenario::Latency(a) => latency::run(&target, a).await,
@@ -198,11 +227,8 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
             tokio::task::spawn_blocking(move || gw.stop()).await.ok();
         }
         let mut r = result?;
-        if *proto == Proto::Edgesync {
-            let fsync = args.fsync.unwrap_or(if matches!(args.scenario, Scenario::Durable(_)) { Fsync::Always } else { Fsync::Interval });
-            if args.url.is_none() {
-                r.param("fsync", serde_json::to_value(fsync).unwrap_or_default());
-            }
+        if *proto == Proto::Edgesync && args.url.is_none() {
+            r.param("fsync", serde_json::to_value(fsync).unwrap_or_default());
         }
         reports.push(r);
     }
@@ -229,7 +255,12 @@ impl Counters {
 ///
 /// # Errors
 /// The first connection that fails.
-pub async fn open_subscribers(target: &Target, subject: &str, n: usize, parallel: usize) -> Result<Vec<Ws>> {
+pub async fn open_subscribers(
+    target: &Target,
+    subject: &str,
+    n: usize,
+    parallel: usize,
+) -> Result<Vec<Ws>> {
     let started = Instant::now();
     let opened: Vec<Result<Ws>> = futures_util::stream::iter(0..n)
         .map(|_| async {
@@ -242,13 +273,23 @@ pub async fn open_subscribers(target: &Target, subject: &str, n: usize, parallel
         .collect()
         .await;
     let subs = opened.into_iter().collect::<Result<Vec<_>>>()?;
-    eprintln!("bench: {} subscribers ready in {:.1}s", subs.len(), started.elapsed().as_secs_f64());
+    eprintln!(
+        "bench: {} subscribers ready in {:.1}s",
+        subs.len(),
+        started.elapsed().as_secs_f64()
+    );
     Ok(subs)
 }
 
 /// Read one subscriber until `stop`, counting deliveries and calling `on_msg(payload)`;
 /// answers NATS PINGs; closes the connection at the end.
-pub async fn subscriber(mut ws: Ws, proto: Proto, stop: CancellationToken, counters: Rc<Counters>, mut on_msg: impl FnMut(&[u8])) {
+pub async fn subscriber(
+    mut ws: Ws,
+    proto: Proto,
+    stop: CancellationToken,
+    counters: Rc<Counters>,
+    mut on_msg: impl FnMut(&[u8]),
+) {
     let mut scanner = wire::Scanner::new(proto);
     // Bounded by `stop` (the scenario's duration) or the server closing.
     loop {
@@ -275,7 +316,12 @@ pub async fn subscriber(mut ws: Ws, proto: Proto, stop: CancellationToken, count
         Counters::add(&counters.delivered, seen.msgs);
         Counters::add(&counters.gap_msgs, seen.gap_msgs);
         Counters::add(&counters.errors, seen.errors);
-        if seen.ping && ws.send(Message::binary(bytes::Bytes::from_static(b"PONG\r\n"))).await.is_err() {
+        if seen.ping
+            && ws
+                .send(Message::binary(bytes::Bytes::from_static(b"PONG\r\n")))
+                .await
+                .is_err()
+        {
             Counters::add(&counters.errors, 1);
         }
     }

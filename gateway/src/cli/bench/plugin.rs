@@ -63,20 +63,36 @@ pub struct PluginArgs {
 /// # Errors
 /// The plugin file is missing, a child gateway did not start, or a load run failed.
 pub async fn run(args: &BenchArgs, a: &PluginArgs) -> Result<Report> {
-    let plugin = a.plugin.canonicalize().with_context(|| format!("--plugin {}", a.plugin.display()))?;
+    let plugin = a
+        .plugin
+        .canonicalize()
+        .with_context(|| format!("--plugin {}", a.plugin.display()))?;
     let exe = match &args.server_bin {
         Some(p) => p.clone(),
         None => std::env::current_exe().context("locate the edgesync binary")?,
     };
     let fsync = args.fsync.unwrap_or(Fsync::Interval);
-    let load = DurableArgs { publishers: a.publishers, window: a.window, seconds: a.seconds, payload: a.payload };
+    let load = DurableArgs {
+        publishers: a.publishers,
+        window: a.window,
+        seconds: a.seconds,
+        payload: a.payload,
+    };
     let (mut none, mut with) = (Vec::new(), Vec::new());
     let mut errors = 0.0;
     for round in 0..a.rounds.max(1) {
         for (side, plugin) in [(0usize, None), (1, Some(plugin.as_path()))] {
             let gw = PluginGateway::start(&exe, args.server_cpus.as_deref(), fsync, plugin)?;
-            let target = Target { proto: Proto::Edgesync, url: gw.url.clone(), pid: Some(gw.pid) };
-            eprintln!("bench: plugin round {round} side {} at {}", side_name(side), gw.url);
+            let target = Target {
+                proto: Proto::Edgesync,
+                url: gw.url.clone(),
+                pid: Some(gw.pid),
+            };
+            eprintln!(
+                "bench: plugin round {round} side {} at {}",
+                side_name(side),
+                gw.url
+            );
             let r = durable::run(&target, &load).await;
             tokio::task::spawn_blocking(move || gw.stop()).await.ok();
             let r = r?;
@@ -85,12 +101,23 @@ pub async fn run(args: &BenchArgs, a: &PluginArgs) -> Result<Report> {
                 acks_per_sec: r.value("acks_per_sec_p50").unwrap_or(0.0),
                 acks_per_server_cpu_sec: r.value("acks_per_server_cpu_sec").unwrap_or(0.0),
             };
-            if side == 0 { none.push(sample) } else { with.push(sample) }
+            if side == 0 {
+                none.push(sample)
+            } else {
+                with.push(sample)
+            }
         }
     }
-    let median = |v: &[Sample], f: fn(&Sample) -> f64| quantile(&v.iter().map(f).collect::<Vec<_>>(), 0.5);
-    let (rate_none, rate_with) = (median(&none, |s| s.acks_per_sec), median(&with, |s| s.acks_per_sec));
-    let (cpu_none, cpu_with) = (median(&none, |s| s.acks_per_server_cpu_sec), median(&with, |s| s.acks_per_server_cpu_sec));
+    let median =
+        |v: &[Sample], f: fn(&Sample) -> f64| quantile(&v.iter().map(f).collect::<Vec<_>>(), 0.5);
+    let (rate_none, rate_with) = (
+        median(&none, |s| s.acks_per_sec),
+        median(&with, |s| s.acks_per_sec),
+    );
+    let (cpu_none, cpu_with) = (
+        median(&none, |s| s.acks_per_server_cpu_sec),
+        median(&with, |s| s.acks_per_server_cpu_sec),
+    );
     let pct = |with: f64, none: f64| if none > 0.0 { 100.0 * with / none } else { 0.0 };
     let mut r = Report::new("plugin", "edgesync");
     r.param("plugin", plugin.display().to_string())
@@ -133,10 +160,14 @@ struct PluginGateway {
 impl PluginGateway {
     fn start(exe: &Path, cpus: Option<&str>, fsync: Fsync, plugin: Option<&Path>) -> Result<Self> {
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("edgesync-bench-plugin-{}-{port}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "edgesync-bench-plugin-{}-{port}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let config = dir.join("bench.toml");
-        std::fs::write(&config, config_toml(&dir.join("data"), port, fsync, plugin)).context("write bench config")?;
+        std::fs::write(&config, config_toml(&dir.join("data"), port, fsync, plugin))
+            .context("write bench config")?;
         let log = std::fs::File::create(dir.join("gateway.log")).context("create gateway log")?;
         let mut cmd = match cpus {
             Some(c) => {
@@ -146,13 +177,32 @@ impl PluginGateway {
             }
             None => Command::new(exe),
         };
-        cmd.arg("serve").arg("--config").arg(&config).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-        for var in ["EDGESYNC_WS", "EDGESYNC_WSS", "EDGESYNC_QUIC", "EDGESYNC_ADMIN", "EDGESYNC_DATA_DIR", "EDGESYNC_CONFIG"] {
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        for var in [
+            "EDGESYNC_WS",
+            "EDGESYNC_WSS",
+            "EDGESYNC_QUIC",
+            "EDGESYNC_ADMIN",
+            "EDGESYNC_DATA_DIR",
+            "EDGESYNC_CONFIG",
+        ] {
             cmd.env_remove(var);
         }
-        let child = cmd.spawn().with_context(|| format!("start {} serve", exe.display()))?;
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("start {} serve", exe.display()))?;
         let pid = child.id();
-        let mut gw = PluginGateway { child, dir, url: format!("ws://127.0.0.1:{port}"), pid };
+        let mut gw = PluginGateway {
+            child,
+            dir,
+            url: format!("ws://127.0.0.1:{port}"),
+            pid,
+        };
         gw.wait_ready(port)?;
         Ok(gw)
     }
@@ -182,7 +232,9 @@ impl PluginGateway {
         if matches!(self.child.try_wait(), Ok(Some(_))) {
             return;
         }
-        let _ = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid.to_string()])
+            .status();
         let started = Instant::now();
         // Bounded by STOP_TIMEOUT.
         while started.elapsed() < STOP_TIMEOUT {

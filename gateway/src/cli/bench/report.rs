@@ -23,7 +23,12 @@ pub struct Metric {
 
 impl Report {
     pub fn new(scenario: &'static str, target: impl Into<String>) -> Self {
-        Report { scenario, target: target.into(), params: serde_json::Map::new(), metrics: Vec::new() }
+        Report {
+            scenario,
+            target: target.into(),
+            params: serde_json::Map::new(),
+            metrics: Vec::new(),
+        }
     }
 
     pub fn param(&mut self, k: &str, v: impl Into<serde_json::Value>) -> &mut Self {
@@ -32,21 +37,29 @@ impl Report {
     }
 
     pub fn metric(&mut self, name: impl Into<String>, value: f64) -> &mut Self {
-        self.metrics.push(Metric { name: name.into(), value });
+        self.metrics.push(Metric {
+            name: name.into(),
+            value,
+        });
         self
     }
 
     pub fn value(&self, name: &str) -> Option<f64> {
-        self.metrics.iter().find(|m| m.name == name).map(|m| m.value)
+        self.metrics
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.value)
     }
 
     /// Add CPU seconds used by server and load generator, and `work` per CPU-second of each.
     pub fn cpu(&mut self, span: (Option<f64>, Option<f64>), work: f64, unit: &str) -> &mut Self {
-        if let (Some(s), true) = (span.0, span.0.is_some_and(|s| s > 0.0)) {
-            self.metric("server_cpu_secs", s).metric(format!("{unit}_per_server_cpu_sec"), work / s);
+        if let Some(s) = span.0.filter(|s| *s > 0.0) {
+            self.metric("server_cpu_secs", s)
+                .metric(format!("{unit}_per_server_cpu_sec"), work / s);
         }
         if let Some(c) = span.1.filter(|c| *c > 0.0) {
-            self.metric("client_cpu_secs", c).metric(format!("{unit}_per_client_cpu_sec"), work / c);
+            self.metric("client_cpu_secs", c)
+                .metric(format!("{unit}_per_client_cpu_sec"), work / c);
         }
         self
     }
@@ -54,7 +67,9 @@ impl Report {
     /// Add `{prefix}_p10/p50/p90` over per-second window rates.
     pub fn windows(&mut self, prefix: &str, rates: &[f64]) -> &mut Self {
         let q = |p: f64| quantile(rates, p);
-        self.metric(format!("{prefix}_p10"), q(0.10)).metric(format!("{prefix}_p50"), q(0.50)).metric(format!("{prefix}_p90"), q(0.90))
+        self.metric(format!("{prefix}_p10"), q(0.10))
+            .metric(format!("{prefix}_p50"), q(0.50))
+            .metric(format!("{prefix}_p90"), q(0.90))
     }
 
     /// Add `{prefix}_p50 … _max` from a histogram recorded in microseconds.
@@ -62,7 +77,8 @@ impl Report {
         for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
             self.metric(format!("{prefix}_{name}"), h.value_at_quantile(q) as f64);
         }
-        self.metric(format!("{prefix}_max"), h.max() as f64).metric(format!("{prefix}_samples"), h.len() as f64)
+        self.metric(format!("{prefix}_max"), h.max() as f64)
+            .metric(format!("{prefix}_samples"), h.len() as f64)
     }
 }
 
@@ -80,7 +96,8 @@ pub fn quantile(values: &[f64], q: f64) -> f64 {
 /// A latency histogram in microseconds, 1 µs .. 100 s, 3 significant digits.
 pub fn latency_histogram() -> Histogram<u64> {
     // Bounds are constants that satisfy new_with_bounds' preconditions (low ≥ 1, high ≥ 2·low, sigfig ≤ 5).
-    Histogram::new_with_bounds(1, 100_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 100_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
 /// Print reports as a table (and a ratio line when two targets ran the same scenario).

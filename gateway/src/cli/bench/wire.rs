@@ -11,13 +11,13 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use bytes::Bytes;
 use edgesync_protocol::{ClientFrame, Encoding, ServerFrame, frame::Payload, frame::Start};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use bytes::Bytes;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -44,15 +44,26 @@ pub enum Proto {
 /// # Errors
 /// Bad URL, refused connection or failed handshake.
 pub async fn connect(url: &str, proto: Proto) -> Result<Ws> {
-    let mut req = url.into_client_request().with_context(|| format!("bad url {url}"))?;
+    let mut req = url
+        .into_client_request()
+        .with_context(|| format!("bad url {url}"))?;
     if proto == Proto::Edgesync {
-        req.headers_mut().insert("sec-websocket-protocol", http::HeaderValue::from_static(edgesync_protocol::SUBPROTOCOL_MSGPACK));
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            http::HeaderValue::from_static(edgesync_protocol::SUBPROTOCOL_MSGPACK),
+        );
     }
-    let config = WebSocketConfig::default().read_buffer_size(64 << 10).max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20));
-    let (ws, _) = tokio::time::timeout(SETUP_TIMEOUT, tokio_tungstenite::connect_async_with_config(req, Some(config), true))
-        .await
-        .context("websocket handshake timed out")?
-        .with_context(|| format!("connect {url}"))?;
+    let config = WebSocketConfig::default()
+        .read_buffer_size(64 << 10)
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let (ws, _) = tokio::time::timeout(
+        SETUP_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(req, Some(config), true),
+    )
+    .await
+    .context("websocket handshake timed out")?
+    .with_context(|| format!("connect {url}"))?;
     Ok(ws)
 }
 
@@ -63,13 +74,20 @@ pub async fn connect(url: &str, proto: Proto) -> Result<Ws> {
 pub async fn handshake(ws: &mut Ws, proto: Proto) -> Result<()> {
     match proto {
         Proto::Edgesync => {
-            let f = ClientFrame::Connect { id: 1, token: None, client_id: None, cursor: None };
-            ws.send(Message::binary(Encoding::MsgPack.encode(&f))).await?;
+            let f = ClientFrame::Connect {
+                id: 1,
+                token: None,
+                client_id: None,
+                cursor: None,
+            };
+            ws.send(Message::binary(Encoding::MsgPack.encode(&f)))
+                .await?;
             await_reply(ws, 1).await
         }
         Proto::Nats => {
             let hello = "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":false,\"protocol\":1,\"name\":\"edgesync-bench\"}\r\nPING\r\n";
-            ws.send(Message::binary(Bytes::from_static(hello.as_bytes()))).await?;
+            ws.send(Message::binary(Bytes::from_static(hello.as_bytes())))
+                .await?;
             await_pong(ws).await
         }
     }
@@ -82,12 +100,18 @@ pub async fn handshake(ws: &mut Ws, proto: Proto) -> Result<()> {
 pub async fn subscribe(ws: &mut Ws, proto: Proto, subject: &str) -> Result<()> {
     match proto {
         Proto::Edgesync => {
-            let f = ClientFrame::Sub { id: 2, topic: subject.into(), start: Some(Start::Latest) };
-            ws.send(Message::binary(Encoding::MsgPack.encode(&f))).await?;
+            let f = ClientFrame::Sub {
+                id: 2,
+                topic: subject.into(),
+                start: Some(Start::Latest),
+            };
+            ws.send(Message::binary(Encoding::MsgPack.encode(&f)))
+                .await?;
             await_reply(ws, 2).await
         }
         Proto::Nats => {
-            ws.send(Message::binary(format!("SUB {subject} 1\r\nPING\r\n"))).await?;
+            ws.send(Message::binary(format!("SUB {subject} 1\r\nPING\r\n")))
+                .await?;
             await_pong(ws).await
         }
     }
@@ -95,7 +119,14 @@ pub async fn subscribe(ws: &mut Ws, proto: Proto, subject: &str) -> Result<()> {
 
 /// Append one publish of `payload` to `out`. `id` is the edgesync command id; `ack` asks
 /// for a durable acknowledgement (edgesync only).
-pub fn encode_publish(out: &mut Vec<u8>, proto: Proto, subject: &str, payload: &[u8], id: u64, ack: bool) {
+pub fn encode_publish(
+    out: &mut Vec<u8>,
+    proto: Proto,
+    subject: &str,
+    payload: &[u8],
+    id: u64,
+    ack: bool,
+) {
     match proto {
         Proto::Edgesync => {
             let f = ClientFrame::Pub {
@@ -141,11 +172,19 @@ pub struct Scanner {
 
 impl Scanner {
     pub fn new(proto: Proto) -> Self {
-        Scanner { proto, carry: Vec::new() }
+        Scanner {
+            proto,
+            carry: Vec::new(),
+        }
     }
 
     /// Scan one frame. `on_msg(payload)` runs per delivered message; `on_ack(id)` per puback.
-    pub fn scan(&mut self, frame: &[u8], on_msg: &mut impl FnMut(&[u8]), on_ack: &mut impl FnMut(u64)) -> Seen {
+    pub fn scan(
+        &mut self,
+        frame: &[u8],
+        on_msg: &mut impl FnMut(&[u8]),
+        on_ack: &mut impl FnMut(u64),
+    ) -> Seen {
         match self.proto {
             Proto::Edgesync => scan_msgpack(frame, on_msg, on_ack),
             Proto::Nats => self.scan_nats(frame, on_msg),
@@ -165,7 +204,9 @@ impl Scanner {
         let mut pos = 0;
         // Bounded: every iteration consumes at least one line.
         while pos < buf.len() {
-            let Some(eol) = find_crlf(&buf[pos..]) else { break };
+            let Some(eol) = find_crlf(&buf[pos..]) else {
+                break;
+            };
             let line = &buf[pos..pos + eol];
             if line.starts_with(b"MSG ") {
                 // MSG <subject> <sid> [reply-to] <#bytes>
@@ -219,7 +260,11 @@ fn parse_usize(b: &[u8]) -> Option<usize> {
 }
 
 /// Count the MessagePack maps of one edgesync frame.
-fn scan_msgpack(frame: &[u8], on_msg: &mut impl FnMut(&[u8]), on_ack: &mut impl FnMut(u64)) -> Seen {
+fn scan_msgpack(
+    frame: &[u8],
+    on_msg: &mut impl FnMut(&[u8]),
+    on_ack: &mut impl FnMut(u64),
+) -> Seen {
     let mut seen = Seen::default();
     let mut pos = 0;
     // Bounded: every iteration consumes at least one byte or stops.
@@ -326,7 +371,11 @@ fn skip(b: &[u8], p: usize, depth: u32) -> Option<usize> {
         return None;
     }
     let m = byte(b, p)?;
-    let sized = |hdr: usize, len: usize| p.checked_add(hdr)?.checked_add(len).filter(|e| *e <= b.len());
+    let sized = |hdr: usize, len: usize| {
+        p.checked_add(hdr)?
+            .checked_add(len)
+            .filter(|e| *e <= b.len())
+    };
     let items = |n: usize, start: usize| -> Option<usize> {
         let mut q = start;
         for _ in 0..n {
@@ -368,19 +417,38 @@ async fn await_reply(ws: &mut Ws, id: u64) -> Result<()> {
         // Bounded by SETUP_TIMEOUT around it.
         while let Some(m) = ws.next().await {
             let Message::Binary(b) = m? else { continue };
-            let frames: Vec<ServerFrame> = Encoding::MsgPack.decode_all(&b).map_err(|e| anyhow::anyhow!("bad frame from server: {e}"))?;
+            let frames: Vec<ServerFrame> = Encoding::MsgPack
+                .decode_all(&b)
+                .map_err(|e| anyhow::anyhow!("bad frame from server: {e}"))?;
             for f in frames {
                 match f {
-                    ServerFrame::Error { id: Some(i), code, msg, .. } if i == id => bail!("server refused: {code:?}: {msg}"),
-                    ServerFrame::Error { id: None, code, msg, .. } => bail!("server error: {code:?}: {msg}"),
-                    ServerFrame::Connected { id: i, .. } | ServerFrame::Subscribed { id: i, .. } if i == id => return Ok(()),
+                    ServerFrame::Error {
+                        id: Some(i),
+                        code,
+                        msg,
+                        ..
+                    } if i == id => bail!("server refused: {code:?}: {msg}"),
+                    ServerFrame::Error {
+                        id: None,
+                        code,
+                        msg,
+                        ..
+                    } => bail!("server error: {code:?}: {msg}"),
+                    ServerFrame::Connected { id: i, .. }
+                    | ServerFrame::Subscribed { id: i, .. }
+                        if i == id =>
+                    {
+                        return Ok(());
+                    }
                     _ => {}
                 }
             }
         }
         bail!("connection closed during setup")
     };
-    tokio::time::timeout(SETUP_TIMEOUT, wait).await.context("no reply from server")?
+    tokio::time::timeout(SETUP_TIMEOUT, wait)
+        .await
+        .context("no reply from server")?
 }
 
 async fn await_pong(ws: &mut Ws) -> Result<()> {
@@ -393,7 +461,10 @@ async fn await_pong(ws: &mut Ws) -> Result<()> {
                 _ => continue,
             }
             if let Some(i) = text.windows(4).position(|w| w == b"-ERR") {
-                bail!("nats refused: {}", String::from_utf8_lossy(&text[i..]).trim());
+                bail!(
+                    "nats refused: {}",
+                    String::from_utf8_lossy(&text[i..]).trim()
+                );
             }
             if text.windows(6).any(|w| w == b"PONG\r\n") {
                 return Ok(());
@@ -404,7 +475,9 @@ async fn await_pong(ws: &mut Ws) -> Result<()> {
         }
         bail!("connection closed during setup")
     };
-    tokio::time::timeout(SETUP_TIMEOUT, wait).await.context("no PONG from nats")?
+    tokio::time::timeout(SETUP_TIMEOUT, wait)
+        .await
+        .context("no PONG from nats")?
 }
 
 #[cfg(test)]
@@ -416,21 +489,51 @@ mod tests {
     fn msgpack_scanner_counts_batched_pushes() {
         let msg = |seq| {
             ServerFrame::Msg(Msg {
-                topic: "a".into(), origin: "n".into(), epoch: 1, seq, hlc: 7, client: "c".into(), mid: None,
-                headers: Default::default(), data: Payload::from(vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
+                topic: "a".into(),
+                origin: "n".into(),
+                epoch: 1,
+                seq,
+                hlc: 7,
+                client: "c".into(),
+                mid: None,
+                headers: Default::default(),
+                data: Payload::from(vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
             })
         };
         let mut frame = Vec::new();
         for s in 1..=3 {
             Encoding::MsgPack.encode_into(&msg(s), &mut frame);
         }
-        let gap = ServerFrame::Gap { topic: "a".into(), origin: "n".into(), epoch: 1, from: 4, to: 9, reason: GapReason::SlowConsumer, cursor: "c".into() };
+        let gap = ServerFrame::Gap {
+            topic: "a".into(),
+            origin: "n".into(),
+            epoch: 1,
+            from: 4,
+            to: 9,
+            reason: GapReason::SlowConsumer,
+            cursor: "c".into(),
+        };
         Encoding::MsgPack.encode_into(&gap, &mut frame);
-        let ack = ServerFrame::Puback { id: 300, topic: "a".into(), origin: "n".into(), epoch: 1, seq: 1, hlc: 1, cursor: "c".into(), dup: false };
+        let ack = ServerFrame::Puback {
+            id: 300,
+            topic: "a".into(),
+            origin: "n".into(),
+            epoch: 1,
+            seq: 1,
+            hlc: 1,
+            cursor: "c".into(),
+            dup: false,
+        };
         Encoding::MsgPack.encode_into(&ack, &mut frame);
         let (mut payloads, mut acks) = (0, Vec::new());
-        let seen = Scanner::new(Proto::Edgesync).scan(&frame, &mut |p| payloads += p.len(), &mut |id| acks.push(id));
-        assert_eq!((seen.msgs, seen.gap_msgs, seen.errors, payloads), (3, 6, 0, 27));
+        let seen =
+            Scanner::new(Proto::Edgesync).scan(&frame, &mut |p| payloads += p.len(), &mut |id| {
+                acks.push(id)
+            });
+        assert_eq!(
+            (seen.msgs, seen.gap_msgs, seen.errors, payloads),
+            (3, 6, 0, 27)
+        );
         assert_eq!(acks, vec![300]);
         // Truncation is an error, never a panic.
         for cut in 0..frame.len() {
