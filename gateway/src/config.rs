@@ -54,6 +54,16 @@ pub struct Config {
     pub routes: Vec<crate::plugin::RouteConfig>,
     /// Plugin runtime settings (cache dir default `<data_dir>/plugin-cache`, epoch tick, pooling).
     pub plugin_host: crate::plugin::HostConfig,
+    /// Reload plugins whose component file changed (`[plugin_watch] interval_ms`; 0 = off, the default).
+    pub plugin_watch: PluginWatch,
+}
+
+/// Hot reload on file change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginWatch {
+    /// How often to check every plugin's file (size and modification time), in ms. 0: never.
+    pub interval_ms: u64,
 }
 
 impl Default for Config {
@@ -71,6 +81,7 @@ impl Default for Config {
             plugins: Vec::new(),
             routes: Vec::new(),
             plugin_host: crate::plugin::HostConfig::default(),
+            plugin_watch: PluginWatch::default(),
         }
     }
 }

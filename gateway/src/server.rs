@@ -419,6 +419,11 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         plugins,
         ready: AtomicBool::new(false),
     });
+    if let (Some(p), interval) = (&gw.plugins, cfg.plugin_watch.interval_ms) {
+        if interval > 0 {
+            p.spawn_watcher(Duration::from_millis(interval), gw.shutdown.clone());
+        }
+    }
     services.attach(&gw);
     let fanout = tokio::spawn(async move {
         while let Some(batch) = committed.recv().await {

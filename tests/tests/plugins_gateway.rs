@@ -346,3 +346,42 @@ plugins = ["hot"]
     admin.reload("hot").await.expect("reload after fix");
     assert!(version(&admin) > before_fix, "the fixed version is swapped in");
 }
+
+/// `[plugin_watch]`: replacing a plugin's component file hot-reloads it — here a
+/// pass-through plugin is replaced by one that upper-cases payloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_file_change_triggers_hot_reload() {
+    let files = tempfile::tempdir().expect("tmp");
+    let path = files.path().join("live.wasm");
+    std::fs::copy(edgesync_plugin_host::built::PASS, &path).expect("copy pass");
+    let toml = format!(
+        "[[plugin]]\nname = \"live\"\npath = {:?}\n[[route]]\ntopics = \"w.>\"\nplugins = [\"live\"]\n[plugin_watch]\ninterval_ms = 50\n",
+        path.display().to_string()
+    );
+    let parsed = edgesync::config::Config::from_toml(&toml).expect("config");
+    let gw = edgesync_tests::TestGateway::start(move |c| {
+        c.plugins = parsed.plugins;
+        c.routes = parsed.routes;
+        c.plugin_watch = parsed.plugin_watch;
+    })
+    .await;
+    let c = gw.client(edgesync_client::Encoding::MsgPack).await;
+    c.publish("w.a", "before").await.expect("publish");
+    // Replace the file atomically (write elsewhere, rename over).
+    let staged = files.path().join("staged.wasm");
+    std::fs::copy(edgesync_plugin_host::built::TRAP, &staged).expect("copy trap");
+    std::fs::rename(&staged, &path).expect("rename");
+    let mut reloaded = false;
+    for i in 0..400 {
+        c.publish("w.a", format!("after{i}")).await.expect("publish");
+        let h = c.history("w.a", edgesync_client::Start::Last(1), None).await.expect("history");
+        if h.msgs.last().is_some_and(|m| m.data.0.starts_with(b"AFTER")) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(reloaded, "the new component runs after the file changed");
+    let first = c.history("w.a", edgesync_client::Start::Earliest, Some(1)).await.expect("history");
+    assert_eq!(first.msgs[0].data.0.as_ref(), b"before", "the old version handled messages before the change");
+}

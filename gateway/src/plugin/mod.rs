@@ -286,6 +286,35 @@ impl Plugins {
         Ok(outcome)
     }
 
+    /// Poll every plugin's component file every `every`; when its size or modification
+    /// time changes, hot-reload it (a failed reload keeps the old version and is logged).
+    pub fn spawn_watcher(self: &Arc<Self>, every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+        let plugins = Arc::downgrade(self);
+        let stamp = |p: &ph::Plugin| std::fs::metadata(&p.config().path).ok().map(|m| (m.len(), m.modified().ok()));
+        // The files as loaded: a change made before the first poll is still a change.
+        let mut seen: BTreeMap<String, Option<(u64, Option<std::time::SystemTime>)>> =
+            self.loaded.iter().map(|(n, p)| (n.clone(), stamp(p))).collect();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(every) => {}
+                }
+                let Some(this) = plugins.upgrade() else { return };
+                for (name, p) in &this.loaded {
+                    let now = stamp(p);
+                    let before = seen.insert(name.clone(), now);
+                    if before.is_some_and(|b| b != now) && now.is_some() {
+                        match p.reload(p.config()).await {
+                            Ok(_) => tracing::info!(plugin = %name, version = p.version(), "plugin file changed; reloaded"),
+                            Err(e) => tracing::warn!(plugin = %name, error = %e, "plugin file changed but reload failed; previous version keeps running"),
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     fn info(p: &ph::Plugin) -> PluginInfo {
         let mut detail = serde_json::Map::new();
         detail.insert("version".into(), p.version().into());
