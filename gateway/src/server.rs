@@ -419,10 +419,8 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         plugins,
         ready: AtomicBool::new(false),
     });
-    if let (Some(p), interval) = (&gw.plugins, cfg.plugin_watch.interval_ms) {
-        if interval > 0 {
-            p.spawn_watcher(Duration::from_millis(interval), gw.shutdown.clone());
-        }
+    if let Some(p) = gw.plugins.as_ref().filter(|_| cfg.plugin_watch.interval_ms > 0) {
+        p.spawn_watcher(Duration::from_millis(cfg.plugin_watch.interval_ms), gw.shutdown.clone());
     }
     services.attach(&gw);
     let fanout = tokio::spawn(async move {
