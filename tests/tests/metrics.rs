@@ -617,3 +617,119 @@ async fn readyz_is_false_unless_the_gateway_is_ready() -> Result<()> {
     );
     Ok(())
 }
+
+/// Sum of every `edgesync_plugin_calls_total` series of `plugin` with `outcome`.
+fn plugin_calls(text: &str, plugin: &str, outcome: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("edgesync_plugin_calls_total{"))
+        .filter(|l| {
+            l.contains(&format!("plugin=\"{plugin}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_calls_show_in_metrics_and_the_admin_api_lists_and_reloads_plugins() -> Result<()> {
+    use edgesync_plugin_host::built;
+    let toml = format!(
+        "[[plugin]]\nname = \"pass\"\npath = {pass:?}\n\n[[plugin]]\nname = \"trap\"\npath = {trap:?}\n\n\
+         [[route]]\ntopics = \"ok.>\"\nplugins = [\"pass\"]\n\n[[route]]\ntopics = \"fragile.>\"\nplugins = [\"trap\"]\n",
+        pass = built::PASS,
+        trap = built::TRAP,
+    );
+    let parsed = Config::from_toml(&toml).map_err(anyhow::Error::msg)?;
+    let gw = Gw::start(Some(TOKEN), move |c| {
+        c.plugins = parsed.plugins;
+        c.routes = parsed.routes;
+    })
+    .await?;
+    let publish =
+        |topic: &str, data: &str| format!("{{\"topic\":\"{topic}\",\"data\":\"{data}\"}}");
+    for i in 0..3 {
+        let (status, body) = http(
+            gw.admin(),
+            "POST",
+            "/v1/publish",
+            Some(TOKEN),
+            Some(&publish("ok.a", &format!("m{i}"))),
+        )
+        .await?;
+        assert_eq!(status, 200, "{body}");
+    }
+    // The trap plugin traps on this payload; the gateway fails open and dead-letters it.
+    let _ = http(
+        gw.admin(),
+        "POST",
+        "/v1/publish",
+        Some(TOKEN),
+        Some(&publish("fragile.a", "please TRAP now")),
+    )
+    .await?;
+    let m = gw.metrics().await?;
+    assert!(
+        plugin_calls(&m, "pass", "ok") >= 3.0,
+        "pass plugin calls counted:\n{m}"
+    );
+    assert!(
+        plugin_calls(&m, "trap", "trap") >= 1.0,
+        "the trap is counted by outcome:\n{m}"
+    );
+
+    let (status, body) = gw.get("/v1/plugins", Some(TOKEN)).await?;
+    assert_eq!(status, 200, "{body}");
+    let list = json(&body)?;
+    let names: Vec<&str> = list["plugins"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str())
+        .collect();
+    assert_eq!(names, ["pass", "trap"], "{list}");
+    let (status, body) = http(
+        gw.admin(),
+        "POST",
+        "/v1/plugins/pass/reload",
+        Some(TOKEN),
+        Some(""),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(json(&body)?["name"], "pass");
+    let (status, _) = http(
+        gw.admin(),
+        "POST",
+        "/v1/plugins/pass/reload",
+        None,
+        Some(""),
+    )
+    .await?;
+    assert_eq!(status, 401, "reload needs the token");
+    let (status, body) = http(
+        gw.admin(),
+        "POST",
+        "/v1/plugins/nope/reload",
+        Some(TOKEN),
+        Some(""),
+    )
+    .await?;
+    assert_eq!(
+        (status, json(&body)?["code"].clone()),
+        (404, serde_json::json!("not_found"))
+    );
+    // Still passing after the reload.
+    let (status, body) = http(
+        gw.admin(),
+        "POST",
+        "/v1/publish",
+        Some(TOKEN),
+        Some(&publish("ok.a", "after")),
+    )
+    .await?;
+    assert_eq!(status, 200, "{body}");
+    let m = gw.metrics().await?;
+    assert!(plugin_calls(&m, "pass", "ok") >= 4.0, "{m}");
+    gw.stop().await;
+    Ok(())
+}
