@@ -18,7 +18,10 @@ use crate::store::{FsyncPolicy, Retention, StoreOptions};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config key `{key}`: {message}")]
@@ -26,7 +29,10 @@ pub enum ConfigError {
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 /// The whole file. Field docs give the default and the reason.
@@ -301,7 +307,10 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
     }
 }
 
@@ -340,9 +349,14 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Parse`] with line and column for syntax errors, unknown keys and bad values.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse { path: path.into(), message })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.into(),
+            message,
+        })
     }
 
     /// Parse TOML text.
@@ -381,9 +395,17 @@ impl Config {
     /// [`ConfigError::Invalid`] naming the key.
     pub fn build(&self) -> Result<Settings, ConfigError> {
         if let Some(n) = &self.node_id
-            && (n.is_empty() || n.len() > 64 || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')) {
-                return Err(invalid("node_id", format!("{n:?}: use 1-64 letters, digits, '-' or '_'")));
-            }
+            && (n.is_empty()
+                || n.len() > 64
+                || !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(invalid(
+                "node_id",
+                format!("{n:?}: use 1-64 letters, digits, '-' or '_'"),
+            ));
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid("tls", "`cert` and `key` must be given together"));
         }
@@ -412,10 +434,16 @@ impl Config {
             return Err(invalid("limits.max_id_bytes", "must be at most 255"));
         }
         if l.publish_rate_per_sec == 0 {
-            return Err(invalid("limits.publish_rate_per_sec", "must be greater than 0"));
+            return Err(invalid(
+                "limits.publish_rate_per_sec",
+                "must be greater than 0",
+            ));
         }
         if l.max_connections > 19_000 {
-            return Err(invalid("limits.max_connections", "must stay below the process file limit (19000)"));
+            return Err(invalid(
+                "limits.max_connections",
+                "must stay below the process file limit (19000)",
+            ));
         }
         for (i, t) in self.topics.iter().enumerate() {
             edgesync_protocol::topic::validate_pattern(&t.pattern, l.max_topic_bytes)
@@ -424,20 +452,35 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             edgesync_protocol::topic::validate_pattern(&r.topics, l.max_topic_bytes)
                 .map_err(|e| invalid(&format!("route[{i}].topics"), e.to_string()))?;
-            if let Some(name) = r.plugins.iter().find(|n| !self.plugins.iter().any(|p| &p.name == *n)) {
-                return Err(invalid(&format!("route[{i}].plugins"), format!("no [[plugin]] named {name:?}")));
+            if let Some(name) = r
+                .plugins
+                .iter()
+                .find(|n| !self.plugins.iter().any(|p| &p.name == *n))
+            {
+                return Err(invalid(
+                    &format!("route[{i}].plugins"),
+                    format!("no [[plugin]] named {name:?}"),
+                ));
             }
         }
         let mut names = std::collections::HashSet::new();
         for (i, p) in self.plugins.iter().enumerate() {
             if !names.insert(&p.name) {
-                return Err(invalid(&format!("plugin[{i}].name"), format!("{:?} is defined twice", p.name)));
+                return Err(invalid(
+                    &format!("plugin[{i}].name"),
+                    format!("{:?} is defined twice", p.name),
+                ));
             }
         }
         if self.store.fsync == FsyncMode::Interval && self.store.fsync_interval_ms == 0 {
-            return Err(invalid("store.fsync_interval_ms", "must be greater than 0 with fsync = \"interval\""));
+            return Err(invalid(
+                "store.fsync_interval_ms",
+                "must be greater than 0 with fsync = \"interval\"",
+            ));
         }
-        Ok(Settings { config: Arc::new(self.clone()) })
+        Ok(Settings {
+            config: Arc::new(self.clone()),
+        })
     }
 }
 
@@ -459,7 +502,9 @@ impl Settings {
         o.node_id = c.node_id.clone();
         o.fsync = match c.store.fsync {
             FsyncMode::Always => FsyncPolicy::Always,
-            FsyncMode::Interval => FsyncPolicy::Interval(Duration::from_millis(c.store.fsync_interval_ms)),
+            FsyncMode::Interval => {
+                FsyncPolicy::Interval(Duration::from_millis(c.store.fsync_interval_ms))
+            }
         };
         o.max_batch = c.store.max_batch;
         o.queue_depth = c.store.queue_depth;
@@ -515,7 +560,8 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = Config::from_toml("data_dir = \"x\"\n\n[limits]\nmax_frame_byte = 3\n").expect_err("unknown");
+        let err = Config::from_toml("data_dir = \"x\"\n\n[limits]\nmax_frame_byte = 3\n")
+            .expect_err("unknown");
         assert!(err.contains("max_frame_byte"), "{err}");
         assert!(err.contains("line 4"), "{err}");
     }
@@ -530,14 +576,23 @@ mod tests {
         let err = c.build().expect_err("zero").to_string();
         assert!(err.contains("limits.max_subscriptions"), "{err}");
         let c = Config::from_toml("[[topic]]\npattern = \"a.>.b\"\n").expect("parse");
-        assert!(c.build().expect_err("bad pattern").to_string().contains("topic[0].pattern"));
+        assert!(
+            c.build()
+                .expect_err("bad pattern")
+                .to_string()
+                .contains("topic[0].pattern")
+        );
     }
 
     #[test]
     fn overrides_win_and_off_disables() {
-        let mut c = Config::from_toml("[listen]\nws = \"127.0.0.1:1\"\nwss = \"off\"\n").expect("parse");
+        let mut c =
+            Config::from_toml("[listen]\nws = \"127.0.0.1:1\"\nwss = \"off\"\n").expect("parse");
         assert_eq!(c.listen.wss, ListenAddr(None));
-        c.apply(&Overrides { ws: Some(ListenAddr::parse("127.0.0.1:2").expect("addr")), ..Overrides::default() });
+        c.apply(&Overrides {
+            ws: Some(ListenAddr::parse("127.0.0.1:2").expect("addr")),
+            ..Overrides::default()
+        });
         assert_eq!(c.listen.ws.0.map(|a| a.port()), Some(2));
     }
 
@@ -550,8 +605,14 @@ mod tests {
         let s = c.build().expect("valid");
         let o = s.store_options();
         assert_eq!((o.retention)("chat.x").max_messages, Some(5));
-        assert_eq!((o.retention)("other").max_age, Some(Duration::from_secs(60)));
-        assert_eq!((s.slow_consumer_policy())("chat.x"), SlowConsumerPolicy::Disconnect);
+        assert_eq!(
+            (o.retention)("other").max_age,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            (s.slow_consumer_policy())("chat.x"),
+            SlowConsumerPolicy::Disconnect
+        );
         assert_eq!((s.slow_consumer_policy())("other"), SlowConsumerPolicy::Gap);
     }
 }

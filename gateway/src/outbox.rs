@@ -117,17 +117,34 @@ impl Outbox {
         let recovering = !g.gaps.is_empty() && g.queue.len() > self.max_frames / 2;
         if full || recovering {
             if policy == SlowConsumerPolicy::Disconnect {
-                self.close_locked(&mut g, ErrorCode::SlowConsumer, "outbox overflowed: subscriber too slow");
+                self.close_locked(
+                    &mut g,
+                    ErrorCode::SlowConsumer,
+                    "outbox overflowed: subscriber too slow",
+                );
                 return Pushed::Closed;
             }
             let pending = g.gaps.len();
-            match g.gaps.iter_mut().find(|p| p.topic == topic && p.origin == *origin) {
+            match g
+                .gaps
+                .iter_mut()
+                .find(|p| p.topic == topic && p.origin == *origin)
+            {
                 Some(p) => p.to = seq,
                 None if pending >= MAX_PENDING_GAPS => {
-                    self.close_locked(&mut g, ErrorCode::SlowConsumer, "too many distinct gaps pending");
+                    self.close_locked(
+                        &mut g,
+                        ErrorCode::SlowConsumer,
+                        "too many distinct gaps pending",
+                    );
                     return Pushed::Closed;
                 }
-                None => g.gaps.push(PendingGap { topic: topic.into(), origin: origin.clone(), from: seq, to: seq }),
+                None => g.gaps.push(PendingGap {
+                    topic: topic.into(),
+                    origin: origin.clone(),
+                    from: seq,
+                    to: seq,
+                }),
             }
             return Pushed::Dropped;
         }
@@ -182,7 +199,10 @@ impl Outbox {
     /// True when a catch-up reader may queue more (below half full, no pending gaps).
     pub fn has_room(&self) -> bool {
         let g = self.inner.lock();
-        g.closed.is_none() && g.gaps.is_empty() && g.queue.len() < self.max_frames / 2 && g.bytes < self.max_bytes / 2
+        g.closed.is_none()
+            && g.gaps.is_empty()
+            && g.queue.len() < self.max_frames / 2
+            && g.bytes < self.max_bytes / 2
     }
 
     /// Queue pre-encoded history bytes regardless of fullness (caller checked [`Outbox::has_room`]).
@@ -208,7 +228,10 @@ impl Outbox {
 
     fn close_locked(&self, g: &mut Inner, code: ErrorCode, message: &str) {
         if g.closed.is_none() {
-            g.closed = Some(CloseReason { code, message: message.into() });
+            g.closed = Some(CloseReason {
+                code,
+                message: message.into(),
+            });
             self.ready.notify_one();
             self.drained.notify_waiters();
         }
@@ -313,26 +336,45 @@ mod tests {
         let ob = Outbox::new(Encoding::Json, 4, 1 << 20);
         let o = Origin::new("n", 1);
         for seq in 1..=4 {
-            assert_eq!(ob.push_message(&msg(seq), "t", &o, seq, SlowConsumerPolicy::Gap), Pushed::Queued);
+            assert_eq!(
+                ob.push_message(&msg(seq), "t", &o, seq, SlowConsumerPolicy::Gap),
+                Pushed::Queued
+            );
         }
         for seq in 5..=9 {
-            assert_eq!(ob.push_message(&msg(seq), "t", &o, seq, SlowConsumerPolicy::Gap), Pushed::Dropped);
+            assert_eq!(
+                ob.push_message(&msg(seq), "t", &o, seq, SlowConsumerPolicy::Gap),
+                Pushed::Dropped
+            );
         }
         let mut out = Vec::new();
-        assert_eq!(ob.drain_into(&mut out, 1 << 20), 5, "4 messages then the gap notice");
+        assert_eq!(
+            ob.drain_into(&mut out, 1 << 20),
+            5,
+            "4 messages then the gap notice"
+        );
         let text = String::from_utf8(out).expect("utf8");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(&lines[..4], &["m1", "m2", "m3", "m4"]);
         let gap: ServerFrame = serde_json::from_str(lines[4]).expect("gap");
         match gap {
-            ServerFrame::Gap { from, to, topic, cursor, .. } => {
+            ServerFrame::Gap {
+                from,
+                to,
+                topic,
+                cursor,
+                ..
+            } => {
                 assert_eq!((from, to, topic.as_str()), (5, 9, "t"));
                 let c = Cursor::decode(&cursor, 1024).expect("cursor");
                 assert_eq!(c.position("t", &o), 4);
             }
             other => panic!("expected gap, got {other:?}"),
         }
-        assert_eq!(ob.push_message(&msg(10), "t", &o, 10, SlowConsumerPolicy::Gap), Pushed::Queued);
+        assert_eq!(
+            ob.push_message(&msg(10), "t", &o, 10, SlowConsumerPolicy::Gap),
+            Pushed::Queued
+        );
     }
 
     #[test]
@@ -341,7 +383,10 @@ mod tests {
         let o = Origin::new("n", 1);
         ob.push_message(&msg(1), "t", &o, 1, SlowConsumerPolicy::Disconnect);
         ob.push_message(&msg(2), "t", &o, 2, SlowConsumerPolicy::Disconnect);
-        assert_eq!(ob.push_message(&msg(3), "t", &o, 3, SlowConsumerPolicy::Disconnect), Pushed::Closed);
+        assert_eq!(
+            ob.push_message(&msg(3), "t", &o, 3, SlowConsumerPolicy::Disconnect),
+            Pushed::Closed
+        );
         assert_eq!(ob.closed().map(|c| c.code), Some(ErrorCode::SlowConsumer));
     }
 

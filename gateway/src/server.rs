@@ -24,15 +24,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin;
 use crate::broker::{Broker, ConnOut};
+use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::plugin::services::GatewayServices;
 use crate::plugin::{Outcome, Plugins, Sender};
 use crate::session::Auth;
-use edgesync_plugin_host::Transport as PluginTransport;
-use crate::config::Settings;
-use crate::metrics::Metrics;
 use crate::session::driver::ConnInfo;
 use crate::store::{AppendRequest, Store, StoreError};
 use crate::transport::{quic, tls, ws};
+use edgesync_plugin_host::Transport as PluginTransport;
 
 /// Startup failures.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +44,11 @@ pub enum ServerError {
     #[error("plugins: {0}")]
     Plugins(#[from] crate::plugin::PluginSetupError),
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// What a publish should do after the message hooks ran.
@@ -94,7 +98,9 @@ pub struct Gateway {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("store", &self.store).finish_non_exhaustive()
+        f.debug_struct("Gateway")
+            .field("store", &self.store)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,19 +148,31 @@ impl Gateway {
         let l = self.settings.limits();
         let mut a = self.admission.lock();
         if a.total >= l.max_connections {
-            return Err(format!("the gateway holds its limit of {} connections", l.max_connections));
+            return Err(format!(
+                "the gateway holds its limit of {} connections",
+                l.max_connections
+            ));
         }
         let n = a.per_ip.entry(ip).or_insert(0);
         if *n >= l.max_connections_per_ip {
-            return Err(format!("limit of {} connections per IP reached", l.max_connections_per_ip));
+            return Err(format!(
+                "limit of {} connections per IP reached",
+                l.max_connections_per_ip
+            ));
         }
         *n += 1;
         a.total += 1;
-        Ok(AdmitGuard { gw: self.clone(), ip })
+        Ok(AdmitGuard {
+            gw: self.clone(),
+            ip,
+        })
     }
 
     pub fn register_conn(&self, id: u64, info: &ConnInfo, out: &Arc<ConnOut>) -> ConnGuard<'_> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         self.conns.lock().insert(
             id,
             ConnSummary {
@@ -185,7 +203,9 @@ impl Gateway {
     /// Plugin administration for the admin API (`/v1/plugins`); `None` while no
     /// plugin host is wired in. The plugin integration replaces this body.
     pub fn plugins(&self) -> Option<Arc<dyn crate::admin::PluginAdmin>> {
-        self.plugins.clone().map(|p| p as Arc<dyn crate::admin::PluginAdmin>)
+        self.plugins
+            .clone()
+            .map(|p| p as Arc<dyn crate::admin::PluginAdmin>)
     }
 
     /// True once every listener is bound and the store is open.
@@ -205,8 +225,14 @@ impl Gateway {
         token: Option<&str>,
         info: &ConnInfo,
     ) -> Result<Option<Auth>, (ErrorCode, String)> {
-        let Some(p) = &self.plugins else { return Ok(None) };
-        let transport = if info.transport == "quic" { PluginTransport::Quic } else { PluginTransport::Websocket };
+        let Some(p) = &self.plugins else {
+            return Ok(None);
+        };
+        let transport = if info.transport == "quic" {
+            PluginTransport::Quic
+        } else {
+            PluginTransport::Websocket
+        };
         let conn = edgesync_plugin_host::ConnInfo {
             conn_id,
             client_id: client_id.to_string(),
@@ -221,8 +247,14 @@ impl Gateway {
     ///
     /// # Errors
     /// `(code, message)` for the client.
-    pub async fn authorize_subscribe(&self, sender: &Sender, pattern: &str) -> Result<(), (ErrorCode, String)> {
-        let Some(p) = &self.plugins else { return Ok(()) };
+    pub async fn authorize_subscribe(
+        &self,
+        sender: &Sender,
+        pattern: &str,
+    ) -> Result<(), (ErrorCode, String)> {
+        let Some(p) = &self.plugins else {
+            return Ok(());
+        };
         p.subscribe(&sender.conn_ref(), pattern).await
     }
 
@@ -237,8 +269,17 @@ impl Gateway {
     ///
     /// # Errors
     /// `(code, message)` for the client.
-    pub async fn ingest(&self, principal: Option<&str>, req: &mut AppendRequest) -> Result<Ingest, (ErrorCode, String)> {
-        let sender = Sender { conn_id: 0, client_id: req.client.clone(), principal: principal.map(str::to_string), plugin: None };
+    pub async fn ingest(
+        &self,
+        principal: Option<&str>,
+        req: &mut AppendRequest,
+    ) -> Result<Ingest, (ErrorCode, String)> {
+        let sender = Sender {
+            conn_id: 0,
+            client_id: req.client.clone(),
+            principal: principal.map(str::to_string),
+            plugin: None,
+        };
         self.ingest_from(&sender, req).await
     }
 
@@ -247,15 +288,29 @@ impl Gateway {
     ///
     /// # Errors
     /// `(code, message)` for the client.
-    pub async fn ingest_from(&self, sender: &Sender, req: &mut AppendRequest) -> Result<Ingest, (ErrorCode, String)> {
+    pub async fn ingest_from(
+        &self,
+        sender: &Sender,
+        req: &mut AppendRequest,
+    ) -> Result<Ingest, (ErrorCode, String)> {
         self.metrics.messages_in.inc();
-        let Some(p) = &self.plugins else { return Ok(Ingest::Store) };
+        let Some(p) = &self.plugins else {
+            return Ok(Ingest::Store);
+        };
         let original = (req.headers.clone(), req.payload.clone());
         let mut dead = Vec::new();
         let mut hint = None;
         let outcome = p.ingest(sender, req, &mut dead, &mut hint).await;
         for (plugin, error) in dead {
-            self.dead_letter(&plugin, &error, sender, &req.topic, &original.0, &original.1).await;
+            self.dead_letter(
+                &plugin,
+                &error,
+                sender,
+                &req.topic,
+                &original.0,
+                &original.1,
+            )
+            .await;
         }
         if let Some(r) = hint {
             self.store.set_retention_override(&req.topic, r);
@@ -294,7 +349,10 @@ impl Gateway {
     ) {
         let mut h = headers.clone();
         h.0.push(("edgesync-dlq-topic".into(), topic.to_string()));
-        h.0.push(("edgesync-dlq-error".into(), error.chars().take(512).collect()));
+        h.0.push((
+            "edgesync-dlq-error".into(),
+            error.chars().take(512).collect(),
+        ));
         let req = AppendRequest {
             topic: format!("$dlq.{plugin}"),
             client: sender.client_id.clone(),
@@ -303,8 +361,16 @@ impl Gateway {
             payload: payload.clone(),
         };
         match self.store.append(req).await {
-            Ok(ack) => tracing::warn!(plugin, topic, dlq_seq = ack.seq, error, "plugin failed on a message; dead-lettered"),
-            Err(e) => tracing::error!(plugin, topic, error = %e, "dead-lettering failed; the message is lost"),
+            Ok(ack) => tracing::warn!(
+                plugin,
+                topic,
+                dlq_seq = ack.seq,
+                error,
+                "plugin failed on a message; dead-lettered"
+            ),
+            Err(e) => {
+                tracing::error!(plugin, topic, error = %e, "dead-lettering failed; the message is lost")
+            }
         }
     }
 
@@ -319,9 +385,18 @@ impl Gateway {
         headers: edgesync_protocol::Headers,
         payload: bytes::Bytes,
     ) -> Result<(), (ErrorCode, String)> {
-        let mut req = AppendRequest { topic: topic.to_string(), client: sender.client_id.clone(), mid: None, headers, payload };
+        let mut req = AppendRequest {
+            topic: topic.to_string(),
+            client: sender.client_id.clone(),
+            mid: None,
+            headers,
+            payload,
+        };
         if self.ingest_from(sender, &mut req).await? == Ingest::Store {
-            self.store.append(req).await.map_err(|e| (ErrorCode::StorageUnavailable, e.to_string()))?;
+            self.store
+                .append(req)
+                .await
+                .map_err(|e| (ErrorCode::StorageUnavailable, e.to_string()))?;
         }
         Ok(())
     }
@@ -329,7 +404,14 @@ impl Gateway {
     /// Deliver a message straight to one connection (plugin `send`): not stored, `seq` 0,
     /// dropped when the outbox is full. False when the connection does not exist.
     pub fn send_direct(&self, conn_id: u64, topic: &str, payload: &[u8]) -> bool {
-        let Some(out) = self.conns.lock().get(&conn_id).and_then(|c| c.out.upgrade()) else { return false };
+        let Some(out) = self
+            .conns
+            .lock()
+            .get(&conn_id)
+            .and_then(|c| c.out.upgrade())
+        else {
+            return false;
+        };
         let msg = edgesync_protocol::Msg {
             topic: topic.to_string(),
             origin: self.store.node().to_string(),
@@ -341,14 +423,25 @@ impl Gateway {
             headers: edgesync_protocol::Headers::default(),
             data: edgesync_protocol::Payload(bytes::Bytes::copy_from_slice(payload)),
         };
-        let frame = bytes::Bytes::from(out.outbox.encoding().encode(&edgesync_protocol::ServerFrame::Msg(msg)));
+        let frame = bytes::Bytes::from(
+            out.outbox
+                .encoding()
+                .encode(&edgesync_protocol::ServerFrame::Msg(msg)),
+        );
         out.outbox.try_push_ephemeral(&frame);
         true
     }
 
     /// Close one connection with a reason (plugin `close`). False when it does not exist.
     pub fn close_conn(&self, conn_id: u64, reason: &str) -> bool {
-        let Some(out) = self.conns.lock().get(&conn_id).and_then(|c| c.out.upgrade()) else { return false };
+        let Some(out) = self
+            .conns
+            .lock()
+            .get(&conn_id)
+            .and_then(|c| c.out.upgrade())
+        else {
+            return false;
+        };
         out.outbox.close(ErrorCode::Forbidden, reason);
         true
     }
@@ -378,7 +471,9 @@ pub struct Running {
 
 impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Running").field("bound", &self.bound).finish_non_exhaustive()
+        f.debug_struct("Running")
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
     }
 }
 
@@ -394,7 +489,11 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
     let (store, mut committed) = tokio::task::spawn_blocking(move || Store::open(opts))
         .await
         .map_err(|e| ServerError::Store(StoreError::Io(std::io::Error::other(e))))??;
-    let broker = Arc::new(Broker::new(store.heads(), settings.slow_consumer_policy(), metrics.clone()));
+    let broker = Arc::new(Broker::new(
+        store.heads(),
+        settings.slow_consumer_policy(),
+        metrics.clone(),
+    ));
     let services = Arc::new(GatewayServices::default());
     let plugins = if cfg.plugins.is_empty() {
         None
@@ -403,7 +502,14 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         if host.cache_dir.is_none() {
             host.cache_dir = Some(cfg.data_dir.join("plugin-cache"));
         }
-        let loaded = Plugins::load(host, &cfg.plugins, &cfg.routes, services.clone(), metrics.registry.clone()).await?;
+        let loaded = Plugins::load(
+            host,
+            &cfg.plugins,
+            &cfg.routes,
+            services.clone(),
+            metrics.registry.clone(),
+        )
+        .await?;
         Some(Arc::new(loaded))
     };
     let gw = Arc::new(Gateway {
@@ -419,8 +525,15 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         plugins,
         ready: AtomicBool::new(false),
     });
-    if let Some(p) = gw.plugins.as_ref().filter(|_| cfg.plugin_watch.interval_ms > 0) {
-        p.spawn_watcher(Duration::from_millis(cfg.plugin_watch.interval_ms), gw.shutdown.clone());
+    if let Some(p) = gw
+        .plugins
+        .as_ref()
+        .filter(|_| cfg.plugin_watch.interval_ms > 0)
+    {
+        p.spawn_watcher(
+            Duration::from_millis(cfg.plugin_watch.interval_ms),
+            gw.shutdown.clone(),
+        );
     }
     services.attach(&gw);
     let fanout = tokio::spawn(async move {
@@ -446,29 +559,55 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
     let admin_guard = admin_stop.clone().drop_guard(); // stops it if startup fails below
     let mut admin_task = None;
     if let Some(addr) = cfg.listen.admin.0 {
-        let l = admin::bind(addr).await.map_err(|source| ServerError::Bind { what: "admin", addr, source })?;
+        let l = admin::bind(addr)
+            .await
+            .map_err(|source| ServerError::Bind {
+                what: "admin",
+                addr,
+                source,
+            })?;
         bound.admin = l.local_addr().ok();
         tracing::info!(addr = ?bound.admin, "admin listening");
-        admin_task = Some(tokio::spawn(admin::serve(l, gw.clone(), admin_stop.clone())));
+        admin_task = Some(tokio::spawn(admin::serve(
+            l,
+            gw.clone(),
+            admin_stop.clone(),
+        )));
     }
     if let Some(addr) = cfg.listen.ws.0 {
-        let l = ws::bind(addr).await.map_err(|source| ServerError::Bind { what: "ws", addr, source })?;
+        let l = ws::bind(addr).await.map_err(|source| ServerError::Bind {
+            what: "ws",
+            addr,
+            source,
+        })?;
         bound.ws = l.local_addr().ok();
         tokio::spawn(ws::serve(l, None, gw.clone()));
     }
     let needs_tls = cfg.listen.wss.0.is_some() || cfg.listen.quic.0.is_some();
-    let identity = if needs_tls { Some(tls::load_or_create(&cfg.tls, &cfg.data_dir)?) } else { None };
+    let identity = if needs_tls {
+        Some(tls::load_or_create(&cfg.tls, &cfg.data_dir)?)
+    } else {
+        None
+    };
     if let (Some(addr), Some(id)) = (cfg.listen.wss.0, &identity) {
         let server = tls::server_config(id, &[b"http/1.1"], None)?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
-        let l = ws::bind(addr).await.map_err(|source| ServerError::Bind { what: "wss", addr, source })?;
+        let l = ws::bind(addr).await.map_err(|source| ServerError::Bind {
+            what: "wss",
+            addr,
+            source,
+        })?;
         bound.wss = l.local_addr().ok();
         bound.dev_ca = id.dev_ca.clone();
         tokio::spawn(ws::serve(l, Some(acceptor), gw.clone()));
     }
     if let (Some(addr), Some(id)) = (cfg.listen.quic.0, &identity) {
         let config = quic::server_config(id, cfg.tls.client_ca.as_deref(), gw.settings.limits())?;
-        let endpoint = quic::bind(addr, config).map_err(|source| ServerError::Bind { what: "quic", addr, source })?;
+        let endpoint = quic::bind(addr, config).map_err(|source| ServerError::Bind {
+            what: "quic",
+            addr,
+            source,
+        })?;
         bound.quic = endpoint.local_addr().ok();
         bound.dev_ca = bound.dev_ca.take().or_else(|| id.dev_ca.clone());
         tokio::spawn(quic::serve(endpoint, gw.clone()));
@@ -476,7 +615,13 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
     gw.ready.store(true, Ordering::Relaxed);
     tracing::info!(node = gw.store.node(), epoch = gw.store.epoch(), ws = ?bound.ws, wss = ?bound.wss, quic = ?bound.quic, "edgesync ready");
     let _ = admin_guard.disarm();
-    Ok(Running { gateway: gw, bound, fanout, admin_stop, admin_task })
+    Ok(Running {
+        gateway: gw,
+        bound,
+        fanout,
+        admin_stop,
+        admin_task,
+    })
 }
 
 impl Running {
@@ -487,7 +632,10 @@ impl Running {
         gw.tasks.close();
         let started = Instant::now();
         if tokio::time::timeout(grace, gw.tasks.wait()).await.is_err() {
-            tracing::warn!(remaining = gw.tasks.len(), "sessions did not drain within the grace period");
+            tracing::warn!(
+                remaining = gw.tasks.len(),
+                "sessions did not drain within the grace period"
+            );
         }
         gw.store.shutdown().await;
         self.fanout.abort();
@@ -496,7 +644,10 @@ impl Running {
             // Graceful: in-flight admin requests finish; bounded so a stuck client cannot hold exit.
             let _ = tokio::time::timeout(Duration::from_secs(2), t).await;
         }
-        tracing::info!(ms = started.elapsed().as_millis() as u64, "edgesync stopped");
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            "edgesync stopped"
+        );
     }
 }
 

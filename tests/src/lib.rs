@@ -51,7 +51,11 @@ impl TestGateway {
         tweak(&mut c);
         let settings = c.build().expect("valid test config");
         let running = server::start(settings).await.expect("gateway starts");
-        TestGateway { running: Some(running), dir: dir.to_path_buf(), _tmp: None }
+        TestGateway {
+            running: Some(running),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+        }
     }
 
     fn bound(&self) -> &server::Bound {
@@ -63,7 +67,10 @@ impl TestGateway {
     }
 
     pub fn wss_url(&self) -> String {
-        format!("wss://localhost:{}", self.bound().wss.expect("wss bound").port())
+        format!(
+            "wss://localhost:{}",
+            self.bound().wss.expect("wss bound").port()
+        )
     }
 
     pub fn ca(&self) -> PathBuf {

@@ -27,7 +27,10 @@ async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
     let n = 300u64;
     let payload = vec![b'p'; 64 << 10];
     for _ in 0..n {
-        publisher.publish("big.t", payload.clone()).await.expect("publish");
+        publisher
+            .publish("big.t", payload.clone())
+            .await
+            .expect("publish");
     }
     // Other clients are not stalled by the slow one.
     let fast = gw.client(Encoding::Json).await;
@@ -38,7 +41,9 @@ async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
     while got.len() as u64 + gaps.iter().map(|(f, t, _)| t - f + 1).sum::<u64>() < n {
         match sub.next_timeout(Duration::from_secs(20)).await {
             Some(Event::Msg(m)) => assert!(got.insert(m.seq), "duplicate {}", m.seq),
-            Some(Event::Gap { from, to, cursor, .. }) => gaps.push((from, to, cursor)),
+            Some(Event::Gap {
+                from, to, cursor, ..
+            }) => gaps.push((from, to, cursor)),
             None => panic!("stream ended: {} msgs, gaps {:?}", got.len(), gaps),
         }
     }
@@ -47,7 +52,10 @@ async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
         let mut start = Start::Cursor(cursor);
         let mut want = from;
         while want <= to {
-            let page = slow.history("big.t", start, Some(50)).await.expect("history");
+            let page = slow
+                .history("big.t", start, Some(50))
+                .await
+                .expect("history");
             for m in page.msgs.iter().filter(|m| m.seq <= to) {
                 assert_eq!(m.seq, want, "history fills the gap in order");
                 assert!(got.insert(m.seq));
@@ -56,16 +64,33 @@ async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
             start = Start::Cursor(page.cursor);
         }
     }
-    assert_eq!(got, (1..=n).collect::<HashSet<_>>(), "every message exactly once");
+    assert_eq!(
+        got,
+        (1..=n).collect::<HashSet<_>>(),
+        "every message exactly once"
+    );
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
 }
 
 fn spawn_gateway(dir: &std::path::Path, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_edgesync-test-gateway"))
-        .args(["serve", "--ws", &format!("127.0.0.1:{port}"), "--wss", "off", "--quic", "off", "--admin", "off"])
+        .args([
+            "serve",
+            "--ws",
+            &format!("127.0.0.1:{port}"),
+            "--wss",
+            "off",
+            "--quic",
+            "off",
+            "--admin",
+            "off",
+        ])
         .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")
@@ -107,10 +132,19 @@ async fn sigkill_during_acknowledged_publishes_loses_nothing() {
                 for i in 0..100_000u64 {
                     let id = format!("c{cycle}-w{w}-{i}");
                     let topic = if i % 2 == 0 { "crash.a" } else { "crash.b" };
-                    let opts = PublishOptions { mid: Some(id.clone()), ..PublishOptions::default() };
-                    match client.publish_with(topic, id.clone().into_bytes(), opts).await {
+                    let opts = PublishOptions {
+                        mid: Some(id.clone()),
+                        ..PublishOptions::default()
+                    };
+                    match client
+                        .publish_with(topic, id.clone().into_bytes(), opts)
+                        .await
+                    {
                         Ok(ack) => {
-                            acked.lock().expect("lock").insert(id, (topic.to_string(), ack.origin.epoch, ack.seq));
+                            acked
+                                .lock()
+                                .expect("lock")
+                                .insert(id, (topic.to_string(), ack.origin.epoch, ack.seq));
                         }
                         Err(_) => return,
                     }
@@ -144,7 +178,9 @@ async fn sigkill_during_acknowledged_publishes_loses_nothing() {
                 let last = per_origin.entry((m.origin.clone(), m.epoch)).or_insert(0);
                 assert_eq!(m.seq, *last + 1, "dense per origin after crashes");
                 *last = m.seq;
-                *stored.entry(String::from_utf8_lossy(&m.data.0).into_owned()).or_default() += 1;
+                *stored
+                    .entry(String::from_utf8_lossy(&m.data.0).into_owned())
+                    .or_default() += 1;
             }
             start = Start::Cursor(page.cursor);
             if !page.more {
@@ -153,9 +189,17 @@ async fn sigkill_during_acknowledged_publishes_loses_nothing() {
         }
     }
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() >= 800, "enough acknowledged publishes to mean something: {}", acked.len());
+    assert!(
+        acked.len() >= 800,
+        "enough acknowledged publishes to mean something: {}",
+        acked.len()
+    );
     for (id, (topic, _epoch, _seq)) in &acked {
-        assert_eq!(stored.get(id).copied(), Some(1), "acked {id} on {topic} must be stored exactly once");
+        assert_eq!(
+            stored.get(id).copied(),
+            Some(1),
+            "acked {id} on {topic} must be stored exactly once"
+        );
     }
     assert!(stored.values().all(|n| *n == 1), "no message stored twice");
     child.kill().expect("kill");
@@ -171,7 +215,10 @@ async fn torn_journal_tail_is_cut_back_to_the_last_complete_batch() {
     let mut child = spawn_gateway(tmp.path(), port);
     let client = connect_retry(&format!("ws://127.0.0.1:{port}")).await;
     for i in 1..=50 {
-        client.publish("torn", format!("record-{i}-{}", "z".repeat(200))).await.expect("publish");
+        client
+            .publish("torn", format!("record-{i}-{}", "z".repeat(200)))
+            .await
+            .expect("publish");
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
@@ -188,14 +235,23 @@ async fn torn_journal_tail_is_cut_back_to_the_last_complete_batch() {
         .expect("join")
         .expect("reopen after torn tail");
     let epoch = store.epoch();
-    let b = store.read("torn", &BTreeMap::new(), None, 1000).expect("read");
+    let b = store
+        .read("torn", &BTreeMap::new(), None, 1000)
+        .expect("read");
     let seqs: Vec<u64> = b.records.iter().map(|r| r.seq).collect();
     let n = seqs.len() as u64;
-    assert!((40..50).contains(&n), "the torn batch is gone, earlier ones intact: {n}");
+    assert!(
+        (40..50).contains(&n),
+        "the torn batch is gone, earlier ones intact: {n}"
+    );
     assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "dense prefix");
     assert!(b.missing.is_empty());
     let head = store.head("torn");
-    assert_eq!(head.get(store.local_origin()).copied(), Some(n), "version vector agrees with the records");
+    assert_eq!(
+        head.get(store.local_origin()).copied(),
+        Some(n),
+        "version vector agrees with the records"
+    );
     assert_eq!(epoch, 1, "the tail was proven: same epoch");
     let ack = store
         .append(edgesync::store::AppendRequest {
@@ -226,12 +282,19 @@ fn newest_journal(dir: &std::path::Path) -> std::path::PathBuf {
 /// Offset just past the last non-zero byte (journals are preallocated with zeros).
 fn data_end(path: &std::path::Path) -> u64 {
     let bytes = std::fs::read(path).expect("read journal");
-    bytes.iter().rposition(|b| *b != 0).map(|i| i as u64 + 1).expect("journal has data")
+    bytes
+        .iter()
+        .rposition(|b| *b != 0)
+        .map(|i| i as u64 + 1)
+        .expect("journal has data")
 }
 
 fn overwrite(path: &std::path::Path, at: u64, data: &[u8]) {
     use std::io::{Seek, SeekFrom, Write};
-    let mut f = std::fs::OpenOptions::new().write(true).open(path).expect("open journal");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open journal");
     f.seek(SeekFrom::Start(at)).expect("seek");
     f.write_all(data).expect("write");
     f.sync_all().expect("sync");

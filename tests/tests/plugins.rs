@@ -71,7 +71,8 @@ plugins = ["trap"]
 }
 
 async fn start() -> TestGateway {
-    let parsed = edgesync::config::Config::from_toml(&plugin_config()).expect("plugin config parses");
+    let parsed =
+        edgesync::config::Config::from_toml(&plugin_config()).expect("plugin config parses");
     TestGateway::start(move |c| {
         c.plugins = parsed.plugins;
         c.routes = parsed.routes;
@@ -88,7 +89,11 @@ async fn connect(gw: &TestGateway, token: Option<String>) -> Result<Client, Clie
 }
 
 fn exp() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) + 3600
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,40 +103,84 @@ async fn auth_transform_schema_and_dead_letters_through_a_real_gateway() {
     let no_token = connect(&gw, None).await.expect_err("anonymous refused");
     assert_eq!(no_token.code(), Some(ErrorCode::Unauthorized));
     let forged = jwt(serde_json::json!({"sub":"u1","exp":exp()})).replace('.', ".x");
-    assert_eq!(connect(&gw, Some(forged)).await.expect_err("forged").code(), Some(ErrorCode::Unauthorized));
+    assert_eq!(
+        connect(&gw, Some(forged)).await.expect_err("forged").code(),
+        Some(ErrorCode::Unauthorized)
+    );
     let token = jwt(serde_json::json!({
         "sub": "u1",
         "exp": exp(),
         "publish": ["chat.u1.>", "sensors.>", "fragile.>"],
         "subscribe": ["chat.>", "fragile.>", "$dlq.>"],
     }));
-    let c = connect(&gw, Some(token)).await.expect("valid token connects");
+    let c = connect(&gw, Some(token))
+        .await
+        .expect("valid token connects");
 
     // Permissions from the claims, enforced on every publish and subscribe.
-    assert_eq!(c.publish("chat.u2.x", "hi").await.expect_err("not mine").code(), Some(ErrorCode::Forbidden));
-    assert_eq!(c.subscribe("sensors.>", Start::Latest).await.expect_err("no sub perm").code(), Some(ErrorCode::Forbidden));
+    assert_eq!(
+        c.publish("chat.u2.x", "hi")
+            .await
+            .expect_err("not mine")
+            .code(),
+        Some(ErrorCode::Forbidden)
+    );
+    assert_eq!(
+        c.subscribe("sensors.>", Start::Latest)
+            .await
+            .expect_err("no sub perm")
+            .code(),
+        Some(ErrorCode::Forbidden)
+    );
 
     // Transform: the stored (and delivered) message is the redacted one.
-    let mut sub = c.subscribe("chat.>", Start::Latest).await.expect("sub chat");
-    c.publish("chat.u1.room", r#"{"msg":"hi","password":"hunter2"}"#).await.expect("publish");
+    let mut sub = c
+        .subscribe("chat.>", Start::Latest)
+        .await
+        .expect("sub chat");
+    c.publish("chat.u1.room", r#"{"msg":"hi","password":"hunter2"}"#)
+        .await
+        .expect("publish");
     let delivered = match sub.next_timeout(Duration::from_secs(10)).await {
         Some(Event::Msg(m)) => String::from_utf8_lossy(&m.data.0).into_owned(),
         other => panic!("expected the message, got {other:?}"),
     };
-    assert!(!delivered.contains("hunter2"), "redacted before delivery: {delivered}");
-    let stored = c.history("chat.u1.room", Start::Earliest, None).await.expect("history");
+    assert!(
+        !delivered.contains("hunter2"),
+        "redacted before delivery: {delivered}"
+    );
+    let stored = c
+        .history("chat.u1.room", Start::Earliest, None)
+        .await
+        .expect("history");
     let stored = String::from_utf8_lossy(&stored.msgs[0].data.0).into_owned();
-    assert!(!stored.contains("hunter2") && stored.contains("\"msg\":\"hi\""), "stored redacted: {stored}");
+    assert!(
+        !stored.contains("hunter2") && stored.contains("\"msg\":\"hi\""),
+        "stored redacted: {stored}"
+    );
 
     // Schema: rejected with a reason naming the field; nothing stored.
-    let err = c.publish("sensors.t1", r#"{"value":1}"#).await.expect_err("schema rejects");
+    let err = c
+        .publish("sensors.t1", r#"{"value":1}"#)
+        .await
+        .expect_err("schema rejects");
     assert_eq!(err.code(), Some(ErrorCode::Rejected));
-    assert!(err.to_string().contains("id"), "reason names the field: {err}");
-    c.publish("sensors.t1", r#"{"id":"a","value":1}"#).await.expect("valid passes");
+    assert!(
+        err.to_string().contains("id"),
+        "reason names the field: {err}"
+    );
+    c.publish("sensors.t1", r#"{"id":"a","value":1}"#)
+        .await
+        .expect("valid passes");
 
     // A plugin that traps: the message is dead-lettered (never lost), the next works.
-    let mut dlq = c.subscribe("$dlq.>", Start::Earliest).await.expect("sub dlq");
-    c.publish("fragile.x", "please TRAP now").await.expect("fail-open: accepted");
+    let mut dlq = c
+        .subscribe("$dlq.>", Start::Earliest)
+        .await
+        .expect("sub dlq");
+    c.publish("fragile.x", "please TRAP now")
+        .await
+        .expect("fail-open: accepted");
     match dlq.next_timeout(Duration::from_secs(10)).await {
         Some(Event::Msg(m)) => {
             assert_eq!(m.topic, "$dlq.trap");
@@ -140,12 +189,28 @@ async fn auth_transform_schema_and_dead_letters_through_a_real_gateway() {
         }
         other => panic!("expected a dead letter, got {other:?}"),
     }
-    c.publish("fragile.x", "fine").await.expect("next call works");
-    let h = c.history("fragile.x", Start::Earliest, None).await.expect("history");
-    let payloads: Vec<String> = h.msgs.iter().map(|m| String::from_utf8_lossy(&m.data.0).into_owned()).collect();
-    assert_eq!(payloads, vec!["please TRAP now".to_string(), "FINE".to_string()], "fail-open stored the original; the plugin ran again after the trap");
+    c.publish("fragile.x", "fine")
+        .await
+        .expect("next call works");
+    let h = c
+        .history("fragile.x", Start::Earliest, None)
+        .await
+        .expect("history");
+    let payloads: Vec<String> = h
+        .msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
+        .collect();
+    assert_eq!(
+        payloads,
+        vec!["please TRAP now".to_string(), "FINE".to_string()],
+        "fail-open stored the original; the plugin ran again after the trap"
+    );
 
     // Plugin calls are in the gateway's registry.
     let metrics = gw.gateway().metrics.render();
-    assert!(metrics.contains("plugin=\"transform\""), "plugin metrics registered");
+    assert!(
+        metrics.contains("plugin=\"transform\""),
+        "plugin metrics registered"
+    );
 }

@@ -103,7 +103,10 @@ pubsub = true
     ))
     .await;
     let c = client_named(&gw, None).await;
-    let mut sub = c.subscribe("time.tick", Start::Latest).await.expect("subscribe");
+    let mut sub = c
+        .subscribe("time.tick", Start::Latest)
+        .await
+        .expect("subscribe");
     let mut seqs = Vec::new();
     for _ in 0..5 {
         let m = next_msg(&mut sub).await;
@@ -113,16 +116,29 @@ pubsub = true
         assert_eq!(v["node"], "edge-test");
         seqs.push(v["seq"].as_i64().expect("tick seq"));
     }
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "ticks arrive in order: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "ticks arrive in order: {seqs:?}"
+    );
     assert!(seqs[0] >= 1, "kv counter started at 1: {seqs:?}");
     // Stored, so a late subscriber can read them back in the same order.
     let stored: Vec<i64> = all_history(&c, "time.tick")
         .await
         .iter()
-        .map(|m| serde_json::from_slice::<serde_json::Value>(&m.data.0).expect("json")["seq"].as_i64().expect("seq"))
+        .map(|m| {
+            serde_json::from_slice::<serde_json::Value>(&m.data.0).expect("json")["seq"]
+                .as_i64()
+                .expect("seq")
+        })
         .collect();
-    assert!(stored.windows(2).all(|w| w[0] < w[1]), "stored ticks in order: {stored:?}");
-    assert!(seqs.iter().all(|s| stored.contains(s)), "every delivered tick is stored");
+    assert!(
+        stored.windows(2).all(|w| w[0] < w[1]),
+        "stored ticks in order: {stored:?}"
+    );
+    assert!(
+        seqs.iter().all(|s| stored.contains(s)),
+        "every delivered tick is stored"
+    );
 }
 
 fn kv_config() -> String {
@@ -148,18 +164,36 @@ async fn plugin_kv_is_durable_across_a_restart() {
     for _ in 0..3 {
         c.publish("count.hits", "incr hits").await.expect("publish");
     }
-    let before: Vec<String> = all_history(&c, "count.hits").await.iter().map(text).collect();
-    assert_eq!(before, ["1", "2", "3"], "the stored message is the plugin's replacement");
+    let before: Vec<String> = all_history(&c, "count.hits")
+        .await
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(
+        before,
+        ["1", "2", "3"],
+        "the stored message is the plugin's replacement"
+    );
     drop(c);
     first.stop().await;
 
     let second = restart_in(&first.dir, &toml).await;
     let c = client_named(&second, None).await;
     for _ in 0..2 {
-        c.publish("count.hits", "incr hits").await.expect("publish after restart");
+        c.publish("count.hits", "incr hits")
+            .await
+            .expect("publish after restart");
     }
-    let after: Vec<String> = all_history(&c, "count.hits").await.iter().map(text).collect();
-    assert_eq!(after, ["1", "2", "3", "4", "5"], "the kv counter continued after the restart");
+    let after: Vec<String> = all_history(&c, "count.hits")
+        .await
+        .iter()
+        .map(text)
+        .collect();
+    assert_eq!(
+        after,
+        ["1", "2", "3", "4", "5"],
+        "the kv counter continued after the restart"
+    );
     c.publish("count.hits", "get hits").await.expect("get");
     let last = all_history(&c, "count.hits").await.last().map(text);
     assert_eq!(last.as_deref(), Some("5@5"), "value and version survived");
@@ -192,28 +226,51 @@ plugins = ["retention"]
     let c = client_named(&gw, None).await;
 
     // Ephemeral: delivered live, acked with seq 0, not stored.
-    let mut sub = c.subscribe("presence.>", Start::Latest).await.expect("subscribe");
-    let ack = c.publish("presence.u1", "online").await.expect("ephemeral publish acked");
+    let mut sub = c
+        .subscribe("presence.>", Start::Latest)
+        .await
+        .expect("subscribe");
+    let ack = c
+        .publish("presence.u1", "online")
+        .await
+        .expect("ephemeral publish acked");
     assert_eq!(ack.seq, 0, "not stored: {ack:?}");
     let live = next_msg(&mut sub).await;
-    assert_eq!((live.topic.as_str(), text(&live).as_str()), ("presence.u1", "online"));
-    assert!(all_history(&c, "presence.u1").await.is_empty(), "ephemeral topic has no history");
+    assert_eq!(
+        (live.topic.as_str(), text(&live).as_str()),
+        ("presence.u1", "online")
+    );
+    assert!(
+        all_history(&c, "presence.u1").await.is_empty(),
+        "ephemeral topic has no history"
+    );
 
     // Retention hint: at most 3 messages kept once housekeeping ran.
     for i in 0..10 {
-        let ack = c.publish("chat.room", format!("m{i}")).await.expect("publish");
+        let ack = c
+            .publish("chat.room", format!("m{i}"))
+            .await
+            .expect("publish");
         assert!(ack.seq > 0, "stored: {ack:?}");
     }
     let mut kept = Vec::new();
     for _ in 0..500 {
         gw.gateway().store.tick();
-        kept = all_history(&c, "chat.room").await.iter().map(text).collect::<Vec<_>>();
+        kept = all_history(&c, "chat.room")
+            .await
+            .iter()
+            .map(text)
+            .collect::<Vec<_>>();
         if kept.len() <= 3 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(kept, ["m7", "m8", "m9"], "the hinted max_count trimmed the oldest");
+    assert_eq!(
+        kept,
+        ["m7", "m8", "m9"],
+        "the hinted max_count trimmed the oldest"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,14 +289,34 @@ plugins = ["auth-only"]
     ))
     .await;
     let alice = client_named(&gw, Some("alice")).await;
-    let mut sub = alice.subscribe("public.>", Start::Latest).await.expect("subscribe");
+    let mut sub = alice
+        .subscribe("public.>", Start::Latest)
+        .await
+        .expect("subscribe");
     for i in 0..5 {
-        alice.publish("public.news", format!("n{i}")).await.expect("publish public");
-        alice.publish("alice.notes", format!("a{i}")).await.expect("publish own");
+        alice
+            .publish("public.news", format!("n{i}"))
+            .await
+            .expect("publish public");
+        alice
+            .publish("alice.notes", format!("a{i}"))
+            .await
+            .expect("publish own");
     }
-    let err = alice.publish("bob.notes", "x").await.expect_err("not alice's topic");
-    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "its permissions are enforced: {err}");
-    assert_eq!(text(&next_msg(&mut sub).await), "n0", "messages flow past the route");
+    let err = alice
+        .publish("bob.notes", "x")
+        .await
+        .expect_err("not alice's topic");
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::Forbidden),
+        "its permissions are enforced: {err}"
+    );
+    assert_eq!(
+        text(&next_msg(&mut sub).await),
+        "n0",
+        "messages flow past the route"
+    );
     let _bob = client_named(&gw, Some("bob")).await;
 
     let metrics = gw.gateway().metrics.render();
@@ -247,13 +324,22 @@ plugins = ["auth-only"]
         metrics
             .lines()
             .filter(|l| l.starts_with("edgesync_plugin_calls_total{"))
-            .filter(|l| l.contains("plugin=\"auth-only\"") && l.contains(&format!("hook=\"{hook}\"")))
+            .filter(|l| {
+                l.contains("plugin=\"auth-only\"") && l.contains(&format!("hook=\"{hook}\""))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    assert!(calls("on-connect") >= 2.0, "connects were counted:\n{metrics}");
+    assert!(
+        calls("on-connect") >= 2.0,
+        "connects were counted:\n{metrics}"
+    );
     for hook in ["on-message", "on-batch", "on-write"] {
-        assert_eq!(calls(hook), 0.0, "{hook} never called for an auth-only plugin:\n{metrics}");
+        assert_eq!(
+            calls(hook),
+            0.0,
+            "{hook} never called for an auth-only plugin:\n{metrics}"
+        );
     }
 }
 
@@ -298,7 +384,10 @@ plugins = ["hot"]
         let acked = acked.clone();
         publishers.push(tokio::spawn(async move {
             for i in 0..LOAD_PER_CLIENT {
-                let ack = c.publish(&format!("load.c{k}"), format!("c{k}-{i}")).await.expect("every publish acked");
+                let ack = c
+                    .publish(&format!("load.c{k}"), format!("c{k}-{i}"))
+                    .await
+                    .expect("every publish acked");
                 assert!(ack.seq > 0 && !ack.dup, "stored once: {ack:?}");
                 acked.fetch_add(1, Ordering::Relaxed);
             }
@@ -310,41 +399,77 @@ plugins = ["hot"]
     let total = LOAD_CLIENTS * LOAD_PER_CLIENT;
     for r in 0..LOAD_RELOADS {
         let threshold = (r + 1) * total / (LOAD_RELOADS + 2);
-        let reached = edgesync_tests::eventually(2000, || acked.load(Ordering::Relaxed) >= threshold).await;
-        assert!(reached, "publishes progress: {} of {threshold}", acked.load(Ordering::Relaxed));
+        let reached =
+            edgesync_tests::eventually(2000, || acked.load(Ordering::Relaxed) >= threshold).await;
+        assert!(
+            reached,
+            "publishes progress: {} of {threshold}",
+            acked.load(Ordering::Relaxed)
+        );
         admin.reload("hot").await.expect("reload under load");
     }
     let mut clients = Vec::new();
     for p in publishers {
         clients.push(p.await.expect("publisher task"));
     }
-    assert_eq!(version(&admin), v0 + LOAD_RELOADS as u64, "every reload swapped in a new version");
+    assert_eq!(
+        version(&admin),
+        v0 + LOAD_RELOADS as u64,
+        "every reload swapped in a new version"
+    );
 
     for (k, c) in clients.iter().enumerate() {
-        let got: Vec<String> = all_history(c, &format!("load.c{k}")).await.iter().map(text).collect();
+        let got: Vec<String> = all_history(c, &format!("load.c{k}"))
+            .await
+            .iter()
+            .map(text)
+            .collect();
         let want: Vec<String> = (0..LOAD_PER_CLIENT).map(|i| format!("c{k}-{i}")).collect();
-        assert_eq!(got.len(), want.len(), "client {k}: nothing lost or duplicated");
-        assert_eq!(got.iter().collect::<BTreeSet<_>>().len(), got.len(), "client {k}: no duplicates");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "client {k}: nothing lost or duplicated"
+        );
+        assert_eq!(
+            got.iter().collect::<BTreeSet<_>>().len(),
+            got.len(),
+            "client {k}: no duplicates"
+        );
         assert_eq!(got, want, "client {k}: all payloads once, in order");
     }
 
     // A broken component: the reload fails, the old version keeps serving.
     let c = &clients[0];
     std::fs::write(&plugin_path, b"\0asm not really").expect("write garbage");
-    admin.reload("hot").await.expect_err("garbage does not load");
+    admin
+        .reload("hot")
+        .await
+        .expect_err("garbage does not load");
     // A valid component whose init fails on this config: rolled back too.
     std::fs::copy(built::TRANSFORM, &plugin_path).expect("copy transform");
     let err = admin.reload("hot").await.expect_err("init fails");
-    assert!(err.to_string().contains("poison"), "the error names the cause: {err}");
-    assert_eq!(version(&admin), v0 + LOAD_RELOADS as u64, "no version swapped in");
-    c.publish("load.after", "still pass").await.expect("old version serves");
+    assert!(
+        err.to_string().contains("poison"),
+        "the error names the cause: {err}"
+    );
+    assert_eq!(
+        version(&admin),
+        v0 + LOAD_RELOADS as u64,
+        "no version swapped in"
+    );
+    c.publish("load.after", "still pass")
+        .await
+        .expect("old version serves");
     let after = all_history(c, "load.after").await;
     assert_eq!(after.iter().map(text).collect::<Vec<_>>(), ["still pass"]);
     // Fixed file: reload works again.
     std::fs::copy(built::PASS, &plugin_path).expect("restore pass");
     let before_fix = version(&admin);
     admin.reload("hot").await.expect("reload after fix");
-    assert!(version(&admin) > before_fix, "the fixed version is swapped in");
+    assert!(
+        version(&admin) > before_fix,
+        "the fixed version is swapped in"
+    );
 }
 
 /// `[plugin_watch]`: replacing a plugin's component file hot-reloads it — here a
@@ -373,15 +498,30 @@ async fn plugin_file_change_triggers_hot_reload() {
     std::fs::rename(&staged, &path).expect("rename");
     let mut reloaded = false;
     for i in 0..400 {
-        c.publish("w.a", format!("after{i}")).await.expect("publish");
-        let h = c.history("w.a", edgesync_client::Start::Last(1), None).await.expect("history");
-        if h.msgs.last().is_some_and(|m| m.data.0.starts_with(b"AFTER")) {
+        c.publish("w.a", format!("after{i}"))
+            .await
+            .expect("publish");
+        let h = c
+            .history("w.a", edgesync_client::Start::Last(1), None)
+            .await
+            .expect("history");
+        if h.msgs
+            .last()
+            .is_some_and(|m| m.data.0.starts_with(b"AFTER"))
+        {
             reloaded = true;
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
     assert!(reloaded, "the new component runs after the file changed");
-    let first = c.history("w.a", edgesync_client::Start::Earliest, Some(1)).await.expect("history");
-    assert_eq!(first.msgs[0].data.0.as_ref(), b"before", "the old version handled messages before the change");
+    let first = c
+        .history("w.a", edgesync_client::Start::Earliest, Some(1))
+        .await
+        .expect("history");
+    assert_eq!(
+        first.msgs[0].data.0.as_ref(),
+        b"before",
+        "the old version handled messages before the change"
+    );
 }

@@ -44,7 +44,11 @@ pub struct ConnOut {
 
 impl ConnOut {
     pub fn new(id: u64, outbox: Outbox) -> Arc<Self> {
-        Arc::new(ConnOut { id, outbox, stamp: AtomicU64::new(0) })
+        Arc::new(ConnOut {
+            id,
+            outbox,
+            stamp: AtomicU64::new(0),
+        })
     }
 }
 
@@ -96,16 +100,33 @@ impl std::fmt::Debug for Broker {
 
 impl Broker {
     /// A broker whose delivered heads start at the store's heads.
-    pub fn new(heads: HashMap<String, BTreeMap<Origin, u64>>, policy: PolicyFn, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        heads: HashMap<String, BTreeMap<Origin, u64>>,
+        policy: PolicyFn,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let topics = heads
             .into_iter()
             .map(|(name, head)| {
                 let p = policy(&name);
-                (Arc::<str>::from(name), Topic { head, subs: Vec::new(), policy: p })
+                (
+                    Arc::<str>::from(name),
+                    Topic {
+                        head,
+                        subs: Vec::new(),
+                        policy: p,
+                    },
+                )
             })
             .collect();
         Broker {
-            inner: Mutex::new(Inner { topics, wild: Vec::new(), subs: HashMap::new(), next_sub: 1, stamp: 0 }),
+            inner: Mutex::new(Inner {
+                topics,
+                wild: Vec::new(),
+                subs: HashMap::new(),
+                next_sub: 1,
+                stamp: 0,
+            }),
             policy,
             metrics,
         }
@@ -139,7 +160,14 @@ impl Broker {
             t.subs.push(id);
             cursor.set_topic(&pattern, t.head.clone());
         }
-        g.subs.insert(id, Sub { conn: conn.clone(), pattern, live });
+        g.subs.insert(
+            id,
+            Sub {
+                conn: conn.clone(),
+                pattern,
+                live,
+            },
+        );
         (id, cursor)
     }
 
@@ -157,11 +185,15 @@ impl Broker {
     /// delivered head of every matching topic. Returns false when more must be read.
     pub fn try_go_live(&self, id: SubId, position: &Cursor) -> bool {
         let mut g = self.inner.lock();
-        let Some(sub) = g.subs.get(&id) else { return true };
+        let Some(sub) = g.subs.get(&id) else {
+            return true;
+        };
         let pattern = sub.pattern.clone();
         let behind = g.topics.iter().any(|(name, t)| {
             matches(&pattern, name)
-                && t.head.iter().any(|(origin, seq)| position.position(name, origin) < *seq)
+                && t.head
+                    .iter()
+                    .any(|(origin, seq)| position.position(name, origin) < *seq)
         });
         if behind {
             return false;
@@ -175,7 +207,9 @@ impl Broker {
     /// Remove one subscription.
     pub fn unsubscribe(&self, id: SubId) {
         let mut g = self.inner.lock();
-        let Some(sub) = g.subs.remove(&id) else { return };
+        let Some(sub) = g.subs.remove(&id) else {
+            return;
+        };
         g.wild.retain(|s| *s != id);
         for (name, t) in g.topics.iter_mut() {
             if matches(&sub.pattern, name) {
@@ -205,25 +239,47 @@ impl Broker {
                     let subs = inner
                         .wild
                         .iter()
-                        .filter(|id| inner.subs.get(id).is_some_and(|s| matches(&s.pattern, &name)))
+                        .filter(|id| {
+                            inner
+                                .subs
+                                .get(id)
+                                .is_some_and(|s| matches(&s.pattern, &name))
+                        })
                         .copied()
                         .collect();
                     let policy = (self.policy)(&name);
-                    inner.topics.entry(name).or_insert(Topic { head: BTreeMap::new(), subs, policy })
+                    inner.topics.entry(name).or_insert(Topic {
+                        head: BTreeMap::new(),
+                        subs,
+                        policy,
+                    })
                 }
             };
             let head = topic.head.entry(record.origin.clone()).or_insert(0);
-            debug_assert!(record.seq > *head, "fan-out out of order: {} <= {}", record.seq, *head);
+            debug_assert!(
+                record.seq > *head,
+                "fan-out out of order: {} <= {}",
+                record.seq,
+                *head
+            );
             *head = (*head).max(record.seq);
             let mut frames = Encoded::default();
             let mut delivered = false;
             for id in &topic.subs {
-                let Some(sub) = inner.subs.get(id) else { continue };
+                let Some(sub) = inner.subs.get(id) else {
+                    continue;
+                };
                 if !sub.live || sub.conn.stamp.swap(stamp, Ordering::Relaxed) == stamp {
                     continue;
                 }
                 let frame = frames.get(record, sub.conn.outbox.encoding());
-                match sub.conn.outbox.push_message(frame, &record.topic, &record.origin, record.seq, topic.policy) {
+                match sub.conn.outbox.push_message(
+                    frame,
+                    &record.topic,
+                    &record.origin,
+                    record.seq,
+                    topic.policy,
+                ) {
                     Pushed::Queued => {
                         self.metrics.messages_out.inc();
                         delivered = true;
@@ -270,8 +326,13 @@ impl Broker {
         let (mut json, mut msgpack): (Option<Bytes>, Option<Bytes>) = (None, None);
         let mut queued = 0;
         for id in subs {
-            let Some(sub) = inner.subs.get(id) else { continue };
-            if !sub.live || !matches(&sub.pattern, &msg.topic) || sub.conn.stamp.swap(stamp, Ordering::Relaxed) == stamp {
+            let Some(sub) = inner.subs.get(id) else {
+                continue;
+            };
+            if !sub.live
+                || !matches(&sub.pattern, &msg.topic)
+                || sub.conn.stamp.swap(stamp, Ordering::Relaxed) == stamp
+            {
                 continue;
             }
             let enc = sub.conn.outbox.encoding();
@@ -279,12 +340,19 @@ impl Broker {
                 Encoding::Json => &mut json,
                 Encoding::MsgPack => &mut msgpack,
             };
-            let frame = slot.get_or_insert_with(|| Bytes::from(enc.encode(&ServerFrame::Msg(msg.clone()))));
+            let frame =
+                slot.get_or_insert_with(|| Bytes::from(enc.encode(&ServerFrame::Msg(msg.clone()))));
             if sub.conn.outbox.try_push_ephemeral(frame) {
                 queued += 1;
-                self.metrics.ephemeral_deliveries.with_label_values(&["queued"]).inc();
+                self.metrics
+                    .ephemeral_deliveries
+                    .with_label_values(&["queued"])
+                    .inc();
             } else {
-                self.metrics.ephemeral_deliveries.with_label_values(&["dropped"]).inc();
+                self.metrics
+                    .ephemeral_deliveries
+                    .with_label_values(&["dropped"])
+                    .inc();
             }
         }
         queued
@@ -347,7 +415,11 @@ mod tests {
     }
 
     fn broker() -> Broker {
-        Broker::new(HashMap::new(), Arc::new(|_| SlowConsumerPolicy::Gap), Arc::new(Metrics::new()))
+        Broker::new(
+            HashMap::new(),
+            Arc::new(|_| SlowConsumerPolicy::Gap),
+            Arc::new(Metrics::new()),
+        )
     }
 
     fn drain(c: &ConnOut) -> Vec<ServerFrame> {
@@ -396,11 +468,25 @@ mod tests {
             headers: Headers::default(),
             data: edgesync_protocol::Payload::from("p"),
         };
-        assert_eq!(b.fanout_ephemeral(&msg), 1, "once per connection, live only");
+        assert_eq!(
+            b.fanout_ephemeral(&msg),
+            1,
+            "once per connection, live only"
+        );
         assert_eq!(drain(&live).len(), 1);
-        assert!(b.matching_heads("e.>").iter().all(|(_, h)| h.is_empty()), "no head moved");
-        let unknown = Msg { topic: "e.new".into(), ..msg };
-        assert_eq!(b.fanout_ephemeral(&unknown), 1, "wildcards match topics never stored");
+        assert!(
+            b.matching_heads("e.>").iter().all(|(_, h)| h.is_empty()),
+            "no head moved"
+        );
+        let unknown = Msg {
+            topic: "e.new".into(),
+            ..msg
+        };
+        assert_eq!(
+            b.fanout_ephemeral(&unknown),
+            1,
+            "wildcards match topics never stored"
+        );
         assert!(b.matching_heads("e.new").is_empty(), "no topic created");
     }
 

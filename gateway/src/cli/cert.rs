@@ -34,11 +34,23 @@ pub enum CertCommand {
 pub fn run(cmd: CertCommand) -> ExitCode {
     let result = match cmd {
         CertCommand::Ca { out, name } => tls::generate_ca(&out, &name).map(|(c, k)| vec![c, k]),
-        CertCommand::Node { name, mut sans, ca_dir, out } => {
+        CertCommand::Node {
+            name,
+            mut sans,
+            ca_dir,
+            out,
+        } => {
             if sans.is_empty() {
                 sans = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
             }
-            tls::generate_leaf(&ca_dir.join("ca.pem"), &ca_dir.join("ca.key"), &sans, &out, &name).map(|(c, k)| vec![c, k])
+            tls::generate_leaf(
+                &ca_dir.join("ca.pem"),
+                &ca_dir.join("ca.key"),
+                &sans,
+                &out,
+                &name,
+            )
+            .map(|(c, k)| vec![c, k])
         }
     };
     match result {

@@ -40,7 +40,11 @@ impl ConnectArgs {
         o.insecure = self.insecure;
         o.token = self.token.clone();
         o.client_id = self.client_id.clone();
-        o.encoding = if self.json_protocol { Encoding::Json } else { Encoding::MsgPack };
+        o.encoding = if self.json_protocol {
+            Encoding::Json
+        } else {
+            Encoding::MsgPack
+        };
         o.request_timeout = Duration::from_secs(self.timeout);
         o
     }
@@ -90,7 +94,10 @@ pub struct SubArgs {
 }
 
 fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => Some(rt),
         Err(e) => {
             eprintln!("error: runtime: {e}");
@@ -100,7 +107,9 @@ fn runtime() -> Option<tokio::runtime::Runtime> {
 }
 
 pub fn run_pub(args: PubArgs) -> ExitCode {
-    let Some(rt) = runtime() else { return ExitCode::FAILURE };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
     let mut headers = Vec::new();
     for h in &args.headers {
         match h.split_once('=') {
@@ -170,7 +179,9 @@ fn parse_start(s: &str) -> Start {
 }
 
 pub fn run_sub(args: SubArgs) -> ExitCode {
-    let Some(rt) = runtime() else { return ExitCode::FAILURE };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
     rt.block_on(async move {
         let client = match Client::connect(args.conn.options()).await {
             Ok(c) => c,

@@ -83,7 +83,10 @@ pub fn main() -> ExitCode {
         Command::Cert(c) => cert::run(c),
         Command::Plugin(c) => plugin::run(c),
         Command::Bench(a) => bench::run(a),
-        Command::CheckConfig { file } => match Config::from_file(&file).map_err(|e| e.to_string()).and_then(|c| c.build().map_err(|e| e.to_string())) {
+        Command::CheckConfig { file } => match Config::from_file(&file)
+            .map_err(|e| e.to_string())
+            .and_then(|c| c.build().map_err(|e| e.to_string()))
+        {
             Ok(s) => {
                 print!("{}", s.redacted_toml());
                 ExitCode::SUCCESS
@@ -123,7 +126,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     init_logging(settings.config.log.format, &settings.config.log.level);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("edgesync").build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("edgesync")
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -151,7 +158,10 @@ fn serve(args: ServeArgs) -> ExitCode {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
@@ -174,10 +184,19 @@ async fn wait_for_signal() {
 pub fn init_logging(format: LogFormat, level: &str) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},fjall=warn,lsm_tree=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},fjall=warn,lsm_tree=warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
     };
 }

@@ -31,7 +31,11 @@ pub enum PluginCommand {
     /// Hot-reload a plugin of a running gateway through its admin API.
     Reload {
         name: String,
-        #[arg(long, env = "EDGESYNC_ADMIN_URL", default_value = "http://127.0.0.1:7480")]
+        #[arg(
+            long,
+            env = "EDGESYNC_ADMIN_URL",
+            default_value = "http://127.0.0.1:7480"
+        )]
         admin: String,
         #[arg(long, env = "EDGESYNC_ADMIN_TOKEN")]
         token: Option<String>,
@@ -55,14 +59,19 @@ pub fn run(cmd: PluginCommand) -> ExitCode {
 }
 
 fn new(name: &str, dir: Option<PathBuf>, sdk: &Path) -> Result<(), String> {
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(format!("{name:?}: use letters, digits, '-' and '_'"));
     }
     let dir = dir.unwrap_or_else(|| PathBuf::from(name));
     if dir.exists() {
         return Err(format!("{} already exists", dir.display()));
     }
-    let sdk = std::fs::canonicalize(sdk).map_err(|e| format!("SDK at {}: {e} (pass --sdk PATH)", sdk.display()))?;
+    let sdk = std::fs::canonicalize(sdk)
+        .map_err(|e| format!("SDK at {}: {e} (pass --sdk PATH)", sdk.display()))?;
     std::fs::create_dir_all(dir.join("src")).map_err(|e| e.to_string())?;
     let manifest = format!(
         "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n\
@@ -104,21 +113,36 @@ impl Plugin for MyPlugin {
     .replace("NAME", name);
     std::fs::write(dir.join("Cargo.toml"), manifest).map_err(|e| e.to_string())?;
     std::fs::write(dir.join("src/lib.rs"), lib).map_err(|e| e.to_string())?;
-    println!("created {}; next: edgesync plugin build {}", dir.display(), dir.display());
+    println!(
+        "created {}; next: edgesync plugin build {}",
+        dir.display(),
+        dir.display()
+    );
     Ok(())
 }
 
 fn build(dir: &Path, release: bool) -> Result<(), String> {
-    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
-    if !installed.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == "wasm32-wasip2")) {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output();
+    if !installed.is_ok_and(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .any(|l| l.trim() == "wasm32-wasip2")
+    }) {
         eprintln!("installing the wasm32-wasip2 target");
-        let ok = Command::new("rustup").args(["target", "add", "wasm32-wasip2"]).status().is_ok_and(|s| s.success());
+        let ok = Command::new("rustup")
+            .args(["target", "add", "wasm32-wasip2"])
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
             return Err("`rustup target add wasm32-wasip2` failed".into());
         }
     }
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cargo.current_dir(dir).args(["build", "--target", "wasm32-wasip2"]);
+    cargo
+        .current_dir(dir)
+        .args(["build", "--target", "wasm32-wasip2"]);
     if release {
         cargo.arg("--release");
     }
@@ -128,7 +152,10 @@ fn build(dir: &Path, release: bool) -> Result<(), String> {
     }
     let profile = if release { "release" } else { "debug" };
     let out = dir.join("target/wasm32-wasip2").join(profile);
-    for entry in std::fs::read_dir(&out).map_err(|e| format!("{}: {e}", out.display()))?.flatten() {
+    for entry in std::fs::read_dir(&out)
+        .map_err(|e| format!("{}: {e}", out.display()))?
+        .flatten()
+    {
         if entry.path().extension().is_some_and(|x| x == "wasm") {
             println!("{}", entry.path().display());
         }
@@ -137,16 +164,29 @@ fn build(dir: &Path, release: bool) -> Result<(), String> {
 }
 
 fn check(file: &Path) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
     rt.block_on(async {
         let cache = tempfile_dir()?;
-        let cfg = ph::HostConfig { cache_dir: Some(cache.clone()), ..ph::HostConfig::default() };
-        let host = ph::PluginHost::new(cfg, Arc::new(ph::testing::MemoryServices::new()), prometheus::Registry::new())
-            .map_err(|e| e.to_string())?;
+        let cfg = ph::HostConfig {
+            cache_dir: Some(cache.clone()),
+            ..ph::HostConfig::default()
+        };
+        let host = ph::PluginHost::new(
+            cfg,
+            Arc::new(ph::testing::MemoryServices::new()),
+            prometheus::Registry::new(),
+        )
+        .map_err(|e| e.to_string())?;
         let info = host.inspect(file).await.map_err(|e| e.to_string());
         let _ = std::fs::remove_dir_all(&cache);
         let info = info?;
-        println!("{}: a valid edgesync:plugin@0.1.0 component", file.display());
+        println!(
+            "{}: a valid edgesync:plugin@0.1.0 component",
+            file.display()
+        );
         println!("sha256: {}", info.sha256);
         println!("exports:");
         for f in info.exports.iter() {
@@ -169,10 +209,15 @@ fn tempfile_dir() -> Result<PathBuf, String> {
 /// POST /v1/plugins/NAME/reload with a minimal HTTP/1.1 client (the admin API is loopback HTTP).
 fn reload(name: &str, admin: &str, token: Option<&str>) -> Result<(), String> {
     use std::io::{Read, Write};
-    let hostport = admin.strip_prefix("http://").ok_or("the admin URL must start with http://")?.trim_end_matches('/');
+    let hostport = admin
+        .strip_prefix("http://")
+        .ok_or("the admin URL must start with http://")?
+        .trim_end_matches('/');
     let mut s = std::net::TcpStream::connect(hostport).map_err(|e| format!("{admin}: {e}"))?;
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(60)));
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "POST /v1/plugins/{name}/reload HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
@@ -180,7 +225,10 @@ fn reload(name: &str, admin: &str, token: Option<&str>) -> Result<(), String> {
     let mut resp = String::new();
     s.read_to_string(&mut resp).map_err(|e| e.to_string())?;
     let status = resp.split_whitespace().nth(1).unwrap_or("?").to_string();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     if status == "200" {
         println!("{body}");
         Ok(())

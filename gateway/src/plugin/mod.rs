@@ -27,7 +27,9 @@ use std::sync::Arc;
 use edgesync_plugin_host as ph;
 use edgesync_protocol::ErrorCode;
 use edgesync_protocol::topic::matches;
-use ph::{ConnectVerdict, Family, FailurePolicy, Hook, MessageVerdict, SubscribeVerdict, WriteVerdict};
+use ph::{
+    ConnectVerdict, FailurePolicy, Family, Hook, MessageVerdict, SubscribeVerdict, WriteVerdict,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{PluginAdmin, PluginAdminError, PluginInfo};
@@ -63,7 +65,11 @@ pub struct Sender {
 
 impl Sender {
     pub(crate) fn conn_ref(&self) -> ph::ConnRef {
-        ph::ConnRef { conn_id: self.conn_id, client_id: self.client_id.clone(), principal: self.principal.clone().unwrap_or_default() }
+        ph::ConnRef {
+            conn_id: self.conn_id,
+            client_id: self.client_id.clone(),
+            principal: self.principal.clone().unwrap_or_default(),
+        }
     }
 }
 
@@ -84,7 +90,10 @@ pub enum PluginSetupError {
     #[error("plugin runtime: {0}")]
     Host(#[from] ph::HostError),
     #[error("plugin {name}: {source}")]
-    Load { name: String, source: ph::PluginError },
+    Load {
+        name: String,
+        source: ph::PluginError,
+    },
     #[error("route {index}: unknown plugin {name:?}")]
     UnknownPlugin { index: usize, name: String },
 }
@@ -100,7 +109,9 @@ pub struct Plugins {
 
 impl std::fmt::Debug for Plugins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugins").field("order", &self.order).finish_non_exhaustive()
+        f.debug_struct("Plugins")
+            .field("order", &self.order)
+            .finish_non_exhaustive()
     }
 }
 
@@ -124,17 +135,31 @@ impl Plugins {
         let mut loaded = BTreeMap::new();
         let mut order = Vec::new();
         for c in configs {
-            let p = host.load(c.clone()).await.map_err(|source| PluginSetupError::Load { name: c.name.clone(), source })?;
+            let p = host
+                .load(c.clone())
+                .await
+                .map_err(|source| PluginSetupError::Load {
+                    name: c.name.clone(),
+                    source,
+                })?;
             tracing::info!(plugin = %c.name, exports = ?p.exports().iter().map(Family::interface).collect::<Vec<_>>(), "plugin loaded");
             order.push(c.name.clone());
             loaded.insert(c.name.clone(), p);
         }
         for (index, r) in routes.iter().enumerate() {
             if let Some(name) = r.plugins.iter().find(|n| !loaded.contains_key(*n)) {
-                return Err(PluginSetupError::UnknownPlugin { index, name: name.clone() });
+                return Err(PluginSetupError::UnknownPlugin {
+                    index,
+                    name: name.clone(),
+                });
             }
         }
-        Ok(Plugins { host, loaded, order, routes: routes.to_vec() })
+        Ok(Plugins {
+            host,
+            loaded,
+            order,
+            routes: routes.to_vec(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,7 +168,10 @@ impl Plugins {
 
     /// Plugins exporting auth hooks, in config order.
     fn auth_chain(&self) -> impl Iterator<Item = &ph::Plugin> {
-        self.order.iter().filter_map(|n| self.loaded.get(n)).filter(|p| p.exports().contains(Family::Auth))
+        self.order
+            .iter()
+            .filter_map(|n| self.loaded.get(n))
+            .filter(|p| p.exports().contains(Family::Auth))
     }
 
     /// The plugin chain of the first route matching `topic`.
@@ -151,7 +179,12 @@ impl Plugins {
         self.routes
             .iter()
             .find(|r| matches(&r.topics, topic))
-            .map(|r| r.plugins.iter().filter_map(|n| self.loaded.get(n)).collect())
+            .map(|r| {
+                r.plugins
+                    .iter()
+                    .filter_map(|n| self.loaded.get(n))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -172,11 +205,16 @@ impl Plugins {
                         });
                     }
                 }
-                Ok(ConnectVerdict::Deny(reason)) => return Err(refuse(ErrorCode::Unauthorized, reason)),
+                Ok(ConnectVerdict::Deny(reason)) => {
+                    return Err(refuse(ErrorCode::Unauthorized, reason));
+                }
                 Err(e) => {
                     if p.policy(Hook::OnConnect) == FailurePolicy::Closed {
                         tracing::warn!(plugin = p.name(), error = %e, "auth plugin failed; connection refused (fail-closed)");
-                        return Err(refuse(ErrorCode::Unauthorized, format!("auth plugin {} failed", p.name())));
+                        return Err(refuse(
+                            ErrorCode::Unauthorized,
+                            format!("auth plugin {} failed", p.name()),
+                        ));
                     }
                 }
             }
@@ -188,15 +226,24 @@ impl Plugins {
     ///
     /// # Errors
     /// `forbidden` with the plugin's reason.
-    pub async fn subscribe(&self, conn: &ph::ConnRef, pattern: &str) -> Result<(), (ErrorCode, String)> {
+    pub async fn subscribe(
+        &self,
+        conn: &ph::ConnRef,
+        pattern: &str,
+    ) -> Result<(), (ErrorCode, String)> {
         for p in self.auth_chain().filter(|p| p.has(Hook::OnSubscribe)) {
             match p.on_subscribe(conn, pattern).await {
                 Ok(SubscribeVerdict::Allow) => {}
-                Ok(SubscribeVerdict::Deny(reason)) => return Err(refuse(ErrorCode::Forbidden, reason)),
+                Ok(SubscribeVerdict::Deny(reason)) => {
+                    return Err(refuse(ErrorCode::Forbidden, reason));
+                }
                 Err(e) => {
                     if p.policy(Hook::OnSubscribe) == FailurePolicy::Closed {
                         tracing::warn!(plugin = p.name(), error = %e, "auth plugin failed; subscribe refused (fail-closed)");
-                        return Err(refuse(ErrorCode::Forbidden, format!("auth plugin {} failed", p.name())));
+                        return Err(refuse(
+                            ErrorCode::Forbidden,
+                            format!("auth plugin {} failed", p.name()),
+                        ));
                     }
                 }
             }
@@ -232,7 +279,10 @@ impl Plugins {
             return Ok(Outcome::Store);
         }
         let conn = sender.conn_ref();
-        for p in chain.iter().filter(|p| Some(p.name()) != sender.plugin.as_deref()) {
+        for p in chain
+            .iter()
+            .filter(|p| Some(p.name()) != sender.plugin.as_deref())
+        {
             if !p.exports().contains(Family::Message) {
                 continue;
             }
@@ -241,17 +291,25 @@ impl Plugins {
                 Ok(MessageVerdict::Pass) => {}
                 Ok(MessageVerdict::Replace(m)) => from_message(req, m),
                 Ok(MessageVerdict::Drop) => return Ok(Outcome::Dropped),
-                Ok(MessageVerdict::Reject(reason)) => return Err(refuse(ErrorCode::Rejected, reason)),
+                Ok(MessageVerdict::Reject(reason)) => {
+                    return Err(refuse(ErrorCode::Rejected, reason));
+                }
                 Err(e) => {
                     dead.push((p.name().to_string(), e.to_string()));
                     if p.policy(Hook::OnMessage) == FailurePolicy::Closed {
-                        return Err(refuse(ErrorCode::Rejected, format!("plugin {} failed; message dead-lettered", p.name())));
+                        return Err(refuse(
+                            ErrorCode::Rejected,
+                            format!("plugin {} failed; message dead-lettered", p.name()),
+                        ));
                     }
                 }
             }
         }
         let mut outcome = Outcome::Store;
-        for p in chain.iter().filter(|p| Some(p.name()) != sender.plugin.as_deref()) {
+        for p in chain
+            .iter()
+            .filter(|p| Some(p.name()) != sender.plugin.as_deref())
+        {
             if !p.exports().contains(Family::Storage) {
                 continue;
             }
@@ -260,7 +318,9 @@ impl Plugins {
                 Ok(WriteVerdict::Accept) => {}
                 Ok(WriteVerdict::AcceptWith(changes)) => {
                     if let Some(h) = changes.headers {
-                        req.headers = edgesync_protocol::Headers(h.into_iter().map(|h| (h.name, h.value)).collect());
+                        req.headers = edgesync_protocol::Headers(
+                            h.into_iter().map(|h| (h.name, h.value)).collect(),
+                        );
                     }
                     if let Some(payload) = changes.payload {
                         req.payload = bytes::Bytes::from(payload);
@@ -274,11 +334,16 @@ impl Plugins {
                     }
                 }
                 Ok(WriteVerdict::Skip) => outcome = Outcome::Ephemeral,
-                Ok(WriteVerdict::Reject(reason)) => return Err(refuse(ErrorCode::Rejected, reason)),
+                Ok(WriteVerdict::Reject(reason)) => {
+                    return Err(refuse(ErrorCode::Rejected, reason));
+                }
                 Err(e) => {
                     dead.push((p.name().to_string(), e.to_string()));
                     if p.policy(Hook::OnWrite) == FailurePolicy::Closed {
-                        return Err(refuse(ErrorCode::Rejected, format!("plugin {} failed; message dead-lettered", p.name())));
+                        return Err(refuse(
+                            ErrorCode::Rejected,
+                            format!("plugin {} failed; message dead-lettered", p.name()),
+                        ));
                     }
                 }
             }
@@ -288,26 +353,43 @@ impl Plugins {
 
     /// Poll every plugin's component file every `every`; when its size or modification
     /// time changes, hot-reload it (a failed reload keeps the old version and is logged).
-    pub fn spawn_watcher(self: &Arc<Self>, every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+    pub fn spawn_watcher(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
         let plugins = Arc::downgrade(self);
-        let stamp = |p: &ph::Plugin| std::fs::metadata(&p.config().path).ok().map(|m| (m.len(), m.modified().ok()));
+        let stamp = |p: &ph::Plugin| {
+            std::fs::metadata(&p.config().path)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()))
+        };
         // The files as loaded: a change made before the first poll is still a change.
-        let mut seen: BTreeMap<String, Option<(u64, Option<std::time::SystemTime>)>> =
-            self.loaded.iter().map(|(n, p)| (n.clone(), stamp(p))).collect();
+        let mut seen: BTreeMap<String, Option<(u64, Option<std::time::SystemTime>)>> = self
+            .loaded
+            .iter()
+            .map(|(n, p)| (n.clone(), stamp(p)))
+            .collect();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(every) => {}
                 }
-                let Some(this) = plugins.upgrade() else { return };
+                let Some(this) = plugins.upgrade() else {
+                    return;
+                };
                 for (name, p) in &this.loaded {
                     let now = stamp(p);
                     let before = seen.insert(name.clone(), now);
                     if before.is_some_and(|b| b != now) && now.is_some() {
                         match p.reload(p.config()).await {
-                            Ok(_) => tracing::info!(plugin = %name, version = p.version(), "plugin file changed; reloaded"),
-                            Err(e) => tracing::warn!(plugin = %name, error = %e, "plugin file changed but reload failed; previous version keeps running"),
+                            Ok(_) => {
+                                tracing::info!(plugin = %name, version = p.version(), "plugin file changed; reloaded")
+                            }
+                            Err(e) => {
+                                tracing::warn!(plugin = %name, error = %e, "plugin file changed but reload failed; previous version keeps running")
+                            }
                         }
                     }
                 }
@@ -325,7 +407,16 @@ impl Plugins {
             ph::BreakerState::Closed => "running".to_string(),
             other => format!("breaker_{other:?}").to_lowercase(),
         };
-        PluginInfo { name: p.name().to_string(), hooks: p.exports().iter().map(|f| f.interface().to_string()).collect(), state, detail }
+        PluginInfo {
+            name: p.name().to_string(),
+            hooks: p
+                .exports()
+                .iter()
+                .map(|f| f.interface().to_string())
+                .collect(),
+            state,
+            detail,
+        }
     }
 
     /// Validate a component against the contract (for `edgesync plugin check`).
@@ -340,28 +431,49 @@ impl Plugins {
 fn to_message(req: &AppendRequest) -> ph::Message {
     ph::Message {
         topic: req.topic.clone(),
-        headers: req.headers.0.iter().map(|(k, v)| ph::Header { name: k.clone(), value: v.clone() }).collect(),
+        headers: req
+            .headers
+            .0
+            .iter()
+            .map(|(k, v)| ph::Header {
+                name: k.clone(),
+                value: v.clone(),
+            })
+            .collect(),
         payload: req.payload.to_vec(),
     }
 }
 
 fn from_message(req: &mut AppendRequest, m: ph::Message) {
     // A replace may not move the message to another topic: permissions were checked for this one.
-    req.headers = edgesync_protocol::Headers(m.headers.into_iter().map(|h| (h.name, h.value)).collect());
+    req.headers =
+        edgesync_protocol::Headers(m.headers.into_iter().map(|h| (h.name, h.value)).collect());
     req.payload = bytes::Bytes::from(m.payload);
 }
 
 impl PluginAdmin for Plugins {
     fn list(&self) -> Vec<PluginInfo> {
-        self.order.iter().filter_map(|n| self.loaded.get(n)).map(Plugins::info).collect()
+        self.order
+            .iter()
+            .filter_map(|n| self.loaded.get(n))
+            .map(Plugins::info)
+            .collect()
     }
 
     /// Hot reload from the plugin's configured path: `init` the new version, swap
     /// atomically, drain the old; the old keeps running when `init` fails.
-    fn reload<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<PluginInfo, PluginAdminError>> + Send + 'a>> {
+    fn reload<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<PluginInfo, PluginAdminError>> + Send + 'a>> {
         Box::pin(async move {
-            let p = self.loaded.get(name).ok_or_else(|| PluginAdminError::NotFound(name.to_string()))?;
-            p.reload(p.config()).await.map_err(|e| PluginAdminError::Failed(e.to_string()))?;
+            let p = self
+                .loaded
+                .get(name)
+                .ok_or_else(|| PluginAdminError::NotFound(name.to_string()))?;
+            p.reload(p.config())
+                .await
+                .map_err(|e| PluginAdminError::Failed(e.to_string()))?;
             Ok(Plugins::info(p))
         })
     }

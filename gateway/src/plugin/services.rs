@@ -65,7 +65,10 @@ fn kv_key(plugin: &str, key: &str) -> Vec<u8> {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Decode a stored value; `None` when expired or malformed.
@@ -81,7 +84,10 @@ fn decode(bytes: &[u8], now: u64) -> Option<KvEntry> {
     if expires != 0 && expires <= now {
         return None;
     }
-    Some(KvEntry { value: bytes[16..].to_vec(), version })
+    Some(KvEntry {
+        value: bytes[16..].to_vec(),
+        version,
+    })
 }
 
 fn encode(version: u64, ttl_ms: Option<u64>, value: &[u8], now: u64) -> Vec<u8> {
@@ -100,7 +106,10 @@ impl GatewayServices {
     }
 
     fn gateway(&self) -> Result<Arc<Gateway>, ServiceError> {
-        self.gw.get().and_then(Weak::upgrade).ok_or_else(|| unavailable("gateway not running"))
+        self.gw
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| unavailable("gateway not running"))
     }
 
     fn current(&self, plugin: &str, key: &str) -> Result<(Option<KvEntry>, u64), ServiceError> {
@@ -123,7 +132,9 @@ impl GatewayServices {
 
     fn put(&self, plugin: &str, key: &str, value: Option<Vec<u8>>) -> Result<(), ServiceError> {
         let gw = self.gateway()?;
-        gw.store.kv_write(&[(kv_key(plugin, key), value)]).map_err(unavailable)
+        gw.store
+            .kv_write(&[(kv_key(plugin, key), value)])
+            .map_err(unavailable)
     }
 }
 
@@ -132,7 +143,13 @@ impl HostServices for GatewayServices {
         Ok(self.current(plugin, key)?.0)
     }
 
-    fn kv_set(&self, plugin: &str, key: &str, value: &[u8], ttl_ms: Option<u64>) -> Result<u64, ServiceError> {
+    fn kv_set(
+        &self,
+        plugin: &str,
+        key: &str,
+        value: &[u8],
+        ttl_ms: Option<u64>,
+    ) -> Result<u64, ServiceError> {
         let _g = self.kv_lock.lock();
         let version = self.last_version(plugin, key)? + 1;
         self.put(plugin, key, Some(encode(version, ttl_ms, value, now_ms())))?;
@@ -166,12 +183,21 @@ impl HostServices for GatewayServices {
         Ok(existed)
     }
 
-    fn kv_increment(&self, plugin: &str, key: &str, delta: i64, ttl_ms: Option<u64>) -> Result<i64, ServiceError> {
+    fn kv_increment(
+        &self,
+        plugin: &str,
+        key: &str,
+        delta: i64,
+        ttl_ms: Option<u64>,
+    ) -> Result<i64, ServiceError> {
         let _g = self.kv_lock.lock();
         let (cur, now) = self.current(plugin, key)?;
         let (value, ttl) = match &cur {
             Some(e) => {
-                let n: i64 = std::str::from_utf8(&e.value).ok().and_then(|s| s.parse().ok()).ok_or(ServiceError::NotACounter)?;
+                let n: i64 = std::str::from_utf8(&e.value)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or(ServiceError::NotACounter)?;
                 (n.saturating_add(delta), None)
             }
             None => (delta, ttl_ms),
@@ -179,11 +205,15 @@ impl HostServices for GatewayServices {
         // Keep an existing expiry when the counter already exists.
         let gw = self.gateway()?;
         let raw = gw.store.kv_get(&kv_key(plugin, key)).map_err(unavailable)?;
-        let keep_expiry = cur.as_ref().and(raw.as_deref()).filter(|b| b.len() >= 16).map(|b| {
-            let mut v = [0u8; 8];
-            v.copy_from_slice(&b[8..16]);
-            u64::from_be_bytes(v)
-        });
+        let keep_expiry = cur
+            .as_ref()
+            .and(raw.as_deref())
+            .filter(|b| b.len() >= 16)
+            .map(|b| {
+                let mut v = [0u8; 8];
+                v.copy_from_slice(&b[8..16]);
+                u64::from_be_bytes(v)
+            });
         let version = self.last_version(plugin, key)? + 1;
         let mut bytes = encode(version, ttl, value.to_string().as_bytes(), now);
         if let Some(exp) = keep_expiry {
@@ -193,11 +223,19 @@ impl HostServices for GatewayServices {
         Ok(value)
     }
 
-    fn kv_scan_prefix(&self, plugin: &str, prefix: &str, limit: usize) -> Result<Vec<(String, KvEntry)>, ServiceError> {
+    fn kv_scan_prefix(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, KvEntry)>, ServiceError> {
         let gw = self.gateway()?;
         let base = kv_key(plugin, "");
         let now = now_ms();
-        let rows = gw.store.kv_scan(&kv_key(plugin, prefix), limit.saturating_mul(2).max(limit)).map_err(unavailable)?;
+        let rows = gw
+            .store
+            .kv_scan(&kv_key(plugin, prefix), limit.saturating_mul(2).max(limit))
+            .map_err(unavailable)?;
         Ok(rows
             .into_iter()
             .filter_map(|(k, v)| {
@@ -208,17 +246,39 @@ impl HostServices for GatewayServices {
             .collect())
     }
 
-    fn publish(&self, plugin: &str, topic: &str, headers: &[Header], payload: &[u8]) -> Result<(), ServiceError> {
+    fn publish(
+        &self,
+        plugin: &str,
+        topic: &str,
+        headers: &[Header],
+        payload: &[u8],
+    ) -> Result<(), ServiceError> {
         let gw = self.gateway()?;
         let hops = HOPS.try_with(|h| *h).unwrap_or(0) + 1;
         if hops > MAX_HOPS {
-            return Err(ServiceError::Refused(format!("loop protection: more than {MAX_HOPS} plugin publishes in a chain")));
+            return Err(ServiceError::Refused(format!(
+                "loop protection: more than {MAX_HOPS} plugin publishes in a chain"
+            )));
         }
         edgesync_protocol::topic::validate_topic(topic, gw.settings.limits().max_topic_bytes)
             .map_err(|e| ServiceError::Refused(e.to_string()))?;
-        let permit = self.inflight.clone().try_acquire_owned().map_err(|_| unavailable("too many plugin publishes in flight"))?;
-        let sender = Sender { conn_id: 0, client_id: format!("$plugin.{plugin}"), principal: None, plugin: Some(plugin.to_string()) };
-        let headers = edgesync_protocol::Headers(headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect());
+        let permit = self
+            .inflight
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| unavailable("too many plugin publishes in flight"))?;
+        let sender = Sender {
+            conn_id: 0,
+            client_id: format!("$plugin.{plugin}"),
+            principal: None,
+            plugin: Some(plugin.to_string()),
+        };
+        let headers = edgesync_protocol::Headers(
+            headers
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+        );
         let payload = bytes::Bytes::copy_from_slice(payload);
         let topic = topic.to_string();
         let handle = tokio::runtime::Handle::try_current().map_err(unavailable)?;
@@ -231,7 +291,13 @@ impl HostServices for GatewayServices {
         Ok(())
     }
 
-    fn send(&self, _plugin: &str, conn_id: u64, topic: &str, payload: &[u8]) -> Result<(), ServiceError> {
+    fn send(
+        &self,
+        _plugin: &str,
+        conn_id: u64,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<(), ServiceError> {
         let gw = self.gateway()?;
         if gw.send_direct(conn_id, topic, payload) {
             Ok(())

@@ -104,7 +104,10 @@ pub async fn run_with_datagrams<C: Conn>(
 ) {
     let limits = gw.settings.limits().clone();
     let conn_id = gw.next_conn_id();
-    let out = ConnOut::new(conn_id, Outbox::new(info.encoding, limits.outbox_frames, limits.outbox_bytes));
+    let out = ConnOut::new(
+        conn_id,
+        Outbox::new(info.encoding, limits.outbox_frames, limits.outbox_bytes),
+    );
     let now = Instant::now();
     let mut session = Session::new(limits.clone(), now);
     let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
@@ -132,8 +135,15 @@ pub async fn run_with_datagrams<C: Conn>(
         match event {
             Event::Shutdown => {
                 draining = true;
-                out.outbox.push_reply(&ServerFrame::error(None, ErrorCode::ShuttingDown, "gateway is shutting down"));
-                close_reason = Some((Some(ErrorCode::ShuttingDown), "gateway shutting down".into()));
+                out.outbox.push_reply(&ServerFrame::error(
+                    None,
+                    ErrorCode::ShuttingDown,
+                    "gateway is shutting down",
+                ));
+                close_reason = Some((
+                    Some(ErrorCode::ShuttingDown),
+                    "gateway shutting down".into(),
+                ));
             }
             Event::Write => {
                 if let Some(closed) = out.outbox.closed() {
@@ -165,8 +175,12 @@ pub async fn run_with_datagrams<C: Conn>(
                         break 'session;
                     }
                 };
-                gw.metrics.commands.with_label_values(&["frame", code.as_str()]).inc();
-                out.outbox.push_reply(&ServerFrame::error(None, code, e.to_string()));
+                gw.metrics
+                    .commands
+                    .with_label_values(&["frame", code.as_str()])
+                    .inc();
+                out.outbox
+                    .push_reply(&ServerFrame::error(None, code, e.to_string()));
                 flush(&mut conn, &out, &gw).await.ok();
                 close_reason = Some((Some(code), e.to_string()));
                 break 'session;
@@ -176,12 +190,19 @@ pub async fn run_with_datagrams<C: Conn>(
                 if frame.is_empty() {
                     continue; // keepalive (a pong, or an empty frame from the client)
                 }
-                gw.metrics.bytes.with_label_values(&["in"]).inc_by(frame.len() as u64);
+                gw.metrics
+                    .bytes
+                    .with_label_values(&["in"])
+                    .inc_by(frame.len() as u64);
                 let frames: Vec<ClientFrame> = match info.encoding.decode_all(&frame) {
                     Ok(f) => f,
                     Err(e) => {
-                        gw.metrics.commands.with_label_values(&["frame", e.code().as_str()]).inc();
-                        out.outbox.push_reply(&ServerFrame::error(None, e.code(), e.to_string()));
+                        gw.metrics
+                            .commands
+                            .with_label_values(&["frame", e.code().as_str()])
+                            .inc();
+                        out.outbox
+                            .push_reply(&ServerFrame::error(None, e.code(), e.to_string()));
                         continue;
                     }
                 };
@@ -189,11 +210,23 @@ pub async fn run_with_datagrams<C: Conn>(
                     let kind = frame_kind(&f);
                     match session.handle(f, last_rx) {
                         Ok(cmd) => {
-                            execute(cmd, &gw, &out, &mut session, &mut pending, &mut catchups, &info).await;
+                            execute(
+                                cmd,
+                                &gw,
+                                &out,
+                                &mut session,
+                                &mut pending,
+                                &mut catchups,
+                                &info,
+                            )
+                            .await;
                         }
                         Err(reply) => {
                             if let ServerFrame::Error { code, .. } = &*reply {
-                                gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
+                                gw.metrics
+                                    .commands
+                                    .with_label_values(&[kind, code.as_str()])
+                                    .inc();
                             }
                             out.outbox.push_reply(&reply);
                         }
@@ -209,7 +242,10 @@ pub async fn run_with_datagrams<C: Conn>(
                         Ok(false) => catchups.push_back(c),
                         Err(e) => {
                             tracing::warn!(conn_id, error = %e, "catch-up read failed");
-                            out.outbox.close(ErrorCode::StorageUnavailable, "reading stored messages failed");
+                            out.outbox.close(
+                                ErrorCode::StorageUnavailable,
+                                "reading stored messages failed",
+                            );
                         }
                     }
                 }
@@ -217,7 +253,10 @@ pub async fn run_with_datagrams<C: Conn>(
             Event::Timer => {
                 let now = Instant::now();
                 if now.duration_since(last_rx).as_millis() as u64 >= limits.idle_timeout_ms {
-                    out.outbox.close(ErrorCode::IdleTimeout, "nothing received within the idle timeout");
+                    out.outbox.close(
+                        ErrorCode::IdleTimeout,
+                        "nothing received within the idle timeout",
+                    );
                 } else if conn.ping().await.is_err() {
                     close_reason = Some((None, "ping failed".into()));
                     break 'session;
@@ -243,7 +282,10 @@ pub async fn run_with_datagrams<C: Conn>(
     }
     conn.close(code, &reason).await;
     let label = code.map_or("normal", |c| c.as_str());
-    gw.metrics.connections_closed.with_label_values(&[label]).inc();
+    gw.metrics
+        .connections_closed
+        .with_label_values(&[label])
+        .inc();
     tracing::debug!(conn_id, reason = %reason, "session end");
 }
 
@@ -268,8 +310,16 @@ async fn next_datagram(rx: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>) -> O
 /// message hooks), and fan it out as an ephemeral message (`seq` 0, not stored, not acked).
 async fn ephemeral(gw: &Gateway, session: &mut Session, datagram: &[u8], info: &ConnInfo) {
     let now = Instant::now();
-    let count = |result: &str| gw.metrics.commands.with_label_values(&["datagram", result]).inc();
-    gw.metrics.bytes.with_label_values(&["in"]).inc_by(datagram.len() as u64);
+    let count = |result: &str| {
+        gw.metrics
+            .commands
+            .with_label_values(&["datagram", result])
+            .inc()
+    };
+    gw.metrics
+        .bytes
+        .with_label_values(&["in"])
+        .inc_by(datagram.len() as u64);
     let mut frames: Vec<super::EphemeralPub> = match info.encoding.decode_all(datagram) {
         Ok(f) => f,
         Err(e) => return count(e.code().as_str()),
@@ -317,7 +367,10 @@ async fn flush<C: Conn>(conn: &mut C, out: &ConnOut, gw: &Gateway) -> Result<(),
         if out.outbox.drain_into(&mut buf, MAX_BATCH_FRAME) == 0 {
             return Ok(());
         }
-        gw.metrics.bytes.with_label_values(&["out"]).inc_by(buf.len() as u64);
+        gw.metrics
+            .bytes
+            .with_label_values(&["out"])
+            .inc_by(buf.len() as u64);
         conn.send(buf).await?;
     }
 }
@@ -333,13 +386,24 @@ async fn execute(
 ) {
     let kind = cmd.kind();
     match cmd {
-        Command::Connect { id, client_id, token } => {
-            match gw.authorize(out.id, &client_id, token.as_deref(), info).await {
+        Command::Connect {
+            id,
+            client_id,
+            token,
+        } => {
+            match gw
+                .authorize(out.id, &client_id, token.as_deref(), info)
+                .await
+            {
                 Ok(auth) => session.set_auth(auth),
                 Err((code, msg)) => {
                     session.reset_connect();
-                    gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
-                    out.outbox.push_reply(&ServerFrame::error(Some(id), code, msg.clone()));
+                    gw.metrics
+                        .commands
+                        .with_label_values(&[kind, code.as_str()])
+                        .inc();
+                    out.outbox
+                        .push_reply(&ServerFrame::error(Some(id), code, msg.clone()));
                     out.outbox.close(code, &msg);
                     return;
                 }
@@ -364,9 +428,16 @@ async fn execute(
             });
         }
         Command::Subscribe { id, pattern, start } => {
-            if let Err((code, msg)) = gw.authorize_subscribe(&sender(out, session), &pattern).await {
-                gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
-                out.outbox.push_reply(&ServerFrame::error(Some(id), code, msg));
+            if let Err((code, msg)) = gw
+                .authorize_subscribe(&sender(out, session), &pattern)
+                .await
+            {
+                gw.metrics
+                    .commands
+                    .with_label_values(&[kind, code.as_str()])
+                    .inc();
+                out.outbox
+                    .push_reply(&ServerFrame::error(Some(id), code, msg));
                 return;
             }
             let live = start == StartAt::Latest;
@@ -388,23 +459,35 @@ async fn execute(
                     c
                 }
             };
-            out.outbox.push_reply(&ServerFrame::Subscribed { id, topic: pattern.clone(), cursor: position.encode() });
+            out.outbox.push_reply(&ServerFrame::Subscribed {
+                id,
+                topic: pattern.clone(),
+                cursor: position.encode(),
+            });
             if !live {
-                catchups.push_back(CatchUp { sub, pattern, position });
+                catchups.push_back(CatchUp {
+                    sub,
+                    pattern,
+                    position,
+                });
             }
         }
         Command::Unsubscribe { id, pattern, sub } => {
             gw.broker.unsubscribe(sub);
             catchups.retain(|c| c.sub != sub);
             gw.metrics.subscriptions.dec();
-            out.outbox.push_reply(&ServerFrame::Unsubscribed { id, topic: pattern });
+            out.outbox
+                .push_reply(&ServerFrame::Unsubscribed { id, topic: pattern });
         }
         Command::Publish { id, mut req, ack } => {
             let started = Instant::now();
             match gw.ingest_from(&sender(out, session), &mut req).await {
                 Ok(crate::server::Ingest::Store) => {}
                 Ok(crate::server::Ingest::Dropped) => {
-                    gw.metrics.commands.with_label_values(&[kind, "dropped"]).inc();
+                    gw.metrics
+                        .commands
+                        .with_label_values(&[kind, "dropped"])
+                        .inc();
                     if ack {
                         // A plugin dropped the message on purpose: acknowledged, not stored.
                         out.outbox.push_reply(&ServerFrame::Puback {
@@ -421,8 +504,12 @@ async fn execute(
                     return;
                 }
                 Err((code, msg)) => {
-                    gw.metrics.commands.with_label_values(&[kind, code.as_str()]).inc();
-                    out.outbox.push_reply(&ServerFrame::error(Some(id), code, msg));
+                    gw.metrics
+                        .commands
+                        .with_label_values(&[kind, code.as_str()])
+                        .inc();
+                    out.outbox
+                        .push_reply(&ServerFrame::error(Some(id), code, msg));
                     return;
                 }
             }
@@ -430,11 +517,22 @@ async fn execute(
             let topic = req.topic.clone();
             pending.push_back(Box::pin(async move {
                 let result = store.append(req).await;
-                AckDone { id, topic, want_ack: ack, started, result }
+                AckDone {
+                    id,
+                    topic,
+                    want_ack: ack,
+                    started,
+                    result,
+                }
             }));
             return;
         }
-        Command::History { id, topic, start, limit } => {
+        Command::History {
+            id,
+            topic,
+            start,
+            limit,
+        } => {
             let after = match start {
                 StartAt::Latest => gw.store.head(&topic),
                 StartAt::Earliest => BTreeMap::new(),
@@ -459,8 +557,15 @@ async fn execute(
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "history read failed");
-                    out.outbox.push_reply(&ServerFrame::error(Some(id), ErrorCode::StorageUnavailable, e.to_string()));
-                    gw.metrics.commands.with_label_values(&[kind, "storage_unavailable"]).inc();
+                    out.outbox.push_reply(&ServerFrame::error(
+                        Some(id),
+                        ErrorCode::StorageUnavailable,
+                        e.to_string(),
+                    ));
+                    gw.metrics
+                        .commands
+                        .with_label_values(&[kind, "storage_unavailable"])
+                        .inc();
                     return;
                 }
             }
@@ -480,7 +585,9 @@ fn sender(out: &ConnOut, session: &Session) -> crate::plugin::Sender {
 }
 
 fn finish_publish(gw: &Gateway, out: &ConnOut, done: AckDone) {
-    gw.metrics.publish_ack_seconds.observe(done.started.elapsed().as_secs_f64());
+    gw.metrics
+        .publish_ack_seconds
+        .observe(done.started.elapsed().as_secs_f64());
     match done.result {
         Ok(ack) => {
             gw.metrics.commands.with_label_values(&["pub", "ok"]).inc();
@@ -504,13 +611,21 @@ fn finish_publish(gw: &Gateway, out: &ConnOut, done: AckDone) {
                 StoreError::Closed => ErrorCode::ShuttingDown,
                 _ => ErrorCode::StorageUnavailable,
             };
-            gw.metrics.commands.with_label_values(&["pub", code.as_str()]).inc();
-            out.outbox.push_reply(&ServerFrame::error(Some(done.id), code, e.to_string()));
+            gw.metrics
+                .commands
+                .with_label_values(&["pub", code.as_str()])
+                .inc();
+            out.outbox
+                .push_reply(&ServerFrame::error(Some(done.id), code, e.to_string()));
         }
     }
 }
 
-fn gap_frame(topic: &str, m: &crate::store::MissingRange, _after: &BTreeMap<Origin, u64>) -> ServerFrame {
+fn gap_frame(
+    topic: &str,
+    m: &crate::store::MissingRange,
+    _after: &BTreeMap<Origin, u64>,
+) -> ServerFrame {
     let mut cursor = Cursor::new();
     cursor.observe(topic, &m.origin, m.from.saturating_sub(1));
     ServerFrame::Gap {
@@ -530,13 +645,17 @@ fn catch_up_step(gw: &Gateway, out: &ConnOut, c: &mut CatchUp) -> Result<bool, S
     let mut budget = CATCHUP_CHUNK;
     for (topic, head) in gw.broker.matching_heads(&c.pattern) {
         let after = c.position.topic(&topic).cloned().unwrap_or_default();
-        if head.iter().all(|(o, s)| after.get(o).copied().unwrap_or(0) >= *s) {
+        if head
+            .iter()
+            .all(|(o, s)| after.get(o).copied().unwrap_or(0) >= *s)
+        {
             continue;
         }
         let batch = gw.store.read(&topic, &after, Some(&head), budget)?;
         for m in &batch.missing {
             gw.metrics.gap(m.corrupt);
-            out.outbox.push_history(Bytes::from(enc.encode(&gap_frame(&topic, m, &after))));
+            out.outbox
+                .push_history(Bytes::from(enc.encode(&gap_frame(&topic, m, &after))));
         }
         for r in &batch.records {
             out.outbox.push_history(encode_push(r, enc));

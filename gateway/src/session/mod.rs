@@ -32,12 +32,35 @@ pub enum StartAt {
 /// A validated command for the driver.
 #[derive(Debug)]
 pub enum Command {
-    Connect { id: u64, client_id: String, token: Option<String> },
-    Subscribe { id: u64, pattern: String, start: StartAt },
-    Unsubscribe { id: u64, pattern: String, sub: SubId },
-    Publish { id: u64, req: AppendRequest, ack: bool },
-    History { id: u64, topic: String, start: StartAt, limit: usize },
-    Ping { id: u64 },
+    Connect {
+        id: u64,
+        client_id: String,
+        token: Option<String>,
+    },
+    Subscribe {
+        id: u64,
+        pattern: String,
+        start: StartAt,
+    },
+    Unsubscribe {
+        id: u64,
+        pattern: String,
+        sub: SubId,
+    },
+    Publish {
+        id: u64,
+        req: AppendRequest,
+        ack: bool,
+    },
+    History {
+        id: u64,
+        topic: String,
+        start: StartAt,
+        limit: usize,
+    },
+    Ping {
+        id: u64,
+    },
 }
 
 impl Command {
@@ -76,7 +99,11 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(rate_per_sec: u32, now: Instant) -> Self {
-        TokenBucket { rate: f64::from(rate_per_sec), tokens: f64::from(rate_per_sec), last: now }
+        TokenBucket {
+            rate: f64::from(rate_per_sec),
+            tokens: f64::from(rate_per_sec),
+            last: now,
+        }
     }
 
     /// Take one token if available.
@@ -142,7 +169,14 @@ fn err(id: u64, code: ErrorCode, msg: impl Into<String>) -> Reply {
 impl Session {
     pub fn new(limits: Limits, now: Instant) -> Self {
         let bucket = TokenBucket::new(limits.publish_rate_per_sec, now);
-        Session { limits, client_id: None, auth: None, connect_cursor: None, subs: HashMap::new(), bucket }
+        Session {
+            limits,
+            client_id: None,
+            auth: None,
+            connect_cursor: None,
+            subs: HashMap::new(),
+            bucket,
+        }
     }
 
     /// The client id once connected.
@@ -181,24 +215,61 @@ impl Session {
     /// The error reply to send (the connection stays open).
     pub fn handle(&mut self, frame: ClientFrame, now: Instant) -> Result<Command, Reply> {
         let id = frame.id();
-        if self.client_id.is_none() && !matches!(frame, ClientFrame::Connect { .. } | ClientFrame::Ping { .. }) {
+        if self.client_id.is_none()
+            && !matches!(
+                frame,
+                ClientFrame::Connect { .. } | ClientFrame::Ping { .. }
+            )
+        {
             return Err(err(id, ErrorCode::NotConnected, "send connect first"));
         }
         match frame {
-            ClientFrame::Connect { id, token, client_id, cursor } => self.connect(id, token, client_id, cursor),
+            ClientFrame::Connect {
+                id,
+                token,
+                client_id,
+                cursor,
+            } => self.connect(id, token, client_id, cursor),
             ClientFrame::Sub { id, topic, start } => self.subscribe(id, topic, start),
             ClientFrame::Unsub { id, topic } => match self.subs.remove(&topic) {
-                Some(sub) => Ok(Command::Unsubscribe { id, pattern: topic, sub }),
-                None => Err(err(id, ErrorCode::NotSubscribed, format!("not subscribed to {topic:?}"))),
+                Some(sub) => Ok(Command::Unsubscribe {
+                    id,
+                    pattern: topic,
+                    sub,
+                }),
+                None => Err(err(
+                    id,
+                    ErrorCode::NotSubscribed,
+                    format!("not subscribed to {topic:?}"),
+                )),
             },
-            ClientFrame::Pub { id, topic, data, headers, mid, ack } => {
-                self.publish(id, topic, data.0, headers, mid, ack, now)
-            }
-            ClientFrame::History { id, topic, start, limit } => {
-                validate_topic(&topic, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
+            ClientFrame::Pub {
+                id,
+                topic,
+                data,
+                headers,
+                mid,
+                ack,
+            } => self.publish(id, topic, data.0, headers, mid, ack, now),
+            ClientFrame::History {
+                id,
+                topic,
+                start,
+                limit,
+            } => {
+                validate_topic(&topic, self.limits.max_topic_bytes)
+                    .map_err(|e| err(id, e.code(), e.to_string()))?;
                 let start = self.start(id, start.unwrap_or(Start::Earliest))?;
-                let limit = limit.unwrap_or(self.limits.max_history).min(self.limits.max_history).max(1) as usize;
-                Ok(Command::History { id, topic, start, limit })
+                let limit = limit
+                    .unwrap_or(self.limits.max_history)
+                    .min(self.limits.max_history)
+                    .max(1) as usize;
+                Ok(Command::History {
+                    id,
+                    topic,
+                    start,
+                    limit,
+                })
             }
             ClientFrame::Ping { id } => Ok(Command::Ping { id }),
         }
@@ -210,14 +281,33 @@ impl Session {
     ///
     /// # Errors
     /// The error reply that a `pub` would get (the driver counts it; datagrams get no reply).
-    pub fn handle_ephemeral(&mut self, p: EphemeralPub, now: Instant) -> Result<AppendRequest, Reply> {
+    pub fn handle_ephemeral(
+        &mut self,
+        p: EphemeralPub,
+        now: Instant,
+    ) -> Result<AppendRequest, Reply> {
         if p.t != "pub" {
-            return Err(err(0, ErrorCode::BadRequest, format!("a datagram carries a pub frame, not {:?}", p.t)));
+            return Err(err(
+                0,
+                ErrorCode::BadRequest,
+                format!("a datagram carries a pub frame, not {:?}", p.t),
+            ));
         }
-        let frame = ClientFrame::Pub { id: 0, topic: p.topic, data: p.data, headers: p.headers, mid: None, ack: false };
+        let frame = ClientFrame::Pub {
+            id: 0,
+            topic: p.topic,
+            data: p.data,
+            headers: p.headers,
+            mid: None,
+            ack: false,
+        };
         match self.handle(frame, now)? {
             Command::Publish { req, .. } => Ok(req),
-            other => Err(err(0, ErrorCode::Internal, format!("unexpected command {}", other.kind()))),
+            other => Err(err(
+                0,
+                ErrorCode::Internal,
+                format!("unexpected command {}", other.kind()),
+            )),
         }
     }
 
@@ -229,7 +319,11 @@ impl Session {
         cursor: Option<String>,
     ) -> Result<Command, Reply> {
         if self.client_id.is_some() {
-            return Err(err(id, ErrorCode::AlreadyConnected, "connect was already sent"));
+            return Err(err(
+                id,
+                ErrorCode::AlreadyConnected,
+                "connect was already sent",
+            ));
         }
         let client_id = match client_id {
             Some(c) => {
@@ -244,15 +338,30 @@ impl Session {
             self.connect_cursor = Some(c);
         }
         self.client_id = Some(client_id.clone());
-        Ok(Command::Connect { id, client_id, token })
+        Ok(Command::Connect {
+            id,
+            client_id,
+            token,
+        })
     }
 
-    fn subscribe(&mut self, id: u64, pattern: String, start: Option<Start>) -> Result<Command, Reply> {
-        validate_pattern(&pattern, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
+    fn subscribe(
+        &mut self,
+        id: u64,
+        pattern: String,
+        start: Option<Start>,
+    ) -> Result<Command, Reply> {
+        validate_pattern(&pattern, self.limits.max_topic_bytes)
+            .map_err(|e| err(id, e.code(), e.to_string()))?;
         if let Some(a) = &self.auth
-            && !a.subscribe.iter().any(|g| covers(g, &pattern)) {
-                return Err(err(id, ErrorCode::Forbidden, format!("{} may not subscribe to {pattern:?}", a.principal)));
-            }
+            && !a.subscribe.iter().any(|g| covers(g, &pattern))
+        {
+            return Err(err(
+                id,
+                ErrorCode::Forbidden,
+                format!("{} may not subscribe to {pattern:?}", a.principal),
+            ));
+        }
         let start = match start {
             Some(s) => self.start(id, s)?,
             None => match &self.connect_cursor {
@@ -261,13 +370,20 @@ impl Session {
             },
         };
         if self.subs.contains_key(&pattern) {
-            return Err(err(id, ErrorCode::AlreadySubscribed, format!("already subscribed to {pattern:?}")));
+            return Err(err(
+                id,
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {pattern:?}"),
+            ));
         }
         if self.subs.len() >= self.limits.max_subscriptions {
             return Err(err(
                 id,
                 ErrorCode::TooManySubscriptions,
-                format!("limit is {} subscriptions per connection", self.limits.max_subscriptions),
+                format!(
+                    "limit is {} subscriptions per connection",
+                    self.limits.max_subscriptions
+                ),
             ));
         }
         Ok(Command::Subscribe { id, pattern, start })
@@ -296,15 +412,27 @@ impl Session {
         ack: bool,
         now: Instant,
     ) -> Result<Command, Reply> {
-        validate_topic(&topic, self.limits.max_topic_bytes).map_err(|e| err(id, e.code(), e.to_string()))?;
+        validate_topic(&topic, self.limits.max_topic_bytes)
+            .map_err(|e| err(id, e.code(), e.to_string()))?;
         if is_system(&topic) {
-            return Err(err(id, ErrorCode::Forbidden, "topics starting with '$' are reserved for the gateway"));
+            return Err(err(
+                id,
+                ErrorCode::Forbidden,
+                "topics starting with '$' are reserved for the gateway",
+            ));
         }
         if let Some(a) = &self.auth
-            && !a.publish.iter().any(|g| matches(g, &topic)) {
-                return Err(err(id, ErrorCode::Forbidden, format!("{} may not publish to {topic:?}", a.principal)));
-            }
-        if headers.len() > self.limits.max_headers || headers.byte_len() > self.limits.max_header_bytes {
+            && !a.publish.iter().any(|g| matches(g, &topic))
+        {
+            return Err(err(
+                id,
+                ErrorCode::Forbidden,
+                format!("{} may not publish to {topic:?}", a.principal),
+            ));
+        }
+        if headers.len() > self.limits.max_headers
+            || headers.byte_len() > self.limits.max_header_bytes
+        {
             return Err(err(
                 id,
                 ErrorCode::HeadersTooLarge,
@@ -318,7 +446,11 @@ impl Session {
             ));
         }
         if headers.0.iter().any(|(k, _)| k.is_empty()) {
-            return Err(err(id, ErrorCode::BadRequest, "header names must not be empty"));
+            return Err(err(
+                id,
+                ErrorCode::BadRequest,
+                "header names must not be empty",
+            ));
         }
         if let Some(m) = &mid {
             self.check_id(id, "mid", m)?;
@@ -327,11 +459,24 @@ impl Session {
             return Err(err(
                 id,
                 ErrorCode::RateLimited,
-                format!("limit is {} publishes per second per connection", self.limits.publish_rate_per_sec),
+                format!(
+                    "limit is {} publishes per second per connection",
+                    self.limits.publish_rate_per_sec
+                ),
             ));
         }
         let client = self.client_id.clone().unwrap_or_default();
-        Ok(Command::Publish { id, req: AppendRequest { topic, client, mid, headers, payload }, ack })
+        Ok(Command::Publish {
+            id,
+            req: AppendRequest {
+                topic,
+                client,
+                mid,
+                headers,
+                payload,
+            },
+            ack,
+        })
     }
 
     fn check_id(&self, id: u64, field: &str, value: &str) -> Result<(), Reply> {
@@ -360,9 +505,24 @@ mod tests {
 
     fn connected() -> (Session, Instant) {
         let now = Instant::now();
-        let mut s = Session::new(Limits { publish_rate_per_sec: 2, max_subscriptions: 1, ..Limits::default() }, now);
-        s.handle(ClientFrame::Connect { id: 1, token: None, client_id: Some("c".into()), cursor: None }, now)
-            .expect("connect");
+        let mut s = Session::new(
+            Limits {
+                publish_rate_per_sec: 2,
+                max_subscriptions: 1,
+                ..Limits::default()
+            },
+            now,
+        );
+        s.handle(
+            ClientFrame::Connect {
+                id: 1,
+                token: None,
+                client_id: Some("c".into()),
+                cursor: None,
+            },
+            now,
+        )
+        .expect("connect");
         (s, now)
     }
 
@@ -374,51 +534,170 @@ mod tests {
     }
 
     fn publish(topic: &str) -> ClientFrame {
-        ClientFrame::Pub { id: 2, topic: topic.into(), data: Payload::from("x"), headers: Headers::default(), mid: None, ack: true }
+        ClientFrame::Pub {
+            id: 2,
+            topic: topic.into(),
+            data: Payload::from("x"),
+            headers: Headers::default(),
+            mid: None,
+            ack: true,
+        }
     }
 
     #[test]
     fn commands_before_connect_are_refused() {
         let mut s = Session::new(Limits::default(), Instant::now());
-        assert_eq!(code(s.handle(publish("a"), Instant::now())), ErrorCode::NotConnected);
-        assert!(s.handle(ClientFrame::Ping { id: 1 }, Instant::now()).is_ok());
+        assert_eq!(
+            code(s.handle(publish("a"), Instant::now())),
+            ErrorCode::NotConnected
+        );
+        assert!(
+            s.handle(ClientFrame::Ping { id: 1 }, Instant::now())
+                .is_ok()
+        );
     }
 
     #[test]
     fn limits_answer_with_their_codes() {
         let (mut s, now) = connected();
-        assert_eq!(code(s.handle(ClientFrame::Connect { id: 3, token: None, client_id: None, cursor: None }, now)), ErrorCode::AlreadyConnected);
-        assert_eq!(code(s.handle(publish("a..b"), now)), ErrorCode::TopicInvalid);
-        assert_eq!(code(s.handle(publish(&"x".repeat(300)), now)), ErrorCode::TopicTooLong);
+        assert_eq!(
+            code(s.handle(
+                ClientFrame::Connect {
+                    id: 3,
+                    token: None,
+                    client_id: None,
+                    cursor: None
+                },
+                now
+            )),
+            ErrorCode::AlreadyConnected
+        );
+        assert_eq!(
+            code(s.handle(publish("a..b"), now)),
+            ErrorCode::TopicInvalid
+        );
+        assert_eq!(
+            code(s.handle(publish(&"x".repeat(300)), now)),
+            ErrorCode::TopicTooLong
+        );
         assert_eq!(code(s.handle(publish("$sys"), now)), ErrorCode::Forbidden);
         assert_eq!(code(s.handle(publish("a.*"), now)), ErrorCode::TopicInvalid);
         let many = Headers((0..40).map(|i| (format!("h{i}"), "v".into())).collect());
-        let f = ClientFrame::Pub { id: 4, topic: "a".into(), data: Payload::from("x"), headers: many, mid: None, ack: true };
+        let f = ClientFrame::Pub {
+            id: 4,
+            topic: "a".into(),
+            data: Payload::from("x"),
+            headers: many,
+            mid: None,
+            ack: true,
+        };
         assert_eq!(code(s.handle(f, now)), ErrorCode::HeadersTooLarge);
         assert!(s.handle(publish("a"), now).is_ok());
         assert!(s.handle(publish("a"), now).is_ok());
         assert_eq!(code(s.handle(publish("a"), now)), ErrorCode::RateLimited);
-        assert!(s.handle(publish("a"), now + Duration::from_millis(600)).is_ok(), "bucket refills");
+        assert!(
+            s.handle(publish("a"), now + Duration::from_millis(600))
+                .is_ok(),
+            "bucket refills"
+        );
         assert_eq!(
-            code(s.handle(ClientFrame::Sub { id: 8, topic: "q".into(), start: Some(Start::Cursor("!!".into())) }, now)),
+            code(s.handle(
+                ClientFrame::Sub {
+                    id: 8,
+                    topic: "q".into(),
+                    start: Some(Start::Cursor("!!".into()))
+                },
+                now
+            )),
             ErrorCode::CursorInvalid
         );
-        let sub = s.handle(ClientFrame::Sub { id: 5, topic: "a.>".into(), start: None }, now).expect("sub");
-        assert!(matches!(sub, Command::Subscribe { start: StartAt::Latest, .. }));
+        let sub = s
+            .handle(
+                ClientFrame::Sub {
+                    id: 5,
+                    topic: "a.>".into(),
+                    start: None,
+                },
+                now,
+            )
+            .expect("sub");
+        assert!(matches!(
+            sub,
+            Command::Subscribe {
+                start: StartAt::Latest,
+                ..
+            }
+        ));
         s.add_subscription("a.>".into(), SubId::test(1));
-        assert_eq!(code(s.handle(ClientFrame::Sub { id: 6, topic: "a.>".into(), start: None }, now)), ErrorCode::AlreadySubscribed);
-        assert_eq!(code(s.handle(ClientFrame::Sub { id: 6, topic: "b".into(), start: None }, now)), ErrorCode::TooManySubscriptions);
-        assert_eq!(code(s.handle(ClientFrame::Unsub { id: 7, topic: "zz".into() }, now)), ErrorCode::NotSubscribed);
+        assert_eq!(
+            code(s.handle(
+                ClientFrame::Sub {
+                    id: 6,
+                    topic: "a.>".into(),
+                    start: None
+                },
+                now
+            )),
+            ErrorCode::AlreadySubscribed
+        );
+        assert_eq!(
+            code(s.handle(
+                ClientFrame::Sub {
+                    id: 6,
+                    topic: "b".into(),
+                    start: None
+                },
+                now
+            )),
+            ErrorCode::TooManySubscriptions
+        );
+        assert_eq!(
+            code(s.handle(
+                ClientFrame::Unsub {
+                    id: 7,
+                    topic: "zz".into()
+                },
+                now
+            )),
+            ErrorCode::NotSubscribed
+        );
     }
 
     #[test]
     fn auth_permissions_are_enforced() {
         let (mut s, now) = connected();
-        s.set_auth(Some(Auth { principal: "u1".into(), publish: vec!["chat.u1.>".into()], subscribe: vec!["chat.*".into()] }));
-        assert_eq!(code(s.handle(publish("chat.u2.x"), now)), ErrorCode::Forbidden);
+        s.set_auth(Some(Auth {
+            principal: "u1".into(),
+            publish: vec!["chat.u1.>".into()],
+            subscribe: vec!["chat.*".into()],
+        }));
+        assert_eq!(
+            code(s.handle(publish("chat.u2.x"), now)),
+            ErrorCode::Forbidden
+        );
         assert!(s.handle(publish("chat.u1.x"), now).is_ok());
-        assert_eq!(code(s.handle(ClientFrame::Sub { id: 3, topic: "chat.>".into(), start: None }, now)), ErrorCode::Forbidden);
-        assert!(s.handle(ClientFrame::Sub { id: 4, topic: "chat.room".into(), start: None }, now).is_ok());
+        assert_eq!(
+            code(s.handle(
+                ClientFrame::Sub {
+                    id: 3,
+                    topic: "chat.>".into(),
+                    start: None
+                },
+                now
+            )),
+            ErrorCode::Forbidden
+        );
+        assert!(
+            s.handle(
+                ClientFrame::Sub {
+                    id: 4,
+                    topic: "chat.room".into(),
+                    start: None
+                },
+                now
+            )
+            .is_ok()
+        );
         assert_eq!(s.principal(), Some("u1"));
     }
 
@@ -428,10 +707,32 @@ mod tests {
         let mut s = Session::new(Limits::default(), now);
         let mut c = Cursor::new();
         c.observe("a", &edgesync_protocol::Origin::new("n", 1), 3);
-        s.handle(ClientFrame::Connect { id: 1, token: None, client_id: None, cursor: Some(c.encode()) }, now).expect("connect");
+        s.handle(
+            ClientFrame::Connect {
+                id: 1,
+                token: None,
+                client_id: None,
+                cursor: Some(c.encode()),
+            },
+            now,
+        )
+        .expect("connect");
         assert!(s.client_id().is_some_and(|c| c.starts_with("c-")));
-        match s.handle(ClientFrame::Sub { id: 2, topic: "a".into(), start: None }, now).expect("sub") {
-            Command::Subscribe { start: StartAt::Cursor(got), .. } => assert_eq!(got, c),
+        match s
+            .handle(
+                ClientFrame::Sub {
+                    id: 2,
+                    topic: "a".into(),
+                    start: None,
+                },
+                now,
+            )
+            .expect("sub")
+        {
+            Command::Subscribe {
+                start: StartAt::Cursor(got),
+                ..
+            } => assert_eq!(got, c),
             other => panic!("{other:?}"),
         }
     }

@@ -148,7 +148,10 @@ pub struct StoreOptions {
 
 impl std::fmt::Debug for StoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreOptions").field("dir", &self.dir).field("fsync", &self.fsync).finish()
+        f.debug_struct("StoreOptions")
+            .field("dir", &self.dir)
+            .field("fsync", &self.fsync)
+            .finish()
     }
 }
 
@@ -257,7 +260,10 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("node", &self.shared.node).field("epoch", &self.shared.epoch).finish()
+        f.debug_struct("Store")
+            .field("node", &self.shared.node)
+            .field("epoch", &self.shared.epoch)
+            .finish()
     }
 }
 
@@ -358,8 +364,16 @@ impl Store {
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(64);
         let index = shared.index.read().clone();
-        let writer = Writer { shared: shared.clone(), opts: opts.clone(), commit_tx, clock_last: 0, index };
-        std::thread::Builder::new().name("edgesync-store".into()).spawn(move || writer.run(rx))?;
+        let writer = Writer {
+            shared: shared.clone(),
+            opts: opts.clone(),
+            commit_tx,
+            clock_last: 0,
+            index,
+        };
+        std::thread::Builder::new()
+            .name("edgesync-store".into())
+            .spawn(move || writer.run(rx))?;
         if let FsyncPolicy::Interval(every) = opts.fsync {
             spawn_syncer(shared.clone(), every);
         }
@@ -395,7 +409,10 @@ impl Store {
             return Err(StoreError::Poisoned);
         }
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Request::Append(req, tx)).await.map_err(|_| StoreError::Closed)?;
+        self.tx
+            .send(Request::Append(req, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -430,7 +447,10 @@ impl Store {
     /// Version vectors of every topic (used to seed the broker).
     pub fn heads(&self) -> HashMap<String, BTreeMap<Origin, u64>> {
         let idx = self.shared.index.read();
-        idx.topics.iter().map(|(name, t)| (name.clone(), idx.vv(t))).collect()
+        idx.topics
+            .iter()
+            .map(|(name, t)| (name.clone(), idx.vv(t)))
+            .collect()
     }
 
     /// Names of every stored topic.
@@ -448,7 +468,11 @@ impl Store {
                 topic: name.clone(),
                 messages: t.count,
                 bytes: t.bytes,
-                heads: idx.vv(t).into_iter().map(|(o, s)| (o.to_string(), s)).collect(),
+                heads: idx
+                    .vv(t)
+                    .into_iter()
+                    .map(|(o, s)| (o.to_string(), s))
+                    .collect(),
             })
             .collect();
         out.sort_by(|a, b| a.topic.cmp(&b.topic));
@@ -458,7 +482,9 @@ impl Store {
     /// Positions that make a read return the last `n` records of each origin.
     pub fn last_n_positions(&self, topic: &str, n: u64) -> BTreeMap<Origin, u64> {
         let idx = self.shared.index.read();
-        let Some(t) = idx.topics.get(topic) else { return BTreeMap::new() };
+        let Some(t) = idx.topics.get(topic) else {
+            return BTreeMap::new();
+        };
         t.streams
             .iter()
             .filter_map(|(oid, s)| {
@@ -484,7 +510,10 @@ impl Store {
         let (topic_id, streams) = {
             let idx = self.shared.index.read();
             let Some(t) = idx.topics.get(topic) else {
-                return Ok(ReadBatch { positions: after.clone(), ..ReadBatch::default() });
+                return Ok(ReadBatch {
+                    positions: after.clone(),
+                    ..ReadBatch::default()
+                });
             };
             let streams: Vec<(u32, Origin, Stream)> = t
                 .streams
@@ -493,10 +522,15 @@ impl Store {
                 .collect();
             (t.id, streams)
         };
-        let mut out = ReadBatch { positions: after.clone(), ..ReadBatch::default() };
+        let mut out = ReadBatch {
+            positions: after.clone(),
+            ..ReadBatch::default()
+        };
         for (oid, origin, stream) in streams {
             let pos = after.get(&origin).copied().unwrap_or(0);
-            let end = upto.map_or(stream.high, |u| u.get(&origin).copied().unwrap_or(0).min(stream.high));
+            let end = upto.map_or(stream.high, |u| {
+                u.get(&origin).copied().unwrap_or(0).min(stream.high)
+            });
             if pos >= end {
                 continue;
             }
@@ -507,7 +541,12 @@ impl Store {
             let mut next = pos + 1;
             if next < stream.low {
                 let to = (stream.low - 1).min(end);
-                out.missing.push(MissingRange { origin: origin.clone(), from: next, to, corrupt: false });
+                out.missing.push(MissingRange {
+                    origin: origin.clone(),
+                    from: next,
+                    to,
+                    corrupt: false,
+                });
                 next = to + 1;
                 out.positions.insert(origin.clone(), to);
                 if next > end {
@@ -522,13 +561,25 @@ impl Store {
                 let seq = key_seq(&key);
                 if seq != next {
                     // A hole inside the retained range: report it, never skip silently.
-                    out.missing.push(MissingRange { origin: origin.clone(), from: next, to: seq - 1, corrupt: true });
+                    out.missing.push(MissingRange {
+                        origin: origin.clone(),
+                        from: next,
+                        to: seq - 1,
+                        corrupt: true,
+                    });
                 }
                 match Record::decode(&value) {
-                    Ok(r) if r.seq == seq && r.topic == topic && r.origin == origin => out.records.push(r),
+                    Ok(r) if r.seq == seq && r.topic == topic && r.origin == origin => {
+                        out.records.push(r)
+                    }
                     Ok(_) | Err(_) => {
                         tracing::error!(topic, origin = %origin, seq, "corrupt record skipped; not served");
-                        out.missing.push(MissingRange { origin: origin.clone(), from: seq, to: seq, corrupt: true });
+                        out.missing.push(MissingRange {
+                            origin: origin.clone(),
+                            from: seq,
+                            to: seq,
+                            corrupt: true,
+                        });
                     }
                 }
                 next = seq + 1;
@@ -544,11 +595,17 @@ impl Store {
     /// Topic, record and payload byte totals (sums the in-memory index; no disk reads).
     pub fn totals(&self) -> StoreTotals {
         let idx = self.shared.index.read();
-        idx.topics.values().fold(StoreTotals { topics: idx.topics.len() as u64, ..StoreTotals::default() }, |mut t, s| {
-            t.records += s.count;
-            t.payload_bytes += s.bytes;
-            t
-        })
+        idx.topics.values().fold(
+            StoreTotals {
+                topics: idx.topics.len() as u64,
+                ..StoreTotals::default()
+            },
+            |mut t, s| {
+                t.records += s.count;
+                t.payload_bytes += s.bytes;
+                t
+            },
+        )
     }
 
     /// True after a failed fsync: nothing more is acknowledged until restart.
@@ -611,22 +668,27 @@ impl Shared {
 
 impl Index {
     fn vv(&self, t: &TopicState) -> BTreeMap<Origin, u64> {
-        t.streams.iter().filter_map(|(oid, s)| Some((self.origins.get(oid)?.clone(), s.high))).collect()
+        t.streams
+            .iter()
+            .filter_map(|(oid, s)| Some((self.origins.get(oid)?.clone(), s.high)))
+            .collect()
     }
 }
 
 fn spawn_syncer(shared: Arc<Shared>, every: Duration) {
     let weak = Arc::downgrade(&shared);
     drop(shared);
-    let _ = std::thread::Builder::new().name("edgesync-fsync".into()).spawn(move || {
-        loop {
-            std::thread::sleep(every);
-            let Some(s) = weak.upgrade() else { return };
-            if s.persist().is_err() {
-                return;
+    let _ = std::thread::Builder::new()
+        .name("edgesync-fsync".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(s) = weak.upgrade() else { return };
+                if s.persist().is_err() {
+                    return;
+                }
             }
-        }
-    });
+        });
 }
 
 fn record_key(topic_id: u32, origin_id: u32, seq: u64) -> [u8; 16] {
@@ -646,7 +708,10 @@ fn key_seq(key: &[u8]) -> u64 {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn meta_topic_key(id: u32) -> Vec<u8> {
@@ -680,31 +745,55 @@ fn recover(
     meta: &Keyspace,
     configured_node: Option<&str>,
 ) -> Result<(String, u64, Index, Option<String>), StoreError> {
-    let corrupt = |what: &str, detail: String| StoreError::CorruptMeta { what: what.into(), detail };
+    let corrupt = |what: &str, detail: String| StoreError::CorruptMeta {
+        what: what.into(),
+        detail,
+    };
     let mut index = Index::default();
-    let stored_node = meta.get(b"n")?.map(|v| String::from_utf8_lossy(&v).into_owned());
+    let stored_node = meta
+        .get(b"n")?
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
     let node = match (&stored_node, configured_node) {
         (Some(s), Some(c)) if s != c => {
-            return Err(StoreError::NodeMismatch { stored: s.clone(), configured: c.into() });
+            return Err(StoreError::NodeMismatch {
+                stored: s.clone(),
+                configured: c.into(),
+            });
         }
         (Some(s), _) => s.clone(),
         (None, Some(c)) => c.to_string(),
         (None, None) => format!("node-{:08x}", rand::random::<u32>()),
     };
     let mut epoch = match meta.get(b"e")? {
-        Some(v) => u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("epoch", "length".into()))?),
+        Some(v) => u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| corrupt("epoch", "length".into()))?,
+        ),
         None => 0,
     };
     if let Some(v) = meta.get(b"h")? {
-        index.max_hlc = u64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("hlc", "length".into()))?);
+        index.max_hlc = u64::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| corrupt("hlc", "length".into()))?,
+        );
     }
     for g in meta.prefix(b"o") {
         let (k, v) = g.into_inner()?;
-        let id = u32::from_be_bytes(k[1..].try_into().map_err(|_| corrupt("origin key", format!("{k:?}")))?);
+        let id = u32::from_be_bytes(
+            k[1..]
+                .try_into()
+                .map_err(|_| corrupt("origin key", format!("{k:?}")))?,
+        );
         if v.len() < 8 {
             return Err(corrupt("origin", format!("id {id}")));
         }
-        let e = u64::from_be_bytes(v[..8].try_into().map_err(|_| corrupt("origin", "epoch".into()))?);
+        let e = u64::from_be_bytes(
+            v[..8]
+                .try_into()
+                .map_err(|_| corrupt("origin", "epoch".into()))?,
+        );
         let origin = Origin::new(String::from_utf8_lossy(&v[8..]).into_owned(), e);
         index.next_origin_id = index.next_origin_id.max(id + 1);
         index.origin_ids.insert(origin.clone(), id);
@@ -713,14 +802,21 @@ fn recover(
     let mut names: HashMap<u32, String> = HashMap::new();
     for g in meta.prefix(b"t") {
         let (k, v) = g.into_inner()?;
-        let id = u32::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt("topic id", format!("{k:?}")))?);
+        let id = u32::from_be_bytes(
+            v.as_ref()
+                .try_into()
+                .map_err(|_| corrupt("topic id", format!("{k:?}")))?,
+        );
         names.insert(id, String::from_utf8_lossy(&k[1..]).into_owned());
         index.next_topic_id = index.next_topic_id.max(id + 1);
     }
     for g in meta.prefix(b"v") {
         let (_, v) = g.into_inner()?;
         let state = decode_topic_state(&v).map_err(|e| corrupt("topic state", e))?;
-        let name = names.get(&state.id).cloned().ok_or_else(|| corrupt("topic state", format!("unknown id {}", state.id)))?;
+        let name = names
+            .get(&state.id)
+            .cloned()
+            .ok_or_else(|| corrupt("topic state", format!("unknown id {}", state.id)))?;
         index.topics.insert(name, state);
     }
     // Prove the tail of every stream of the current local origin.
@@ -729,19 +825,27 @@ fn recover(
         epoch = 1;
     } else if let Some(&oid) = index.origin_ids.get(&Origin::new(node.clone(), epoch)) {
         'topics: for (name, t) in &index.topics {
-            let Some(s) = t.streams.get(&oid) else { continue };
+            let Some(s) = t.streams.get(&oid) else {
+                continue;
+            };
             if s.high >= s.low {
                 let ok = match records.get(record_key(t.id, oid, s.high))? {
                     Some(v) => Record::decode(&v).map(|r| r.seq == s.high).unwrap_or(false),
                     None => false,
                 };
                 if !ok {
-                    reason = Some(format!("topic {name}: record {} at the high-water mark is missing or corrupt", s.high));
+                    reason = Some(format!(
+                        "topic {name}: record {} at the high-water mark is missing or corrupt",
+                        s.high
+                    ));
                     break 'topics;
                 }
             }
             if records.get(record_key(t.id, oid, s.high + 1))?.is_some() {
-                reason = Some(format!("topic {name}: a record beyond the high-water mark {} exists", s.high));
+                reason = Some(format!(
+                    "topic {name}: a record beyond the high-water mark {} exists",
+                    s.high
+                ));
                 break 'topics;
             }
         }
@@ -809,7 +913,12 @@ impl Writer {
             if let Some(done) = shutdown {
                 let _ = self.shared.db.persist(PersistMode::SyncAll);
                 // Write memtables out so the next open replays a short journal, not all of it.
-                for ks in [&self.shared.records, &self.shared.meta, &self.shared.dedupe, &self.shared.kv] {
+                for ks in [
+                    &self.shared.records,
+                    &self.shared.meta,
+                    &self.shared.dedupe,
+                    &self.shared.kv,
+                ] {
                     if let Err(e) = ks.rotate_memtable_and_wait() {
                         tracing::warn!(error = %e, "memtable flush at shutdown failed; the next open replays the journal");
                     }
@@ -853,7 +962,13 @@ impl Writer {
             if let Some(mid) = &req.mid {
                 let k = (req.client.clone(), mid.clone());
                 if let Some(ack) = in_batch.get(&k) {
-                    pending.push(Pending { reply, ack: Ack { dup: true, ..ack.clone() } });
+                    pending.push(Pending {
+                        reply,
+                        ack: Ack {
+                            dup: true,
+                            ..ack.clone()
+                        },
+                    });
                     continue;
                 }
                 match self.lookup_dedupe(&index, &req.client, mid, now) {
@@ -870,8 +985,13 @@ impl Writer {
             }
             let hlc = self.tick_hlc();
             let topic_id = index.topic_id(&mut batch, &shared, &req.topic);
-            let Some(t) = index.topics.get_mut(&req.topic) else { continue };
-            let stream = t.streams.entry(local_id).or_insert(Stream { low: 1, high: 0 });
+            let Some(t) = index.topics.get_mut(&req.topic) else {
+                continue;
+            };
+            let stream = t
+                .streams
+                .entry(local_id)
+                .or_insert(Stream { low: 1, high: 0 });
             let seq = stream.high + 1;
             stream.high = seq;
             t.count += 1;
@@ -902,9 +1022,19 @@ impl Writer {
                 }
             };
             debug_assert_eq!(Record::decode(&bytes).as_ref(), Ok(&record));
-            batch.insert(&shared.records, record_key(topic_id, local_id, seq).as_slice(), bytes);
+            batch.insert(
+                &shared.records,
+                record_key(topic_id, local_id, seq).as_slice(),
+                bytes,
+            );
             let vv = index.vv_of(&record.topic);
-            let ack = Ack { origin: local.clone(), seq, hlc, vv, dup: false };
+            let ack = Ack {
+                origin: local.clone(),
+                seq,
+                hlc,
+                vv,
+                dup: false,
+            };
             if let Some(mid) = &record.mid {
                 let mut v = Vec::with_capacity(36);
                 v.extend_from_slice(&topic_id.to_be_bytes());
@@ -929,14 +1059,29 @@ impl Writer {
             }
         }
         index.max_hlc = self.clock_last;
-        batch.insert(&shared.meta, b"h".as_slice(), self.clock_last.to_be_bytes().as_slice());
-        let result = batch.commit().map_err(StoreError::from).and_then(|()| match self.opts.fsync {
-            FsyncPolicy::Always => shared.persist(),
-            FsyncPolicy::Interval(_) => shared.db.persist(PersistMode::Buffer).map_err(StoreError::from),
-        });
+        batch.insert(
+            &shared.meta,
+            b"h".as_slice(),
+            self.clock_last.to_be_bytes().as_slice(),
+        );
+        let result =
+            batch
+                .commit()
+                .map_err(StoreError::from)
+                .and_then(|()| match self.opts.fsync {
+                    FsyncPolicy::Always => shared.persist(),
+                    FsyncPolicy::Interval(_) => shared
+                        .db
+                        .persist(PersistMode::Buffer)
+                        .map_err(StoreError::from),
+                });
         match result {
             Ok(()) => {
-                let stats = CommitStats { requests, records: committed.len(), elapsed: started.elapsed() };
+                let stats = CommitStats {
+                    requests,
+                    records: committed.len(),
+                    elapsed: started.elapsed(),
+                };
                 shared.observer.committed(&stats);
                 let names: Vec<String> = touched.into_keys().collect();
                 publish_index(&shared, &index, &names);
@@ -944,7 +1089,9 @@ impl Writer {
                 for p in pending {
                     let _ = p.reply.send(Ok(p.ack));
                 }
-                if !committed.is_empty() && self.commit_tx.blocking_send(Arc::new(committed)).is_err() {
+                if !committed.is_empty()
+                    && self.commit_tx.blocking_send(Arc::new(committed)).is_err()
+                {
                     tracing::debug!("broker gone; committed records not fanned out");
                 }
             }
@@ -959,8 +1106,16 @@ impl Writer {
         }
     }
 
-    fn lookup_dedupe(&self, index: &Index, client: &str, mid: &str, now: u64) -> Result<Option<Ack>, StoreError> {
-        let Some(v) = self.shared.dedupe.get(dedupe_key(client, mid))? else { return Ok(None) };
+    fn lookup_dedupe(
+        &self,
+        index: &Index,
+        client: &str,
+        mid: &str,
+        now: u64,
+    ) -> Result<Option<Ack>, StoreError> {
+        let Some(v) = self.shared.dedupe.get(dedupe_key(client, mid))? else {
+            return Ok(None);
+        };
         if v.len() != 32 {
             return Ok(None);
         }
@@ -974,10 +1129,18 @@ impl Writer {
         if now.saturating_sub(written) > self.shared.dedupe_window.as_millis() as u64 {
             return Ok(None);
         }
-        let Some(origin) = index.origins.get(&origin_id).cloned() else { return Ok(None) };
+        let Some(origin) = index.origins.get(&origin_id).cloned() else {
+            return Ok(None);
+        };
         let mut vv = BTreeMap::new();
         vv.insert(origin.clone(), seq);
-        Ok(Some(Ack { origin, seq, hlc, vv, dup: true }))
+        Ok(Some(Ack {
+            origin,
+            seq,
+            hlc,
+            vv,
+            dup: true,
+        }))
     }
 
     /// Retention and dedupe expiry; bounded work per call.
@@ -1027,12 +1190,19 @@ impl Writer {
         let now = now_ms();
         let mut changed = Vec::new();
         for (name, t) in index.topics.iter_mut() {
-            let policy = shared.retention_overrides.read().get(name).copied().unwrap_or_else(|| (self.opts.retention)(name));
+            let policy = shared
+                .retention_overrides
+                .read()
+                .get(name)
+                .copied()
+                .unwrap_or_else(|| (self.opts.retention)(name));
             if policy.is_unlimited() {
                 continue;
             }
             let before = t.count;
-            let age_cutoff = policy.max_age.map(|a| now.saturating_sub(a.as_millis() as u64) << 16);
+            let age_cutoff = policy
+                .max_age
+                .map(|a| now.saturating_sub(a.as_millis() as u64) << 16);
             while budget > 0 {
                 let over_count = policy.max_messages.is_some_and(|m| t.count > m);
                 let over_bytes = policy.max_bytes.is_some_and(|m| t.bytes > m);
@@ -1042,13 +1212,19 @@ impl Writer {
                     if s.low > s.high {
                         continue;
                     }
-                    let Some(v) = shared.records.get(record_key(t.id, *oid, s.low))? else { continue };
-                    let (hlc, len) = Record::decode(&v).map(|r| (r.hlc, r.payload.len() as u64)).unwrap_or((0, 0));
+                    let Some(v) = shared.records.get(record_key(t.id, *oid, s.low))? else {
+                        continue;
+                    };
+                    let (hlc, len) = Record::decode(&v)
+                        .map(|r| (r.hlc, r.payload.len() as u64))
+                        .unwrap_or((0, 0));
                     if oldest.is_none_or(|o| hlc < o.2) {
                         oldest = Some((*oid, s.low, hlc, len));
                     }
                 }
-                let Some((oid, seq, hlc, len)) = oldest else { break };
+                let Some((oid, seq, hlc, len)) = oldest else {
+                    break;
+                };
                 let too_old = age_cutoff.is_some_and(|c| hlc < c);
                 if !(over_count || over_bytes || too_old) {
                     break;
@@ -1104,10 +1280,18 @@ fn publish_index(shared: &Shared, index: &Index, topics: &[String]) {
 
 impl Index {
     fn vv_of(&self, topic: &str) -> BTreeMap<Origin, u64> {
-        self.topics.get(topic).map(|t| self.vv(t)).unwrap_or_default()
+        self.topics
+            .get(topic)
+            .map(|t| self.vv(t))
+            .unwrap_or_default()
     }
 
-    fn topic_id(&mut self, batch: &mut fjall::OwnedWriteBatch, shared: &Shared, topic: &str) -> u32 {
+    fn topic_id(
+        &mut self,
+        batch: &mut fjall::OwnedWriteBatch,
+        shared: &Shared,
+        topic: &str,
+    ) -> u32 {
         if let Some(t) = self.topics.get(topic) {
             return t.id;
         }
@@ -1116,11 +1300,22 @@ impl Index {
         let mut k = b"t".to_vec();
         k.extend_from_slice(topic.as_bytes());
         batch.insert(&shared.meta, k, id.to_be_bytes().as_slice());
-        self.topics.insert(topic.to_string(), TopicState { id, ..TopicState::default() });
+        self.topics.insert(
+            topic.to_string(),
+            TopicState {
+                id,
+                ..TopicState::default()
+            },
+        );
         id
     }
 
-    fn origin_id(&mut self, shared: &Shared, batch: &mut fjall::OwnedWriteBatch, origin: &Origin) -> u32 {
+    fn origin_id(
+        &mut self,
+        shared: &Shared,
+        batch: &mut fjall::OwnedWriteBatch,
+        origin: &Origin,
+    ) -> u32 {
         if let Some(id) = self.origin_ids.get(origin) {
             return *id;
         }

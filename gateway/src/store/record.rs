@@ -214,16 +214,18 @@ mod tests {
             prop::collection::vec(("[a-z]{1,5}", "[ -~]{0,8}"), 0..3),
             prop::collection::vec(any::<u8>(), 0..200),
         )
-            .prop_map(|(topic, node, epoch, seq, hlc, mid, headers, payload)| Record {
-                topic,
-                origin: Origin { node, epoch },
-                seq,
-                hlc,
-                client: "client".into(),
-                mid,
-                headers: Headers(headers),
-                payload: Bytes::from(payload),
-            })
+            .prop_map(
+                |(topic, node, epoch, seq, hlc, mid, headers, payload)| Record {
+                    topic,
+                    origin: Origin { node, epoch },
+                    seq,
+                    hlc,
+                    client: "client".into(),
+                    mid,
+                    headers: Headers(headers),
+                    payload: Bytes::from(payload),
+                },
+            )
     }
 
     proptest! {

@@ -5,7 +5,10 @@ use super::*;
 use proptest::prelude::*;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 fn req(topic: &str, payload: &[u8], mid: Option<&str>) -> AppendRequest {
@@ -114,7 +117,9 @@ fn committed_batches_reach_the_broker_in_order() {
         let mut joins = Vec::new();
         for i in 0..200u32 {
             let s = store.clone();
-            joins.push(tokio::spawn(async move { s.append(req("a", &i.to_le_bytes(), None)).await }));
+            joins.push(tokio::spawn(async move {
+                s.append(req("a", &i.to_le_bytes(), None)).await
+            }));
         }
         for j in joins {
             j.await.expect("join").expect("append");
@@ -135,27 +140,60 @@ fn count_retention_trims_oldest_and_reports_missing() {
     let rt = rt();
     let mut opts = StoreOptions::new(dir.path());
     opts.retention = Arc::new(|t: &str| {
-        if t.starts_with("short") { Retention { max_messages: Some(3), ..Retention::default() } } else { Retention::default() }
+        if t.starts_with("short") {
+            Retention {
+                max_messages: Some(3),
+                ..Retention::default()
+            }
+        } else {
+            Retention::default()
+        }
     });
     let (store, _rx) = Store::open(opts).expect("open");
     rt.block_on(async {
         for i in 0..10u8 {
-            store.append(req("short.a", &[i], None)).await.expect("append");
-            store.append(req("long.a", &[i], None)).await.expect("append");
+            store
+                .append(req("short.a", &[i], None))
+                .await
+                .expect("append");
+            store
+                .append(req("long.a", &[i], None))
+                .await
+                .expect("append");
         }
         // Housekeeping runs after a batch once a second has passed.
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        store.append(req("long.a", &[99], None)).await.expect("append");
+        store
+            .append(req("long.a", &[99], None))
+            .await
+            .expect("append");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.topics().iter().find(|t| t.topic == "short.a").map(|t| t.messages) != Some(3) {
-            assert!(std::time::Instant::now() < deadline, "retention did not run");
+        while store
+            .topics()
+            .iter()
+            .find(|t| t.topic == "short.a")
+            .map(|t| t.messages)
+            != Some(3)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "retention did not run"
+            );
             store.tick();
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let b = store.read("short.a", &BTreeMap::new(), None, 100).expect("read");
-        assert_eq!(b.records.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![8, 9, 10]);
+        let b = store
+            .read("short.a", &BTreeMap::new(), None, 100)
+            .expect("read");
+        assert_eq!(
+            b.records.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![8, 9, 10]
+        );
         assert_eq!(b.missing.len(), 1);
-        assert_eq!((b.missing[0].from, b.missing[0].to, b.missing[0].corrupt), (1, 7, false));
+        assert_eq!(
+            (b.missing[0].from, b.missing[0].to, b.missing[0].corrupt),
+            (1, 7, false)
+        );
         assert_eq!(read_all(&store, "long.a").len(), 11);
         store.shutdown().await;
     });
@@ -167,7 +205,8 @@ fn reopen_keeps_node_and_epoch_and_rejects_other_node_id() {
     let rt = rt();
     let (store, _rx) = open(dir.path());
     let (node, epoch) = (store.node().to_string(), store.epoch());
-    rt.block_on(store.append(req("a", b"x", None))).expect("append");
+    rt.block_on(store.append(req("a", b"x", None)))
+        .expect("append");
     rt.block_on(store.shutdown());
     drop(store);
     let (store, _rx) = open(dir.path());
@@ -176,7 +215,10 @@ fn reopen_keeps_node_and_epoch_and_rejects_other_node_id() {
     drop(store);
     let mut opts = StoreOptions::new(dir.path());
     opts.node_id = Some("someone-else".into());
-    assert!(matches!(Store::open(opts), Err(StoreError::NodeMismatch { .. })));
+    assert!(matches!(
+        Store::open(opts),
+        Err(StoreError::NodeMismatch { .. })
+    ));
 }
 
 #[test]
@@ -185,20 +227,31 @@ fn missing_tail_record_starts_a_new_epoch() {
     let rt = rt();
     let (store, _rx) = open(dir.path());
     for i in 0..5u8 {
-        rt.block_on(store.append(req("a", &[i], None))).expect("append");
+        rt.block_on(store.append(req("a", &[i], None)))
+            .expect("append");
     }
     // Simulate a lost tail: remove the newest record behind the store's back.
     let oid = store.shared.index.read().origin_ids[store.local_origin()];
     let tid = store.shared.index.read().topics["a"].id;
-    store.shared.records.remove(record_key(tid, oid, 5).as_slice()).expect("remove");
-    store.shared.db.persist(PersistMode::SyncAll).expect("persist");
+    store
+        .shared
+        .records
+        .remove(record_key(tid, oid, 5).as_slice())
+        .expect("remove");
+    store
+        .shared
+        .db
+        .persist(PersistMode::SyncAll)
+        .expect("persist");
     rt.block_on(store.shutdown());
     let old_epoch = store.epoch();
     drop(store);
     let (store, _rx) = open(dir.path());
     assert_eq!(store.epoch(), old_epoch + 1);
     assert!(store.new_epoch_reason().is_some());
-    let ack = rt.block_on(store.append(req("a", b"new", None))).expect("append");
+    let ack = rt
+        .block_on(store.append(req("a", b"new", None)))
+        .expect("append");
     assert_eq!((ack.origin.epoch, ack.seq), (old_epoch + 1, 1));
     rt.block_on(store.shutdown());
 }
@@ -227,15 +280,39 @@ fn observer_sees_commits_and_fsyncs_and_totals_follow() {
     opts.observer = rec.clone();
     let (store, _rx) = Store::open(opts).expect("open");
     rt().block_on(async {
-        store.append(req("a", b"xyz", Some("m1"))).await.expect("append");
-        store.append(req("a", b"xyz", Some("m1"))).await.expect("dup");
+        store
+            .append(req("a", b"xyz", Some("m1")))
+            .await
+            .expect("append");
+        store
+            .append(req("a", b"xyz", Some("m1")))
+            .await
+            .expect("dup");
         store.append(req("b", b"12", None)).await.expect("append");
         store.shutdown().await;
     });
     let commits = rec.commits.lock().clone();
-    assert_eq!(commits.iter().map(|c| c.requests).sum::<usize>(), 3, "{commits:?}");
-    assert_eq!(commits.iter().map(|c| c.records).sum::<usize>(), 2, "the duplicate is not a new record");
-    assert!(rec.syncs.load(Ordering::Relaxed) >= 2, "fsync policy always: one fsync per commit");
-    assert_eq!(store.totals(), StoreTotals { topics: 2, records: 2, payload_bytes: 5 });
+    assert_eq!(
+        commits.iter().map(|c| c.requests).sum::<usize>(),
+        3,
+        "{commits:?}"
+    );
+    assert_eq!(
+        commits.iter().map(|c| c.records).sum::<usize>(),
+        2,
+        "the duplicate is not a new record"
+    );
+    assert!(
+        rec.syncs.load(Ordering::Relaxed) >= 2,
+        "fsync policy always: one fsync per commit"
+    );
+    assert_eq!(
+        store.totals(),
+        StoreTotals {
+            topics: 2,
+            records: 2,
+            payload_bytes: 5
+        }
+    );
     assert!(!store.is_poisoned());
 }

@@ -95,9 +95,14 @@ pub fn close_code(code: Option<ErrorCode>) -> u32 {
 ///
 /// # Errors
 /// [`TlsError`] for an unusable certificate, key or CA.
-pub fn server_config(identity: &Identity, client_ca: Option<&Path>, limits: &Limits) -> Result<quinn::ServerConfig, TlsError> {
+pub fn server_config(
+    identity: &Identity,
+    client_ca: Option<&Path>,
+    limits: &Limits,
+) -> Result<quinn::ServerConfig, TlsError> {
     let tls = tls::server_config(identity, &[edgesync_protocol::ALPN_QUIC], client_ca)?;
-    let crypto = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     let idle = Duration::from_millis(limits.idle_timeout_ms);
@@ -143,7 +148,10 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
-            gw.metrics.connections_refused.with_label_values(&["quic_handshake"]).inc();
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["quic_handshake"])
+                .inc();
             tracing::debug!(%remote, error = %e, "QUIC accept failed");
             return;
         }
@@ -151,19 +159,28 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
     let connection = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            gw.metrics.connections_refused.with_label_values(&["quic_handshake"]).inc();
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["quic_handshake"])
+                .inc();
             tracing::debug!(%remote, error = %e, "QUIC handshake failed");
             return;
         }
         Err(_) => {
-            gw.metrics.connections_refused.with_label_values(&["handshake_timeout"]).inc();
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["handshake_timeout"])
+                .inc();
             return;
         }
     };
     let _admission = match gw.admit(remote.ip()) {
         Ok(guard) => guard,
         Err(msg) => {
-            gw.metrics.connections_refused.with_label_values(&["too_many_connections"]).inc();
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["too_many_connections"])
+                .inc();
             close(&connection, Some(ErrorCode::TooManyConnections), &msg);
             return;
         }
@@ -175,8 +192,15 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
             return;
         }
         Err(_) => {
-            gw.metrics.connections_refused.with_label_values(&["handshake_timeout"]).inc();
-            close(&connection, Some(ErrorCode::BadRequest), "open a bidirectional stream after the handshake");
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["handshake_timeout"])
+                .inc();
+            close(
+                &connection,
+                Some(ErrorCode::BadRequest),
+                "open a bidirectional stream after the handshake",
+            );
             return;
         }
     };
@@ -192,10 +216,18 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
         framing: LengthPrefixed::new(limits.max_frame_bytes),
         eof: false,
     };
-    gw.metrics.connections_accepted.with_label_values(&["quic"]).inc();
+    gw.metrics
+        .connections_accepted
+        .with_label_values(&["quic"])
+        .inc();
     let open = gw.metrics.connections_open.with_label_values(&["quic"]);
     open.inc();
-    let info = ConnInfo { remote, transport: "quic", tls_identity, encoding: Encoding::MsgPack };
+    let info = ConnInfo {
+        remote,
+        transport: "quic",
+        tls_identity,
+        encoding: Encoding::MsgPack,
+    };
     driver::run_with_datagrams(conn, gw.clone(), info, Some(rx)).await;
     open.dec();
 }
@@ -211,7 +243,10 @@ async fn read_datagrams(connection: Connection, tx: mpsc::Sender<Bytes>) {
 }
 
 fn close(connection: &Connection, code: Option<ErrorCode>, reason: &str) {
-    connection.close(VarInt::from_u32(close_code(code)), truncate(reason).as_bytes());
+    connection.close(
+        VarInt::from_u32(close_code(code)),
+        truncate(reason).as_bytes(),
+    );
 }
 
 fn truncate(reason: &str) -> &str {
@@ -226,7 +261,9 @@ fn truncate(reason: &str) -> &str {
 /// or URI subject alternative name.
 fn peer_identity(connection: &Connection) -> Option<String> {
     let any = connection.peer_identity()?;
-    let certs = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    let certs = any
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
     certs.first().and_then(|c| certificate_identity(c))
 }
 
@@ -234,12 +271,19 @@ fn peer_identity(connection: &Connection) -> Option<String> {
 pub fn certificate_identity(der: &[u8]) -> Option<String> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    if let Some(cn) = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()) {
+    if let Some(cn) = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
         return Some(cn.to_string());
     }
     let san = cert.subject_alternative_name().ok()??;
     san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => Some((*s).to_string()),
+        GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+            Some((*s).to_string())
+        }
         _ => None,
     })
 }
@@ -264,20 +308,25 @@ impl Conn for QuicConn {
             match self.framing.next_frame(&mut self.buf) {
                 Ok(Some(frame)) => return Some(Ok(frame)),
                 Ok(None) => {}
-                Err(e @ DecodeError::TooLarge { .. }) => return Some(Err(ConnError::TooLarge(e.to_string()))),
+                Err(e @ DecodeError::TooLarge { .. }) => {
+                    return Some(Err(ConnError::TooLarge(e.to_string())));
+                }
                 Err(_) => return Some(Err(ConnError::Protocol("zero-length frame".into()))),
             }
             if self.eof {
                 if self.buf.is_empty() {
                     return None;
                 }
-                return Some(Err(ConnError::Protocol("stream ended inside a frame".into())));
+                return Some(Err(ConnError::Protocol(
+                    "stream ended inside a frame".into(),
+                )));
             }
             match self.recv.read_chunk(READ_CHUNK, true).await {
                 Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
                 Ok(None) => self.eof = true,
                 Err(quinn::ReadError::ConnectionLost(
-                    quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed,
+                    quinn::ConnectionError::ApplicationClosed(_)
+                    | quinn::ConnectionError::LocallyClosed,
                 )) => return None,
                 Err(e) => return Some(Err(ConnError::Io(e.to_string()))),
             }
@@ -288,7 +337,10 @@ impl Conn for QuicConn {
         let mut prefix = Vec::with_capacity(4);
         LengthPrefixed::put_prefix(&mut prefix, frame.len());
         let mut chunks = [Bytes::from(prefix), Bytes::from(frame)];
-        self.send.write_all_chunks(&mut chunks).await.map_err(|e| ConnError::Io(e.to_string()))
+        self.send
+            .write_all_chunks(&mut chunks)
+            .await
+            .map_err(|e| ConnError::Io(e.to_string()))
     }
 
     /// QUIC keep-alive (configured on the endpoint) already probes the path.
@@ -315,13 +367,21 @@ mod tests {
     #[test]
     fn identity_is_cn_then_san() {
         let key = rcgen::KeyPair::generate().expect("key");
-        let mut p = rcgen::CertificateParams::new(vec!["device-7.example".to_string()]).expect("params");
+        let mut p =
+            rcgen::CertificateParams::new(vec!["device-7.example".to_string()]).expect("params");
         p.distinguished_name = rcgen::DistinguishedName::new();
         let cert = p.self_signed(&key).expect("cert");
-        assert_eq!(certificate_identity(cert.der()).as_deref(), Some("device-7.example"));
-        p.distinguished_name.push(rcgen::DnType::CommonName, "sensor-42");
+        assert_eq!(
+            certificate_identity(cert.der()).as_deref(),
+            Some("device-7.example")
+        );
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "sensor-42");
         let cert = p.self_signed(&key).expect("cert");
-        assert_eq!(certificate_identity(cert.der()).as_deref(), Some("sensor-42"));
+        assert_eq!(
+            certificate_identity(cert.der()).as_deref(),
+            Some("sensor-42")
+        );
         assert_eq!(certificate_identity(b"garbage"), None);
     }
 
@@ -337,16 +397,30 @@ mod tests {
         let mut wire = Vec::new();
         LengthPrefixed::put_prefix(&mut wire, body.len());
         wire.extend_from_slice(&body);
-        let want = [0, 0, 0, 0x0f, 0x82, 0xa1, b't', 0xa7, b'c', b'o', b'n', b'n', b'e', b'c', b't', 0xa2, b'i', b'd', 1];
+        let want = [
+            0, 0, 0, 0x0f, 0x82, 0xa1, b't', 0xa7, b'c', b'o', b'n', b'n', b'e', b'c', b't', 0xa2,
+            b'i', b'd', 1,
+        ];
         assert_eq!(wire, want);
         let pong = Encoding::MsgPack.encode(&edgesync_protocol::ServerFrame::Pong { id: 1 });
-        assert_eq!(pong, [0x82, 0xa1, b't', 0xa4, b'p', b'o', b'n', b'g', 0xa2, b'i', b'd', 1]);
+        assert_eq!(
+            pong,
+            [
+                0x82, 0xa1, b't', 0xa4, b'p', b'o', b'n', b'g', 0xa2, b'i', b'd', 1
+            ]
+        );
         let dg = [
-            0x83, 0xa1, 0x74, 0xa3, 0x70, 0x75, 0x62, 0xa5, 0x74, 0x6f, 0x70, 0x69, 0x63, 0xa6, 0x63, 0x75, 0x72, 0x2e,
-            0x75, 0x31, 0xa4, 0x64, 0x61, 0x74, 0x61, 0xc4, 0x02, 0x01, 0x02,
+            0x83, 0xa1, 0x74, 0xa3, 0x70, 0x75, 0x62, 0xa5, 0x74, 0x6f, 0x70, 0x69, 0x63, 0xa6,
+            0x63, 0x75, 0x72, 0x2e, 0x75, 0x31, 0xa4, 0x64, 0x61, 0x74, 0x61, 0xc4, 0x02, 0x01,
+            0x02,
         ];
-        let p: Vec<crate::session::EphemeralPub> = Encoding::MsgPack.decode_all(&dg).expect("datagram example decodes");
-        assert_eq!((p[0].topic.as_str(), p[0].data.0.as_ref()), ("cur.u1", &[1u8, 2][..]));
+        let p: Vec<crate::session::EphemeralPub> = Encoding::MsgPack
+            .decode_all(&dg)
+            .expect("datagram example decodes");
+        assert_eq!(
+            (p[0].topic.as_str(), p[0].data.0.as_ref()),
+            ("cur.u1", &[1u8, 2][..])
+        );
     }
 
     #[test]

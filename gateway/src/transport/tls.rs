@@ -17,7 +17,10 @@ use crate::config::TlsConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: no {what} found in PEM")]
     Empty { path: PathBuf, what: &'static str },
     #[error("certificate generation: {0}")]
@@ -37,7 +40,11 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Identity { certs: self.certs.clone(), key: self.key.clone_key(), dev_ca: self.dev_ca.clone() }
+        Identity {
+            certs: self.certs.clone(),
+            key: self.key.clone_key(),
+            dev_ca: self.dev_ca.clone(),
+        }
     }
 }
 
@@ -52,17 +59,33 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// [`TlsError`] naming the file.
 pub fn load_or_create(cfg: &TlsConfig, data_dir: &Path) -> Result<Identity, TlsError> {
     if let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) {
-        return Ok(Identity { certs: read_certs(cert)?, key: read_key(key)?, dev_ca: None });
+        return Ok(Identity {
+            certs: read_certs(cert)?,
+            key: read_key(key)?,
+            dev_ca: None,
+        });
     }
     let dir = data_dir.join("tls");
-    let (cert, key, ca) = (dir.join("server.pem"), dir.join("server.key"), dir.join("ca.pem"));
+    let (cert, key, ca) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("ca.pem"),
+    );
     if !cert.exists() || !key.exists() || !ca.exists() {
         let (ca_cert, ca_key) = generate_ca(&dir, "edgesync development CA")?;
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         generate_leaf(&ca_cert, &ca_key, &names, &dir, "server")?;
         tracing::info!(ca = %ca.display(), "generated a development TLS certificate");
     }
-    Ok(Identity { certs: read_certs(&cert)?, key: read_key(&key)?, dev_ca: Some(ca) })
+    Ok(Identity {
+        certs: read_certs(&cert)?,
+        key: read_key(&key)?,
+        dev_ca: Some(ca),
+    })
 }
 
 /// Create a CA (`ca.pem`, `ca.key`) in `dir`. Returns their paths.
@@ -72,9 +95,15 @@ pub fn load_or_create(cfg: &TlsConfig, data_dir: &Path) -> Result<Identity, TlsE
 pub fn generate_ca(dir: &Path, common_name: &str) -> Result<(PathBuf, PathBuf), TlsError> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let key = KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     let (cp, kp) = (dir.join("ca.pem"), dir.join("ca.key"));
@@ -88,34 +117,70 @@ pub fn generate_ca(dir: &Path, common_name: &str) -> Result<(PathBuf, PathBuf), 
 ///
 /// # Errors
 /// [`TlsError`] on read, generation or write failure.
-pub fn generate_leaf(ca_cert: &Path, ca_key: &Path, names: &[String], dir: &Path, base: &str) -> Result<(PathBuf, PathBuf), TlsError> {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_pem = std::fs::read_to_string(ca_cert).map_err(|source| TlsError::Io { path: ca_cert.into(), source })?;
-    let ca_key_pem = std::fs::read_to_string(ca_key).map_err(|source| TlsError::Io { path: ca_key.into(), source })?;
+pub fn generate_leaf(
+    ca_cert: &Path,
+    ca_key: &Path,
+    names: &[String],
+    dir: &Path,
+    base: &str,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    use rcgen::{
+        CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_pem = std::fs::read_to_string(ca_cert).map_err(|source| TlsError::Io {
+        path: ca_cert.into(),
+        source,
+    })?;
+    let ca_key_pem = std::fs::read_to_string(ca_key).map_err(|source| TlsError::Io {
+        path: ca_key.into(),
+        source,
+    })?;
     let ca_kp = KeyPair::from_pem(&ca_key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_kp)?;
     let mut params = CertificateParams::new(names.to_vec())?;
-    params.distinguished_name.push(DnType::CommonName, names.first().cloned().unwrap_or_else(|| base.to_string()));
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().cloned().unwrap_or_else(|| base.to_string()),
+    );
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
-    let (cp, kp) = (dir.join(format!("{base}.pem")), dir.join(format!("{base}.key")));
+    let (cp, kp) = (
+        dir.join(format!("{base}.pem")),
+        dir.join(format!("{base}.key")),
+    );
     write(dir, &cp, cert.pem().as_bytes())?;
     write_private(dir, &kp, key.serialize_pem().as_bytes())?;
     Ok((cp, kp))
 }
 
 fn write(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io { path: dir.into(), source })?;
-    std::fs::write(path, bytes).map_err(|source| TlsError::Io { path: path.into(), source })
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
+        path: dir.into(),
+        source,
+    })?;
+    std::fs::write(path, bytes).map_err(|source| TlsError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
     write(dir, path, bytes)?;
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|source| TlsError::Io { path: path.into(), source })
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        TlsError::Io {
+            path: path.into(),
+            source,
+        }
+    })
 }
 
 /// Read every certificate in a PEM file.
@@ -123,12 +188,21 @@ fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), TlsError> 
 /// # Errors
 /// [`TlsError`] when unreadable or empty.
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Io { path: path.into(), source })?;
+    let data = std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.into(),
+        source,
+    })?;
     let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
         .collect::<Result<_, _>>()
-        .map_err(|source| TlsError::Io { path: path.into(), source })?;
+        .map_err(|source| TlsError::Io {
+            path: path.into(),
+            source,
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Empty { path: path.into(), what: "certificate" });
+        return Err(TlsError::Empty {
+            path: path.into(),
+            what: "certificate",
+        });
     }
     Ok(certs)
 }
@@ -138,10 +212,19 @@ pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 /// # Errors
 /// [`TlsError`] when unreadable or empty.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let data = std::fs::read(path).map_err(|source| TlsError::Io { path: path.into(), source })?;
+    let data = std::fs::read(path).map_err(|source| TlsError::Io {
+        path: path.into(),
+        source,
+    })?;
     rustls_pemfile::private_key(&mut data.as_slice())
-        .map_err(|source| TlsError::Io { path: path.into(), source })?
-        .ok_or(TlsError::Empty { path: path.into(), what: "private key" })
+        .map_err(|source| TlsError::Io {
+            path: path.into(),
+            source,
+        })?
+        .ok_or(TlsError::Empty {
+            path: path.into(),
+            what: "private key",
+        })
 }
 
 /// A server config for `identity` with the given ALPN protocols; client certificates are
@@ -149,18 +232,26 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 ///
 /// # Errors
 /// [`TlsError::Rustls`] for an unusable key or CA.
-pub fn server_config(identity: &Identity, alpn: &[&[u8]], client_ca: Option<&Path>) -> Result<rustls::ServerConfig, TlsError> {
-    let builder = rustls::ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+pub fn server_config(
+    identity: &Identity,
+    alpn: &[&[u8]],
+    client_ca: Option<&Path>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?;
     let builder = match client_ca {
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in read_certs(ca)? {
                 roots.add(c)?;
             }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),

@@ -25,7 +25,11 @@ use crate::server::Gateway;
 use crate::session::driver::{self, Conn, ConnError, ConnInfo};
 
 /// Accept WebSocket connections until shutdown. `tls`: wss when present.
-pub async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>, gw: Arc<Gateway>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    gw: Arc<Gateway>,
+) {
     let transport = if tls.is_some() { "wss" } else { "ws" };
     loop {
         let accepted = tokio::select! {
@@ -48,16 +52,24 @@ pub async fn serve(listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>
             let timeout = Duration::from_millis(gw2.settings.limits().handshake_timeout_ms);
             match tls {
                 None => handle(stream, remote, transport, gw2, timeout).await,
-                Some(acceptor) => match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => handle(s, remote, transport, gw2, timeout).await,
-                    Ok(Err(e)) => {
-                        gw2.metrics.connections_refused.with_label_values(&["tls_handshake"]).inc();
-                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                Some(acceptor) => {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => handle(s, remote, transport, gw2, timeout).await,
+                        Ok(Err(e)) => {
+                            gw2.metrics
+                                .connections_refused
+                                .with_label_values(&["tls_handshake"])
+                                .inc();
+                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            gw2.metrics
+                                .connections_refused
+                                .with_label_values(&["handshake_timeout"])
+                                .inc();
+                        }
                     }
-                    Err(_) => {
-                        gw2.metrics.connections_refused.with_label_values(&["handshake_timeout"]).inc();
-                    }
-                },
+                }
             }
         });
     }
@@ -71,8 +83,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
-async fn handle<S>(stream: S, remote: SocketAddr, transport: &'static str, gw: Arc<Gateway>, timeout: Duration)
-where
+async fn handle<S>(
+    stream: S,
+    remote: SocketAddr,
+    transport: &'static str,
+    gw: Arc<Gateway>,
+    timeout: Duration,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = gw.settings.limits();
@@ -128,12 +145,18 @@ where
     {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
-            gw.metrics.connections_refused.with_label_values(&["ws_handshake"]).inc();
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["ws_handshake"])
+                .inc();
             tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
             return;
         }
         Err(_) => {
-            gw.metrics.connections_refused.with_label_values(&["handshake_timeout"]).inc();
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["handshake_timeout"])
+                .inc();
             return;
         }
     };
@@ -142,17 +165,33 @@ where
     let _admission = match gw.admit(remote.ip()) {
         Ok(guard) => guard,
         Err(msg) => {
-            gw.metrics.connections_refused.with_label_values(&["too_many_connections"]).inc();
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["too_many_connections"])
+                .inc();
             let f = ServerFrame::error(None, ErrorCode::TooManyConnections, msg.clone());
             let _ = conn.send(encoding.encode(&f)).await;
             conn.close(Some(ErrorCode::TooManyConnections), &msg).await;
             return;
         }
     };
-    gw.metrics.connections_accepted.with_label_values(&[transport]).inc();
+    gw.metrics
+        .connections_accepted
+        .with_label_values(&[transport])
+        .inc();
     let open = gw.metrics.connections_open.with_label_values(&[transport]);
     open.inc();
-    driver::run(conn, gw.clone(), ConnInfo { remote, transport, tls_identity: None, encoding }).await;
+    driver::run(
+        conn,
+        gw.clone(),
+        ConnInfo {
+            remote,
+            transport,
+            tls_identity: None,
+            encoding,
+        },
+    )
+    .await;
     open.dec();
 }
 
@@ -193,11 +232,17 @@ where
         } else {
             Message::binary(frame)
         };
-        self.ws.send(msg).await.map_err(|e| ConnError::Io(e.to_string()))
+        self.ws
+            .send(msg)
+            .await
+            .map_err(|e| ConnError::Io(e.to_string()))
     }
 
     async fn ping(&mut self) -> Result<(), ConnError> {
-        self.ws.send(Message::Ping(Bytes::new())).await.map_err(|e| ConnError::Io(e.to_string()))
+        self.ws
+            .send(Message::Ping(Bytes::new()))
+            .await
+            .map_err(|e| ConnError::Io(e.to_string()))
     }
 
     async fn close(&mut self, code: Option<ErrorCode>, reason: &str) {
@@ -205,7 +250,9 @@ where
             None => CloseCode::Normal,
             Some(ErrorCode::FrameTooLarge) => CloseCode::Size,
             Some(ErrorCode::ShuttingDown) => CloseCode::Away,
-            Some(ErrorCode::TooManyConnections | ErrorCode::RateLimited | ErrorCode::SlowConsumer) => CloseCode::Again,
+            Some(
+                ErrorCode::TooManyConnections | ErrorCode::RateLimited | ErrorCode::SlowConsumer,
+            ) => CloseCode::Again,
             Some(ErrorCode::Internal | ErrorCode::StorageUnavailable) => CloseCode::Error,
             Some(ErrorCode::BadFrame) => CloseCode::Protocol,
             Some(_) => CloseCode::Policy,
@@ -215,7 +262,10 @@ where
         while reason.len() > 120 {
             reason.pop();
         }
-        let frame = CloseFrame { code, reason: reason.into() };
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             let _ = self.ws.close(Some(frame)).await;
             // Wait briefly for the peer's close so the TCP connection ends cleanly.

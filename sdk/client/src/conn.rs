@@ -24,7 +24,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// A connected transport.
 pub(crate) enum Conn {
-    Ws { ws: Box<WebSocketStream<Box<dyn Io>>>, text: bool },
+    Ws {
+        ws: Box<WebSocketStream<Box<dyn Io>>>,
+        text: bool,
+    },
     Quic(Box<QuicConn>),
 }
 
@@ -55,11 +58,18 @@ pub(crate) fn parse_url(url: &str) -> Result<Target, ClientError> {
     let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
     let authority = rest.split('/').next().unwrap_or_default();
     let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() => (h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().map_err(|_| bad())?),
+        Some((h, p)) if !h.is_empty() => (
+            h.trim_start_matches('[').trim_end_matches(']'),
+            p.parse::<u16>().map_err(|_| bad())?,
+        ),
         _ => return Err(bad()),
     };
     match scheme {
-        "ws" | "wss" | "quic" => Ok(Target { scheme: scheme.into(), host: host.into(), port }),
+        "ws" | "wss" | "quic" => Ok(Target {
+            scheme: scheme.into(),
+            host: host.into(),
+            port,
+        }),
         _ => Err(bad()),
     }
 }
@@ -75,11 +85,14 @@ impl Conn {
     }
 
     async fn open_ws(opts: &ClientOptions, t: &Target) -> Result<(Conn, Encoding), ClientError> {
-        let tcp = TcpStream::connect((t.host.as_str(), t.port)).await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let tcp = TcpStream::connect((t.host.as_str(), t.port))
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = if t.scheme == "wss" {
             let cfg = crate::tls::client_config(opts.ca.as_deref(), opts.insecure, &[b"http/1.1"])?;
-            let name = rustls::pki_types::ServerName::try_from(t.host.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
+            let name = rustls::pki_types::ServerName::try_from(t.host.clone())
+                .map_err(|e| ClientError::Tls(e.to_string()))?;
             let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
                 .connect(name, tcp)
                 .await
@@ -88,10 +101,16 @@ impl Conn {
         } else {
             Box::new(tcp)
         };
-        let mut req = opts.url.as_str().into_client_request().map_err(|e| ClientError::Url(e.to_string()))?;
+        let mut req = opts
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ClientError::Url(e.to_string()))?;
         let proto = http::HeaderValue::from_static(opts.encoding.subprotocol());
         req.headers_mut().insert("sec-websocket-protocol", proto);
-        let config = WebSocketConfig::default().max_message_size(Some(64 << 20)).max_frame_size(Some(64 << 20));
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
         let (ws, resp) = tokio_tungstenite::client_async_with_config(req, io, Some(config))
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
@@ -101,7 +120,13 @@ impl Conn {
             .and_then(|v| v.to_str().ok())
             .and_then(Encoding::from_subprotocol)
             .unwrap_or(Encoding::Json);
-        Ok((Conn::Ws { ws: Box::new(ws), text: chosen.is_text() }, chosen))
+        Ok((
+            Conn::Ws {
+                ws: Box::new(ws),
+                text: chosen.is_text(),
+            },
+            chosen,
+        ))
     }
 
     async fn open_quic(opts: &ClientOptions, t: &Target) -> Result<(Conn, Encoding), ClientError> {
@@ -110,27 +135,44 @@ impl Conn {
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .next()
             .ok_or_else(|| ClientError::Connect(format!("{}: no address", t.host)))?;
-        let tls = crate::tls::client_config(opts.ca.as_deref(), opts.insecure, &[edgesync_protocol::ALPN_QUIC])?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| ClientError::Tls(e.to_string()))?;
+        let tls = crate::tls::client_config(
+            opts.ca.as_deref(),
+            opts.insecure,
+            &[edgesync_protocol::ALPN_QUIC],
+        )?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         // Keep NAT bindings and the gateway's idle timer (QUIC level) fresh on quiet sessions.
         transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
         config.transport_config(Arc::new(transport));
-        let bind: std::net::SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-            .parse()
-            .map_err(|e: std::net::AddrParseError| ClientError::Connect(e.to_string()))?;
-        let endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
+        let bind: std::net::SocketAddr = if addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()
+        .map_err(|e: std::net::AddrParseError| ClientError::Connect(e.to_string()))?;
+        let endpoint =
+            quinn::Endpoint::client(bind).map_err(|e| ClientError::Connect(e.to_string()))?;
         let connection = endpoint
             .connect_with(config, addr, &t.host)
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .await
             .map_err(|e| match e {
                 // 0x100-0x1ff: a TLS alert (RFC 9001 §4.8), e.g. an untrusted certificate.
-                quinn::ConnectionError::TransportError(te) if (0x100..0x200).contains(&u64::from(te.code)) => ClientError::Tls(te.to_string()),
+                quinn::ConnectionError::TransportError(te)
+                    if (0x100..0x200).contains(&u64::from(te.code)) =>
+                {
+                    ClientError::Tls(te.to_string())
+                }
                 other => ClientError::Connect(other.to_string()),
             })?;
-        let (send, recv) = connection.open_bi().await.map_err(|e| ClientError::Connect(e.to_string()))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Connect(e.to_string()))?;
         let q = QuicConn {
             _endpoint: endpoint,
             connection,
@@ -146,11 +188,16 @@ impl Conn {
     /// gateway does not accept datagrams or this one exceeds the path's datagram size.
     pub(crate) fn send_datagram(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
         match self {
-            Conn::Ws { .. } => Err(ClientError::Protocol("ephemeral publishes need a quic:// connection".into())),
-            Conn::Quic(q) => q.connection.send_datagram(Bytes::from(frame)).map_err(|e| match e {
-                quinn::SendDatagramError::ConnectionLost(_) => ClientError::ConnectionLost,
-                other => ClientError::Protocol(other.to_string()),
-            }),
+            Conn::Ws { .. } => Err(ClientError::Protocol(
+                "ephemeral publishes need a quic:// connection".into(),
+            )),
+            Conn::Quic(q) => q
+                .connection
+                .send_datagram(Bytes::from(frame))
+                .map_err(|e| match e {
+                    quinn::SendDatagramError::ConnectionLost(_) => ClientError::ConnectionLost,
+                    other => ClientError::Protocol(other.to_string()),
+                }),
         }
     }
 
@@ -159,7 +206,10 @@ impl Conn {
             Conn::Quic(q) => q.send_frame(frame).await,
             Conn::Ws { ws, text } => {
                 let msg = if *text {
-                    Message::text(String::from_utf8(frame).map_err(|e| ClientError::Protocol(e.to_string()))?)
+                    Message::text(
+                        String::from_utf8(frame)
+                            .map_err(|e| ClientError::Protocol(e.to_string()))?,
+                    )
                 } else {
                     Message::binary(frame)
                 };
@@ -171,7 +221,10 @@ impl Conn {
     /// Send bytes exactly as given, as a binary frame (conformance tests).
     pub(crate) async fn send_raw(&mut self, frame: Vec<u8>) -> Result<(), ClientError> {
         match self {
-            Conn::Ws { ws, .. } => ws.send(Message::binary(frame)).await.map_err(|_| ClientError::ConnectionLost),
+            Conn::Ws { ws, .. } => ws
+                .send(Message::binary(frame))
+                .await
+                .map_err(|_| ClientError::ConnectionLost),
             Conn::Quic(q) => q.send_frame(frame).await,
         }
     }
@@ -198,8 +251,10 @@ impl Conn {
             }
             Conn::Quic(q) => {
                 let _ = q.send.finish();
-                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), q.send.stopped()).await;
-                q.connection.close(quinn::VarInt::from_u32(0), b"client closed");
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), q.send.stopped()).await;
+                q.connection
+                    .close(quinn::VarInt::from_u32(0), b"client closed");
             }
         }
     }
@@ -210,7 +265,10 @@ impl QuicConn {
         let mut prefix = Vec::with_capacity(4);
         LengthPrefixed::put_prefix(&mut prefix, frame.len());
         let mut chunks = [Bytes::from(prefix), Bytes::from(frame)];
-        self.send.write_all_chunks(&mut chunks).await.map_err(|_| ClientError::ConnectionLost)
+        self.send
+            .write_all_chunks(&mut chunks)
+            .await
+            .map_err(|_| ClientError::ConnectionLost)
     }
 
     /// Next frame; `None` when the stream or connection ended or the gateway broke framing.

@@ -44,7 +44,11 @@ pub enum ClientError {
     Tls(String),
     /// The gateway answered with an error.
     #[error("{code}: {message}")]
-    Server { code: ErrorCode, message: String, retry: bool },
+    Server {
+        code: ErrorCode,
+        message: String,
+        retry: bool,
+    },
     #[error("connection lost")]
     ConnectionLost,
     #[error("timed out waiting for the gateway")]
@@ -121,7 +125,11 @@ pub struct PublishOptions {
 
 impl Default for PublishOptions {
     fn default() -> Self {
-        PublishOptions { headers: Headers::default(), mid: None, ack: true }
+        PublishOptions {
+            headers: Headers::default(),
+            mid: None,
+            ack: true,
+        }
     }
 }
 
@@ -141,7 +149,14 @@ pub struct PubAck {
 pub enum Event {
     Msg(Msg),
     /// Messages that will not arrive live; read them with [`Client::history`] from `cursor`.
-    Gap { topic: String, origin: Origin, from: u64, to: u64, reason: GapReason, cursor: String },
+    Gap {
+        topic: String,
+        origin: Origin,
+        from: u64,
+        to: u64,
+        reason: GapReason,
+        cursor: String,
+    },
 }
 
 /// A page of stored messages.
@@ -199,7 +214,12 @@ impl Subscription {
 }
 
 pub(crate) enum Request {
-    Publish { topic: String, payload: Bytes, opts: PublishOptions, reply: Option<oneshot::Sender<Result<PubAck, ClientError>>> },
+    Publish {
+        topic: String,
+        payload: Bytes,
+        opts: PublishOptions,
+        reply: Option<oneshot::Sender<Result<PubAck, ClientError>>>,
+    },
     Subscribe {
         pattern: String,
         start: Start,
@@ -207,13 +227,35 @@ pub(crate) enum Request {
         consumed: Arc<Mutex<Cursor>>,
         reply: oneshot::Sender<Result<String, ClientError>>,
     },
-    Unsubscribe { pattern: String, reply: oneshot::Sender<Result<(), ClientError>> },
-    History { topic: String, start: Start, limit: Option<u32>, reply: oneshot::Sender<Result<History, ClientError>> },
-    Ping { reply: oneshot::Sender<Result<(), ClientError>> },
-    Raw { frame: Vec<u8>, reply: oneshot::Sender<Result<(), ClientError>> },
-    Ephemeral { topic: String, payload: Bytes, headers: Headers, reply: oneshot::Sender<Result<(), ClientError>> },
-    Cursor { reply: oneshot::Sender<Cursor> },
-    Close { reply: oneshot::Sender<()> },
+    Unsubscribe {
+        pattern: String,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    History {
+        topic: String,
+        start: Start,
+        limit: Option<u32>,
+        reply: oneshot::Sender<Result<History, ClientError>>,
+    },
+    Ping {
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Raw {
+        frame: Vec<u8>,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Ephemeral {
+        topic: String,
+        payload: Bytes,
+        headers: Headers,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Cursor {
+        reply: oneshot::Sender<Cursor>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A connected client. Cheap to clone; all clones share the connection.
@@ -234,7 +276,12 @@ impl Client {
         let timeout = opts.request_timeout;
         let sub_buffer = opts.subscription_buffer;
         let (tx, info) = task::spawn(opts).await?;
-        Ok(Client { tx, info, timeout, sub_buffer })
+        Ok(Client {
+            tx,
+            info,
+            timeout,
+            sub_buffer,
+        })
     }
 
     /// What the gateway said at connect.
@@ -246,8 +293,13 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Server`] with the gateway's code, or a connection error.
-    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<PubAck, ClientError> {
-        self.publish_with(topic, payload, PublishOptions::default()).await
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+    ) -> Result<PubAck, ClientError> {
+        self.publish_with(topic, payload, PublishOptions::default())
+            .await
     }
 
     /// Publish with options. With `ack: false` returns once the frame is queued
@@ -255,14 +307,38 @@ impl Client {
     ///
     /// # Errors
     /// As [`Client::publish`].
-    pub async fn publish_with(&self, topic: &str, payload: impl Into<Bytes>, opts: PublishOptions) -> Result<PubAck, ClientError> {
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Result<PubAck, ClientError> {
         let payload = payload.into();
         if !opts.ack {
-            self.send(Request::Publish { topic: topic.into(), payload, opts, reply: None }).await?;
-            return Ok(PubAck { topic: topic.into(), origin: Origin::new("", 0), seq: 0, hlc: 0, cursor: String::new(), dup: false });
+            self.send(Request::Publish {
+                topic: topic.into(),
+                payload,
+                opts,
+                reply: None,
+            })
+            .await?;
+            return Ok(PubAck {
+                topic: topic.into(),
+                origin: Origin::new("", 0),
+                seq: 0,
+                hlc: 0,
+                cursor: String::new(),
+                dup: false,
+            });
         }
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Publish { topic: topic.into(), payload, opts, reply: Some(reply) }).await?;
+        self.send(Request::Publish {
+            topic: topic.into(),
+            payload,
+            opts,
+            reply: Some(reply),
+        })
+        .await?;
         self.wait(rx).await?
     }
 
@@ -270,16 +346,31 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Server`] (e.g. `forbidden`, `too_many_subscriptions`).
-    pub async fn subscribe(&self, pattern: &str, start: Start) -> Result<Subscription, ClientError> {
+    pub async fn subscribe(
+        &self,
+        pattern: &str,
+        start: Start,
+    ) -> Result<Subscription, ClientError> {
         let (events, rx) = mpsc::channel(self.sub_buffer.max(16));
         let (reply, done) = oneshot::channel();
         let consumed = Arc::new(Mutex::new(Cursor::new()));
-        self.send(Request::Subscribe { pattern: pattern.into(), start, events, consumed: consumed.clone(), reply }).await?;
+        self.send(Request::Subscribe {
+            pattern: pattern.into(),
+            start,
+            events,
+            consumed: consumed.clone(),
+            reply,
+        })
+        .await?;
         let start_cursor = self.wait(done).await??;
         if let (Ok(c), Ok(mut g)) = (Cursor::decode(&start_cursor, usize::MAX), consumed.lock()) {
             g.merge(&c);
         }
-        Ok(Subscription { pattern: pattern.into(), rx, consumed })
+        Ok(Subscription {
+            pattern: pattern.into(),
+            rx,
+            consumed,
+        })
     }
 
     /// Drop a subscription.
@@ -288,7 +379,11 @@ impl Client {
     /// [`ClientError::Server`] `not_subscribed`.
     pub async fn unsubscribe(&self, pattern: &str) -> Result<(), ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Unsubscribe { pattern: pattern.into(), reply }).await?;
+        self.send(Request::Unsubscribe {
+            pattern: pattern.into(),
+            reply,
+        })
+        .await?;
         self.wait(rx).await?
     }
 
@@ -296,9 +391,20 @@ impl Client {
     ///
     /// # Errors
     /// [`ClientError::Server`] for a bad topic or cursor.
-    pub async fn history(&self, topic: &str, start: Start, limit: Option<u32>) -> Result<History, ClientError> {
+    pub async fn history(
+        &self,
+        topic: &str,
+        start: Start,
+        limit: Option<u32>,
+    ) -> Result<History, ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::History { topic: topic.into(), start, limit, reply }).await?;
+        self.send(Request::History {
+            topic: topic.into(),
+            start,
+            limit,
+            reply,
+        })
+        .await?;
         self.wait(rx).await?
     }
 
@@ -319,9 +425,20 @@ impl Client {
     /// # Errors
     /// [`ClientError::Protocol`] on WebSocket or when the datagram is larger than the path
     /// allows (about 1.1 KiB on a typical path); connection errors.
-    pub async fn publish_ephemeral(&self, topic: &str, payload: impl Into<Bytes>, headers: Headers) -> Result<(), ClientError> {
+    pub async fn publish_ephemeral(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        headers: Headers,
+    ) -> Result<(), ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Request::Ephemeral { topic: topic.into(), payload: payload.into(), headers, reply }).await?;
+        self.send(Request::Ephemeral {
+            topic: topic.into(),
+            payload: payload.into(),
+            headers,
+            reply,
+        })
+        .await?;
         self.wait(rx).await?
     }
 

@@ -4,19 +4,36 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use edgesync_protocol::{ClientFrame, Cursor, Encoding, Origin, Payload, ServerFrame, Start};
 use edgesync_protocol::topic::matches;
+use edgesync_protocol::{ClientFrame, Cursor, Encoding, Origin, Payload, ServerFrame, Start};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::Conn;
-use crate::{ClientError, ClientOptions, Event, History, PubAck, PublishOptions, Request, SessionInfo};
+use crate::{
+    ClientError, ClientOptions, Event, History, PubAck, PublishOptions, Request, SessionInfo,
+};
 
 enum Inflight {
-    Publish { topic: String, payload: bytes::Bytes, opts: PublishOptions, reply: Option<oneshot::Sender<Result<PubAck, ClientError>>> },
-    Subscribe { sub: usize, reply: Option<oneshot::Sender<Result<String, ClientError>>> },
-    Unsubscribe { pattern: String, reply: oneshot::Sender<Result<(), ClientError>> },
-    History { reply: oneshot::Sender<Result<History, ClientError>> },
-    Ping { reply: oneshot::Sender<Result<(), ClientError>> },
+    Publish {
+        topic: String,
+        payload: bytes::Bytes,
+        opts: PublishOptions,
+        reply: Option<oneshot::Sender<Result<PubAck, ClientError>>>,
+    },
+    Subscribe {
+        sub: usize,
+        reply: Option<oneshot::Sender<Result<String, ClientError>>>,
+    },
+    Unsubscribe {
+        pattern: String,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    History {
+        reply: oneshot::Sender<Result<History, ClientError>>,
+    },
+    Ping {
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
 }
 
 struct SubState {
@@ -41,7 +58,9 @@ struct Task {
 }
 
 /// Connect, say `connect`, and start the task.
-pub(crate) async fn spawn(mut opts: ClientOptions) -> Result<(mpsc::Sender<Request>, SessionInfo), ClientError> {
+pub(crate) async fn spawn(
+    mut opts: ClientOptions,
+) -> Result<(mpsc::Sender<Request>, SessionInfo), ClientError> {
     let (conn, encoding, info) = establish(&opts).await?;
     opts.client_id = Some(info.client_id.clone());
     let (tx, rx) = mpsc::channel(1024);
@@ -62,20 +81,54 @@ async fn establish(opts: &ClientOptions) -> Result<(Conn, Encoding, SessionInfo)
     let (mut conn, encoding) = tokio::time::timeout(opts.request_timeout, Conn::open(opts))
         .await
         .map_err(|_| ClientError::Timeout)??;
-    let hello = ClientFrame::Connect { id: 0, token: opts.token.clone(), client_id: opts.client_id.clone(), cursor: opts.cursor.clone() };
+    let hello = ClientFrame::Connect {
+        id: 0,
+        token: opts.token.clone(),
+        client_id: opts.client_id.clone(),
+        cursor: opts.cursor.clone(),
+    };
     conn.send(encoding.encode(&hello)).await?;
     let deadline = tokio::time::Instant::now() + opts.request_timeout;
     loop {
-        let frame = tokio::time::timeout_at(deadline, conn.recv()).await.map_err(|_| ClientError::Timeout)?;
-        let Some(frame) = frame else { return Err(ClientError::ConnectionLost) };
-        let frames: Vec<ServerFrame> = encoding.decode_all(&frame).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let frame = tokio::time::timeout_at(deadline, conn.recv())
+            .await
+            .map_err(|_| ClientError::Timeout)?;
+        let Some(frame) = frame else {
+            return Err(ClientError::ConnectionLost);
+        };
+        let frames: Vec<ServerFrame> = encoding
+            .decode_all(&frame)
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
         for f in frames {
             match f {
-                ServerFrame::Connected { client_id, conn_id, node, epoch, limits, .. } => {
-                    return Ok((conn, encoding, SessionInfo { client_id, conn_id, node, epoch, limits }));
+                ServerFrame::Connected {
+                    client_id,
+                    conn_id,
+                    node,
+                    epoch,
+                    limits,
+                    ..
+                } => {
+                    return Ok((
+                        conn,
+                        encoding,
+                        SessionInfo {
+                            client_id,
+                            conn_id,
+                            node,
+                            epoch,
+                            limits,
+                        },
+                    ));
                 }
-                ServerFrame::Error { code, msg, retry, .. } => {
-                    return Err(ClientError::Server { code, message: msg, retry });
+                ServerFrame::Error {
+                    code, msg, retry, ..
+                } => {
+                    return Err(ClientError::Server {
+                        code,
+                        message: msg,
+                        retry,
+                    });
                 }
                 _ => {}
             }
@@ -123,7 +176,12 @@ impl Task {
 
     async fn handle_request(&mut self, conn: &mut Conn, req: Request) -> Result<(), ClientError> {
         match req {
-            Request::Publish { topic, payload, mut opts, reply } => {
+            Request::Publish {
+                topic,
+                payload,
+                mut opts,
+                reply,
+            } => {
                 if opts.mid.is_none() {
                     self.mid_counter += 1;
                     opts.mid = Some(format!("{:016x}-{}", self.mid_prefix, self.mid_counter));
@@ -131,43 +189,112 @@ impl Task {
                 let id = self.id();
                 let frame = self.pub_frame(id, &topic, &payload, &opts);
                 if opts.ack {
-                    self.inflight.insert(id, Inflight::Publish { topic, payload, opts, reply });
+                    self.inflight.insert(
+                        id,
+                        Inflight::Publish {
+                            topic,
+                            payload,
+                            opts,
+                            reply,
+                        },
+                    );
                 }
                 conn.send(frame).await
             }
-            Request::Subscribe { pattern, start, events, consumed, reply } => {
+            Request::Subscribe {
+                pattern,
+                start,
+                events,
+                consumed,
+                reply,
+            } => {
                 let id = self.id();
-                self.subs.push(SubState { pattern: pattern.clone(), events, position: Cursor::new(), active: true, consumed });
-                self.inflight.insert(id, Inflight::Subscribe { sub: self.subs.len() - 1, reply: Some(reply) });
-                conn.send(self.encoding.encode(&ClientFrame::Sub { id, topic: pattern, start: Some(start) })).await
+                self.subs.push(SubState {
+                    pattern: pattern.clone(),
+                    events,
+                    position: Cursor::new(),
+                    active: true,
+                    consumed,
+                });
+                self.inflight.insert(
+                    id,
+                    Inflight::Subscribe {
+                        sub: self.subs.len() - 1,
+                        reply: Some(reply),
+                    },
+                );
+                conn.send(self.encoding.encode(&ClientFrame::Sub {
+                    id,
+                    topic: pattern,
+                    start: Some(start),
+                }))
+                .await
             }
             Request::Unsubscribe { pattern, reply } => {
                 let id = self.id();
-                self.inflight.insert(id, Inflight::Unsubscribe { pattern: pattern.clone(), reply });
-                conn.send(self.encoding.encode(&ClientFrame::Unsub { id, topic: pattern })).await
+                self.inflight.insert(
+                    id,
+                    Inflight::Unsubscribe {
+                        pattern: pattern.clone(),
+                        reply,
+                    },
+                );
+                conn.send(
+                    self.encoding
+                        .encode(&ClientFrame::Unsub { id, topic: pattern }),
+                )
+                .await
             }
-            Request::History { topic, start, limit, reply } => {
+            Request::History {
+                topic,
+                start,
+                limit,
+                reply,
+            } => {
                 let id = self.id();
                 self.inflight.insert(id, Inflight::History { reply });
-                conn.send(self.encoding.encode(&ClientFrame::History { id, topic, start: Some(start), limit })).await
+                conn.send(self.encoding.encode(&ClientFrame::History {
+                    id,
+                    topic,
+                    start: Some(start),
+                    limit,
+                }))
+                .await
             }
             Request::Ping { reply } => {
                 let id = self.id();
                 self.inflight.insert(id, Inflight::Ping { reply });
-                conn.send(self.encoding.encode(&ClientFrame::Ping { id })).await
+                conn.send(self.encoding.encode(&ClientFrame::Ping { id }))
+                    .await
             }
             Request::Raw { frame, reply } => {
                 let r = conn.send_raw(frame).await;
                 let _ = reply.send(r.clone());
                 r
             }
-            Request::Ephemeral { topic, payload, headers, reply } => {
-                let frame = ClientFrame::Pub { id: 0, topic, data: Payload(payload), headers, mid: None, ack: false };
+            Request::Ephemeral {
+                topic,
+                payload,
+                headers,
+                reply,
+            } => {
+                let frame = ClientFrame::Pub {
+                    id: 0,
+                    topic,
+                    data: Payload(payload),
+                    headers,
+                    mid: None,
+                    ack: false,
+                };
                 let r = conn.send_datagram(self.encoding.encode(&frame));
                 let lost = matches!(r, Err(ClientError::ConnectionLost));
                 let _ = reply.send(r);
                 // Only a lost connection needs a reconnect; other errors are the caller's.
-                if lost { Err(ClientError::ConnectionLost) } else { Ok(()) }
+                if lost {
+                    Err(ClientError::ConnectionLost)
+                } else {
+                    Ok(())
+                }
             }
             Request::Cursor { reply } => {
                 let mut c = Cursor::new();
@@ -183,7 +310,13 @@ impl Task {
         }
     }
 
-    fn pub_frame(&self, id: u64, topic: &str, payload: &bytes::Bytes, opts: &PublishOptions) -> Vec<u8> {
+    fn pub_frame(
+        &self,
+        id: u64,
+        topic: &str,
+        payload: &bytes::Bytes,
+        opts: &PublishOptions,
+    ) -> Vec<u8> {
         self.encoding.encode(&ClientFrame::Pub {
             id,
             topic: topic.into(),
@@ -211,13 +344,21 @@ impl Task {
         match f {
             ServerFrame::Msg(m) if m.seq == 0 => {
                 // Ephemeral (datagram) message: best-effort, never in a cursor, not deduplicated.
-                for s in self.subs.iter().filter(|s| s.active && matches(&s.pattern, &m.topic)) {
+                for s in self
+                    .subs
+                    .iter()
+                    .filter(|s| s.active && matches(&s.pattern, &m.topic))
+                {
                     let _ = s.events.try_send(Event::Msg(m.clone()));
                 }
             }
             ServerFrame::Msg(m) => {
                 let origin = Origin::new(m.origin.clone(), m.epoch);
-                for s in self.subs.iter_mut().filter(|s| s.active && matches(&s.pattern, &m.topic)) {
+                for s in self
+                    .subs
+                    .iter_mut()
+                    .filter(|s| s.active && matches(&s.pattern, &m.topic))
+                {
                     if m.seq <= s.position.position(&m.topic, &origin) {
                         continue; // already delivered (resume overlap): never twice
                     }
@@ -225,21 +366,58 @@ impl Task {
                     let _ = s.events.send(Event::Msg(m.clone())).await;
                 }
             }
-            ServerFrame::Gap { topic, origin, epoch, from, to, reason, cursor } => {
+            ServerFrame::Gap {
+                topic,
+                origin,
+                epoch,
+                from,
+                to,
+                reason,
+                cursor,
+            } => {
                 let origin = Origin::new(origin, epoch);
-                for s in self.subs.iter_mut().filter(|s| s.active && matches(&s.pattern, &topic)) {
-                    let ev = Event::Gap { topic: topic.clone(), origin: origin.clone(), from, to, reason, cursor: cursor.clone() };
+                for s in self
+                    .subs
+                    .iter_mut()
+                    .filter(|s| s.active && matches(&s.pattern, &topic))
+                {
+                    let ev = Event::Gap {
+                        topic: topic.clone(),
+                        origin: origin.clone(),
+                        from,
+                        to,
+                        reason,
+                        cursor: cursor.clone(),
+                    };
                     let _ = s.events.send(ev).await;
                 }
             }
-            ServerFrame::Puback { id, topic, origin, epoch, seq, hlc, cursor, dup } => {
+            ServerFrame::Puback {
+                id,
+                topic,
+                origin,
+                epoch,
+                seq,
+                hlc,
+                cursor,
+                dup,
+            } => {
                 if let Some(Inflight::Publish { reply: Some(r), .. }) = self.inflight.remove(&id) {
-                    let _ = r.send(Ok(PubAck { topic, origin: Origin::new(origin, epoch), seq, hlc, cursor, dup }));
+                    let _ = r.send(Ok(PubAck {
+                        topic,
+                        origin: Origin::new(origin, epoch),
+                        seq,
+                        hlc,
+                        cursor,
+                        dup,
+                    }));
                 }
             }
             ServerFrame::Subscribed { id, cursor, .. } => {
                 if let Some(Inflight::Subscribe { sub, reply }) = self.inflight.remove(&id) {
-                    if let (Some(s), Ok(c)) = (self.subs.get_mut(sub), Cursor::decode(&cursor, usize::MAX)) {
+                    if let (Some(s), Ok(c)) =
+                        (self.subs.get_mut(sub), Cursor::decode(&cursor, usize::MAX))
+                    {
                         s.position.merge(&c);
                     }
                     if let Some(r) = reply {
@@ -256,7 +434,13 @@ impl Task {
                     let _ = reply.send(Ok(()));
                 }
             }
-            ServerFrame::History { id, msgs, cursor, more, .. } => {
+            ServerFrame::History {
+                id,
+                msgs,
+                cursor,
+                more,
+                ..
+            } => {
                 if let Some(Inflight::History { reply }) = self.inflight.remove(&id) {
                     let _ = reply.send(Ok(History { msgs, cursor, more }));
                 }
@@ -266,8 +450,17 @@ impl Task {
                     let _ = reply.send(Ok(()));
                 }
             }
-            ServerFrame::Error { id: Some(id), code, msg, retry } => {
-                let e = ClientError::Server { code, message: msg, retry };
+            ServerFrame::Error {
+                id: Some(id),
+                code,
+                msg,
+                retry,
+            } => {
+                let e = ClientError::Server {
+                    code,
+                    message: msg,
+                    retry,
+                };
                 match self.inflight.remove(&id) {
                     Some(Inflight::Publish { reply: Some(r), .. }) => drop(r.send(Err(e))),
                     Some(Inflight::Subscribe { sub, reply }) => {
@@ -284,7 +477,12 @@ impl Task {
                     _ => {}
                 }
             }
-            ServerFrame::Error { id: None, code, msg, .. } => {
+            ServerFrame::Error {
+                id: None,
+                code,
+                msg,
+                ..
+            } => {
                 tracing::debug!(%code, %msg, "gateway error push");
             }
             ServerFrame::Connected { .. } => {}
@@ -301,15 +499,24 @@ impl Task {
                 Some(p @ Inflight::Publish { .. }) => {
                     self.inflight.insert(id, p);
                 }
-                Some(Inflight::Subscribe { sub, reply: Some(r) }) => {
+                Some(Inflight::Subscribe {
+                    sub,
+                    reply: Some(r),
+                }) => {
                     if let Some(s) = self.subs.get_mut(sub) {
                         s.active = false;
                     }
                     let _ = r.send(Err(ClientError::ConnectionLost));
                 }
-                Some(Inflight::Unsubscribe { reply, .. }) => drop(reply.send(Err(ClientError::ConnectionLost))),
-                Some(Inflight::History { reply }) => drop(reply.send(Err(ClientError::ConnectionLost))),
-                Some(Inflight::Ping { reply }) => drop(reply.send(Err(ClientError::ConnectionLost))),
+                Some(Inflight::Unsubscribe { reply, .. }) => {
+                    drop(reply.send(Err(ClientError::ConnectionLost)))
+                }
+                Some(Inflight::History { reply }) => {
+                    drop(reply.send(Err(ClientError::ConnectionLost)))
+                }
+                Some(Inflight::Ping { reply }) => {
+                    drop(reply.send(Err(ClientError::ConnectionLost)))
+                }
                 _ => {}
             }
         }
@@ -319,12 +526,17 @@ impl Task {
         }
         let mut backoff = Duration::from_millis(50);
         loop {
-            if self.subs.iter().all(|s| s.events.is_closed()) && self.inflight.is_empty() && self.subs.iter().any(|_| true) {
+            if self.subs.iter().all(|s| s.events.is_closed())
+                && self.inflight.is_empty()
+                && self.subs.iter().any(|_| true)
+            {
                 // Every subscriber is gone and nothing is owed: keep trying anyway; the handle may publish.
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.opts.max_backoff);
-            let Ok((mut conn, enc, _info)) = establish(&self.opts).await else { continue };
+            let Ok((mut conn, enc, _info)) = establish(&self.opts).await else {
+                continue;
+            };
             self.encoding = enc;
             if self.resume(&mut conn).await.is_ok() {
                 tracing::debug!("reconnected and resumed");
@@ -337,8 +549,18 @@ impl Task {
         for i in 0..self.subs.len() {
             let id = self.id();
             let start = Start::Cursor(self.subs[i].position.encode());
-            let frame = self.encoding.encode(&ClientFrame::Sub { id, topic: self.subs[i].pattern.clone(), start: Some(start) });
-            self.inflight.insert(id, Inflight::Subscribe { sub: i, reply: None });
+            let frame = self.encoding.encode(&ClientFrame::Sub {
+                id,
+                topic: self.subs[i].pattern.clone(),
+                start: Some(start),
+            });
+            self.inflight.insert(
+                id,
+                Inflight::Subscribe {
+                    sub: i,
+                    reply: None,
+                },
+            );
             conn.send(frame).await?;
         }
         let publishes: Vec<u64> = self
@@ -348,7 +570,13 @@ impl Task {
             .map(|(id, _)| *id)
             .collect();
         for id in publishes {
-            if let Some(Inflight::Publish { topic, payload, opts, .. }) = self.inflight.get(&id) {
+            if let Some(Inflight::Publish {
+                topic,
+                payload,
+                opts,
+                ..
+            }) = self.inflight.get(&id)
+            {
                 let frame = self.pub_frame(id, topic, payload, opts);
                 conn.send(frame).await?;
             }

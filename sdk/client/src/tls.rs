@@ -17,7 +17,11 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Build a client config trusting `ca` (PEM), or nothing at all when `insecure`.
-pub(crate) fn client_config(ca: Option<&Path>, insecure: bool, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, ClientError> {
+pub(crate) fn client_config(
+    ca: Option<&Path>,
+    insecure: bool,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, ClientError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
@@ -29,14 +33,20 @@ pub(crate) fn client_config(ca: Option<&Path>, insecure: bool, alpn: &[&[u8]]) -
     } else {
         let mut roots = rustls::RootCertStore::empty();
         if let Some(path) = ca {
-            let data = std::fs::read(path).map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+            let data = std::fs::read(path)
+                .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
             for cert in rustls_pemfile::certs(&mut data.as_slice()) {
-                let cert = cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
-                roots.add(cert).map_err(|e| ClientError::Tls(e.to_string()))?;
+                let cert =
+                    cert.map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| ClientError::Tls(e.to_string()))?;
             }
         }
         if roots.is_empty() {
-            return Err(ClientError::Tls("no CA to trust: pass --ca FILE (or --insecure for development)".into()));
+            return Err(ClientError::Tls(
+                "no CA to trust: pass --ca FILE (or --insecure for development)".into(),
+            ));
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
@@ -65,7 +75,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -74,7 +89,12 @@ impl ServerCertVerifier for NoVerify {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -19,7 +19,9 @@ fn push() -> ServerFrame {
 fn bench(c: &mut Criterion) {
     let f = push();
     for enc in [Encoding::Json, Encoding::MsgPack] {
-        c.bench_function(&format!("encode_push_{enc:?}"), |b| b.iter(|| enc.encode(&f)));
+        c.bench_function(&format!("encode_push_{enc:?}"), |b| {
+            b.iter(|| enc.encode(&f))
+        });
         let mut batch = Vec::new();
         for i in 0..100 {
             if i > 0 {

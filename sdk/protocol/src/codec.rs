@@ -123,7 +123,8 @@ impl Encoding {
                 while !rd.is_empty() {
                     let mut de = rmp_serde::Deserializer::new(&mut rd);
                     de.set_max_depth(MAX_DEPTH as usize);
-                    let v = T::deserialize(&mut de).map_err(|e| DecodeError::MsgPack(e.to_string()))?;
+                    let v =
+                        T::deserialize(&mut de).map_err(|e| DecodeError::MsgPack(e.to_string()))?;
                     out.push(v);
                 }
             }
@@ -161,13 +162,19 @@ impl LengthPrefixed {
     /// # Errors
     /// [`DecodeError::TooLarge`] when the announced length exceeds the limit: the stream
     /// cannot be resynchronised and must be closed.
-    pub fn next_frame(&self, buf: &mut bytes::BytesMut) -> Result<Option<bytes::Bytes>, DecodeError> {
+    pub fn next_frame(
+        &self,
+        buf: &mut bytes::BytesMut,
+    ) -> Result<Option<bytes::Bytes>, DecodeError> {
         if buf.len() < 4 {
             return Ok(None);
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         if len > self.max_frame {
-            return Err(DecodeError::TooLarge { len, max: self.max_frame });
+            return Err(DecodeError::TooLarge {
+                len,
+                max: self.max_frame,
+            });
         }
         if len == 0 {
             return Err(DecodeError::Empty);
@@ -212,38 +219,118 @@ mod tests {
 
     fn any_client_frame() -> impl Strategy<Value = ClientFrame> {
         prop_oneof![
-            (any::<u64>(), prop::option::of("[ -~]{0,20}"), prop::option::of("[a-z0-9]{1,10}"))
-                .prop_map(|(id, token, client_id)| ClientFrame::Connect { id, token, client_id, cursor: None }),
+            (
+                any::<u64>(),
+                prop::option::of("[ -~]{0,20}"),
+                prop::option::of("[a-z0-9]{1,10}")
+            )
+                .prop_map(|(id, token, client_id)| ClientFrame::Connect {
+                    id,
+                    token,
+                    client_id,
+                    cursor: None
+                }),
             (any::<u64>(), "[a-z.*>]{1,20}", any_start())
                 .prop_map(|(id, topic, start)| ClientFrame::Sub { id, topic, start }),
             (any::<u64>(), "[a-z.]{1,20}").prop_map(|(id, topic)| ClientFrame::Unsub { id, topic }),
-            (any::<u64>(), "[a-z.]{1,20}", any_payload(), any_headers(), prop::option::of("[a-z0-9]{1,8}"), any::<bool>())
-                .prop_map(|(id, topic, data, headers, mid, ack)| ClientFrame::Pub { id, topic, data, headers, mid, ack }),
-            (any::<u64>(), "[a-z.]{1,20}", any_start(), prop::option::of(any::<u32>()))
-                .prop_map(|(id, topic, start, limit)| ClientFrame::History { id, topic, start, limit }),
+            (
+                any::<u64>(),
+                "[a-z.]{1,20}",
+                any_payload(),
+                any_headers(),
+                prop::option::of("[a-z0-9]{1,8}"),
+                any::<bool>()
+            )
+                .prop_map(|(id, topic, data, headers, mid, ack)| ClientFrame::Pub {
+                    id,
+                    topic,
+                    data,
+                    headers,
+                    mid,
+                    ack
+                }),
+            (
+                any::<u64>(),
+                "[a-z.]{1,20}",
+                any_start(),
+                prop::option::of(any::<u32>())
+            )
+                .prop_map(|(id, topic, start, limit)| ClientFrame::History {
+                    id,
+                    topic,
+                    start,
+                    limit
+                }),
             any::<u64>().prop_map(|id| ClientFrame::Ping { id }),
         ]
     }
 
     fn any_msg() -> impl Strategy<Value = Msg> {
-        ("[a-z.]{1,20}", "[a-z0-9-]{1,8}", any::<u64>(), any::<u64>(), any::<u64>(), any_payload(), any_headers(), prop::option::of("[a-z]{1,4}"))
+        (
+            "[a-z.]{1,20}",
+            "[a-z0-9-]{1,8}",
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            any_payload(),
+            any_headers(),
+            prop::option::of("[a-z]{1,4}"),
+        )
             .prop_map(|(topic, origin, epoch, seq, hlc, data, headers, mid)| Msg {
-                topic, origin, epoch, seq, hlc, client: "c".into(), mid, headers, data,
+                topic,
+                origin,
+                epoch,
+                seq,
+                hlc,
+                client: "c".into(),
+                mid,
+                headers,
+                data,
             })
     }
 
     fn any_server_frame() -> impl Strategy<Value = ServerFrame> {
         prop_oneof![
             any_msg().prop_map(ServerFrame::Msg),
-            (any::<u64>(), prop::collection::vec(any_msg(), 0..3), any::<bool>())
-                .prop_map(|(id, msgs, more)| ServerFrame::History { id, topic: "a".into(), msgs, cursor: "x".into(), more }),
-            (prop::option::of(any::<u64>()), "[ -~]{0,20}")
-                .prop_map(|(id, m)| ServerFrame::error(id, ErrorCode::RateLimited, m)),
-            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(from, to, epoch)| ServerFrame::Gap {
-                topic: "a.b".into(), origin: "n1".into(), epoch, from, to, reason: GapReason::SlowConsumer, cursor: "c".into(),
+            (
+                any::<u64>(),
+                prop::collection::vec(any_msg(), 0..3),
+                any::<bool>()
+            )
+                .prop_map(|(id, msgs, more)| ServerFrame::History {
+                    id,
+                    topic: "a".into(),
+                    msgs,
+                    cursor: "x".into(),
+                    more
+                }),
+            (prop::option::of(any::<u64>()), "[ -~]{0,20}").prop_map(|(id, m)| ServerFrame::error(
+                id,
+                ErrorCode::RateLimited,
+                m
+            )),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(from, to, epoch)| {
+                ServerFrame::Gap {
+                    topic: "a.b".into(),
+                    origin: "n1".into(),
+                    epoch,
+                    from,
+                    to,
+                    reason: GapReason::SlowConsumer,
+                    cursor: "c".into(),
+                }
             }),
-            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, dup)| ServerFrame::Puback {
-                id, topic: "t".into(), origin: "n".into(), epoch: 1, seq, hlc: seq, cursor: "c".into(), dup,
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, dup)| {
+                ServerFrame::Puback {
+                    id,
+                    topic: "t".into(),
+                    origin: "n".into(),
+                    epoch: 1,
+                    seq,
+                    hlc: seq,
+                    cursor: "c".into(),
+                    dup,
+                }
             }),
         ]
     }
@@ -303,7 +390,14 @@ mod tests {
             .decode_all(br#"{"t":"pub","id":1,"topic":"a","data":{"b64":"AAEC"}} {"t":"pub","id":2,"topic":"a","data":"hi","ack":false}"#)
             .expect("decode");
         match (&f[0], &f[1]) {
-            (ClientFrame::Pub { data: d1, ack: a1, .. }, ClientFrame::Pub { data: d2, ack: a2, .. }) => {
+            (
+                ClientFrame::Pub {
+                    data: d1, ack: a1, ..
+                },
+                ClientFrame::Pub {
+                    data: d2, ack: a2, ..
+                },
+            ) => {
                 assert_eq!(d1.0, Bytes::from_static(&[0, 1, 2]));
                 assert_eq!(d2.0, Bytes::from_static(b"hi"));
                 assert!(*a1);
@@ -311,7 +405,8 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        let out = String::from_utf8(Encoding::Json.encode(&Payload::from(vec![0xff, 0]))).expect("utf8");
+        let out =
+            String::from_utf8(Encoding::Json.encode(&Payload::from(vec![0xff, 0]))).expect("utf8");
         assert_eq!(out, r#"{"b64":"/wA="}"#);
     }
 
@@ -319,19 +414,34 @@ mod tests {
     fn oversized_prefix_is_refused() {
         let lp = LengthPrefixed::new(10);
         let mut buf = bytes::BytesMut::from(&[0u8, 0, 0, 11, 1][..]);
-        assert_eq!(lp.next_frame(&mut buf), Err(DecodeError::TooLarge { len: 11, max: 10 }));
+        assert_eq!(
+            lp.next_frame(&mut buf),
+            Err(DecodeError::TooLarge { len: 11, max: 10 })
+        );
     }
 
     #[test]
     fn wire_shape_is_documented_shape() {
         // PROTOCOL.md shows these exact bytes; keep them in sync.
-        let f = ClientFrame::Sub { id: 7, topic: "a.*".into(), start: Some(Start::Last(5)) };
-        assert_eq!(String::from_utf8(Encoding::Json.encode(&f)).expect("utf8"),
-            r#"{"t":"sub","id":7,"topic":"a.*","start":{"last":5}}"#);
-        let f = ClientFrame::Sub { id: 7, topic: "a".into(), start: Some(Start::Latest) };
+        let f = ClientFrame::Sub {
+            id: 7,
+            topic: "a.*".into(),
+            start: Some(Start::Last(5)),
+        };
+        assert_eq!(
+            String::from_utf8(Encoding::Json.encode(&f)).expect("utf8"),
+            r#"{"t":"sub","id":7,"topic":"a.*","start":{"last":5}}"#
+        );
+        let f = ClientFrame::Sub {
+            id: 7,
+            topic: "a".into(),
+            start: Some(Start::Latest),
+        };
         let mp = Encoding::MsgPack.encode(&f);
         // fixmap(4) "t" "sub" "id" 7 "topic" "a" "start" "latest"
-        let mut want = vec![0x84, 0xa1, b't', 0xa3, b's', b'u', b'b', 0xa2, b'i', b'd', 0x07, 0xa5];
+        let mut want = vec![
+            0x84, 0xa1, b't', 0xa3, b's', b'u', b'b', 0xa2, b'i', b'd', 0x07, 0xa5,
+        ];
         want.extend_from_slice(b"topic");
         want.extend_from_slice(&[0xa1, b'a', 0xa5]);
         want.extend_from_slice(b"start");

@@ -25,7 +25,10 @@ pub struct Origin {
 
 impl Origin {
     pub fn new(node: impl Into<String>, epoch: u64) -> Self {
-        Origin { node: node.into(), epoch }
+        Origin {
+            node: node.into(),
+            epoch,
+        }
     }
 }
 
@@ -79,7 +82,11 @@ impl Cursor {
 
     /// Highest sequence seen for (`topic`, `origin`); 0 when none.
     pub fn position(&self, topic: &str, origin: &Origin) -> u64 {
-        self.topics.get(topic).and_then(|vv| vv.get(origin)).copied().unwrap_or(0)
+        self.topics
+            .get(topic)
+            .and_then(|vv| vv.get(origin))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// The version vector of one topic, if the cursor names it.
@@ -120,7 +127,14 @@ impl Cursor {
         let body: Vec<Entry> = self
             .topics
             .iter()
-            .map(|(t, vv)| (t.clone(), vv.iter().map(|(o, s)| (o.node.clone(), o.epoch, *s)).collect()))
+            .map(|(t, vv)| {
+                (
+                    t.clone(),
+                    vv.iter()
+                        .map(|(o, s)| (o.node.clone(), o.epoch, *s))
+                        .collect(),
+                )
+            })
             .collect();
         let mut bytes = vec![VERSION];
         // Encoding plain tuples and strings into a Vec cannot fail.
@@ -134,7 +148,10 @@ impl Cursor {
     /// [`CursorError`] when the text is not a cursor this version understands.
     pub fn decode(text: &str, max_bytes: usize) -> Result<Cursor, CursorError> {
         if text.len() > max_bytes {
-            return Err(CursorError::TooLarge { len: text.len(), max: max_bytes });
+            return Err(CursorError::TooLarge {
+                len: text.len(),
+                max: max_bytes,
+            });
         }
         if text.is_empty() {
             return Ok(Cursor::default());
@@ -142,7 +159,9 @@ impl Cursor {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(text.trim_end_matches('=').as_bytes())
             .map_err(|e| CursorError::Base64(e.to_string()))?;
-        let (&version, body) = bytes.split_first().ok_or(CursorError::Body("empty".into()))?;
+        let (&version, body) = bytes
+            .split_first()
+            .ok_or(CursorError::Body("empty".into()))?;
         if version != VERSION {
             return Err(CursorError::Version(version));
         }
@@ -217,6 +236,9 @@ mod tests {
         c.observe("t", &o, 3);
         assert_eq!(c.position("t", &o), 5);
         assert_eq!(c.position("t", &Origin::new("n", 2)), 0);
-        assert!(matches!(Cursor::decode("AAAA", 2), Err(CursorError::TooLarge { .. })));
+        assert!(matches!(
+            Cursor::decode("AAAA", 2),
+            Err(CursorError::TooLarge { .. })
+        ));
     }
 }

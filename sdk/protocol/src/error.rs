@@ -90,8 +90,13 @@ impl ErrorCode {
         use ErrorCode::*;
         matches!(
             self,
-            RateLimited | TooManyConnections | SlowConsumer | IdleTimeout | StorageUnavailable
-                | ShuttingDown | Internal
+            RateLimited
+                | TooManyConnections
+                | SlowConsumer
+                | IdleTimeout
+                | StorageUnavailable
+                | ShuttingDown
+                | Internal
         )
     }
 }

@@ -120,7 +120,11 @@ pub enum ServerFrame {
         limits: LimitsInfo,
     },
     /// Reply to `sub`; `cursor` is the position the subscription starts from.
-    Subscribed { id: u64, topic: String, cursor: String },
+    Subscribed {
+        id: u64,
+        topic: String,
+        cursor: String,
+    },
     /// Reply to `unsub`.
     Unsubscribed { id: u64, topic: String },
     /// Durable acknowledgement of `pub`.
@@ -177,7 +181,12 @@ pub enum ServerFrame {
 impl ServerFrame {
     /// An error reply for command `id`.
     pub fn error(id: Option<u64>, code: ErrorCode, msg: impl Into<String>) -> Self {
-        ServerFrame::Error { id, code, msg: msg.into(), retry: code.retryable() }
+        ServerFrame::Error {
+            id,
+            code,
+            msg: msg.into(),
+            retry: code.retryable(),
+        }
     }
 }
 
@@ -242,7 +251,10 @@ impl Headers {
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -312,7 +324,10 @@ impl Serialize for Payload {
             Err(_) => {
                 use base64::Engine as _;
                 let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry("b64", &base64::engine::general_purpose::STANDARD.encode(&self.0))?;
+                m.serialize_entry(
+                    "b64",
+                    &base64::engine::general_purpose::STANDARD.encode(&self.0),
+                )?;
                 m.end()
             }
         }
@@ -359,7 +374,8 @@ impl<'de> Deserialize<'de> for Payload {
                         .map_err(|e| de::Error::custom(format!("bad base64 in data.b64: {e}")))?;
                     out = Some(bytes);
                 }
-                out.map(|b| Payload(Bytes::from(b))).ok_or_else(|| de::Error::missing_field("b64"))
+                out.map(|b| Payload(Bytes::from(b)))
+                    .ok_or_else(|| de::Error::missing_field("b64"))
             }
         }
         d.deserialize_any(V)

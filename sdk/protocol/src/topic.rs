@@ -63,7 +63,10 @@ fn validate(s: &str, max_len: usize, wildcards: bool) -> Result<(), TopicError> 
         return Err(TopicError::Empty);
     }
     if s.len() > max_len {
-        return Err(TopicError::TooLong { len: s.len(), max: max_len });
+        return Err(TopicError::TooLong {
+            len: s.len(),
+            max: max_len,
+        });
     }
     let mut count = 0;
     let mut segments = s.split('.').peekable();
@@ -84,7 +87,11 @@ fn validate(s: &str, max_len: usize, wildcards: bool) -> Result<(), TopicError> 
         }
         for c in seg.chars() {
             if c == '*' || c == '>' {
-                return Err(if wildcards { TopicError::PartialWildcard } else { TopicError::Wildcard });
+                return Err(if wildcards {
+                    TopicError::PartialWildcard
+                } else {
+                    TopicError::Wildcard
+                });
             }
             if c.is_whitespace() || c.is_control() {
                 return Err(TopicError::BadChar(c));
@@ -140,10 +147,9 @@ pub fn covers(grant: &str, wanted: &str) -> bool {
             (">", _) => return !(i == 0 && ws.starts_with('$') && !g.is_empty()),
             (_, ">") => return false,
             ("*", "*") => {}
-            ("*", lit)
-                if i == 0 && lit.starts_with('$') => {
-                    return false;
-                }
+            ("*", lit) if i == 0 && lit.starts_with('$') => {
+                return false;
+            }
             (_, "*") => return false,
             (a, b) if a != b => return false,
             _ => {}
@@ -191,19 +197,36 @@ mod tests {
     #[test]
     fn validation_rules() {
         assert_eq!(validate_topic("", 10), Err(TopicError::Empty));
-        assert!(matches!(validate_topic("a.b.c.d", 3), Err(TopicError::TooLong { .. })));
+        assert!(matches!(
+            validate_topic("a.b.c.d", 3),
+            Err(TopicError::TooLong { .. })
+        ));
         assert_eq!(validate_topic("a..b", 10), Err(TopicError::EmptySegment));
         assert_eq!(validate_topic("a.*", 10), Err(TopicError::Wildcard));
-        assert_eq!(validate_pattern("a.>.b", 10), Err(TopicError::GreaterNotLast));
-        assert_eq!(validate_pattern("a.b*", 10), Err(TopicError::PartialWildcard));
+        assert_eq!(
+            validate_pattern("a.>.b", 10),
+            Err(TopicError::GreaterNotLast)
+        );
+        assert_eq!(
+            validate_pattern("a.b*", 10),
+            Err(TopicError::PartialWildcard)
+        );
         assert_eq!(validate_topic("a b", 10), Err(TopicError::BadChar(' ')));
         assert!(validate_pattern("a.*.>", 10).is_ok());
         let deep = vec!["x"; MAX_SEGMENTS + 1].join(".");
-        assert!(matches!(validate_topic(&deep, 1000), Err(TopicError::TooManySegments(_))));
+        assert!(matches!(
+            validate_topic(&deep, 1000),
+            Err(TopicError::TooManySegments(_))
+        ));
     }
 
     fn segment() -> impl Strategy<Value = String> {
-        prop_oneof![Just("a".to_string()), Just("b".to_string()), Just("c".to_string()), "[a-z]{1,3}"]
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("c".to_string()),
+            "[a-z]{1,3}"
+        ]
     }
 
     fn topic() -> impl Strategy<Value = Vec<String>> {
