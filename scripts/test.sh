@@ -19,6 +19,9 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   fi
 fi
 
-# Tests start gateways and clients in parallel; two threads per core is plenty here.
+# House rules first (cheap), then every test. Tests start gateways and clients in
+# parallel; two threads per core is plenty here.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 exec cargo test --workspace --locked "$@"
