@@ -319,17 +319,13 @@ impl Gateway {
             Outcome::Store => Ok(Ingest::Store),
             Outcome::Dropped => Ok(Ingest::Dropped),
             Outcome::Ephemeral => {
-                let msg = edgesync_protocol::Msg {
-                    topic: req.topic.clone(),
-                    origin: self.store.node().to_string(),
-                    epoch: self.store.epoch(),
-                    seq: 0,
-                    hlc: 0,
-                    client: req.client.clone(),
-                    mid: req.mid.clone(),
-                    headers: req.headers.clone(),
-                    data: edgesync_protocol::Payload(req.payload.clone()),
-                };
+                let msg = self.ephemeral_msg(
+                    &req.topic,
+                    req.client.clone(),
+                    req.mid.clone(),
+                    req.headers.clone(),
+                    req.payload.clone(),
+                );
                 self.broker.fanout_ephemeral(&msg);
                 Ok(Ingest::Dropped)
             }
@@ -404,25 +400,16 @@ impl Gateway {
     /// Deliver a message straight to one connection (plugin `send`): not stored, `seq` 0,
     /// dropped when the outbox is full. False when the connection does not exist.
     pub fn send_direct(&self, conn_id: u64, topic: &str, payload: &[u8]) -> bool {
-        let Some(out) = self
-            .conns
-            .lock()
-            .get(&conn_id)
-            .and_then(|c| c.out.upgrade())
-        else {
+        let Some(out) = self.conn_out(conn_id) else {
             return false;
         };
-        let msg = edgesync_protocol::Msg {
-            topic: topic.to_string(),
-            origin: self.store.node().to_string(),
-            epoch: self.store.epoch(),
-            seq: 0,
-            hlc: 0,
-            client: String::new(),
-            mid: None,
-            headers: edgesync_protocol::Headers::default(),
-            data: edgesync_protocol::Payload(bytes::Bytes::copy_from_slice(payload)),
-        };
+        let msg = self.ephemeral_msg(
+            topic,
+            String::new(),
+            None,
+            Default::default(),
+            bytes::Bytes::copy_from_slice(payload),
+        );
         let frame = bytes::Bytes::from(
             out.outbox
                 .encoding()
@@ -434,16 +421,40 @@ impl Gateway {
 
     /// Close one connection with a reason (plugin `close`). False when it does not exist.
     pub fn close_conn(&self, conn_id: u64, reason: &str) -> bool {
-        let Some(out) = self
-            .conns
-            .lock()
-            .get(&conn_id)
-            .and_then(|c| c.out.upgrade())
-        else {
+        let Some(out) = self.conn_out(conn_id) else {
             return false;
         };
         out.outbox.close(ErrorCode::Forbidden, reason);
         true
+    }
+
+    fn conn_out(&self, conn_id: u64) -> Option<Arc<ConnOut>> {
+        self.conns
+            .lock()
+            .get(&conn_id)
+            .and_then(|c| c.out.upgrade())
+    }
+
+    /// A message that is delivered but never stored: `seq` 0, no HLC, not in cursors.
+    fn ephemeral_msg(
+        &self,
+        topic: &str,
+        client: String,
+        mid: Option<String>,
+        headers: edgesync_protocol::Headers,
+        payload: bytes::Bytes,
+    ) -> edgesync_protocol::Msg {
+        edgesync_protocol::Msg {
+            topic: topic.to_string(),
+            origin: self.store.node().to_string(),
+            epoch: self.store.epoch(),
+            seq: 0,
+            hlc: 0,
+            client,
+            mid,
+            headers,
+            data: edgesync_protocol::Payload(payload),
+        }
     }
 }
 
