@@ -144,12 +144,12 @@ pub fn covers(grant: &str, wanted: &str) -> bool {
     for (i, gs) in g.iter().enumerate() {
         let Some(ws) = w.get(i) else { return false };
         match (*gs, *ws) {
-            (">", _) => return !(i == 0 && ws.starts_with('$') && !g.is_empty()),
+            (">", _) => return !(i == 0 && ws.starts_with('$')),
             (_, ">") => return false,
             ("*", "*") => {}
-            ("*", lit) if i == 0 && lit.starts_with('$') => {
-                return false;
-            }
+            // A leading wildcard never matches system topics.
+            ("*", lit) if i == 0 && lit.starts_with('$') => return false,
+            ("*", _) => {}
             (_, "*") => return false,
             (a, b) if a != b => return false,
             _ => {}
