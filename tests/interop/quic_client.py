@@ -73,7 +73,12 @@ class Client(QuicConnectionProtocol):
         self.transmit()
 
     async def expect(self, pred, what):
-        """Next push matching `pred`, skipping others; fails after TIMEOUT."""
+        """Next message matching `pred`; others are kept for later calls (a push may
+        arrive before the reply that precedes it logically); fails after TIMEOUT."""
+        backlog = self.__dict__.setdefault("backlog", [])
+        for i, msg in enumerate(backlog):
+            if pred(msg):
+                return backlog.pop(i)
         loop = asyncio.get_event_loop()
         deadline = loop.time() + TIMEOUT
         while True:
@@ -83,6 +88,7 @@ class Client(QuicConnectionProtocol):
             msg = await asyncio.wait_for(self.pushes.get(), left)
             if pred(msg):
                 return msg
+            backlog.append(msg)
 
 
 def unpack_all(body):
