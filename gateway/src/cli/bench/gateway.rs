@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-/// How long the child may take to start listening.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the child may take to start listening (includes compiling plugins).
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a SIGTERM'd child may take to drain before SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -44,13 +44,30 @@ impl ChildGateway {
     /// # Errors
     /// The binary or `taskset` could not start, or the gateway never listened.
     pub fn start(exe: &PathBuf, cpus: Option<&str>, fsync: Fsync) -> Result<Self> {
+        Self::start_with(exe, cpus, fsync, "")
+    }
+
+    /// As [`ChildGateway::start`], with `extra_toml` appended to the child's config
+    /// (e.g. `[[plugin]]` and `[[route]]` tables).
+    ///
+    /// # Errors
+    /// As [`ChildGateway::start`].
+    pub fn start_with(
+        exe: &PathBuf,
+        cpus: Option<&str>,
+        fsync: Fsync,
+        extra_toml: &str,
+    ) -> Result<Self> {
         let port = free_port()?;
         let dir =
             std::env::temp_dir().join(format!("edgesync-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let config = dir.join("bench.toml");
-        std::fs::write(&config, config_toml(&dir.join("data"), port, fsync))
-            .context("write bench config")?;
+        std::fs::write(
+            &config,
+            config_toml(&dir.join("data"), port, fsync) + extra_toml,
+        )
+        .context("write bench config")?;
         let log = std::fs::File::create(dir.join("gateway.log")).context("create gateway log")?;
         let mut cmd = match cpus {
             Some(c) => {

@@ -18,23 +18,15 @@
 //! otherwise the same (limits raised so the bench measures throughput, not
 //! admission).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::durable::{self, DurableArgs};
-use super::gateway::Fsync;
+use super::gateway::{ChildGateway, Fsync};
 use super::report::{Report, quantile};
 use super::wire::Proto;
 use super::{BenchArgs, Target};
-
-/// How long a child may take to start listening (includes compiling the component).
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a SIGTERM'd child may take to drain before SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct PluginArgs {
@@ -82,7 +74,7 @@ pub async fn run(args: &BenchArgs, a: &PluginArgs) -> Result<Report> {
     let mut errors = 0.0;
     for round in 0..a.rounds.max(1) {
         for (side, plugin) in [(0usize, None), (1, Some(plugin.as_path()))] {
-            let gw = PluginGateway::start(&exe, args.server_cpus.as_deref(), fsync, plugin)?;
+            let gw = start_gateway(&exe, args.server_cpus.as_deref(), fsync, plugin)?;
             let target = Target {
                 proto: Proto::Edgesync,
                 url: gw.url.clone(),
@@ -149,119 +141,15 @@ struct Sample {
     acks_per_server_cpu_sec: f64,
 }
 
-/// A child `edgesync serve`, optionally with one plugin on every topic; stopped on drop.
-struct PluginGateway {
-    child: Child,
-    dir: PathBuf,
-    url: String,
-    pid: u32,
-}
-
-impl PluginGateway {
-    fn start(exe: &Path, cpus: Option<&str>, fsync: Fsync, plugin: Option<&Path>) -> Result<Self> {
-        let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!(
-            "edgesync-bench-plugin-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-        let config = dir.join("bench.toml");
-        std::fs::write(&config, config_toml(&dir.join("data"), port, fsync, plugin))
-            .context("write bench config")?;
-        let log = std::fs::File::create(dir.join("gateway.log")).context("create gateway log")?;
-        let mut cmd = match cpus {
-            Some(c) => {
-                let mut t = Command::new("taskset");
-                t.args(["-c", c]).arg(exe);
-                t
-            }
-            None => Command::new(exe),
-        };
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        for var in [
-            "EDGESYNC_WS",
-            "EDGESYNC_WSS",
-            "EDGESYNC_QUIC",
-            "EDGESYNC_ADMIN",
-            "EDGESYNC_DATA_DIR",
-            "EDGESYNC_CONFIG",
-        ] {
-            cmd.env_remove(var);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start {} serve", exe.display()))?;
-        let pid = child.id();
-        let mut gw = PluginGateway {
-            child,
-            dir,
-            url: format!("ws://127.0.0.1:{port}"),
-            pid,
-        };
-        gw.wait_ready(port)?;
-        Ok(gw)
-    }
-
-    fn wait_ready(&mut self, port: u16) -> Result<()> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let started = Instant::now();
-        // Bounded by READY_TIMEOUT.
-        while started.elapsed() < READY_TIMEOUT {
-            if let Some(status) = self.child.try_wait()? {
-                let log = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
-                bail!("gateway exited during startup ({status}):\n{log}");
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("gateway did not listen on {addr} within {READY_TIMEOUT:?}")
-    }
-
-    fn stop(mut self) {
-        self.stop_inner();
-    }
-
-    fn stop_inner(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status();
-        let started = Instant::now();
-        // Bounded by STOP_TIMEOUT.
-        while started.elapsed() < STOP_TIMEOUT {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PluginGateway {
-    fn drop(&mut self) {
-        self.stop_inner();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The same config as the other scenarios' child, plus the plugin on `>`.
-fn config_toml(data: &Path, port: u16, fsync: Fsync, plugin: Option<&Path>) -> String {
-    let fsync = match fsync {
-        Fsync::Always => "always",
-        Fsync::Interval => "interval",
-    };
-    let plugin = plugin.map_or(String::new(), |p| {
+/// A child `edgesync serve` (the other scenarios' gateway), optionally with one plugin
+/// on every topic.
+fn start_gateway(
+    exe: &Path,
+    cpus: Option<&str>,
+    fsync: Fsync,
+    plugin: Option<&Path>,
+) -> Result<ChildGateway> {
+    let extra = plugin.map_or(String::new(), |p| {
         format!(
             r#"
 [[plugin]]
@@ -275,34 +163,5 @@ plugins = ["bench"]
             path = p.display().to_string()
         )
     });
-    format!(
-        r#"# Written by `edgesync bench plugin`.
-data_dir = {data:?}
-
-[listen]
-ws = "127.0.0.1:{port}"
-wss = "off"
-quic = "off"
-admin = "off"
-
-[store]
-fsync = "{fsync}"
-
-[limits]
-max_connections = 18000
-max_connections_per_ip = 18000
-publish_rate_per_sec = 100000000
-idle_timeout_ms = 3600000
-ping_interval_ms = 600000
-
-[log]
-level = "warn"
-{plugin}"#,
-        data = data.display().to_string(),
-    )
-}
-
-fn free_port() -> Result<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    Ok(l.local_addr()?.port())
+    ChildGateway::start_with(&exe.to_path_buf(), cpus, fsync, &extra)
 }
