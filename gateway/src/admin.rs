@@ -493,7 +493,6 @@ async fn topics(
     authorize(&gw, &headers, Guard::Api)?;
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(MAX_TOPICS_PAGE).clamp(1, MAX_TOPICS_PAGE);
-    let retention = gw.settings.store_options().retention;
     let policy = gw.settings.slow_consumer_policy();
     let mut all = gw.store.topics();
     if let Some(after) = &q.after {
@@ -504,7 +503,7 @@ async fn topics(
         .into_iter()
         .take(limit)
         .map(|t| {
-            let r = retention(&t.topic);
+            let r = gw.store.retention_for(&t.topic);
             TopicEntry {
                 retention: RetentionView {
                     max_messages: r.max_messages,

@@ -312,11 +312,15 @@ impl Gateway {
             )
             .await;
         }
-        if let Some(r) = hint {
-            self.store.set_retention_override(&req.topic, r);
-        }
         match outcome? {
-            Outcome::Store => Ok(Ingest::Store),
+            Outcome::Store => {
+                // Only a record that is written carries its hint: a later plugin's
+                // reject, drop or skip leaves the topic's retention as it was.
+                if let Some(r) = hint {
+                    self.store.set_retention_override(&req.topic, r);
+                }
+                Ok(Ingest::Store)
+            }
             Outcome::Dropped => Ok(Ingest::Dropped),
             Outcome::Ephemeral => {
                 let msg = self.ephemeral_msg(

@@ -274,6 +274,51 @@ plugins = ["retention"]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_hint_applies_only_to_messages_the_chain_stores() {
+    // Two storage hooks on one chain: the first hints max_count 1 for every
+    // `audit.>` topic, the second skips `audit.tmp.>` (not stored).
+    let gw = start_with(&format!(
+        r#"
+[[plugin]]
+name = "retention"
+path = "{retention}"
+[[plugin.config.rules]]
+topics = "audit.>"
+max_count = 1
+
+[[plugin]]
+name = "skip-tmp"
+path = "{retention}"
+[plugin.config]
+ephemeral = ["audit.tmp.>"]
+
+[[route]]
+topics = "audit.>"
+plugins = ["retention", "skip-tmp"]
+"#,
+        retention = built::RETENTION,
+    ))
+    .await;
+    let c = client_named(&gw, None).await;
+    let kept = c.publish("audit.log", "a").await.expect("publish");
+    assert!(kept.seq > 0, "stored: {kept:?}");
+    let skipped = c.publish("audit.tmp.x", "b").await.expect("publish");
+    assert_eq!(skipped.seq, 0, "skipped by the second hook: {skipped:?}");
+
+    let store = &gw.gateway().store;
+    assert_eq!(
+        store.retention_for("audit.log").max_messages,
+        Some(1),
+        "the stored message's hint is in force"
+    );
+    assert_eq!(
+        store.retention_for("audit.tmp.x").max_messages,
+        None,
+        "a message the chain did not store leaves the topic's retention alone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_only_plugin_is_never_called_for_messages() {
     let gw = start_with(&format!(
         r#"

@@ -292,6 +292,15 @@ struct Shared {
     /// Retention set at run time by storage hooks (`accept-with` hints); wins over config.
     /// Kept in memory: plugins re-state their hints on every write.
     retention_overrides: RwLock<HashMap<String, Retention>>,
+    /// Configured retention per topic.
+    retention: RetentionFn,
+}
+
+impl Shared {
+    fn retention_for(&self, topic: &str) -> Retention {
+        let hinted = self.retention_overrides.read().get(topic).copied();
+        hinted.unwrap_or_else(|| (self.retention)(topic))
+    }
 }
 
 /// In-memory view of the meta keyspace, updated only after a durable commit.
@@ -360,6 +369,7 @@ impl Store {
             observer: opts.observer.clone(),
             new_epoch_reason: reason,
             retention_overrides: RwLock::new(HashMap::new()),
+            retention: opts.retention.clone(),
         });
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(64);
@@ -423,6 +433,12 @@ impl Store {
         if g.get(topic) != Some(&retention) && (g.len() < 100_000 || g.contains_key(topic)) {
             g.insert(topic.to_string(), retention);
         }
+    }
+
+    /// The retention in force for `topic`: a storage hook's run-time override, else
+    /// the configured limits.
+    pub fn retention_for(&self, topic: &str) -> Retention {
+        self.shared.retention_for(topic)
     }
 
     /// Ask the writer to run retention and dedupe expiry now (normally every second).
@@ -1190,12 +1206,7 @@ impl Writer {
         let now = now_ms();
         let mut changed = Vec::new();
         for (name, t) in index.topics.iter_mut() {
-            let policy = shared
-                .retention_overrides
-                .read()
-                .get(name)
-                .copied()
-                .unwrap_or_else(|| (self.opts.retention)(name));
+            let policy = shared.retention_for(name);
             if policy.is_unlimited() {
                 continue;
             }
