@@ -210,7 +210,9 @@ pub async fn run_with_datagrams<C: Conn>(
                     let kind = frame_kind(&f);
                     match session.handle(f, last_rx) {
                         Ok(cmd) => {
-                            execute(
+                            // Boxed: a command's state (plugin calls, store reads) lives
+                            // only while it runs, not in every idle session's task.
+                            Box::pin(execute(
                                 cmd,
                                 &gw,
                                 &out,
@@ -218,7 +220,7 @@ pub async fn run_with_datagrams<C: Conn>(
                                 &mut pending,
                                 &mut catchups,
                                 &info,
-                            )
+                            ))
                             .await;
                         }
                         Err(reply) => {
@@ -234,7 +236,7 @@ pub async fn run_with_datagrams<C: Conn>(
                 }
             }
             Event::Datagram(None) => datagrams = None,
-            Event::Datagram(Some(d)) => ephemeral(&gw, &mut session, &d, &info).await,
+            Event::Datagram(Some(d)) => Box::pin(ephemeral(&gw, &mut session, &d, &info)).await,
             Event::CatchUp => {
                 if let Some(mut c) = catchups.pop_front() {
                     match catch_up_step(&gw, &out, &mut c) {
@@ -270,7 +272,7 @@ pub async fn run_with_datagrams<C: Conn>(
         }
     }
     if session.client_id().is_some() {
-        gw.disconnected(&sender(&out, &session)).await;
+        Box::pin(gw.disconnected(&sender(&out, &session))).await;
     }
     // Teardown: subscriptions first so fan-out stops queueing, then close the transport.
     let subs: Vec<SubId> = session.subscriptions().map(|(_, s)| *s).collect();

@@ -14,15 +14,21 @@ use bytes::Bytes;
 use edgesync_protocol::{Encoding, ErrorCode, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::server::Gateway;
+use crate::server::{AdmitGuard, Gateway};
 use crate::session::driver::{self, Conn, ConnError, ConnInfo};
+
+/// Per-connection read buffer (tungstenite keeps it for the connection's life and reads
+/// at most this much per syscall). 2 KiB holds several typical publishes per read and is
+/// a quarter of the idle-connection memory budget; larger frames grow the buffer as
+/// they arrive.
+const READ_BUFFER_BYTES: usize = 2048;
 
 /// Accept WebSocket connections until shutdown. `tls`: wss when present.
 pub async fn serve(
@@ -46,32 +52,50 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let gw2 = gw.clone();
-        let tls = tls.clone();
-        gw.tasks.spawn(async move {
-            let timeout = Duration::from_millis(gw2.settings.limits().handshake_timeout_ms);
-            match tls {
-                None => handle(stream, remote, transport, gw2, timeout).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => handle(s, remote, transport, gw2, timeout).await,
-                        Ok(Err(e)) => {
-                            gw2.metrics
-                                .connections_refused
-                                .with_label_values(&["tls_handshake"])
-                                .inc();
-                            tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => {
-                            gw2.metrics
-                                .connections_refused
-                                .with_label_values(&["handshake_timeout"])
-                                .inc();
-                        }
-                    }
-                }
+        let timeout = Duration::from_millis(gw.settings.limits().handshake_timeout_ms);
+        // One task type per listener kind: a plain connection's task is not sized for
+        // the TLS state a wss connection carries.
+        match &tls {
+            None => {
+                gw.tasks
+                    .spawn(handle(stream, remote, transport, gw.clone(), timeout));
             }
-        });
+            Some(acceptor) => {
+                gw.tasks.spawn(handle_tls(
+                    acceptor.clone(),
+                    stream,
+                    remote,
+                    gw.clone(),
+                    timeout,
+                ));
+            }
+        }
+    }
+}
+
+/// TLS handshake (bounded by `timeout`), then [`handle`].
+async fn handle_tls(
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    remote: SocketAddr,
+    gw: Arc<Gateway>,
+    timeout: Duration,
+) {
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => handle(s, remote, "wss", gw, timeout).await,
+        Ok(Err(e)) => {
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["tls_handshake"])
+                .inc();
+            tracing::debug!(%remote, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            gw.metrics
+                .connections_refused
+                .with_label_values(&["handshake_timeout"])
+                .inc();
+        }
     }
 }
 
@@ -92,9 +116,40 @@ async fn handle<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The handshake and admission run in their own allocation, freed before the
+    // session starts: an idle connection's task holds only the session's state.
+    let Some((conn, _admission)) = Box::pin(open(stream, remote, &gw, timeout)).await else {
+        return;
+    };
+    gw.metrics
+        .connections_accepted
+        .with_label_values(&[transport])
+        .inc();
+    let open = gw.metrics.connections_open.with_label_values(&[transport]);
+    open.inc();
+    let info = ConnInfo {
+        remote,
+        transport,
+        tls_identity: None,
+        encoding: conn.encoding,
+    };
+    driver::run_with_datagrams(conn, gw.clone(), info, None).await;
+    open.dec();
+}
+
+/// WebSocket handshake (subprotocol → encoding) and admission; `None` when refused.
+async fn open<S>(
+    stream: S,
+    remote: SocketAddr,
+    gw: &Arc<Gateway>,
+    timeout: Duration,
+) -> Option<(WsConn<S>, AdmitGuard)>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let limits = gw.settings.limits();
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
         // One message is buffered at a time (write_buffer_size 0 flushes every send); what a
         // message may hold is bounded upstream by the outbox and `limits.max_history`.
@@ -139,7 +194,13 @@ async fn handle<S>(
     };
     let ws = match tokio::time::timeout(
         timeout,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
+        // Boxed: the handshake's state is freed once it completes instead of staying in
+        // the size of every idle connection's task.
+        Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
+            stream,
+            callback,
+            Some(config),
+        )),
     )
     .await
     {
@@ -150,19 +211,19 @@ async fn handle<S>(
                 .with_label_values(&["ws_handshake"])
                 .inc();
             tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             gw.metrics
                 .connections_refused
                 .with_label_values(&["handshake_timeout"])
                 .inc();
-            return;
+            return None;
         }
     };
     let encoding = chosen.lock().map(|c| *c).unwrap_or(Encoding::Json);
     let mut conn = WsConn { ws, encoding };
-    let _admission = match gw.admit(remote.ip()) {
+    let admission = match gw.admit(remote.ip()) {
         Ok(guard) => guard,
         Err(msg) => {
             gw.metrics
@@ -172,27 +233,10 @@ async fn handle<S>(
             let f = ServerFrame::error(None, ErrorCode::TooManyConnections, msg.clone());
             let _ = conn.send(encoding.encode(&f)).await;
             conn.close(Some(ErrorCode::TooManyConnections), &msg).await;
-            return;
+            return None;
         }
     };
-    gw.metrics
-        .connections_accepted
-        .with_label_values(&[transport])
-        .inc();
-    let open = gw.metrics.connections_open.with_label_values(&[transport]);
-    open.inc();
-    driver::run(
-        conn,
-        gw.clone(),
-        ConnInfo {
-            remote,
-            transport,
-            tls_identity: None,
-            encoding,
-        },
-    )
-    .await;
-    open.dec();
+    Some((conn, admission))
 }
 
 /// A session's view of a WebSocket.
