@@ -336,7 +336,7 @@ async fn ephemeral(gw: &Gateway, session: &mut Session, datagram: &[u8], info: &
             return;
         }
     };
-    match gw.ingest(session.principal(), &mut req).await {
+    match gw.ingest_ephemeral(session.principal(), &mut req).await {
         Ok(crate::server::Ingest::Store) => {}
         Ok(crate::server::Ingest::Dropped) => return count("dropped"),
         Err((code, _)) => return count(code.as_str()),
