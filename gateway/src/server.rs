@@ -239,6 +239,7 @@ impl Gateway {
             token: token.map(str::to_string),
             remote_addr: info.remote.to_string(),
             transport,
+            tls_identity: info.tls_identity.clone(),
         };
         p.connect(&conn).await
     }

@@ -264,28 +264,7 @@ fn peer_identity(connection: &Connection) -> Option<String> {
     let certs = any
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    certs.first().and_then(|c| certificate_identity(c))
-}
-
-/// Subject CN, else the first DNS / email / URI SAN, of a DER certificate.
-pub fn certificate_identity(der: &[u8]) -> Option<String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    if let Some(cn) = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-    {
-        return Some(cn.to_string());
-    }
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
-            Some((*s).to_string())
-        }
-        _ => None,
-    })
+    certs.first().and_then(|c| tls::certificate_identity(c))
 }
 
 /// A session's view of a QUIC connection: the first bidirectional stream, length-prefixed.
@@ -363,27 +342,6 @@ impl Conn for QuicConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identity_is_cn_then_san() {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p =
-            rcgen::CertificateParams::new(vec!["device-7.example".to_string()]).expect("params");
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        let cert = p.self_signed(&key).expect("cert");
-        assert_eq!(
-            certificate_identity(cert.der()).as_deref(),
-            Some("device-7.example")
-        );
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "sensor-42");
-        let cert = p.self_signed(&key).expect("cert");
-        assert_eq!(
-            certificate_identity(cert.der()).as_deref(),
-            Some("sensor-42")
-        );
-        assert_eq!(certificate_identity(b"garbage"), None);
-    }
 
     #[test]
     fn documented_frame_bytes() {

@@ -4,7 +4,9 @@
 //! (`edgesync.json.v1` or `edgesync.msgpack.v1`; none offered means JSON, only
 //! unknown ones offered is refused with HTTP 400), applies the connection
 //! limits, then runs the session driver. Frame size limits are enforced by
-//! tungstenite before a frame is buffered whole.
+//! tungstenite before a frame is buffered whole. On wss with `[tls] client_ca`,
+//! a verified client certificate's identity becomes [`ConnInfo::tls_identity`]
+//! exactly as on QUIC.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -51,10 +53,18 @@ pub async fn serve(
         gw.tasks.spawn(async move {
             let timeout = Duration::from_millis(gw2.settings.limits().handshake_timeout_ms);
             match tls {
-                None => handle(stream, remote, transport, gw2, timeout).await,
+                None => handle(stream, remote, transport, None, gw2, timeout).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(s)) => handle(s, remote, transport, gw2, timeout).await,
+                        Ok(Ok(s)) => {
+                            let identity = s
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| super::tls::certificate_identity(c));
+                            handle(s, remote, transport, identity, gw2, timeout).await
+                        }
                         Ok(Err(e)) => {
                             gw2.metrics
                                 .connections_refused
@@ -87,6 +97,7 @@ async fn handle<S>(
     stream: S,
     remote: SocketAddr,
     transport: &'static str,
+    tls_identity: Option<String>,
     gw: Arc<Gateway>,
     timeout: Duration,
 ) where
@@ -187,7 +198,7 @@ async fn handle<S>(
         ConnInfo {
             remote,
             transport,
-            tls_identity: None,
+            tls_identity,
             encoding,
         },
     )
