@@ -4,8 +4,9 @@
 //! length-prefixed MessagePack frames ([`LengthPrefixed`]: `u32` big-endian
 //! length, then the body). Oversized prefixes are refused before the body is
 //! buffered (`frame_too_large`, then close). QUIC datagrams carry opt-in
-//! ephemeral publishes, handed to the session driver through a bounded channel
-//! (full: dropped, they are best-effort). The transport applies the connection
+//! ephemeral publishes, read by the session task straight from the connection
+//! ([`QuicDatagrams`]); quinn's datagram receive buffer bounds what waits and
+//! drops the oldest (they are best-effort). The transport applies the connection
 //! limits and runs [`driver::run_with_datagrams`]; it never interprets frames.
 //! `docs/protocol-quic.md` is the wire description.
 //!
@@ -30,7 +31,6 @@ use edgesync_protocol::codec::LengthPrefixed;
 use edgesync_protocol::{DecodeError, Encoding, ErrorCode};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
-use tokio::sync::mpsc;
 
 use super::tls::{self, Identity, TlsError};
 use crate::config::Limits;
@@ -42,8 +42,6 @@ pub const CLOSE_NORMAL: u32 = 0x0;
 /// Application close code for an error code without its own number (see the final `error` frame).
 pub const CLOSE_OTHER: u32 = 0xff;
 
-/// Datagrams queued between the connection and its session; more are dropped.
-const DATAGRAM_QUEUE: usize = 256;
 /// Datagram receive buffer per connection, bytes (quinn drops the oldest beyond it).
 const DATAGRAM_RECV_BUFFER: usize = 64 << 10;
 /// Largest read from the stream at once.
@@ -205,14 +203,15 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
         }
     };
     let tls_identity = peer_identity(&connection);
-    let (tx, rx) = mpsc::channel(DATAGRAM_QUEUE);
-    tokio::spawn(read_datagrams(connection.clone(), tx));
+    let datagrams = QuicDatagrams(connection.clone());
     let limits = gw.settings.limits();
     let conn = QuicConn {
         connection,
         send,
         recv,
-        buf: BytesMut::with_capacity(4096),
+        // Empty until the first read, then sized by what arrives: an idle session holds
+        // no read buffer beyond the tail of its last chunk.
+        buf: BytesMut::new(),
         framing: LengthPrefixed::new(limits.max_frame_bytes),
         eof: false,
     };
@@ -228,17 +227,17 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
         tls_identity,
         encoding: Encoding::MsgPack,
     };
-    driver::run_with_datagrams(conn, gw.clone(), info, Some(rx)).await;
+    driver::run_with_datagrams(conn, gw.clone(), info, Some(datagrams)).await;
     open.dec();
 }
 
-/// Move datagrams to the session; a full queue drops (datagrams are best-effort).
-async fn read_datagrams(connection: Connection, tx: mpsc::Sender<Bytes>) {
-    while let Ok(d) = connection.read_datagram().await {
-        match tx.try_send(d) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-        }
+/// The session's datagram source: the connection itself. `read_datagram` is cancel-safe
+/// (a datagram is taken from quinn's buffer only when the future completes).
+pub struct QuicDatagrams(Connection);
+
+impl driver::Datagrams for QuicDatagrams {
+    async fn next(&mut self) -> Option<Bytes> {
+        self.0.read_datagram().await.ok()
     }
 }
 
