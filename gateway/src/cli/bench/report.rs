@@ -195,10 +195,7 @@ mod tests {
             report("edgesync-quic", 80.0),
             report("nats", 50.0),
         ];
-        let got: Vec<_> = ratios(&all)
-            .into_iter()
-            .map(|(k, a, b, x)| (k, a, b, x))
-            .collect();
+        let got = ratios(&all);
         assert_eq!(
             got,
             vec![
