@@ -195,6 +195,8 @@ max_connections = 18000
 max_connections_per_ip = 18000
 # The bench publishes from one connection as fast as the gateway takes it.
 publish_rate_per_sec = 100000000
+# 15k QUIC handshakes on one shared core queue for longer than the default 10 s.
+handshake_timeout_ms = 120000
 # Idle connections send nothing for the whole idle scenario.
 idle_timeout_ms = 3600000
 ping_interval_ms = 600000
