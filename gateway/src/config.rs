@@ -165,7 +165,7 @@ pub struct TlsConfig {
     pub cert: Option<PathBuf>,
     /// PEM private key (required with `cert`).
     pub key: Option<PathBuf>,
-    /// PEM CA for client certificates (mTLS) on the QUIC listener. Default none: no client
+    /// PEM CA for client certificates (mTLS) on the QUIC and wss listeners. Default none: no client
     /// certificate is requested. When set, a certificate is requested but optional; one that
     /// verifies against this CA gives the session its `tls_identity` (subject CN, else the first
     /// SAN), which the auth hooks see. An invalid certificate fails the handshake.

@@ -75,8 +75,12 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Commands by type and result (`ok` or an error code).
     pub commands: IntCounterVec,
-    /// Messages accepted from publishers (client and admin API), before storing.
+    /// Messages accepted from publishers to be stored (`pub` commands, the admin API, plugin
+    /// publishes), counted before the hooks. Ephemeral datagrams are not in it.
     pub messages_in: IntCounter,
+    /// Ephemeral publishes (QUIC datagrams) that passed validation and permissions, before
+    /// the hooks: never stored, delivered best-effort (see `ephemeral_deliveries`).
+    pub ephemeral_messages_in: IntCounter,
     /// Message deliveries queued to subscribers (one per subscriber; live and catch-up).
     pub messages_out: IntCounter,
     /// Frame bytes received / sent, by direction.
@@ -142,7 +146,11 @@ impl Metrics {
             ),
             messages_in: counter(
                 "edgesync_messages_in_total",
-                "Messages accepted from publishers.",
+                "Messages accepted from publishers to be stored (ephemeral datagrams excluded).",
+            ),
+            ephemeral_messages_in: counter(
+                "edgesync_ephemeral_messages_in_total",
+                "Ephemeral publishes (QUIC datagrams) accepted; never stored.",
             ),
             messages_out: counter(
                 "edgesync_messages_out_total",
@@ -210,6 +218,7 @@ impl Metrics {
             Box::new(self.connections_refused.clone()),
             Box::new(self.commands.clone()),
             Box::new(self.messages_in.clone()),
+            Box::new(self.ephemeral_messages_in.clone()),
             Box::new(self.messages_out.clone()),
             Box::new(self.bytes.clone()),
             Box::new(self.deliveries_dropped.clone()),

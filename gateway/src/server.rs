@@ -239,6 +239,7 @@ impl Gateway {
             token: token.map(str::to_string),
             remote_addr: info.remote.to_string(),
             transport,
+            tls_identity: info.tls_identity.clone(),
         };
         p.connect(&conn).await
     }
@@ -294,6 +295,36 @@ impl Gateway {
         req: &mut AppendRequest,
     ) -> Result<Ingest, (ErrorCode, String)> {
         self.metrics.messages_in.inc();
+        self.hooks(sender, req).await
+    }
+
+    /// As [`Gateway::ingest`] for an ephemeral publish (a QUIC datagram): the same hooks,
+    /// counted in `edgesync_ephemeral_messages_in_total` instead of
+    /// `edgesync_messages_in_total`, since it will never be stored.
+    ///
+    /// # Errors
+    /// `(code, message)`, counted by the caller (a datagram is never answered).
+    pub async fn ingest_ephemeral(
+        &self,
+        principal: Option<&str>,
+        req: &mut AppendRequest,
+    ) -> Result<Ingest, (ErrorCode, String)> {
+        self.metrics.ephemeral_messages_in.inc();
+        let sender = Sender {
+            conn_id: 0,
+            client_id: req.client.clone(),
+            principal: principal.map(str::to_string),
+            plugin: None,
+        };
+        self.hooks(&sender, req).await
+    }
+
+    /// Message then storage hooks of the topic's route, with dead-lettering.
+    async fn hooks(
+        &self,
+        sender: &Sender,
+        req: &mut AppendRequest,
+    ) -> Result<Ingest, (ErrorCode, String)> {
         let Some(p) = &self.plugins else {
             return Ok(Ingest::Store);
         };
@@ -605,7 +636,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         None
     };
     if let (Some(addr), Some(id)) = (cfg.listen.wss.0, &identity) {
-        let server = tls::server_config(id, &[b"http/1.1"], None)?;
+        let server = tls::server_config(id, &[b"http/1.1"], cfg.tls.client_ca.as_deref())?;
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let l = ws::bind(addr).await.map_err(|source| ServerError::Bind {
             what: "wss",

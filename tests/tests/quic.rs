@@ -317,6 +317,16 @@ async fn datagrams_reach_quic_and_websocket_subscribers_and_are_not_stored() {
         .await
         .expect("history");
     assert!(h.msgs.is_empty(), "ephemeral messages are not stored");
+    let metrics = &gw.gateway().metrics;
+    assert!(
+        metrics.ephemeral_messages_in.get() >= 1,
+        "datagrams are counted as ephemeral input"
+    );
+    assert_eq!(
+        metrics.messages_in.get(),
+        0,
+        "and not as messages to store (nothing was published on the stream)"
+    );
     let c = quic_sub.cursor().await.expect("cursor");
     assert!(
         c.topic("live.cursor")

@@ -29,6 +29,31 @@ pub enum CertCommand {
         #[arg(long, default_value = "certs")]
         out: PathBuf,
     },
+    /// Create `<NAME>.pem` / `<NAME>.key`, a client certificate with subject CN NAME signed by
+    /// the CA in --ca-dir, for mTLS (`[tls] client_ca` on the gateway; `--cert/--key` on
+    /// `edgesync pub/sub`). NAME becomes the connection's TLS identity. A development
+    /// gateway's CA is `<data_dir>/tls` (`ca.pem`, `ca.key`).
+    Client {
+        /// The identity (subject CN), also the file base name.
+        name: String,
+        #[arg(long, default_value = "certs")]
+        ca_dir: PathBuf,
+        #[arg(long, default_value = "certs")]
+        out: PathBuf,
+    },
+}
+
+/// A file name from an identity: characters outside `[A-Za-z0-9._-]` become `_`.
+fn file_base(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 pub fn run(cmd: CertCommand) -> ExitCode {
@@ -52,6 +77,14 @@ pub fn run(cmd: CertCommand) -> ExitCode {
             )
             .map(|(c, k)| vec![c, k])
         }
+        CertCommand::Client { name, ca_dir, out } => tls::generate_client(
+            &ca_dir.join("ca.pem"),
+            &ca_dir.join("ca.key"),
+            &name,
+            &out,
+            &file_base(&name),
+        )
+        .map(|(c, k)| vec![c, k]),
     };
     match result {
         Ok(paths) => {

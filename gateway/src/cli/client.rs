@@ -19,6 +19,13 @@ pub struct ConnectArgs {
     /// Do not verify the server certificate (development only).
     #[arg(long)]
     pub insecure: bool,
+    /// Client certificate (PEM) for gateways with `[tls] client_ca` (mTLS on wss/quic),
+    /// e.g. from `edgesync cert client NAME`. Needs --key.
+    #[arg(long, env = "EDGESYNC_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, env = "EDGESYNC_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// Token handed to the gateway's auth plugins.
     #[arg(long, env = "EDGESYNC_TOKEN")]
     pub token: Option<String>,
@@ -38,6 +45,8 @@ impl ConnectArgs {
         let mut o = ClientOptions::new(self.url.clone());
         o.ca = self.ca.clone();
         o.insecure = self.insecure;
+        o.cert = self.cert.clone();
+        o.key = self.key.clone();
         o.token = self.token.clone();
         o.client_id = self.client_id.clone();
         o.encoding = if self.json_protocol {

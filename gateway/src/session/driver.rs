@@ -86,9 +86,29 @@ struct CatchUp {
     position: Cursor,
 }
 
+/// Where a session's out-of-stream ephemeral publishes come from (QUIC datagrams).
+///
+/// Read by the session task itself rather than forwarded by a task and a channel per
+/// connection: an idle connection then costs no extra task or queue. The source bounds
+/// what waits unread (QUIC: the connection's datagram receive buffer, oldest dropped).
+pub trait Datagrams: Send {
+    /// The next datagram; `None` when no more will come. Must be cancel-safe: the driver
+    /// drops this future whenever another event wins.
+    fn next(&mut self) -> impl Future<Output = Option<Bytes>> + Send;
+}
+
+/// The datagram source of transports without datagrams.
+pub struct NoDatagrams;
+
+impl Datagrams for NoDatagrams {
+    async fn next(&mut self) -> Option<Bytes> {
+        None
+    }
+}
+
 /// Run one connection to completion.
 pub async fn run<C: Conn>(conn: C, gw: Arc<Gateway>, info: ConnInfo) {
-    run_with_datagrams(conn, gw, info, None).await;
+    run_with_datagrams(conn, gw, info, None::<NoDatagrams>).await;
 }
 
 /// [`run`], plus ephemeral publishes arriving outside the stream (QUIC datagrams, one
@@ -96,11 +116,11 @@ pub async fn run<C: Conn>(conn: C, gw: Arc<Gateway>, info: ConnInfo) {
 /// broker fans them out without storing them; a rejected one is counted
 /// (`edgesync_commands_total{command="datagram"}`), not answered: it has no id and its
 /// delivery was never promised.
-pub async fn run_with_datagrams<C: Conn>(
+pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
     mut conn: C,
     gw: Arc<Gateway>,
     info: ConnInfo,
-    mut datagrams: Option<tokio::sync::mpsc::Receiver<Bytes>>,
+    mut datagrams: Option<D>,
 ) {
     let limits = gw.settings.limits().clone();
     let conn_id = gw.next_conn_id();
@@ -301,9 +321,9 @@ enum Event {
     Datagram(Option<Bytes>),
 }
 
-async fn next_datagram(rx: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>) -> Option<Bytes> {
-    match rx {
-        Some(rx) => rx.recv().await,
+async fn next_datagram<D: Datagrams>(source: &mut Option<D>) -> Option<Bytes> {
+    match source {
+        Some(d) => d.next().await,
         None => std::future::pending().await,
     }
 }
@@ -338,7 +358,7 @@ async fn ephemeral(gw: &Gateway, session: &mut Session, datagram: &[u8], info: &
             return;
         }
     };
-    match gw.ingest(session.principal(), &mut req).await {
+    match gw.ingest_ephemeral(session.principal(), &mut req).await {
         Ok(crate::server::Ingest::Store) => {}
         Ok(crate::server::Ingest::Dropped) => return count("dropped"),
         Err((code, _)) => return count(code.as_str()),

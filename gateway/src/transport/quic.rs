@@ -4,8 +4,9 @@
 //! length-prefixed MessagePack frames ([`LengthPrefixed`]: `u32` big-endian
 //! length, then the body). Oversized prefixes are refused before the body is
 //! buffered (`frame_too_large`, then close). QUIC datagrams carry opt-in
-//! ephemeral publishes, handed to the session driver through a bounded channel
-//! (full: dropped, they are best-effort). The transport applies the connection
+//! ephemeral publishes, read by the session task straight from the connection
+//! ([`QuicDatagrams`]); quinn's datagram receive buffer bounds what waits and
+//! drops the oldest (they are best-effort). The transport applies the connection
 //! limits and runs [`driver::run_with_datagrams`]; it never interprets frames.
 //! `docs/protocol-quic.md` is the wire description.
 //!
@@ -30,7 +31,6 @@ use edgesync_protocol::codec::LengthPrefixed;
 use edgesync_protocol::{DecodeError, Encoding, ErrorCode};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
-use tokio::sync::mpsc;
 
 use super::tls::{self, Identity, TlsError};
 use crate::config::Limits;
@@ -42,8 +42,6 @@ pub const CLOSE_NORMAL: u32 = 0x0;
 /// Application close code for an error code without its own number (see the final `error` frame).
 pub const CLOSE_OTHER: u32 = 0xff;
 
-/// Datagrams queued between the connection and its session; more are dropped.
-const DATAGRAM_QUEUE: usize = 256;
 /// Datagram receive buffer per connection, bytes (quinn drops the oldest beyond it).
 const DATAGRAM_RECV_BUFFER: usize = 64 << 10;
 /// Largest read from the stream at once.
@@ -205,14 +203,15 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
         }
     };
     let tls_identity = peer_identity(&connection);
-    let (tx, rx) = mpsc::channel(DATAGRAM_QUEUE);
-    tokio::spawn(read_datagrams(connection.clone(), tx));
+    let datagrams = QuicDatagrams(connection.clone());
     let limits = gw.settings.limits();
     let conn = QuicConn {
         connection,
         send,
         recv,
-        buf: BytesMut::with_capacity(4096),
+        // Empty until the first read, then sized by what arrives: an idle session holds
+        // no read buffer beyond the tail of its last chunk.
+        buf: BytesMut::new(),
         framing: LengthPrefixed::new(limits.max_frame_bytes),
         eof: false,
     };
@@ -228,17 +227,17 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
         tls_identity,
         encoding: Encoding::MsgPack,
     };
-    driver::run_with_datagrams(conn, gw.clone(), info, Some(rx)).await;
+    driver::run_with_datagrams(conn, gw.clone(), info, Some(datagrams)).await;
     open.dec();
 }
 
-/// Move datagrams to the session; a full queue drops (datagrams are best-effort).
-async fn read_datagrams(connection: Connection, tx: mpsc::Sender<Bytes>) {
-    while let Ok(d) = connection.read_datagram().await {
-        match tx.try_send(d) {
-            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
-            Err(mpsc::error::TrySendError::Closed(_)) => return,
-        }
+/// The session's datagram source: the connection itself. `read_datagram` is cancel-safe
+/// (a datagram is taken from quinn's buffer only when the future completes).
+pub struct QuicDatagrams(Connection);
+
+impl driver::Datagrams for QuicDatagrams {
+    async fn next(&mut self) -> Option<Bytes> {
+        self.0.read_datagram().await.ok()
     }
 }
 
@@ -264,28 +263,7 @@ fn peer_identity(connection: &Connection) -> Option<String> {
     let certs = any
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    certs.first().and_then(|c| certificate_identity(c))
-}
-
-/// Subject CN, else the first DNS / email / URI SAN, of a DER certificate.
-pub fn certificate_identity(der: &[u8]) -> Option<String> {
-    use x509_parser::extensions::GeneralName;
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    if let Some(cn) = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-    {
-        return Some(cn.to_string());
-    }
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
-            Some((*s).to_string())
-        }
-        _ => None,
-    })
+    certs.first().and_then(|c| tls::certificate_identity(c))
 }
 
 /// A session's view of a QUIC connection: the first bidirectional stream, length-prefixed.
@@ -363,27 +341,6 @@ impl Conn for QuicConn {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn identity_is_cn_then_san() {
-        let key = rcgen::KeyPair::generate().expect("key");
-        let mut p =
-            rcgen::CertificateParams::new(vec!["device-7.example".to_string()]).expect("params");
-        p.distinguished_name = rcgen::DistinguishedName::new();
-        let cert = p.self_signed(&key).expect("cert");
-        assert_eq!(
-            certificate_identity(cert.der()).as_deref(),
-            Some("device-7.example")
-        );
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, "sensor-42");
-        let cert = p.self_signed(&key).expect("cert");
-        assert_eq!(
-            certificate_identity(cert.der()).as_deref(),
-            Some("sensor-42")
-        );
-        assert_eq!(certificate_identity(b"garbage"), None);
-    }
 
     #[test]
     fn documented_frame_bytes() {

@@ -124,19 +124,8 @@ pub fn generate_leaf(
     dir: &Path,
     base: &str,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
-    use rcgen::{
-        CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
-    };
-    let ca_pem = std::fs::read_to_string(ca_cert).map_err(|source| TlsError::Io {
-        path: ca_cert.into(),
-        source,
-    })?;
-    let ca_key_pem = std::fs::read_to_string(ca_key).map_err(|source| TlsError::Io {
-        path: ca_key.into(),
-        source,
-    })?;
-    let ca_kp = KeyPair::from_pem(&ca_key_pem)?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_kp)?;
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let issuer = load_issuer(ca_cert, ca_key)?;
     let mut params = CertificateParams::new(names.to_vec())?;
     params.distinguished_name.push(
         DnType::CommonName,
@@ -159,6 +148,54 @@ pub fn generate_leaf(
     write(dir, &cp, cert.pem().as_bytes())?;
     write_private(dir, &kp, key.serialize_pem().as_bytes())?;
     Ok((cp, kp))
+}
+
+/// Create a client certificate `<base>.pem` / `<base>.key` in `dir`, signed by the CA, with
+/// subject CN `name` and no subject alternative names: the identity a gateway with
+/// `[tls] client_ca` gives the connection (`tls-identity` of the auth hooks' `conn-info`).
+/// Usable for client authentication only.
+///
+/// # Errors
+/// [`TlsError`] on read, generation or write failure.
+pub fn generate_client(
+    ca_cert: &Path,
+    ca_key: &Path,
+    name: &str,
+    dir: &Path,
+    base: &str,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let issuer = load_issuer(ca_cert, ca_key)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    let (cp, kp) = (
+        dir.join(format!("{base}.pem")),
+        dir.join(format!("{base}.key")),
+    );
+    write(dir, &cp, cert.pem().as_bytes())?;
+    write_private(dir, &kp, key.serialize_pem().as_bytes())?;
+    Ok((cp, kp))
+}
+
+/// The CA in `ca_cert` / `ca_key` (PEM) as an rcgen issuer.
+fn load_issuer(
+    ca_cert: &Path,
+    ca_key: &Path,
+) -> Result<rcgen::Issuer<'static, rcgen::KeyPair>, TlsError> {
+    let ca_pem = std::fs::read_to_string(ca_cert).map_err(|source| TlsError::Io {
+        path: ca_cert.into(),
+        source,
+    })?;
+    let ca_key_pem = std::fs::read_to_string(ca_key).map_err(|source| TlsError::Io {
+        path: ca_key.into(),
+        source,
+    })?;
+    let ca_kp = rcgen::KeyPair::from_pem(&ca_key_pem)?;
+    Ok(rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_kp)?)
 }
 
 fn write(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
@@ -228,7 +265,9 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 }
 
 /// A server config for `identity` with the given ALPN protocols; client certificates are
-/// requested but optional when `client_ca` is given (their identity reaches auth hooks).
+/// requested but optional when `client_ca` is given (their identity, see
+/// [`certificate_identity`], reaches auth hooks). A presented certificate that does not
+/// chain to `client_ca` fails the handshake.
 ///
 /// # Errors
 /// [`TlsError::Rustls`] for an unusable key or CA.
@@ -259,4 +298,77 @@ pub fn server_config(
     let mut cfg = builder.with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)
+}
+
+/// Subject CN, else the first DNS / email / URI SAN, of a DER certificate.
+pub fn certificate_identity(der: &[u8]) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    if let Some(cn) = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+    {
+        return Some(cn.to_string());
+    }
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|n| match n {
+        GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+            Some((*s).to_string())
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_is_cn_then_san() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p =
+            rcgen::CertificateParams::new(vec!["device-7.example".to_string()]).expect("params");
+        p.distinguished_name = rcgen::DistinguishedName::new();
+        let cert = p.self_signed(&key).expect("cert");
+        assert_eq!(
+            certificate_identity(cert.der()).as_deref(),
+            Some("device-7.example")
+        );
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "sensor-42");
+        let cert = p.self_signed(&key).expect("cert");
+        assert_eq!(
+            certificate_identity(cert.der()).as_deref(),
+            Some("sensor-42")
+        );
+        assert_eq!(certificate_identity(b"garbage"), None);
+    }
+
+    #[test]
+    fn client_certificates_carry_their_name_as_identity() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, ca_key) = generate_ca(dir.path(), "test CA").expect("ca");
+        let (cert, key) =
+            generate_client(&ca, &ca_key, "device 7", dir.path(), "device_7").expect("client");
+        let der = read_certs(&cert).expect("cert").remove(0);
+        assert_eq!(certificate_identity(&der).as_deref(), Some("device 7"));
+        read_key(&key).expect("key");
+        // The CA verifies it as a client certificate (what `[tls] client_ca` does).
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(read_certs(&ca).expect("ca").remove(0))
+            .expect("root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        let now = rustls::pki_types::UnixTime::now();
+        verifier
+            .verify_client_cert(&der, &[], now)
+            .expect("signed by the CA, usable for client auth");
+    }
 }

@@ -4,7 +4,9 @@
 //! (`edgesync.json.v1` or `edgesync.msgpack.v1`; none offered means JSON, only
 //! unknown ones offered is refused with HTTP 400), applies the connection
 //! limits, then runs the session driver. Frame size limits are enforced by
-//! tungstenite before a frame is buffered whole.
+//! tungstenite before a frame is buffered whole. On wss with `[tls] client_ca`,
+//! a verified client certificate's identity becomes [`ConnInfo::tls_identity`]
+//! exactly as on QUIC.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -58,7 +60,7 @@ pub async fn serve(
         match &tls {
             None => {
                 gw.tasks
-                    .spawn(handle(stream, remote, transport, gw.clone(), timeout));
+                    .spawn(handle(stream, remote, transport, None, gw.clone(), timeout));
             }
             Some(acceptor) => {
                 gw.tasks.spawn(handle_tls(
@@ -82,7 +84,15 @@ async fn handle_tls(
     timeout: Duration,
 ) {
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-        Ok(Ok(s)) => handle(s, remote, "wss", gw, timeout).await,
+        Ok(Ok(s)) => {
+            let identity = s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| super::tls::certificate_identity(c));
+            handle(s, remote, "wss", identity, gw, timeout).await
+        }
         Ok(Err(e)) => {
             gw.metrics
                 .connections_refused
@@ -111,6 +121,7 @@ async fn handle<S>(
     stream: S,
     remote: SocketAddr,
     transport: &'static str,
+    tls_identity: Option<String>,
     gw: Arc<Gateway>,
     timeout: Duration,
 ) where
@@ -130,10 +141,10 @@ async fn handle<S>(
     let info = ConnInfo {
         remote,
         transport,
-        tls_identity: None,
+        tls_identity,
         encoding: conn.encoding,
     };
-    driver::run_with_datagrams(conn, gw.clone(), info, None).await;
+    driver::run_with_datagrams(conn, gw.clone(), info, None::<driver::NoDatagrams>).await;
     open.dec();
 }
 

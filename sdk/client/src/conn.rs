@@ -74,6 +74,17 @@ pub(crate) fn parse_url(url: &str) -> Result<Target, ClientError> {
     }
 }
 
+/// The client certificate of `opts`, read from its PEM files; both or neither.
+fn client_cert(opts: &ClientOptions) -> Result<Option<crate::tls::ClientCert>, ClientError> {
+    match (&opts.cert, &opts.key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => crate::tls::ClientCert::load(cert, key).map(Some),
+        _ => Err(ClientError::Tls(
+            "a client certificate needs both cert and key".into(),
+        )),
+    }
+}
+
 impl Conn {
     /// Open a transport connection to `opts.url`.
     pub(crate) async fn open(opts: &ClientOptions) -> Result<(Conn, Encoding), ClientError> {
@@ -90,7 +101,12 @@ impl Conn {
             .map_err(|e| ClientError::Connect(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = if t.scheme == "wss" {
-            let cfg = crate::tls::client_config(opts.ca.as_deref(), opts.insecure, &[b"http/1.1"])?;
+            let cfg = crate::tls::client_config(
+                opts.ca.as_deref(),
+                opts.insecure,
+                client_cert(opts)?,
+                &[b"http/1.1"],
+            )?;
             let name = rustls::pki_types::ServerName::try_from(t.host.clone())
                 .map_err(|e| ClientError::Tls(e.to_string()))?;
             let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
@@ -138,6 +154,7 @@ impl Conn {
         let tls = crate::tls::client_config(
             opts.ca.as_deref(),
             opts.insecure,
+            client_cert(opts)?,
             &[edgesync_protocol::ALPN_QUIC],
         )?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)

@@ -83,6 +83,12 @@ pub struct ClientOptions {
     pub ca: Option<PathBuf>,
     /// Skip certificate verification (development only).
     pub insecure: bool,
+    /// Client certificate chain (PEM, leaf first) presented on wss/quic when the gateway
+    /// verifies clients (`[tls] client_ca`); its subject CN (else first SAN) becomes the
+    /// connection's TLS identity for auth plugins. Needs [`ClientOptions::key`].
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of [`ClientOptions::cert`].
+    pub key: Option<PathBuf>,
     /// Reconnect and resume after a failure. Default true.
     pub reconnect: bool,
     /// Longest wait between reconnect attempts. Default 5 s.
@@ -104,6 +110,8 @@ impl ClientOptions {
             encoding: Encoding::MsgPack,
             ca: None,
             insecure: false,
+            cert: None,
+            key: None,
             reconnect: true,
             max_backoff: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),

@@ -1,13 +1,14 @@
 //! rustls client configurations: a given CA, the platform-independent
 //! "insecure" development mode, or no extra roots (then only a CA file works,
 //! since the client ships no public root store: gateways at the edge use their
-//! own CA).
+//! own CA). Optionally with a client certificate for gateways that verify one
+//! (`[tls] client_ca`, mTLS).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::ClientError;
@@ -16,20 +17,50 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Build a client config trusting `ca` (PEM), or nothing at all when `insecure`.
+/// A client certificate chain and its key, from PEM files.
+pub(crate) struct ClientCert {
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+}
+
+impl ClientCert {
+    /// Read `cert` (PEM chain, leaf first) and `key` (PEM private key).
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<Self, ClientError> {
+        let bad =
+            |p: &Path, e: &dyn std::fmt::Display| ClientError::Tls(format!("{}: {e}", p.display()));
+        let data = std::fs::read(cert).map_err(|e| bad(cert, &e))?;
+        let certs = rustls_pemfile::certs(&mut data.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(cert, &e))?;
+        if certs.is_empty() {
+            return Err(bad(cert, &"no certificate in PEM"));
+        }
+        let data = std::fs::read(key).map_err(|e| bad(key, &e))?;
+        let key_der = rustls_pemfile::private_key(&mut data.as_slice())
+            .map_err(|e| bad(key, &e))?
+            .ok_or_else(|| bad(key, &"no private key in PEM"))?;
+        Ok(ClientCert {
+            certs,
+            key: key_der,
+        })
+    }
+}
+
+/// Build a client config trusting `ca` (PEM), or nothing at all when `insecure`,
+/// presenting `cert` when the gateway asks for a client certificate.
 pub(crate) fn client_config(
     ca: Option<&Path>,
     insecure: bool,
+    cert: Option<ClientCert>,
     alpn: &[&[u8]],
 ) -> Result<rustls::ClientConfig, ClientError> {
     let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    let mut cfg = if insecure {
+    let builder = if insecure {
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerify(provider())))
-            .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
         if let Some(path) = ca {
@@ -48,7 +79,13 @@ pub(crate) fn client_config(
                 "no CA to trust: pass --ca FILE (or --insecure for development)".into(),
             ));
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
+    };
+    let mut cfg = match cert {
+        None => builder.with_no_client_auth(),
+        Some(c) => builder
+            .with_client_auth_cert(c.certs, c.key)
+            .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?,
     };
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)

@@ -110,6 +110,7 @@ pub fn conn_info(client: &str, token: Option<&str>) -> ConnInfo {
         token: token.map(str::to_string),
         remote_addr: "127.0.0.1:5000".into(),
         transport: Transport::Websocket,
+        tls_identity: None,
     }
 }
 

@@ -13,9 +13,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::gateway::CpuSpan;
@@ -44,9 +42,7 @@ pub struct DurableArgs {
 pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
     let mut conns = Vec::with_capacity(a.publishers);
     for _ in 0..a.publishers {
-        let mut ws = wire::connect(&target.url, target.proto).await?;
-        wire::handshake(&mut ws, target.proto).await?;
-        conns.push(ws);
+        conns.push(target.open().await?);
     }
     let stop = CancellationToken::new();
     let measuring = Rc::new(std::cell::Cell::new(false));
@@ -121,7 +117,7 @@ struct Publisher {
 impl Publisher {
     async fn run(
         self,
-        mut ws: wire::Ws,
+        mut ws: super::conn::Conn,
         proto: wire::Proto,
         stop: CancellationToken,
         counters: Rc<Counters>,
@@ -140,7 +136,7 @@ impl Publisher {
             }
             if drain_deadline.is_none() && inflight.len() < self.window {
                 frame.clear();
-                // One WebSocket frame carries every publish that fits the window.
+                // One frame carries every publish that fits the window.
                 while inflight.len() < self.window {
                     next_id += 1;
                     wire::encode_publish(
@@ -153,7 +149,7 @@ impl Publisher {
                     );
                     inflight.insert(next_id, Instant::now());
                 }
-                if ws.send(Message::binary(frame.clone())).await.is_err() {
+                if ws.send(frame.clone()).await.is_err() {
                     Counters::add(&counters.dropped, 1);
                     return;
                 }
@@ -169,12 +165,11 @@ impl Publisher {
                 _ = stop.cancelled(), if drain_deadline.is_none() => continue,
             };
             let bytes = match next {
-                Some(Ok(Message::Binary(b))) => b,
-                Some(Ok(Message::Close(_))) | None => {
+                Some(Ok(b)) => b,
+                None => {
                     Counters::add(&counters.dropped, 1);
                     return;
                 }
-                Some(Ok(_)) => continue,
                 Some(Err(_)) => {
                     Counters::add(&counters.errors, 1);
                     return;
@@ -199,6 +194,6 @@ impl Publisher {
                 inflight.clear();
             }
         }
-        wire::close(ws).await;
+        ws.close().await;
     }
 }

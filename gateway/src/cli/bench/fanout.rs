@@ -11,8 +11,6 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::SinkExt;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::gateway::CpuSpan;
@@ -35,15 +33,14 @@ pub struct FanoutArgs {
     /// Most messages the publisher runs ahead of the average subscriber.
     #[arg(long, default_value_t = 1000)]
     pub window: u64,
-    /// Publishes per WebSocket frame from the publisher.
+    /// Publishes per frame from the publisher.
     #[arg(long, default_value_t = 16)]
     pub pub_batch: usize,
 }
 
 pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
     let subs = super::open_subscribers(target, SUBJECT, a.subscribers, 64).await?;
-    let mut publisher = wire::connect(&target.url, target.proto).await?;
-    wire::handshake(&mut publisher, target.proto).await?;
+    let mut publisher = target.open().await?;
     let stop = CancellationToken::new();
     let counters = Rc::new(Counters::default());
     let mut readers = Vec::with_capacity(subs.len());
@@ -86,18 +83,14 @@ pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
                     id += 1;
                     wire::encode_publish(&mut frame, proto, SUBJECT, &payload, id, false);
                 }
-                if publisher
-                    .send(Message::binary(frame.clone()))
-                    .await
-                    .is_err()
-                {
+                if publisher.send(frame.clone()).await.is_err() {
                     break;
                 }
                 published.set(published.get() + batch as u64);
                 // Let the subscribers run between publishes.
                 tokio::task::yield_now().await;
             }
-            wire::close(publisher).await;
+            publisher.close().await;
         })
     };
     let started = Instant::now();

@@ -4,10 +4,12 @@
 //! the gateway can be pinned to different cores (`taskset -c CPUS`), so that
 //! `idle` can read the gateway's own RSS, and so that each side has the whole
 //! file limit for its sockets. The child gets a fresh data directory under
-//! the system temp dir (removed afterwards), plain ws on a free loopback port,
-//! every other listener off, and limits raised for load (see [`config_toml`]).
+//! the system temp dir (removed afterwards), plain ws and QUIC on free loopback
+//! ports (QUIC with the development certificate the gateway generates, whose CA
+//! the bench then trusts), wss and admin off, and limits raised for load (see
+//! [`config_toml`]).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,7 +36,12 @@ pub enum Fsync {
 pub struct ChildGateway {
     child: Child,
     dir: PathBuf,
+    /// `ws://127.0.0.1:PORT`.
     pub url: String,
+    /// `quic://127.0.0.1:PORT`.
+    pub quic_url: String,
+    /// The development CA that signed the child's certificate (`<data_dir>/tls/ca.pem`).
+    pub ca: PathBuf,
     pub pid: u32,
 }
 
@@ -59,13 +66,14 @@ impl ChildGateway {
         extra_toml: &str,
     ) -> Result<Self> {
         let port = free_port()?;
+        let quic_port = free_udp_port()?;
         let dir =
             std::env::temp_dir().join(format!("edgesync-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let config = dir.join("bench.toml");
         std::fs::write(
             &config,
-            config_toml(&dir.join("data"), port, fsync) + extra_toml,
+            config_toml(&dir.join("data"), port, quic_port, fsync) + extra_toml,
         )
         .context("write bench config")?;
         let log = std::fs::File::create(dir.join("gateway.log")).context("create gateway log")?;
@@ -98,17 +106,21 @@ impl ChildGateway {
             .spawn()
             .with_context(|| format!("start {} serve", exe.display()))?;
         let pid = child.id();
+        let ca = dir.join("data").join("tls").join("ca.pem");
         let mut gw = ChildGateway {
             child,
             dir,
             url: format!("ws://127.0.0.1:{port}"),
+            quic_url: format!("quic://127.0.0.1:{quic_port}"),
+            ca,
             pid,
         };
-        gw.wait_ready(port)?;
+        gw.wait_ready(port, quic_port)?;
         Ok(gw)
     }
 
-    fn wait_ready(&mut self, port: u16) -> Result<()> {
+    /// Wait until both listeners are bound (QUIC is bound last, after the certificate).
+    fn wait_ready(&mut self, port: u16, quic_port: u16) -> Result<()> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let started = Instant::now();
         // Bounded by READY_TIMEOUT.
@@ -117,12 +129,14 @@ impl ChildGateway {
                 let log = std::fs::read_to_string(self.dir.join("gateway.log")).unwrap_or_default();
                 bail!("gateway exited during startup ({status}):\n{log}");
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+                && udp_bound(quic_port)
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("gateway did not listen on {addr} within {READY_TIMEOUT:?}")
+        bail!("gateway did not listen on {addr} and UDP {quic_port} within {READY_TIMEOUT:?}")
     }
 
     /// Graceful stop: SIGTERM (via kill(1): the workspace forbids unsafe), wait, then SIGKILL.
@@ -157,7 +171,7 @@ impl Drop for ChildGateway {
 }
 
 /// The child's config: limits raised so the bench measures throughput, not admission.
-fn config_toml(data: &std::path::Path, port: u16, fsync: Fsync) -> String {
+fn config_toml(data: &std::path::Path, port: u16, quic_port: u16, fsync: Fsync) -> String {
     let fsync = match fsync {
         Fsync::Always => "always",
         Fsync::Interval => "interval",
@@ -169,7 +183,7 @@ data_dir = {data:?}
 [listen]
 ws = "127.0.0.1:{port}"
 wss = "off"
-quic = "off"
+quic = "127.0.0.1:{quic_port}"
 admin = "off"
 
 [store]
@@ -181,6 +195,8 @@ max_connections = 18000
 max_connections_per_ip = 18000
 # The bench publishes from one connection as fast as the gateway takes it.
 publish_rate_per_sec = 100000000
+# 15k QUIC handshakes on one shared core queue for longer than the default 10 s.
+handshake_timeout_ms = 120000
 # Idle connections send nothing for the whole idle scenario.
 idle_timeout_ms = 3600000
 ping_interval_ms = 600000
@@ -195,6 +211,18 @@ level = "warn"
 fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
     Ok(l.local_addr()?.port())
+}
+
+fn free_udp_port() -> Result<u16> {
+    let s = UdpSocket::bind("127.0.0.1:0").context("find a free UDP port")?;
+    Ok(s.local_addr()?.port())
+}
+
+/// Whether a UDP socket is bound to 127.0.0.1:`port` (from /proc/net/udp: a QUIC
+/// listener cannot be probed without a handshake).
+fn udp_bound(port: u16) -> bool {
+    let needle = format!("0100007F:{port:04X} ");
+    std::fs::read_to_string("/proc/net/udp").is_ok_and(|t| t.contains(&needle))
 }
 
 /// Resident set of `pid` in KiB (`VmRSS` from /proc).

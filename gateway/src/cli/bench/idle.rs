@@ -1,8 +1,8 @@
-//! `idle`: server memory per idle WebSocket connection.
+//! `idle`: server memory per idle connection.
 //!
 //! Reads the server's `VmRSS` (/proc/<pid>/status), opens N connections
-//! (WebSocket handshake, then the protocol's connect: edgesync `connect`,
-//! NATS `CONNECT`/`PING`), waits for the server to settle, reads `VmRSS`
+//! (WebSocket handshake, or QUIC handshake and the session stream; then the
+//! protocol's connect: edgesync `connect`, NATS `CONNECT`/`PING`), waits for the server to settle, reads `VmRSS`
 //! again, and reports (after − before) / N. The server must be another
 //! process (the child gateway, or `--server-pid`): the load generator's own
 //! sockets would otherwise be counted, and both sides need the file limit.
@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 
+use super::Target;
+use super::conn::Conn;
 use super::gateway::rss_kib;
 use super::report::Report;
-use super::{Target, wire};
 
 /// Time for the server to finish its per-connection setup before the second reading.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -36,12 +37,8 @@ pub async fn run(target: &Target, a: &IdleArgs) -> Result<Report> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = rss_kib(pid)?;
     let started = Instant::now();
-    let opened: Vec<Result<wire::Ws>> = futures_util::stream::iter(0..a.connections)
-        .map(|_| async {
-            let mut ws = wire::connect(&target.url, target.proto).await?;
-            wire::handshake(&mut ws, target.proto).await?;
-            Ok(ws)
-        })
+    let opened: Vec<Result<Conn>> = futures_util::stream::iter(0..a.connections)
+        .map(|_| target.open())
         .buffer_unordered(a.parallel.max(1))
         .collect()
         .await;
@@ -66,7 +63,7 @@ pub async fn run(target: &Target, a: &IdleArgs) -> Result<Report> {
     let open = conns.len();
     let closing = Instant::now();
     futures_util::stream::iter(conns)
-        .for_each_concurrent(a.parallel.max(1), wire::close)
+        .for_each_concurrent(a.parallel.max(1), Conn::close)
         .await;
     let mut r = Report::new("idle", target.label());
     r.param("connections", a.connections);

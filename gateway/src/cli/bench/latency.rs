@@ -11,9 +11,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::SinkExt;
 use tokio::time::MissedTickBehavior;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::gateway::CpuSpan;
@@ -42,8 +40,7 @@ pub struct LatencyArgs {
 
 pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
     let subs = super::open_subscribers(target, SUBJECT, a.subscribers, 64).await?;
-    let mut publisher = wire::connect(&target.url, target.proto).await?;
-    wire::handshake(&mut publisher, target.proto).await?;
+    let mut publisher = target.open().await?;
     let epoch = Instant::now();
     let warmup_ns = Duration::from_secs(1).as_nanos() as u64;
     let hist = Rc::new(RefCell::new(latency_histogram()));
@@ -84,7 +81,7 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
         let sent_ns = super::stamp(&mut payload, epoch);
         frame.clear();
         wire::encode_publish(&mut frame, target.proto, SUBJECT, &payload, 100 + i, false);
-        publisher.send(Message::binary(frame.clone())).await?;
+        publisher.send(frame.clone()).await?;
         if sent_ns >= warmup_ns {
             measured += 1;
         }
@@ -93,7 +90,7 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
     tokio::time::sleep(DRAIN).await;
     let cpu_used = cpu.end();
     stop.cancel();
-    wire::close(publisher).await;
+    publisher.close().await;
     for r in readers {
         let _ = r.await;
     }

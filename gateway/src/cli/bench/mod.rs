@@ -4,7 +4,11 @@
 //! - [`fanout`]: 1 publisher → N subscribers, delivered messages/s per 1 s window.
 //! - [`latency`]: publish at R msgs/s to N subscribers, publish → deliver percentiles.
 //! - [`durable`]: acknowledged publishes/s with fsync from C pipelined publishers.
-//! - [`idle`]: gateway RSS per idle WebSocket connection.
+//! - [`idle`]: gateway RSS per idle connection.
+//!
+//! Every scenario runs over WebSocket or QUIC (`--transport ws|quic|both`; `both`
+//! runs WebSocket then QUIC and prints the QUIC/WS ratios) through [`conn::Conn`],
+//! with the same scanners: the frames are the same MessagePack bytes.
 //!
 //! Without `--url` the bench starts `edgesync serve` as a child process
 //! ([`gateway`]), pinned with `--server-cpus` through taskset; pin the bench
@@ -13,6 +17,7 @@
 //! contention. Every loop is bounded by the scenario's duration or a count,
 //! and every connection is closed with a close frame at the end.
 
+mod conn;
 mod durable;
 mod fanout;
 mod gateway;
@@ -29,13 +34,13 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite::Message;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use conn::{Conn, Dialer, Transport};
 use gateway::{ChildGateway, Fsync};
 use report::Report;
-use wire::{Proto, Ws};
+use wire::Proto;
 
 /// `edgesync bench` flags.
 #[derive(Debug, clap::Args)]
@@ -45,9 +50,21 @@ pub struct BenchArgs {
     /// Which server(s) to load; `both` runs edgesync then nats and prints the ratio.
     #[arg(long, global = true, value_enum, default_value = "edgesync")]
     pub target: TargetArg,
+    /// Which edgesync transport(s) to load; `both` runs WebSocket then QUIC (a fresh
+    /// child gateway each) and prints the QUIC/WS ratios. nats is always WebSocket.
+    #[arg(long, global = true, value_enum, default_value = "ws")]
+    pub transport: TransportArg,
     /// An already running edgesync (ws://host:port). Default: start `edgesync serve` as a child.
     #[arg(long, global = true)]
     pub url: Option<String>,
+    /// An already running edgesync's QUIC listener (quic://host:port), for `--transport
+    /// quic|both` with `--url`; needs `--ca`.
+    #[arg(long, global = true)]
+    pub quic_url: Option<String>,
+    /// CA (PEM) that signed the certificate of the gateway behind `--quic-url` (e.g. its
+    /// `<data_dir>/tls/ca.pem`). The bench's own gateway uses its development CA.
+    #[arg(long, global = true)]
+    pub ca: Option<PathBuf>,
     /// A nats-server WebSocket listener (ws://127.0.0.1:PORT), for `--target nats|both`.
     #[arg(long, global = true)]
     pub nats_url: Option<String>,
@@ -75,6 +92,13 @@ pub enum TargetArg {
     Both,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TransportArg {
+    Ws,
+    Quic,
+    Both,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum Scenario {
     /// 1 publisher → N subscribers; delivered messages/s.
@@ -83,7 +107,7 @@ pub enum Scenario {
     Latency(latency::LatencyArgs),
     /// Acknowledged (durable) publishes/s and ack latency, C pipelined publishers.
     Durable(durable::DurableArgs),
-    /// Server RSS per idle WebSocket connection.
+    /// Server RSS per idle connection.
     Idle(idle::IdleArgs),
     /// Acked publishes/s with no plugin vs one pass-through plugin (starts its own gateways).
     Plugin(plugin::PluginArgs),
@@ -137,28 +161,71 @@ pub fn run(args: BenchArgs) -> ExitCode {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub proto: Proto,
-    pub url: String,
+    /// Opens the connections (for QUIC, through one shared endpoint).
+    pub dialer: Dialer,
     /// The server process, when known (idle needs it).
     pub pid: Option<u32>,
 }
 
 impl Target {
+    /// # Errors
+    /// As [`Dialer::new`].
+    pub fn new(
+        proto: Proto,
+        url: &str,
+        ca: Option<&std::path::Path>,
+        pid: Option<u32>,
+    ) -> Result<Self> {
+        Ok(Target {
+            proto,
+            dialer: Dialer::new(proto, url, ca)?,
+            pid,
+        })
+    }
+
+    /// `edgesync` (WebSocket), `edgesync-quic` or `nats`: the report's target.
     pub fn label(&self) -> String {
-        match self.proto {
-            Proto::Edgesync => "edgesync".into(),
-            Proto::Nats => "nats".into(),
+        match (self.proto, self.dialer.transport) {
+            (Proto::Edgesync, Transport::Ws) => "edgesync".into(),
+            (Proto::Edgesync, Transport::Quic) => "edgesync-quic".into(),
+            (Proto::Nats, _) => "nats".into(),
         }
+    }
+
+    pub fn url(&self) -> &str {
+        self.dialer.url()
+    }
+
+    /// Open a connection and its protocol session.
+    ///
+    /// # Errors
+    /// As [`Dialer::connect`] and [`wire::handshake`].
+    pub async fn open(&self) -> Result<Conn> {
+        let mut c = self.dialer.connect().await?;
+        wire::handshake(&mut c, self.proto).await?;
+        Ok(c)
     }
 }
 
 async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
     let nofile = gateway::raise_nofile();
     tracing::debug!(?nofile, "file limit");
-    let protos: &[Proto] = match args.target {
-        TargetArg::Edgesync => &[Proto::Edgesync],
-        TargetArg::Nats => &[Proto::Nats],
-        TargetArg::Both => &[Proto::Edgesync, Proto::Nats],
+    if let Scenario::Plugin(a) = &args.scenario {
+        // Starts its own pair of gateways per round, over WebSocket.
+        return Ok(vec![plugin::run(args, a).await?]);
+    }
+    let transports: &[Transport] = match args.transport {
+        TransportArg::Ws => &[Transport::Ws],
+        TransportArg::Quic => &[Transport::Quic],
+        TransportArg::Both => &[Transport::Ws, Transport::Quic],
     };
+    let mut runs: Vec<(Proto, Transport)> = Vec::new();
+    if args.target != TargetArg::Nats {
+        runs.extend(transports.iter().map(|t| (Proto::Edgesync, *t)));
+    }
+    if args.target != TargetArg::Edgesync {
+        runs.push((Proto::Nats, Transport::Ws));
+    }
     let default_fsync = if matches!(args.scenario, Scenario::Durable(_)) {
         Fsync::Always
     } else {
@@ -166,73 +233,87 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
     };
     let fsync = args.fsync.unwrap_or(default_fsync);
     let mut reports = Vec::new();
-    for proto in protos {
-        let mut child = None;
-        let target = match proto {
-            Proto::Nats => {
-                let url = args.nats_url.clone().context(
-                    "--target nats needs --nats-url ws://127.0.0.1:PORT (see bench/nats.conf)",
-                )?;
-                Target {
-                    proto: Proto::Nats,
-                    url,
-                    pid: args.server_pid,
-                }
-            }
-            Proto::Edgesync => match &args.url {
-                Some(url) => Target {
-                    proto: Proto::Edgesync,
-                    url: url.clone(),
-                    pid: args.server_pid,
-                },
-                None => {
-                    let exe = match &args.server_bin {
-                        Some(p) => p.clone(),
-                        None => std::env::current_exe().context("locate the edgesync binary")?,
-                    };
-                    let gw = ChildGateway::start(&exe, args.server_cpus.as_deref(), fsync)?;
-                    eprintln!(
-                        "bench: started gateway pid {} at {} (fsync {fsync:?}, cpus {:?})",
-                        gw.pid, gw.url, args.server_cpus
-                    );
-                    let t = Target {
-                        proto: Proto::Edgesync,
-                        url: gw.url.clone(),
-                        pid: Some(gw.pid),
-                    };
-                    child = Some(gw);
-                    t
-                }
-            },
-        };
+    for (proto, transport) in runs {
+        if proto == Proto::Nats && matches!(args.scenario, Scenario::Durable(_)) {
+            bail!("durable runs against edgesync only (core NATS does not persist)");
+        }
+        let (target, child) = resolve(args, proto, transport, fsync)?;
         eprintln!(
             "bench: {} against {} at {}",
             args.scenario.name(),
             target.label(),
-            target.url
+            target.url()
         );
         let result = match &args.scenario {
             Scenario::Fanout(a) => fanout::run(&target, a).await,
             Scenario::Latency(a) => latency::run(&target, a).await,
-            Scenario::Durable(a) => {
-                if *proto == Proto::Nats {
-                    bail!("durable runs against edgesync only (core NATS does not persist)");
-                }
-                durable::run(&target, a).await
-            }
+            Scenario::Durable(a) => durable::run(&target, a).await,
             Scenario::Idle(a) => idle::run(&target, a).await,
-            Scenario::Plugin(a) => plugin::run(args, a).await,
+            Scenario::Plugin(_) => unreachable!("handled above"),
         };
+        target.dialer.shutdown().await;
         if let Some(gw) = child {
             tokio::task::spawn_blocking(move || gw.stop()).await.ok();
         }
         let mut r = result?;
-        if *proto == Proto::Edgesync && args.url.is_none() {
+        r.param(
+            "transport",
+            serde_json::to_value(transport).unwrap_or_default(),
+        );
+        if proto == Proto::Edgesync && args.url.is_none() {
             r.param("fsync", serde_json::to_value(fsync).unwrap_or_default());
         }
         reports.push(r);
     }
     Ok(reports)
+}
+
+/// The target of one run: a server given on the command line, or a fresh child gateway
+/// (returned so the caller stops it after the run).
+fn resolve(
+    args: &BenchArgs,
+    proto: Proto,
+    transport: Transport,
+    fsync: Fsync,
+) -> Result<(Target, Option<ChildGateway>)> {
+    if proto == Proto::Nats {
+        let url = args
+            .nats_url
+            .clone()
+            .context("--target nats needs --nats-url ws://127.0.0.1:PORT (see bench/nats.conf)")?;
+        return Ok((Target::new(proto, &url, None, args.server_pid)?, None));
+    }
+    let given = match transport {
+        Transport::Ws => args.url.clone().filter(|u| !u.starts_with("quic://")),
+        Transport::Quic => args
+            .quic_url
+            .clone()
+            .or_else(|| args.url.clone().filter(|u| u.starts_with("quic://"))),
+    };
+    if let Some(url) = given {
+        let t = Target::new(proto, &url, args.ca.as_deref(), args.server_pid)?;
+        return Ok((t, None));
+    }
+    if args.url.is_some() || args.quic_url.is_some() {
+        bail!(
+            "--transport {transport:?} needs its own url: --url ws://… and/or --quic-url quic://…"
+        );
+    }
+    let exe = match &args.server_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locate the edgesync binary")?,
+    };
+    let gw = ChildGateway::start(&exe, args.server_cpus.as_deref(), fsync)?;
+    let url = match transport {
+        Transport::Ws => gw.url.clone(),
+        Transport::Quic => gw.quic_url.clone(),
+    };
+    eprintln!(
+        "bench: started gateway pid {} at {url} (fsync {fsync:?}, cpus {:?})",
+        gw.pid, args.server_cpus
+    );
+    let t = Target::new(proto, &url, Some(&gw.ca), Some(gw.pid))?;
+    Ok((t, Some(gw)))
 }
 
 /// Per-run counters shared by the tasks of one scenario (one thread: plain cells).
@@ -260,14 +341,13 @@ pub async fn open_subscribers(
     subject: &str,
     n: usize,
     parallel: usize,
-) -> Result<Vec<Ws>> {
+) -> Result<Vec<Conn>> {
     let started = Instant::now();
-    let opened: Vec<Result<Ws>> = futures_util::stream::iter(0..n)
+    let opened: Vec<Result<Conn>> = futures_util::stream::iter(0..n)
         .map(|_| async {
-            let mut ws = wire::connect(&target.url, target.proto).await?;
-            wire::handshake(&mut ws, target.proto).await?;
-            wire::subscribe(&mut ws, target.proto, subject).await?;
-            Ok(ws)
+            let mut c = target.open().await?;
+            wire::subscribe(&mut c, target.proto, subject).await?;
+            Ok(c)
         })
         .buffer_unordered(parallel.max(1))
         .collect()
@@ -284,7 +364,7 @@ pub async fn open_subscribers(
 /// Read one subscriber until `stop`, counting deliveries and calling `on_msg(payload)`;
 /// answers NATS PINGs; closes the connection at the end.
 pub async fn subscriber(
-    mut ws: Ws,
+    mut ws: Conn,
     proto: Proto,
     stop: CancellationToken,
     counters: Rc<Counters>,
@@ -299,13 +379,11 @@ pub async fn subscriber(
             m = ws.next() => m,
         };
         let frame = match next {
-            Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Text(t))) => bytes::Bytes::copy_from_slice(t.as_bytes()),
-            Some(Ok(Message::Close(_))) | None => {
+            Some(Ok(b)) => b,
+            None => {
                 Counters::add(&counters.dropped, 1);
                 return;
             }
-            Some(Ok(_)) => continue,
             Some(Err(_)) => {
                 Counters::add(&counters.errors, 1);
                 Counters::add(&counters.dropped, 1);
@@ -316,16 +394,11 @@ pub async fn subscriber(
         Counters::add(&counters.delivered, seen.msgs);
         Counters::add(&counters.gap_msgs, seen.gap_msgs);
         Counters::add(&counters.errors, seen.errors);
-        if seen.ping
-            && ws
-                .send(Message::binary(bytes::Bytes::from_static(b"PONG\r\n")))
-                .await
-                .is_err()
-        {
+        if seen.ping && ws.send(b"PONG\r\n".to_vec()).await.is_err() {
             Counters::add(&counters.errors, 1);
         }
     }
-    wire::close(ws).await;
+    ws.close().await;
 }
 
 /// Nanoseconds since `epoch`, written into the first 8 bytes of a payload.

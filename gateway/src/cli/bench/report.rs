@@ -100,7 +100,42 @@ pub fn latency_histogram() -> Histogram<u64> {
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
 }
 
-/// Print reports as a table (and a ratio line when two targets ran the same scenario).
+/// Figures compared between two targets of the same scenario.
+const RATIO_KEYS: &[&str] = &[
+    "msgs_per_sec_p50",
+    "msgs_per_server_cpu_sec",
+    "latency_us_p50",
+    "latency_us_p99",
+    "acks_per_sec_p50",
+    "kib_per_conn",
+];
+
+/// Pairs compared when both ran: (numerator, denominator).
+const RATIO_PAIRS: &[(&str, &str)] = &[("edgesync-quic", "edgesync"), ("edgesync", "nats")];
+
+/// `(key, numerator target, denominator target, ratio)` for every compared pair that ran.
+pub fn ratios(reports: &[Report]) -> Vec<(&'static str, String, String, f64)> {
+    let mut out = Vec::new();
+    for (num, den) in RATIO_PAIRS {
+        let find = |t: &str| reports.iter().find(|r| r.target == t);
+        let (Some(a), Some(b)) = (find(num), find(den)) else {
+            continue;
+        };
+        if a.scenario != b.scenario {
+            continue;
+        }
+        for key in RATIO_KEYS {
+            if let (Some(x), Some(y)) = (a.value(key), b.value(key))
+                && y > 0.0
+            {
+                out.push((*key, a.target.clone(), b.target.clone(), x / y));
+            }
+        }
+    }
+    out
+}
+
+/// Print reports as a table, then the ratio lines (QUIC/WS, edgesync/nats) of what ran.
 pub fn print_table(reports: &[Report]) {
     for r in reports {
         let params: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -109,16 +144,12 @@ pub fn print_table(reports: &[Report]) {
             println!("  {:<28} {:>16}", m.name, human(m.value));
         }
     }
-    if let [a, b] = reports
-        && a.scenario == b.scenario
-    {
-        for key in ["msgs_per_sec_p50", "latency_us_p99"] {
-            if let (Some(x), Some(y)) = (a.value(key), b.value(key))
-                && y > 0.0
-            {
-                println!("\n{key}: {} / {} = {:.2}", a.target, b.target, x / y);
-            }
-        }
+    let lines = ratios(reports);
+    if !lines.is_empty() {
+        println!();
+    }
+    for (key, a, b, ratio) in lines {
+        println!("{key}: {a} / {b} = {ratio:.2}");
     }
 }
 
@@ -150,5 +181,33 @@ mod tests {
         assert_eq!(quantile(&v, 0.9), 5.0);
         assert_eq!(quantile(&[], 0.5), 0.0);
         assert_eq!(human(1234567.0), "1_234_567");
+    }
+
+    #[test]
+    fn ratios_compare_quic_to_ws_and_edgesync_to_nats() {
+        let report = |target: &str, v: f64| {
+            let mut r = Report::new("fanout", target);
+            r.metric("msgs_per_sec_p50", v);
+            r
+        };
+        let all = [
+            report("edgesync", 100.0),
+            report("edgesync-quic", 80.0),
+            report("nats", 50.0),
+        ];
+        let got = ratios(&all);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "msgs_per_sec_p50",
+                    "edgesync-quic".into(),
+                    "edgesync".into(),
+                    0.8
+                ),
+                ("msgs_per_sec_p50", "edgesync".into(), "nats".into(), 2.0),
+            ]
+        );
+        assert!(ratios(&all[..1]).is_empty());
     }
 }

@@ -1,6 +1,6 @@
-//! The load generator's side of the wire: WebSocket connect, the two protocols
-//! it speaks (edgesync MessagePack and the NATS text protocol), and scanners
-//! that count pushes in a frame without building a value per message.
+//! The load generator's side of the wire: the two protocols it speaks (edgesync
+//! MessagePack and the NATS text protocol) over a [`Conn`] of either transport,
+//! and scanners that count pushes in a frame without building a value per message.
 //!
 //! The scanners are the whole client-side cost per delivered message, so they
 //! touch only what a scenario needs: the frame type, the payload (latency
@@ -11,16 +11,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
 use edgesync_protocol::{ClientFrame, Encoding, ServerFrame, frame::Payload, frame::Start};
-use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use super::conn::Conn;
 
 /// Handshakes and setup replies must arrive within this.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -39,39 +32,11 @@ pub enum Proto {
     Nats,
 }
 
-/// Open a WebSocket to `url` (ws:// only).
-///
-/// # Errors
-/// Bad URL, refused connection or failed handshake.
-pub async fn connect(url: &str, proto: Proto) -> Result<Ws> {
-    let mut req = url
-        .into_client_request()
-        .with_context(|| format!("bad url {url}"))?;
-    if proto == Proto::Edgesync {
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            http::HeaderValue::from_static(edgesync_protocol::SUBPROTOCOL_MSGPACK),
-        );
-    }
-    let config = WebSocketConfig::default()
-        .read_buffer_size(64 << 10)
-        .max_message_size(Some(64 << 20))
-        .max_frame_size(Some(64 << 20));
-    let (ws, _) = tokio::time::timeout(
-        SETUP_TIMEOUT,
-        tokio_tungstenite::connect_async_with_config(req, Some(config), true),
-    )
-    .await
-    .context("websocket handshake timed out")?
-    .with_context(|| format!("connect {url}"))?;
-    Ok(ws)
-}
-
 /// Open the session: edgesync `connect`, or NATS `CONNECT` + `PING`/`PONG`.
 ///
 /// # Errors
 /// The server refused or did not answer within the setup timeout.
-pub async fn handshake(ws: &mut Ws, proto: Proto) -> Result<()> {
+pub async fn handshake(ws: &mut Conn, proto: Proto) -> Result<()> {
     match proto {
         Proto::Edgesync => {
             let f = ClientFrame::Connect {
@@ -80,14 +45,12 @@ pub async fn handshake(ws: &mut Ws, proto: Proto) -> Result<()> {
                 client_id: None,
                 cursor: None,
             };
-            ws.send(Message::binary(Encoding::MsgPack.encode(&f)))
-                .await?;
+            ws.send(Encoding::MsgPack.encode(&f)).await?;
             await_reply(ws, 1).await
         }
         Proto::Nats => {
             let hello = "CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":false,\"protocol\":1,\"name\":\"edgesync-bench\"}\r\nPING\r\n";
-            ws.send(Message::binary(Bytes::from_static(hello.as_bytes())))
-                .await?;
+            ws.send(hello.as_bytes().to_vec()).await?;
             await_pong(ws).await
         }
     }
@@ -97,7 +60,7 @@ pub async fn handshake(ws: &mut Ws, proto: Proto) -> Result<()> {
 ///
 /// # Errors
 /// The server refused or did not answer within the setup timeout.
-pub async fn subscribe(ws: &mut Ws, proto: Proto, subject: &str) -> Result<()> {
+pub async fn subscribe(ws: &mut Conn, proto: Proto, subject: &str) -> Result<()> {
     match proto {
         Proto::Edgesync => {
             let f = ClientFrame::Sub {
@@ -105,12 +68,11 @@ pub async fn subscribe(ws: &mut Ws, proto: Proto, subject: &str) -> Result<()> {
                 topic: subject.into(),
                 start: Some(Start::Latest),
             };
-            ws.send(Message::binary(Encoding::MsgPack.encode(&f)))
-                .await?;
+            ws.send(Encoding::MsgPack.encode(&f)).await?;
             await_reply(ws, 2).await
         }
         Proto::Nats => {
-            ws.send(Message::binary(format!("SUB {subject} 1\r\nPING\r\n")))
+            ws.send(format!("SUB {subject} 1\r\nPING\r\n").into_bytes())
                 .await?;
             await_pong(ws).await
         }
@@ -145,11 +107,6 @@ pub fn encode_publish(
             out.extend_from_slice(b"\r\n");
         }
     }
-}
-
-/// Close politely; bounded so a stuck peer cannot hold the bench.
-pub async fn close(mut ws: Ws) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
 }
 
 /// What a scanned frame held.
@@ -412,11 +369,11 @@ fn skip(b: &[u8], p: usize, depth: u32) -> Option<usize> {
 }
 
 /// Read replies until the one for command `id`; an `error` for it fails.
-async fn await_reply(ws: &mut Ws, id: u64) -> Result<()> {
+async fn await_reply(ws: &mut Conn, id: u64) -> Result<()> {
     let wait = async {
         // Bounded by SETUP_TIMEOUT around it.
         while let Some(m) = ws.next().await {
-            let Message::Binary(b) = m? else { continue };
+            let b = m?;
             let frames: Vec<ServerFrame> = Encoding::MsgPack
                 .decode_all(&b)
                 .map_err(|e| anyhow::anyhow!("bad frame from server: {e}"))?;
@@ -451,15 +408,12 @@ async fn await_reply(ws: &mut Ws, id: u64) -> Result<()> {
         .context("no reply from server")?
 }
 
-async fn await_pong(ws: &mut Ws) -> Result<()> {
+async fn await_pong(ws: &mut Conn) -> Result<()> {
     let wait = async {
         let mut text = Vec::new();
+        // Bounded by SETUP_TIMEOUT around it and by NATS_MAX_LINE.
         while let Some(m) = ws.next().await {
-            match m? {
-                Message::Binary(b) => text.extend_from_slice(&b),
-                Message::Text(t) => text.extend_from_slice(t.as_bytes()),
-                _ => continue,
-            }
+            text.extend_from_slice(&m?);
             if let Some(i) = text.windows(4).position(|w| w == b"-ERR") {
                 bail!(
                     "nats refused: {}",
