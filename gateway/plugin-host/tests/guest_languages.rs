@@ -80,8 +80,8 @@ async fn python_template_builds_and_runs() {
         lang: "python",
         dir: "sdk/python/template",
         output: "dist/plugin.wasm",
-        memory_mib: 64,
-        init_deadline_ms: 1000,
+        memory_mib: 32,
+        init_deadline_ms: 500,
     };
     let dir = copy_template(&t);
     let pinned = std::fs::read_to_string(dir.join("requirements.txt")).expect("requirements.txt");
