@@ -295,14 +295,17 @@ async fn check_shout(t: &Template, dir: &Path) {
     let counter = h.services.kv_get("shout", "shouted").expect("kv get");
     assert_eq!(counter.map(|e| e.value), Some(b"2".to_vec()));
 
-    let n = 200u32;
-    let started = Instant::now();
-    for _ in 0..n {
-        p.on_message(&conn("alice"), &msg("other.room", b"x"))
-            .await
-            .expect("on-message");
+    // Best of 5 rounds: the machine is shared, the figure is rough.
+    let (sender, passing) = (conn("alice"), msg("other.room", b"x"));
+    let mut call = std::time::Duration::MAX;
+    for _ in 0..5 {
+        let n = 100u32;
+        let started = Instant::now();
+        for _ in 0..n {
+            p.on_message(&sender, &passing).await.expect("on-message");
+        }
+        call = call.min(started.elapsed() / n);
     }
-    let call = started.elapsed() / n;
     eprintln!(
         "{}: component {} KiB, compile {compile:.1?}, instantiate + init {instantiate:.1?}, \
          on-message (pass) {call:.1?}",
