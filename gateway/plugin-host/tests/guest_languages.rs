@@ -49,6 +49,7 @@ struct Template {
 
 #[tokio::test]
 async fn javascript_template_builds_and_runs() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let t = Template {
         lang: "js",
         dir: "sdk/js/plugin/template",
@@ -76,6 +77,7 @@ async fn javascript_template_builds_and_runs() {
 
 #[tokio::test]
 async fn python_template_builds_and_runs() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let t = Template {
         lang: "python",
         dir: "sdk/python/template",
@@ -93,14 +95,10 @@ async fn python_template_builds_and_runs() {
         "it with `python3 -m pip install -r {}/requirements.txt` (componentize-py {version})",
         t.dir
     );
-    require("componentize-py", &["--version"], &install);
-    let out = Command::new("componentize-py")
-        .arg("--version")
-        .output()
-        .expect("componentize-py --version");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).trim() == format!("componentize-py {version}"),
-        "componentize-py is not the pinned {version}: install {install}"
+    require_version(
+        "componentize-py",
+        &format!("componentize-py {version}"),
+        &install,
     );
     run(&dir, "sh", &["build.sh"]);
     check_shout(&t, &dir).await;
@@ -108,6 +106,7 @@ async fn python_template_builds_and_runs() {
 
 #[tokio::test]
 async fn c_template_builds_and_runs() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let t = Template {
         lang: "c",
         dir: "sdk/c/template",
@@ -121,15 +120,20 @@ async fn c_template_builds_and_runs() {
     require("clang", &["--version"], apt);
     require("wasm-ld", &["--version"], apt);
     let bindgen = format!("`cargo install --locked wit-bindgen-cli@{WIT_BINDGEN}`");
-    require("wit-bindgen", &["--version"], &bindgen);
+    require_version(
+        "wit-bindgen",
+        &format!("wit-bindgen-cli {WIT_BINDGEN}"),
+        &bindgen,
+    );
     let tools = format!("`cargo install --locked wasm-tools@{WASM_TOOLS}`");
-    require("wasm-tools", &["--version"], &tools);
+    require_version("wasm-tools", &format!("wasm-tools {WASM_TOOLS}"), &tools);
     run(&dir, "make", &["clean"]);
     run(&dir, "make", &[]);
     check_shout(&t, &dir).await;
 }
 
-/// The pinned versions `sdk/c/README.md` and `scripts/test.sh` install.
+/// The pinned versions `sdk/c/README.md` names and
+/// `scripts/guest-toolchains.sh` installs.
 const WIT_BINDGEN: &str = "0.61.1";
 const WASM_TOOLS: &str = "1.258.3";
 
@@ -176,6 +180,22 @@ fn require(program: &str, args: &[&str], install: &str) {
     );
 }
 
+/// Fails the test, naming `install`, unless `program --version` prints
+/// `expected` (the pinned version).
+fn require_version(program: &str, expected: &str, install: &str) {
+    require(program, &["--version"], install);
+    let out = Command::new(program)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("run `{program} --version`: {e}"));
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        found.trim().starts_with(expected),
+        "`{program}` is {}, not the pinned `{expected}`: install {install}",
+        found.trim()
+    );
+}
+
 /// Runs `program args` in `dir`, failing the test with its output.
 fn run(dir: &Path, program: &str, args: &[&str]) {
     let started = Instant::now();
@@ -200,6 +220,11 @@ fn run(dir: &Path, program: &str, args: &[&str]) {
         started.elapsed()
     );
 }
+
+/// Held by each test while it builds and measures: the builds and the
+/// compilation of megabytes of engine would only fight over two cores, and
+/// the printed figures would mean less.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Loads the built template and checks the "shout" behaviour every
 /// template implements.
