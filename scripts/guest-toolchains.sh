@@ -3,7 +3,7 @@
 # (gateway/plugin-host/tests/guest_languages.rs), each only when it is
 # missing or not the pinned version, so a second run costs a few checks:
 #
-# - JavaScript: Node.js and npm (the template's `npm ci` brings
+# - JavaScript: Node.js ≥ 20 and npm (the template's `npm ci` brings
 #   componentize-js, pinned by sdk/js/plugin/template/package-lock.json);
 # - Python: componentize-py, pinned by sdk/python/template/requirements.txt;
 # - C: Debian's clang, lld (wasm-ld), wasi-libc and compiler-rt for wasm32,
@@ -34,6 +34,8 @@ have wasm-ld || packages+=(lld)
 # compiler-rt's builtins for the clang that is installed (or about to be).
 compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/wasi/libclang_rt.builtins-wasm32.a" >/dev/null \
   || packages+=(libclang-rt-dev-wasm32)
+# Node.js ≥ 20 is needed; Debian 12's is 18, so this is a last resort (the
+# machine images carry Node.js 20 with npm).
 if ! have npm; then packages+=(npm); fi
 if [ ${#packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && have apt-get; then

@@ -58,11 +58,7 @@ async fn javascript_template_builds_and_runs() {
         init_deadline_ms: 100,
     };
     let dir = copy_template(&t);
-    require(
-        "npm",
-        &["--version"],
-        "Node.js and npm (Debian: `apt-get install nodejs npm`)",
-    );
+    require("npm", &["--version"], "Node.js ≥ 20 and npm");
     // `npm ci` replaces node_modules on every run; skip it while the lock
     // file is the one last installed, so a warm run costs only the build.
     let lock = std::fs::read(dir.join("package-lock.json")).expect("read package-lock.json");
