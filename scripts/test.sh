@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine. Installs what the tests need:
 # the wasm32-wasip2 target (plugins are built from source by the test build),
-# Python's aioquic + msgpack (independent QUIC interop client) and Debian's
-# prometheus/promtool (metrics tests scrape a real Prometheus server).
+# Python's aioquic + msgpack (independent QUIC interop client), Debian's
+# prometheus/promtool (metrics tests scrape a real Prometheus server) and the
+# JavaScript, Python and C plugin toolchains (scripts/guest-toolchains.sh: the
+# tests build the sdk/ templates from source).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,6 +20,8 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
       || echo "warning: could not install prometheus; the metrics tests will report it"
   fi
 fi
+
+./scripts/guest-toolchains.sh
 
 # House rules first (cheap), then every test. Tests start gateways and clients in
 # parallel; two threads per core is plenty here.

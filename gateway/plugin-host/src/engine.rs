@@ -60,13 +60,17 @@ fn pooling(config: &HostConfig) -> PoolingAllocationConfig {
     let n = config.pool_total_instances.max(1);
     let mut p = PoolingAllocationConfig::new();
     // A Rust wasm32-wasip2 component holds one main core module plus a few
-    // small shim modules (indirect-call tables), one linear memory.
+    // small shim modules (indirect-call tables), one linear memory. A
+    // componentize-py (Python) component holds one core module per shared
+    // library (libc, libpython, each native extension): 14 for the bare
+    // template, so the per-component bound leaves room for extensions. It is
+    // only checked at load; the totals are what the pool reserves.
     p.total_component_instances(n)
         .total_core_instances(n.saturating_mul(8))
         .total_memories(n.saturating_mul(2))
         .total_tables(n.saturating_mul(8))
         .total_stacks(n)
-        .max_core_instances_per_component(16)
+        .max_core_instances_per_component(32)
         .max_memories_per_component(2)
         .max_tables_per_component(8)
         .max_memory_size((config.max_memory_mib as usize) << 20)
