@@ -176,7 +176,17 @@ impl QuicDialer {
         } else {
             SocketAddr::from(([0u8; 4], 0))
         };
-        let endpoint = quinn::Endpoint::client(bind).context("bind the bench's UDP socket")?;
+        // The same large kernel buffers as the gateway's socket: with the default, the
+        // one socket of 1 000 connections drops datagrams whenever the bench is descheduled.
+        let socket =
+            crate::transport::quic::bind_udp(bind).context("bind the bench's UDP socket")?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .context("create the bench's QUIC endpoint")?;
         Ok(QuicDialer {
             endpoint,
             config,
