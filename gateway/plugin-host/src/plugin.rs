@@ -115,7 +115,7 @@ macro_rules! call_hook {
             };
             return Err($self.fail(&version, hook, err));
         };
-        let mut inst: Instance = match version.idle_instance() {
+        let mut inst: Box<Instance> = match version.idle_instance() {
             Some(inst) => inst,
             None => match version
                 .instantiate(&$self.inner.shared, &$self.inner.ctx)
@@ -501,7 +501,7 @@ impl Plugin {
         version: &Version,
         hook: Hook,
         started: Option<Instant>,
-        inst: Instance,
+        inst: Box<Instance>,
         result: wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let ctx = &self.inner.ctx;

@@ -109,7 +109,9 @@ pub(crate) struct Hooks {
     pub timer: Option<timer_hooks::Guest>,
 }
 
-/// An initialised instance.
+/// An initialised instance. Boxed everywhere (`Instance` is several hundred
+/// bytes of typed export handles): a checkout and checkin then move a
+/// pointer, not the struct.
 pub(crate) struct Instance {
     pub store: Store<HostState>,
     pub hooks: Hooks,
@@ -127,7 +129,7 @@ pub(crate) struct Version {
     pub info: ComponentInfo,
     pre: InstancePre<HostState>,
     indices: HookIndices,
-    idle: Mutex<Vec<Instance>>,
+    idle: Mutex<Vec<Box<Instance>>>,
     busy: Semaphore,
     pub breaker: BreakerCell,
     retired: AtomicBool,
@@ -183,12 +185,12 @@ impl Version {
     }
 
     /// An idle instance, if any (then the caller instantiates one).
-    pub(crate) fn idle_instance(&self) -> Option<Instance> {
+    pub(crate) fn idle_instance(&self) -> Option<Box<Instance>> {
         self.idle.lock().pop()
     }
 
     /// Returns an instance after a successful call.
-    pub(crate) fn checkin(&self, mut inst: Instance, plugin: &PluginCtx) {
+    pub(crate) fn checkin(&self, mut inst: Box<Instance>, plugin: &PluginCtx) {
         inst.calls += 1;
         if self.retired.load(Ordering::Acquire) {
             return;
@@ -223,7 +225,7 @@ impl Version {
         &self,
         shared: &HostShared,
         plugin: &Arc<PluginCtx>,
-    ) -> Result<Instance, PluginError> {
+    ) -> Result<Box<Instance>, PluginError> {
         let limits = &self.config.limits;
         let state = HostState {
             plugin: plugin.clone(),
@@ -280,13 +282,13 @@ impl Version {
             }
         }
         plugin.telemetry.created.inc();
-        Ok(Instance {
+        Ok(Box::new(Instance {
             store,
             hooks,
             packed: empty_packed(),
             calls: 0,
             retire_after: self.draw_retire_after(),
-        })
+        }))
     }
 
     fn draw_retire_after(&self) -> u64 {
