@@ -308,7 +308,11 @@ async fn check_shout(t: &Template, dir: &Path) {
     let verdicts = p.on_batch(&conn("alice"), &batch).await.expect("on-batch");
     // Only the verdicts that are not `pass` come back, by index.
     let indexes: Vec<u32> = verdicts.exceptions().iter().map(|e| e.index).collect();
-    assert_eq!(indexes, [1], "on-batch lists only the messages that do not pass");
+    assert_eq!(
+        indexes,
+        [1],
+        "on-batch lists only the messages that do not pass"
+    );
     assert_eq!(
         verdicts.into_vec(),
         vec![
