@@ -129,6 +129,9 @@ pub(crate) struct Version {
     pub info: ComponentInfo,
     pre: InstancePre<HostState>,
     indices: HookIndices,
+    // Boxed on purpose: an Instance is large, and checkout/checkin would
+    // otherwise move it in and out of the Vec on every call.
+    #[allow(clippy::vec_box)]
     idle: Mutex<Vec<Box<Instance>>>,
     busy: Semaphore,
     pub breaker: BreakerCell,
