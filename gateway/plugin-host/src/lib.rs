@@ -26,6 +26,7 @@
 //! - `caps` — host capabilities, one module each (link / grants / state)
 //! - `state` — per-instance store data: memory cap, CPU meter
 //! - `pool` — a loaded version and its warm instance pool
+//! - `message` — borrowed message views; packing `on-message`'s argument
 //! - `plugin` — [`Plugin`]: hook calls, breaker, reload, timers
 //! - `breaker` — crash-loop breaker state machine
 //! - [`services`] — [`HostServices`], implemented by the gateway
@@ -51,6 +52,7 @@ mod engine;
 mod error;
 mod hooks;
 mod host;
+mod message;
 mod plugin;
 mod pool;
 pub mod services;
@@ -58,7 +60,7 @@ mod state;
 mod telemetry;
 pub mod testing;
 
-pub use batch::{BatchBuilder, BatchFull};
+pub use batch::{BatchBuilder, BatchFull, BatchVerdicts};
 pub use bindings::types;
 pub use breaker::BreakerState;
 pub use cache::CacheOutcome;
@@ -70,11 +72,13 @@ pub use engine::Allocator;
 pub use error::{ErrorKind, PluginError};
 pub use hooks::{Exports, Family, Hook};
 pub use host::{ComponentInfo, HostError, PluginHost};
+pub use message::{HeadersRef, MessageRef, SenderRef};
 pub use plugin::{BATCH_MESSAGES_PER_DEADLINE, Plugin, ReloadReport};
 pub use services::{HostServices, KvEntry, ServiceError};
 pub use types::{
-    Batch, BatchEntry, ConnInfo, ConnRef, ConnectVerdict, Header, Message, MessageVerdict,
-    Permissions, Principal, RetentionHint, SubscribeVerdict, Transport, WriteChanges, WriteVerdict,
+    Batch, BatchVerdict, ConnInfo, ConnRef, ConnectVerdict, Header, Message, MessageVerdict,
+    PackedMessage, Permissions, Principal, RetentionHint, SubscribeVerdict, Transport,
+    WriteChanges, WriteVerdict,
 };
 
 /// Limits on what guests pass to host capabilities.

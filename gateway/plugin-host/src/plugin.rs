@@ -12,12 +12,15 @@
 //! 4. success → instance back to the pool, breaker told; fault → instance
 //!    discarded, breaker told, error classified.
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::task::JoinHandle;
 
+use crate::batch::BatchVerdicts;
 use crate::bindings::types::{
     Batch, ConnInfo, ConnRef, ConnectVerdict, Message, MessageVerdict, SubscribeVerdict,
     WriteVerdict,
@@ -27,6 +30,7 @@ use crate::config::{FailurePolicy, PluginConfig};
 use crate::error::PluginError;
 use crate::hooks::{Exports, Hook};
 use crate::host::{ComponentInfo, HostShared, build_version};
+use crate::message::{MessageRef, SenderRef, pack, packed_len};
 use crate::pool::{Instance, Version, describe_fault};
 use crate::state::PluginCtx;
 
@@ -81,18 +85,24 @@ pub struct ReloadReport {
 }
 
 /// Runs a hook through the common call path (see the module docs).
-/// `$family` is the `Hooks` field, `$budget` the CPU budget, and the
-/// closure-like tail builds the export call from the typed exports `$g`
-/// and the store `$store`. No tokio timer on this path: the wall-clock
-/// timeout is enforced by the epoch callback (host functions are
-/// synchronous, so the call never awaits anything but guest code).
+/// `|$v| $budget` computes the CPU budget from the version, `$family` is the
+/// `Hooks` field, and the closure-like tail builds the export call from the
+/// typed exports `$g`, the store `$store` and the instance's packing buffer
+/// `$packed`. The wall-clock timeout is enforced by the epoch callback while
+/// guest code runs and by [`within_wall_clock`] while the call waits in an
+/// async host function.
 macro_rules! call_hook {
-    ($self:ident, $hook:expr, $budget:expr, $family:ident, |$g:ident, $store:ident| $call:expr) => {{
+    ($self:ident, $hook:expr, |$v:ident| $budget:expr, $family:ident,
+     |$g:ident, $store:ident, $packed:ident| $call:expr) => {{
         let hook: Hook = $hook;
         let version = $self.begin(hook)?;
         let _inflight = version.enter();
         let started = sample_latency().then(Instant::now);
         let timeout = version.config.limits.timeout();
+        let budget: Duration = {
+            let $v: &Version = &version;
+            $budget
+        };
         let Some(_permit) = version.permit(timeout).await else {
             let reason = format!(
                 "no free instance within {timeout:?} (limits.max_instances = {})",
@@ -105,24 +115,65 @@ macro_rules! call_hook {
             };
             return Err($self.fail(&version, hook, err));
         };
-        let mut inst: Instance = match version
-            .checkout(&$self.inner.shared, &$self.inner.ctx)
-            .await
-        {
-            Ok(inst) => inst,
-            Err(e) => return Err($self.fail(&version, hook, e)),
+        let mut inst: Box<Instance> = match version.idle_instance() {
+            Some(inst) => inst,
+            None => match version
+                .instantiate(&$self.inner.shared, &$self.inner.ctx)
+                .await
+            {
+                Ok(inst) => inst,
+                Err(e) => return Err($self.fail(&version, hook, e)),
+            },
         };
-        let ticks = inst.store.data_mut().cpu.arm($budget, timeout);
+        let cpu = &mut inst.store.data_mut().cpu;
+        let ticks = cpu.arm(budget, timeout);
+        let armed_at = cpu.armed_at();
         inst.store.set_epoch_deadline(ticks);
+        let shared = &$self.inner.shared;
         let result = match inst.hooks.$family.as_ref() {
             Some($g) => {
                 let $store = &mut inst.store;
-                $call.await
+                let $packed = &mut inst.packed;
+                let wall_left = || {
+                    let ticks = shared.clock.now().saturating_sub(armed_at);
+                    timeout.saturating_sub(
+                        shared
+                            .tick
+                            .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX)),
+                    )
+                };
+                within_wall_clock($call, wall_left).await
             }
-            None => Err(wasmtime::format_err!("instance lacks an exported family")),
+            None => Some(Err(wasmtime::format_err!(
+                "instance lacks an exported family"
+            ))),
         };
+        let result = result.unwrap_or_else(|| {
+            inst.store.data_mut().cpu.timed_out = true;
+            Err(wasmtime::format_err!(
+                "wall-clock timeout of {timeout:?} exceeded in a host call"
+            ))
+        });
         $self.finish(&version, hook, started, inst, result)
     }};
+}
+
+/// Runs a hook call, giving up when it is still suspended in an async host
+/// function (WASI `poll`, e.g. a guest sleeping) after `wall_left()`:
+/// `None` then, and the call (its fiber) is dropped. No guest code runs
+/// while it waits, so the epoch callback cannot stop it. A call that
+/// finishes in its first poll — every call that does not block in WASI —
+/// never creates the timer.
+async fn within_wall_clock<R>(
+    call: impl Future<Output = wasmtime::Result<R>>,
+    wall_left: impl FnOnce() -> Duration,
+) -> Option<wasmtime::Result<R>> {
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
+    if let Poll::Ready(result) = first {
+        return Some(result);
+    }
+    tokio::time::timeout(wall_left(), call).await.ok()
 }
 
 /// A guest result that breaks the contract (classified as `Contract`).
@@ -235,9 +286,13 @@ impl Plugin {
     /// # Errors
     /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnConnect)`.
     pub async fn on_connect(&self, conn: &ConnInfo) -> Result<ConnectVerdict, PluginError> {
-        let budget = self.deadline();
-        call_hook!(self, Hook::OnConnect, budget, auth, |g, store| g
-            .call_on_connect(store, conn))
+        call_hook!(
+            self,
+            Hook::OnConnect,
+            |v| v.deadline(),
+            auth,
+            |g, store, _p| g.call_on_connect(store, conn)
+        )
     }
 
     /// `auth-hooks.on-subscribe`: admit a subscription.
@@ -249,9 +304,13 @@ impl Plugin {
         conn: &ConnRef,
         pattern: &str,
     ) -> Result<SubscribeVerdict, PluginError> {
-        let budget = self.deadline();
-        call_hook!(self, Hook::OnSubscribe, budget, auth, |g, store| g
-            .call_on_subscribe(store, conn, pattern))
+        call_hook!(
+            self,
+            Hook::OnSubscribe,
+            |v| v.deadline(),
+            auth,
+            |g, store, _p| g.call_on_subscribe(store, conn, pattern)
+        )
     }
 
     /// `auth-hooks.on-disconnect`: a connection ended.
@@ -259,12 +318,17 @@ impl Plugin {
     /// # Errors
     /// See [`PluginError`] (informational only: nothing to refuse).
     pub async fn on_disconnect(&self, conn: &ConnRef) -> Result<(), PluginError> {
-        let budget = self.deadline();
-        call_hook!(self, Hook::OnDisconnect, budget, auth, |g, store| g
-            .call_on_disconnect(store, conn))
+        call_hook!(
+            self,
+            Hook::OnDisconnect,
+            |v| v.deadline(),
+            auth,
+            |g, store, _p| g.call_on_disconnect(store, conn)
+        )
     }
 
     /// `message-hooks.on-message`: the verdict on one published message.
+    /// See [`Plugin::on_message_ref`] to call it without owned values.
     ///
     /// # Errors
     /// See [`PluginError`]; apply [`Plugin::policy`]`(Hook::OnMessage)`.
@@ -273,37 +337,68 @@ impl Plugin {
         sender: &ConnRef,
         msg: &Message,
     ) -> Result<MessageVerdict, PluginError> {
-        let budget = self.deadline();
-        call_hook!(self, Hook::OnMessage, budget, message, |g, store| g
-            .call_on_message(store, sender, msg))
+        self.on_message_ref(sender.into(), msg.into()).await
+    }
+
+    /// [`Plugin::on_message`] on borrowed views: the message is copied once,
+    /// into the instance's packing buffer (`packed-message` in the WIT).
+    ///
+    /// # Errors
+    /// See [`PluginError`]; [`PluginError::Host`] for a message past 4 GiB
+    /// (no instance touched). Apply [`Plugin::policy`]`(Hook::OnMessage)`.
+    pub async fn on_message_ref(
+        &self,
+        sender: SenderRef<'_>,
+        msg: MessageRef<'_>,
+    ) -> Result<MessageVerdict, PluginError> {
+        if u32::try_from(packed_len(sender, msg)).is_err() {
+            return Err(PluginError::Host {
+                plugin: self.name().to_string(),
+                hook: Hook::OnMessage,
+                reason: "message exceeds 4 GiB".into(),
+            });
+        }
+        call_hook!(
+            self,
+            Hook::OnMessage,
+            |v| v.deadline(),
+            message,
+            |g, store, packed| {
+                pack(packed, sender, msg);
+                g.call_on_message(store, packed)
+            }
+        )
     }
 
     /// `message-hooks.on-batch`: one verdict per message of `batch`, in
     /// order, in one guest call (build the batch with
-    /// [`BatchBuilder`](crate::BatchBuilder)). The CPU budget is
-    /// `deadline_ms` per [`BATCH_MESSAGES_PER_DEADLINE`] messages.
+    /// [`BatchBuilder`](crate::BatchBuilder)). The guest returns only the
+    /// verdicts that are not `pass`; [`BatchVerdicts`] keeps them so, checked
+    /// (indexes in range and ascending). The CPU budget is `deadline_ms` per
+    /// [`BATCH_MESSAGES_PER_DEADLINE`] messages.
     ///
     /// # Errors
     /// See [`PluginError`]; [`PluginError::Contract`] if the guest returns
-    /// the wrong number of verdicts. Apply [`Plugin::policy`]`(Hook::OnBatch)`.
+    /// an index out of range or out of order. Apply
+    /// [`Plugin::policy`]`(Hook::OnBatch)`.
     pub async fn on_batch(
         &self,
         sender: &ConnRef,
         batch: &Batch,
-    ) -> Result<Vec<MessageVerdict>, PluginError> {
-        let n = batch.entries.len();
+    ) -> Result<BatchVerdicts, PluginError> {
+        let n = batch.ends.len() / 3;
         let budgets = (1 + n / BATCH_MESSAGES_PER_DEADLINE).min(1000) as u32;
-        let budget = self.deadline() * budgets;
-        call_hook!(self, Hook::OnBatch, budget, message, |g, store| async {
-            let verdicts = g.call_on_batch(store, sender, batch).await?;
-            if verdicts.len() != n {
-                return Err(wasmtime::Error::new(ContractViolation(format!(
-                    "on-batch returned {} verdicts for {n} messages",
-                    verdicts.len()
-                ))));
+        call_hook!(
+            self,
+            Hook::OnBatch,
+            |v| v.deadline() * budgets,
+            message,
+            |g, store, _p| async {
+                let exceptions = g.call_on_batch(store, sender, batch).await?;
+                BatchVerdicts::new(n, exceptions)
+                    .map_err(|reason| wasmtime::Error::new(ContractViolation(reason)))
             }
-            Ok(verdicts)
-        })
+        )
     }
 
     /// `storage-hooks.on-write`: the verdict on a record about to be
@@ -316,9 +411,13 @@ impl Plugin {
         sender: &ConnRef,
         msg: &Message,
     ) -> Result<WriteVerdict, PluginError> {
-        let budget = self.deadline();
-        call_hook!(self, Hook::OnWrite, budget, storage, |g, store| g
-            .call_on_write(store, sender, msg))
+        call_hook!(
+            self,
+            Hook::OnWrite,
+            |v| v.deadline(),
+            storage,
+            |g, store, _p| g.call_on_write(store, sender, msg)
+        )
     }
 
     /// `timer-hooks.on-timer`: the timer `name` fired. The plugin's timer
@@ -327,9 +426,13 @@ impl Plugin {
     /// # Errors
     /// See [`PluginError`].
     pub async fn on_timer(&self, name: &str) -> Result<(), PluginError> {
-        let budget = self.deadline();
-        call_hook!(self, Hook::OnTimer, budget, timer, |g, store| g
-            .call_on_timer(store, name))
+        call_hook!(
+            self,
+            Hook::OnTimer,
+            |v| v.deadline(),
+            timer,
+            |g, store, _p| g.call_on_timer(store, name)
+        )
     }
 
     /// Hot reload: builds the new version from `config` (same name; path,
@@ -370,10 +473,6 @@ impl Plugin {
         })
     }
 
-    fn deadline(&self) -> Duration {
-        self.inner.current.read().config.limits.deadline()
-    }
-
     /// Steps 1-2 of a call: export check and breaker.
     fn begin(&self, hook: Hook) -> Result<Arc<Version>, PluginError> {
         let version = self.inner.current.read().clone();
@@ -402,7 +501,7 @@ impl Plugin {
         version: &Version,
         hook: Hook,
         started: Option<Instant>,
-        inst: Instance,
+        inst: Box<Instance>,
         result: wasmtime::Result<R>,
     ) -> Result<R, PluginError> {
         let ctx = &self.inner.ctx;
@@ -469,6 +568,13 @@ fn classify(plugin: &str, hook: Hook, inst: &Instance, e: &wasmtime::Error) -> P
             plugin,
             hook,
             budget: state.cpu.budget(),
+        };
+    }
+    if state.cpu.timed_out {
+        return PluginError::Timeout {
+            plugin,
+            hook,
+            timeout: state.cpu.wall(),
         };
     }
     if let Some(c) = e.downcast_ref::<ContractViolation>() {

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use wasmtime::Store;
 use wasmtime::component::{InstancePre, ResourceTable};
 
+use crate::bindings::types::PackedMessage;
 use crate::bindings::{auth_hooks, lifecycle, message_hooks, storage_hooks, timer_hooks};
 use crate::breaker::BreakerCell;
 use crate::caps;
@@ -26,6 +27,7 @@ use crate::config::PluginConfig;
 use crate::error::PluginError;
 use crate::hooks::{Exports, Family};
 use crate::host::{ComponentInfo, HostShared};
+use crate::message::empty_packed;
 use crate::state::{CpuMeter, HostState, MemoryCap, PluginCtx, VersionCtx, on_epoch_deadline};
 
 /// Export indices, resolved once per version for the exported families.
@@ -107,10 +109,14 @@ pub(crate) struct Hooks {
     pub timer: Option<timer_hooks::Guest>,
 }
 
-/// An initialised instance.
+/// An initialised instance. Boxed everywhere (`Instance` is several hundred
+/// bytes of typed export handles): a checkout and checkin then move a
+/// pointer, not the struct.
 pub(crate) struct Instance {
     pub store: Store<HostState>,
     pub hooks: Hooks,
+    /// `on-message`'s argument, repacked for each call in the same buffer.
+    pub packed: PackedMessage,
     calls: u64,
     retire_after: u64,
 }
@@ -123,8 +129,11 @@ pub(crate) struct Version {
     pub info: ComponentInfo,
     pre: InstancePre<HostState>,
     indices: HookIndices,
-    idle: Mutex<Vec<Instance>>,
-    busy: Arc<Semaphore>,
+    // Boxed on purpose: an Instance is large, and checkout/checkin would
+    // otherwise move it in and out of the Vec on every call.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<Instance>>>,
+    busy: Semaphore,
     pub breaker: BreakerCell,
     retired: AtomicBool,
     inflight: AtomicUsize,
@@ -140,7 +149,7 @@ impl Version {
         indices: HookIndices,
     ) -> Self {
         Version {
-            busy: Arc::new(Semaphore::new(config.limits.max_instances)),
+            busy: Semaphore::new(config.limits.max_instances),
             breaker: BreakerCell::new(&config.breaker),
             exports: info.exports,
             ctx,
@@ -155,37 +164,36 @@ impl Version {
         }
     }
 
-    /// Marks a call in flight until the guard drops (also on cancellation).
-    pub(crate) fn enter(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::AcqRel);
-        InflightGuard(self.clone())
+    /// The CPU budget of one hook call.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.config.limits.deadline()
     }
 
-    /// A permit for one concurrent call, waiting at most `timeout`.
-    pub(crate) async fn permit(&self, timeout: Duration) -> Option<OwnedSemaphorePermit> {
-        if let Ok(p) = self.busy.clone().try_acquire_owned() {
+    /// Marks a call in flight until the guard drops (also on cancellation).
+    pub(crate) fn enter(&self) -> InflightGuard<'_> {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        InflightGuard(self)
+    }
+
+    /// A permit for one concurrent call, waiting at most `timeout` (a tokio
+    /// timer only when no permit is free right away).
+    pub(crate) async fn permit(&self, timeout: Duration) -> Option<SemaphorePermit<'_>> {
+        if let Ok(p) = self.busy.try_acquire() {
             return Some(p);
         }
-        match tokio::time::timeout(timeout, self.busy.clone().acquire_owned()).await {
+        match tokio::time::timeout(timeout, self.busy.acquire()).await {
             Ok(Ok(p)) => Some(p),
             _ => None,
         }
     }
 
-    /// An idle instance, or a new one.
-    pub(crate) async fn checkout(
-        &self,
-        shared: &HostShared,
-        plugin: &Arc<PluginCtx>,
-    ) -> Result<Instance, PluginError> {
-        if let Some(i) = self.idle.lock().pop() {
-            return Ok(i);
-        }
-        self.instantiate(shared, plugin).await
+    /// An idle instance, if any (then the caller instantiates one).
+    pub(crate) fn idle_instance(&self) -> Option<Box<Instance>> {
+        self.idle.lock().pop()
     }
 
     /// Returns an instance after a successful call.
-    pub(crate) fn checkin(&self, mut inst: Instance, plugin: &PluginCtx) {
+    pub(crate) fn checkin(&self, mut inst: Box<Instance>, plugin: &PluginCtx) {
         inst.calls += 1;
         if self.retired.load(Ordering::Acquire) {
             return;
@@ -216,11 +224,11 @@ impl Version {
 
     /// Instantiates from the `InstancePre` and runs `init`, under the init
     /// CPU deadline and the memory cap.
-    async fn instantiate(
+    pub(crate) async fn instantiate(
         &self,
         shared: &HostShared,
         plugin: &Arc<PluginCtx>,
-    ) -> Result<Instance, PluginError> {
+    ) -> Result<Box<Instance>, PluginError> {
         let limits = &self.config.limits;
         let state = HostState {
             plugin: plugin.clone(),
@@ -277,12 +285,13 @@ impl Version {
             }
         }
         plugin.telemetry.created.inc();
-        Ok(Instance {
+        Ok(Box::new(Instance {
             store,
             hooks,
+            packed: empty_packed(),
             calls: 0,
             retire_after: self.draw_retire_after(),
-        })
+        }))
     }
 
     fn draw_retire_after(&self) -> u64 {
@@ -295,7 +304,8 @@ impl Version {
 
     /// Stops pooling: idle instances are dropped now, busy ones at checkin.
     pub(crate) fn retire(&self) {
-        self.retired.store(true, Ordering::Release);
+        // SeqCst pairs with `InflightGuard::drop` (see there).
+        self.retired.store(true, Ordering::SeqCst);
         self.idle.lock().clear();
     }
 
@@ -305,11 +315,11 @@ impl Version {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.drained.notified();
-            if self.inflight.load(Ordering::Acquire) == 0 {
+            if self.inflight.load(Ordering::SeqCst) == 0 {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.inflight.load(Ordering::Acquire) == 0;
+                return self.inflight.load(Ordering::SeqCst) == 0;
             }
         }
     }
@@ -321,11 +331,17 @@ impl Version {
 }
 
 /// Decrements the in-flight count of a version when dropped.
-pub(crate) struct InflightGuard(Arc<Version>);
+pub(crate) struct InflightGuard<'a>(&'a Version);
 
-impl Drop for InflightGuard {
+impl Drop for InflightGuard<'_> {
     fn drop(&mut self) {
-        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // Only a retired version is waited on (`wait_drained`), so only the
+        // last call on one wakes the waiter; `Notify` takes a lock. With
+        // SeqCst here and in `retire` / `wait_drained`, either this load
+        // sees `retired` or the waiter's load sees the count at zero.
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.retired.load(Ordering::SeqCst)
+        {
             self.0.drained.notify_waiters();
         }
     }

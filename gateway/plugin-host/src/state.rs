@@ -150,13 +150,23 @@ impl CpuMeter {
     pub fn arm(&mut self, budget: Duration, wall: Duration) -> u64 {
         self.start_tick = self.clock.now();
         self.host = Duration::ZERO;
-        self.budget = budget;
-        self.wall = wall.max(budget);
-        self.budget_ticks = ticks(budget, self.tick);
-        self.wall_ticks = ticks(self.wall, self.tick);
+        let wall = wall.max(budget);
+        // Budgets rarely change between calls; the tick counts need two
+        // 128-bit divisions.
+        if (budget, wall) != (self.budget, self.wall) {
+            self.budget = budget;
+            self.wall = wall;
+            self.budget_ticks = ticks(budget, self.tick);
+            self.wall_ticks = ticks(wall, self.tick);
+        }
         self.exceeded = false;
         self.timed_out = false;
         self.budget_ticks + 1
+    }
+
+    /// The tick of the last `arm`.
+    pub fn armed_at(&self) -> u64 {
+        self.start_tick
     }
 
     pub fn budget(&self) -> Duration {

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use edgesync_plugin_host::{ConnectVerdict, MessageVerdict, Plugin};
+use edgesync_plugin_host::{BatchBuilder, ConnectVerdict, MessageVerdict, Plugin};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
@@ -231,6 +231,30 @@ async fn schema_rejects_with_a_clear_reason() {
         .await
         .expect("call");
     assert_eq!(v, MessageVerdict::Pass);
+
+    // The same rules over a batch: the guest returns only the rejections,
+    // by index; the host spreads them back, passes in between.
+    let ok = json!({"id": "t1", "value": 1}).to_string();
+    let batch = BatchBuilder::from_messages(&[
+        msg("sensors.t1", ok.as_bytes()),
+        msg("sensors.t1", b"[1]"),
+        msg("other", b"anything"),
+        msg("sensors.t1", json!({"id": "t1"}).to_string().as_bytes()),
+        msg("sensors.t1", ok.as_bytes()),
+    ])
+    .expect("batch");
+    let v = p.on_batch(&conn("a"), &batch).await.expect("batch call");
+    assert_eq!(v.exceptions().len(), 2);
+    let v = v.into_vec();
+    assert_eq!(v.len(), 5);
+    assert_eq!(v[0], MessageVerdict::Pass);
+    assert!(matches!(&v[1], MessageVerdict::Reject(r) if r.contains("JSON object")));
+    assert_eq!(v[2], MessageVerdict::Pass);
+    assert_eq!(
+        v[3],
+        MessageVerdict::Reject("schema (sensors.>): field `value` is required".into())
+    );
+    assert_eq!(v[4], MessageVerdict::Pass);
 }
 
 #[tokio::test]

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use edgesync_plugin_host::{
-    BatchBuilder, ConnectVerdict, ErrorKind, Family, Hook, MessageVerdict, PluginError,
-    SubscribeVerdict, WriteVerdict,
+    BatchBuilder, ConnectVerdict, ErrorKind, Family, Header, HeadersRef, Hook, MessageRef,
+    MessageVerdict, PluginError, SenderRef, SubscribeVerdict, WriteVerdict,
 };
 
 #[tokio::test]
@@ -150,6 +150,34 @@ async fn message_hooks_pass_replace_and_batch() {
         .expect("call");
     assert_eq!(v, MessageVerdict::Replace(msg("t.a", b"SHOUT")));
 
+    // Borrowed views in the gateway's header form: headers (empty values,
+    // non-ASCII, repeated names) survive packing, unpacking and the replace.
+    let pairs = [
+        ("h1".to_string(), "v1".to_string()),
+        ("h1".to_string(), String::new()),
+        ("ünï".to_string(), "çødé".to_string()),
+    ];
+    let sender = SenderRef {
+        conn_id: 9,
+        client_id: "c",
+        principal: "",
+    };
+    let view = MessageRef {
+        topic: "t.h",
+        headers: HeadersRef::Pairs(&pairs),
+        payload: b"abc",
+    };
+    let v = upper.on_message_ref(sender, view).await.expect("call");
+    let mut want = msg("t.h", b"ABC");
+    want.headers = pairs
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.clone(),
+            value: value.clone(),
+        })
+        .collect();
+    assert_eq!(v, MessageVerdict::Replace(want));
+
     // on-batch: derived from on-message by the SDK; one verdict each.
     let mut b = BatchBuilder::default();
     for p in [&b"a"[..], b"bb", b""] {
@@ -160,7 +188,7 @@ async fn message_hooks_pass_replace_and_batch() {
         .await
         .expect("batch");
     assert_eq!(
-        verdicts,
+        verdicts.into_vec(),
         vec![
             MessageVerdict::Replace(msg("t.b", b"A")),
             MessageVerdict::Replace(msg("t.b", b"BB")),

@@ -158,6 +158,42 @@ async fn crash_loop_opens_the_breaker_then_recovers() {
     assert_eq!(trap.breaker(), BreakerState::Closed);
 }
 
+/// A guest blocked in a WASI host call (here: sleeping an hour) runs no
+/// guest code, so the epoch callback never fires; the wall-clock timeout
+/// must still stop the call. Time is paused after loading, so the test
+/// needs no real waiting: tokio jumps to the earliest timer, the call's
+/// timeout (100 ms) or the guest's sleep (an hour).
+#[tokio::test]
+async fn a_guest_sleeping_in_a_host_call_is_stopped_at_the_wall_clock_timeout() {
+    let h = host();
+    let mut c = config("sleeper", "infinite-loop");
+    c.limits.deadline_ms = 50;
+    c.limits.timeout_ms = 100;
+    let sleeper = h.load(c).await;
+    tokio::time::pause();
+    let start = tokio::time::Instant::now();
+    let err = sleeper
+        .on_message(&conn("a"), &msg("t.x", b"sleep"))
+        .await
+        .expect_err("must be stopped");
+    assert!(matches!(err, PluginError::Timeout { .. }), "{err:?}");
+    assert!(err.is_guest_fault());
+    assert!(start.elapsed() < Duration::from_secs(3600));
+    assert_eq!(
+        h.metric(
+            "edgesync_plugin_calls_total",
+            &[("plugin", "sleeper"), ("outcome", "timeout")]
+        ),
+        Some(1.0)
+    );
+    // The instance was discarded; the next call gets a fresh one.
+    let v = sleeper
+        .on_message(&conn("a"), &msg("t.x", b"fine"))
+        .await
+        .expect("next call");
+    assert_eq!(v, MessageVerdict::Pass);
+}
+
 #[tokio::test]
 async fn wall_clock_timeout_covers_waiting_for_an_instance() {
     let h = host();

@@ -13,7 +13,7 @@
 //! When kv is unavailable the message passes (rate limiting is not worth
 //! losing messages over) and a warning is logged.
 
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin, kv, log, timers};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef, kv, log, timers};
 use serde::Deserialize;
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -44,7 +44,7 @@ struct RateLimit {
 }
 
 impl RateLimit {
-    fn key(&self, sender: &ConnRef) -> String {
+    fn key(&self, sender: SenderRef<'_>) -> String {
         match self.config.by {
             // Anonymous senders fall back to their client id.
             By::Principal if !sender.principal.is_empty() => format!("p:{}", sender.principal),
@@ -65,7 +65,7 @@ impl Plugin for RateLimit {
         Ok(RateLimit { config })
     }
 
-    fn on_message(&self, sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         let c = &self.config;
         if !c.topics.is_empty()
             && !c

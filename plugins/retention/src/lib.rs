@@ -12,7 +12,7 @@
 //! max_bytes = 104857600
 //! ```
 
-use edgesync_plugin::{ConnRef, MessageRef, Plugin, RetentionHint, WriteChanges, WriteVerdict};
+use edgesync_plugin::{MessageRef, Plugin, RetentionHint, SenderRef, WriteChanges, WriteVerdict};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -57,7 +57,7 @@ impl Plugin for Retention {
         Ok(Retention { config })
     }
 
-    fn on_write(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> WriteVerdict {
+    fn on_write(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> WriteVerdict {
         let topic = msg.topic;
         if self
             .config

@@ -14,7 +14,7 @@
 //! Types: `string`, `number`, `integer`, `boolean`, `object`, `array`,
 //! `null`, `any`. A field may allow several: `"string|null"`.
 
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -150,7 +150,7 @@ impl Plugin for Schema {
         Ok(Schema { rules })
     }
 
-    fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         let Some(rule) = self
             .rules
             .iter()

@@ -14,7 +14,7 @@
 //! non_json = "pass"                   # pass | drop | reject for payloads that are not a JSON object
 //! ```
 
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -110,7 +110,7 @@ impl Transform {
     }
 
     /// Applies every rule; returns whether anything changed.
-    fn apply(&self, obj: &mut Map<String, Value>, sender: &ConnRef) -> bool {
+    fn apply(&self, obj: &mut Map<String, Value>, sender: SenderRef<'_>) -> bool {
         let c = &self.config;
         let mut changed = false;
         for path in &c.redact {
@@ -131,7 +131,7 @@ impl Transform {
             changed = true;
         }
         if let Some(field) = &c.add_principal {
-            put(obj, field, Value::from(sender.principal.clone()));
+            put(obj, field, Value::from(sender.principal));
             changed = true;
         }
         changed
@@ -154,7 +154,7 @@ impl Plugin for Transform {
         Ok(Transform { config, renames })
     }
 
-    fn on_message(&self, sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         if !self.applies(msg.topic) {
             return MessageVerdict::Pass;
         }

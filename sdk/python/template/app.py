@@ -12,17 +12,21 @@ function (snake_case), and one module per imported interface. A WIT
 is the value or `None`; a variant case is a dataclass (`MessageVerdict_Pass()`).
 """
 
+import struct
+
 from componentize_py_types import Err
 from wit_world import exports
 from wit_world.imports import config, kv, log
 from wit_world.imports.types import (
     Batch,
+    BatchVerdict,
     ConnRef,
     Header,
     Message,
     MessageVerdict,
     MessageVerdict_Pass,
     MessageVerdict_Replace,
+    PackedMessage,
 )
 
 # Set by `init`, which the host runs on every fresh instance before any hook.
@@ -40,24 +44,69 @@ class Lifecycle(exports.Lifecycle):
 
 
 class MessageHooks(exports.MessageHooks):
-    def on_message(self, sender: ConnRef, msg: Message) -> MessageVerdict:
+    def on_message(self, packed: PackedMessage) -> MessageVerdict:
+        # The sender and the message arrive in one buffer (the contract's
+        # `packed-message`, one copy into the guest instead of five);
+        # `unpack` below turns it back into the two records.
+        sender, msg = unpack(packed)
         return shout(msg)
 
-    def on_batch(self, sender: ConnRef, batch: Batch) -> list[MessageVerdict]:
-        """The batch fast path: the same verdict as `on_message`, one per
-        entry, in order. `batch.data` holds every topic and payload back to
-        back; each entry says where its topic, payload and headers end."""
+    def on_batch(self, sender: ConnRef, batch: Batch) -> list[BatchVerdict]:
+        """The batch fast path: the same verdicts as `on_message`, but only
+        those that are not pass, each with its message's index, in index
+        order (every message not listed passes). `batch.data` holds every
+        topic and payload back to back; `batch.ends` holds three offsets per
+        message: where its topic, its payload and its headers (in
+        `batch.headers`) end."""
         verdicts = []
         start = header_start = 0
-        for entry in batch.entries:
+        for i in range(len(batch.ends) // 3):
+            topic_end, payload_end, headers_end = batch.ends[3 * i : 3 * i + 3]
             msg = Message(
-                topic=batch.data[start : entry.topic_end].decode(),
-                headers=batch.headers[header_start : entry.headers_end],
-                payload=batch.data[entry.topic_end : entry.payload_end],
+                topic=batch.data[start:topic_end].decode(),
+                headers=batch.headers[header_start:headers_end],
+                payload=batch.data[topic_end:payload_end],
             )
-            verdicts.append(shout(msg))
-            start, header_start = entry.payload_end, entry.headers_end
+            verdict = shout(msg)
+            if not isinstance(verdict, MessageVerdict_Pass):
+                verdicts.append(BatchVerdict(index=i, verdict=verdict))
+            start, header_start = payload_end, headers_end
         return verdicts
+
+
+def unpack(packed: PackedMessage) -> tuple[ConnRef, Message]:
+    """Unpacks `on_message`'s argument (`packed-message` in the contract).
+
+    `packed.data` holds, back to back: the sender's client id, its principal
+    (empty when anonymous), the topic (all UTF-8), the payload, and then the
+    headers, each as a name and a value, each of those preceded by its byte
+    length as a little-endian u32. `client_id_end`, `principal_end`,
+    `topic_end` and `payload_end` say where the first four parts end."""
+    data = packed.data
+    sender = ConnRef(
+        conn_id=packed.conn_id,
+        client_id=data[: packed.client_id_end].decode(),
+        principal=data[packed.client_id_end : packed.principal_end].decode(),
+    )
+    headers = []
+    at = packed.payload_end
+
+    def field() -> str:
+        """One length-prefixed header name or value."""
+        nonlocal at
+        (length,) = struct.unpack_from("<I", data, at)
+        at += 4 + length
+        return data[at - length : at].decode()
+
+    while at < len(data):
+        name = field()
+        headers.append(Header(name=name, value=field()))
+    msg = Message(
+        topic=data[packed.principal_end : packed.topic_end].decode(),
+        headers=headers,
+        payload=data[packed.topic_end : packed.payload_end],
+    )
+    return sender, msg
 
 
 def shout(msg: Message) -> MessageVerdict:

@@ -6,7 +6,7 @@
 //! [`export`]:
 //!
 //! ```no_run
-//! use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+//! use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 //!
 //! /// Rejects messages larger than `max_bytes`, and upper-cases `shout.>` topics.
 //! struct Guard {
@@ -25,7 +25,7 @@
 //!         Ok(Guard { max_bytes })
 //!     }
 //!
-//!     fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+//!     fn on_message(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
 //!         if msg.payload.len() > self.max_bytes {
 //!             return MessageVerdict::Reject(format!("payload over {} bytes", self.max_bytes));
 //!         }
@@ -95,18 +95,21 @@ pub mod types {
     pub use crate::wit::edgesync::plugin::types::*;
 }
 pub use types::{
-    Batch, BatchEntry, ConnInfo, ConnRef, ConnectVerdict, Header, Message, MessageVerdict,
-    Permissions, Principal, RetentionHint, SubscribeVerdict, Transport, WriteChanges, WriteVerdict,
+    Batch, BatchVerdict, ConnInfo, ConnRef, ConnectVerdict, Header, Message, MessageVerdict,
+    PackedMessage, Permissions, Principal, RetentionHint, SubscribeVerdict, Transport,
+    WriteChanges, WriteVerdict,
 };
 
 pub use wit::edgesync::plugin::{config, crypto, kv, metrics, pubsub, timers};
 
 mod batch;
 mod message;
+mod packed;
 mod topic;
 
-pub use batch::BatchItem;
-pub use message::MessageRef;
+pub use batch::{BatchError, BatchItem, BatchVerdicts};
+pub use message::{HeaderIter, HeadersRef, MessageRef, SenderRef};
+pub use packed::PackedError;
 pub use topic::{pattern_is_valid, topic_matches};
 
 /// Logging into the gateway's log, tagged with the plugin name.
@@ -186,14 +189,15 @@ pub trait Plugin: Sized + 'static {
     /// A message was published: `Pass`, `Replace` it, `Drop` it (the
     /// publisher still gets an ack) or `Reject` it with a reason.
     /// Default: pass.
-    fn on_message(&self, sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         let _ = (sender, msg);
         MessageVerdict::Pass
     }
 
-    /// Many messages of one sender: one verdict per message, in order.
+    /// Many messages of one sender: the verdicts on those that do not pass
+    /// ([`BatchVerdicts`]; collect it from one verdict per message).
     /// Default: `on_message` for each; a malformed entry is rejected.
-    fn on_batch(&self, sender: &ConnRef, batch: &Batch) -> Vec<MessageVerdict> {
+    fn on_batch(&self, sender: SenderRef<'_>, batch: &Batch) -> BatchVerdicts {
         batch
             .items()
             .map(|item| match item {
@@ -206,7 +210,7 @@ pub trait Plugin: Sized + 'static {
     /// A record is about to be persisted: `Accept`, `AcceptWith` changes
     /// (payload, headers, retention hint), `Skip` persistence (deliver only)
     /// or `Reject`. Default: accept.
-    fn on_write(&self, sender: &ConnRef, msg: MessageRef<'_>) -> WriteVerdict {
+    fn on_write(&self, sender: SenderRef<'_>, msg: MessageRef<'_>) -> WriteVerdict {
         let _ = (sender, msg);
         WriteVerdict::Accept
     }

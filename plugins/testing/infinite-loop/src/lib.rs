@@ -1,8 +1,10 @@
-//! Test plugin: spins forever on a message whose payload is `loop`,
-//! passes everything else. The host must stop it at the CPU deadline and
+//! Test plugin for hangs: spins forever on a message whose payload is
+//! `loop` (the CPU deadline must stop it), sleeps for an hour in a WASI
+//! host call on `sleep` (no guest code runs, so only the wall-clock timeout
+//! can stop it), and passes everything else. The host must stop both and
 //! keep serving.
 
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 
 struct InfiniteLoop;
 
@@ -12,12 +14,15 @@ impl Plugin for InfiniteLoop {
         Ok(InfiniteLoop)
     }
 
-    fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         if msg.payload == b"loop" {
             let mut x: u64 = 0;
             loop {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
+        }
+        if msg.payload == b"sleep" {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
         }
         MessageVerdict::Pass
     }

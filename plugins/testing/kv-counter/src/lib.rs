@@ -11,7 +11,7 @@
 //! Errors come back as `error: ...`.
 
 use edgesync_plugin::kv::{self, KvError};
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 
 struct KvCounter;
 
@@ -48,7 +48,7 @@ impl Plugin for KvCounter {
         Ok(KvCounter)
     }
 
-    fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         let cmd = msg.payload_str().unwrap_or("");
         let result = run(cmd).unwrap_or_else(|e| format!("error: {e:?}"));
         let mut out = msg.to_message();

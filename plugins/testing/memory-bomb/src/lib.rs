@@ -2,7 +2,7 @@
 //! `bomb` (touching every page), passes everything else. The host must
 //! cap its memory and keep serving.
 
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 
 struct MemoryBomb;
 
@@ -12,7 +12,7 @@ impl Plugin for MemoryBomb {
         Ok(MemoryBomb)
     }
 
-    fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         if msg.payload == b"bomb" {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {

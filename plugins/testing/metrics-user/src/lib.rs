@@ -4,7 +4,7 @@
 use std::cell::Cell;
 
 use edgesync_plugin::metrics;
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 
 struct MetricsUser {
     messages: u32,
@@ -37,7 +37,7 @@ impl Plugin for MetricsUser {
         })
     }
 
-    fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         let class = msg.topic.split('.').next().unwrap_or("none").to_string();
         metrics::add(self.messages, &[class], 1.0);
         metrics::set(self.last_size, &[], msg.payload.len() as f64);

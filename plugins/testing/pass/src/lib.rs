@@ -1,7 +1,7 @@
 //! Test plugin: passes every message (for benches and the hot-path tests).
 //! Exports `message-hooks` only (plus `lifecycle`).
 
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 
 struct Pass;
 
@@ -11,7 +11,7 @@ impl Plugin for Pass {
         Ok(Pass)
     }
 
-    fn on_message(&self, _sender: &ConnRef, _msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, _sender: SenderRef<'_>, _msg: MessageRef<'_>) -> MessageVerdict {
         MessageVerdict::Pass
     }
 }

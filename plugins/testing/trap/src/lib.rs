@@ -1,7 +1,7 @@
 //! Test plugin: panics (traps) on a message whose payload contains
 //! `TRAP`; otherwise upper-cases the payload (so tests can tell it ran).
 
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 
 struct Trap;
 
@@ -11,7 +11,7 @@ impl Plugin for Trap {
         Ok(Trap)
     }
 
-    fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         if msg.payload.windows(4).any(|w| w == b"TRAP") {
             panic!("trap plugin: payload asked for a trap");
         }

@@ -143,16 +143,22 @@ fn family_glue(family: &str) -> proc_macro2::TokenStream {
             }
         },
         "message-hooks" => quote! {
-            fn on_message(sender: t::ConnRef, msg: t::Message) -> t::MessageVerdict {
-                ::edgesync_plugin::__rt::with::<P, _>(|p| p.on_message(&sender, msg.as_ref()))
+            fn on_message(msg: t::PackedMessage) -> t::MessageVerdict {
+                match msg.unpack() {
+                    ::std::result::Result::Ok((sender, m)) => {
+                        ::edgesync_plugin::__rt::with::<P, _>(|p| p.on_message(sender, m))
+                    }
+                    ::std::result::Result::Err(e) => t::MessageVerdict::Reject(e.to_string()),
+                }
             }
-            fn on_batch(sender: t::ConnRef, batch: t::Batch) -> ::std::vec::Vec<t::MessageVerdict> {
-                ::edgesync_plugin::__rt::with::<P, _>(|p| p.on_batch(&sender, &batch))
+            fn on_batch(sender: t::ConnRef, batch: t::Batch) -> ::std::vec::Vec<t::BatchVerdict> {
+                ::edgesync_plugin::__rt::with::<P, _>(|p| p.on_batch(sender.as_sender(), &batch))
+                    .into_inner()
             }
         },
         "storage-hooks" => quote! {
             fn on_write(sender: t::ConnRef, msg: t::Message) -> t::WriteVerdict {
-                ::edgesync_plugin::__rt::with::<P, _>(|p| p.on_write(&sender, msg.as_ref()))
+                ::edgesync_plugin::__rt::with::<P, _>(|p| p.on_write(sender.as_sender(), msg.as_ref()))
             }
         },
         _ => quote! {

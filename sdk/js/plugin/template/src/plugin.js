@@ -29,25 +29,35 @@ export const lifecycle = {
 };
 
 export const messageHooks = {
-  onMessage(_sender, msg) {
+  // `packed` holds the sender and the message in one buffer (the contract's
+  // `packed-message`, one copy into the guest instead of five); `unpack`
+  // below turns it back into fields.
+  onMessage(packed) {
+    const msg = unpack(packed);
     return shout(msg);
   },
 
-  // The batch fast path: the same verdict as `onMessage`, one per entry,
-  // in order. `batch.data` holds every topic and payload back to back;
-  // each entry says where its topic, payload and headers end.
+  // The batch fast path: the same verdicts as `onMessage`, but only those
+  // that are not `pass`, each with its message's index, in index order
+  // (every message not listed passes). `batch.data` holds every topic and
+  // payload back to back; `batch.ends` holds three offsets per message:
+  // where its topic, its payload and its headers (in `batch.headers`) end.
   onBatch(_sender, batch) {
     const verdicts = [];
     let start = 0;
     let headerStart = 0;
-    for (const entry of batch.entries) {
-      verdicts.push(shout({
-        topic: decoder.decode(batch.data.subarray(start, entry.topicEnd)),
-        headers: batch.headers.slice(headerStart, entry.headersEnd),
-        payload: batch.data.subarray(entry.topicEnd, entry.payloadEnd),
-      }));
-      start = entry.payloadEnd;
-      headerStart = entry.headersEnd;
+    for (let i = 0; 3 * i < batch.ends.length; i++) {
+      const [topicEnd, payloadEnd, headersEnd] = batch.ends.slice(3 * i, 3 * i + 3);
+      const verdict = shout({
+        topic: decoder.decode(batch.data.subarray(start, topicEnd)),
+        headers: batch.headers.slice(headerStart, headersEnd),
+        payload: batch.data.subarray(topicEnd, payloadEnd),
+      });
+      if (verdict.tag !== 'pass') {
+        verdicts.push({ index: i, verdict });
+      }
+      start = payloadEnd;
+      headerStart = headersEnd;
     }
     return verdicts;
   },
@@ -55,6 +65,39 @@ export const messageHooks = {
 
 const decoder = new TextDecoder();
 
+// Unpacks `on-message`'s argument (`packed-message` in the contract).
+// `packed.data` holds, back to back: the sender's client id, its principal
+// (empty when anonymous), the topic (all UTF-8), the payload, and then the
+// headers, each as a name and a value, each of those preceded by its byte
+// length as a little-endian u32. `clientIdEnd`, `principalEnd`, `topicEnd`
+// and `payloadEnd` say where the first four parts end.
+function unpack(packed) {
+  const { data } = packed;
+  const text = (start, end) => decoder.decode(data.subarray(start, end));
+  const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  let at = packed.payloadEnd;
+  // One length-prefixed header name or value.
+  const field = () => {
+    const len = view.getUint32(at, true);
+    at += 4 + len;
+    return text(at - len, at);
+  };
+  const headers = [];
+  while (at < data.length) {
+    const name = field();
+    headers.push({ name, value: field() });
+  }
+  return {
+    connId: packed.connId,
+    clientId: text(0, packed.clientIdEnd),
+    principal: text(packed.clientIdEnd, packed.principalEnd),
+    topic: text(packed.principalEnd, packed.topicEnd),
+    payload: data.subarray(packed.topicEnd, packed.payloadEnd),
+    headers,
+  };
+}
+
+// The verdict on one message (`topic`, `headers`, `payload`).
 function shout(msg) {
   if (!msg.topic.startsWith(prefix)) {
     return { tag: 'pass' };
