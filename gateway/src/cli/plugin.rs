@@ -90,7 +90,7 @@ fn new(name: &str, dir: Option<PathBuf>, sdk: &Path) -> Result<(), String> {
 //! plugins = ["NAME"]
 //! ```
 
-use edgesync_plugin::{ConnRef, MessageRef, MessageVerdict, Plugin};
+use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 
 struct MyPlugin;
 
@@ -101,7 +101,7 @@ impl Plugin for MyPlugin {
     }
 
     /// Runs for every message on a routed topic before it is stored.
-    fn on_message(&self, _sender: &ConnRef, msg: MessageRef<'_>) -> MessageVerdict {
+    fn on_message(&self, _sender: SenderRef<'_>, msg: MessageRef<'_>) -> MessageVerdict {
         if msg.payload.is_empty() {
             return MessageVerdict::Reject("empty payloads are not allowed".into());
         }

@@ -71,6 +71,15 @@ impl Sender {
             principal: self.principal.clone().unwrap_or_default(),
         }
     }
+
+    /// The same, borrowed (no copies on the per-publish path).
+    pub(crate) fn sender_ref(&self) -> ph::SenderRef<'_> {
+        ph::SenderRef {
+            conn_id: self.conn_id,
+            client_id: &self.client_id,
+            principal: self.principal.as_deref().unwrap_or_default(),
+        }
+    }
 }
 
 /// What the hooks decided about a message.
@@ -104,7 +113,9 @@ pub struct Plugins {
     /// Name → plugin, plus config order.
     loaded: BTreeMap<String, ph::Plugin>,
     order: Vec<String>,
-    routes: Vec<RouteConfig>,
+    /// Each route with its plugins resolved at load, so a publish finds its
+    /// chain without a lookup or an allocation.
+    routes: Vec<(RouteConfig, Vec<ph::Plugin>)>,
 }
 
 impl std::fmt::Debug for Plugins {
@@ -146,19 +157,28 @@ impl Plugins {
             order.push(c.name.clone());
             loaded.insert(c.name.clone(), p);
         }
+        let mut resolved = Vec::with_capacity(routes.len());
         for (index, r) in routes.iter().enumerate() {
-            if let Some(name) = r.plugins.iter().find(|n| !loaded.contains_key(*n)) {
-                return Err(PluginSetupError::UnknownPlugin {
-                    index,
-                    name: name.clone(),
-                });
-            }
+            let chain = r
+                .plugins
+                .iter()
+                .map(|n| {
+                    loaded
+                        .get(n)
+                        .cloned()
+                        .ok_or_else(|| PluginSetupError::UnknownPlugin {
+                            index,
+                            name: n.clone(),
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            resolved.push((r.clone(), chain));
         }
         Ok(Plugins {
             host,
             loaded,
             order,
-            routes: routes.to_vec(),
+            routes: resolved,
         })
     }
 
@@ -175,17 +195,11 @@ impl Plugins {
     }
 
     /// The plugin chain of the first route matching `topic`.
-    fn chain(&self, topic: &str) -> Vec<&ph::Plugin> {
+    fn chain(&self, topic: &str) -> &[ph::Plugin] {
         self.routes
             .iter()
-            .find(|r| matches(&r.topics, topic))
-            .map(|r| {
-                r.plugins
-                    .iter()
-                    .filter_map(|n| self.loaded.get(n))
-                    .collect()
-            })
-            .unwrap_or_default()
+            .find(|(r, _)| matches(&r.topics, topic))
+            .map_or(&[], |(_, chain)| chain.as_slice())
     }
 
     /// `on-connect` on every auth plugin. No auth plugin: everyone may do anything.
@@ -278,16 +292,21 @@ impl Plugins {
         if chain.is_empty() {
             return Ok(Outcome::Store);
         }
-        let conn = sender.conn_ref();
         for p in chain
             .iter()
             .filter(|p| Some(p.name()) != sender.plugin.as_deref())
         {
-            if !p.exports().contains(Family::Message) {
+            if !p.has(Hook::OnMessage) {
                 continue;
             }
-            let msg = to_message(req);
-            match p.on_message(&conn, &msg).await {
+            // Borrowed views: the host copies the message once, into the
+            // guest, instead of the gateway building an owned copy first.
+            let msg = ph::MessageRef {
+                topic: &req.topic,
+                headers: ph::HeadersRef::Pairs(&req.headers.0),
+                payload: &req.payload,
+            };
+            match p.on_message_ref(sender.sender_ref(), msg).await {
                 Ok(MessageVerdict::Pass) => {}
                 Ok(MessageVerdict::Replace(m)) => from_message(req, m),
                 Ok(MessageVerdict::Drop) => return Ok(Outcome::Dropped),
@@ -310,11 +329,11 @@ impl Plugins {
             .iter()
             .filter(|p| Some(p.name()) != sender.plugin.as_deref())
         {
-            if !p.exports().contains(Family::Storage) {
+            if !p.has(Hook::OnWrite) {
                 continue;
             }
             let msg = to_message(req);
-            match p.on_write(&conn, &msg).await {
+            match p.on_write(&sender.conn_ref(), &msg).await {
                 Ok(WriteVerdict::Accept) => {}
                 Ok(WriteVerdict::AcceptWith(changes)) => {
                     if let Some(h) = changes.headers {
