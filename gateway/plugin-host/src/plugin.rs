@@ -258,6 +258,14 @@ impl Plugin {
         self.inner.current.read().idle_len()
     }
 
+    /// Drops idle warm instances beyond `keep` (they are re-created on
+    /// demand, each running `init`): returns their memory, e.g. after a
+    /// burst, and lets benches separate instantiation from teardown.
+    pub fn trim_idle(&self, keep: usize) {
+        let version = self.inner.current.read().clone();
+        version.trim_idle(keep);
+    }
+
     /// Instantiates a fresh instance (running the guest's `init` with the
     /// current config) and adds it to the warm pool. Load already does this
     /// `limits.pool_size` times; call it to check `init` or top up the pool.

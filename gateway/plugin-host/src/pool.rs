@@ -233,7 +233,7 @@ impl Version {
         let state = HostState {
             plugin: plugin.clone(),
             version: self.ctx.clone(),
-            wasi: caps::wasi::ctx(&self.ctx.grants),
+            wasi: None,
             table: ResourceTable::new(),
             memory: MemoryCap {
                 max_bytes: limits.memory_bytes(),
@@ -322,6 +322,17 @@ impl Version {
                 return self.inflight.load(Ordering::SeqCst) == 0;
             }
         }
+    }
+
+    /// Drops idle instances beyond `keep`.
+    pub(crate) fn trim_idle(&self, keep: usize) {
+        let trimmed: Vec<Box<Instance>> = {
+            let mut idle = self.idle.lock();
+            let keep = keep.min(idle.len());
+            idle.drain(keep..).collect()
+        };
+        // Dropped outside the lock: resetting a slot is a syscall.
+        drop(trimmed);
     }
 
     /// Idle instances right now (for tests and introspection).

@@ -45,7 +45,10 @@ pub(crate) struct VersionCtx {
 pub(crate) struct HostState {
     pub plugin: Arc<PluginCtx>,
     pub version: Arc<VersionCtx>,
-    pub wasi: WasiCtx,
+    /// Built on the guest's first WASI call: most plugins make none, and
+    /// building a context (seeding two RNGs, boxing clocks and streams)
+    /// was a measurable part of instantiation.
+    pub wasi: Option<WasiCtx>,
     pub table: ResourceTable,
     pub memory: MemoryCap,
     pub cpu: CpuMeter,
@@ -53,8 +56,9 @@ pub(crate) struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let grants = &self.version.grants;
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| caps::wasi::ctx(grants)),
             table: &mut self.table,
         }
     }

@@ -200,6 +200,17 @@ async fn message_hooks_pass_replace_and_batch() {
         .await
         .expect("empty");
     assert!(verdicts.is_empty());
+
+    // Trimmed idle instances are re-created on demand.
+    pass.trim_idle(0);
+    assert_eq!(pass.idle_instances(), 0);
+    assert_eq!(
+        pass.on_message(&conn("a"), &msg("t.a", b"x"))
+            .await
+            .expect("call"),
+        MessageVerdict::Pass
+    );
+    assert_eq!(pass.idle_instances(), 1);
 }
 
 #[tokio::test]
