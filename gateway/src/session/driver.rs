@@ -397,6 +397,16 @@ async fn flush<C: Conn>(conn: &mut C, out: &ConnOut, gw: &Gateway) -> Result<(),
     }
 }
 
+/// Count a refused command and answer it with its error.
+fn refuse(gw: &Gateway, out: &ConnOut, kind: &str, id: u64, code: ErrorCode, msg: String) {
+    gw.metrics
+        .commands
+        .with_label_values(&[kind, code.as_str()])
+        .inc();
+    out.outbox
+        .push_reply(&ServerFrame::error(Some(id), code, msg));
+}
+
 async fn execute(
     cmd: Command,
     gw: &Arc<Gateway>,
@@ -420,12 +430,7 @@ async fn execute(
                 Ok(auth) => session.set_auth(auth),
                 Err((code, msg)) => {
                     session.reset_connect();
-                    gw.metrics
-                        .commands
-                        .with_label_values(&[kind, code.as_str()])
-                        .inc();
-                    out.outbox
-                        .push_reply(&ServerFrame::error(Some(id), code, msg.clone()));
+                    refuse(gw, out, kind, id, code, msg.clone());
                     out.outbox.close(code, &msg);
                     return;
                 }
@@ -454,12 +459,7 @@ async fn execute(
                 .authorize_subscribe(&sender(out, session), &pattern)
                 .await
             {
-                gw.metrics
-                    .commands
-                    .with_label_values(&[kind, code.as_str()])
-                    .inc();
-                out.outbox
-                    .push_reply(&ServerFrame::error(Some(id), code, msg));
+                refuse(gw, out, kind, id, code, msg);
                 return;
             }
             let live = start == StartAt::Latest;
@@ -526,12 +526,7 @@ async fn execute(
                     return;
                 }
                 Err((code, msg)) => {
-                    gw.metrics
-                        .commands
-                        .with_label_values(&[kind, code.as_str()])
-                        .inc();
-                    out.outbox
-                        .push_reply(&ServerFrame::error(Some(id), code, msg));
+                    refuse(gw, out, kind, id, code, msg);
                     return;
                 }
             }

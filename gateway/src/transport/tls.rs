@@ -124,7 +124,7 @@ pub fn generate_leaf(
     dir: &Path,
     base: &str,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
     let issuer = load_issuer(ca_cert, ca_key)?;
     let mut params = CertificateParams::new(names.to_vec())?;
     params.distinguished_name.push(
@@ -139,15 +139,7 @@ pub fn generate_leaf(
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    let (cp, kp) = (
-        dir.join(format!("{base}.pem")),
-        dir.join(format!("{base}.key")),
-    );
-    write(dir, &cp, cert.pem().as_bytes())?;
-    write_private(dir, &kp, key.serialize_pem().as_bytes())?;
-    Ok((cp, kp))
+    sign_and_write(&params, &issuer, dir, base)
 }
 
 /// Create a client certificate `<base>.pem` / `<base>.key` in `dir`, signed by the CA, with
@@ -164,14 +156,25 @@ pub fn generate_client(
     dir: &Path,
     base: &str,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
-    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
     let issuer = load_issuer(ca_cert, ca_key)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
+    sign_and_write(&params, &issuer, dir, base)
+}
+
+/// A fresh key pair, `params` signed by `issuer`, written as `<base>.pem` / `<base>.key`
+/// (the key private to its owner) in `dir`.
+fn sign_and_write(
+    params: &rcgen::CertificateParams,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+    dir: &Path,
+    base: &str,
+) -> Result<(PathBuf, PathBuf), TlsError> {
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, issuer)?;
     let (cp, kp) = (
         dir.join(format!("{base}.pem")),
         dir.join(format!("{base}.key")),
