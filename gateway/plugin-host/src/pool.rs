@@ -129,6 +129,10 @@ pub(crate) struct Version {
     pub info: ComponentInfo,
     pre: InstancePre<HostState>,
     indices: HookIndices,
+    #[allow(
+        clippy::vec_box,
+        reason = "checkout/checkin move the pointer, not the instance (see `Instance`)"
+    )]
     idle: Mutex<Vec<Box<Instance>>>,
     busy: Semaphore,
     pub breaker: BreakerCell,
