@@ -129,9 +129,10 @@ pub(crate) struct Version {
     pub info: ComponentInfo,
     pre: InstancePre<HostState>,
     indices: HookIndices,
-    // Boxed on purpose: an Instance is large, and checkout/checkin would
-    // otherwise move it in and out of the Vec on every call.
-    #[allow(clippy::vec_box)]
+    #[allow(
+        clippy::vec_box,
+        reason = "checkout/checkin move the pointer, not the instance (see `Instance`)"
+    )]
     idle: Mutex<Vec<Box<Instance>>>,
     busy: Semaphore,
     pub breaker: BreakerCell,
