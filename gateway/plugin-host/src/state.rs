@@ -168,11 +168,6 @@ impl CpuMeter {
         self.budget_ticks + 1
     }
 
-    /// The tick of the last `arm`.
-    pub fn armed_at(&self) -> u64 {
-        self.start_tick
-    }
-
     pub fn budget(&self) -> Duration {
         self.budget
     }
