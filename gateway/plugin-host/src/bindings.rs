@@ -19,7 +19,9 @@ mod generated {
     });
 }
 
-pub(crate) use generated::edgesync::plugin::{config, crypto, kv, log, metrics, pubsub, timers};
+pub(crate) use generated::edgesync::plugin::{
+    config, crypto, kv, log, metrics, pubsub, timers, verdict,
+};
 pub(crate) use generated::exports::edgesync::plugin::{
     auth_hooks, lifecycle, message_hooks, storage_hooks, timer_hooks,
 };

@@ -319,7 +319,14 @@ impl Plugin {
             message,
             |g, store, packed| {
                 pack(packed, sender, msg);
-                g.call_on_message(store, packed)
+                store.data_mut().verdict.clear();
+                g.call_on_message(&mut *store, packed).and_then(|action| {
+                    store
+                        .data_mut()
+                        .verdict
+                        .verdict(action)
+                        .map_err(|reason| wasmtime::Error::new(ContractViolation(reason)))
+                })
             }
         )
     }

@@ -339,6 +339,7 @@ impl Version {
                 hit: false,
             },
             cpu: CpuMeter::new(shared.clock.clone(), shared.tick),
+            verdict: Default::default(),
         };
         let mut store = Store::new(&shared.engine, state);
         store.limiter(|s| &mut s.memory);

@@ -52,6 +52,8 @@ pub(crate) struct HostState {
     pub table: ResourceTable,
     pub memory: MemoryCap,
     pub cpu: CpuMeter,
+    /// The data of the current `on-message` verdict.
+    pub verdict: caps::verdict::VerdictData,
 }
 
 impl WasiView for HostState {
