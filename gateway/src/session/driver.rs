@@ -210,10 +210,7 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
                 if frame.is_empty() {
                     continue; // keepalive (a pong, or an empty frame from the client)
                 }
-                gw.metrics
-                    .bytes
-                    .with_label_values(&["in"])
-                    .inc_by(frame.len() as u64);
+                gw.metrics.bytes_in.inc_by(frame.len() as u64);
                 let frames: Vec<ClientFrame> = match info.encoding.decode_all(&frame) {
                     Ok(f) => f,
                     Err(e) => {
@@ -338,10 +335,7 @@ async fn ephemeral(gw: &Gateway, session: &mut Session, datagram: &[u8], info: &
             .with_label_values(&["datagram", result])
             .inc()
     };
-    gw.metrics
-        .bytes
-        .with_label_values(&["in"])
-        .inc_by(datagram.len() as u64);
+    gw.metrics.bytes_in.inc_by(datagram.len() as u64);
     let mut frames: Vec<super::EphemeralPub> = match info.encoding.decode_all(datagram) {
         Ok(f) => f,
         Err(e) => return count(e.code().as_str()),
@@ -385,14 +379,12 @@ async fn ephemeral(gw: &Gateway, session: &mut Session, datagram: &[u8], info: &
 /// Write everything queued, in frames of at most [`MAX_BATCH_FRAME`] bytes.
 async fn flush<C: Conn>(conn: &mut C, out: &ConnOut, gw: &Gateway) -> Result<(), ConnError> {
     loop {
-        let mut buf = Vec::with_capacity(4096);
+        // `drain_into` sizes it.
+        let mut buf = Vec::new();
         if out.outbox.drain_into(&mut buf, MAX_BATCH_FRAME) == 0 {
             return Ok(());
         }
-        gw.metrics
-            .bytes
-            .with_label_values(&["out"])
-            .inc_by(buf.len() as u64);
+        gw.metrics.bytes_out.inc_by(buf.len() as u64);
         conn.send(buf).await?;
     }
 }
