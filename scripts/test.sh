@@ -28,4 +28,7 @@ fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
+# The guest SDK is its own workspace (it targets wasm32-wasip2); its unit
+# tests (unpacking, topic matching, batch verdicts) run on the host.
+cargo test --manifest-path sdk/rust/Cargo.toml --locked
 exec cargo test --workspace --locked "$@"

@@ -85,6 +85,10 @@ pub struct Metrics {
     pub messages_out: IntCounter,
     /// Frame bytes received / sent, by direction.
     pub bytes: IntCounterVec,
+    /// `bytes{direction="in"}`, resolved once (per-frame hot path).
+    pub bytes_in: IntCounter,
+    /// `bytes{direction="out"}`, resolved once (per-flush hot path).
+    pub bytes_out: IntCounter,
     /// Deliveries dropped, by reason. Bounded reasons: `outbox_full`.
     pub deliveries_dropped: IntCounterVec,
     /// `deliveries_dropped{reason="outbox_full"}`: dropped by a full outbox and announced with a gap notice.
@@ -117,6 +121,11 @@ impl Metrics {
             "edgesync_deliveries_dropped_total",
             "Deliveries dropped, by reason (outbox_full: announced to the subscriber with a gap notice).",
             &["reason"],
+        );
+        let bytes = counter_vec(
+            "edgesync_frame_bytes_total",
+            "Client frame bytes by direction.",
+            &["direction"],
         );
         let m = Metrics {
             connections_open: gauge_vec(
@@ -156,11 +165,9 @@ impl Metrics {
                 "edgesync_messages_out_total",
                 "Message deliveries queued to subscribers.",
             ),
-            bytes: counter_vec(
-                "edgesync_frame_bytes_total",
-                "Client frame bytes by direction.",
-                &["direction"],
-            ),
+            bytes_in: bytes.with_label_values(&["in"]),
+            bytes_out: bytes.with_label_values(&["out"]),
+            bytes,
             gap_drops: deliveries_dropped.with_label_values(&["outbox_full"]),
             deliveries_dropped,
             ephemeral_deliveries: counter_vec(

@@ -269,6 +269,13 @@ impl Outbox {
     pub fn drain_into(&self, out: &mut Vec<u8>, max_bytes: usize) -> usize {
         let mut g = self.inner.lock();
         let sep = self.encoding.separator();
+        // One allocation of the frame's final size instead of doubling up
+        // to `max_bytes` (each step a copy of everything so far): what is
+        // queued, separators included, capped at the batch limit plus the
+        // one frame that may exceed it.
+        let front = g.queue.front().map_or(0, Bytes::len);
+        let want = (g.bytes + g.queue.len() * sep.len()).min(max_bytes.max(front));
+        out.reserve(want);
         let mut n = 0;
         loop {
             while let Some(front) = g.queue.front() {

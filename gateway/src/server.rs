@@ -319,6 +319,34 @@ impl Gateway {
         self.hooks(&sender, req).await
     }
 
+    /// [`Gateway::ingest_from`] for the publishes of one client frame, in order: the
+    /// route's message plugins see them in one `on-batch` call each when they share a
+    /// chain (see [`crate::plugin::Plugins::ingest_batch`]).
+    pub async fn ingest_batch_from(
+        &self,
+        sender: &Sender,
+        reqs: &mut [AppendRequest],
+    ) -> Vec<Result<Ingest, (ErrorCode, String)>> {
+        self.metrics.messages_in.inc_by(reqs.len() as u64);
+        let Some(p) = &self.plugins else {
+            return reqs.iter().map(|_| Ok(Ingest::Store)).collect();
+        };
+        let originals: Vec<_> = reqs
+            .iter()
+            .map(|r| (r.headers.clone(), r.payload.clone()))
+            .collect();
+        let done = p.ingest_batch(sender, reqs).await;
+        let mut out = Vec::with_capacity(done.len());
+        for ((d, req), original) in done.into_iter().zip(reqs.iter()).zip(originals) {
+            let outcome = d.result.unwrap_or(Ok(crate::plugin::Outcome::Store));
+            out.push(
+                self.settle(sender, req, original, outcome, d.dead, d.hint)
+                    .await,
+            );
+        }
+        out
+    }
+
     /// Message then storage hooks of the topic's route, with dead-lettering.
     async fn hooks(
         &self,
@@ -332,6 +360,21 @@ impl Gateway {
         let mut dead = Vec::new();
         let mut hint = None;
         let outcome = p.ingest(sender, req, &mut dead, &mut hint).await;
+        self.settle(sender, req, original, outcome, dead, hint)
+            .await
+    }
+
+    /// After the hooks: dead letters, the retention hint of a stored record, the
+    /// live-only delivery of a skipped one.
+    async fn settle(
+        &self,
+        sender: &Sender,
+        req: &AppendRequest,
+        original: (edgesync_protocol::Headers, bytes::Bytes),
+        outcome: Result<crate::plugin::Outcome, (ErrorCode, String)>,
+        dead: Vec<(String, String)>,
+        hint: Option<crate::store::Retention>,
+    ) -> Result<Ingest, (ErrorCode, String)> {
         for (plugin, error) in dead {
             self.dead_letter(
                 &plugin,

@@ -214,3 +214,185 @@ async fn auth_transform_schema_and_dead_letters_through_a_real_gateway() {
         "plugin metrics registered"
     );
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw JSON WebSocket session, connected with `token`: frames are built by hand so
+/// one frame can carry several publishes.
+async fn raw_session(gw: &TestGateway, token: &str) -> (Ws, Vec<serde_json::Value>) {
+    use futures_util::SinkExt as _;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+    let mut req = gw.ws_url().into_client_request().expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "edgesync.json.v1".parse().expect("header"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    let hello =
+        serde_json::json!({"t": "connect", "id": 1, "client_id": "batcher", "token": token});
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        hello.to_string(),
+    ))
+    .await
+    .expect("send");
+    let mut pending = Vec::new();
+    let first = recv(&mut ws, &mut pending).await;
+    assert_eq!(first["t"], "connected", "{first}");
+    (ws, pending)
+}
+
+/// Next JSON message (frames carry one per line).
+async fn recv(ws: &mut Ws, pending: &mut Vec<serde_json::Value>) -> serde_json::Value {
+    use futures_util::StreamExt as _;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        if !pending.is_empty() {
+            return pending.remove(0);
+        }
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("timely")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = msg {
+            for line in t.lines().filter(|l| !l.trim().is_empty()) {
+                pending.push(serde_json::from_str(line).expect("json"));
+            }
+        }
+    }
+}
+
+/// Sends `pubs` (id, topic, data) as one frame; returns each id's reply (`puback`
+/// or `error`) once all have arrived.
+async fn publish_frame(
+    ws: &mut Ws,
+    pending: &mut Vec<serde_json::Value>,
+    pubs: &[(u64, &str, &str)],
+) -> std::collections::BTreeMap<u64, serde_json::Value> {
+    use futures_util::SinkExt as _;
+    let frame: Vec<String> = pubs
+        .iter()
+        .map(|(id, topic, data)| {
+            serde_json::json!({"t": "pub", "id": id, "topic": topic, "data": data}).to_string()
+        })
+        .collect();
+    ws.send(tokio_tungstenite::tungstenite::Message::text(
+        frame.join("\n"),
+    ))
+    .await
+    .expect("send");
+    let mut replies = std::collections::BTreeMap::new();
+    let mut acked = Vec::new();
+    while replies.len() < pubs.len() {
+        let v = recv(ws, pending).await;
+        if let Some(id) = v["id"].as_u64() {
+            if v["t"] == "puback" {
+                acked.push(id);
+            }
+            replies.insert(id, v);
+        }
+    }
+    let mut in_order = acked.clone();
+    in_order.sort_unstable();
+    assert_eq!(acked, in_order, "acks arrive in publish order");
+    replies
+}
+
+/// The value of `edgesync_plugin_calls_total` for (plugin, hook, outcome).
+fn calls(gw: &TestGateway, plugin: &str, hook: &str, outcome: &str) -> f64 {
+    let text = gw.gateway().metrics.render();
+    text.lines()
+        .filter(|l| l.starts_with("edgesync_plugin_calls_total{"))
+        .filter(|l| {
+            l.contains(&format!("plugin=\"{plugin}\""))
+                && l.contains(&format!("hook=\"{hook}\""))
+                && l.contains(&format!("outcome=\"{outcome}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The publishes of one client frame reach each plugin in one `on-batch` call, and
+/// still get one verdict each: a schema rejection refuses only its message, and a
+/// trap in the batch call falls back to `on-message` per message, so only the poison
+/// message is dead-lettered while its neighbours are transformed and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_of_one_frame_go_through_plugins_as_one_batch_with_verdicts_each() {
+    let gw = start().await;
+    let token = jwt(serde_json::json!({
+        "sub": "u1",
+        "exp": exp(),
+        "publish": ["sensors.>", "fragile.>"],
+        "subscribe": ["sensors.>", "fragile.>", "$dlq.>"],
+    }));
+    let (mut ws, mut pending) = raw_session(&gw, &token).await;
+
+    // Schema: the middle message lacks `id`.
+    let replies = publish_frame(
+        &mut ws,
+        &mut pending,
+        &[
+            (11, "sensors.a", r#"{"id":1}"#),
+            (12, "sensors.a", r#"{"x":1}"#),
+            (13, "sensors.a", r#"{"id":2}"#),
+        ],
+    )
+    .await;
+    assert_eq!(replies[&11]["t"], "puback", "{}", replies[&11]);
+    assert_eq!(replies[&12]["t"], "error", "{}", replies[&12]);
+    assert_eq!(replies[&12]["code"], "rejected", "{}", replies[&12]);
+    assert_eq!(replies[&13]["t"], "puback", "{}", replies[&13]);
+    assert!(
+        calls(&gw, "schema", "on-batch", "ok") >= 1.0,
+        "the schema plugin saw the frame as one batch"
+    );
+    assert_eq!(calls(&gw, "schema", "on-message", "ok"), 0.0);
+
+    // Trap: the batch call fails; per-message fallback isolates the poison message.
+    let replies = publish_frame(
+        &mut ws,
+        &mut pending,
+        &[
+            (21, "fragile.b", "one"),
+            (22, "fragile.b", "please TRAP"),
+            (23, "fragile.b", "three"),
+        ],
+    )
+    .await;
+    for id in [21, 22, 23] {
+        assert_eq!(replies[&id]["t"], "puback", "fail-open: {}", replies[&id]);
+    }
+    assert_eq!(calls(&gw, "trap", "on-batch", "trap"), 1.0);
+    assert_eq!(calls(&gw, "trap", "on-message", "trap"), 1.0);
+    assert_eq!(calls(&gw, "trap", "on-message", "ok"), 2.0);
+
+    let c = connect(&gw, Some(token)).await.expect("connects");
+    let stored = |h: edgesync_client::History| -> Vec<String> {
+        h.msgs
+            .iter()
+            .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
+            .collect()
+    };
+    let h = c
+        .history("fragile.b", Start::Earliest, None)
+        .await
+        .expect("history");
+    assert_eq!(stored(h), ["ONE", "please TRAP", "THREE"]);
+    let h = c
+        .history("sensors.a", Start::Earliest, None)
+        .await
+        .expect("history");
+    assert_eq!(stored(h), [r#"{"id":1}"#, r#"{"id":2}"#]);
+    let h = c
+        .history("$dlq.trap", Start::Earliest, None)
+        .await
+        .expect("history");
+    assert_eq!(
+        stored(h),
+        ["please TRAP"],
+        "only the poison message is dead-lettered"
+    );
+}

@@ -147,6 +147,12 @@ impl BatchVerdicts {
         &self.exceptions
     }
 
+    /// The verdicts that are not (necessarily) `pass`, owned, by message
+    /// index, ascending.
+    pub fn into_exceptions(self) -> Vec<BatchVerdict> {
+        self.exceptions
+    }
+
     /// One verdict per message, in order.
     pub fn iter(&self) -> impl Iterator<Item = &MessageVerdict> + '_ {
         let mut next = self.exceptions.iter().peekable();

@@ -1,10 +1,11 @@
 //! Host bindings generated from the contract (`sdk/wit/plugin.wit`, world
 //! `plugin`) by wasmtime's `bindgen!`.
 //!
-//! Imports are synchronous host functions (the capabilities call the
-//! synchronous `HostServices`); exports are `async` and called with
-//! `call_async` so the CPU deadline can interrupt them and the wall-clock
-//! timeout can drop them.
+//! Imports and exports are synchronous: the capabilities call the
+//! synchronous `HostServices`, WASI is linked non-blocking
+//! (`caps::wasi`), and hooks are called with a plain `call` on the calling
+//! thread — no fiber per call. The CPU deadline and the wall-clock timeout
+//! interrupt guest code through the epoch callback.
 //!
 //! The generated code uses `unsafe` internally (`TypedFunc::new_unchecked`
 //! after its own type checks), hence the one `allow(unsafe_code)`.
@@ -14,12 +15,13 @@ mod generated {
     wasmtime::component::bindgen!({
         path: "../../sdk/wit",
         world: "plugin",
-        exports: { default: async },
         additional_derives: [PartialEq],
     });
 }
 
-pub(crate) use generated::edgesync::plugin::{config, crypto, kv, log, metrics, pubsub, timers};
+pub(crate) use generated::edgesync::plugin::{
+    config, crypto, kv, log, metrics, pubsub, timers, verdict,
+};
 pub(crate) use generated::exports::edgesync::plugin::{
     auth_hooks, lifecycle, message_hooks, storage_hooks, timer_hooks,
 };

@@ -196,21 +196,9 @@ pub(crate) async fn build_version(
         grants: config.grants.clone(),
     });
     let prewarm = config.limits.pool_size.max(1);
-    let timeout = config
-        .limits
-        .timeout()
-        .max(config.limits.init_deadline() * 2);
     let version = Arc::new(Version::new(vctx, config, info, pre, indices));
     for _ in 0..prewarm {
-        match tokio::time::timeout(timeout, version.warm(shared, ctx)).await {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(PluginError::Init {
-                    plugin: name,
-                    reason: format!("instantiation and init took longer than {timeout:?}"),
-                });
-            }
-        }
+        version.warm(shared, ctx)?;
     }
     Ok(version)
 }

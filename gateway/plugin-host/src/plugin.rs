@@ -5,16 +5,15 @@
 //!    component does not export returns [`PluginError::NotExported`]
 //!    without touching an instance;
 //! 2. the breaker admits the call or returns [`PluginError::Disabled`];
-//! 3. a concurrency permit (waiting at most the wall-clock timeout), an
+//! 3. a lease (one of `max_instances`; waiting at most the wall-clock timeout), an
 //!    idle instance (or a new one, which runs `init`), the CPU deadline and
 //!    wall-clock timeout armed on the epoch callback, the export called
-//!    with `call_async`;
+//!    with a synchronous `call` on the calling thread (no fiber: WASI is
+//!    linked non-blocking, see `caps::wasi`);
 //! 4. success → instance back to the pool, breaker told; fault → instance
 //!    discarded, breaker told, error classified.
 
-use std::future::Future;
 use std::sync::{Arc, Weak};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
@@ -31,7 +30,7 @@ use crate::error::PluginError;
 use crate::hooks::{Exports, Hook};
 use crate::host::{ComponentInfo, HostShared, build_version};
 use crate::message::{MessageRef, SenderRef, pack, packed_len};
-use crate::pool::{Instance, Version, describe_fault};
+use crate::pool::{Instance, Lease, Version, describe_fault};
 use crate::state::PluginCtx;
 
 /// `on-batch` gets one CPU budget per this many messages.
@@ -88,22 +87,21 @@ pub struct ReloadReport {
 /// `|$v| $budget` computes the CPU budget from the version, `$family` is the
 /// `Hooks` field, and the closure-like tail builds the export call from the
 /// typed exports `$g`, the store `$store` and the instance's packing buffer
-/// `$packed`. The wall-clock timeout is enforced by the epoch callback while
-/// guest code runs and by [`within_wall_clock`] while the call waits in an
-/// async host function.
+/// `$packed`. The CPU deadline and the wall-clock timeout are both enforced
+/// by the epoch callback: host functions never wait, so a call is always
+/// either running guest code or returning.
 macro_rules! call_hook {
     ($self:ident, $hook:expr, |$v:ident| $budget:expr, $family:ident,
      |$g:ident, $store:ident, $packed:ident| $call:expr) => {{
         let hook: Hook = $hook;
         let version = $self.begin(hook)?;
-        let _inflight = version.enter();
         let started = sample_latency().then(Instant::now);
         let timeout = version.config.limits.timeout();
         let budget: Duration = {
             let $v: &Version = &version;
             $budget
         };
-        let Some(_permit) = version.permit(timeout).await else {
+        let Some(mut lease) = version.checkout(timeout).await else {
             let reason = format!(
                 "no free instance within {timeout:?} (limits.max_instances = {})",
                 version.config.limits.max_instances
@@ -115,65 +113,25 @@ macro_rules! call_hook {
             };
             return Err($self.fail(&version, hook, err));
         };
-        let mut inst: Box<Instance> = match version.idle_instance() {
+        let mut inst: Box<Instance> = match lease.instance.take() {
             Some(inst) => inst,
-            None => match version
-                .instantiate(&$self.inner.shared, &$self.inner.ctx)
-                .await
-            {
+            None => match version.instantiate(&$self.inner.shared, &$self.inner.ctx) {
                 Ok(inst) => inst,
                 Err(e) => return Err($self.fail(&version, hook, e)),
             },
         };
-        let cpu = &mut inst.store.data_mut().cpu;
-        let ticks = cpu.arm(budget, timeout);
-        let armed_at = cpu.armed_at();
+        let ticks = inst.store.data_mut().cpu.arm(budget, timeout);
         inst.store.set_epoch_deadline(ticks);
-        let shared = &$self.inner.shared;
         let result = match inst.hooks.$family.as_ref() {
             Some($g) => {
                 let $store = &mut inst.store;
                 let $packed = &mut inst.packed;
-                let wall_left = || {
-                    let ticks = shared.clock.now().saturating_sub(armed_at);
-                    timeout.saturating_sub(
-                        shared
-                            .tick
-                            .saturating_mul(u32::try_from(ticks).unwrap_or(u32::MAX)),
-                    )
-                };
-                within_wall_clock($call, wall_left).await
+                $call
             }
-            None => Some(Err(wasmtime::format_err!(
-                "instance lacks an exported family"
-            ))),
+            None => Err(wasmtime::format_err!("instance lacks an exported family")),
         };
-        let result = result.unwrap_or_else(|| {
-            inst.store.data_mut().cpu.timed_out = true;
-            Err(wasmtime::format_err!(
-                "wall-clock timeout of {timeout:?} exceeded in a host call"
-            ))
-        });
-        $self.finish(&version, hook, started, inst, result)
+        $self.finish(&version, lease, hook, started, inst, result)
     }};
-}
-
-/// Runs a hook call, giving up when it is still suspended in an async host
-/// function (WASI `poll`, e.g. a guest sleeping) after `wall_left()`:
-/// `None` then, and the call (its fiber) is dropped. No guest code runs
-/// while it waits, so the epoch callback cannot stop it. A call that
-/// finishes in its first poll — every call that does not block in WASI —
-/// never creates the timer.
-async fn within_wall_clock<R>(
-    call: impl Future<Output = wasmtime::Result<R>>,
-    wall_left: impl FnOnce() -> Duration,
-) -> Option<wasmtime::Result<R>> {
-    let mut call = std::pin::pin!(call);
-    let first = std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx))).await;
-    if let Poll::Ready(result) = first {
-        return Some(result);
-    }
-    tokio::time::timeout(wall_left(), call).await.ok()
 }
 
 /// A guest result that breaks the contract (classified as `Contract`).
@@ -274,19 +232,7 @@ impl Plugin {
     /// [`PluginError::Init`] if `init` fails or faults.
     pub async fn init(&self) -> Result<(), PluginError> {
         let version = self.inner.current.read().clone();
-        let timeout = version
-            .config
-            .limits
-            .timeout()
-            .max(version.config.limits.init_deadline() * 2);
-        match tokio::time::timeout(timeout, version.warm(&self.inner.shared, &self.inner.ctx)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(PluginError::Init {
-                plugin: self.name().to_string(),
-                reason: format!("instantiation and init took longer than {timeout:?}"),
-            }),
-        }
+        version.warm(&self.inner.shared, &self.inner.ctx)
     }
 
     /// `auth-hooks.on-connect`: admit a connection.
@@ -373,7 +319,14 @@ impl Plugin {
             message,
             |g, store, packed| {
                 pack(packed, sender, msg);
-                g.call_on_message(store, packed)
+                store.data_mut().verdict.clear();
+                g.call_on_message(&mut *store, packed).and_then(|action| {
+                    store
+                        .data_mut()
+                        .verdict
+                        .verdict(action)
+                        .map_err(|reason| wasmtime::Error::new(ContractViolation(reason)))
+                })
             }
         )
     }
@@ -401,11 +354,12 @@ impl Plugin {
             Hook::OnBatch,
             |v| v.deadline() * budgets,
             message,
-            |g, store, _p| async {
-                let exceptions = g.call_on_batch(store, sender, batch).await?;
-                BatchVerdicts::new(n, exceptions)
-                    .map_err(|reason| wasmtime::Error::new(ContractViolation(reason)))
-            }
+            |g, store, _p| g
+                .call_on_batch(store, sender, batch)
+                .and_then(|exceptions| {
+                    BatchVerdicts::new(n, exceptions)
+                        .map_err(|reason| wasmtime::Error::new(ContractViolation(reason)))
+                })
         )
     }
 
@@ -507,6 +461,7 @@ impl Plugin {
     fn finish<R>(
         &self,
         version: &Version,
+        lease: Lease<'_>,
         hook: Hook,
         started: Option<Instant>,
         inst: Box<Instance>,
@@ -515,7 +470,7 @@ impl Plugin {
         let ctx = &self.inner.ctx;
         match result {
             Ok(value) => {
-                version.checkin(inst, ctx);
+                lease.checkin(inst, ctx);
                 version.breaker.on_success();
                 ctx.telemetry
                     .ok(hook, started.map(|s| s.elapsed().as_secs_f64()));
@@ -525,6 +480,7 @@ impl Plugin {
                 ctx.telemetry.discarded.inc();
                 let err = classify(&ctx.name, hook, &inst, &e);
                 drop(inst);
+                drop(lease);
                 Err(self.fail(version, hook, err))
             }
         }

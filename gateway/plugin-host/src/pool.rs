@@ -6,16 +6,18 @@
 //! checked out for one call and checked back in — unless the call faulted
 //! (discarded), the instance reached its randomised call budget (retired),
 //! the pool is full, or the version was replaced by a reload (drained).
-//! Concurrency is bounded by a semaphore of `limits.max_instances`; idle
-//! instances are at most `limits.pool_size`.
+//! Concurrency is bounded by `limits.max_instances` leases; idle instances
+//! are at most `limits.pool_size`. The lease count, the callers queued for
+//! a lease and the idle instances share one mutex ([`Slots`]), so a call
+//! takes it once to check out and once to check in — no semaphore, no
+//! separate in-flight counter.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use rand::Rng;
-use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+use tokio::sync::Notify;
 use wasmtime::Store;
 use wasmtime::component::{InstancePre, ResourceTable};
 
@@ -129,16 +131,67 @@ pub(crate) struct Version {
     pub info: ComponentInfo,
     pre: InstancePre<HostState>,
     indices: HookIndices,
+    slots: Mutex<Slots>,
+    /// A lease was returned while callers were queued.
+    freed: Notify,
+    /// A retired version's last call finished.
+    drained: Notify,
+    pub breaker: BreakerCell,
+}
+
+/// The pool's state, under one lock.
+struct Slots {
     #[allow(
         clippy::vec_box,
         reason = "checkout/checkin move the pointer, not the instance (see `Instance`)"
     )]
-    idle: Mutex<Vec<Box<Instance>>>,
-    busy: Semaphore,
-    pub breaker: BreakerCell,
-    retired: AtomicBool,
-    inflight: AtomicUsize,
-    drained: Notify,
+    idle: Vec<Box<Instance>>,
+    /// Leases out (calls running or instantiating), ≤ `max_instances`.
+    busy: usize,
+    /// Callers waiting for a lease.
+    queued: usize,
+    /// Replaced by a reload: no more pooling; drained when nothing is out
+    /// or queued.
+    retired: bool,
+}
+
+impl Slots {
+    fn drained(&self) -> bool {
+        self.busy == 0 && self.queued == 0
+    }
+}
+
+/// The right to run one call on a version, with the idle instance it came
+/// with (if any). Dropping it returns the lease without an instance (a
+/// faulted or cancelled call); [`Lease::checkin`] returns one.
+pub(crate) struct Lease<'a> {
+    version: &'a Version,
+    pub instance: Option<Box<Instance>>,
+}
+
+impl Lease<'_> {
+    /// Ends the call successfully: the instance goes back to the pool
+    /// unless it reached its call budget, the pool is full or the version
+    /// was retired.
+    pub(crate) fn checkin(mut self, mut inst: Box<Instance>, plugin: &PluginCtx) {
+        inst.calls += 1;
+        let retiring = inst.calls >= inst.retire_after;
+        if retiring {
+            plugin.telemetry.retired.inc();
+        }
+        let keep = (!retiring).then_some(inst);
+        // Dropped after the lock: resetting a pool slot is a syscall.
+        let _surplus = self.version.release(keep);
+        self.instance = None;
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        let _discarded = self.instance.take();
+        let _surplus = self.version.release(None);
+    }
 }
 
 impl Version {
@@ -150,7 +203,6 @@ impl Version {
         indices: HookIndices,
     ) -> Self {
         Version {
-            busy: Semaphore::new(config.limits.max_instances),
             breaker: BreakerCell::new(&config.breaker),
             exports: info.exports,
             ctx,
@@ -158,9 +210,13 @@ impl Version {
             info,
             pre,
             indices,
-            idle: Mutex::new(Vec::new()),
-            retired: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
+            slots: Mutex::new(Slots {
+                idle: Vec::new(),
+                busy: 0,
+                queued: 0,
+                retired: false,
+            }),
+            freed: Notify::new(),
             drained: Notify::new(),
         }
     }
@@ -170,62 +226,104 @@ impl Version {
         self.config.limits.deadline()
     }
 
-    /// Marks a call in flight until the guard drops (also on cancellation).
-    pub(crate) fn enter(&self) -> InflightGuard<'_> {
-        self.inflight.fetch_add(1, Ordering::SeqCst);
-        InflightGuard(self)
+    /// A lease for one call, with an idle instance if there is one (else
+    /// the caller instantiates). Waits at most `timeout` when all
+    /// `max_instances` leases are out (a tokio timer only then).
+    pub(crate) async fn checkout(&self, timeout: Duration) -> Option<Lease<'_>> {
+        let max = self.config.limits.max_instances;
+        {
+            let mut s = self.slots.lock();
+            if s.busy < max {
+                s.busy += 1;
+                let instance = s.idle.pop();
+                return Some(Lease {
+                    version: self,
+                    instance,
+                });
+            }
+            s.queued += 1;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let freed = self.freed.notified();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut s = self.slots.lock();
+                if s.busy < max {
+                    s.queued -= 1;
+                    s.busy += 1;
+                    let instance = s.idle.pop();
+                    return Some(Lease {
+                        version: self,
+                        instance,
+                    });
+                }
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                // A lease may have come back just now; either take it or
+                // leave the queue (and maybe complete a drain).
+                let mut s = self.slots.lock();
+                s.queued -= 1;
+                if s.busy < max {
+                    s.busy += 1;
+                    let instance = s.idle.pop();
+                    return Some(Lease {
+                        version: self,
+                        instance,
+                    });
+                }
+                let drained = s.retired && s.drained();
+                drop(s);
+                if drained {
+                    self.drained.notify_waiters();
+                }
+                return None;
+            }
+        }
     }
 
-    /// A permit for one concurrent call, waiting at most `timeout` (a tokio
-    /// timer only when no permit is free right away).
-    pub(crate) async fn permit(&self, timeout: Duration) -> Option<SemaphorePermit<'_>> {
-        if let Ok(p) = self.busy.try_acquire() {
-            return Some(p);
+    /// Returns a lease, pooling `keep` if there is room; returns what was
+    /// not pooled, for the caller to drop outside the lock.
+    fn release(&self, keep: Option<Box<Instance>>) -> Option<Box<Instance>> {
+        let mut s = self.slots.lock();
+        s.busy -= 1;
+        let surplus = match keep {
+            Some(inst) if !s.retired && s.idle.len() < self.config.limits.pool_size => {
+                s.idle.push(inst);
+                None
+            }
+            other => other,
+        };
+        let wake = s.queued > 0;
+        let drained = s.retired && s.drained();
+        drop(s);
+        if wake {
+            self.freed.notify_one();
         }
-        match tokio::time::timeout(timeout, self.busy.acquire()).await {
-            Ok(Ok(p)) => Some(p),
-            _ => None,
+        if drained {
+            self.drained.notify_waiters();
         }
-    }
-
-    /// An idle instance, if any (then the caller instantiates one).
-    pub(crate) fn idle_instance(&self) -> Option<Box<Instance>> {
-        self.idle.lock().pop()
-    }
-
-    /// Returns an instance after a successful call.
-    pub(crate) fn checkin(&self, mut inst: Box<Instance>, plugin: &PluginCtx) {
-        inst.calls += 1;
-        if self.retired.load(Ordering::Acquire) {
-            return;
-        }
-        if inst.calls >= inst.retire_after {
-            plugin.telemetry.retired.inc();
-            return;
-        }
-        let mut idle = self.idle.lock();
-        if idle.len() < self.config.limits.pool_size {
-            idle.push(inst);
-        }
+        surplus
     }
 
     /// Adds a fresh instance to the idle pool (prewarming, `Plugin::init`).
-    pub(crate) async fn warm(
+    pub(crate) fn warm(
         &self,
         shared: &HostShared,
         plugin: &Arc<PluginCtx>,
     ) -> Result<(), PluginError> {
-        let inst = self.instantiate(shared, plugin).await?;
-        let mut idle = self.idle.lock();
-        if idle.len() < self.config.limits.pool_size.max(1) {
-            idle.push(inst);
+        let inst = self.instantiate(shared, plugin)?;
+        let mut s = self.slots.lock();
+        if !s.retired && s.idle.len() < self.config.limits.pool_size.max(1) {
+            s.idle.push(inst);
         }
         Ok(())
     }
 
     /// Instantiates from the `InstancePre` and runs `init`, under the init
     /// CPU deadline and the memory cap.
-    pub(crate) async fn instantiate(
+    pub(crate) fn instantiate(
         &self,
         shared: &HostShared,
         plugin: &Arc<PluginCtx>,
@@ -241,6 +339,7 @@ impl Version {
                 hit: false,
             },
             cpu: CpuMeter::new(shared.clock.clone(), shared.tick),
+            verdict: Default::default(),
         };
         let mut store = Store::new(&shared.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -252,7 +351,7 @@ impl Version {
             plugin: plugin.name.clone(),
             reason: describe_fault(store.data(), &e),
         };
-        let instance = match self.pre.instantiate_async(&mut store).await {
+        let instance = match self.pre.instantiate(&mut store) {
             Ok(i) => i,
             // Every pool slot is taken (all plugins together): the host's
             // capacity, not the guest's fault.
@@ -273,7 +372,7 @@ impl Version {
             Err(e) => return Err(init_err(&store, e)),
         };
         if let Some(lc) = &hooks.lifecycle {
-            match lc.call_init(&mut store, &self.ctx.config_json).await {
+            match lc.call_init(&mut store, &self.ctx.config_json) {
                 Ok(Ok(())) => {}
                 Ok(Err(reason)) => {
                     let reason = caps::log::truncate(&reason, 1024).to_string();
@@ -305,9 +404,12 @@ impl Version {
 
     /// Stops pooling: idle instances are dropped now, busy ones at checkin.
     pub(crate) fn retire(&self) {
-        // SeqCst pairs with `InflightGuard::drop` (see there).
-        self.retired.store(true, Ordering::SeqCst);
-        self.idle.lock().clear();
+        let idle = {
+            let mut s = self.slots.lock();
+            s.retired = true;
+            std::mem::take(&mut s.idle)
+        };
+        drop(idle);
     }
 
     /// Waits until no call runs on this version, at most `timeout`.
@@ -316,11 +418,13 @@ impl Version {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.drained.notified();
-            if self.inflight.load(Ordering::SeqCst) == 0 {
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.slots.lock().drained() {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.inflight.load(Ordering::SeqCst) == 0;
+                return self.slots.lock().drained();
             }
         }
     }
@@ -328,7 +432,7 @@ impl Version {
     /// Drops idle instances beyond `keep`.
     pub(crate) fn trim_idle(&self, keep: usize) {
         let trimmed: Vec<Box<Instance>> = {
-            let mut idle = self.idle.lock();
+            let idle = &mut self.slots.lock().idle;
             let keep = keep.min(idle.len());
             idle.drain(keep..).collect()
         };
@@ -338,24 +442,7 @@ impl Version {
 
     /// Idle instances right now (for tests and introspection).
     pub(crate) fn idle_len(&self) -> usize {
-        self.idle.lock().len()
-    }
-}
-
-/// Decrements the in-flight count of a version when dropped.
-pub(crate) struct InflightGuard<'a>(&'a Version);
-
-impl Drop for InflightGuard<'_> {
-    fn drop(&mut self) {
-        // Only a retired version is waited on (`wait_drained`), so only the
-        // last call on one wakes the waiter; `Notify` takes a lock. With
-        // SeqCst here and in `retire` / `wait_drained`, either this load
-        // sees `retired` or the waiter's load sees the count at zero.
-        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1
-            && self.0.retired.load(Ordering::SeqCst)
-        {
-            self.0.drained.notify_waiters();
-        }
+        self.slots.lock().idle.len()
     }
 }
 

@@ -52,6 +52,8 @@ pub(crate) struct HostState {
     pub table: ResourceTable,
     pub memory: MemoryCap,
     pub cpu: CpuMeter,
+    /// The data of the current `on-message` verdict.
+    pub verdict: caps::verdict::VerdictData,
 }
 
 impl WasiView for HostState {
@@ -166,11 +168,6 @@ impl CpuMeter {
         self.exceeded = false;
         self.timed_out = false;
         self.budget_ticks + 1
-    }
-
-    /// The tick of the last `arm`.
-    pub fn armed_at(&self) -> u64 {
-        self.start_tick
     }
 
     pub fn budget(&self) -> Duration {

@@ -259,6 +259,7 @@ async fn check_shout(t: &Template, dir: &Path) {
             "edgesync:plugin/kv@0.1.0",
             "edgesync:plugin/log@0.1.0",
             "edgesync:plugin/types@0.1.0",
+            "edgesync:plugin/verdict@0.1.0",
         ],
         "the template's world imports exactly what it uses"
     );

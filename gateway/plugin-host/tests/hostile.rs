@@ -158,31 +158,34 @@ async fn crash_loop_opens_the_breaker_then_recovers() {
     assert_eq!(trap.breaker(), BreakerState::Closed);
 }
 
-/// A guest blocked in a WASI host call (here: sleeping an hour) runs no
-/// guest code, so the epoch callback never fires; the wall-clock timeout
-/// must still stop the call. Time is paused after loading, so the test
-/// needs no real waiting: tokio jumps to the earliest timer, the call's
-/// timeout (100 ms) or the guest's sleep (an hour).
+/// A guest that waits in WASI (here: sleeping an hour) would run no guest
+/// code, so neither epoch deadline could stop it, and it would hold the
+/// worker thread. Waiting WASI calls are polled once instead: the sleep is
+/// not due, so the call traps at once with a reason naming the cause,
+/// rather than sitting out the 100 ms wall-clock timeout.
 #[tokio::test]
-async fn a_guest_sleeping_in_a_host_call_is_stopped_at_the_wall_clock_timeout() {
+async fn a_guest_sleeping_in_wasi_fails_at_once_and_the_next_call_works() {
     let h = host();
     let mut c = config("sleeper", "infinite-loop");
     c.limits.deadline_ms = 50;
     c.limits.timeout_ms = 100;
     let sleeper = h.load(c).await;
-    tokio::time::pause();
-    let start = tokio::time::Instant::now();
+    // A trap, not a timeout: the wait was refused, not sat out.
     let err = sleeper
         .on_message(&conn("a"), &msg("t.x", b"sleep"))
         .await
-        .expect_err("must be stopped");
-    assert!(matches!(err, PluginError::Timeout { .. }), "{err:?}");
+        .expect_err("must be refused");
+    match &err {
+        PluginError::Trap { message, .. } => {
+            assert!(message.contains("hooks may not wait"), "{message}");
+        }
+        other => panic!("expected a trap, got {other:?}"),
+    }
     assert!(err.is_guest_fault());
-    assert!(start.elapsed() < Duration::from_secs(3600));
     assert_eq!(
         h.metric(
             "edgesync_plugin_calls_total",
-            &[("plugin", "sleeper"), ("outcome", "timeout")]
+            &[("plugin", "sleeper"), ("outcome", "trap")]
         ),
         Some(1.0)
     );
@@ -192,6 +195,28 @@ async fn a_guest_sleeping_in_a_host_call_is_stopped_at_the_wall_clock_timeout() 
         .await
         .expect("next call");
     assert_eq!(v, MessageVerdict::Pass);
+}
+
+/// Writing to stdout/stderr is a "blocking" WASI call too, but never waits:
+/// discarded without the grant, written synchronously with it.
+#[tokio::test]
+async fn a_guest_printing_is_not_waiting_with_or_without_the_stdio_grant() {
+    let h = host();
+    for stdio in [false, true] {
+        let mut c = config(
+            if stdio { "printer-stdio" } else { "printer" },
+            "infinite-loop",
+        );
+        c.grants.stdio = stdio;
+        let printer = h.load(c).await;
+        for _ in 0..3 {
+            let v = printer
+                .on_message(&conn("a"), &msg("t.x", b"print"))
+                .await
+                .unwrap_or_else(|e| panic!("stdio = {stdio}: {e}"));
+            assert_eq!(v, MessageVerdict::Pass);
+        }
+    }
 }
 
 #[tokio::test]

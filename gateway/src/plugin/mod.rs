@@ -292,82 +292,79 @@ impl Plugins {
         if chain.is_empty() {
             return Ok(Outcome::Store);
         }
-        for p in chain
-            .iter()
-            .filter(|p| Some(p.name()) != sender.plugin.as_deref())
-        {
-            if !p.has(Hook::OnMessage) {
-                continue;
+        for p in message_plugins(chain, sender) {
+            if let Some(end) = on_message(p, sender, req, dead).await {
+                return end;
             }
-            // Borrowed views: the host copies the message once, into the
-            // guest, instead of the gateway building an owned copy first.
-            let msg = ph::MessageRef {
-                topic: &req.topic,
-                headers: ph::HeadersRef::Pairs(&req.headers.0),
-                payload: &req.payload,
+        }
+        storage_stage(chain, sender, req, dead, hint).await
+    }
+
+    /// [`Plugins::ingest`] for several publishes of one sender (the publishes of one
+    /// client frame), in order: one result, dead-letter list and retention hint per
+    /// request. When every request has the same chain, each message plugin sees them
+    /// in **one `on-batch` call** (the plugin's fast path) instead of one `on-message`
+    /// call each; a message that plugin dropped or rejected leaves the batch for the
+    /// plugins after it. If the `on-batch` call fails (a trap, a timeout, the breaker),
+    /// that plugin's messages are run one by one through `on-message`, so a poison
+    /// message fails alone and the failure policy applies per message; the price is
+    /// that side effects of the failed batch call (kv writes, publishes) may repeat.
+    /// Storage hooks run per message.
+    pub async fn ingest_batch(&self, sender: &Sender, reqs: &mut [AppendRequest]) -> Vec<Ingested> {
+        let mut out: Vec<Ingested> = reqs.iter().map(|_| Ingested::default()).collect();
+        let Some(first) = reqs.first() else {
+            return out;
+        };
+        let chain = self.chain(&first.topic);
+        let same = reqs
+            .iter()
+            .all(|r| std::ptr::eq(self.chain(&r.topic), chain));
+        if chain.is_empty() || reqs.len() < 2 || !same {
+            for (req, o) in reqs.iter_mut().zip(out.iter_mut()) {
+                o.result = Some(self.ingest(sender, req, &mut o.dead, &mut o.hint).await);
+            }
+            return out;
+        }
+        for p in message_plugins(chain, sender) {
+            let alive: Vec<usize> = (0..reqs.len())
+                .filter(|&i| out[i].result.is_none())
+                .collect();
+            if alive.is_empty() {
+                break;
+            }
+            let verdicts = if alive.len() > 1 {
+                match batch_of(reqs, &alive) {
+                    Some(batch) => p.on_batch(&sender.conn_ref(), &batch).await.ok(),
+                    None => None,
+                }
+            } else {
+                None
             };
-            match p.on_message_ref(sender.sender_ref(), msg).await {
-                Ok(MessageVerdict::Pass) => {}
-                Ok(MessageVerdict::Replace(m)) => from_message(req, m),
-                Ok(MessageVerdict::Drop) => return Ok(Outcome::Dropped),
-                Ok(MessageVerdict::Reject(reason)) => {
-                    return Err(refuse(ErrorCode::Rejected, reason));
+            match verdicts {
+                Some(v) => {
+                    for e in v.into_exceptions() {
+                        let i = alive[e.index as usize];
+                        apply(e.verdict, &mut reqs[i], &mut out[i]);
+                    }
                 }
-                Err(e) => {
-                    dead.push((p.name().to_string(), e.to_string()));
-                    if p.policy(Hook::OnMessage) == FailurePolicy::Closed {
-                        return Err(refuse(
-                            ErrorCode::Rejected,
-                            format!("plugin {} failed; message dead-lettered", p.name()),
-                        ));
+                // One message left, a batch past 4 GiB, or the batch call failed:
+                // one `on-message` per message (each failure handled on its own).
+                None => {
+                    for &i in &alive {
+                        let o = &mut out[i];
+                        if let Some(end) = on_message(p, sender, &mut reqs[i], &mut o.dead).await {
+                            o.result = Some(end);
+                        }
                     }
                 }
             }
         }
-        let mut outcome = Outcome::Store;
-        for p in chain
-            .iter()
-            .filter(|p| Some(p.name()) != sender.plugin.as_deref())
-        {
-            if !p.has(Hook::OnWrite) {
-                continue;
-            }
-            let msg = to_message(req);
-            match p.on_write(&sender.conn_ref(), &msg).await {
-                Ok(WriteVerdict::Accept) => {}
-                Ok(WriteVerdict::AcceptWith(changes)) => {
-                    if let Some(h) = changes.headers {
-                        req.headers = edgesync_protocol::Headers(
-                            h.into_iter().map(|h| (h.name, h.value)).collect(),
-                        );
-                    }
-                    if let Some(payload) = changes.payload {
-                        req.payload = bytes::Bytes::from(payload);
-                    }
-                    if let Some(r) = changes.retention {
-                        *hint = Some(crate::store::Retention {
-                            max_messages: r.max_count,
-                            max_bytes: r.max_bytes,
-                            max_age: r.max_age_ms.map(std::time::Duration::from_millis),
-                        });
-                    }
-                }
-                Ok(WriteVerdict::Skip) => outcome = Outcome::Ephemeral,
-                Ok(WriteVerdict::Reject(reason)) => {
-                    return Err(refuse(ErrorCode::Rejected, reason));
-                }
-                Err(e) => {
-                    dead.push((p.name().to_string(), e.to_string()));
-                    if p.policy(Hook::OnWrite) == FailurePolicy::Closed {
-                        return Err(refuse(
-                            ErrorCode::Rejected,
-                            format!("plugin {} failed; message dead-lettered", p.name()),
-                        ));
-                    }
-                }
+        for (req, o) in reqs.iter_mut().zip(out.iter_mut()) {
+            if o.result.is_none() {
+                o.result = Some(storage_stage(chain, sender, req, &mut o.dead, &mut o.hint).await);
             }
         }
-        Ok(outcome)
+        out
     }
 
     /// Poll every plugin's component file every `every`; when its size or modification
@@ -445,6 +442,144 @@ impl Plugins {
     pub async fn inspect(&self, path: &std::path::Path) -> Result<ph::ComponentInfo, String> {
         self.host.inspect(path).await.map_err(|e| e.to_string())
     }
+}
+
+/// What [`Plugins::ingest_batch`] decided for one request.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// As [`Plugins::ingest`] returns it (always `Some` when returned).
+    pub result: Option<Result<Outcome, (ErrorCode, String)>>,
+    /// (plugin, error) to dead-letter.
+    pub dead: Vec<(String, String)>,
+    /// A storage hook's retention hint.
+    pub hint: Option<crate::store::Retention>,
+}
+
+/// The chain's plugins with message hooks, minus the sender itself (loop protection).
+fn message_plugins<'a>(
+    chain: &'a [ph::Plugin],
+    sender: &'a Sender,
+) -> impl Iterator<Item = &'a ph::Plugin> + 'a {
+    chain
+        .iter()
+        .filter(move |p| Some(p.name()) != sender.plugin.as_deref() && p.has(Hook::OnMessage))
+}
+
+/// `on-message` of one plugin on one request: `None` to go on along the chain,
+/// `Some` with the request's final result (dropped, or refused).
+async fn on_message(
+    p: &ph::Plugin,
+    sender: &Sender,
+    req: &mut AppendRequest,
+    dead: &mut Vec<(String, String)>,
+) -> Option<Result<Outcome, (ErrorCode, String)>> {
+    // Borrowed views: the host copies the message once, into the guest, instead of
+    // the gateway building an owned copy first.
+    let msg = ph::MessageRef {
+        topic: &req.topic,
+        headers: ph::HeadersRef::Pairs(&req.headers.0),
+        payload: &req.payload,
+    };
+    match p.on_message_ref(sender.sender_ref(), msg).await {
+        Ok(verdict) => {
+            let mut o = Ingested::default();
+            apply(verdict, req, &mut o);
+            o.result
+        }
+        Err(e) => {
+            dead.push((p.name().to_string(), e.to_string()));
+            (p.policy(Hook::OnMessage) == FailurePolicy::Closed).then(|| {
+                Err(refuse(
+                    ErrorCode::Rejected,
+                    format!("plugin {} failed; message dead-lettered", p.name()),
+                ))
+            })
+        }
+    }
+}
+
+/// Applies a message verdict to `req`; a drop or reject ends it in `o.result`.
+fn apply(verdict: MessageVerdict, req: &mut AppendRequest, o: &mut Ingested) {
+    match verdict {
+        MessageVerdict::Pass => {}
+        MessageVerdict::Replace(m) => from_message(req, m),
+        MessageVerdict::Drop => o.result = Some(Ok(Outcome::Dropped)),
+        MessageVerdict::Reject(reason) => o.result = Some(Err(refuse(ErrorCode::Rejected, reason))),
+    }
+}
+
+/// The `alive` requests as one `on-batch` argument (`None` past 4 GiB).
+fn batch_of(reqs: &[AppendRequest], alive: &[usize]) -> Option<ph::types::Batch> {
+    let bytes = alive
+        .iter()
+        .map(|&i| reqs[i].topic.len() + reqs[i].payload.len())
+        .sum();
+    let mut b = ph::BatchBuilder::with_capacity(alive.len(), bytes);
+    let mut headers = Vec::new();
+    for &i in alive {
+        let r = &reqs[i];
+        headers.clear();
+        headers.extend(r.headers.0.iter().map(|(k, v)| ph::Header {
+            name: k.clone(),
+            value: v.clone(),
+        }));
+        b.push(&r.topic, &headers, &r.payload).ok()?;
+    }
+    Some(b.finish())
+}
+
+/// Storage hooks along the chain (after the message hooks).
+async fn storage_stage(
+    chain: &[ph::Plugin],
+    sender: &Sender,
+    req: &mut AppendRequest,
+    dead: &mut Vec<(String, String)>,
+    hint: &mut Option<crate::store::Retention>,
+) -> Result<Outcome, (ErrorCode, String)> {
+    let mut outcome = Outcome::Store;
+    for p in chain
+        .iter()
+        .filter(|p| Some(p.name()) != sender.plugin.as_deref())
+    {
+        if !p.has(Hook::OnWrite) {
+            continue;
+        }
+        let msg = to_message(req);
+        match p.on_write(&sender.conn_ref(), &msg).await {
+            Ok(WriteVerdict::Accept) => {}
+            Ok(WriteVerdict::AcceptWith(changes)) => {
+                if let Some(h) = changes.headers {
+                    req.headers = edgesync_protocol::Headers(
+                        h.into_iter().map(|h| (h.name, h.value)).collect(),
+                    );
+                }
+                if let Some(payload) = changes.payload {
+                    req.payload = bytes::Bytes::from(payload);
+                }
+                if let Some(r) = changes.retention {
+                    *hint = Some(crate::store::Retention {
+                        max_messages: r.max_count,
+                        max_bytes: r.max_bytes,
+                        max_age: r.max_age_ms.map(std::time::Duration::from_millis),
+                    });
+                }
+            }
+            Ok(WriteVerdict::Skip) => outcome = Outcome::Ephemeral,
+            Ok(WriteVerdict::Reject(reason)) => {
+                return Err(refuse(ErrorCode::Rejected, reason));
+            }
+            Err(e) => {
+                dead.push((p.name().to_string(), e.to_string()));
+                if p.policy(Hook::OnWrite) == FailurePolicy::Closed {
+                    return Err(refuse(
+                        ErrorCode::Rejected,
+                        format!("plugin {} failed; message dead-lettered", p.name()),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(outcome)
 }
 
 fn to_message(req: &AppendRequest) -> ph::Message {

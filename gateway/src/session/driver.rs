@@ -25,6 +25,7 @@ use super::{Command, Session, StartAt, frame_kind};
 use crate::broker::{ConnOut, SubId, encode_push};
 use crate::outbox::Outbox;
 use crate::server::Gateway;
+use crate::store::AppendRequest;
 use crate::store::{Ack, StoreError};
 
 /// Errors a transport reports to the driver.
@@ -210,10 +211,7 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
                 if frame.is_empty() {
                     continue; // keepalive (a pong, or an empty frame from the client)
                 }
-                gw.metrics
-                    .bytes
-                    .with_label_values(&["in"])
-                    .inc_by(frame.len() as u64);
+                gw.metrics.bytes_in.inc_by(frame.len() as u64);
                 let frames: Vec<ClientFrame> = match info.encoding.decode_all(&frame) {
                     Ok(f) => f,
                     Err(e) => {
@@ -226,9 +224,22 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
                         continue;
                     }
                 };
+                // Consecutive publishes are gathered and run through the plugins
+                // together (one `on-batch` per plugin); anything else first settles
+                // the publishes before it, so replies keep the frame's order.
+                let mut publishes: Vec<Publish> = Vec::new();
                 for f in frames {
                     let kind = frame_kind(&f);
-                    match session.handle(f, last_rx) {
+                    let handled = session.handle(f, last_rx);
+                    if let Ok(Command::Publish { id, req, ack }) = handled {
+                        publishes.push(Publish { id, req, ack });
+                        continue;
+                    }
+                    if !publishes.is_empty() {
+                        let batch = std::mem::take(&mut publishes);
+                        Box::pin(publish_all(batch, &gw, &out, &session, &mut pending)).await;
+                    }
+                    match handled {
                         Ok(cmd) => {
                             // Boxed: a command's state (plugin calls, store reads) lives
                             // only while it runs, not in every idle session's task.
@@ -253,6 +264,9 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
                             out.outbox.push_reply(&reply);
                         }
                     }
+                }
+                if !publishes.is_empty() {
+                    Box::pin(publish_all(publishes, &gw, &out, &session, &mut pending)).await;
                 }
             }
             Event::Datagram(None) => datagrams = None,
@@ -338,10 +352,7 @@ async fn ephemeral(gw: &Gateway, session: &mut Session, datagram: &[u8], info: &
             .with_label_values(&["datagram", result])
             .inc()
     };
-    gw.metrics
-        .bytes
-        .with_label_values(&["in"])
-        .inc_by(datagram.len() as u64);
+    gw.metrics.bytes_in.inc_by(datagram.len() as u64);
     let mut frames: Vec<super::EphemeralPub> = match info.encoding.decode_all(datagram) {
         Ok(f) => f,
         Err(e) => return count(e.code().as_str()),
@@ -385,14 +396,12 @@ async fn ephemeral(gw: &Gateway, session: &mut Session, datagram: &[u8], info: &
 /// Write everything queued, in frames of at most [`MAX_BATCH_FRAME`] bytes.
 async fn flush<C: Conn>(conn: &mut C, out: &ConnOut, gw: &Gateway) -> Result<(), ConnError> {
     loop {
-        let mut buf = Vec::with_capacity(4096);
+        // `drain_into` sizes it.
+        let mut buf = Vec::new();
         if out.outbox.drain_into(&mut buf, MAX_BATCH_FRAME) == 0 {
             return Ok(());
         }
-        gw.metrics
-            .bytes
-            .with_label_values(&["out"])
-            .inc_by(buf.len() as u64);
+        gw.metrics.bytes_out.inc_by(buf.len() as u64);
         conn.send(buf).await?;
     }
 }
@@ -503,45 +512,8 @@ async fn execute(
         }
         Command::Publish { id, mut req, ack } => {
             let started = Instant::now();
-            match gw.ingest_from(&sender(out, session), &mut req).await {
-                Ok(crate::server::Ingest::Store) => {}
-                Ok(crate::server::Ingest::Dropped) => {
-                    gw.metrics
-                        .commands
-                        .with_label_values(&[kind, "dropped"])
-                        .inc();
-                    if ack {
-                        // A plugin dropped the message on purpose: acknowledged, not stored.
-                        out.outbox.push_reply(&ServerFrame::Puback {
-                            id,
-                            topic: req.topic,
-                            origin: String::new(),
-                            epoch: 0,
-                            seq: 0,
-                            hlc: 0,
-                            cursor: String::new(),
-                            dup: false,
-                        });
-                    }
-                    return;
-                }
-                Err((code, msg)) => {
-                    refuse(gw, out, kind, id, code, msg);
-                    return;
-                }
-            }
-            let store = gw.store.clone();
-            let topic = req.topic.clone();
-            pending.push_back(Box::pin(async move {
-                let result = store.append(req).await;
-                AckDone {
-                    id,
-                    topic,
-                    want_ack: ack,
-                    started,
-                    result,
-                }
-            }));
+            let result = gw.ingest_from(&sender(out, session), &mut req).await;
+            after_ingest(gw, out, pending, Publish { id, req, ack }, started, result);
             return;
         }
         Command::History {
@@ -590,6 +562,90 @@ async fn execute(
         Command::Ping { id } => out.outbox.push_reply(&ServerFrame::Pong { id }),
     }
     gw.metrics.commands.with_label_values(&[kind, "ok"]).inc();
+}
+
+/// A validated publish waiting to run.
+struct Publish {
+    id: u64,
+    req: AppendRequest,
+    ack: bool,
+}
+
+/// Several publishes of one frame, in order: plugins see them together
+/// ([`Gateway::ingest_batch_from`]); a lone one takes the single path.
+async fn publish_all(
+    mut batch: Vec<Publish>,
+    gw: &Arc<Gateway>,
+    out: &Arc<ConnOut>,
+    session: &Session,
+    pending: &mut FuturesOrdered<AckFuture>,
+) {
+    let started = Instant::now();
+    let who = sender(out, session);
+    if batch.len() == 1 {
+        let mut p = batch.remove(0);
+        let result = gw.ingest_from(&who, &mut p.req).await;
+        after_ingest(gw, out, pending, p, started, result);
+        return;
+    }
+    let (meta, mut reqs): (Vec<(u64, bool)>, Vec<AppendRequest>) =
+        batch.into_iter().map(|p| ((p.id, p.ack), p.req)).unzip();
+    let results = gw.ingest_batch_from(&who, &mut reqs).await;
+    for (((id, ack), req), result) in meta.into_iter().zip(reqs).zip(results) {
+        after_ingest(gw, out, pending, Publish { id, req, ack }, started, result);
+    }
+}
+
+/// A publish after the hooks: refused, acknowledged as dropped, or on its way to the
+/// store (its ack follows in order through `pending`).
+fn after_ingest(
+    gw: &Arc<Gateway>,
+    out: &ConnOut,
+    pending: &mut FuturesOrdered<AckFuture>,
+    p: Publish,
+    started: Instant,
+    result: Result<crate::server::Ingest, (ErrorCode, String)>,
+) {
+    let Publish { id, req, ack } = p;
+    match result {
+        Ok(crate::server::Ingest::Store) => {}
+        Ok(crate::server::Ingest::Dropped) => {
+            gw.metrics
+                .commands
+                .with_label_values(&["pub", "dropped"])
+                .inc();
+            if ack {
+                // A plugin dropped the message on purpose: acknowledged, not stored.
+                out.outbox.push_reply(&ServerFrame::Puback {
+                    id,
+                    topic: req.topic,
+                    origin: String::new(),
+                    epoch: 0,
+                    seq: 0,
+                    hlc: 0,
+                    cursor: String::new(),
+                    dup: false,
+                });
+            }
+            return;
+        }
+        Err((code, msg)) => {
+            refuse(gw, out, "pub", id, code, msg);
+            return;
+        }
+    }
+    let store = gw.store.clone();
+    let topic = req.topic.clone();
+    pending.push_back(Box::pin(async move {
+        let result = store.append(req).await;
+        AckDone {
+            id,
+            topic,
+            want_ack: ack,
+            started,
+            result,
+        }
+    }));
 }
 
 fn sender(out: &ConnOut, session: &Session) -> crate::plugin::Sender {

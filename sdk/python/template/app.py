@@ -16,13 +16,14 @@ import struct
 
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import config, kv, log
+from wit_world.imports import config, kv, log, verdict
 from wit_world.imports.types import (
     Batch,
     BatchVerdict,
     ConnRef,
     Header,
     Message,
+    MessageAction,
     MessageVerdict,
     MessageVerdict_Pass,
     MessageVerdict_Replace,
@@ -44,12 +45,18 @@ class Lifecycle(exports.Lifecycle):
 
 
 class MessageHooks(exports.MessageHooks):
-    def on_message(self, packed: PackedMessage) -> MessageVerdict:
+    def on_message(self, packed: PackedMessage) -> MessageAction:
         # The sender and the message arrive in one buffer (the contract's
         # `packed-message`, one copy into the guest instead of five);
-        # `unpack` below turns it back into the two records.
+        # `unpack` below turns it back into the two records. The result is
+        # an action (`message-action`); the data of `replace` and `reject`
+        # goes to the host through the `verdict` import first.
         sender, msg = unpack(packed)
-        return shout(msg)
+        v = shout(msg)
+        if isinstance(v, MessageVerdict_Replace):
+            verdict.set_replacement(v.value)
+            return MessageAction.REPLACE
+        return MessageAction.PASS
 
     def on_batch(self, sender: ConnRef, batch: Batch) -> list[BatchVerdict]:
         """The batch fast path: the same verdicts as `on_message`, but only

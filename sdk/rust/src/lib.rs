@@ -242,6 +242,26 @@ pub mod __rt {
         Ok(())
     }
 
+    /// `on-message`'s result: a verdict's data goes to the host through
+    /// the `verdict` import, the action is returned (see `message-action`
+    /// in the WIT).
+    pub fn message_action(v: super::MessageVerdict) -> super::types::MessageAction {
+        use super::types::MessageAction;
+        use super::wit::edgesync::plugin::verdict;
+        match v {
+            super::MessageVerdict::Pass => MessageAction::Pass,
+            super::MessageVerdict::Drop => MessageAction::Drop,
+            super::MessageVerdict::Replace(m) => {
+                verdict::set_replacement(&m);
+                MessageAction::Replace
+            }
+            super::MessageVerdict::Reject(reason) => {
+                verdict::set_reason(&reason);
+                MessageAction::Reject
+            }
+        }
+    }
+
     /// Run a hook against the stored plugin value.
     ///
     /// # Panics

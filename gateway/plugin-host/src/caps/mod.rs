@@ -19,6 +19,7 @@ pub(crate) mod log;
 pub(crate) mod metrics;
 pub(crate) mod pubsub;
 pub(crate) mod timers;
+pub(crate) mod verdict;
 pub(crate) mod wasi;
 
 use wasmtime::component::{Component, Linker};
@@ -38,6 +39,7 @@ pub(crate) fn link_all(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     pubsub::link(linker)?;
     config::link(linker)?;
     crypto::link(linker)?;
+    verdict::link(linker)?;
     wasi::link(linker)
 }
 

@@ -1,8 +1,9 @@
 //! Test plugin for hangs: spins forever on a message whose payload is
 //! `loop` (the CPU deadline must stop it), sleeps for an hour in a WASI
-//! host call on `sleep` (no guest code runs, so only the wall-clock timeout
-//! can stop it), and passes everything else. The host must stop both and
-//! keep serving.
+//! host call on `sleep` (no guest code would run, so no deadline could stop
+//! it: the host refuses the wait instead), and passes everything else. The
+//! host must stop both and keep serving. On `print` it writes to stdout
+//! and stderr and passes.
 
 use edgesync_plugin::{MessageRef, MessageVerdict, Plugin, SenderRef};
 
@@ -23,6 +24,11 @@ impl Plugin for InfiniteLoop {
         }
         if msg.payload == b"sleep" {
             std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        if msg.payload == b"print" {
+            // Writing to stdout/stderr must never count as waiting.
+            println!("infinite-loop: print to stdout");
+            eprintln!("infinite-loop: print to stderr");
         }
         MessageVerdict::Pass
     }

@@ -25,6 +25,7 @@
 
 typedef edgesync_plugin_types_message_t message_t;
 typedef edgesync_plugin_types_message_verdict_t verdict_t;
+typedef edgesync_plugin_types_message_action_t action_t;
 typedef edgesync_plugin_types_header_t header_t;
 typedef edgesync_plugin_types_packed_message_t packed_message_t;
 typedef edgesync_plugin_types_batch_verdict_t batch_verdict_t;
@@ -206,11 +207,12 @@ static void shout(message_t *msg, verdict_t *ret) {
 
 // The sender and the message arrive in one buffer (`packed-message`, one
 // copy into the guest instead of five); `unpack` above splits it. Only a
-// message under the prefix is copied out of it.
-void exports_edgesync_plugin_message_hooks_on_message(packed_message_t *packed,
-                                                      verdict_t *ret) {
+// message under the prefix is copied out of it. The result is an action
+// (`message-action`): the replacement itself goes to the host through the
+// `verdict` import before returning `replace`.
+action_t exports_edgesync_plugin_message_hooks_on_message(packed_message_t *packed) {
   unpacked_t msg;
-  ret->tag = EDGESYNC_PLUGIN_TYPES_MESSAGE_VERDICT_PASS;
+  action_t action = EDGESYNC_PLUGIN_TYPES_MESSAGE_ACTION_PASS;
   if (unpack(packed, &msg) && has_prefix(msg.topic)) {
     bytes_t rest = msg.headers, name, value;
     size_t n = 0;
@@ -222,9 +224,16 @@ void exports_edgesync_plugin_message_hooks_on_message(packed_message_t *packed,
     for (size_t h = 0; h < n && next_header(&rest, &name, &value); h++) {
       set_header(&out.headers.ptr[h], name, value);
     }
-    shout(&out, ret);
+    verdict_t verdict;
+    shout(&out, &verdict);
+    if (verdict.tag == EDGESYNC_PLUGIN_TYPES_MESSAGE_VERDICT_REPLACE) {
+      edgesync_plugin_verdict_set_replacement(&verdict.val.replace);  // borrowed
+      edgesync_plugin_types_message_free(&verdict.val.replace);
+      action = EDGESYNC_PLUGIN_TYPES_MESSAGE_ACTION_REPLACE;
+    }
   }
   edgesync_plugin_types_packed_message_free(packed);
+  return action;
 }
 
 // Appends a verdict on message `index` to `list`, `cap` being its capacity.

@@ -6,15 +6,29 @@ import (
 	"encoding/binary"
 
 	"wit_component/edgesync_plugin_types"
+	"wit_component/edgesync_plugin_verdict"
 	"wit_component/shout"
 )
 
 // OnMessage gets the sender and the message in one buffer (the contract's
 // `packed-message`, one copy into the guest instead of five); unpack below
-// turns it back into the two records.
-func OnMessage(packed edgesync_plugin_types.PackedMessage) edgesync_plugin_types.MessageVerdict {
+// turns it back into the two records. It returns an action
+// (`message-action`); the data of replace and reject goes to the host
+// through the `verdict` import first.
+func OnMessage(packed edgesync_plugin_types.PackedMessage) edgesync_plugin_types.MessageAction {
 	_, msg := unpack(packed)
-	return shout.Verdict(msg)
+	verdict := shout.Verdict(msg)
+	switch verdict.Tag() {
+	case edgesync_plugin_types.MessageVerdictReplace:
+		edgesync_plugin_verdict.SetReplacement(verdict.Replace())
+		return edgesync_plugin_types.MessageActionReplace
+	case edgesync_plugin_types.MessageVerdictReject:
+		edgesync_plugin_verdict.SetReason(verdict.Reject())
+		return edgesync_plugin_types.MessageActionReject
+	case edgesync_plugin_types.MessageVerdictDrop:
+		return edgesync_plugin_types.MessageActionDrop
+	}
+	return edgesync_plugin_types.MessageActionPass
 }
 
 // OnBatch is the batch fast path: the same verdicts as OnMessage, but only

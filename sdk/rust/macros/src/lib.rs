@@ -143,13 +143,14 @@ fn family_glue(family: &str) -> proc_macro2::TokenStream {
             }
         },
         "message-hooks" => quote! {
-            fn on_message(msg: t::PackedMessage) -> t::MessageVerdict {
-                match msg.unpack() {
+            fn on_message(msg: t::PackedMessage) -> t::MessageAction {
+                let verdict = match msg.unpack() {
                     ::std::result::Result::Ok((sender, m)) => {
                         ::edgesync_plugin::__rt::with::<P, _>(|p| p.on_message(sender, m))
                     }
                     ::std::result::Result::Err(e) => t::MessageVerdict::Reject(e.to_string()),
-                }
+                };
+                ::edgesync_plugin::__rt::message_action(verdict)
             }
             fn on_batch(sender: t::ConnRef, batch: t::Batch) -> ::std::vec::Vec<t::BatchVerdict> {
                 ::edgesync_plugin::__rt::with::<P, _>(|p| p.on_batch(sender.as_sender(), &batch))

@@ -13,6 +13,7 @@
 import { log } from 'edgesync:plugin/log@0.1.0';
 import { get as configGet } from 'edgesync:plugin/config@0.1.0';
 import { increment } from 'edgesync:plugin/kv@0.1.0';
+import { setReplacement, setReason } from 'edgesync:plugin/verdict@0.1.0';
 
 // Set by `init`, which the host runs on every fresh instance before any
 // hook. Anything that must outlive an instance belongs in kv, not here.
@@ -32,9 +33,17 @@ export const messageHooks = {
   // `packed` holds the sender and the message in one buffer (the contract's
   // `packed-message`, one copy into the guest instead of five); `unpack`
   // below turns it back into fields.
+  // It returns an action (the contract's `message-action`, an enum: a
+  // string); the data of `replace` and `reject` goes to the host through
+  // the `verdict` import first.
   onMessage(packed) {
-    const msg = unpack(packed);
-    return shout(msg);
+    const verdict = shout(unpack(packed));
+    if (verdict.tag === 'replace') {
+      setReplacement(verdict.val);
+    } else if (verdict.tag === 'reject') {
+      setReason(verdict.val);
+    }
+    return verdict.tag;
   },
 
   // The batch fast path: the same verdicts as `onMessage`, but only those
