@@ -1,5 +1,5 @@
-//! The load generator's connections: WebSocket or QUIC behind one type, so every
-//! scenario and scanner runs unchanged over either transport.
+//! The load generator's connections: WebSocket (plain or TLS) or QUIC behind one type,
+//! so every scenario and scanner runs unchanged over any transport.
 //!
 //! Scenarios see frames — the same MessagePack (or NATS text) bytes on every
 //! transport — and never the transport. QUIC follows docs/protocol-quic.md: ALPN
@@ -21,15 +21,19 @@ use bytes::{Bytes, BytesMut};
 use edgesync_protocol::codec::LengthPrefixed;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::wire::Proto;
 use crate::transport::tls;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// A byte stream a WebSocket runs over: TCP, or TLS over TCP.
+pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// Handshakes (WebSocket upgrade, QUIC + TLS, opening the stream) must finish within this.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,6 +52,8 @@ const ENDPOINT_DRAIN: Duration = Duration::from_secs(2);
 pub enum Transport {
     /// WebSocket (`ws://`), the only one nats-server offers.
     Ws,
+    /// WebSocket over TLS 1.3 (`wss://`): the like-for-like comparison for QUIC.
+    Wss,
     /// QUIC (`quic://`), one shared client endpoint.
     Quic,
 }
@@ -56,12 +62,13 @@ impl Transport {
     /// The transport a URL names by its scheme.
     ///
     /// # Errors
-    /// Any scheme but `ws://` and `quic://`.
+    /// Any scheme but `ws://`, `wss://` and `quic://`.
     pub fn of_url(url: &str) -> Result<Self> {
         match url.split_once("://").map(|(s, _)| s) {
             Some("ws") => Ok(Transport::Ws),
+            Some("wss") => Ok(Transport::Wss),
             Some("quic") => Ok(Transport::Quic),
-            _ => bail!("bad url {url}: the bench speaks ws:// and quic://"),
+            _ => bail!("bad url {url}: the bench speaks ws://, wss:// and quic://"),
         }
     }
 }
@@ -73,6 +80,8 @@ pub struct Dialer {
     pub transport: Transport,
     url: String,
     quic: Option<QuicDialer>,
+    /// For `wss://`: TLS 1.3 trusting the given CA, ALPN `http/1.1`.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, Clone)]
@@ -92,18 +101,26 @@ impl Dialer {
     /// A bad URL, a QUIC URL without a CA, an unreadable CA, or the UDP bind failing.
     pub fn new(proto: Proto, url: &str, ca: Option<&Path>) -> Result<Self> {
         let transport = Transport::of_url(url)?;
-        if transport == Transport::Quic && proto != Proto::Edgesync {
-            bail!("only edgesync speaks QUIC");
+        if transport != Transport::Ws && proto != Proto::Edgesync {
+            bail!("the bench speaks only ws:// to nats");
         }
         let quic = match transport {
-            Transport::Ws => None,
             Transport::Quic => Some(QuicDialer::new(url, ca)?),
+            Transport::Ws | Transport::Wss => None,
+        };
+        let tls = match transport {
+            Transport::Wss => {
+                let ca = ca.context("a wss:// url needs --ca FILE")?;
+                Some(Arc::new(tls_client(ca, b"http/1.1")?))
+            }
+            Transport::Ws | Transport::Quic => None,
         };
         Ok(Dialer {
             proto,
             transport,
             url: url.to_string(),
             quic,
+            tls,
         })
     }
 
@@ -118,7 +135,7 @@ impl Dialer {
     pub async fn connect(&self) -> Result<Conn> {
         let open = async {
             match &self.quic {
-                None => connect_ws(&self.url, self.proto).await,
+                None => connect_ws(&self.url, self.proto, self.tls.as_ref()).await,
                 Some(q) => q.connect().await,
             }
         };
@@ -154,15 +171,7 @@ impl QuicDialer {
         let ca = ca.context(
             "a quic:// url needs --ca FILE (the bench's own gateway passes its development CA)",
         )?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in tls::read_certs(ca)? {
-            roots.add(cert)?;
-        }
-        let mut crypto = rustls::ClientConfig::builder_with_provider(tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        crypto.alpn_protocols = vec![edgesync_protocol::ALPN_QUIC.to_vec()];
+        let crypto = tls_client(ca, edgesync_protocol::ALPN_QUIC)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
             .context("TLS config for QUIC")?;
         let mut transport = quinn::TransportConfig::default();
@@ -215,10 +224,49 @@ impl QuicDialer {
     }
 }
 
-async fn connect_ws(url: &str, proto: Proto) -> Result<Conn> {
+/// TLS 1.3 client settings trusting the PEM CA `ca`, offering `alpn`.
+fn tls_client(ca: &Path, alpn: &[u8]) -> Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in tls::read_certs(ca)? {
+        roots.add(cert)?;
+    }
+    let mut c = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    c.alpn_protocols = vec![alpn.to_vec()];
+    Ok(c)
+}
+
+async fn connect_ws(
+    url: &str,
+    proto: Proto,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<Conn> {
     let mut req = url
         .into_client_request()
         .with_context(|| format!("bad url {url}"))?;
+    let host = req.uri().host().context("url without host")?.to_string();
+    let port = req
+        .uri()
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
+    let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port))
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    tcp.set_nodelay(true)?;
+    let io: Box<dyn Io> = match tls {
+        Some(cfg) => {
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .with_context(|| format!("server name {host}"))?;
+            let stream = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
+                .await
+                .with_context(|| format!("TLS handshake with {url}"))?;
+            Box::new(stream)
+        }
+        None => Box::new(tcp),
+    };
     if proto == Proto::Edgesync {
         req.headers_mut().insert(
             "sec-websocket-protocol",
@@ -229,9 +277,9 @@ async fn connect_ws(url: &str, proto: Proto) -> Result<Conn> {
         .read_buffer_size(64 << 10)
         .max_message_size(Some(MAX_FRAME))
         .max_frame_size(Some(MAX_FRAME));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), true)
+    let (ws, _) = tokio_tungstenite::client_async_with_config(req, io, Some(config))
         .await
-        .with_context(|| format!("connect {url}"))?;
+        .with_context(|| format!("WebSocket handshake with {url}"))?;
     Ok(Conn::Ws(Box::new(ws)))
 }
 

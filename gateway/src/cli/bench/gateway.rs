@@ -4,9 +4,9 @@
 //! the gateway can be pinned to different cores (`taskset -c CPUS`), so that
 //! `idle` can read the gateway's own RSS, and so that each side has the whole
 //! file limit for its sockets. The child gets a fresh data directory under
-//! the system temp dir (removed afterwards), plain ws and QUIC on free loopback
-//! ports (QUIC with the development certificate the gateway generates, whose CA
-//! the bench then trusts), wss and admin off, and limits raised for load (see
+//! the system temp dir (removed afterwards), ws, wss and QUIC on free loopback
+//! ports, wss and QUIC with the development certificate the gateway generates
+//! (whose CA the bench then trusts), admin off, and limits raised for load (see
 //! [`config_toml`]).
 
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -40,6 +40,8 @@ pub struct ChildGateway {
     pub url: String,
     /// `quic://127.0.0.1:PORT`.
     pub quic_url: String,
+    /// `wss://127.0.0.1:PORT` (the development certificate names the address).
+    pub wss_url: String,
     /// The development CA that signed the child's certificate (`<data_dir>/tls/ca.pem`).
     pub ca: PathBuf,
     pub pid: u32,
@@ -66,6 +68,7 @@ impl ChildGateway {
         extra_toml: &str,
     ) -> Result<Self> {
         let port = free_port()?;
+        let wss_port = free_port()?;
         let quic_port = free_udp_port()?;
         let dir =
             std::env::temp_dir().join(format!("edgesync-bench-{}-{port}", std::process::id()));
@@ -73,7 +76,7 @@ impl ChildGateway {
         let config = dir.join("bench.toml");
         std::fs::write(
             &config,
-            config_toml(&dir.join("data"), port, quic_port, fsync) + extra_toml,
+            config_toml(&dir.join("data"), port, wss_port, quic_port, fsync) + extra_toml,
         )
         .context("write bench config")?;
         let log = std::fs::File::create(dir.join("gateway.log")).context("create gateway log")?;
@@ -112,6 +115,7 @@ impl ChildGateway {
             dir,
             url: format!("ws://127.0.0.1:{port}"),
             quic_url: format!("quic://127.0.0.1:{quic_port}"),
+            wss_url: format!("wss://127.0.0.1:{wss_port}"),
             ca,
             pid,
         };
@@ -171,7 +175,13 @@ impl Drop for ChildGateway {
 }
 
 /// The child's config: limits raised so the bench measures throughput, not admission.
-fn config_toml(data: &std::path::Path, port: u16, quic_port: u16, fsync: Fsync) -> String {
+fn config_toml(
+    data: &std::path::Path,
+    port: u16,
+    wss_port: u16,
+    quic_port: u16,
+    fsync: Fsync,
+) -> String {
     let fsync = match fsync {
         Fsync::Always => "always",
         Fsync::Interval => "interval",
@@ -182,7 +192,7 @@ data_dir = {data:?}
 
 [listen]
 ws = "127.0.0.1:{port}"
-wss = "off"
+wss = "127.0.0.1:{wss_port}"
 quic = "127.0.0.1:{quic_port}"
 admin = "off"
 

@@ -6,8 +6,9 @@
 //! - [`durable`]: acknowledged publishes/s with fsync from C pipelined publishers.
 //! - [`idle`]: gateway RSS per idle connection.
 //!
-//! Every scenario runs over WebSocket or QUIC (`--transport ws|quic|both`; `both`
-//! runs WebSocket then QUIC and prints the QUIC/WS ratios) through [`conn::Conn`],
+//! Every scenario runs over WebSocket, WebSocket over TLS or QUIC (`--transport
+//! ws|wss|quic|both|all`; `both` runs ws then QUIC, `all` ws, wss then QUIC, and they
+//! print the QUIC/WS, QUIC/WSS and WSS/WS ratios) through [`conn::Conn`],
 //! with the same scanners: the frames are the same MessagePack bytes.
 //!
 //! Without `--url` the bench starts `edgesync serve` as a child process
@@ -50,11 +51,12 @@ pub struct BenchArgs {
     /// Which server(s) to load; `both` runs edgesync then nats and prints the ratio.
     #[arg(long, global = true, value_enum, default_value = "edgesync")]
     pub target: TargetArg,
-    /// Which edgesync transport(s) to load; `both` runs WebSocket then QUIC (a fresh
-    /// child gateway each) and prints the QUIC/WS ratios. nats is always WebSocket.
+    /// Which edgesync transport(s) to load; `both` runs ws then QUIC, `all` ws, wss
+    /// then QUIC (a fresh child gateway each), printing their ratios. nats is always ws.
     #[arg(long, global = true, value_enum, default_value = "ws")]
     pub transport: TransportArg,
-    /// An already running edgesync (ws://host:port). Default: start `edgesync serve` as a child.
+    /// An already running edgesync (ws://host:port, or wss://host:port with `--ca`).
+    /// Default: start `edgesync serve` as a child.
     #[arg(long, global = true)]
     pub url: Option<String>,
     /// An already running edgesync's QUIC listener (quic://host:port), for `--transport
@@ -95,8 +97,12 @@ pub enum TargetArg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum TransportArg {
     Ws,
+    Wss,
     Quic,
+    /// ws then quic.
     Both,
+    /// ws, wss, then quic.
+    All,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -187,6 +193,7 @@ impl Target {
     pub fn label(&self) -> String {
         match (self.proto, self.dialer.transport) {
             (Proto::Edgesync, Transport::Ws) => "edgesync".into(),
+            (Proto::Edgesync, Transport::Wss) => "edgesync-wss".into(),
             (Proto::Edgesync, Transport::Quic) => "edgesync-quic".into(),
             (Proto::Nats, _) => "nats".into(),
         }
@@ -216,8 +223,10 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
     }
     let transports: &[Transport] = match args.transport {
         TransportArg::Ws => &[Transport::Ws],
+        TransportArg::Wss => &[Transport::Wss],
         TransportArg::Quic => &[Transport::Quic],
         TransportArg::Both => &[Transport::Ws, Transport::Quic],
+        TransportArg::All => &[Transport::Ws, Transport::Wss, Transport::Quic],
     };
     let mut runs: Vec<(Proto, Transport)> = Vec::new();
     if args.target != TargetArg::Nats {
@@ -284,7 +293,8 @@ fn resolve(
         return Ok((Target::new(proto, &url, None, args.server_pid)?, None));
     }
     let given = match transport {
-        Transport::Ws => args.url.clone().filter(|u| !u.starts_with("quic://")),
+        Transport::Ws => args.url.clone().filter(|u| u.starts_with("ws://")),
+        Transport::Wss => args.url.clone().filter(|u| u.starts_with("wss://")),
         Transport::Quic => args
             .quic_url
             .clone()
@@ -306,6 +316,7 @@ fn resolve(
     let gw = ChildGateway::start(&exe, args.server_cpus.as_deref(), fsync)?;
     let url = match transport {
         Transport::Ws => gw.url.clone(),
+        Transport::Wss => gw.wss_url.clone(),
         Transport::Quic => gw.quic_url.clone(),
     };
     eprintln!(

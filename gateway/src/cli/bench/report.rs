@@ -111,7 +111,12 @@ const RATIO_KEYS: &[&str] = &[
 ];
 
 /// Pairs compared when both ran: (numerator, denominator).
-const RATIO_PAIRS: &[(&str, &str)] = &[("edgesync-quic", "edgesync"), ("edgesync", "nats")];
+const RATIO_PAIRS: &[(&str, &str)] = &[
+    ("edgesync-quic", "edgesync"),
+    ("edgesync-quic", "edgesync-wss"),
+    ("edgesync-wss", "edgesync"),
+    ("edgesync", "nats"),
+];
 
 /// `(key, numerator target, denominator target, ratio)` for every compared pair that ran.
 pub fn ratios(reports: &[Report]) -> Vec<(&'static str, String, String, f64)> {
@@ -192,6 +197,7 @@ mod tests {
         };
         let all = [
             report("edgesync", 100.0),
+            report("edgesync-wss", 50.0),
             report("edgesync-quic", 80.0),
             report("nats", 50.0),
         ];
@@ -204,6 +210,18 @@ mod tests {
                     "edgesync-quic".into(),
                     "edgesync".into(),
                     0.8
+                ),
+                (
+                    "msgs_per_sec_p50",
+                    "edgesync-quic".into(),
+                    "edgesync-wss".into(),
+                    1.6
+                ),
+                (
+                    "msgs_per_sec_p50",
+                    "edgesync-wss".into(),
+                    "edgesync".into(),
+                    0.5
                 ),
                 ("msgs_per_sec_p50", "edgesync".into(), "nats".into(), 2.0),
             ]
