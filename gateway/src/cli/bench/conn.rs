@@ -387,7 +387,17 @@ mod tests {
             Transport::of_url("quic://127.0.0.1:1").ok(),
             Some(Transport::Quic)
         );
-        assert!(Transport::of_url("wss://127.0.0.1:1").is_err());
+        assert_eq!(
+            Transport::of_url("wss://127.0.0.1:1").ok(),
+            Some(Transport::Wss)
+        );
+        assert!(Transport::of_url("http://127.0.0.1:1").is_err());
         assert!(Dialer::new(Proto::Nats, "quic://127.0.0.1:1", None).is_err());
+        assert!(Dialer::new(Proto::Nats, "wss://127.0.0.1:1", None).is_err());
+        // wss verifies the gateway: without a CA there is nothing to trust.
+        let no_ca = Dialer::new(Proto::Edgesync, "wss://127.0.0.1:1", None)
+            .expect_err("wss needs a CA")
+            .to_string();
+        assert!(no_ca.contains("--ca"), "{no_ca}");
     }
 }
