@@ -234,12 +234,7 @@ impl Version {
         {
             let mut s = self.slots.lock();
             if s.busy < max {
-                s.busy += 1;
-                let instance = s.idle.pop();
-                return Some(Lease {
-                    version: self,
-                    instance,
-                });
+                return Some(self.lease(&mut s));
             }
             s.queued += 1;
         }
@@ -252,12 +247,7 @@ impl Version {
                 let mut s = self.slots.lock();
                 if s.busy < max {
                     s.queued -= 1;
-                    s.busy += 1;
-                    let instance = s.idle.pop();
-                    return Some(Lease {
-                        version: self,
-                        instance,
-                    });
+                    return Some(self.lease(&mut s));
                 }
             }
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
@@ -266,12 +256,7 @@ impl Version {
                 let mut s = self.slots.lock();
                 s.queued -= 1;
                 if s.busy < max {
-                    s.busy += 1;
-                    let instance = s.idle.pop();
-                    return Some(Lease {
-                        version: self,
-                        instance,
-                    });
+                    return Some(self.lease(&mut s));
                 }
                 let drained = s.retired && s.drained();
                 drop(s);
@@ -280,6 +265,16 @@ impl Version {
                 }
                 return None;
             }
+        }
+    }
+
+    /// Takes a lease (the caller checked `busy < max_instances` under the
+    /// lock), with an idle instance if there is one.
+    fn lease(&self, s: &mut Slots) -> Lease<'_> {
+        s.busy += 1;
+        Lease {
+            version: self,
+            instance: s.idle.pop(),
         }
     }
 
