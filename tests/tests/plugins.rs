@@ -369,6 +369,23 @@ async fn publishes_of_one_frame_go_through_plugins_as_one_batch_with_verdicts_ea
     assert_eq!(calls(&gw, "trap", "on-message", "trap"), 1.0);
     assert_eq!(calls(&gw, "trap", "on-message", "ok"), 2.0);
 
+    // Publishes whose routes differ take one `on-message` each, with the same results.
+    let replies = publish_frame(
+        &mut ws,
+        &mut pending,
+        &[
+            (31, "sensors.a", r#"{"id":3}"#),
+            (32, "fragile.b", "four"),
+            (33, "sensors.a", r#"{"y":1}"#),
+        ],
+    )
+    .await;
+    assert_eq!(replies[&31]["t"], "puback", "{}", replies[&31]);
+    assert_eq!(replies[&32]["t"], "puback", "{}", replies[&32]);
+    assert_eq!(replies[&33]["code"], "rejected", "{}", replies[&33]);
+    assert_eq!(calls(&gw, "schema", "on-message", "ok"), 2.0);
+    assert_eq!(calls(&gw, "trap", "on-message", "ok"), 3.0);
+
     let c = connect(&gw, Some(token)).await.expect("connects");
     let stored = |h: edgesync_client::History| -> Vec<String> {
         h.msgs
@@ -380,12 +397,12 @@ async fn publishes_of_one_frame_go_through_plugins_as_one_batch_with_verdicts_ea
         .history("fragile.b", Start::Earliest, None)
         .await
         .expect("history");
-    assert_eq!(stored(h), ["ONE", "please TRAP", "THREE"]);
+    assert_eq!(stored(h), ["ONE", "please TRAP", "THREE", "FOUR"]);
     let h = c
         .history("sensors.a", Start::Earliest, None)
         .await
         .expect("history");
-    assert_eq!(stored(h), [r#"{"id":1}"#, r#"{"id":2}"#]);
+    assert_eq!(stored(h), [r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#]);
     let h = c
         .history("$dlq.trap", Start::Earliest, None)
         .await
