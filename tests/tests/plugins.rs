@@ -50,6 +50,9 @@ required = ["id"]
 [[plugin]]
 name = "trap"
 path = "{trap}"
+# Once open (5 faults), the breaker stays open for the rest of a test.
+[plugin.breaker]
+backoff_ms = 60000
 
 [[route]]
 topics = "chat.>"
@@ -411,5 +414,72 @@ async fn publishes_of_one_frame_go_through_plugins_as_one_batch_with_verdicts_ea
         stored(h),
         ["please TRAP"],
         "only the poison message is dead-lettered"
+    );
+}
+
+/// When the batch call fails for a reason a retry cannot change — here the crash-loop
+/// breaker, opened by a frame of poison messages — the failure policy applies to the
+/// whole batch at once (fail-open: stored as sent, each dead-lettered), without one
+/// `on-message` call per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_fails_a_batch_at_once() {
+    let gw = start().await;
+    let token = jwt(serde_json::json!({
+        "sub": "u1",
+        "exp": exp(),
+        "publish": ["fragile.>"],
+        "subscribe": ["fragile.>", "$dlq.>"],
+    }));
+    let (mut ws, mut pending) = raw_session(&gw, &token).await;
+    // One batch fault plus four per-message faults: the breaker's 5 in its window.
+    let poison: Vec<(u64, &str, &str)> = (41..45).map(|id| (id, "fragile.c", "TRAP")).collect();
+    publish_frame(&mut ws, &mut pending, &poison).await;
+    assert_eq!(calls(&gw, "trap", "on-message", "trap"), 4.0);
+    let replies = publish_frame(
+        &mut ws,
+        &mut pending,
+        &[
+            (51, "fragile.d", "a"),
+            (52, "fragile.d", "b"),
+            (53, "fragile.d", "c"),
+        ],
+    )
+    .await;
+    for id in [51, 52, 53] {
+        assert_eq!(replies[&id]["t"], "puback", "fail-open: {}", replies[&id]);
+    }
+    assert_eq!(calls(&gw, "trap", "on-batch", "disabled"), 1.0);
+    assert_eq!(
+        calls(&gw, "trap", "on-message", "disabled"),
+        0.0,
+        "no per-message retry against an open breaker"
+    );
+    let c = connect(&gw, Some(token)).await.expect("connects");
+    let h = c
+        .history("fragile.d", Start::Earliest, None)
+        .await
+        .expect("history");
+    let stored: Vec<String> = h
+        .msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
+        .collect();
+    assert_eq!(
+        stored,
+        ["a", "b", "c"],
+        "stored as sent (the plugin did not run)"
+    );
+    let dlq = c
+        .history("$dlq.trap", Start::Earliest, None)
+        .await
+        .expect("history");
+    let dead_d = dlq
+        .msgs
+        .iter()
+        .filter(|m| m.headers.get("edgesync-dlq-topic") == Some("fragile.d"))
+        .count();
+    assert_eq!(
+        dead_d, 3,
+        "each message of the failed batch is dead-lettered"
     );
 }

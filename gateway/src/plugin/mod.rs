@@ -305,10 +305,12 @@ impl Plugins {
     /// request. When every request has the same chain, each message plugin sees them
     /// in **one `on-batch` call** (the plugin's fast path) instead of one `on-message`
     /// call each; a message that plugin dropped or rejected leaves the batch for the
-    /// plugins after it. If the `on-batch` call fails (a trap, a timeout, the breaker),
+    /// plugins after it. If the `on-batch` call faults (a trap, a deadline, memory),
     /// that plugin's messages are run one by one through `on-message`, so a poison
     /// message fails alone and the failure policy applies per message; the price is
-    /// that side effects of the failed batch call (kv writes, publishes) may repeat.
+    /// that side effects of the failed batch call (kv writes, publishes) may repeat. If
+    /// it fails for a reason no retry changes (the breaker is open, no instance was
+    /// free), the failure policy applies to every message of the batch at once.
     /// Storage hooks run per message.
     pub async fn ingest_batch(&self, sender: &Sender, reqs: &mut [AppendRequest]) -> Vec<Ingested> {
         let mut out: Vec<Ingested> = reqs.iter().map(|_| Ingested::default()).collect();
@@ -332,13 +334,22 @@ impl Plugins {
             if alive.is_empty() {
                 break;
             }
-            let verdicts = if alive.len() > 1 {
-                match batch_of(reqs, &alive) {
-                    Some(batch) => p.on_batch(&sender.conn_ref(), &batch).await.ok(),
-                    None => None,
-                }
-            } else {
-                None
+            let verdicts = match (alive.len() > 1).then(|| batch_of(reqs, &alive)).flatten() {
+                Some(batch) => match p.on_batch(&sender.conn_ref(), &batch).await {
+                    Ok(v) => Some(v),
+                    // A guest fault may be one poison message: retry one by one.
+                    Err(e) if e.is_guest_fault() => None,
+                    // The breaker is open or no instance was free: retrying per message
+                    // would only repeat (or multiply) the wait; the policy applies to all.
+                    Err(e) => {
+                        for &i in &alive {
+                            let o = &mut out[i];
+                            o.result = failed(p, &e, &mut o.dead);
+                        }
+                        continue;
+                    }
+                },
+                None => None,
             };
             match verdicts {
                 Some(v) => {
@@ -486,16 +497,24 @@ async fn on_message(
             apply(verdict, req, &mut o);
             o.result
         }
-        Err(e) => {
-            dead.push((p.name().to_string(), e.to_string()));
-            (p.policy(Hook::OnMessage) == FailurePolicy::Closed).then(|| {
-                Err(refuse(
-                    ErrorCode::Rejected,
-                    format!("plugin {} failed; message dead-lettered", p.name()),
-                ))
-            })
-        }
+        Err(e) => failed(p, &e, dead),
     }
+}
+
+/// A message hook failed on a request: it is dead-lettered, and refused when the hook
+/// fails closed (`Some`), else it goes on along the chain (`None`).
+fn failed(
+    p: &ph::Plugin,
+    e: &ph::PluginError,
+    dead: &mut Vec<(String, String)>,
+) -> Option<Result<Outcome, (ErrorCode, String)>> {
+    dead.push((p.name().to_string(), e.to_string()));
+    (p.policy(Hook::OnMessage) == FailurePolicy::Closed).then(|| {
+        Err(refuse(
+            ErrorCode::Rejected,
+            format!("plugin {} failed; message dead-lettered", p.name()),
+        ))
+    })
 }
 
 /// Applies a message verdict to `req`; a drop or reject ends it in `o.result`.
