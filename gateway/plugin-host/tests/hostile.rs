@@ -219,6 +219,29 @@ async fn a_guest_printing_is_not_waiting_with_or_without_the_stdio_grant() {
     }
 }
 
+/// Sockets are not granted. Creating a UDP socket (a waiting call in WASI's
+/// bindings, linked non-blocking here) and connecting TCP both come back to
+/// the guest as errors: no host panic, no trap, no wait.
+#[tokio::test]
+async fn sockets_are_refused_to_the_guest_as_errors() {
+    let h = host();
+    let p = h.load(config("sockets", "infinite-loop")).await;
+    for kind in ["udp", "tcp"] {
+        let v = p
+            .on_message(&conn("a"), &msg("t.x", kind.as_bytes()))
+            .await
+            .unwrap_or_else(|e| panic!("{kind}: the call must not fail: {e}"));
+        match v {
+            // "Permission denied": WASI's access-denied, from the host.
+            MessageVerdict::Reject(reason) => {
+                assert!(reason.starts_with(kind), "{reason}");
+                assert!(reason.contains("Permission denied"), "{reason}");
+            }
+            other => panic!("{kind}: expected the guest to see an error, got {other:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn wall_clock_timeout_covers_waiting_for_an_instance() {
     let h = host();
