@@ -152,14 +152,10 @@ async fn auth_transform_schema_and_dead_letters_through_a_real_gateway() {
         !delivered.contains("hunter2"),
         "redacted before delivery: {delivered}"
     );
-    let stored = c
-        .history("chat.u1.room", Start::Earliest, None)
-        .await
-        .expect("history");
-    let stored = String::from_utf8_lossy(&stored.msgs[0].data.0).into_owned();
+    let redacted = stored(&c, "chat.u1.room").await.remove(0);
     assert!(
-        !stored.contains("hunter2") && stored.contains("\"msg\":\"hi\""),
-        "stored redacted: {stored}"
+        !redacted.contains("hunter2") && redacted.contains("\"msg\":\"hi\""),
+        "stored redacted: {redacted}"
     );
 
     // Schema: rejected with a reason naming the field; nothing stored.
@@ -195,17 +191,8 @@ async fn auth_transform_schema_and_dead_letters_through_a_real_gateway() {
     c.publish("fragile.x", "fine")
         .await
         .expect("next call works");
-    let h = c
-        .history("fragile.x", Start::Earliest, None)
-        .await
-        .expect("history");
-    let payloads: Vec<String> = h
-        .msgs
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
-        .collect();
     assert_eq!(
-        payloads,
+        stored(&c, "fragile.x").await,
         vec!["please TRAP now".to_string(), "FINE".to_string()],
         "fail-open stored the original; the plugin ran again after the trap"
     );
@@ -304,6 +291,18 @@ async fn publish_frame(
     replies
 }
 
+/// The payloads stored on `topic`, oldest first, as text.
+async fn stored(c: &Client, topic: &str) -> Vec<String> {
+    let h = c
+        .history(topic, Start::Earliest, None)
+        .await
+        .expect("history");
+    h.msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
+        .collect()
+}
+
 /// The value of `edgesync_plugin_calls_total` for (plugin, hook, outcome).
 fn calls(gw: &TestGateway, plugin: &str, hook: &str, outcome: &str) -> f64 {
     let text = gw.gateway().metrics.render();
@@ -390,28 +389,16 @@ async fn publishes_of_one_frame_go_through_plugins_as_one_batch_with_verdicts_ea
     assert_eq!(calls(&gw, "trap", "on-message", "ok"), 3.0);
 
     let c = connect(&gw, Some(token)).await.expect("connects");
-    let stored = |h: edgesync_client::History| -> Vec<String> {
-        h.msgs
-            .iter()
-            .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
-            .collect()
-    };
-    let h = c
-        .history("fragile.b", Start::Earliest, None)
-        .await
-        .expect("history");
-    assert_eq!(stored(h), ["ONE", "please TRAP", "THREE", "FOUR"]);
-    let h = c
-        .history("sensors.a", Start::Earliest, None)
-        .await
-        .expect("history");
-    assert_eq!(stored(h), [r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#]);
-    let h = c
-        .history("$dlq.trap", Start::Earliest, None)
-        .await
-        .expect("history");
     assert_eq!(
-        stored(h),
+        stored(&c, "fragile.b").await,
+        ["ONE", "please TRAP", "THREE", "FOUR"]
+    );
+    assert_eq!(
+        stored(&c, "sensors.a").await,
+        [r#"{"id":1}"#, r#"{"id":2}"#, r#"{"id":3}"#]
+    );
+    assert_eq!(
+        stored(&c, "$dlq.trap").await,
         ["please TRAP"],
         "only the poison message is dead-lettered"
     );
@@ -455,17 +442,8 @@ async fn an_open_breaker_fails_a_batch_at_once() {
         "no per-message retry against an open breaker"
     );
     let c = connect(&gw, Some(token)).await.expect("connects");
-    let h = c
-        .history("fragile.d", Start::Earliest, None)
-        .await
-        .expect("history");
-    let stored: Vec<String> = h
-        .msgs
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
-        .collect();
     assert_eq!(
-        stored,
+        stored(&c, "fragile.d").await,
         ["a", "b", "c"],
         "stored as sent (the plugin did not run)"
     );

@@ -355,7 +355,9 @@ impl Plugins {
                 Some(v) => {
                     for e in v.into_exceptions() {
                         let i = alive[e.index as usize];
-                        apply(e.verdict, &mut reqs[i], &mut out[i]);
+                        if let Some(end) = apply(e.verdict, &mut reqs[i]) {
+                            out[i].result = Some(end);
+                        }
                     }
                 }
                 // One message left, a batch past 4 GiB, or the batch call failed:
@@ -492,11 +494,7 @@ async fn on_message(
         payload: &req.payload,
     };
     match p.on_message_ref(sender.sender_ref(), msg).await {
-        Ok(verdict) => {
-            let mut o = Ingested::default();
-            apply(verdict, req, &mut o);
-            o.result
-        }
+        Ok(verdict) => apply(verdict, req),
         Err(e) => failed(p, &e, dead),
     }
 }
@@ -517,13 +515,20 @@ fn failed(
     })
 }
 
-/// Applies a message verdict to `req`; a drop or reject ends it in `o.result`.
-fn apply(verdict: MessageVerdict, req: &mut AppendRequest, o: &mut Ingested) {
+/// Applies a message verdict to `req`: `None` to go on along the chain, `Some` with
+/// the request's final result (dropped, or refused).
+fn apply(
+    verdict: MessageVerdict,
+    req: &mut AppendRequest,
+) -> Option<Result<Outcome, (ErrorCode, String)>> {
     match verdict {
-        MessageVerdict::Pass => {}
-        MessageVerdict::Replace(m) => from_message(req, m),
-        MessageVerdict::Drop => o.result = Some(Ok(Outcome::Dropped)),
-        MessageVerdict::Reject(reason) => o.result = Some(Err(refuse(ErrorCode::Rejected, reason))),
+        MessageVerdict::Pass => None,
+        MessageVerdict::Replace(m) => {
+            from_message(req, m);
+            None
+        }
+        MessageVerdict::Drop => Some(Ok(Outcome::Dropped)),
+        MessageVerdict::Reject(reason) => Some(Err(refuse(ErrorCode::Rejected, reason))),
     }
 }
 
