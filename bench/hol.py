@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Head-of-line blocking on edgesync's one QUIC session stream, measured under loss.
+"""Head-of-line blocking over QUIC under loss: one session stream against a stream per
+subscription.
 
-docs/protocol-quic.md keeps every subscription of a connection on one stream and says
-the decision stands until a measurement under loss shows per-subscription streams win
-on p99 delivery latency. This is that measurement, with a proxy instead of netem (the
-kernel here has no `sch_netem`):
+`edgesync/1` carries every push of a connection on its one session stream; `edgesync/2`
+gives each subscription a stream of its own (docs/protocol-quic.md). This measures what
+that changes, with a proxy instead of netem (the kernel here has no `sch_netem`):
 
   publisher ──(direct)──────────────────────────▶ gateway (QUIC)
-  shared    ◀──(lossy proxy)── subscribed to `bulk.>` AND `probe` on one connection
+  shared    ◀──(lossy proxy)── edgesync/1: `bulk.>` AND `probe` on one connection
+  lanes     ◀──(lossy proxy)── edgesync/2: the same two subscriptions, one connection
   alone     ◀──(lossy proxy)── subscribed to `probe` only, its own connection
 
 The publisher sends a steady bulk stream (`--bulk-rate` messages/s of `--bulk-bytes`)
@@ -15,8 +16,8 @@ and a probe message every 20 ms carrying its send time. A probe that arrives beh
 lost bulk packet on `shared` waits for the retransmission (head-of-line blocking); on
 `alone` it waits only for its own losses. `alone` is the best case a per-subscription
 stream layout could reach (it also stops sharing congestion control with the bulk
-traffic, which separate streams on one connection would not), so `shared - alone` is an
-upper bound of what that layout would gain.
+traffic, which separate streams on one connection do not), so `shared - alone` is an
+upper bound of what that layout can gain, and `lanes` is what it does gain.
 
 The proxy drops each datagram with probability `--loss` in both directions and delays
 it by `--delay-ms` each way. aioquic (not quinn) is the client, as in the interop test.
@@ -46,22 +47,23 @@ def frame(*messages):
 class Client(QuicConnectionProtocol):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.buf = b""
+        self.bufs = {}
         self.stream_id = None
         self.replies = {}
         self.probe_ms = []
         self.bulk = 0
 
     def quic_event_received(self, event):
-        if not (isinstance(event, StreamDataReceived) and event.stream_id == self.stream_id):
+        # Any stream: the session stream, or (edgesync/2) a subscription's stream.
+        if not isinstance(event, StreamDataReceived):
             return
-        self.buf += event.data
+        buf = self.bufs.get(event.stream_id, b"") + event.data
         now = time.monotonic()
-        while len(self.buf) >= 4:
-            (n,) = struct.unpack(">I", self.buf[:4])
-            if len(self.buf) < 4 + n:
+        while len(buf) >= 4:
+            (n,) = struct.unpack(">I", buf[:4])
+            if len(buf) < 4 + n:
                 break
-            body, self.buf = self.buf[4 : 4 + n], self.buf[4 + n :]
+            body, buf = buf[4 : 4 + n], buf[4 + n :]
             u = msgpack.Unpacker(raw=False)
             u.feed(body)
             for m in u:
@@ -74,6 +76,7 @@ class Client(QuicConnectionProtocol):
                     self.replies[m["id"]] = m
                 elif m.get("t") == "error":
                     self.replies.setdefault("errors", m)
+        self.bufs[event.stream_id] = buf
 
     def send(self, data):
         if self.stream_id is None:
@@ -131,8 +134,8 @@ class Proxy(asyncio.DatagramProtocol):
         asyncio.get_running_loop().call_later(self.delay, send)
 
 
-async def open_client(port, ca, client_id, subs):
-    config = QuicConfiguration(is_client=True, alpn_protocols=["edgesync/1"])
+async def open_client(port, ca, client_id, subs, alpn="edgesync/1"):
+    config = QuicConfiguration(is_client=True, alpn_protocols=[alpn])
     config.load_verify_locations(cafile=ca)
     config.verify_mode = ssl.CERT_REQUIRED
     config.server_name = "localhost"
@@ -162,6 +165,7 @@ async def main(a):
     pport = ptransport.get_extra_info("sockname")[1]
     shared, cm1 = await open_client(pport, a.ca, "hol-shared", ["bulk.>", "probe"])
     alone, cm2 = await open_client(pport, a.ca, "hol-alone", ["probe"])
+    lanes, cm4 = await open_client(pport, a.ca, "hol-lanes", ["bulk.>", "probe"], "edgesync/2")
     pub, cm3 = await open_client(a.port, a.ca, "hol-pub", [])
     payload = b"x" * a.bulk_bytes
     per_tick = max(1, a.bulk_rate // 100)  # every 10 ms
@@ -186,11 +190,12 @@ async def main(a):
         f"proxy dropped {proxy.dropped} of {proxy.dropped + proxy.relayed} datagrams"
     )
     print(f"  shared (bulk + probe on one stream): {stats(shared.probe_ms)}; bulk received {shared.bulk}")
+    print(f"  lanes  (edgesync/2, a stream each):  {stats(lanes.probe_ms)}; bulk received {lanes.bulk}")
     print(f"  alone  (probe only, own connection): {stats(alone.probe_ms)}")
     errors = [m for m in pub.replies.values() if isinstance(m, dict) and m.get("t") == "error"]
     if errors:
         print(f"  publisher errors: {len(errors)}, first: {errors[0]}")
-    for cm in (cm1, cm2, cm3):
+    for cm in (cm1, cm2, cm3, cm4):
         await cm.__aexit__(None, None, None)
 
 

@@ -69,6 +69,8 @@ struct Inner {
     bytes: usize,
     gaps: Vec<PendingGap>,
     closed: Option<CloseReason>,
+    /// No more pushes will come: the writer sends what is queued, then ends its stream.
+    finished: bool,
 }
 
 /// The outbox. Shared between the broker (pushes) and the connection writer (drains).
@@ -161,6 +163,23 @@ impl Outbox {
         Pushed::Queued
     }
 
+    /// Queue a reply ahead of everything queued (a subscription stream's `subscribed`,
+    /// which must precede the pushes fan-out may already have queued there).
+    pub fn push_reply_front(&self, frame: &ServerFrame) {
+        let bytes = Bytes::from(self.encoding.encode(frame));
+        let mut g = self.inner.lock();
+        if g.closed.is_some() {
+            return;
+        }
+        let was_empty = g.queue.is_empty();
+        g.bytes += bytes.len();
+        g.queue.push_front(bytes);
+        drop(g);
+        if was_empty {
+            self.ready.notify_one();
+        }
+    }
+
     /// Queue a reply or control push; never dropped (bounded by the caller).
     pub fn push_reply(&self, frame: &ServerFrame) {
         let bytes = Bytes::from(self.encoding.encode(frame));
@@ -237,6 +256,23 @@ impl Outbox {
         }
     }
 
+    /// Announce that nothing more will be pushed: the writer drains what is queued and
+    /// ends (a subscription stream after `unsubscribed`, or at the session's end).
+    pub fn finish(&self) {
+        let mut g = self.inner.lock();
+        if !g.finished {
+            g.finished = true;
+            drop(g);
+            self.ready.notify_one();
+        }
+    }
+
+    /// True once [`Outbox::finish`] was called and everything queued was drained.
+    pub fn is_done(&self) -> bool {
+        let g = self.inner.lock();
+        g.finished && g.queue.is_empty() && g.gaps.is_empty()
+    }
+
     /// Why the outbox closed, if it did.
     pub fn closed(&self) -> Option<CloseReason> {
         self.inner.lock().closed.clone()
@@ -247,7 +283,7 @@ impl Outbox {
         loop {
             {
                 let g = self.inner.lock();
-                if !g.queue.is_empty() || !g.gaps.is_empty() || g.closed.is_some() {
+                if !g.queue.is_empty() || !g.gaps.is_empty() || g.closed.is_some() || g.finished {
                     return;
                 }
             }

@@ -3,7 +3,9 @@
 //! retry, ephemeral datagrams reaching QUIC and WebSocket subscribers, limits
 //! and malformed frames answered with their error code, cross-transport
 //! delivery with identical cursors, and interoperability with Python's aioquic
-//! speaking docs/protocol-quic.md (`tests/interop/quic_client.py`).
+//! speaking docs/protocol-quic.md (`tests/interop/quic_client.py`, `edgesync/1`).
+//! `edgesync/2` (a stream per subscription) is read by hand with quinn: a
+//! subscription whose stream the client stops reading does not hold back another's.
 //!
 //! Self-contained (its own gateway helper) so it depends on nothing but the
 //! public API of `edgesync` and `edgesync-client`.
@@ -570,4 +572,235 @@ async fn interop_with_aioquic() {
         (m.topic.as_str(), m.data.0.as_ref()),
         ("interop.py", &b"hello from aioquic"[..])
     );
+}
+
+/// A hand-written QUIC client (quinn) reading the wire as docs/protocol-quic.md
+/// describes it: the session stream, and with `edgesync/2` the gateway's streams.
+struct Raw {
+    _endpoint: quinn::Endpoint,
+    connection: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+}
+
+/// Connect offering `alpn`, with a per-stream receive window of `window` bytes, and
+/// send `connect`.
+async fn raw_quic(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in edgesync::transport::tls::read_certs(&gw.ca()).expect("ca") {
+        roots.add(cert).expect("root");
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(edgesync::transport::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(window));
+    config.transport_config(std::sync::Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let addr = SocketAddr::from(([127, 0, 0, 1], gw.quic_port()));
+    let connection = endpoint
+        .connect_with(config, addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (send, recv) = connection.open_bi().await.expect("session stream");
+    let mut raw = Raw {
+        _endpoint: endpoint,
+        connection,
+        send,
+        recv,
+    };
+    raw.command(edgesync_protocol::ClientFrame::Connect {
+        id: 1,
+        token: None,
+        client_id: None,
+        cursor: None,
+    })
+    .await;
+    let connected = read_frames(&mut raw.recv).await.expect("connected");
+    assert!(
+        matches!(connected[0], ServerFrame::Connected { .. }),
+        "{connected:?}"
+    );
+    raw
+}
+
+impl Raw {
+    fn alpn(&self) -> Vec<u8> {
+        self.connection
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol)
+            .expect("alpn")
+    }
+
+    async fn command(&mut self, f: edgesync_protocol::ClientFrame) {
+        let body = edgesync_protocol::Encoding::MsgPack.encode(&f);
+        let mut wire = (body.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&body);
+        self.send.write_all(&wire).await.expect("write");
+    }
+
+    /// The next stream the gateway opens; its first frame must be `subscribed`.
+    async fn accept_subscription(&mut self) -> (String, quinn::RecvStream) {
+        let mut s = tokio::time::timeout(WAIT, self.connection.accept_uni())
+            .await
+            .expect("a subscription stream in time")
+            .expect("stream");
+        let first = read_frames(&mut s).await.expect("first frame");
+        match &first[..] {
+            [ServerFrame::Subscribed { topic, .. }] => (topic.clone(), s),
+            other => panic!("a subscription stream starts with subscribed, got {other:?}"),
+        }
+    }
+}
+
+use edgesync_protocol::ServerFrame;
+
+/// One length-prefixed frame from `s` (`None` at a clean end of the stream).
+async fn read_frames(s: &mut quinn::RecvStream) -> Option<Vec<ServerFrame>> {
+    let mut len = [0u8; 4];
+    match tokio::time::timeout(WAIT, s.read_exact(&mut len))
+        .await
+        .expect("frame in time")
+    {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return None,
+        Err(e) => panic!("read: {e}"),
+    }
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    tokio::time::timeout(WAIT, s.read_exact(&mut body))
+        .await
+        .expect("frame in time")
+        .expect("body");
+    Some(
+        edgesync_protocol::Encoding::MsgPack
+            .decode_all(&body)
+            .expect("msgpack frame"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_subscription_has_its_own_stream_and_a_stalled_one_holds_back_no_other() {
+    // Lanes of 32 KiB (outbox_bytes / 8), a client window of 16 KiB per stream.
+    let gw = Gw::start(|c| c.limits.outbox_bytes = 256 << 10).await;
+    let mut raw = raw_quic(
+        &gw,
+        &[
+            edgesync_protocol::ALPN_QUIC_V2,
+            edgesync_protocol::ALPN_QUIC,
+        ],
+        16 << 10,
+    )
+    .await;
+    assert_eq!(raw.alpn(), b"edgesync/2", "the gateway prefers edgesync/2");
+    for (id, topic) in [(2, "bulk"), (3, "probe.>")] {
+        raw.command(edgesync_protocol::ClientFrame::Sub {
+            id,
+            topic: topic.into(),
+            start: None,
+        })
+        .await;
+    }
+    let mut streams = std::collections::HashMap::new();
+    for _ in 0..2 {
+        let (topic, s) = raw.accept_subscription().await;
+        streams.insert(topic, s);
+    }
+    let mut bulk = streams.remove("bulk").expect("bulk stream");
+    let mut probe = streams.remove("probe.>").expect("probe stream");
+
+    // The client stops reading `bulk`: 1.6 MB overflows its window and its lane.
+    let publisher = gw.ws().await;
+    for _ in 0..200 {
+        publisher
+            .publish("bulk", vec![7u8; 8 << 10])
+            .await
+            .expect("publish");
+    }
+    let drops = gw.gateway().metrics.gap_drops.clone();
+    assert!(
+        eventually(250, || drops.get() > 0).await,
+        "the stalled subscription overflowed its own lane"
+    );
+    // ... yet the other subscription and the session stream are untouched.
+    publisher
+        .publish("probe.1", "p")
+        .await
+        .expect("publish probe");
+    let got = read_frames(&mut probe).await.expect("probe frame");
+    assert!(
+        matches!(&got[..], [ServerFrame::Msg(m)] if m.topic == "probe.1" && m.data.0.as_ref() == b"p"),
+        "{got:?}"
+    );
+    raw.command(edgesync_protocol::ClientFrame::Ping { id: 4 })
+        .await;
+    assert!(matches!(
+        read_frames(&mut raw.recv).await.expect("pong").as_slice(),
+        [ServerFrame::Pong { id: 4 }]
+    ));
+    // `unsub`: `unsubscribed` is the stream's last frame, then it ends.
+    raw.command(edgesync_protocol::ClientFrame::Unsub {
+        id: 5,
+        topic: "probe.>".into(),
+    })
+    .await;
+    assert!(matches!(
+        read_frames(&mut probe)
+            .await
+            .expect("unsubscribed")
+            .as_slice(),
+        [ServerFrame::Unsubscribed { id: 5, .. }]
+    ));
+    assert!(read_frames(&mut probe).await.is_none(), "the stream ends");
+    // Reading `bulk` again: in order, then the gap notice for what its lane dropped.
+    let (mut last, mut gap) = (0, None);
+    for _ in 0..400 {
+        for f in read_frames(&mut bulk).await.expect("bulk frame") {
+            match f {
+                ServerFrame::Msg(m) => {
+                    assert!(m.seq > last, "in order");
+                    last = m.seq;
+                }
+                ServerFrame::Gap { from, to, .. } => gap = Some((from, to)),
+                other => panic!("unexpected on a subscription stream: {other:?}"),
+            }
+        }
+        if gap.is_some() {
+            break;
+        }
+    }
+    let (from, to) = gap.expect("a gap notice on the bulk stream");
+    assert_eq!(from, last + 1, "the gap starts after the last delivered");
+    assert!(to <= 200 && to >= from);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edgesync_1_client_gets_every_push_on_the_session_stream() {
+    let gw = Gw::start(|_| {}).await;
+    let mut raw = raw_quic(&gw, &[edgesync_protocol::ALPN_QUIC], 1 << 20).await;
+    assert_eq!(raw.alpn(), b"edgesync/1");
+    raw.command(edgesync_protocol::ClientFrame::Sub {
+        id: 2,
+        topic: "t".into(),
+        start: None,
+    })
+    .await;
+    assert!(matches!(
+        read_frames(&mut raw.recv)
+            .await
+            .expect("subscribed")
+            .as_slice(),
+        [ServerFrame::Subscribed { id: 2, .. }]
+    ));
+    gw.ws().await.publish("t", "x").await.expect("publish");
+    assert!(matches!(
+        read_frames(&mut raw.recv).await.expect("msg").as_slice(),
+        [ServerFrame::Msg(m)] if m.topic == "t"
+    ));
 }

@@ -299,8 +299,10 @@ impl Broker {
         let g = self.inner.lock();
         let mut seen = std::collections::HashSet::new();
         let mut d = OutboxDepths::default();
+        // By outbox, not connection id: a QUIC `edgesync/2` connection has one outbox
+        // per subscription stream, all with the connection's id.
         for sub in g.subs.values() {
-            if seen.insert(sub.conn.id) {
+            if seen.insert(Arc::as_ptr(&sub.conn)) {
                 let depth = sub.conn.outbox.depth() as u64;
                 d.queued_frames += depth;
                 d.max_frames = d.max_frames.max(depth);

@@ -52,7 +52,29 @@ pub trait Conn: Send {
     fn ping(&mut self) -> impl Future<Output = Result<(), ConnError>> + Send;
     /// Close with an error code (None: normal close).
     fn close(&mut self, code: Option<ErrorCode>, reason: &str) -> impl Future<Output = ()> + Send;
+    /// Streams of their own for subscriptions, when the transport and the client agreed
+    /// on them (QUIC `edgesync/2`); `None`: everything travels on the session stream.
+    fn lanes(&self) -> Option<Arc<dyn Lanes>> {
+        None
+    }
 }
+
+/// A transport that delivers each subscription on a stream of its own, so a subscriber
+/// that falls behind on one subscription (a lost packet, a bulk backlog, a full window)
+/// does not hold back the others. Each subscription gets its own bounded outbox (a
+/// *lane*); the transport's writer task drains it into the subscription's stream.
+pub trait Lanes: Send + Sync {
+    /// Start the writer of one subscription's stream. It drains `lane` until the lane is
+    /// finished ([`Outbox::finish`]: it then ends the stream) or closed (a slow-consumer
+    /// disconnect: it closes `session`'s outbox with the same reason, which ends the
+    /// session), or until the connection ends.
+    fn open(&self, lane: Arc<ConnOut>, session: Arc<ConnOut>, gw: Arc<Gateway>);
+}
+
+/// A subscription lane's outbox is this fraction of the connection's (`outbox_frames`,
+/// `outbox_bytes`), so a connection with many subscriptions stays bounded: at most
+/// `max_subscriptions / LANE_SHARE` connection outboxes' worth of memory in total.
+pub const LANE_SHARE: usize = 8;
 
 /// Who is on the other end.
 #[derive(Debug, Clone)]
@@ -66,7 +88,7 @@ pub struct ConnInfo {
 }
 
 /// Largest frame the writer builds from batched messages.
-const MAX_BATCH_FRAME: usize = 256 << 10;
+pub(crate) const MAX_BATCH_FRAME: usize = 256 << 10;
 /// Records read per catch-up step.
 const CATCHUP_CHUNK: usize = 256;
 
@@ -85,6 +107,41 @@ struct CatchUp {
     sub: SubId,
     pattern: String,
     position: Cursor,
+    /// Where its records go: the session's outbox, or the subscription's lane.
+    target: Arc<ConnOut>,
+}
+
+/// How a session's subscriptions reach the client: the catch-ups in progress, and
+/// the subscription lanes when the transport has them.
+struct Delivery {
+    catchups: VecDeque<CatchUp>,
+    lanes: Option<LaneSet>,
+}
+
+/// A session's subscriptions with a lane each (QUIC `edgesync/2`).
+struct LaneSet {
+    opener: Arc<dyn Lanes>,
+    lanes: std::collections::HashMap<SubId, Arc<ConnOut>>,
+}
+
+impl LaneSet {
+    /// Where a new subscription's pushes go: a new lane when the transport has lanes.
+    fn target(lanes: &mut Option<LaneSet>, out: &Arc<ConnOut>, gw: &Arc<Gateway>) -> Arc<ConnOut> {
+        let Some(set) = lanes else {
+            return out.clone();
+        };
+        let l = gw.settings.limits();
+        let lane = ConnOut::new(
+            out.id,
+            Outbox::new(
+                out.outbox.encoding(),
+                l.outbox_frames / LANE_SHARE,
+                l.outbox_bytes / LANE_SHARE,
+            ),
+        );
+        set.opener.open(lane.clone(), out.clone(), gw.clone());
+        lane
+    }
 }
 
 /// Where a session's out-of-stream ephemeral publishes come from (QUIC datagrams).
@@ -132,12 +189,18 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
     let now = Instant::now();
     let mut session = Session::new(limits.clone(), now);
     let mut pending: FuturesOrdered<AckFuture> = FuturesOrdered::new();
-    let mut catchups: VecDeque<CatchUp> = VecDeque::new();
     let (mut last_rx, mut last_tx) = (now, now);
     let shutdown = gw.shutdown.clone();
     let mut draining = false;
     let mut close_reason: Option<(Option<ErrorCode>, String)> = None;
     let _registered = gw.register_conn(conn_id, &info, &out);
+    let mut delivery = Delivery {
+        catchups: VecDeque::new(),
+        lanes: conn.lanes().map(|opener| LaneSet {
+            opener,
+            lanes: std::collections::HashMap::new(),
+        }),
+    };
     tracing::debug!(conn_id, remote = %info.remote, transport = info.transport, "session start");
 
     'session: loop {
@@ -149,7 +212,7 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
             _ = out.outbox.ready() => Event::Write,
             done = pending.next(), if !pending.is_empty() => Event::Acked(done),
             frame = conn.recv(), if read_ok => Event::Inbound(frame),
-            _ = out.outbox.wait_room(), if !catchups.is_empty() && !draining => Event::CatchUp,
+            _ = catch_up_room(&delivery.catchups), if !delivery.catchups.is_empty() && !draining => Event::CatchUp,
             d = next_datagram(&mut datagrams), if datagrams.is_some() && !draining => Event::Datagram(d),
             _ = tokio::time::sleep_until(deadline.into()), if !draining => Event::Timer,
         };
@@ -249,7 +312,7 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
                                 &out,
                                 &mut session,
                                 &mut pending,
-                                &mut catchups,
+                                &mut delivery,
                                 &info,
                             ))
                             .await;
@@ -272,10 +335,10 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
             Event::Datagram(None) => datagrams = None,
             Event::Datagram(Some(d)) => Box::pin(ephemeral(&gw, &mut session, &d, &info)).await,
             Event::CatchUp => {
-                if let Some(mut c) = catchups.pop_front() {
-                    match catch_up_step(&gw, &out, &mut c) {
+                if let Some(mut c) = delivery.catchups.pop_front() {
+                    match catch_up_step(&gw, &mut c) {
                         Ok(true) => {}
-                        Ok(false) => catchups.push_back(c),
+                        Ok(false) => delivery.catchups.push_back(c),
                         Err(e) => {
                             tracing::warn!(conn_id, error = %e, "catch-up read failed");
                             out.outbox.close(
@@ -312,6 +375,9 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
     let subs: Vec<SubId> = session.subscriptions().map(|(_, s)| *s).collect();
     gw.metrics.subscriptions.sub(subs.len() as i64);
     gw.broker.remove_conn(subs);
+    for lane in delivery.lanes.iter().flat_map(|set| set.lanes.values()) {
+        lane.outbox.finish();
+    }
     let (code, reason) = close_reason.unwrap_or((None, "closed".into()));
     if draining {
         flush(&mut conn, &out, &gw).await.ok();
@@ -333,6 +399,14 @@ enum Event {
     CatchUp,
     Timer,
     Datagram(Option<Bytes>),
+}
+
+/// Room in the outbox of the catch-up that runs next.
+async fn catch_up_room(catchups: &VecDeque<CatchUp>) {
+    match catchups.front() {
+        Some(c) => c.target.outbox.wait_room().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn next_datagram<D: Datagrams>(source: &mut Option<D>) -> Option<Bytes> {
@@ -422,7 +496,7 @@ async fn execute(
     out: &Arc<ConnOut>,
     session: &mut Session,
     pending: &mut FuturesOrdered<AckFuture>,
-    catchups: &mut VecDeque<CatchUp>,
+    delivery: &mut Delivery,
     info: &ConnInfo,
 ) {
     let kind = cmd.kind();
@@ -472,7 +546,11 @@ async fn execute(
                 return;
             }
             let live = start == StartAt::Latest;
-            let (sub, head) = gw.broker.subscribe(out, &pattern, live);
+            let target = LaneSet::target(&mut delivery.lanes, out, gw);
+            let (sub, head) = gw.broker.subscribe(&target, &pattern, live);
+            if let Some(set) = &mut delivery.lanes {
+                set.lanes.insert(sub, target.clone());
+            }
             session.add_subscription(pattern.clone(), sub);
             gw.metrics.subscriptions.inc();
             let position = match start {
@@ -490,25 +568,44 @@ async fn execute(
                     c
                 }
             };
-            out.outbox.push_reply(&ServerFrame::Subscribed {
+            let reply = ServerFrame::Subscribed {
                 id,
                 topic: pattern.clone(),
                 cursor: position.encode(),
-            });
+            };
+            if Arc::ptr_eq(&target, out) {
+                out.outbox.push_reply(&reply);
+            } else {
+                // A lane starts with its `subscribed`, ahead of anything fan-out queued
+                // there since `subscribe` (all of it after the reply's cursor).
+                target.outbox.push_reply_front(&reply);
+            }
             if !live {
-                catchups.push_back(CatchUp {
+                delivery.catchups.push_back(CatchUp {
                     sub,
                     pattern,
                     position,
+                    target,
                 });
             }
         }
         Command::Unsubscribe { id, pattern, sub } => {
             gw.broker.unsubscribe(sub);
-            catchups.retain(|c| c.sub != sub);
+            delivery.catchups.retain(|c| c.sub != sub);
             gw.metrics.subscriptions.dec();
-            out.outbox
-                .push_reply(&ServerFrame::Unsubscribed { id, topic: pattern });
+            let reply = ServerFrame::Unsubscribed { id, topic: pattern };
+            match delivery
+                .lanes
+                .as_mut()
+                .and_then(|set| set.lanes.remove(&sub))
+            {
+                // The lane's last frame; its stream ends after it.
+                Some(lane) => {
+                    lane.outbox.push_reply(&reply);
+                    lane.outbox.finish();
+                }
+                None => out.outbox.push_reply(&reply),
+            }
         }
         Command::Publish { id, mut req, ack } => {
             let started = Instant::now();
@@ -713,7 +810,8 @@ fn gap_frame(
 }
 
 /// One bounded step of catch-up. Returns true when the subscription went live.
-fn catch_up_step(gw: &Gateway, out: &ConnOut, c: &mut CatchUp) -> Result<bool, StoreError> {
+fn catch_up_step(gw: &Gateway, c: &mut CatchUp) -> Result<bool, StoreError> {
+    let out = &c.target;
     let enc = out.outbox.encoding();
     let mut budget = CATCHUP_CHUNK;
     for (topic, head) in gw.broker.matching_heads(&c.pattern) {

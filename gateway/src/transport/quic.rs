@@ -1,8 +1,12 @@
-//! QUIC listener for clients (quinn, rustls, TLS 1.3, ALPN `edgesync/1`).
+//! QUIC listener for clients (quinn, rustls, TLS 1.3, ALPN `edgesync/2` or
+//! `edgesync/1`).
 //!
 //! A client opens one bidirectional stream; the session runs on it with
 //! length-prefixed MessagePack frames ([`LengthPrefixed`]: `u32` big-endian
-//! length, then the body). Oversized prefixes are refused before the body is
+//! length, then the body). With `edgesync/2` each subscription's pushes travel on
+//! a unidirectional stream the gateway opens for it ([`QuicLanes`]), drained from
+//! the subscription's own outbox, so one subscription's backlog or lost packet does
+//! not hold back another's. Oversized prefixes are refused before the body is
 //! buffered (`frame_too_large`, then close). QUIC datagrams carry opt-in
 //! ephemeral publishes, read by the session task straight from the connection
 //! ([`QuicDatagrams`]); quinn's datagram receive buffer bounds what waits and
@@ -33,9 +37,10 @@ use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
 
 use super::tls::{self, Identity, TlsError};
+use crate::broker::ConnOut;
 use crate::config::Limits;
 use crate::server::Gateway;
-use crate::session::driver::{self, Conn, ConnError, ConnInfo};
+use crate::session::driver::{self, Conn, ConnError, ConnInfo, Lanes};
 
 /// Application close code: normal close (client left, or clean end of session).
 pub const CLOSE_NORMAL: u32 = 0x0;
@@ -95,7 +100,8 @@ pub fn close_code(code: Option<ErrorCode>) -> u32 {
     }
 }
 
-/// The quinn server configuration: TLS from `identity` (ALPN `edgesync/1`), optional
+/// The quinn server configuration: TLS from `identity` (ALPN `edgesync/2`, then
+/// `edgesync/1`: a client offering both gets subscription streams), optional
 /// client-certificate CA, and transport limits from `limits`.
 ///
 /// # Errors
@@ -105,7 +111,14 @@ pub fn server_config(
     client_ca: Option<&Path>,
     limits: &Limits,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let tls = tls::server_config(identity, &[edgesync_protocol::ALPN_QUIC], client_ca)?;
+    let tls = tls::server_config(
+        identity,
+        &[
+            edgesync_protocol::ALPN_QUIC_V2,
+            edgesync_protocol::ALPN_QUIC,
+        ],
+        client_ca,
+    )?;
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -241,7 +254,10 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
     let tls_identity = peer_identity(&connection);
     let datagrams = QuicDatagrams(connection.clone());
     let limits = gw.settings.limits();
+    let lanes = (negotiated_alpn(&connection).as_deref() == Some(edgesync_protocol::ALPN_QUIC_V2))
+        .then(|| Arc::new(QuicLanes(connection.clone())) as Arc<dyn Lanes>);
     let conn = QuicConn {
+        lanes,
         connection,
         send,
         recv,
@@ -292,6 +308,94 @@ fn truncate(reason: &str) -> &str {
     &reason[..end]
 }
 
+/// The ALPN protocol the handshake settled on.
+fn negotiated_alpn(connection: &Connection) -> Option<Vec<u8>> {
+    connection
+        .handshake_data()?
+        .downcast::<quinn::crypto::rustls::HandshakeData>()
+        .ok()?
+        .protocol
+}
+
+/// Subscription streams of an `edgesync/2` connection: one writer task per
+/// subscription, each draining the subscription's lane into a unidirectional stream it
+/// opens when the first frame is ready (an idle subscription holds no stream).
+pub struct QuicLanes(Connection);
+
+impl Lanes for QuicLanes {
+    fn open(&self, lane: Arc<ConnOut>, session: Arc<ConnOut>, gw: Arc<Gateway>) {
+        let connection = self.0.clone();
+        gw.tasks
+            .spawn(write_lane(connection, lane, session, gw.clone()));
+    }
+}
+
+/// The writer of one subscription stream. Frames are those of the session stream
+/// (length-prefixed, several pushes per frame); the first is the subscription's
+/// `subscribed`, the last (after `unsub`) its `unsubscribed`, then the stream ends.
+async fn write_lane(
+    connection: Connection,
+    lane: Arc<ConnOut>,
+    session: Arc<ConnOut>,
+    gw: Arc<Gateway>,
+) {
+    let mut stream: Option<SendStream> = None;
+    loop {
+        tokio::select! {
+            biased;
+            () = lane.outbox.ready() => {}
+            _ = connection.closed() => return,
+        }
+        if let Some(closed) = lane.outbox.closed() {
+            // `slow_consumer` under the disconnect policy: the session ends with it.
+            session.outbox.close(closed.code, &closed.message);
+            return;
+        }
+        loop {
+            let mut frame = Vec::new();
+            if lane.outbox.drain_into(&mut frame, driver::MAX_BATCH_FRAME) == 0 {
+                break;
+            }
+            let send = match &mut stream {
+                Some(s) => s,
+                None => match connection.open_uni().await {
+                    Ok(s) => stream.insert(s),
+                    Err(_) => return, // the connection is gone
+                },
+            };
+            gw.metrics.bytes_out.inc_by(frame.len() as u64);
+            match write_frame(send, frame).await {
+                Ok(()) => {}
+                Err(quinn::WriteError::Stopped(_)) => {
+                    // Streams end with `unsub`, not with STOP_SENDING.
+                    lane.outbox
+                        .close(ErrorCode::BadRequest, "subscription stream stopped");
+                    session.outbox.close(
+                        ErrorCode::BadRequest,
+                        "a subscription stream was stopped by the client; use unsub",
+                    );
+                    return;
+                }
+                Err(_) => return, // the connection is gone
+            }
+        }
+        if lane.outbox.is_done() {
+            if let Some(s) = &mut stream {
+                let _ = s.finish();
+            }
+            return;
+        }
+    }
+}
+
+/// Write one length-prefixed frame.
+async fn write_frame(send: &mut SendStream, frame: Vec<u8>) -> Result<(), quinn::WriteError> {
+    let mut prefix = Vec::with_capacity(4);
+    LengthPrefixed::put_prefix(&mut prefix, frame.len());
+    let mut chunks = [Bytes::from(prefix), Bytes::from(frame)];
+    send.write_all_chunks(&mut chunks).await
+}
+
 /// The identity in a verified client certificate: subject CN, else the first DNS, email
 /// or URI subject alternative name.
 fn peer_identity(connection: &Connection) -> Option<String> {
@@ -304,6 +408,8 @@ fn peer_identity(connection: &Connection) -> Option<String> {
 
 /// A session's view of a QUIC connection: the first bidirectional stream, length-prefixed.
 pub struct QuicConn {
+    /// `edgesync/2`: subscriptions on streams of their own.
+    lanes: Option<Arc<dyn Lanes>>,
     connection: Connection,
     send: SendStream,
     recv: RecvStream,
@@ -348,13 +454,13 @@ impl Conn for QuicConn {
     }
 
     async fn send(&mut self, frame: Vec<u8>) -> Result<(), ConnError> {
-        let mut prefix = Vec::with_capacity(4);
-        LengthPrefixed::put_prefix(&mut prefix, frame.len());
-        let mut chunks = [Bytes::from(prefix), Bytes::from(frame)];
-        self.send
-            .write_all_chunks(&mut chunks)
+        write_frame(&mut self.send, frame)
             .await
             .map_err(|e| ConnError::Io(e.to_string()))
+    }
+
+    fn lanes(&self) -> Option<Arc<dyn Lanes>> {
+        self.lanes.clone()
     }
 
     /// QUIC keep-alive (configured on the endpoint) already probes the path.

@@ -1,8 +1,11 @@
 //! One transport connection of the client: WebSocket (ws/wss) or QUIC.
 //!
-//! QUIC (`quic://host:port`): ALPN `edgesync/1`, TLS 1.3, the session on the first
-//! bidirectional stream with `u32` big-endian length-prefixed MessagePack frames,
-//! and QUIC datagrams for ephemeral publishes. QUIC always uses MessagePack.
+//! QUIC (`quic://host:port`): ALPN `edgesync/2` (or `edgesync/1` with an older
+//! gateway), TLS 1.3, the session on the first bidirectional stream with `u32`
+//! big-endian length-prefixed MessagePack frames, and QUIC datagrams for ephemeral
+//! publishes. QUIC always uses MessagePack. With `edgesync/2` the gateway opens a
+//! unidirectional stream per subscription; their frames are merged with the session
+//! stream's (each stream stays in order; the session logic is keyed on frame content).
 
 use std::sync::Arc;
 
@@ -44,7 +47,26 @@ pub(crate) struct QuicConn {
     /// Bytes read but not yet split into frames.
     buf: BytesMut,
     framing: LengthPrefixed,
+    /// `edgesync/2`: frames read from subscription streams.
+    lanes: Option<tokio::sync::mpsc::Receiver<Bytes>>,
+    /// Accepts subscription streams and owns their readers; aborted with the connection.
+    lane_task: Option<tokio::task::JoinHandle<()>>,
 }
+
+impl Drop for QuicConn {
+    fn drop(&mut self) {
+        if let Some(t) = self.lane_task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Frames from subscription streams waiting for the session (each reader blocks, and
+/// QUIC flow control holds its stream, when this is full).
+const LANE_BACKLOG: usize = 64;
+/// Subscription streams the gateway may have open at once (its `max_subscriptions`
+/// default is 256; ended streams return their credit).
+const MAX_LANES: u32 = 1024;
 
 /// A parsed server URL.
 pub(crate) struct Target {
@@ -155,14 +177,19 @@ impl Conn {
             opts.ca.as_deref(),
             opts.insecure,
             client_cert(opts)?,
-            &[edgesync_protocol::ALPN_QUIC],
+            &[
+                edgesync_protocol::ALPN_QUIC_V2,
+                edgesync_protocol::ALPN_QUIC,
+            ],
         )?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
         // Keep NAT bindings and the gateway's idle timer (QUIC level) fresh on quiet sessions.
-        transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+        transport
+            .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_LANES));
         config.transport_config(Arc::new(transport));
         let bind: std::net::SocketAddr = if addr.is_ipv6() {
             "[::]:0"
@@ -190,6 +217,18 @@ impl Conn {
             .open_bi()
             .await
             .map_err(|e| ClientError::Connect(e.to_string()))?;
+        let v2 = connection
+            .handshake_data()
+            .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|h| h.protocol)
+            .is_some_and(|p| p == edgesync_protocol::ALPN_QUIC_V2);
+        let (lanes, lane_task) = if v2 {
+            let (tx, rx) = tokio::sync::mpsc::channel(LANE_BACKLOG);
+            let task = tokio::spawn(accept_lanes(connection.clone(), tx));
+            (Some(rx), Some(task))
+        } else {
+            (None, None)
+        };
         let q = QuicConn {
             _endpoint: endpoint,
             connection,
@@ -197,6 +236,8 @@ impl Conn {
             recv,
             buf: BytesMut::with_capacity(4096),
             framing: LengthPrefixed::new(MAX_FRAME),
+            lanes,
+            lane_task,
         };
         Ok((Conn::Quic(Box::new(q)), Encoding::MsgPack))
     }
@@ -288,7 +329,8 @@ impl QuicConn {
             .map_err(|_| ClientError::ConnectionLost)
     }
 
-    /// Next frame; `None` when the stream or connection ended or the gateway broke framing.
+    /// Next frame, from the session stream or a subscription stream; `None` when the
+    /// session stream or the connection ended or the gateway broke framing. Cancel-safe.
     async fn recv_frame(&mut self) -> Option<Bytes> {
         loop {
             match self.framing.next_frame(&mut self.buf) {
@@ -299,10 +341,54 @@ impl QuicConn {
                     return None;
                 }
             }
-            match self.recv.read_chunk(64 << 10, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
-                Ok(None) | Err(_) => return None,
+            tokio::select! {
+                chunk = self.recv.read_chunk(64 << 10, true) => match chunk {
+                    Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
+                    Ok(None) | Err(_) => return None,
+                },
+                Some(frame) = next_lane_frame(&mut self.lanes) => return Some(frame),
             }
+        }
+    }
+}
+
+async fn next_lane_frame(lanes: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match lanes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Accept the gateway's subscription streams until the connection ends; each gets a
+/// reader that splits it into frames. Dropping this task (the `JoinSet`) stops them all.
+async fn accept_lanes(connection: quinn::Connection, tx: tokio::sync::mpsc::Sender<Bytes>) {
+    let mut readers = tokio::task::JoinSet::new();
+    while let Ok(recv) = connection.accept_uni().await {
+        readers.spawn(read_lane(recv, tx.clone()));
+        while readers.try_join_next().is_some() {}
+    }
+}
+
+async fn read_lane(mut recv: quinn::RecvStream, tx: tokio::sync::mpsc::Sender<Bytes>) {
+    let mut buf = BytesMut::new();
+    let framing = LengthPrefixed::new(MAX_FRAME);
+    loop {
+        match framing.next_frame(&mut buf) {
+            Ok(Some(frame)) => {
+                if tx.send(frame).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "bad frame on a subscription stream");
+                return;
+            }
+        }
+        match recv.read_chunk(64 << 10, true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) | Err(_) => return,
         }
     }
 }

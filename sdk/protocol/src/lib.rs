@@ -28,7 +28,11 @@ pub use frame::{ClientFrame, Headers, Msg, Payload, ServerFrame, Start};
 pub const SUBPROTOCOL_JSON: &str = "edgesync.json.v1";
 /// WebSocket subprotocol for the MessagePack encoding (binary frames, concatenated values).
 pub const SUBPROTOCOL_MSGPACK: &str = "edgesync.msgpack.v1";
-/// ALPN identifier of the QUIC client protocol.
+/// ALPN identifier of the QUIC client protocol: every push on the session stream.
 pub const ALPN_QUIC: &[u8] = b"edgesync/1";
+/// ALPN identifier of the QUIC client protocol with a server-opened stream per
+/// subscription (docs/protocol-quic.md, "Subscription streams"). Gateways offer it
+/// first; a client that offers both gets it.
+pub const ALPN_QUIC_V2: &[u8] = b"edgesync/2";
 /// Protocol version announced in `connected`.
 pub const PROTOCOL_VERSION: u32 = 1;
