@@ -16,6 +16,8 @@
 //! in-flight limit), so a reply is never lost.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use edgesync_protocol::frame::GapReason;
@@ -84,6 +86,30 @@ pub struct Outbox {
     encoding: Encoding,
     max_frames: usize,
     max_bytes: usize,
+    /// Bytes shared with the connection's other outboxes, if any.
+    budget: Option<Arc<Budget>>,
+}
+
+/// A byte bound shared by several outboxes: the subscription lanes of one QUIC
+/// `edgesync/2` connection together hold no more than one connection outbox would.
+#[derive(Debug)]
+pub struct Budget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            max: max.max(1024),
+        })
+    }
+
+    /// Bytes queued over all the outboxes that share it.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
 }
 
 impl Outbox {
@@ -95,6 +121,37 @@ impl Outbox {
             encoding,
             max_frames: max_frames.max(2),
             max_bytes: max_bytes.max(1024),
+            budget: None,
+        }
+    }
+
+    /// This outbox also counts its bytes against `budget`, and is full when it is.
+    #[must_use]
+    pub fn with_budget(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    fn is_full(&self, g: &Inner, len: usize) -> bool {
+        g.queue.len() >= self.max_frames
+            || g.bytes + len > self.max_bytes
+            || self
+                .budget
+                .as_ref()
+                .is_some_and(|b| b.used.load(Ordering::Relaxed) + len > b.max)
+    }
+
+    fn add(&self, g: &mut Inner, len: usize) {
+        g.bytes += len;
+        if let Some(b) = &self.budget {
+            b.used.fetch_add(len, Ordering::Relaxed);
+        }
+    }
+
+    fn sub(&self, g: &mut Inner, len: usize) {
+        g.bytes -= len;
+        if let Some(b) = &self.budget {
+            b.used.fetch_sub(len, Ordering::Relaxed);
         }
     }
 
@@ -115,7 +172,7 @@ impl Outbox {
         if g.closed.is_some() {
             return Pushed::Closed;
         }
-        let full = g.queue.len() >= self.max_frames || g.bytes + frame.len() > self.max_bytes;
+        let full = self.is_full(&g, frame.len());
         let recovering = !g.gaps.is_empty() && g.queue.len() > self.max_frames / 2;
         if full || recovering {
             if policy == SlowConsumerPolicy::Disconnect {
@@ -154,7 +211,7 @@ impl Outbox {
         if !g.gaps.is_empty() {
             self.flush_gaps_locked(&mut g);
         }
-        g.bytes += frame.len();
+        self.add(&mut g, frame.len());
         g.queue.push_back(frame.clone());
         drop(g);
         if was_empty {
@@ -172,7 +229,7 @@ impl Outbox {
             return;
         }
         let was_empty = g.queue.is_empty();
-        g.bytes += bytes.len();
+        self.add(&mut g, bytes.len());
         g.queue.push_front(bytes);
         drop(g);
         if was_empty {
@@ -188,7 +245,7 @@ impl Outbox {
             return;
         }
         let was_empty = g.queue.is_empty();
-        g.bytes += bytes.len();
+        self.add(&mut g, bytes.len());
         g.queue.push_back(bytes);
         drop(g);
         if was_empty {
@@ -201,12 +258,12 @@ impl Outbox {
     /// slow-consumer policy and never produces a gap notice. Returns true when queued.
     pub fn try_push_ephemeral(&self, frame: &Bytes) -> bool {
         let mut g = self.inner.lock();
-        let full = g.queue.len() >= self.max_frames || g.bytes + frame.len() > self.max_bytes;
+        let full = self.is_full(&g, frame.len());
         if g.closed.is_some() || full || !g.gaps.is_empty() {
             return false;
         }
         let was_empty = g.queue.is_empty();
-        g.bytes += frame.len();
+        self.add(&mut g, frame.len());
         g.queue.push_back(frame.clone());
         drop(g);
         if was_empty {
@@ -222,6 +279,10 @@ impl Outbox {
             && g.gaps.is_empty()
             && g.queue.len() < self.max_frames / 2
             && g.bytes < self.max_bytes / 2
+            && self
+                .budget
+                .as_ref()
+                .is_none_or(|b| b.used.load(Ordering::Relaxed) < b.max / 2)
     }
 
     /// Queue pre-encoded history bytes regardless of fullness (caller checked [`Outbox::has_room`]).
@@ -231,7 +292,7 @@ impl Outbox {
             return;
         }
         let was_empty = g.queue.is_empty();
-        g.bytes += frame.len();
+        self.add(&mut g, frame.len());
         g.queue.push_back(frame);
         drop(g);
         if was_empty {
@@ -324,7 +385,7 @@ impl Outbox {
                 out.extend_from_slice(front);
                 let len = front.len();
                 g.queue.pop_front();
-                g.bytes -= len;
+                self.sub(&mut g, len);
                 n += 1;
             }
             // Everything older is written: announce pending gaps in the same frame.
@@ -360,8 +421,18 @@ impl Outbox {
                 cursor: cursor.encode(),
             };
             let bytes = Bytes::from(self.encoding.encode(&frame));
-            g.bytes += bytes.len();
+            self.add(g, bytes.len());
             g.queue.push_back(bytes);
+        }
+    }
+}
+
+impl Drop for Outbox {
+    /// Bytes still queued when an outbox goes (its connection ended) leave the budget.
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.used
+                .fetch_sub(self.inner.get_mut().bytes, Ordering::Relaxed);
         }
     }
 }
@@ -431,6 +502,43 @@ mod tests {
             Pushed::Closed
         );
         assert_eq!(ob.closed().map(|c| c.code), Some(ErrorCode::SlowConsumer));
+    }
+
+    #[test]
+    fn a_shared_budget_bounds_lanes_together_and_each_lane_alone() {
+        let budget = Budget::new(4096);
+        let lane = |max| Outbox::new(Encoding::Json, 1000, max).with_budget(budget.clone());
+        let (a, b) = (lane(2048), lane(2048));
+        let o = Origin::new("n", 1);
+        let big = Bytes::from(vec![b'x'; 1000]);
+        let push = |ob: &Outbox, seq| ob.push_message(&big, "t", &o, seq, SlowConsumerPolicy::Gap);
+        assert_eq!(push(&a, 1), Pushed::Queued);
+        assert_eq!(push(&a, 2), Pushed::Queued);
+        assert_eq!(
+            push(&a, 3),
+            Pushed::Dropped,
+            "a lane is capped at its own bound"
+        );
+        assert_eq!(
+            push(&b, 1),
+            Pushed::Queued,
+            "the stalled lane left room for the others"
+        );
+        assert_eq!(push(&b, 2), Pushed::Queued);
+        assert_eq!(budget.used(), 4000);
+        let c = lane(2048);
+        assert_eq!(push(&c, 1), Pushed::Dropped, "the shared budget is spent");
+        let mut out = Vec::new();
+        b.drain_into(&mut out, 1 << 20);
+        assert_eq!(budget.used(), 2000, "drained bytes return to the budget");
+        assert_eq!(push(&c, 2), Pushed::Queued, "behind c's own gap notice");
+        let before = budget.used();
+        drop(a);
+        assert_eq!(
+            budget.used(),
+            before - 2000,
+            "a dropped outbox returns what it held"
+        );
     }
 
     #[test]

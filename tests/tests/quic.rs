@@ -687,7 +687,8 @@ async fn read_frames(s: &mut quinn::RecvStream) -> Option<Vec<ServerFrame>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_subscription_has_its_own_stream_and_a_stalled_one_holds_back_no_other() {
-    // Lanes of 32 KiB (outbox_bytes / 8), a client window of 16 KiB per stream.
+    // Lanes of at most 128 KiB each (half of outbox_bytes, which they share), and a
+    // client window of 16 KiB per stream.
     let gw = Gw::start(|c| c.limits.outbox_bytes = 256 << 10).await;
     let mut raw = raw_quic(
         &gw,

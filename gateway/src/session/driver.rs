@@ -71,11 +71,6 @@ pub trait Lanes: Send + Sync {
     fn open(&self, lane: Arc<ConnOut>, session: Arc<ConnOut>, gw: Arc<Gateway>);
 }
 
-/// A subscription lane's outbox is this fraction of the connection's (`outbox_frames`,
-/// `outbox_bytes`), so a connection with many subscriptions stays bounded: at most
-/// `max_subscriptions / LANE_SHARE` connection outboxes' worth of memory in total.
-pub const LANE_SHARE: usize = 8;
-
 /// Who is on the other end.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
@@ -119,8 +114,14 @@ struct Delivery {
 }
 
 /// A session's subscriptions with a lane each (QUIC `edgesync/2`).
+///
+/// Memory stays that of one connection outbox: the lanes share one byte budget of
+/// `outbox_bytes`, and each holds at most half of it (and `outbox_frames` frames), so a
+/// stalled subscription overflows into gap notices of its own while the others keep at
+/// least half the budget.
 struct LaneSet {
     opener: Arc<dyn Lanes>,
+    budget: Arc<crate::outbox::Budget>,
     lanes: std::collections::HashMap<SubId, Arc<ConnOut>>,
 }
 
@@ -133,11 +134,8 @@ impl LaneSet {
         let l = gw.settings.limits();
         let lane = ConnOut::new(
             out.id,
-            Outbox::new(
-                out.outbox.encoding(),
-                l.outbox_frames / LANE_SHARE,
-                l.outbox_bytes / LANE_SHARE,
-            ),
+            Outbox::new(out.outbox.encoding(), l.outbox_frames, l.outbox_bytes / 2)
+                .with_budget(set.budget.clone()),
         );
         set.opener.open(lane.clone(), out.clone(), gw.clone());
         lane
@@ -198,6 +196,7 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
         catchups: VecDeque::new(),
         lanes: conn.lanes().map(|opener| LaneSet {
             opener,
+            budget: crate::outbox::Budget::new(limits.outbox_bytes),
             lanes: std::collections::HashMap::new(),
         }),
     };

@@ -3,8 +3,9 @@
 //!
 //! Scenarios see frames — the same MessagePack (or NATS text) bytes on every
 //! transport — and never the transport. QUIC follows docs/protocol-quic.md: ALPN
-//! `edgesync/1`, the session on the first bidirectional stream, `u32` big-endian
-//! length-prefixed frames ([`LengthPrefixed`]). Every QUIC connection of a run goes
+//! `edgesync/2` (or `edgesync/1` with `--quic-v1`), the session on the first
+//! bidirectional stream, a server-opened stream per subscription with `edgesync/2`,
+//! `u32` big-endian length-prefixed frames ([`LengthPrefixed`]) on each. Every QUIC connection of a run goes
 //! through one client [`quinn::Endpoint`] held by the [`Dialer`]: one UDP socket and
 //! one endpoint driver for all of them, as a real client fleet behind one address
 //! would not have, but as a load generator must (15 000 endpoints would be 15 000
@@ -95,23 +96,23 @@ struct QuicDialer {
 impl Dialer {
     /// A dialer for `url` (`ws://host:port` or `quic://host:port`). QUIC verifies the
     /// server against the PEM CA `ca` and binds the shared endpoint now, so this must
-    /// run inside the bench's tokio runtime.
+    /// run inside the bench's tokio runtime; `quic_v1` offers only `edgesync/1`.
     ///
     /// # Errors
     /// A bad URL, a QUIC URL without a CA, an unreadable CA, or the UDP bind failing.
-    pub fn new(proto: Proto, url: &str, ca: Option<&Path>) -> Result<Self> {
+    pub fn new(proto: Proto, url: &str, ca: Option<&Path>, quic_v1: bool) -> Result<Self> {
         let transport = Transport::of_url(url)?;
         if transport != Transport::Ws && proto != Proto::Edgesync {
             bail!("the bench speaks only ws:// to nats");
         }
         let quic = match transport {
-            Transport::Quic => Some(QuicDialer::new(url, ca)?),
+            Transport::Quic => Some(QuicDialer::new(url, ca, quic_v1)?),
             Transport::Ws | Transport::Wss => None,
         };
         let tls = match transport {
             Transport::Wss => {
                 let ca = ca.context("a wss:// url needs --ca FILE")?;
-                Some(Arc::new(tls_client(ca, b"http/1.1")?))
+                Some(Arc::new(tls_client(ca, &[b"http/1.1"])?))
             }
             Transport::Ws | Transport::Quic => None,
         };
@@ -153,7 +154,7 @@ impl Dialer {
 }
 
 impl QuicDialer {
-    fn new(url: &str, ca: Option<&Path>) -> Result<Self> {
+    fn new(url: &str, ca: Option<&Path>, v1: bool) -> Result<Self> {
         let authority = url
             .strip_prefix("quic://")
             .and_then(|r| r.split('/').next())
@@ -171,13 +172,24 @@ impl QuicDialer {
         let ca = ca.context(
             "a quic:// url needs --ca FILE (the bench's own gateway passes its development CA)",
         )?;
-        let crypto = tls_client(ca, edgesync_protocol::ALPN_QUIC)?;
+        let alpn: &[&[u8]] = if v1 {
+            &[edgesync_protocol::ALPN_QUIC]
+        } else {
+            &[
+                edgesync_protocol::ALPN_QUIC_V2,
+                edgesync_protocol::ALPN_QUIC,
+            ]
+        };
+        let crypto = tls_client(ca, alpn)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
             .context("TLS config for QUIC")?;
         let mut transport = quinn::TransportConfig::default();
         // No idle timeout of our own (the gateway's applies) and no keep-alives: idle
         // connections must cost the gateway nothing it would not pay for a quiet client.
-        transport.max_idle_timeout(None).keep_alive_interval(None);
+        transport
+            .max_idle_timeout(None)
+            .keep_alive_interval(None)
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(1024));
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(Arc::new(transport));
         let bind = if addr.is_ipv6() {
@@ -220,12 +232,15 @@ impl QuicDialer {
             recv,
             buf: BytesMut::new(),
             framing: LengthPrefixed::new(MAX_FRAME),
+            lanes: Vec::new(),
+            scratch: Vec::new(),
+            accepting: true,
         })))
     }
 }
 
-/// TLS 1.3 client settings trusting the PEM CA `ca`, offering `alpn`.
-fn tls_client(ca: &Path, alpn: &[u8]) -> Result<rustls::ClientConfig> {
+/// TLS 1.3 client settings trusting the PEM CA `ca`, offering `alpn` (preferred first).
+fn tls_client(ca: &Path, alpn: &[&[u8]]) -> Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in tls::read_certs(ca)? {
         roots.add(cert)?;
@@ -234,7 +249,7 @@ fn tls_client(ca: &Path, alpn: &[u8]) -> Result<rustls::ClientConfig> {
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    c.alpn_protocols = vec![alpn.to_vec()];
+    c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(c)
 }
 
@@ -289,7 +304,7 @@ pub enum Conn {
     Quic(Box<QuicConn>),
 }
 
-/// A QUIC connection and its session stream.
+/// A QUIC connection, its session stream and (`edgesync/2`) its subscription streams.
 pub struct QuicConn {
     connection: quinn::Connection,
     send: quinn::SendStream,
@@ -297,6 +312,19 @@ pub struct QuicConn {
     /// Bytes read but not yet split into frames.
     buf: BytesMut,
     framing: LengthPrefixed,
+    /// Subscription streams the server opened, each with its unsplit bytes.
+    lanes: Vec<(quinn::RecvStream, BytesMut)>,
+    /// Read buffer for the subscription streams (empty until one exists).
+    scratch: Vec<u8>,
+    /// False once the connection refused to hand over more streams (it ended).
+    accepting: bool,
+}
+
+/// What woke a QUIC connection's reader.
+enum Readable {
+    Session(Result<Option<quinn::Chunk>, quinn::ReadError>),
+    Lane(usize, Result<usize, quinn::ReadError>),
+    Opened(Result<quinn::RecvStream, quinn::ConnectionError>),
 }
 
 impl Conn {
@@ -352,25 +380,68 @@ impl Conn {
 
 impl QuicConn {
     async fn next(&mut self) -> Option<Result<Bytes>> {
-        // Bounded: each round either returns or appends a non-empty chunk to `buf`,
-        // whose growth the frame limit caps.
+        // Bounded: each round either returns or appends a non-empty chunk to a buffer,
+        // whose growth the frame limit caps, or takes a new stream.
         loop {
-            match self.framing.next_frame(&mut self.buf) {
-                Ok(Some(frame)) => return Some(Ok(frame)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(anyhow::anyhow!("bad frame from server: {e}"))),
+            for buf in std::iter::once(&mut self.buf).chain(self.lanes.iter_mut().map(|l| &mut l.1))
+            {
+                match self.framing.next_frame(buf) {
+                    Ok(Some(frame)) => return Some(Ok(frame)),
+                    Ok(None) => {}
+                    Err(e) => return Some(Err(anyhow::anyhow!("bad frame from server: {e}"))),
+                }
             }
-            match self.recv.read_chunk(READ_CHUNK, true).await {
-                Ok(Some(chunk)) => self.buf.extend_from_slice(&chunk.bytes),
-                Ok(None) => return None,
-                Err(quinn::ReadError::ConnectionLost(
+            let QuicConn {
+                connection,
+                recv,
+                lanes,
+                scratch,
+                accepting,
+                ..
+            } = self;
+            let event = tokio::select! {
+                chunk = recv.read_chunk(READ_CHUNK, true) => Readable::Session(chunk),
+                (i, n) = read_lanes(lanes, scratch), if !lanes.is_empty() => Readable::Lane(i, n),
+                s = connection.accept_uni(), if *accepting => Readable::Opened(s),
+            };
+            match event {
+                Readable::Session(Ok(Some(chunk))) => self.buf.extend_from_slice(&chunk.bytes),
+                Readable::Session(Ok(None)) => return None,
+                Readable::Session(Err(quinn::ReadError::ConnectionLost(
                     quinn::ConnectionError::ApplicationClosed(_)
                     | quinn::ConnectionError::LocallyClosed,
-                )) => return None,
-                Err(e) => return Some(Err(e.into())),
+                ))) => return None,
+                Readable::Session(Err(e)) => return Some(Err(e.into())),
+                Readable::Lane(i, Ok(0)) | Readable::Lane(i, Err(_)) => {
+                    // Ended (after `unsubscribed`) or reset: its frames are all taken.
+                    self.lanes.swap_remove(i);
+                }
+                Readable::Lane(i, Ok(n)) => self.lanes[i].1.extend_from_slice(&self.scratch[..n]),
+                Readable::Opened(Ok(s)) => {
+                    self.scratch.resize(READ_CHUNK, 0);
+                    self.lanes.push((s, BytesMut::new()));
+                }
+                // The session stream reports how the connection ended.
+                Readable::Opened(Err(_)) => self.accepting = false,
             }
         }
     }
+}
+
+/// The first subscription stream with bytes (or an end) to read, into `scratch`.
+async fn read_lanes(
+    lanes: &mut [(quinn::RecvStream, BytesMut)],
+    scratch: &mut [u8],
+) -> (usize, Result<usize, quinn::ReadError>) {
+    std::future::poll_fn(|cx| {
+        for (i, (s, _)) in lanes.iter_mut().enumerate() {
+            if let std::task::Poll::Ready(r) = s.poll_read(cx, scratch) {
+                return std::task::Poll::Ready((i, r));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 #[cfg(test)]
@@ -392,10 +463,10 @@ mod tests {
             Some(Transport::Wss)
         );
         assert!(Transport::of_url("http://127.0.0.1:1").is_err());
-        assert!(Dialer::new(Proto::Nats, "quic://127.0.0.1:1", None).is_err());
-        assert!(Dialer::new(Proto::Nats, "wss://127.0.0.1:1", None).is_err());
+        assert!(Dialer::new(Proto::Nats, "quic://127.0.0.1:1", None, false).is_err());
+        assert!(Dialer::new(Proto::Nats, "wss://127.0.0.1:1", None, false).is_err());
         // wss verifies the gateway: without a CA there is nothing to trust.
-        let no_ca = Dialer::new(Proto::Edgesync, "wss://127.0.0.1:1", None)
+        let no_ca = Dialer::new(Proto::Edgesync, "wss://127.0.0.1:1", None, false)
             .expect_err("wss needs a CA")
             .to_string();
         assert!(no_ca.contains("--ca"), "{no_ca}");

@@ -85,6 +85,10 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// QUIC: offer only `edgesync/1` (every push on the session stream) instead of
+    /// `edgesync/2` (a stream per subscription), to compare the two.
+    #[arg(long, global = true)]
+    pub quic_v1: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -181,10 +185,11 @@ impl Target {
         url: &str,
         ca: Option<&std::path::Path>,
         pid: Option<u32>,
+        quic_v1: bool,
     ) -> Result<Self> {
         Ok(Target {
             proto,
-            dialer: Dialer::new(proto, url, ca)?,
+            dialer: Dialer::new(proto, url, ca, quic_v1)?,
             pid,
         })
     }
@@ -290,7 +295,10 @@ fn resolve(
             .nats_url
             .clone()
             .context("--target nats needs --nats-url ws://127.0.0.1:PORT (see bench/nats.conf)")?;
-        return Ok((Target::new(proto, &url, None, args.server_pid)?, None));
+        return Ok((
+            Target::new(proto, &url, None, args.server_pid, false)?,
+            None,
+        ));
     }
     let given = match transport {
         Transport::Ws => args.url.clone().filter(|u| u.starts_with("ws://")),
@@ -301,7 +309,13 @@ fn resolve(
             .or_else(|| args.url.clone().filter(|u| u.starts_with("quic://"))),
     };
     if let Some(url) = given {
-        let t = Target::new(proto, &url, args.ca.as_deref(), args.server_pid)?;
+        let t = Target::new(
+            proto,
+            &url,
+            args.ca.as_deref(),
+            args.server_pid,
+            args.quic_v1,
+        )?;
         return Ok((t, None));
     }
     if args.url.is_some() || args.quic_url.is_some() {
@@ -323,7 +337,7 @@ fn resolve(
         "bench: started gateway pid {} at {url} (fsync {fsync:?}, cpus {:?})",
         gw.pid, args.server_cpus
     );
-    let t = Target::new(proto, &url, Some(&gw.ca), Some(gw.pid))?;
+    let t = Target::new(proto, &url, Some(&gw.ca), Some(gw.pid), args.quic_v1)?;
     Ok((t, Some(gw)))
 }
 

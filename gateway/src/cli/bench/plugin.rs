@@ -75,7 +75,7 @@ pub async fn run(args: &BenchArgs, a: &PluginArgs) -> Result<Report> {
     for round in 0..a.rounds.max(1) {
         for (side, plugin) in [(0usize, None), (1, Some(plugin.as_path()))] {
             let gw = start_gateway(&exe, args.server_cpus.as_deref(), fsync, plugin)?;
-            let target = Target::new(Proto::Edgesync, &gw.url, None, Some(gw.pid))?;
+            let target = Target::new(Proto::Edgesync, &gw.url, None, Some(gw.pid), false)?;
             eprintln!(
                 "bench: plugin round {round} side {} at {}",
                 side_name(side),
