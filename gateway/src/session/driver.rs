@@ -18,8 +18,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use edgesync_protocol::frame::{GapReason, LimitsInfo};
 use edgesync_protocol::{ClientFrame, Cursor, Encoding, ErrorCode, Origin, ServerFrame};
-use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, StreamExt};
 
 use super::{Command, Session, StartAt, frame_kind};
 use crate::broker::{ConnOut, SubId, encode_push};
@@ -243,7 +243,18 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
                 }
                 last_tx = Instant::now();
             }
-            Event::Acked(Some(done)) => finish_publish(&gw, &out, done),
+            Event::Acked(Some(done)) => {
+                finish_publish(&gw, &out, done);
+                // Every other ack already complete (a group commit completes many at
+                // once) joins it before the next write: one frame and one write per
+                // wake, not per ack — and a pipelining client refills its window with
+                // one frame of publishes, which the plugins then see as one batch.
+                // (Polling with a no-op waker is safe: the next `select!` polls
+                // `pending` again with this task's waker before it sleeps.)
+                while let Some(Some(done)) = pending.next().now_or_never() {
+                    finish_publish(&gw, &out, done);
+                }
+            }
             Event::Acked(None) => {}
             Event::Inbound(None) => {
                 close_reason = Some((None, "client closed".into()));

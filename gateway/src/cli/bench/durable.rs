@@ -37,6 +37,10 @@ pub struct DurableArgs {
     /// Payload bytes.
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    /// Most publishes per frame when refilling the window (default: all that fit, as a
+    /// pipelining client sends them); 1 sends every publish in a frame of its own.
+    #[arg(long, value_name = "N")]
+    pub frame_publishes: Option<usize>,
 }
 
 pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
@@ -54,6 +58,7 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
         let p = Publisher {
             topic: format!("bench.durable.{i}"),
             window: a.window.max(1),
+            frame_publishes: a.frame_publishes.unwrap_or(usize::MAX).max(1),
             payload: vec![0x5a; a.payload],
         };
         let (stop, counters, hist, measuring) = (
@@ -98,7 +103,8 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
     r.param("publishers", a.publishers)
         .param("window", a.window)
         .param("seconds", a.seconds)
-        .param("payload_bytes", a.payload);
+        .param("payload_bytes", a.payload)
+        .param("frame_publishes", a.frame_publishes);
     r.windows("acks_per_sec", &rates)
         .latency("ack_us", &h)
         .metric("acked_total", counters.delivered.get() as f64)
@@ -111,6 +117,7 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
 struct Publisher {
     topic: String,
     window: usize,
+    frame_publishes: usize,
     payload: Vec<u8>,
 }
 
@@ -134,10 +141,12 @@ impl Publisher {
             if drain_deadline.is_none() && stop.is_cancelled() {
                 drain_deadline = Some(tokio::time::Instant::now() + DRAIN);
             }
-            if drain_deadline.is_none() && inflight.len() < self.window {
+            // Refill the window: frames of up to `frame_publishes` publishes each.
+            while drain_deadline.is_none() && inflight.len() < self.window {
                 frame.clear();
-                // One frame carries every publish that fits the window.
-                while inflight.len() < self.window {
+                let mut in_frame = 0;
+                while inflight.len() < self.window && in_frame < self.frame_publishes {
+                    in_frame += 1;
                     next_id += 1;
                     wire::encode_publish(
                         &mut frame,

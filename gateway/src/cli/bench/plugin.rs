@@ -48,6 +48,10 @@ pub struct PluginArgs {
     /// Rounds; each measures both sides once.
     #[arg(long, default_value_t = 2)]
     pub rounds: usize,
+    /// Most publishes per frame (default: all that fit the window, so plugins see
+    /// `on-batch`); 1 makes every publish take `on-message`.
+    #[arg(long, value_name = "N")]
+    pub frame_publishes: Option<usize>,
 }
 
 /// Run the comparison; `args` supplies `--server-bin`, `--server-cpus` and `--fsync`.
@@ -69,6 +73,7 @@ pub async fn run(args: &BenchArgs, a: &PluginArgs) -> Result<Report> {
         window: a.window,
         seconds: a.seconds,
         payload: a.payload,
+        frame_publishes: a.frame_publishes,
     };
     let (mut none, mut with) = (Vec::new(), Vec::new());
     let mut errors = 0.0;
@@ -114,6 +119,7 @@ pub async fn run(args: &BenchArgs, a: &PluginArgs) -> Result<Report> {
         .param("seconds", a.seconds)
         .param("rounds", a.rounds)
         .param("payload_bytes", a.payload)
+        .param("frame_publishes", a.frame_publishes)
         .param("fsync", serde_json::to_value(fsync).unwrap_or_default());
     r.metric("acks_per_sec_no_plugin", rate_none)
         .metric("acks_per_sec_plugin", rate_with)
