@@ -899,6 +899,12 @@ impl Writer {
         self.clock_last = self.shared.index.read().max_hlc;
         let mut last_tick = std::time::Instant::now();
         while let Some(first) = rx.blocking_recv() {
+            // Woken by the first append of a batch: give its producers (often on the
+            // same core) the chance to queue the rest before committing, so a commit
+            // carries many appends instead of one per wake-up.
+            if rx.is_empty() {
+                std::thread::yield_now();
+            }
             let mut appends = Vec::new();
             let mut shutdown = None;
             let mut bytes = 0usize;
