@@ -223,30 +223,27 @@ impl Outbox {
     /// Queue a reply ahead of everything queued (a subscription stream's `subscribed`,
     /// which must precede the pushes fan-out may already have queued there).
     pub fn push_reply_front(&self, frame: &ServerFrame) {
-        let bytes = Bytes::from(self.encoding.encode(frame));
-        let mut g = self.inner.lock();
-        if g.closed.is_some() {
-            return;
-        }
-        let was_empty = g.queue.is_empty();
-        self.add(&mut g, bytes.len());
-        g.queue.push_front(bytes);
-        drop(g);
-        if was_empty {
-            self.ready.notify_one();
-        }
+        self.enqueue(Bytes::from(self.encoding.encode(frame)), true);
     }
 
     /// Queue a reply or control push; never dropped (bounded by the caller).
     pub fn push_reply(&self, frame: &ServerFrame) {
-        let bytes = Bytes::from(self.encoding.encode(frame));
+        self.enqueue(Bytes::from(self.encoding.encode(frame)), false);
+    }
+
+    /// Queue `bytes` whatever the fullness (at the front or the back), unless closed.
+    fn enqueue(&self, bytes: Bytes, front: bool) {
         let mut g = self.inner.lock();
         if g.closed.is_some() {
             return;
         }
         let was_empty = g.queue.is_empty();
         self.add(&mut g, bytes.len());
-        g.queue.push_back(bytes);
+        if front {
+            g.queue.push_front(bytes);
+        } else {
+            g.queue.push_back(bytes);
+        }
         drop(g);
         if was_empty {
             self.ready.notify_one();
@@ -287,17 +284,7 @@ impl Outbox {
 
     /// Queue pre-encoded history bytes regardless of fullness (caller checked [`Outbox::has_room`]).
     pub fn push_history(&self, frame: Bytes) {
-        let mut g = self.inner.lock();
-        if g.closed.is_some() {
-            return;
-        }
-        let was_empty = g.queue.is_empty();
-        self.add(&mut g, frame.len());
-        g.queue.push_back(frame);
-        drop(g);
-        if was_empty {
-            self.ready.notify_one();
-        }
+        self.enqueue(frame, false);
     }
 
     /// Close the outbox; the writer sends `code` as a final error and closes the connection.
