@@ -126,19 +126,26 @@ struct LaneSet {
 }
 
 impl LaneSet {
-    /// Where a new subscription's pushes go: a new lane when the transport has lanes.
-    fn target(lanes: &mut Option<LaneSet>, out: &Arc<ConnOut>, gw: &Arc<Gateway>) -> Arc<ConnOut> {
+    /// Where a new subscription's pushes go: a new lane when the transport has lanes
+    /// (its writer is started by [`LaneSet::open`] once `subscribed` is queued in it).
+    fn target(lanes: &Option<LaneSet>, out: &Arc<ConnOut>, gw: &Gateway) -> Arc<ConnOut> {
         let Some(set) = lanes else {
             return out.clone();
         };
         let l = gw.settings.limits();
-        let lane = ConnOut::new(
+        ConnOut::new(
             out.id,
             Outbox::new(out.outbox.encoding(), l.outbox_frames, l.outbox_bytes / 2)
                 .with_budget(set.budget.clone()),
-        );
-        set.opener.open(lane.clone(), out.clone(), gw.clone());
-        lane
+        )
+    }
+
+    /// Start writing `lane` (for `sub`) to its stream. Only once its `subscribed` is at
+    /// the front: a writer started earlier could send a push fan-out queued meanwhile
+    /// as the stream's first frame.
+    fn open(&mut self, sub: SubId, lane: Arc<ConnOut>, out: &Arc<ConnOut>, gw: &Arc<Gateway>) {
+        self.opener.open(lane.clone(), out.clone(), gw.clone());
+        self.lanes.insert(sub, lane);
     }
 }
 
@@ -556,11 +563,8 @@ async fn execute(
                 return;
             }
             let live = start == StartAt::Latest;
-            let target = LaneSet::target(&mut delivery.lanes, out, gw);
+            let target = LaneSet::target(&delivery.lanes, out, gw);
             let (sub, head) = gw.broker.subscribe(&target, &pattern, live);
-            if let Some(set) = &mut delivery.lanes {
-                set.lanes.insert(sub, target.clone());
-            }
             session.add_subscription(pattern.clone(), sub);
             gw.metrics.subscriptions.inc();
             let position = match start {
@@ -583,12 +587,14 @@ async fn execute(
                 topic: pattern.clone(),
                 cursor: position.encode(),
             };
-            if Arc::ptr_eq(&target, out) {
-                out.outbox.push_reply(&reply);
-            } else {
-                // A lane starts with its `subscribed`, ahead of anything fan-out queued
-                // there since `subscribe` (all of it after the reply's cursor).
-                target.outbox.push_reply_front(&reply);
+            match &mut delivery.lanes {
+                None => out.outbox.push_reply(&reply),
+                Some(set) => {
+                    // A lane starts with its `subscribed`, ahead of anything fan-out
+                    // queued there since `subscribe` (all of it after the reply's cursor).
+                    target.outbox.push_reply_front(&reply);
+                    set.open(sub, target.clone(), out, gw);
+                }
             }
             if !live {
                 delivery.catchups.push_back(CatchUp {
