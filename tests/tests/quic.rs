@@ -805,3 +805,51 @@ async fn an_edgesync_1_client_gets_every_push_on_the_session_stream() {
         [ServerFrame::Msg(m)] if m.topic == "t"
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapping_subscription_catching_up_gets_everything_once_in_order() {
+    // `o.>` is live; `o.b` then catches up on 16 MB of stored messages on its own
+    // stream, not read until a new message has reached `o.>`'s stream. The client must
+    // not hand that one to `o.b` early: it would mark everything before it as seen and
+    // skip the rest of the catch-up.
+    const N: u64 = 2000;
+    // Lanes big enough that `o.>` never overflows while the client is held up by `o.b`.
+    let gw = Gw::start(|c| c.limits.outbox_bytes = 128 << 20).await;
+    let c = gw.quic().await;
+    let publisher = gw.ws().await;
+    let wide = c.subscribe("o.>", Start::Latest).await.expect("sub o.>");
+    let reader = tokio::spawn(async move {
+        let mut wide = wide;
+        let mut seqs = Vec::new();
+        while seqs.len() < (N + 1) as usize {
+            seqs.push(next_msg(&mut wide).await.seq);
+        }
+        seqs
+    });
+    let bulk = PublishOptions {
+        ack: false,
+        ..PublishOptions::default()
+    };
+    for _ in 0..N - 1 {
+        publisher
+            .publish_with("o.b", vec![b'h'; 8 << 10], bulk.clone())
+            .await
+            .expect("publish");
+    }
+    publisher
+        .publish("o.b", vec![b'h'; 8 << 10])
+        .await
+        .expect("acked: all stored");
+    let mut narrow = c.subscribe("o.b", Start::Earliest).await.expect("sub o.b");
+    publisher
+        .publish("o.b", "last")
+        .await
+        .expect("publish last");
+    tokio::time::sleep(Duration::from_millis(200)).await; // `last` reaches the client first
+    for want in 1..=N + 1 {
+        let m = next_msg(&mut narrow).await;
+        assert_eq!(m.seq, want, "o.b: every message once, in order");
+    }
+    let wide_seqs = reader.await.expect("reader");
+    assert_eq!(wide_seqs, (1..=N + 1).collect::<Vec<_>>(), "o.>: the same");
+}

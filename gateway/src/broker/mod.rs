@@ -152,9 +152,18 @@ impl Broker {
             }
         } else {
             let policy = &self.policy;
-            let t = g.topics.entry(pattern.clone()).or_insert_with(|| Topic {
+            let Inner {
+                topics, wild, subs, ..
+            } = &mut *g;
+            // A topic this subscription creates is also one of the wildcards' topics
+            // (as it is when fan-out creates it).
+            let t = topics.entry(pattern.clone()).or_insert_with(|| Topic {
                 head: BTreeMap::new(),
-                subs: Vec::new(),
+                subs: wild
+                    .iter()
+                    .filter(|w| subs.get(w).is_some_and(|s| matches(&s.pattern, &pattern)))
+                    .copied()
+                    .collect(),
                 policy: policy(&pattern),
             });
             t.subs.push(id);
@@ -490,6 +499,18 @@ mod tests {
             "wildcards match topics never stored"
         );
         assert!(b.matching_heads("e.new").is_empty(), "no topic created");
+    }
+
+    #[test]
+    fn a_wildcard_sees_a_topic_first_created_by_an_exact_subscription() {
+        let b = broker();
+        let wide = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        let exact = ConnOut::new(2, Outbox::new(Encoding::Json, 100, 1 << 20));
+        b.subscribe(&wide, "s.>", true);
+        b.subscribe(&exact, "s.new", true);
+        b.fanout(&Arc::new(vec![rec("s.new", 1)]));
+        assert_eq!(drain(&exact).len(), 1);
+        assert_eq!(drain(&wide).len(), 1, "the wildcard subscriber gets it too");
     }
 
     #[test]

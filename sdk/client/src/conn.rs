@@ -47,8 +47,8 @@ pub(crate) struct QuicConn {
     /// Bytes read but not yet split into frames.
     buf: BytesMut,
     framing: LengthPrefixed,
-    /// `edgesync/2`: frames read from subscription streams.
-    lanes: Option<tokio::sync::mpsc::Receiver<Bytes>>,
+    /// `edgesync/2`: frames read from subscription streams, with the stream's pattern.
+    lanes: Option<tokio::sync::mpsc::Receiver<Frame>>,
     /// Accepts subscription streams and owns their readers; aborted with the connection.
     lane_task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -67,6 +67,13 @@ const LANE_BACKLOG: usize = 64;
 /// Subscription streams the gateway may have open at once (its `max_subscriptions`
 /// default is 256; ended streams return their credit).
 const MAX_LANES: u32 = 1024;
+
+/// A frame from the gateway; `lane` names the subscription (its pattern) when it came
+/// on that subscription's own stream (`edgesync/2`), whose pushes are for it alone.
+pub(crate) struct Frame {
+    pub lane: Option<Arc<str>>,
+    pub bytes: Bytes,
+}
 
 /// A parsed server URL.
 pub(crate) struct Target {
@@ -288,13 +295,14 @@ impl Conn {
     }
 
     /// Next frame; `None` when the connection ended.
-    pub(crate) async fn recv(&mut self) -> Option<Bytes> {
+    pub(crate) async fn recv(&mut self) -> Option<Frame> {
+        let session = |bytes| Some(Frame { lane: None, bytes });
         match self {
             Conn::Quic(q) => q.recv_frame().await,
             Conn::Ws { ws, .. } => loop {
                 match ws.next().await? {
-                    Ok(Message::Binary(b)) => return Some(b),
-                    Ok(Message::Text(t)) => return Some(Bytes::from(t)),
+                    Ok(Message::Binary(b)) => return session(b),
+                    Ok(Message::Text(t)) => return session(Bytes::from(t)),
                     Ok(Message::Close(_)) | Err(_) => return None,
                     Ok(_) => continue,
                 }
@@ -331,10 +339,10 @@ impl QuicConn {
 
     /// Next frame, from the session stream or a subscription stream; `None` when the
     /// session stream or the connection ended or the gateway broke framing. Cancel-safe.
-    async fn recv_frame(&mut self) -> Option<Bytes> {
+    async fn recv_frame(&mut self) -> Option<Frame> {
         loop {
             match self.framing.next_frame(&mut self.buf) {
-                Ok(Some(f)) => return Some(f),
+                Ok(Some(bytes)) => return Some(Frame { lane: None, bytes }),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "bad frame from gateway");
@@ -352,7 +360,7 @@ impl QuicConn {
     }
 }
 
-async fn next_lane_frame(lanes: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+async fn next_lane_frame(lanes: &mut Option<tokio::sync::mpsc::Receiver<Frame>>) -> Option<Frame> {
     match lanes {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -361,7 +369,7 @@ async fn next_lane_frame(lanes: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>)
 
 /// Accept the gateway's subscription streams until the connection ends; each gets a
 /// reader that splits it into frames. Dropping this task (the `JoinSet`) stops them all.
-async fn accept_lanes(connection: quinn::Connection, tx: tokio::sync::mpsc::Sender<Bytes>) {
+async fn accept_lanes(connection: quinn::Connection, tx: tokio::sync::mpsc::Sender<Frame>) {
     let mut readers = tokio::task::JoinSet::new();
     while let Ok(recv) = connection.accept_uni().await {
         readers.spawn(read_lane(recv, tx.clone()));
@@ -369,13 +377,30 @@ async fn accept_lanes(connection: quinn::Connection, tx: tokio::sync::mpsc::Send
     }
 }
 
-async fn read_lane(mut recv: quinn::RecvStream, tx: tokio::sync::mpsc::Sender<Bytes>) {
+/// Reads one subscription stream. Its first frame is the subscription's `subscribed`,
+/// which names the pattern every later frame is tagged with.
+async fn read_lane(mut recv: quinn::RecvStream, tx: tokio::sync::mpsc::Sender<Frame>) {
     let mut buf = BytesMut::new();
     let framing = LengthPrefixed::new(MAX_FRAME);
+    let mut lane: Option<Arc<str>> = None;
     loop {
         match framing.next_frame(&mut buf) {
-            Ok(Some(frame)) => {
-                if tx.send(frame).await.is_err() {
+            Ok(Some(bytes)) => {
+                if lane.is_none() {
+                    lane = subscribed_pattern(&bytes);
+                    if lane.is_none() {
+                        tracing::warn!("a subscription stream must start with subscribed");
+                        return;
+                    }
+                }
+                if tx
+                    .send(Frame {
+                        lane: lane.clone(),
+                        bytes,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;
@@ -390,5 +415,14 @@ async fn read_lane(mut recv: quinn::RecvStream, tx: tokio::sync::mpsc::Sender<By
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
             Ok(None) | Err(_) => return,
         }
+    }
+}
+
+/// The pattern of the `subscribed` reply a subscription stream starts with.
+fn subscribed_pattern(frame: &[u8]) -> Option<Arc<str>> {
+    let frames: Vec<edgesync_protocol::ServerFrame> = Encoding::MsgPack.decode_all(frame).ok()?;
+    match frames.first()? {
+        edgesync_protocol::ServerFrame::Subscribed { topic, .. } => Some(Arc::from(topic.as_str())),
+        _ => None,
     }
 }

@@ -97,7 +97,7 @@ async fn establish(opts: &ClientOptions) -> Result<(Conn, Encoding, SessionInfo)
             return Err(ClientError::ConnectionLost);
         };
         let frames: Vec<ServerFrame> = encoding
-            .decode_all(&frame)
+            .decode_all(&frame.bytes)
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         for f in frames {
             match f {
@@ -158,7 +158,7 @@ impl Task {
                     }
                 },
                 frame = conn.recv() => match frame {
-                    Some(bytes) => self.handle_frame(&bytes).await,
+                    Some(f) => self.handle_frame(&f.bytes, f.lane.as_deref()).await,
                     None => match self.reconnect().await {
                         Some(c) => conn = c,
                         None => break,
@@ -327,7 +327,10 @@ impl Task {
         })
     }
 
-    async fn handle_frame(&mut self, bytes: &[u8]) {
+    /// `lane`: the pattern of the subscription stream the frame came on (`edgesync/2`);
+    /// its pushes go to that subscription only, so an overlapping subscription never
+    /// takes (and marks as seen) what another one is still catching up on.
+    async fn handle_frame(&mut self, bytes: &[u8], lane: Option<&str>) {
         let frames: Vec<ServerFrame> = match self.encoding.decode_all(bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -336,18 +339,19 @@ impl Task {
             }
         };
         for f in frames {
-            self.handle_server_frame(f).await;
+            self.handle_server_frame(f, lane).await;
         }
     }
 
-    async fn handle_server_frame(&mut self, f: ServerFrame) {
+    async fn handle_server_frame(&mut self, f: ServerFrame, lane: Option<&str>) {
+        let for_lane = |pattern: &str| lane.is_none_or(|l| l == pattern);
         match f {
             ServerFrame::Msg(m) if m.seq == 0 => {
                 // Ephemeral (datagram) message: best-effort, never in a cursor, not deduplicated.
                 for s in self
                     .subs
                     .iter()
-                    .filter(|s| s.active && matches(&s.pattern, &m.topic))
+                    .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &m.topic))
                 {
                     let _ = s.events.try_send(Event::Msg(m.clone()));
                 }
@@ -357,7 +361,7 @@ impl Task {
                 for s in self
                     .subs
                     .iter_mut()
-                    .filter(|s| s.active && matches(&s.pattern, &m.topic))
+                    .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &m.topic))
                 {
                     if m.seq <= s.position.position(&m.topic, &origin) {
                         continue; // already delivered (resume overlap): never twice
@@ -379,7 +383,7 @@ impl Task {
                 for s in self
                     .subs
                     .iter_mut()
-                    .filter(|s| s.active && matches(&s.pattern, &topic))
+                    .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &topic))
                 {
                     let ev = Event::Gap {
                         topic: topic.clone(),
