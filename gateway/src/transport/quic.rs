@@ -319,7 +319,8 @@ fn negotiated_alpn(connection: &Connection) -> Option<Vec<u8>> {
 
 /// Subscription streams of an `edgesync/2` connection: one writer task per
 /// subscription, each draining the subscription's lane into a unidirectional stream it
-/// opens when the first frame is ready (an idle subscription holds no stream).
+/// opens for the first frame, the `subscribed` (a connection without subscriptions
+/// holds no stream and no writer).
 pub struct QuicLanes(Connection);
 
 impl Lanes for QuicLanes {

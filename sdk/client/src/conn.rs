@@ -5,7 +5,8 @@
 //! big-endian length-prefixed MessagePack frames, and QUIC datagrams for ephemeral
 //! publishes. QUIC always uses MessagePack. With `edgesync/2` the gateway opens a
 //! unidirectional stream per subscription; their frames are merged with the session
-//! stream's (each stream stays in order; the session logic is keyed on frame content).
+//! stream's, each tagged with its subscription (named by the stream's first frame,
+//! `subscribed`), so a stream's pushes reach only its own subscription.
 
 use std::sync::Arc;
 
