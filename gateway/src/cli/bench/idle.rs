@@ -28,6 +28,11 @@ pub struct IdleArgs {
     /// Handshakes in flight at once.
     #[arg(long, default_value_t = 128)]
     pub parallel: usize,
+    /// Each connection also subscribes to a topic of its own (`bench.idle.<i>`), as a
+    /// device fleet does: the figure then includes a subscription (with QUIC
+    /// `edgesync/2`, its stream, writer task and outbox).
+    #[arg(long)]
+    pub subscribe: bool,
 }
 
 pub async fn run(target: &Target, a: &IdleArgs) -> Result<Report> {
@@ -38,7 +43,13 @@ pub async fn run(target: &Target, a: &IdleArgs) -> Result<Report> {
     let before = rss_kib(pid)?;
     let started = Instant::now();
     let opened: Vec<Result<Conn>> = futures_util::stream::iter(0..a.connections)
-        .map(|_| target.open())
+        .map(|i| async move {
+            let mut c = target.open().await?;
+            if a.subscribe {
+                super::wire::subscribe(&mut c, target.proto, &format!("bench.idle.{i}")).await?;
+            }
+            Ok(c)
+        })
         .buffer_unordered(a.parallel.max(1))
         .collect()
         .await;
@@ -66,7 +77,8 @@ pub async fn run(target: &Target, a: &IdleArgs) -> Result<Report> {
         .for_each_concurrent(a.parallel.max(1), Conn::close)
         .await;
     let mut r = Report::new("idle", target.label());
-    r.param("connections", a.connections);
+    r.param("connections", a.connections)
+        .param("subscribe", a.subscribe);
     r.metric("connections_open", open as f64)
         .metric("connections_failed", failed as f64)
         .metric("rss_before_kib", before as f64)
