@@ -135,10 +135,7 @@ impl Outbox {
     fn is_full(&self, g: &Inner, len: usize) -> bool {
         g.queue.len() >= self.max_frames
             || g.bytes + len > self.max_bytes
-            || self
-                .budget
-                .as_ref()
-                .is_some_and(|b| b.used.load(Ordering::Relaxed) + len > b.max)
+            || self.budget.as_ref().is_some_and(|b| b.used() + len > b.max)
     }
 
     fn add(&self, g: &mut Inner, len: usize) {
@@ -276,10 +273,7 @@ impl Outbox {
             && g.gaps.is_empty()
             && g.queue.len() < self.max_frames / 2
             && g.bytes < self.max_bytes / 2
-            && self
-                .budget
-                .as_ref()
-                .is_none_or(|b| b.used.load(Ordering::Relaxed) < b.max / 2)
+            && self.budget.as_ref().is_none_or(|b| b.used() < b.max / 2)
     }
 
     /// Queue pre-encoded history bytes regardless of fullness (caller checked [`Outbox::has_room`]).
