@@ -19,15 +19,14 @@
 //! `/readyz` is open, so a probe works on a default install. Errors are JSON
 //! `{"code": "...", "message": "..."}` with a fitting HTTP status.
 //!
-//! This module owns HTTP only: publishing goes through [`Gateway::ingest`] and
-//! the store exactly like a client publish; plugins are reached through the
-//! [`PluginAdmin`] seam ([`Gateway::plugins`]), which the plugin integration
-//! implements.
+//! This module owns HTTP only: a publish is validated by the same rules as a
+//! client's (`session::validate_publish`) and goes through the one ingest
+//! [`Pipeline`]; plugins are reached through the [`PluginAdmin`] seam.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Json;
 use axum::Router;
@@ -36,58 +35,81 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use edgesync_protocol::topic::{is_system, validate_topic};
+use edgesync_protocol::topic::validate_topic;
 use edgesync_protocol::{Cursor, ErrorCode, Headers, Msg, Payload};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Gateway, Ingest};
-use crate::store::{AppendRequest, StoreError};
+use crate::broker::PolicyFn;
+use crate::config::{AdminConfig, Limits};
+use crate::conns::ConnRegistry;
+use crate::metrics::Metrics;
+use crate::model::{Publish, Sender};
+use crate::pipeline::{Pipeline, Published};
+use crate::plugin::{PluginAdmin, PluginAdminError, PluginInfo};
+use crate::session::validate_publish;
+use crate::store::Store;
 
 /// Client id recorded on messages published through the admin API.
 pub const ADMIN_CLIENT_ID: &str = "admin";
 /// Most topics one `GET /v1/topics` returns.
 const MAX_TOPICS_PAGE: usize = 10_000;
 
-/// Plugin administration, implemented by the plugin integration (the one seam
-/// between this module and plugins; see [`Gateway::plugins`]).
-pub trait PluginAdmin: Send + Sync {
-    /// Loaded plugins, in load order.
-    fn list(&self) -> Vec<PluginInfo>;
-
-    /// Reload plugin `name` from its configured source.
-    ///
-    /// # Errors
-    /// [`PluginAdminError::NotFound`] for an unknown name; `Failed` when the new
-    /// version did not load (the old one keeps running).
-    fn reload<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<PluginInfo, PluginAdminError>> + Send + 'a>>;
+/// Whether the gateway serves: set once every listener is bound, false again when
+/// shutdown starts.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    ready: AtomicBool,
+    shutdown: CancellationToken,
 }
 
-/// One plugin as listed by the admin API.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct PluginInfo {
-    pub name: String,
-    /// Hooks the plugin implements.
-    pub hooks: Vec<String>,
-    /// `running`, `breaker_open`, `failed`, ...
-    pub state: String,
-    /// Anything else the plugin host wants to show (version, digest, instances, ...).
-    #[serde(flatten)]
-    pub detail: serde_json::Map<String, serde_json::Value>,
+impl Readiness {
+    /// Not ready until [`Readiness::set_ready`]; never ready once `shutdown` is cancelled.
+    pub fn new(shutdown: CancellationToken) -> Arc<Self> {
+        Arc::new(Readiness {
+            ready: AtomicBool::new(false),
+            shutdown,
+        })
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// True once ready and until shutdown starts.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.shutdown.is_cancelled()
+    }
+
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
 }
 
-/// Why a plugin reload failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PluginAdminError {
-    #[error("no such plugin: {0}")]
-    NotFound(String),
-    #[error("reload failed: {0}")]
-    Failed(String),
+/// What the admin API reaches.
+pub struct AdminCtx {
+    pub admin: AdminConfig,
+    pub limits: Limits,
+    /// The effective configuration as TOML, secrets redacted (`GET /v1/config`).
+    pub config_toml: String,
+    pub slow_consumer: PolicyFn,
+    pub pipeline: Arc<Pipeline>,
+    pub store: Store,
+    pub conns: Arc<ConnRegistry>,
+    /// `None` when no plugin is configured.
+    pub plugins: Option<Arc<dyn PluginAdmin>>,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Arc<Readiness>,
 }
+
+impl std::fmt::Debug for AdminCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminCtx").finish_non_exhaustive()
+    }
+}
+
+type Ctx = State<Arc<AdminCtx>>;
 
 /// Bind the admin listener.
 ///
@@ -101,7 +123,7 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 ///
 /// `stop` is separate from the gateway's shutdown token on purpose: while the
 /// gateway drains, `/readyz` must keep answering 503 so load balancers move away.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, gw: Arc<AdminCtx>, stop: CancellationToken) {
     let app = router(gw);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -112,10 +134,9 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, stop: CancellationTo
 }
 
 /// The admin routes (also usable without a listener, e.g. in tests).
-pub fn router(gw: Arc<Gateway>) -> Router {
+pub fn router(gw: Arc<AdminCtx>) -> Router {
     let body_limit = gw
-        .settings
-        .limits()
+        .limits
         .max_frame_bytes
         .saturating_mul(2)
         .saturating_add(64 << 10);
@@ -225,8 +246,8 @@ enum Guard {
 ///
 /// # Errors
 /// 403 `admin_disabled` (API without a configured token), 401 `unauthorized` (missing or wrong token).
-fn authorize(gw: &Gateway, headers: &HeaderMap, guard: Guard) -> Result<(), ApiError> {
-    let Some(expected) = gw.settings.config.admin.token.as_deref() else {
+fn authorize(gw: &AdminCtx, headers: &HeaderMap, guard: Guard) -> Result<(), ApiError> {
+    let Some(expected) = gw.admin.token.as_deref() else {
         return match guard {
             Guard::IfConfigured => Ok(()),
             Guard::Api => Err(ApiError::new(
@@ -270,8 +291,8 @@ fn same_secret(a: &str, b: &str) -> bool {
         == 0
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
-    if gw.settings.config.admin.protect_metrics
+async fn metrics(State(gw): Ctx, headers: HeaderMap) -> Response {
+    if gw.admin.protect_metrics
         && let Err(e) = authorize(&gw, &headers, Guard::IfConfigured)
     {
         return e.into_response();
@@ -293,20 +314,20 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Readiness and the checks behind it.
 #[derive(Debug, Serialize)]
-struct Readiness {
+struct ReadyBody {
     /// Store open, listeners bound, plugins loaded, not shutting down, store not poisoned.
     ready: bool,
     shutting_down: bool,
     store_poisoned: bool,
 }
 
-async fn readyz(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
+async fn readyz(State(gw): Ctx, headers: HeaderMap) -> Response {
     if let Err(e) = authorize(&gw, &headers, Guard::IfConfigured) {
         return e.into_response();
     }
-    let shutting_down = gw.shutdown.is_cancelled();
+    let shutting_down = gw.readiness.shutting_down();
     let store_poisoned = gw.store.is_poisoned();
-    let ready = gw.is_ready() && !store_poisoned;
+    let ready = gw.readiness.is_ready() && !store_poisoned;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -314,7 +335,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response 
     };
     (
         status,
-        Json(Readiness {
+        Json(ReadyBody {
             ready,
             shutting_down,
             store_poisoned,
@@ -353,7 +374,7 @@ struct PublishAck {
 }
 
 async fn publish(
-    State(gw): State<Arc<Gateway>>,
+    State(gw): Ctx,
     headers: HeaderMap,
     body: Result<Json<PublishBody>, JsonRejection>,
 ) -> ApiResult<PublishAck> {
@@ -371,54 +392,33 @@ async fn publish(
     result.map(Json)
 }
 
-async fn publish_inner(gw: &Gateway, body: PublishBody) -> Result<PublishAck, ApiError> {
-    let l = gw.settings.limits();
-    validate_topic(&body.topic, l.max_topic_bytes)
-        .map_err(|e| ApiError::from_code(e.code(), e.to_string()))?;
-    if is_system(&body.topic) {
-        return Err(ApiError::from_code(
-            ErrorCode::Forbidden,
-            "topics starting with '$' are reserved for the gateway",
-        ));
-    }
-    if body.headers.len() > l.max_headers || body.headers.byte_len() > l.max_header_bytes {
-        return Err(ApiError::from_code(
-            ErrorCode::HeadersTooLarge,
-            format!(
-                "limits are {} headers / {} bytes",
-                l.max_headers, l.max_header_bytes
-            ),
-        ));
-    }
-    if body.headers.0.iter().any(|(k, _)| k.is_empty()) {
-        return Err(ApiError::bad_request("header names must not be empty"));
-    }
+async fn publish_inner(gw: &AdminCtx, body: PublishBody) -> Result<PublishAck, ApiError> {
+    let l = &gw.limits;
+    validate_publish(l, &body.topic, &body.headers, body.mid.as_deref())
+        .map_err(|r| ApiError::from_code(r.code, r.message))?;
     if body.data.0.len() > l.max_frame_bytes {
         return Err(ApiError::from_code(
             ErrorCode::FrameTooLarge,
             format!("payload exceeds {} bytes", l.max_frame_bytes),
         ));
     }
-    if let Some(m) = &body.mid
-        && (m.is_empty() || m.len() > l.max_id_bytes)
-    {
-        return Err(ApiError::bad_request(format!(
-            "mid must be 1-{} bytes",
-            l.max_id_bytes
-        )));
-    }
-    let mut req = AppendRequest {
+    let topic = body.topic.clone();
+    let req = Publish {
         topic: body.topic,
         client: ADMIN_CLIENT_ID.to_string(),
         mid: body.mid,
         headers: body.headers,
         payload: body.data.0,
     };
-    match gw.ingest(None, &mut req).await {
-        Ok(Ingest::Store) => {}
-        Ok(Ingest::Dropped) => {
+    let sender = Sender {
+        client_id: ADMIN_CLIENT_ID.to_string(),
+        ..Sender::default()
+    };
+    let ack = match gw.pipeline.publish(&sender, req).await {
+        Ok(Published::Stored(ack)) => ack,
+        Ok(Published::NotStored(_)) => {
             return Ok(PublishAck {
-                topic: req.topic,
+                topic,
                 stored: false,
                 origin: String::new(),
                 epoch: 0,
@@ -428,13 +428,8 @@ async fn publish_inner(gw: &Gateway, body: PublishBody) -> Result<PublishAck, Ap
                 dup: false,
             });
         }
-        Err((code, msg)) => return Err(ApiError::from_code(code, msg)),
-    }
-    let topic = req.topic.clone();
-    let ack = gw.store.append(req).await.map_err(|e| match e {
-        StoreError::Closed => ApiError::from_code(ErrorCode::ShuttingDown, e.to_string()),
-        other => ApiError::from_code(ErrorCode::StorageUnavailable, other.to_string()),
-    })?;
+        Err(r) => return Err(ApiError::from_code(r.code, r.message)),
+    };
     let mut cursor = Cursor::new();
     cursor.set_topic(&topic, ack.vv.clone());
     Ok(PublishAck {
@@ -486,14 +481,14 @@ struct TopicsPage {
 }
 
 async fn topics(
-    State(gw): State<Arc<Gateway>>,
+    State(gw): Ctx,
     headers: HeaderMap,
     q: Result<Query<TopicsQuery>, QueryRejection>,
 ) -> ApiResult<TopicsPage> {
     authorize(&gw, &headers, Guard::Api)?;
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(MAX_TOPICS_PAGE).clamp(1, MAX_TOPICS_PAGE);
-    let policy = gw.settings.slow_consumer_policy();
+    let policy = &gw.slow_consumer;
     let mut all = gw.store.topics();
     if let Some(after) = &q.after {
         all.retain(|t| t.topic.as_str() > after.as_str());
@@ -555,13 +550,13 @@ struct HistoryPage {
 }
 
 async fn history(
-    State(gw): State<Arc<Gateway>>,
+    State(gw): Ctx,
     headers: HeaderMap,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<HistoryPage> {
     authorize(&gw, &headers, Guard::Api)?;
     let Query(q) = q?;
-    let l = gw.settings.limits();
+    let l = &gw.limits;
     validate_topic(&q.topic, l.max_topic_bytes)
         .map_err(|e| ApiError::from_code(e.code(), e.to_string()))?;
     let limit = q
@@ -609,38 +604,29 @@ async fn history(
     }))
 }
 
-async fn connections(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-) -> ApiResult<serde_json::Value> {
+async fn connections(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {
     authorize(&gw, &headers, Guard::Api)?;
-    Ok(Json(serde_json::json!({ "connections": gw.connections() })))
+    Ok(Json(serde_json::json!({ "connections": gw.conns.list() })))
 }
 
-async fn config(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-) -> ApiResult<serde_json::Value> {
+async fn config(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {
     authorize(&gw, &headers, Guard::Api)?;
     // Redaction lives in one place (`Settings::redacted_toml`); convert its output.
-    let table: toml::Table = toml::from_str(&gw.settings.redacted_toml())
+    let table: toml::Table = toml::from_str(&gw.config_toml)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let value = serde_json::to_value(table)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(Json(value))
 }
 
-async fn plugins(
-    State(gw): State<Arc<Gateway>>,
-    headers: HeaderMap,
-) -> ApiResult<serde_json::Value> {
+async fn plugins(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {
     authorize(&gw, &headers, Guard::Api)?;
-    let list = gw.plugins().map(|p| p.list()).unwrap_or_default();
+    let list = gw.plugins.as_ref().map(|p| p.list()).unwrap_or_default();
     Ok(Json(serde_json::json!({ "plugins": list })))
 }
 
 async fn reload_plugin(
-    State(gw): State<Arc<Gateway>>,
+    State(gw): Ctx,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<PluginInfo> {
@@ -652,7 +638,7 @@ async fn reload_plugin(
             format!("no such plugin: {name}"),
         )
     };
-    let Some(host) = gw.plugins() else {
+    let Some(host) = &gw.plugins else {
         return Err(not_found());
     };
     match host.reload(&name).await {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::broker::PolicyFn;
 use crate::outbox::SlowConsumerPolicy;
 use crate::store::{FsyncPolicy, Retention, StoreOptions};
 
@@ -54,14 +55,24 @@ pub struct Config {
     pub admin: AdminConfig,
     /// WebAssembly plugins (`[[plugin]]`: name, path, config table, limits, grants, failure policy).
     #[serde(rename = "plugin")]
-    pub plugins: Vec<crate::plugin::PluginConfig>,
+    pub plugins: Vec<edgesync_plugin_host::PluginConfig>,
     /// Which plugins run for which topics (`[[route]] topics = "chat.>" plugins = [...]`).
     #[serde(rename = "route")]
-    pub routes: Vec<crate::plugin::RouteConfig>,
+    pub routes: Vec<RouteConfig>,
     /// Plugin runtime settings (cache dir default `<data_dir>/plugin-cache`, epoch tick, pooling).
-    pub plugin_host: crate::plugin::HostConfig,
+    pub plugin_host: edgesync_plugin_host::HostConfig,
     /// Reload plugins whose component file changed (`[plugin_watch] interval_ms`; 0 = off, the default).
     pub plugin_watch: PluginWatch,
+}
+
+/// `[[route]]`: topics matching `topics` run `plugins`, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Topic pattern (`*`, `>`).
+    pub topics: String,
+    /// Plugin names, in call order.
+    pub plugins: Vec<String>,
 }
 
 /// Hot reload on file change.
@@ -86,7 +97,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             plugins: Vec::new(),
             routes: Vec::new(),
-            plugin_host: crate::plugin::HostConfig::default(),
+            plugin_host: edgesync_plugin_host::HostConfig::default(),
             plugin_watch: PluginWatch::default(),
         }
     }
@@ -526,7 +537,7 @@ impl Settings {
     }
 
     /// Slow-consumer policy per topic.
-    pub fn slow_consumer_policy(&self) -> crate::broker::PolicyFn {
+    pub fn slow_consumer_policy(&self) -> PolicyFn {
         let topics = self.config.topics.clone();
         Arc::new(move |topic: &str| {
             topics

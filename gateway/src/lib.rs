@@ -1,29 +1,40 @@
 //! edgesync: a WASM-extensible edge sync gateway.
 //!
-//! Modules in data-flow order (a message travels down this list):
+//! Layers, top to bottom. A message enters at a transport and flows down this list
+//! to the store; each module imports only modules listed below it (the
+//! architecture test `tests/layers.rs` checks it).
 //!
-//! - [`config`]: TOML file + flags + `EDGESYNC_*` env → typed runtime settings.
-//! - [`transport`]: listeners — [`transport::tls`] (certificates), [`transport::ws`]
-//!   (ws/wss). They only move frames.
-//! - (`edgesync-protocol` decodes frames; it does no I/O.)
-//! - [`session`]: the per-connection state machine (limits, auth state,
-//!   subscriptions, rate limit) and its thin async driver.
-//! - [`plugin`]: WebAssembly plugins on the path — auth at connect/subscribe, message and
-//!   storage hooks before the store, timers (runtime: the `edgesync-plugin-host` crate).
-//! - [`broker`]: topics, the wildcard index, subscriptions, fan-out into
-//!   per-connection [`outbox`]es of pre-encoded frames.
-//! - [`store`]: the durable log (group commit, version vectors, retention, dedupe).
-//! - [`metrics`]: the one Prometheus registry.
+//! - [`cli`]: the `edgesync` command line (serve, pub, sub, cert, plugin, check-config, bench).
+//! - [`server`]: wires the layers together and orders shutdown (`server::run(config, shutdown)`).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, JSON API under `/v1/`).
-//! - [`server`]: wires everything together (`server::run(config, shutdown)`).
-//! - [`cli`]: the `edgesync` command line (serve, pub, sub, cert, check-config).
+//! - [`transport`]: listeners — admission, [`transport::tls`] (certificates),
+//!   [`transport::ws`] (ws/wss), [`transport::quic`]. They only move frames.
+//! - [`plugin`]: WebAssembly plugins — the session's auth hooks and the pipeline's message
+//!   and storage hooks, timers, plugin services (runtime: the `edgesync-plugin-host` crate).
+//! - [`session`]: the per-connection state machine (limits, auth state, subscriptions,
+//!   rate limit) and its thin async driver.
+//! - [`conns`]: the registry of live connections (ids, listing, reach one by id).
+//! - [`pipeline`]: ingest — hooks, dead letters, store append, live-only delivery — for
+//!   every entry point.
+//! - [`metrics`]: the one Prometheus registry; observes the broker and the store.
+//! - [`config`]: TOML file + flags + `EDGESYNC_*` env → typed runtime settings.
+//! - [`broker`]: topics, the wildcard index, subscriptions, fan-out into per-connection
+//!   [`outbox`]es of pre-encoded frames.
+//! - [`outbox`]: a connection's bounded queue of frames with the slow-consumer policy.
+//! - [`store`]: the durable log (group commit, version vectors, retention, dedupe).
+//! - [`clock`]: wall-clock time, injected.
+//! - [`model`]: the shared vocabulary (publish, sender, auth, ids, hook outcome).
 
 pub mod admin;
 pub mod broker;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod conns;
 pub mod metrics;
+pub mod model;
 pub mod outbox;
+pub mod pipeline;
 pub mod plugin;
 pub mod server;
 pub mod session;

@@ -37,8 +37,7 @@
 //! duplicate names. Plugin-defined metrics also go on that registry, under the
 //! plugin's name.
 
-use std::sync::Weak;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
@@ -46,7 +45,7 @@ use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
-use crate::server::Gateway;
+use crate::broker::BrokerObserver;
 use crate::store::{CommitStats, StoreObserver};
 
 /// Latency buckets in seconds, 50 µs to 5 s.
@@ -265,26 +264,6 @@ impl Metrics {
         }
     }
 
-    /// Watch a gateway's store, broker and readiness. Holds only a weak reference,
-    /// so a stopped gateway is freed; its state metrics then disappear.
-    pub fn watch_gateway(&self, gw: Weak<Gateway>) {
-        self.watch(move || {
-            let gw = gw.upgrade()?;
-            let totals = gw.store.totals();
-            let outboxes = gw.broker.outbox_depths();
-            Some(StateSample {
-                ready: gw.is_ready(),
-                store_topics: totals.topics,
-                store_records: totals.records,
-                store_payload_bytes: totals.payload_bytes,
-                store_disk_bytes: gw.store.disk_bytes(),
-                store_poisoned: gw.store.is_poisoned(),
-                outbox_queued_frames: outboxes.queued_frames,
-                outbox_depth_max_frames: outboxes.max_frames,
-            })
-        });
-    }
-
     /// Count a gap notice for a stored range (`corrupt` records or removed by retention).
     pub fn gap(&self, corrupt: bool) {
         self.gaps
@@ -294,9 +273,7 @@ impl Metrics {
 
     /// Observe the delivery latency of a record with HLC `hlc` (ms << 16) queued now.
     pub fn delivered(&self, hlc: u64) {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::clock::Clock::unix_ms(&crate::clock::SystemClock);
         let age_ms = now_ms.saturating_sub(hlc >> 16);
         self.publish_deliver_seconds.observe(age_ms as f64 / 1000.0);
     }
@@ -315,6 +292,26 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl BrokerObserver for Metrics {
+    fn queued(&self, n: u64) {
+        self.messages_out.inc_by(n);
+    }
+
+    fn gap_drop(&self) {
+        self.gap_drops.inc();
+    }
+
+    fn delivered(&self, hlc: u64) {
+        Metrics::delivered(self, hlc);
+    }
+
+    fn ephemeral(&self, queued: bool) {
+        self.ephemeral_deliveries
+            .with_label_values(&[if queued { "queued" } else { "dropped" }])
+            .inc();
     }
 }
 

@@ -254,7 +254,7 @@ async fn torn_journal_tail_is_cut_back_to_the_last_complete_batch() {
     );
     assert_eq!(epoch, 1, "the tail was proven: same epoch");
     let ack = store
-        .append(edgesync::store::AppendRequest {
+        .append(edgesync::store::Publish {
             topic: "torn".into(),
             client: "t".into(),
             mid: None,

@@ -597,7 +597,7 @@ async fn readyz_is_false_unless_the_gateway_is_ready() -> Result<()> {
     assert_eq!(status, 200, "{body}");
     assert_eq!(json(&body)?["ready"], true);
     // Draining: the shutdown token is cancelled, the admin listener still answers.
-    gw.running.gateway.shutdown.cancel();
+    gw.running.shutdown_token().cancel();
     let (status, body) = gw.get("/readyz", Some(TOKEN)).await?;
     assert_eq!(status, 503, "{body}");
     let r = json(&body)?;

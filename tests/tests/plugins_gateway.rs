@@ -416,7 +416,7 @@ plugins = ["hot"]
     ))
     .await;
     let admin = gw.gateway().plugins().expect("plugin admin");
-    let version = |a: &Arc<dyn edgesync::admin::PluginAdmin>| -> u64 {
+    let version = |a: &Arc<dyn edgesync::plugin::PluginAdmin>| -> u64 {
         let list = a.list();
         list[0].detail["version"].as_u64().expect("version")
     };

@@ -26,12 +26,31 @@ use edgesync_protocol::topic::{is_pattern, matches};
 use edgesync_protocol::{Cursor, Encoding, Msg, Origin, ServerFrame};
 use parking_lot::Mutex;
 
-use crate::metrics::Metrics;
+pub use crate::model::SubId;
 use crate::outbox::{Outbox, Pushed, SlowConsumerPolicy};
 use crate::store::{Committed, Record};
 
 /// Maps a topic to its slow-consumer policy (built from config).
 pub type PolicyFn = Arc<dyn Fn(&str) -> SlowConsumerPolicy + Send + Sync>;
+
+/// Told what fan-out did (the gateway's metrics implement it), so the broker never
+/// depends on `metrics`. Called under the broker lock: quick, never blocking.
+pub trait BrokerObserver: Send + Sync {
+    /// `n` deliveries were queued to subscribers (live fan-out or catch-up).
+    fn queued(&self, _n: u64) {}
+    /// A delivery was dropped by a full outbox (a gap notice follows).
+    fn gap_drop(&self) {}
+    /// A record with HLC `hlc` reached its first live subscriber now.
+    fn delivered(&self, _hlc: u64) {}
+    /// An ephemeral delivery was queued (`true`) or dropped (`false`).
+    fn ephemeral(&self, _queued: bool) {}
+}
+
+/// The observer that ignores everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoBrokerObserver;
+
+impl BrokerObserver for NoBrokerObserver {}
 
 /// A connection as the broker sees it.
 #[derive(Debug)]
@@ -49,18 +68,6 @@ impl ConnOut {
             outbox,
             stamp: AtomicU64::new(0),
         })
-    }
-}
-
-/// Identifies a subscription inside the broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SubId(u64);
-
-impl SubId {
-    /// A fixed id for unit tests elsewhere in the crate.
-    #[cfg(test)]
-    pub fn test(n: u64) -> Self {
-        SubId(n)
     }
 }
 
@@ -89,7 +96,7 @@ struct Inner {
 pub struct Broker {
     inner: Mutex<Inner>,
     policy: PolicyFn,
-    metrics: Arc<Metrics>,
+    observer: Arc<dyn BrokerObserver>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -103,7 +110,7 @@ impl Broker {
     pub fn new(
         heads: HashMap<String, BTreeMap<Origin, u64>>,
         policy: PolicyFn,
-        metrics: Arc<Metrics>,
+        observer: Arc<dyn BrokerObserver>,
     ) -> Self {
         let topics = heads
             .into_iter()
@@ -128,7 +135,7 @@ impl Broker {
                 stamp: 0,
             }),
             policy,
-            metrics,
+            observer,
         }
     }
 
@@ -290,15 +297,15 @@ impl Broker {
                     topic.policy,
                 ) {
                     Pushed::Queued => {
-                        self.metrics.messages_out.inc();
+                        self.observer.queued(1);
                         delivered = true;
                     }
-                    Pushed::Dropped => self.metrics.gap_drops.inc(),
+                    Pushed::Dropped => self.observer.gap_drop(),
                     Pushed::Closed => {}
                 }
             }
             if delivered {
-                self.metrics.delivered(record.hlc);
+                self.observer.delivered(record.hlc);
             }
         }
     }
@@ -353,18 +360,9 @@ impl Broker {
             };
             let frame =
                 slot.get_or_insert_with(|| Bytes::from(enc.encode(&ServerFrame::Msg(msg.clone()))));
-            if sub.conn.outbox.try_push_ephemeral(frame) {
-                queued += 1;
-                self.metrics
-                    .ephemeral_deliveries
-                    .with_label_values(&["queued"])
-                    .inc();
-            } else {
-                self.metrics
-                    .ephemeral_deliveries
-                    .with_label_values(&["dropped"])
-                    .inc();
-            }
+            let ok = sub.conn.outbox.try_push_ephemeral(frame);
+            self.observer.ephemeral(ok);
+            queued += usize::from(ok);
         }
         queued
     }
@@ -429,7 +427,7 @@ mod tests {
         Broker::new(
             HashMap::new(),
             Arc::new(|_| SlowConsumerPolicy::Gap),
-            Arc::new(Metrics::new()),
+            Arc::new(NoBrokerObserver),
         )
     }
 

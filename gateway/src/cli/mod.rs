@@ -1,9 +1,9 @@
-//! The `edgesync` command line: `serve`, `pub`, `sub`, `cert`, `bench`.
+//! The `edgesync` command line: `serve`, `pub`, `sub`, `cert`, `plugin`, `check-config`.
+//! (The load generator is its own binary, `edgesync-bench`, in `bench/`.)
 //!
 //! Flags override environment variables (`EDGESYNC_*`), which override the
 //! config file, which overrides the built-in defaults.
 
-mod bench;
 mod cert;
 mod client;
 mod plugin;
@@ -35,8 +35,6 @@ pub enum Command {
     /// Make a CA and node/server certificates (for wss, QUIC and gateway mTLS).
     #[command(subcommand)]
     Cert(cert::CertCommand),
-    /// Load scenarios (fanout, latency, durable, idle) against edgesync and nats-server.
-    Bench(bench::BenchArgs),
     /// Make, build, check and reload WebAssembly plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
@@ -82,7 +80,6 @@ pub fn main() -> ExitCode {
         Command::Sub(args) => client::run_sub(args),
         Command::Cert(c) => cert::run(c),
         Command::Plugin(c) => plugin::run(c),
-        Command::Bench(a) => bench::run(a),
         Command::CheckConfig { file } => match Config::from_file(&file)
             .map_err(|e| e.to_string())
             .and_then(|c| c.build().map_err(|e| e.to_string()))

@@ -19,7 +19,10 @@
 //!   the store, publish through the normal pipeline with loop protection,
 //!   direct send and close.
 
+pub mod admin;
 pub mod services;
+
+pub use admin::{PluginAdmin, PluginAdminError, PluginInfo};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,67 +33,35 @@ use edgesync_protocol::topic::matches;
 use ph::{
     ConnectVerdict, FailurePolicy, Family, Hook, MessageVerdict, SubscribeVerdict, WriteVerdict,
 };
-use serde::{Deserialize, Serialize};
 
-use crate::admin::{PluginAdmin, PluginAdminError, PluginInfo};
-use crate::session::Auth;
-use crate::store::AppendRequest;
-use std::future::Future;
-use std::pin::Pin;
+pub use crate::model::Sender;
+use crate::model::{Auth, ConnId, ConnInfo, HookOutcome, Publish, Refusal, Transport};
+use crate::pipeline::{BoxFuture, DeadLetter, HookResult, MessageHooks};
+use crate::session::Authorizer;
+use crate::store::Retention;
 
+pub use crate::config::RouteConfig;
 pub use ph::{HostConfig, PluginConfig};
-
-/// `[[route]]`: topics matching `topics` run `plugins`, in order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteConfig {
-    /// Topic pattern (`*`, `>`).
-    pub topics: String,
-    /// Plugin names, in call order.
-    pub plugins: Vec<String>,
-}
 
 /// Most plugin publishes in one causal chain before a publish is refused (loop protection).
 pub const MAX_HOPS: u32 = 4;
 
-/// Who sent a message into the pipeline.
-#[derive(Debug, Clone)]
-pub struct Sender {
-    pub conn_id: u64,
-    pub client_id: String,
-    pub principal: Option<String>,
-    /// Set when a plugin published it: that plugin's hooks are skipped (loop protection).
-    pub plugin: Option<String>,
-}
-
-impl Sender {
-    pub(crate) fn conn_ref(&self) -> ph::ConnRef {
-        ph::ConnRef {
-            conn_id: self.conn_id,
-            client_id: self.client_id.clone(),
-            principal: self.principal.clone().unwrap_or_default(),
-        }
-    }
-
-    /// The same, borrowed (no copies on the per-publish path).
-    pub(crate) fn sender_ref(&self) -> ph::SenderRef<'_> {
-        ph::SenderRef {
-            conn_id: self.conn_id,
-            client_id: &self.client_id,
-            principal: self.principal.as_deref().unwrap_or_default(),
-        }
+/// The plugin host's view of a sender.
+pub(crate) fn conn_ref(s: &Sender) -> ph::ConnRef {
+    ph::ConnRef {
+        conn_id: s.conn_id,
+        client_id: s.client_id.clone(),
+        principal: s.principal.clone().unwrap_or_default(),
     }
 }
 
-/// What the hooks decided about a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Store it (possibly changed in place).
-    Store,
-    /// A message hook dropped it on purpose.
-    Dropped,
-    /// A storage hook said `skip`: deliver live, do not persist.
-    Ephemeral,
+/// The same, borrowed (no copies on the per-publish path).
+pub(crate) fn sender_ref(s: &Sender) -> ph::SenderRef<'_> {
+    ph::SenderRef {
+        conn_id: s.conn_id,
+        client_id: &s.client_id,
+        principal: s.principal.as_deref().unwrap_or_default(),
+    }
 }
 
 /// Setup failures (startup stops with the plugin named).
@@ -109,7 +80,8 @@ pub enum PluginSetupError {
 
 /// Loaded plugins and routes.
 pub struct Plugins {
-    host: ph::PluginHost,
+    /// The runtime (engine, epoch ticker, caches): held so it lives as long as the plugins.
+    _host: ph::PluginHost,
     /// Name → plugin, plus config order.
     loaded: BTreeMap<String, ph::Plugin>,
     order: Vec<String>,
@@ -126,8 +98,8 @@ impl std::fmt::Debug for Plugins {
     }
 }
 
-fn refuse(code: ErrorCode, msg: impl Into<String>) -> (ErrorCode, String) {
-    (code, msg.into())
+fn refuse(code: ErrorCode, msg: impl Into<String>) -> Refusal {
+    Refusal::new(code, msg)
 }
 
 impl Plugins {
@@ -175,15 +147,11 @@ impl Plugins {
             resolved.push((r.clone(), chain));
         }
         Ok(Plugins {
-            host,
+            _host: host,
             loaded,
             order,
             routes: resolved,
         })
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.loaded.is_empty()
     }
 
     /// Plugins exporting auth hooks, in config order.
@@ -206,7 +174,7 @@ impl Plugins {
     ///
     /// # Errors
     /// `unauthorized` with the plugin's reason.
-    pub async fn connect(&self, info: &ph::ConnInfo) -> Result<Option<Auth>, (ErrorCode, String)> {
+    async fn on_connect(&self, info: &ph::ConnInfo) -> Result<Option<Auth>, Refusal> {
         let mut auth: Option<Auth> = None;
         for p in self.auth_chain() {
             match p.on_connect(info).await {
@@ -240,11 +208,7 @@ impl Plugins {
     ///
     /// # Errors
     /// `forbidden` with the plugin's reason.
-    pub async fn subscribe(
-        &self,
-        conn: &ph::ConnRef,
-        pattern: &str,
-    ) -> Result<(), (ErrorCode, String)> {
+    async fn on_subscribe(&self, conn: &ph::ConnRef, pattern: &str) -> Result<(), Refusal> {
         for p in self.auth_chain().filter(|p| p.has(Hook::OnSubscribe)) {
             match p.on_subscribe(conn, pattern).await {
                 Ok(SubscribeVerdict::Allow) => {}
@@ -266,7 +230,7 @@ impl Plugins {
     }
 
     /// `on-disconnect` on every auth plugin (errors are logged only).
-    pub async fn disconnect(&self, conn: &ph::ConnRef) {
+    async fn on_disconnect(&self, conn: &ph::ConnRef) {
         for p in self.auth_chain().filter(|p| p.has(Hook::OnDisconnect)) {
             if let Err(e) = p.on_disconnect(conn).await {
                 tracing::debug!(plugin = p.name(), error = %e, "on-disconnect failed");
@@ -275,22 +239,26 @@ impl Plugins {
     }
 
     /// Message hooks then storage hooks along the topic's chain. `req` is changed in
-    /// place by `replace` / `accept-with`. Messages a plugin failed on are returned in
-    /// `dead` (plugin, error) for the caller to store in `$dlq.<plugin>`; a retention
-    /// hint from `accept-with` is returned in `hint`.
-    ///
-    /// # Errors
-    /// `rejected` with the plugin's reason, or when a fail-closed hook failed.
-    pub async fn ingest(
+    /// place by `replace` / `accept-with`. The result lists the plugins that failed on
+    /// the message (the pipeline dead-letters it for each) and a retention hint from
+    /// `accept-with`; its outcome is `rejected` with the plugin's reason, or when a
+    /// fail-closed hook failed.
+    pub async fn ingest(&self, sender: &Sender, req: &mut Publish) -> HookResult {
+        let mut r = HookResult::store();
+        r.outcome = self.chain_of(sender, req, &mut r.dead, &mut r.hint).await;
+        r
+    }
+
+    async fn chain_of(
         &self,
         sender: &Sender,
-        req: &mut AppendRequest,
-        dead: &mut Vec<(String, String)>,
-        hint: &mut Option<crate::store::Retention>,
-    ) -> Result<Outcome, (ErrorCode, String)> {
+        req: &mut Publish,
+        dead: &mut Vec<DeadLetter>,
+        hint: &mut Option<Retention>,
+    ) -> Result<HookOutcome, Refusal> {
         let chain = self.chain(&req.topic);
         if chain.is_empty() {
-            return Ok(Outcome::Store);
+            return Ok(HookOutcome::Store);
         }
         for p in message_plugins(chain, sender) {
             if let Some(end) = on_message(p, sender, req, dead).await {
@@ -312,10 +280,10 @@ impl Plugins {
     /// it fails for a reason no retry changes (the breaker is open, no instance was
     /// free), the failure policy applies to every message of the batch at once.
     /// Storage hooks run per message.
-    pub async fn ingest_batch(&self, sender: &Sender, reqs: &mut [AppendRequest]) -> Vec<Ingested> {
+    pub async fn ingest_batch(&self, sender: &Sender, reqs: &mut [Publish]) -> Vec<HookResult> {
         let mut out: Vec<Ingested> = reqs.iter().map(|_| Ingested::default()).collect();
         let Some(first) = reqs.first() else {
-            return out;
+            return Vec::new();
         };
         let chain = self.chain(&first.topic);
         let same = reqs
@@ -323,9 +291,9 @@ impl Plugins {
             .all(|r| std::ptr::eq(self.chain(&r.topic), chain));
         if chain.is_empty() || reqs.len() < 2 || !same {
             for (req, o) in reqs.iter_mut().zip(out.iter_mut()) {
-                o.result = Some(self.ingest(sender, req, &mut o.dead, &mut o.hint).await);
+                o.result = Some(self.chain_of(sender, req, &mut o.dead, &mut o.hint).await);
             }
-            return out;
+            return finish(out);
         }
         for p in message_plugins(chain, sender) {
             let alive: Vec<usize> = (0..reqs.len())
@@ -335,7 +303,7 @@ impl Plugins {
                 break;
             }
             let verdicts = match (alive.len() > 1).then(|| batch_of(reqs, &alive)).flatten() {
-                Some(batch) => match p.on_batch(&sender.conn_ref(), &batch).await {
+                Some(batch) => match p.on_batch(&conn_ref(sender), &batch).await {
                     Ok(v) => Some(v),
                     // A guest fault may be one poison message: retry one by one.
                     Err(e) if e.is_guest_fault() => None,
@@ -377,7 +345,7 @@ impl Plugins {
                 o.result = Some(storage_stage(chain, sender, req, &mut o.dead, &mut o.hint).await);
             }
         }
-        out
+        finish(out)
     }
 
     /// Poll every plugin's component file every `every`; when its size or modification
@@ -447,25 +415,39 @@ impl Plugins {
             detail,
         }
     }
-
-    /// Validate a component against the contract (for `edgesync plugin check`).
-    ///
-    /// # Errors
-    /// Why it is not a valid plugin.
-    pub async fn inspect(&self, path: &std::path::Path) -> Result<ph::ComponentInfo, String> {
-        self.host.inspect(path).await.map_err(|e| e.to_string())
-    }
 }
 
-/// What [`Plugins::ingest_batch`] decided for one request.
+/// What [`Plugins::ingest_batch`] has decided so far for one request.
 #[derive(Debug, Default)]
-pub struct Ingested {
-    /// As [`Plugins::ingest`] returns it (always `Some` when returned).
-    pub result: Option<Result<Outcome, (ErrorCode, String)>>,
-    /// (plugin, error) to dead-letter.
-    pub dead: Vec<(String, String)>,
-    /// A storage hook's retention hint.
-    pub hint: Option<crate::store::Retention>,
+struct Ingested {
+    /// `None` while the request is still on its way along the chain.
+    result: Option<Result<HookOutcome, Refusal>>,
+    dead: Vec<DeadLetter>,
+    hint: Option<Retention>,
+}
+
+fn finish(out: Vec<Ingested>) -> Vec<HookResult> {
+    out.into_iter()
+        .map(|o| HookResult {
+            outcome: o.result.unwrap_or(Ok(HookOutcome::Store)),
+            dead: o.dead,
+            hint: o.hint,
+        })
+        .collect()
+}
+
+impl MessageHooks for Plugins {
+    fn ingest<'a>(&'a self, sender: &'a Sender, req: &'a mut Publish) -> BoxFuture<'a, HookResult> {
+        Box::pin(Plugins::ingest(self, sender, req))
+    }
+
+    fn ingest_batch<'a>(
+        &'a self,
+        sender: &'a Sender,
+        reqs: &'a mut [Publish],
+    ) -> BoxFuture<'a, Vec<HookResult>> {
+        Box::pin(Plugins::ingest_batch(self, sender, reqs))
+    }
 }
 
 /// The chain's plugins with message hooks, minus the sender itself (loop protection).
@@ -483,9 +465,9 @@ fn message_plugins<'a>(
 async fn on_message(
     p: &ph::Plugin,
     sender: &Sender,
-    req: &mut AppendRequest,
-    dead: &mut Vec<(String, String)>,
-) -> Option<Result<Outcome, (ErrorCode, String)>> {
+    req: &mut Publish,
+    dead: &mut Vec<DeadLetter>,
+) -> Option<Result<HookOutcome, Refusal>> {
     // Borrowed views: the host copies the message once, into the guest, instead of
     // the gateway building an owned copy first.
     let msg = ph::MessageRef {
@@ -493,7 +475,7 @@ async fn on_message(
         headers: ph::HeadersRef::Pairs(&req.headers.0),
         payload: &req.payload,
     };
-    match p.on_message_ref(sender.sender_ref(), msg).await {
+    match p.on_message_ref(sender_ref(sender), msg).await {
         Ok(verdict) => apply(verdict, req),
         Err(e) => failed(p, &e, dead),
     }
@@ -504,9 +486,12 @@ async fn on_message(
 fn failed(
     p: &ph::Plugin,
     e: &ph::PluginError,
-    dead: &mut Vec<(String, String)>,
-) -> Option<Result<Outcome, (ErrorCode, String)>> {
-    dead.push((p.name().to_string(), e.to_string()));
+    dead: &mut Vec<DeadLetter>,
+) -> Option<Result<HookOutcome, Refusal>> {
+    dead.push(DeadLetter {
+        plugin: p.name().to_string(),
+        error: e.to_string(),
+    });
     (p.policy(Hook::OnMessage) == FailurePolicy::Closed).then(|| {
         Err(refuse(
             ErrorCode::Rejected,
@@ -517,23 +502,20 @@ fn failed(
 
 /// Applies a message verdict to `req`: `None` to go on along the chain, `Some` with
 /// the request's final result (dropped, or refused).
-fn apply(
-    verdict: MessageVerdict,
-    req: &mut AppendRequest,
-) -> Option<Result<Outcome, (ErrorCode, String)>> {
+fn apply(verdict: MessageVerdict, req: &mut Publish) -> Option<Result<HookOutcome, Refusal>> {
     match verdict {
         MessageVerdict::Pass => None,
         MessageVerdict::Replace(m) => {
             from_message(req, m);
             None
         }
-        MessageVerdict::Drop => Some(Ok(Outcome::Dropped)),
+        MessageVerdict::Drop => Some(Ok(HookOutcome::Dropped)),
         MessageVerdict::Reject(reason) => Some(Err(refuse(ErrorCode::Rejected, reason))),
     }
 }
 
 /// The `alive` requests as one `on-batch` argument (`None` past 4 GiB).
-fn batch_of(reqs: &[AppendRequest], alive: &[usize]) -> Option<ph::types::Batch> {
+fn batch_of(reqs: &[Publish], alive: &[usize]) -> Option<ph::types::Batch> {
     let bytes = alive
         .iter()
         .map(|&i| reqs[i].topic.len() + reqs[i].payload.len())
@@ -556,11 +538,11 @@ fn batch_of(reqs: &[AppendRequest], alive: &[usize]) -> Option<ph::types::Batch>
 async fn storage_stage(
     chain: &[ph::Plugin],
     sender: &Sender,
-    req: &mut AppendRequest,
-    dead: &mut Vec<(String, String)>,
-    hint: &mut Option<crate::store::Retention>,
-) -> Result<Outcome, (ErrorCode, String)> {
-    let mut outcome = Outcome::Store;
+    req: &mut Publish,
+    dead: &mut Vec<DeadLetter>,
+    hint: &mut Option<Retention>,
+) -> Result<HookOutcome, Refusal> {
+    let mut outcome = HookOutcome::Store;
     for p in chain
         .iter()
         .filter(|p| Some(p.name()) != sender.plugin.as_deref())
@@ -569,7 +551,7 @@ async fn storage_stage(
             continue;
         }
         let msg = to_message(req);
-        match p.on_write(&sender.conn_ref(), &msg).await {
+        match p.on_write(&conn_ref(sender), &msg).await {
             Ok(WriteVerdict::Accept) => {}
             Ok(WriteVerdict::AcceptWith(changes)) => {
                 if let Some(h) = changes.headers {
@@ -581,19 +563,22 @@ async fn storage_stage(
                     req.payload = bytes::Bytes::from(payload);
                 }
                 if let Some(r) = changes.retention {
-                    *hint = Some(crate::store::Retention {
+                    *hint = Some(Retention {
                         max_messages: r.max_count,
                         max_bytes: r.max_bytes,
                         max_age: r.max_age_ms.map(std::time::Duration::from_millis),
                     });
                 }
             }
-            Ok(WriteVerdict::Skip) => outcome = Outcome::Ephemeral,
+            Ok(WriteVerdict::Skip) => outcome = HookOutcome::LiveOnly,
             Ok(WriteVerdict::Reject(reason)) => {
                 return Err(refuse(ErrorCode::Rejected, reason));
             }
             Err(e) => {
-                dead.push((p.name().to_string(), e.to_string()));
+                dead.push(DeadLetter {
+                    plugin: p.name().to_string(),
+                    error: e.to_string(),
+                });
                 if p.policy(Hook::OnWrite) == FailurePolicy::Closed {
                     return Err(refuse(
                         ErrorCode::Rejected,
@@ -606,7 +591,7 @@ async fn storage_stage(
     Ok(outcome)
 }
 
-fn to_message(req: &AppendRequest) -> ph::Message {
+fn to_message(req: &Publish) -> ph::Message {
     ph::Message {
         topic: req.topic.clone(),
         headers: req
@@ -622,11 +607,46 @@ fn to_message(req: &AppendRequest) -> ph::Message {
     }
 }
 
-fn from_message(req: &mut AppendRequest, m: ph::Message) {
+fn from_message(req: &mut Publish, m: ph::Message) {
     // A replace may not move the message to another topic: permissions were checked for this one.
     req.headers =
         edgesync_protocol::Headers(m.headers.into_iter().map(|h| (h.name, h.value)).collect());
     req.payload = bytes::Bytes::from(m.payload);
+}
+
+impl Authorizer for Plugins {
+    fn connect<'a>(
+        &'a self,
+        conn_id: ConnId,
+        client_id: &'a str,
+        token: Option<&'a str>,
+        info: &'a ConnInfo,
+    ) -> BoxFuture<'a, Result<Option<Auth>, Refusal>> {
+        let conn = ph::ConnInfo {
+            conn_id,
+            client_id: client_id.to_string(),
+            token: token.map(str::to_string),
+            remote_addr: info.remote.to_string(),
+            transport: match info.transport {
+                Transport::Quic => ph::Transport::Quic,
+                Transport::Ws | Transport::Wss => ph::Transport::Websocket,
+            },
+            tls_identity: info.tls_identity.clone(),
+        };
+        Box::pin(async move { self.on_connect(&conn).await })
+    }
+
+    fn subscribe<'a>(
+        &'a self,
+        sender: &'a Sender,
+        pattern: &'a str,
+    ) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move { self.on_subscribe(&conn_ref(sender), pattern).await })
+    }
+
+    fn disconnect<'a>(&'a self, sender: &'a Sender) -> BoxFuture<'a, ()> {
+        Box::pin(async move { self.on_disconnect(&conn_ref(sender)).await })
+    }
 }
 
 impl PluginAdmin for Plugins {
@@ -640,10 +660,7 @@ impl PluginAdmin for Plugins {
 
     /// Hot reload from the plugin's configured path: `init` the new version, swap
     /// atomically, drain the old; the old keeps running when `init` fails.
-    fn reload<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<PluginInfo, PluginAdminError>> + Send + 'a>> {
+    fn reload<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<PluginInfo, PluginAdminError>> {
         Box::pin(async move {
             let p = self
                 .loaded

@@ -11,14 +11,19 @@
 //!   pass through at most [`MAX_HOPS`] plugin publishes (loop protection).
 //! - **send** / **close**: one connection, by id; sends are best-effort.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 
 use edgesync_plugin_host::services::{HostServices, KvEntry, ServiceError};
 use edgesync_plugin_host::types::Header;
+use edgesync_protocol::ErrorCode;
 use parking_lot::Mutex;
 
 use super::{MAX_HOPS, Sender};
-use crate::server::Gateway;
+use crate::clock::SharedClock;
+use crate::conns::ConnRegistry;
+use crate::model::Publish;
+use crate::pipeline::Pipeline;
+use crate::store::Store;
 
 tokio::task_local! {
     /// Plugin-publish hops of the message whose hooks are running on this task.
@@ -28,9 +33,18 @@ tokio::task_local! {
 /// Most plugin publishes in flight at once (beyond: `unavailable`, retry later).
 const MAX_INFLIGHT_PUBLISHES: usize = 1024;
 
-/// The gateway's implementation; `attach` it once the gateway exists.
+/// The gateway's implementation, built with the handles it needs.
 pub struct GatewayServices {
-    gw: OnceLock<Weak<Gateway>>,
+    /// Plugin kv lives in the store's `kv` keyspace.
+    store: Store,
+    /// Publishes go through the pipeline. Weak: the pipeline holds the plugins, which
+    /// hold these services.
+    pipeline: Weak<Pipeline>,
+    /// `send` and `close` reach connections through the registry.
+    conns: Arc<ConnRegistry>,
+    clock: SharedClock,
+    /// Longest topic a plugin may publish to (`limits.max_topic_bytes`).
+    max_topic_bytes: usize,
     kv_lock: Mutex<()>,
     inflight: Arc<tokio::sync::Semaphore>,
 }
@@ -41,13 +55,23 @@ impl std::fmt::Debug for GatewayServices {
     }
 }
 
-impl Default for GatewayServices {
-    fn default() -> Self {
-        GatewayServices {
-            gw: OnceLock::new(),
+impl GatewayServices {
+    pub fn new(
+        store: Store,
+        pipeline: Weak<Pipeline>,
+        conns: Arc<ConnRegistry>,
+        clock: SharedClock,
+        max_topic_bytes: usize,
+    ) -> Arc<Self> {
+        Arc::new(GatewayServices {
+            store,
+            pipeline,
+            conns,
+            clock,
+            max_topic_bytes,
             kv_lock: Mutex::new(()),
             inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_PUBLISHES)),
-        }
+        })
     }
 }
 
@@ -62,13 +86,6 @@ fn kv_key(plugin: &str, key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Decode a stored value; `None` when expired or malformed.
@@ -100,29 +117,31 @@ fn encode(version: u64, ttl_ms: Option<u64>, value: &[u8], now: u64) -> Vec<u8> 
 }
 
 impl GatewayServices {
-    /// Connect to the gateway once it is built (calls before that are `unavailable`).
-    pub fn attach(&self, gw: &Arc<Gateway>) {
-        let _ = self.gw.set(Arc::downgrade(gw));
-    }
-
-    fn gateway(&self) -> Result<Arc<Gateway>, ServiceError> {
-        self.gw
-            .get()
-            .and_then(Weak::upgrade)
+    fn pipeline(&self) -> Result<Arc<Pipeline>, ServiceError> {
+        self.pipeline
+            .upgrade()
             .ok_or_else(|| unavailable("gateway not running"))
     }
 
+    fn now_ms(&self) -> u64 {
+        self.clock.unix_ms()
+    }
+
     fn current(&self, plugin: &str, key: &str) -> Result<(Option<KvEntry>, u64), ServiceError> {
-        let gw = self.gateway()?;
-        let raw = gw.store.kv_get(&kv_key(plugin, key)).map_err(unavailable)?;
-        let now = now_ms();
+        let raw = self
+            .store
+            .kv_get(&kv_key(plugin, key))
+            .map_err(unavailable)?;
+        let now = self.now_ms();
         Ok((raw.as_deref().and_then(|b| decode(b, now)), now))
     }
 
     /// The highest version ever written (expired entries keep counting, so versions never repeat).
     fn last_version(&self, plugin: &str, key: &str) -> Result<u64, ServiceError> {
-        let gw = self.gateway()?;
-        let raw = gw.store.kv_get(&kv_key(plugin, key)).map_err(unavailable)?;
+        let raw = self
+            .store
+            .kv_get(&kv_key(plugin, key))
+            .map_err(unavailable)?;
         Ok(raw.filter(|b| b.len() >= 16).map_or(0, |b| {
             let mut v = [0u8; 8];
             v.copy_from_slice(&b[..8]);
@@ -131,8 +150,7 @@ impl GatewayServices {
     }
 
     fn put(&self, plugin: &str, key: &str, value: Option<Vec<u8>>) -> Result<(), ServiceError> {
-        let gw = self.gateway()?;
-        gw.store
+        self.store
             .kv_write(&[(kv_key(plugin, key), value)])
             .map_err(unavailable)
     }
@@ -152,7 +170,11 @@ impl HostServices for GatewayServices {
     ) -> Result<u64, ServiceError> {
         let _g = self.kv_lock.lock();
         let version = self.last_version(plugin, key)? + 1;
-        self.put(plugin, key, Some(encode(version, ttl_ms, value, now_ms())))?;
+        self.put(
+            plugin,
+            key,
+            Some(encode(version, ttl_ms, value, self.now_ms())),
+        )?;
         Ok(version)
     }
 
@@ -203,8 +225,10 @@ impl HostServices for GatewayServices {
             None => (delta, ttl_ms),
         };
         // Keep an existing expiry when the counter already exists.
-        let gw = self.gateway()?;
-        let raw = gw.store.kv_get(&kv_key(plugin, key)).map_err(unavailable)?;
+        let raw = self
+            .store
+            .kv_get(&kv_key(plugin, key))
+            .map_err(unavailable)?;
         let keep_expiry = cur
             .as_ref()
             .and(raw.as_deref())
@@ -229,10 +253,9 @@ impl HostServices for GatewayServices {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, KvEntry)>, ServiceError> {
-        let gw = self.gateway()?;
         let base = kv_key(plugin, "");
-        let now = now_ms();
-        let rows = gw
+        let now = self.now_ms();
+        let rows = self
             .store
             .kv_scan(&kv_key(plugin, prefix), limit.saturating_mul(2).max(limit))
             .map_err(unavailable)?;
@@ -253,14 +276,14 @@ impl HostServices for GatewayServices {
         headers: &[Header],
         payload: &[u8],
     ) -> Result<(), ServiceError> {
-        let gw = self.gateway()?;
+        let pipeline = self.pipeline()?;
         let hops = HOPS.try_with(|h| *h).unwrap_or(0) + 1;
         if hops > MAX_HOPS {
             return Err(ServiceError::Refused(format!(
                 "loop protection: more than {MAX_HOPS} plugin publishes in a chain"
             )));
         }
-        edgesync_protocol::topic::validate_topic(topic, gw.settings.limits().max_topic_bytes)
+        edgesync_protocol::topic::validate_topic(topic, self.max_topic_bytes)
             .map_err(|e| ServiceError::Refused(e.to_string()))?;
         let permit = self
             .inflight
@@ -279,13 +302,18 @@ impl HostServices for GatewayServices {
                 .map(|h| (h.name.clone(), h.value.clone()))
                 .collect(),
         );
-        let payload = bytes::Bytes::copy_from_slice(payload);
-        let topic = topic.to_string();
+        let req = Publish {
+            topic: topic.to_string(),
+            client: sender.client_id.clone(),
+            mid: None,
+            headers,
+            payload: bytes::Bytes::copy_from_slice(payload),
+        };
         let handle = tokio::runtime::Handle::try_current().map_err(unavailable)?;
         handle.spawn(HOPS.scope(hops, async move {
             let _permit = permit;
-            if let Err((code, msg)) = gw.publish_internal(&sender, &topic, headers, payload).await {
-                tracing::debug!(plugin = %sender.client_id, %code, %msg, "plugin publish refused");
+            if let Err(r) = pipeline.publish(&sender, req).await {
+                tracing::debug!(plugin = %sender.client_id, code = %r.code, msg = %r.message, "plugin publish refused");
             }
         }));
         Ok(())
@@ -298,17 +326,18 @@ impl HostServices for GatewayServices {
         topic: &str,
         payload: &[u8],
     ) -> Result<(), ServiceError> {
-        let gw = self.gateway()?;
-        if gw.send_direct(conn_id, topic, payload) {
-            Ok(())
-        } else {
-            Err(ServiceError::NoSuchConnection(conn_id))
-        }
+        let pipeline = self.pipeline()?;
+        let out = self
+            .conns
+            .outbox(conn_id)
+            .ok_or(ServiceError::NoSuchConnection(conn_id))?;
+        pipeline.deliver_direct(&out, topic, payload);
+        Ok(())
     }
 
     fn close(&self, plugin: &str, conn_id: u64, reason: &str) -> Result<(), ServiceError> {
-        let gw = self.gateway()?;
-        if gw.close_conn(conn_id, &format!("closed by plugin {plugin}: {reason}")) {
+        let reason = format!("closed by plugin {plugin}: {reason}");
+        if self.conns.close(conn_id, ErrorCode::Forbidden, &reason) {
             Ok(())
         } else {
             Err(ServiceError::NoSuchConnection(conn_id))

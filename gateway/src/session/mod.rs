@@ -6,8 +6,14 @@
 //! (`connect` first, once), topic and pattern rules, header and id bounds,
 //! subscription limits, cursors and the publish rate. The async driver in
 //! [`driver`] moves frames and executes commands; it makes no protocol decisions.
+//!
+//! Auth decisions come from an [`Authorizer`] (the plugin layer implements it; with no
+//! auth plugins, [`AllowAll`]); the session enforces what it granted on every later
+//! command.
 
+mod delivery;
 pub mod driver;
+mod execute;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -16,9 +22,115 @@ use bytes::Bytes;
 use edgesync_protocol::topic::{covers, is_system, matches, validate_pattern, validate_topic};
 use edgesync_protocol::{ClientFrame, Cursor, ErrorCode, Headers, ServerFrame, Start};
 
-use crate::broker::SubId;
 use crate::config::Limits;
-use crate::store::AppendRequest;
+pub use crate::model::Auth;
+use crate::model::{ConnId, ConnInfo, Publish, Refusal, Sender, SubId};
+use crate::pipeline::BoxFuture;
+
+/// Who may connect, and subscribe to what: the auth phases of a session. The plugin
+/// layer implements it with the `on-connect` / `on-subscribe` / `on-disconnect` hooks.
+pub trait Authorizer: Send + Sync {
+    /// At `connect`. `Ok(None)`: no auth configured, everything is allowed.
+    fn connect<'a>(
+        &'a self,
+        conn_id: ConnId,
+        client_id: &'a str,
+        token: Option<&'a str>,
+        info: &'a ConnInfo,
+    ) -> BoxFuture<'a, Result<Option<Auth>, Refusal>>;
+
+    /// At `sub`, after the granted patterns allowed it.
+    fn subscribe<'a>(
+        &'a self,
+        sender: &'a Sender,
+        pattern: &'a str,
+    ) -> BoxFuture<'a, Result<(), Refusal>>;
+
+    /// The session ended.
+    fn disconnect<'a>(&'a self, sender: &'a Sender) -> BoxFuture<'a, ()>;
+}
+
+/// No auth: everyone may connect and do anything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllowAll;
+
+impl Authorizer for AllowAll {
+    fn connect<'a>(
+        &'a self,
+        _: ConnId,
+        _: &'a str,
+        _: Option<&'a str>,
+        _: &'a ConnInfo,
+    ) -> BoxFuture<'a, Result<Option<Auth>, Refusal>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    fn subscribe<'a>(&'a self, _: &'a Sender, _: &'a str) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn disconnect<'a>(&'a self, _: &'a Sender) -> BoxFuture<'a, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// The rules every stored publish must pass, whoever sends it (a session's `pub`, the
+/// admin API): a valid topic, not a reserved `$` topic, headers within bounds with
+/// non-empty names, a `mid` within the id bound.
+///
+/// # Errors
+/// The refusal naming the broken rule.
+pub fn validate_publish(
+    limits: &Limits,
+    topic: &str,
+    headers: &Headers,
+    mid: Option<&str>,
+) -> Result<(), Refusal> {
+    validate_topic(topic, limits.max_topic_bytes)
+        .map_err(|e| Refusal::new(e.code(), e.to_string()))?;
+    if is_system(topic) {
+        return Err(Refusal::new(
+            ErrorCode::Forbidden,
+            "topics starting with '$' are reserved for the gateway",
+        ));
+    }
+    if headers.len() > limits.max_headers || headers.byte_len() > limits.max_header_bytes {
+        return Err(Refusal::new(
+            ErrorCode::HeadersTooLarge,
+            format!(
+                "{} headers / {} bytes; limits are {} / {}",
+                headers.len(),
+                headers.byte_len(),
+                limits.max_headers,
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    if headers.0.iter().any(|(k, _)| k.is_empty()) {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            "header names must not be empty",
+        ));
+    }
+    if let Some(m) = mid {
+        validate_id(limits, "mid", m)?;
+    }
+    Ok(())
+}
+
+/// A client id or client message id: 1 to `limits.max_id_bytes` bytes.
+///
+/// # Errors
+/// `bad_request` naming `field`.
+pub fn validate_id(limits: &Limits, field: &str, value: &str) -> Result<(), Refusal> {
+    if value.is_empty() || value.len() > limits.max_id_bytes {
+        return Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!("{field} must be 1-{} bytes", limits.max_id_bytes),
+        ));
+    }
+    Ok(())
+}
 
 /// Where a subscription or history read starts, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +161,7 @@ pub enum Command {
     },
     Publish {
         id: u64,
-        req: AppendRequest,
+        req: Publish,
         ack: bool,
     },
     History {
@@ -136,17 +248,6 @@ pub struct EphemeralPub {
     pub mid: Option<String>,
     #[serde(default)]
     pub ack: Option<bool>,
-}
-
-/// Who the auth hooks said is connected, and what they may do. Without auth
-/// plugins there is no `Auth` and every topic is allowed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Auth {
-    pub principal: String,
-    /// Topic patterns this principal may publish to.
-    pub publish: Vec<String>,
-    /// Topic patterns this principal may subscribe to (a subscription must be covered by one).
-    pub subscribe: Vec<String>,
 }
 
 /// Protocol state of one connection.
@@ -281,11 +382,7 @@ impl Session {
     ///
     /// # Errors
     /// The error reply that a `pub` would get (the driver counts it; datagrams get no reply).
-    pub fn handle_ephemeral(
-        &mut self,
-        p: EphemeralPub,
-        now: Instant,
-    ) -> Result<AppendRequest, Reply> {
+    pub fn handle_ephemeral(&mut self, p: EphemeralPub, now: Instant) -> Result<Publish, Reply> {
         if p.t != "pub" {
             return Err(err(
                 0,
@@ -412,15 +509,8 @@ impl Session {
         ack: bool,
         now: Instant,
     ) -> Result<Command, Reply> {
-        validate_topic(&topic, self.limits.max_topic_bytes)
-            .map_err(|e| err(id, e.code(), e.to_string()))?;
-        if is_system(&topic) {
-            return Err(err(
-                id,
-                ErrorCode::Forbidden,
-                "topics starting with '$' are reserved for the gateway",
-            ));
-        }
+        validate_publish(&self.limits, &topic, &headers, mid.as_deref())
+            .map_err(|r| err(id, r.code, r.message))?;
         if let Some(a) = &self.auth
             && !a.publish.iter().any(|g| matches(g, &topic))
         {
@@ -429,31 +519,6 @@ impl Session {
                 ErrorCode::Forbidden,
                 format!("{} may not publish to {topic:?}", a.principal),
             ));
-        }
-        if headers.len() > self.limits.max_headers
-            || headers.byte_len() > self.limits.max_header_bytes
-        {
-            return Err(err(
-                id,
-                ErrorCode::HeadersTooLarge,
-                format!(
-                    "{} headers / {} bytes; limits are {} / {}",
-                    headers.len(),
-                    headers.byte_len(),
-                    self.limits.max_headers,
-                    self.limits.max_header_bytes
-                ),
-            ));
-        }
-        if headers.0.iter().any(|(k, _)| k.is_empty()) {
-            return Err(err(
-                id,
-                ErrorCode::BadRequest,
-                "header names must not be empty",
-            ));
-        }
-        if let Some(m) = &mid {
-            self.check_id(id, "mid", m)?;
         }
         if !self.bucket.take(now) {
             return Err(err(
@@ -468,7 +533,7 @@ impl Session {
         let client = self.client_id.clone().unwrap_or_default();
         Ok(Command::Publish {
             id,
-            req: AppendRequest {
+            req: Publish {
                 topic,
                 client,
                 mid,
@@ -480,14 +545,7 @@ impl Session {
     }
 
     fn check_id(&self, id: u64, field: &str, value: &str) -> Result<(), Reply> {
-        if value.is_empty() || value.len() > self.limits.max_id_bytes {
-            return Err(err(
-                id,
-                ErrorCode::BadRequest,
-                format!("{field} must be 1-{} bytes", self.limits.max_id_bytes),
-            ));
-        }
-        Ok(())
+        validate_id(&self.limits, field, value).map_err(|r| err(id, r.code, r.message))
     }
 }
 
@@ -628,7 +686,7 @@ mod tests {
                 ..
             }
         ));
-        s.add_subscription("a.>".into(), SubId::test(1));
+        s.add_subscription("a.>".into(), SubId(1));
         assert_eq!(
             code(s.handle(
                 ClientFrame::Sub {

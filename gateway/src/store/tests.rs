@@ -2,6 +2,8 @@
 //! plus dedupe, retention and tail-proof cases. All on a real on-disk database.
 
 use super::*;
+use bytes::Bytes;
+use edgesync_protocol::Headers;
 use proptest::prelude::*;
 
 fn rt() -> tokio::runtime::Runtime {
@@ -11,8 +13,8 @@ fn rt() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn req(topic: &str, payload: &[u8], mid: Option<&str>) -> AppendRequest {
-    AppendRequest {
+fn req(topic: &str, payload: &[u8], mid: Option<&str>) -> Publish {
+    Publish {
         topic: topic.into(),
         client: "c1".into(),
         mid: mid.map(String::from),

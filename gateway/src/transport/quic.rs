@@ -36,11 +36,12 @@ use edgesync_protocol::{DecodeError, Encoding, ErrorCode};
 use quinn::crypto::rustls::QuicServerConfig;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream, VarInt};
 
+use super::admission::Admission;
 use super::tls::{self, Identity, TlsError};
 use crate::broker::ConnOut;
 use crate::config::Limits;
-use crate::server::Gateway;
-use crate::session::driver::{self, Conn, ConnError, ConnInfo, Lanes};
+use crate::model::{ConnInfo, Transport};
+use crate::session::driver::{self, Conn, ConnError, Lanes, SessionCtx};
 
 /// Application close code: normal close (client left, or clean end of session).
 pub const CLOSE_NORMAL: u32 = 0x0;
@@ -173,32 +174,35 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 }
 
 /// Accept QUIC connections until shutdown.
-pub async fn serve(endpoint: Endpoint, gw: Arc<Gateway>) {
+pub async fn serve(endpoint: Endpoint, ctx: Arc<SessionCtx>, admission: Arc<Admission>) {
     loop {
         let incoming = tokio::select! {
-            _ = gw.shutdown.cancelled() => break,
+            _ = ctx.shutdown.cancelled() => break,
             i = endpoint.accept() => match i {
                 Some(i) => i,
                 None => break,
             },
         };
-        let gw2 = gw.clone();
-        gw.tasks.spawn(handle(incoming, gw2));
+        ctx.tasks
+            .spawn(handle(incoming, ctx.clone(), admission.clone()));
     }
     // Refuse new handshakes; sessions close their own connections after draining.
     endpoint.set_server_config(None);
 }
 
-async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
+async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admission>) {
     let remote = incoming.remote_address();
-    let timeout = Duration::from_millis(gw.settings.limits().handshake_timeout_ms);
+    let timeout = Duration::from_millis(ctx.limits.handshake_timeout_ms);
+    let refused = |reason: &str| {
+        ctx.metrics
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc();
+    };
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["quic_handshake"])
-                .inc();
+            refused("quic_handshake");
             tracing::debug!(%remote, error = %e, "QUIC accept failed");
             return;
         }
@@ -206,29 +210,20 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
     let connection = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["quic_handshake"])
-                .inc();
+            refused("quic_handshake");
             tracing::debug!(%remote, error = %e, "QUIC handshake failed");
             return;
         }
         Err(_) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["handshake_timeout"])
-                .inc();
+            refused("handshake_timeout");
             return;
         }
     };
-    let _admission = match gw.admit(remote.ip()) {
+    let _admission = match admission.admit(remote.ip()) {
         Ok(guard) => guard,
-        Err(msg) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["too_many_connections"])
-                .inc();
-            close(&connection, Some(ErrorCode::TooManyConnections), &msg);
+        Err(r) => {
+            refused("too_many_connections");
+            close(&connection, Some(r.code), &r.message);
             return;
         }
     };
@@ -239,10 +234,7 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
             return;
         }
         Err(_) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["handshake_timeout"])
-                .inc();
+            refused("handshake_timeout");
             close(
                 &connection,
                 Some(ErrorCode::BadRequest),
@@ -253,7 +245,7 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
     };
     let tls_identity = peer_identity(&connection);
     let datagrams = QuicDatagrams(connection.clone());
-    let limits = gw.settings.limits();
+    let limits = &ctx.limits;
     let lanes = (negotiated_alpn(&connection).as_deref() == Some(edgesync_protocol::ALPN_QUIC_V2))
         .then(|| Arc::new(QuicLanes(connection.clone())) as Arc<dyn Lanes>);
     let conn = QuicConn {
@@ -267,19 +259,19 @@ async fn handle(incoming: Incoming, gw: Arc<Gateway>) {
         framing: LengthPrefixed::new(limits.max_frame_bytes),
         eof: false,
     };
-    gw.metrics
+    ctx.metrics
         .connections_accepted
         .with_label_values(&["quic"])
         .inc();
-    let open = gw.metrics.connections_open.with_label_values(&["quic"]);
+    let open = ctx.metrics.connections_open.with_label_values(&["quic"]);
     open.inc();
     let info = ConnInfo {
         remote,
-        transport: "quic",
+        transport: Transport::Quic,
         tls_identity,
         encoding: Encoding::MsgPack,
     };
-    driver::run_with_datagrams(conn, gw.clone(), info, Some(datagrams)).await;
+    driver::run_with_datagrams(conn, ctx.clone(), info, Some(datagrams)).await;
     open.dec();
 }
 
@@ -324,10 +316,11 @@ fn negotiated_alpn(connection: &Connection) -> Option<Vec<u8>> {
 pub struct QuicLanes(Connection);
 
 impl Lanes for QuicLanes {
-    fn open(&self, lane: Arc<ConnOut>, session: Arc<ConnOut>, gw: Arc<Gateway>) {
+    fn open(&self, lane: Arc<ConnOut>, session: Arc<ConnOut>, ctx: &SessionCtx) {
         let connection = self.0.clone();
-        gw.tasks
-            .spawn(write_lane(connection, lane, session, gw.clone()));
+        let bytes_out = ctx.metrics.bytes_out.clone();
+        ctx.tasks
+            .spawn(write_lane(connection, lane, session, bytes_out));
     }
 }
 
@@ -338,7 +331,7 @@ async fn write_lane(
     connection: Connection,
     lane: Arc<ConnOut>,
     session: Arc<ConnOut>,
-    gw: Arc<Gateway>,
+    bytes_out: prometheus::IntCounter,
 ) {
     let mut stream: Option<SendStream> = None;
     loop {
@@ -364,7 +357,7 @@ async fn write_lane(
                     Err(_) => return, // the connection is gone
                 },
             };
-            gw.metrics.bytes_out.inc_by(frame.len() as u64);
+            bytes_out.inc_by(frame.len() as u64);
             match write_frame(send, frame).await {
                 Ok(()) => {}
                 Err(quinn::WriteError::Stopped(_)) => {

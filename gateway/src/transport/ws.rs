@@ -23,8 +23,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::server::{AdmitGuard, Gateway};
-use crate::session::driver::{self, Conn, ConnError, ConnInfo};
+use super::admission::{Admission, AdmitGuard};
+use crate::model::{ConnInfo, Transport};
+use crate::session::driver::{self, Conn, ConnError, SessionCtx};
 
 /// Per-connection read buffer (tungstenite keeps it for the connection's life and reads
 /// at most this much per syscall). 2 KiB holds several typical publishes per read and is
@@ -36,54 +37,76 @@ const READ_BUFFER_BYTES: usize = 2048;
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    gw: Arc<Gateway>,
+    ctx: Arc<SessionCtx>,
+    admission: Arc<Admission>,
 ) {
-    let transport = if tls.is_some() { "wss" } else { "ws" };
+    let transport = if tls.is_some() {
+        Transport::Wss
+    } else {
+        Transport::Ws
+    };
     loop {
         let accepted = tokio::select! {
-            _ = gw.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return,
             a = listener.accept() => a,
         };
         let (stream, remote) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(error = %e, transport, "accept failed");
+                tracing::warn!(error = %e, transport = transport.as_str(), "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let timeout = Duration::from_millis(gw.settings.limits().handshake_timeout_ms);
+        let timeout = Duration::from_millis(ctx.limits.handshake_timeout_ms);
+        let accept = Accept {
+            ctx: ctx.clone(),
+            admission: admission.clone(),
+            timeout,
+        };
         // One task type per listener kind: a plain connection's task is not sized for
         // the TLS state a wss connection carries.
         match &tls {
             None => {
-                gw.tasks
-                    .spawn(handle(stream, remote, transport, None, gw.clone(), timeout));
+                ctx.tasks
+                    .spawn(handle(stream, remote, transport, None, accept));
             }
             Some(acceptor) => {
-                gw.tasks.spawn(handle_tls(
-                    acceptor.clone(),
-                    stream,
-                    remote,
-                    gw.clone(),
-                    timeout,
-                ));
+                ctx.tasks
+                    .spawn(handle_tls(acceptor.clone(), stream, remote, accept));
             }
         }
     }
 }
 
-/// TLS handshake (bounded by `timeout`), then [`handle`].
+/// What a connection task needs from its listener.
+struct Accept {
+    ctx: Arc<SessionCtx>,
+    admission: Arc<Admission>,
+    /// Bound on each handshake step.
+    timeout: Duration,
+}
+
+impl Accept {
+    fn refused(&self, reason: &str) {
+        self.ctx
+            .metrics
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+/// TLS handshake (bounded by the handshake timeout), then [`handle`].
 async fn handle_tls(
     acceptor: tokio_rustls::TlsAcceptor,
     stream: TcpStream,
     remote: SocketAddr,
-    gw: Arc<Gateway>,
-    timeout: Duration,
+    accept: Accept,
 ) {
-    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+    match tokio::time::timeout(accept.timeout, acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             let identity = s
                 .get_ref()
@@ -91,21 +114,13 @@ async fn handle_tls(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .and_then(|c| super::tls::certificate_identity(c));
-            handle(s, remote, "wss", identity, gw, timeout).await
+            handle(s, remote, Transport::Wss, identity, accept).await
         }
         Ok(Err(e)) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["tls_handshake"])
-                .inc();
+            accept.refused("tls_handshake");
             tracing::debug!(%remote, error = %e, "TLS handshake failed");
         }
-        Err(_) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["handshake_timeout"])
-                .inc();
-        }
+        Err(_) => accept.refused("handshake_timeout"),
     }
 }
 
@@ -120,23 +135,26 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn handle<S>(
     stream: S,
     remote: SocketAddr,
-    transport: &'static str,
+    transport: Transport,
     tls_identity: Option<String>,
-    gw: Arc<Gateway>,
-    timeout: Duration,
+    accept: Accept,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     // The handshake and admission run in their own allocation, freed before the
     // session starts: an idle connection's task holds only the session's state.
-    let Some((conn, _admission)) = Box::pin(open(stream, remote, &gw, timeout)).await else {
+    let Some((conn, _admission)) = Box::pin(open(stream, remote, &accept)).await else {
         return;
     };
-    gw.metrics
+    let ctx = accept.ctx;
+    ctx.metrics
         .connections_accepted
-        .with_label_values(&[transport])
+        .with_label_values(&[transport.as_str()])
         .inc();
-    let open = gw.metrics.connections_open.with_label_values(&[transport]);
+    let open = ctx
+        .metrics
+        .connections_open
+        .with_label_values(&[transport.as_str()]);
     open.inc();
     let info = ConnInfo {
         remote,
@@ -144,21 +162,16 @@ async fn handle<S>(
         tls_identity,
         encoding: conn.encoding,
     };
-    driver::run_with_datagrams(conn, gw.clone(), info, None::<driver::NoDatagrams>).await;
+    driver::run(conn, ctx, info).await;
     open.dec();
 }
 
 /// WebSocket handshake (subprotocol → encoding) and admission; `None` when refused.
-async fn open<S>(
-    stream: S,
-    remote: SocketAddr,
-    gw: &Arc<Gateway>,
-    timeout: Duration,
-) -> Option<(WsConn<S>, AdmitGuard)>
+async fn open<S>(stream: S, remote: SocketAddr, accept: &Accept) -> Option<(WsConn<S>, AdmitGuard)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = gw.settings.limits();
+    let limits = &accept.ctx.limits;
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(0)
@@ -204,7 +217,7 @@ where
         }
     };
     let ws = match tokio::time::timeout(
-        timeout,
+        accept.timeout,
         // Boxed: the handshake's state is freed once it completes instead of staying in
         // the size of every idle connection's task.
         Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
@@ -217,33 +230,24 @@ where
     {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["ws_handshake"])
-                .inc();
+            accept.refused("ws_handshake");
             tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
             return None;
         }
         Err(_) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["handshake_timeout"])
-                .inc();
+            accept.refused("handshake_timeout");
             return None;
         }
     };
     let encoding = chosen.lock().map(|c| *c).unwrap_or(Encoding::Json);
     let mut conn = WsConn { ws, encoding };
-    let admission = match gw.admit(remote.ip()) {
+    let admission = match accept.admission.admit(remote.ip()) {
         Ok(guard) => guard,
-        Err(msg) => {
-            gw.metrics
-                .connections_refused
-                .with_label_values(&["too_many_connections"])
-                .inc();
-            let f = ServerFrame::error(None, ErrorCode::TooManyConnections, msg.clone());
+        Err(r) => {
+            accept.refused("too_many_connections");
+            let f = ServerFrame::error(None, r.code, r.message.clone());
             let _ = conn.send(encoding.encode(&f)).await;
-            conn.close(Some(ErrorCode::TooManyConnections), &msg).await;
+            conn.close(Some(r.code), &r.message).await;
             return None;
         }
     };

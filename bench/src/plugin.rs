@@ -65,7 +65,7 @@ pub async fn run(args: &BenchArgs, a: &PluginArgs) -> Result<Report> {
         .with_context(|| format!("--plugin {}", a.plugin.display()))?;
     let exe = match &args.server_bin {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("locate the edgesync binary")?,
+        None => super::gateway_binary()?,
     };
     let fsync = args.fsync.unwrap_or(Fsync::Interval);
     let load = DurableArgs {

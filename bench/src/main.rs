@@ -1,4 +1,4 @@
-//! `edgesync bench`: load scenarios against a gateway (and, for comparison in
+//! `edgesync-bench`: load scenarios against a gateway (and, for comparison in
 //! the same run, against a nats-server WebSocket listener).
 //!
 //! - [`fanout`]: 1 publisher → N subscribers, delivered messages/s per 1 s window.
@@ -11,9 +11,11 @@
 //! print the QUIC/WS, QUIC/WSS and WSS/WS ratios) through [`conn::Conn`],
 //! with the same scanners: the frames are the same MessagePack bytes.
 //!
+//! Its own binary, not part of the gateway: the product's library holds the product.
+//!
 //! Without `--url` the bench starts `edgesync serve` as a child process
 //! ([`gateway`]), pinned with `--server-cpus` through taskset; pin the bench
-//! itself with `taskset -c N edgesync bench …`. The load generator is one
+//! itself with `taskset -c N edgesync-bench …`. The load generator is one
 //! single-threaded tokio runtime: on a pinned core more threads only add
 //! contention. Every loop is bounded by the scenario's duration or a count,
 //! and every connection is closed with a close frame at the end.
@@ -43,8 +45,13 @@ use gateway::{ChildGateway, Fsync};
 use report::Report;
 use wire::Proto;
 
-/// `edgesync bench` flags.
-#[derive(Debug, clap::Args)]
+/// `edgesync-bench` flags.
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "edgesync-bench",
+    version,
+    about = "Load scenarios against an edgesync gateway (and nats-server, to compare)"
+)]
 pub struct BenchArgs {
     #[command(subcommand)]
     pub scenario: Scenario,
@@ -76,7 +83,7 @@ pub struct BenchArgs {
     /// Store fsync policy of the child gateway. Default: `always` for durable, `interval` otherwise.
     #[arg(long, global = true, value_enum)]
     pub fsync: Option<Fsync>,
-    /// The edgesync binary for the child gateway. Default: this executable.
+    /// The edgesync binary for the child gateway. Default: `edgesync` next to this executable.
     #[arg(long, global = true)]
     pub server_bin: Option<PathBuf>,
     /// PID of the server behind `--url`/`--nats-url`, for `idle` (reads its /proc status).
@@ -135,8 +142,8 @@ impl Scenario {
     }
 }
 
-/// Entry point of `edgesync bench`.
-pub fn run(args: BenchArgs) -> ExitCode {
+fn main() -> ExitCode {
+    let args = <BenchArgs as clap::Parser>::parse();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -325,7 +332,7 @@ fn resolve(
     }
     let exe = match &args.server_bin {
         Some(p) => p.clone(),
-        None => std::env::current_exe().context("locate the edgesync binary")?,
+        None => gateway_binary()?,
     };
     let gw = ChildGateway::start(&exe, args.server_cpus.as_deref(), fsync)?;
     let url = match transport {
@@ -455,4 +462,17 @@ pub async fn sample_rates(counter: impl Fn() -> u64, warmup: Duration, seconds: 
         (last, at) = (now_n, now_t);
     }
     rates
+}
+
+/// The `edgesync` binary built next to this one (`target/<profile>/edgesync`).
+fn gateway_binary() -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locate this executable")?;
+    let exe = me.with_file_name(format!("edgesync{}", std::env::consts::EXE_SUFFIX));
+    if !exe.exists() {
+        bail!(
+            "{} not found: build it (`cargo build --release --bin edgesync`) or pass --server-bin",
+            exe.display()
+        );
+    }
+    Ok(exe)
 }

@@ -187,7 +187,7 @@ fn config_toml(
         Fsync::Interval => "interval",
     };
     format!(
-        r#"# Written by `edgesync bench`.
+        r#"# Written by `edgesync-bench`.
 data_dir = {data:?}
 
 [listen]

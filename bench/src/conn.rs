@@ -28,10 +28,10 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::wire::Proto;
-use crate::transport::tls;
+use edgesync::transport::tls;
 
 /// A byte stream a WebSocket runs over: TCP, or TLS over TCP.
-pub(crate) trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 type Ws = WebSocketStream<Box<dyn Io>>;
@@ -200,7 +200,7 @@ impl QuicDialer {
         // The same large kernel buffers as the gateway's socket: with the default, the
         // one socket of 1 000 connections drops datagrams whenever the bench is descheduled.
         let socket =
-            crate::transport::quic::bind_udp(bind).context("bind the bench's UDP socket")?;
+            edgesync::transport::quic::bind_udp(bind).context("bind the bench's UDP socket")?;
         let endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             None,

@@ -1,0 +1,329 @@
+//! Ingest: the one path every message takes into the gateway.
+//!
+//! ```text
+//! session pub / batch ─┐
+//! QUIC datagram ───────┤                ┌─ Store ──▶ store.append (group commit) ──▶ fan-out
+//! admin publish ───────┼─▶ message hooks ┼─ LiveOnly ─▶ broker: live subscribers only
+//! plugin publish ──────┘   storage hooks └─ Dropped ──▶ acknowledged, nothing kept
+//!                          (dead letters)
+//! ```
+//!
+//! [`Pipeline::ingest`] (and [`Pipeline::ingest_batch`] for the publishes of one client
+//! frame) runs the topic's route of plugins through the [`MessageHooks`] seam the plugin
+//! layer implements, stores every message a plugin failed on in `$dlq.<plugin>`,
+//! applies a storage hook's retention hint, and delivers a `skip`ped message live.
+//! [`Pipeline::append`] makes a stored message durable; the session queues those
+//! futures so its acks go out in order, while [`Pipeline::publish`] does both steps for
+//! callers that wait for one message (admin API, plugin publishes). Committed records
+//! reach the broker from the store's commit channel (wired in `server`), so local and
+//! replicated records fan out the same way.
+//!
+//! What it does not do: validation of client input (that is `session`), and anything
+//! after the store (fan-out is the broker's).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use edgesync_protocol::{ErrorCode, Headers, Msg, Payload, ServerFrame};
+
+use crate::broker::{Broker, ConnOut};
+use crate::clock::SharedClock;
+use crate::metrics::Metrics;
+use crate::model::{HookOutcome, Publish, Refusal, Sender};
+use crate::store::{Ack, Retention, Store, StoreError};
+
+/// A boxed future borrowing its arguments (trait methods below are called through `dyn`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the hooks of one message decided, with what the pipeline must do around it.
+#[derive(Debug)]
+pub struct HookResult {
+    pub outcome: Result<HookOutcome, Refusal>,
+    /// Plugins that failed on the message, with their error: each gets a dead letter.
+    pub dead: Vec<DeadLetter>,
+    /// A storage hook's retention hint (applied only if the message is stored).
+    pub hint: Option<Retention>,
+}
+
+impl HookResult {
+    /// No hooks ran: store the message as it is.
+    pub fn store() -> Self {
+        HookResult {
+            outcome: Ok(HookOutcome::Store),
+            dead: Vec::new(),
+            hint: None,
+        }
+    }
+}
+
+/// A plugin failed on a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub plugin: String,
+    pub error: String,
+}
+
+/// The message and storage hooks, as the plugin layer provides them. Hooks may change
+/// `headers` and `payload` in place (never the topic: permissions were checked for it).
+pub trait MessageHooks: Send + Sync {
+    /// Hooks of one message.
+    fn ingest<'a>(&'a self, sender: &'a Sender, req: &'a mut Publish) -> BoxFuture<'a, HookResult>;
+
+    /// Hooks of several messages from one sender, in order (one result each): plugins may
+    /// see them in one batch call.
+    fn ingest_batch<'a>(
+        &'a self,
+        sender: &'a Sender,
+        reqs: &'a mut [Publish],
+    ) -> BoxFuture<'a, Vec<HookResult>>;
+}
+
+/// The result of [`Pipeline::publish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Durable, with its ack.
+    Stored(Ack),
+    /// A hook dropped it or delivered it live only: acknowledged, not stored.
+    NotStored(HookOutcome),
+}
+
+/// The ingest pipeline. Shared by sessions, the admin API and plugin services.
+pub struct Pipeline {
+    store: Store,
+    broker: Arc<Broker>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    /// Installed once plugins are loaded (they need the pipeline to publish, so they are
+    /// built after it); none means no hooks run.
+    hooks: OnceLock<Arc<dyn MessageHooks>>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("hooks", &self.hooks.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pipeline {
+    pub fn new(
+        store: Store,
+        broker: Arc<Broker>,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> Arc<Self> {
+        Arc::new(Pipeline {
+            store,
+            broker,
+            metrics,
+            clock,
+            hooks: OnceLock::new(),
+        })
+    }
+
+    /// Install the hooks (once, at startup). A second call is ignored.
+    pub fn set_hooks(&self, hooks: Arc<dyn MessageHooks>) {
+        if self.hooks.set(hooks).is_err() {
+            tracing::warn!("message hooks were already installed; ignored");
+        }
+    }
+
+    /// Hooks for one publish that will be stored if they pass (counted in
+    /// `edgesync_messages_in_total`). `LiveOnly` was already delivered.
+    ///
+    /// # Errors
+    /// The refusal for the client (a plugin rejected it, or failed closed).
+    pub async fn ingest(&self, sender: &Sender, req: &mut Publish) -> Result<HookOutcome, Refusal> {
+        self.metrics.messages_in.inc();
+        self.hooks_of(sender, req).await
+    }
+
+    /// [`Pipeline::ingest`] for the publishes of one client frame, in order: the route's
+    /// message plugins see them in one `on-batch` call each when they share a chain.
+    pub async fn ingest_batch(
+        &self,
+        sender: &Sender,
+        reqs: &mut [Publish],
+    ) -> Vec<Result<HookOutcome, Refusal>> {
+        self.metrics.messages_in.inc_by(reqs.len() as u64);
+        let Some(hooks) = self.hooks.get() else {
+            return reqs.iter().map(|_| Ok(HookOutcome::Store)).collect();
+        };
+        let originals: Vec<_> = reqs
+            .iter()
+            .map(|r| (r.headers.clone(), r.payload.clone()))
+            .collect();
+        let results = hooks.ingest_batch(sender, reqs).await;
+        let mut out = Vec::with_capacity(results.len());
+        for ((result, req), original) in results.into_iter().zip(reqs.iter()).zip(originals) {
+            out.push(self.settle(sender, req, original, result).await);
+        }
+        out
+    }
+
+    /// An ephemeral publish (a QUIC datagram): the same hooks, then delivered live
+    /// (`seq` 0, never stored), counted in `edgesync_ephemeral_messages_in_total`.
+    ///
+    /// # Errors
+    /// The refusal (a datagram is never answered; the caller counts it).
+    pub async fn ingest_ephemeral(
+        &self,
+        sender: &Sender,
+        mut req: Publish,
+    ) -> Result<HookOutcome, Refusal> {
+        self.metrics.ephemeral_messages_in.inc();
+        let outcome = self.hooks_of(sender, &mut req).await?;
+        if outcome == HookOutcome::Store {
+            self.deliver_live(&req);
+        }
+        Ok(outcome)
+    }
+
+    /// Make a message that passed its hooks durable. The future owns what it needs, so
+    /// a session can queue it and collect acks in order.
+    pub fn append(
+        &self,
+        req: Publish,
+    ) -> impl Future<Output = Result<Ack, StoreError>> + Send + 'static {
+        let store = self.store.clone();
+        async move { store.append(req).await }
+    }
+
+    /// Hooks then store, for one message whose caller waits for the result (admin API,
+    /// plugin publishes).
+    ///
+    /// # Errors
+    /// The refusal: hooks refused it, or the store could not make it durable.
+    pub async fn publish(&self, sender: &Sender, mut req: Publish) -> Result<Published, Refusal> {
+        match self.ingest(sender, &mut req).await? {
+            HookOutcome::Store => self
+                .append(req)
+                .await
+                .map(Published::Stored)
+                .map_err(|e| store_refusal(&e)),
+            other => Ok(Published::NotStored(other)),
+        }
+    }
+
+    /// Deliver a message straight to one connection (plugin `send`): not stored, `seq` 0,
+    /// dropped when the outbox is full.
+    pub fn deliver_direct(&self, out: &ConnOut, topic: &str, payload: &[u8]) {
+        let msg = self.ephemeral_msg(Publish {
+            topic: topic.to_string(),
+            client: String::new(),
+            mid: None,
+            headers: Headers::default(),
+            payload: Bytes::copy_from_slice(payload),
+        });
+        let frame = Bytes::from(out.outbox.encoding().encode(&ServerFrame::Msg(msg)));
+        out.outbox.try_push_ephemeral(&frame);
+    }
+
+    /// Message then storage hooks of one message, settled.
+    async fn hooks_of(&self, sender: &Sender, req: &mut Publish) -> Result<HookOutcome, Refusal> {
+        let Some(hooks) = self.hooks.get() else {
+            return Ok(HookOutcome::Store);
+        };
+        let original = (req.headers.clone(), req.payload.clone());
+        let result = hooks.ingest(sender, req).await;
+        self.settle(sender, req, original, result).await
+    }
+
+    /// After the hooks: dead letters, the retention hint of a stored message, the live
+    /// delivery of a skipped one.
+    async fn settle(
+        &self,
+        sender: &Sender,
+        req: &Publish,
+        original: (Headers, Bytes),
+        result: HookResult,
+    ) -> Result<HookOutcome, Refusal> {
+        for dead in &result.dead {
+            self.dead_letter(dead, sender, &req.topic, &original.0, &original.1)
+                .await;
+        }
+        let outcome = result.outcome?;
+        match outcome {
+            HookOutcome::Store => {
+                // Only a record that is written carries its hint: a later plugin's
+                // reject, drop or skip leaves the topic's retention as it was.
+                if let Some(r) = result.hint {
+                    self.store.set_retention_override(&req.topic, r);
+                }
+            }
+            HookOutcome::LiveOnly => self.deliver_live(req),
+            HookOutcome::Dropped => {}
+        }
+        Ok(outcome)
+    }
+
+    /// Store a message a plugin failed on in `$dlq.<plugin>`, with the original topic and
+    /// the error in headers. Never retried; if even this fails, the loss is logged as an error.
+    async fn dead_letter(
+        &self,
+        dead: &DeadLetter,
+        sender: &Sender,
+        topic: &str,
+        headers: &Headers,
+        payload: &Bytes,
+    ) {
+        let mut h = headers.clone();
+        h.0.push(("edgesync-dlq-topic".into(), topic.to_string()));
+        h.0.push((
+            "edgesync-dlq-error".into(),
+            dead.error.chars().take(512).collect(),
+        ));
+        let req = Publish {
+            topic: format!("$dlq.{}", dead.plugin),
+            client: sender.client_id.clone(),
+            mid: None,
+            headers: h,
+            payload: payload.clone(),
+        };
+        match self.store.append(req).await {
+            Ok(ack) => tracing::warn!(
+                plugin = %dead.plugin,
+                topic,
+                dlq_seq = ack.seq,
+                error = %dead.error,
+                "plugin failed on a message; dead-lettered"
+            ),
+            Err(e) => {
+                tracing::error!(plugin = %dead.plugin, topic, error = %e, "dead-lettering failed; the message is lost")
+            }
+        }
+    }
+
+    /// Fan a message out to live subscribers without storing it.
+    fn deliver_live(&self, req: &Publish) {
+        let msg = self.ephemeral_msg(req.clone());
+        self.broker.fanout_ephemeral(&msg);
+    }
+
+    /// A message that is delivered but never stored: `seq` 0, the HLC of now, not in cursors.
+    fn ephemeral_msg(&self, req: Publish) -> Msg {
+        Msg {
+            topic: req.topic,
+            origin: self.store.node().to_string(),
+            epoch: self.store.epoch(),
+            seq: 0,
+            hlc: self.clock.unix_ms() << 16,
+            client: req.client,
+            mid: req.mid,
+            headers: req.headers,
+            data: Payload(req.payload),
+        }
+    }
+}
+
+/// The refusal a client gets when the store could not make its message durable.
+pub fn store_refusal(e: &StoreError) -> Refusal {
+    let code = match e {
+        StoreError::Closed => ErrorCode::ShuttingDown,
+        _ => ErrorCode::StorageUnavailable,
+    };
+    Refusal::new(code, e.to_string())
+}

@@ -1,0 +1,118 @@
+//! Housekeeping on the writer thread: dedupe expiry and retention, bounded per pass.
+
+use fjall::PersistMode;
+
+use super::*;
+
+impl Writer {
+    /// Retention and dedupe expiry; bounded work per call.
+    pub(super) fn housekeeping(&mut self) {
+        if let Err(e) = self.expire_dedupe().and_then(|()| self.apply_retention()) {
+            tracing::warn!(error = %e, "store housekeeping failed");
+        }
+    }
+
+    pub(super) fn expire_dedupe(&mut self) -> Result<(), StoreError> {
+        let cutoff = self
+            .opts
+            .clock
+            .unix_ms()
+            .saturating_sub(self.shared.dedupe_window.as_millis() as u64);
+        let mut b = self.shared.db.batch();
+        let mut n = 0;
+        for g in self.shared.dedupe.prefix(b"w").take(10_000) {
+            let (k, _) = g.into_inner()?;
+            if k.len() < 9 {
+                continue;
+            }
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&k[1..9]);
+            if u64::from_be_bytes(ts) > cutoff {
+                break;
+            }
+            let mut dk = b"k".to_vec();
+            dk.extend_from_slice(&k[9..]);
+            b.remove(&self.shared.dedupe, dk);
+            b.remove(&self.shared.dedupe, k.to_vec());
+            n += 1;
+        }
+        if n > 0 {
+            b.commit()?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_retention(&mut self) -> Result<(), StoreError> {
+        let shared = self.shared.clone();
+        let mut index = std::mem::take(&mut self.index);
+        let result = self.retention_pass(&shared, &mut index);
+        self.index = index;
+        result
+    }
+
+    pub(super) fn retention_pass(
+        &mut self,
+        shared: &Shared,
+        index: &mut Index,
+    ) -> Result<(), StoreError> {
+        let mut batch = shared.db.batch();
+        let mut budget = 50_000usize;
+        let now = self.opts.clock.unix_ms();
+        let mut changed = Vec::new();
+        for (name, t) in index.topics.iter_mut() {
+            let policy = shared.retention_for(name);
+            if policy.is_unlimited() {
+                continue;
+            }
+            let before = t.count;
+            let age_cutoff = policy
+                .max_age
+                .map(|a| now.saturating_sub(a.as_millis() as u64) << 16);
+            while budget > 0 {
+                let over_count = policy.max_messages.is_some_and(|m| t.count > m);
+                let over_bytes = policy.max_bytes.is_some_and(|m| t.bytes > m);
+                // Oldest record across this topic's streams.
+                let mut oldest: Option<(u32, u64, u64, u64)> = None; // (origin, seq, hlc, len)
+                for (oid, s) in &t.streams {
+                    if s.low > s.high {
+                        continue;
+                    }
+                    let Some(v) = shared.records.get(record_key(t.id, *oid, s.low))? else {
+                        continue;
+                    };
+                    let (hlc, len) = Record::decode(&v)
+                        .map(|r| (r.hlc, r.payload.len() as u64))
+                        .unwrap_or((0, 0));
+                    if oldest.is_none_or(|o| hlc < o.2) {
+                        oldest = Some((*oid, s.low, hlc, len));
+                    }
+                }
+                let Some((oid, seq, hlc, len)) = oldest else {
+                    break;
+                };
+                let too_old = age_cutoff.is_some_and(|c| hlc < c);
+                if !(over_count || over_bytes || too_old) {
+                    break;
+                }
+                batch.remove(&shared.records, record_key(t.id, oid, seq).as_slice());
+                if let Some(s) = t.streams.get_mut(&oid) {
+                    s.low = seq + 1;
+                }
+                t.count = t.count.saturating_sub(1);
+                t.bytes = t.bytes.saturating_sub(len);
+                budget -= 1;
+            }
+            if t.count != before {
+                batch.insert(&shared.meta, meta_topic_key(t.id), encode_topic_state(t));
+                changed.push(name.clone());
+            }
+        }
+        if !changed.is_empty() {
+            batch.commit()?;
+            shared.db.persist(PersistMode::Buffer)?;
+            publish_index(shared, index, &changed);
+            tracing::debug!(topics = changed.len(), "retention applied");
+        }
+        Ok(())
+    }
+}

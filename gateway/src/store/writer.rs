@@ -1,0 +1,319 @@
+//! The single writer thread: sequence allocation, HLC, group commit, idempotent publish.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fjall::PersistMode;
+use tokio::sync::{mpsc, oneshot};
+
+use super::*;
+
+/// The single writer: sequence allocation, group commit, retention, dedupe expiry.
+pub(super) struct Writer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) opts: StoreOptions,
+    pub(super) commit_tx: mpsc::Sender<Committed>,
+    pub(super) clock_last: u64,
+    /// The writer's authoritative copy of the index; the shared copy is updated
+    /// from it after each durable commit (touched topics only).
+    pub(super) index: Index,
+}
+
+/// An append waiting in the current batch.
+pub(super) struct Pending {
+    pub(super) reply: oneshot::Sender<Result<Ack, StoreError>>,
+    pub(super) ack: Ack,
+}
+
+impl Writer {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        self.clock_last = self.shared.index.read().max_hlc;
+        let mut last_tick = std::time::Instant::now();
+        while let Some(first) = rx.blocking_recv() {
+            // Woken by the first append of a batch: give its producers (often on the
+            // same core) the chance to queue the rest before committing, so a commit
+            // carries many appends instead of one per wake-up.
+            if rx.is_empty() {
+                std::thread::yield_now();
+            }
+            let mut appends = Vec::new();
+            let mut shutdown = None;
+            let mut bytes = 0usize;
+            let mut next = Some(first);
+            while let Some(req) = next.take() {
+                match req {
+                    Request::Append(a, reply) => {
+                        bytes += a.payload.len();
+                        appends.push((a, reply));
+                    }
+                    Request::Tick => {}
+                    Request::Shutdown(done) => {
+                        shutdown = Some(done);
+                        break;
+                    }
+                }
+                if appends.len() < self.opts.max_batch && bytes < self.opts.max_batch_bytes {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !appends.is_empty() {
+                self.commit(appends);
+            }
+            if last_tick.elapsed() >= Duration::from_secs(1) {
+                last_tick = std::time::Instant::now();
+                self.housekeeping();
+            }
+            if let Some(done) = shutdown {
+                let _ = self.shared.db.persist(PersistMode::SyncAll);
+                // Write memtables out so the next open replays a short journal, not all of it.
+                for ks in [
+                    &self.shared.records,
+                    &self.shared.meta,
+                    &self.shared.dedupe,
+                    &self.shared.kv,
+                ] {
+                    if let Err(e) = ks.rotate_memtable_and_wait() {
+                        tracing::warn!(error = %e, "memtable flush at shutdown failed; the next open replays the journal");
+                    }
+                }
+                let _ = done.send(());
+                tracing::info!("store writer stopped");
+                return;
+            }
+        }
+        let _ = self.shared.db.persist(PersistMode::SyncAll);
+    }
+
+    pub(super) fn tick_hlc(&mut self) -> u64 {
+        let wall = self.opts.clock.unix_ms() << 16;
+        self.clock_last = wall.max(self.clock_last + 1);
+        self.clock_last
+    }
+
+    /// Write one group-commit batch; acknowledge and hand to the broker only after it is durable.
+    pub(super) fn commit(
+        &mut self,
+        appends: Vec<(Publish, oneshot::Sender<Result<Ack, StoreError>>)>,
+    ) {
+        if self.shared.poisoned.load(Ordering::Relaxed) {
+            for (_, reply) in appends {
+                let _ = reply.send(Err(StoreError::Poisoned));
+            }
+            return;
+        }
+        let started = std::time::Instant::now();
+        let requests = appends.len();
+        let shared = self.shared.clone();
+        let mut index = std::mem::take(&mut self.index);
+        let mut batch = shared.db.batch();
+        let mut pending = Vec::with_capacity(appends.len());
+        let mut committed = Vec::with_capacity(appends.len());
+        let mut in_batch: HashMap<(String, String), Ack> = HashMap::new();
+        let mut touched: HashMap<String, ()> = HashMap::new();
+        let now = self.opts.clock.unix_ms();
+        let local = shared.local.clone();
+        let local_id = index.origin_id(&shared, &mut batch, &local);
+        for (req, reply) in appends {
+            // Idempotent publish: a (client, mid) seen within the window gets the original ack.
+            if let Some(mid) = &req.mid {
+                let k = (req.client.clone(), mid.clone());
+                if let Some(ack) = in_batch.get(&k) {
+                    pending.push(Pending {
+                        reply,
+                        ack: Ack {
+                            dup: true,
+                            ..ack.clone()
+                        },
+                    });
+                    continue;
+                }
+                match self.lookup_dedupe(&index, &req.client, mid, now) {
+                    Ok(Some(ack)) => {
+                        let _ = reply.send(Ok(ack));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                }
+            }
+            let hlc = self.tick_hlc();
+            let topic_id = index.topic_id(&mut batch, &shared, &req.topic);
+            let Some(t) = index.topics.get_mut(&req.topic) else {
+                continue;
+            };
+            let stream = t
+                .streams
+                .entry(local_id)
+                .or_insert(Stream { low: 1, high: 0 });
+            let seq = stream.high + 1;
+            stream.high = seq;
+            t.count += 1;
+            t.bytes += req.payload.len() as u64;
+            let record = Record {
+                topic: req.topic,
+                origin: local.clone(),
+                seq,
+                hlc,
+                client: req.client,
+                mid: req.mid,
+                headers: req.headers,
+                payload: req.payload,
+            };
+            let bytes = match record.encode() {
+                Ok(b) => b,
+                Err(e) => {
+                    // Undo the allocation: the seq stays dense.
+                    if let Some(t) = index.topics.get_mut(&record.topic) {
+                        if let Some(s) = t.streams.get_mut(&local_id) {
+                            s.high -= 1;
+                        }
+                        t.count -= 1;
+                        t.bytes -= record.payload.len() as u64;
+                    }
+                    let _ = reply.send(Err(e.into()));
+                    continue;
+                }
+            };
+            debug_assert_eq!(Record::decode(&bytes).as_ref(), Ok(&record));
+            batch.insert(
+                &shared.records,
+                record_key(topic_id, local_id, seq).as_slice(),
+                bytes,
+            );
+            let vv = index.vv_of(&record.topic);
+            let ack = Ack {
+                origin: local.clone(),
+                seq,
+                hlc,
+                vv,
+                dup: false,
+            };
+            if let Some(mid) = &record.mid {
+                let mut v = Vec::with_capacity(36);
+                v.extend_from_slice(&topic_id.to_be_bytes());
+                v.extend_from_slice(&local_id.to_be_bytes());
+                v.extend_from_slice(&seq.to_be_bytes());
+                v.extend_from_slice(&hlc.to_be_bytes());
+                v.extend_from_slice(&now.to_be_bytes());
+                batch.insert(&shared.dedupe, dedupe_key(&record.client, mid), v);
+                let mut w = b"w".to_vec();
+                w.extend_from_slice(&now.to_be_bytes());
+                w.extend_from_slice(&dedupe_key(&record.client, mid)[1..]);
+                batch.insert(&shared.dedupe, w, b"".as_slice());
+                in_batch.insert((record.client.clone(), mid.clone()), ack.clone());
+            }
+            touched.insert(record.topic.clone(), ());
+            committed.push(Arc::new(record));
+            pending.push(Pending { reply, ack });
+        }
+        for name in touched.keys() {
+            if let Some(t) = index.topics.get(name) {
+                batch.insert(&shared.meta, meta_topic_key(t.id), encode_topic_state(t));
+            }
+        }
+        index.max_hlc = self.clock_last;
+        batch.insert(
+            &shared.meta,
+            b"h".as_slice(),
+            self.clock_last.to_be_bytes().as_slice(),
+        );
+        let result =
+            batch
+                .commit()
+                .map_err(StoreError::from)
+                .and_then(|()| match self.opts.fsync {
+                    FsyncPolicy::Always => shared.persist(),
+                    FsyncPolicy::Interval(_) => shared
+                        .db
+                        .persist(PersistMode::Buffer)
+                        .map_err(StoreError::from),
+                });
+        match result {
+            Ok(()) => {
+                let stats = CommitStats {
+                    requests,
+                    records: committed.len(),
+                    elapsed: started.elapsed(),
+                };
+                shared.observer.committed(&stats);
+                let names: Vec<String> = touched.into_keys().collect();
+                publish_index(&shared, &index, &names);
+                self.index = index;
+                for p in pending {
+                    let _ = p.reply.send(Ok(p.ack));
+                }
+                if !committed.is_empty()
+                    && self.commit_tx.blocking_send(Arc::new(committed)).is_err()
+                {
+                    tracing::debug!("broker gone; committed records not fanned out");
+                }
+            }
+            Err(e) => {
+                shared.poisoned.store(true, Ordering::Relaxed);
+                tracing::error!(error = %e, "group commit failed; store poisoned, publishes refused");
+                for p in pending {
+                    let _ = p.reply.send(Err(StoreError::Poisoned));
+                }
+                self.index = index;
+            }
+        }
+    }
+
+    pub(super) fn lookup_dedupe(
+        &self,
+        index: &Index,
+        client: &str,
+        mid: &str,
+        now: u64,
+    ) -> Result<Option<Ack>, StoreError> {
+        let Some(v) = self.shared.dedupe.get(dedupe_key(client, mid))? else {
+            return Ok(None);
+        };
+        if v.len() != 32 {
+            return Ok(None);
+        }
+        let u32_at = |i: usize| u32::from_be_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        let (origin_id, seq, hlc, written) = (u32_at(4), u64_at(8), u64_at(16), u64_at(24));
+        if now.saturating_sub(written) > self.shared.dedupe_window.as_millis() as u64 {
+            return Ok(None);
+        }
+        let Some(origin) = index.origins.get(&origin_id).cloned() else {
+            return Ok(None);
+        };
+        let mut vv = BTreeMap::new();
+        vv.insert(origin.clone(), seq);
+        Ok(Some(Ack {
+            origin,
+            seq,
+            hlc,
+            vv,
+            dup: true,
+        }))
+    }
+}
+
+pub(super) fn spawn_syncer(shared: Arc<Shared>, every: Duration) {
+    let weak = Arc::downgrade(&shared);
+    drop(shared);
+    let _ = std::thread::Builder::new()
+        .name("edgesync-fsync".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(s) = weak.upgrade() else { return };
+                if s.persist().is_err() {
+                    return;
+                }
+            }
+        });
+}
