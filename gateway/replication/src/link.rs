@@ -62,6 +62,13 @@ pub trait LocalView {
     fn lww_digests(&self) -> Vec<(String, u32, crate::digest::BucketDigest)>;
     /// The LWW entries of one (namespace, bucket).
     fn lww_bucket(&self, namespace: &str, bucket: u32) -> Vec<LwwEntry>;
+    /// Records this store found corrupt and has not repaired yet (at most a
+    /// few thousand; the store keeps this list durable). Pulled again from the
+    /// peer on every (re)connect and digest round, so a repair that found no
+    /// link up, or a peer without the record, is retried.
+    fn corrupt(&self) -> Vec<(String, Origin, u64)> {
+        Vec::new()
+    }
 }
 
 /// Tunables of one link. Defaults are in [`LinkConfig::new`].
@@ -157,7 +164,8 @@ pub struct ApplyBatch {
     /// Append these, skipping what the vector covers (idempotent); in repair
     /// mode also replace a held copy that is missing, corrupt or a gap marker.
     pub records: Vec<RecordBody>,
-    /// Store a gap marker for every seq of these ranges the vector lacks.
+    /// Store a gap marker for every seq of these ranges the vector lacks (in
+    /// repair mode also for a seq held as a corrupt record).
     pub gaps: Vec<Range>,
     pub repair: bool,
 }
@@ -532,6 +540,10 @@ impl Link {
                 records.push(r.clone());
             }
         }
+        // A commit may mix new records with repaired ones: send in seq order.
+        if !records.is_sorted_by_key(|r| r.seq) {
+            records.sort_by_key(|r| r.seq);
+        }
         let mut gaps = Vec::new();
         for &(a, b) in &batch.gaps {
             let missing = RangeSet::from_range(a, b).difference(&st.sent);
@@ -559,6 +571,9 @@ impl Link {
             .into_iter()
             .filter(|r| r.seq >= req.from && r.seq <= end)
             .collect();
+        if !records.is_sorted_by_key(|r| r.seq) {
+            records.sort_by_key(|r| r.seq);
+        }
         records.dedup_by_key(|r| r.seq);
         let mut truncated = RangeSet::new();
         for (a, b) in result.truncated {
@@ -579,7 +594,6 @@ impl Link {
         st.reading = false;
         if req.repair {
             st.forced.remove_range(req.from, end.max(req.to));
-            truncated = RangeSet::new(); // a repair sends records only
         } else {
             records.retain(|r| !st.sent.contains(r.seq));
             truncated = truncated.difference(&st.sent);
@@ -818,7 +832,8 @@ impl Link {
                 origin,
                 from,
                 to,
-            } => self.on_truncated(lane, topic, origin, from, to),
+                repair,
+            } => self.on_truncated(lane, topic, origin, (from, to), repair),
             Message::Ack {
                 topic,
                 origin,
@@ -952,7 +967,14 @@ impl Link {
         }));
     }
 
-    fn on_truncated(&mut self, lane: u16, topic: String, origin: Origin, from: u64, to: u64) {
+    fn on_truncated(
+        &mut self,
+        lane: u16,
+        topic: String,
+        origin: Origin,
+        (from, to): Range,
+        repair: bool,
+    ) {
         if !self.receives || !self.carries(&topic) {
             return self.protocol_error(format!("truncated for {topic:?}, not carried"));
         }
@@ -985,7 +1007,7 @@ impl Link {
             origin,
             records: Vec::new(),
             gaps: vec![(from, to)],
-            repair: false,
+            repair,
         }));
     }
 
@@ -1128,6 +1150,13 @@ impl Link {
     // ----- digests -----
 
     fn digest_round(&mut self, view: &impl LocalView) {
+        if self.receives {
+            for (topic, origin, seq) in view.corrupt().into_iter().take(MAX_ITEMS) {
+                if self.carries(&topic) {
+                    self.pull(&topic, &origin, seq, seq);
+                }
+            }
+        }
         if self.sends {
             for topic in view.topics() {
                 if !self.carries(&topic) {
@@ -1137,9 +1166,7 @@ impl Link {
                     continue;
                 };
                 for (origin, set) in vv.iter() {
-                    let digest = view
-                        .digest(&topic, origin)
-                        .unwrap_or_default();
+                    let digest = view.digest(&topic, origin).unwrap_or_default();
                     self.send_digest(&topic, origin, set, &digest);
                 }
             }
@@ -1306,8 +1333,8 @@ impl Link {
         for r in records {
             while gaps.peek().is_some_and(|g| g.1 < r.seq) {
                 self.flush_batch(lane, topic, origin, &mut batch, repair);
-                if let Some((from, to)) = gaps.next() {
-                    self.push_truncated(lane, topic, origin, from, to);
+                if let Some(g) = gaps.next() {
+                    self.push_truncated(lane, topic, origin, g, repair);
                 }
             }
             batch.push(r);
@@ -1316,8 +1343,8 @@ impl Link {
             }
         }
         self.flush_batch(lane, topic, origin, &mut batch, repair);
-        for (from, to) in gaps {
-            self.push_truncated(lane, topic, origin, from, to);
+        for g in gaps {
+            self.push_truncated(lane, topic, origin, g, repair);
         }
     }
 
@@ -1351,13 +1378,21 @@ impl Link {
         });
     }
 
-    fn push_truncated(&mut self, lane: u16, topic: &str, origin: &Origin, from: u64, to: u64) {
+    fn push_truncated(
+        &mut self,
+        lane: u16,
+        topic: &str,
+        origin: &Origin,
+        (from, to): Range,
+        repair: bool,
+    ) {
         let msg = Message::Truncated {
             lane,
             topic: topic.to_owned(),
             origin: origin.clone(),
             from,
             to,
+            repair,
         };
         self.lanes_out[lane as usize].ready.push_back(Ready {
             msg,
@@ -1396,6 +1431,7 @@ impl Link {
                 }
                 let rest = records.split_off(take);
                 let head = std::mem::replace(records, rest);
+                let emptied = records.is_empty();
                 front.records -= take as u64;
                 front.bytes -= taken_bytes;
                 let mut msg = front.msg.clone();
@@ -1405,6 +1441,9 @@ impl Link {
                 l.ready_bytes -= taken_bytes;
                 l.sent_records += take as u64;
                 l.sent_bytes += taken_bytes;
+                if emptied {
+                    l.ready.pop_front();
+                }
                 self.send(StreamId::Lane(lane), &msg);
                 continue;
             }

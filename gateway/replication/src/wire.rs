@@ -175,6 +175,10 @@ pub enum Message {
         origin: Origin,
         from: u64,
         to: u64,
+        /// Answers a repair: the receiver also turns a record it holds as
+        /// corrupt in this range into a gap marker (the sender cannot serve it
+        /// either; a later repair from another peer may still fill it).
+        repair: bool,
     },
     Ack {
         topic: String,
@@ -382,6 +386,7 @@ fn validate(msg: &Message) -> Result<(), WireError> {
             origin: o,
             from,
             to,
+            ..
         } => {
             lane_ok(*lane)?;
             topic(t)?;
