@@ -1157,6 +1157,27 @@ impl Link {
                 }
             }
         }
+        if self.sends && self.summary_done {
+            // Seqs the store could not serve (corrupt) may be servable now
+            // (repaired, or expired by retention and so truncated): retry them.
+            let mut retry = Vec::new();
+            for (topic, streams) in &mut self.out {
+                for (origin, st) in streams.iter_mut() {
+                    if !st.skip.is_empty() {
+                        st.skip = RangeSet::new();
+                        st.caught_up = false;
+                        retry.push((topic.clone(), origin.clone()));
+                    }
+                }
+            }
+            for (topic, origin) in retry {
+                let lane = self.lane_of(&topic);
+                self.enqueue(&topic, &origin, lane);
+            }
+            for lane in 0..self.cfg.lanes {
+                self.schedule(lane, view);
+            }
+        }
         if self.sends {
             for topic in view.topics() {
                 if !self.carries(&topic) {

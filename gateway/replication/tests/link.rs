@@ -405,3 +405,119 @@ fn a_corrupt_digest_bucket_triggers_a_repair_pull() {
     assert!(pulls.contains(&(0, 1, 5)), "{pulls:?}");
     assert!(pulls.iter().all(|p| p.1 == 1 && p.2 == 5), "{pulls:?}");
 }
+
+/// A lean store for the throughput figure: one (topic, origin), records by seq.
+struct Lean {
+    topic: String,
+    records: Vec<RecordBody>,
+    vv: VersionVector,
+}
+
+impl LocalView for Lean {
+    fn topics(&self) -> Vec<String> {
+        vec![self.topic.clone()]
+    }
+    fn vector(&self, _: &str) -> Option<VersionVector> {
+        Some(self.vv.clone())
+    }
+    fn digest(&self, _: &str, _: &Origin) -> Option<OriginDigest> {
+        None
+    }
+    fn lww_digests(&self) -> Vec<(String, u32, BucketDigest)> {
+        Vec::new()
+    }
+    fn lww_bucket(&self, _: &str, _: u32) -> Vec<LwwEntry> {
+        Vec::new()
+    }
+}
+
+/// The core's own cost of a catch-up: frames encoded, decoded, credited and
+/// acked, with reads and applies answered from memory at once. Not a test of
+/// speed (no threshold): it prints records/s. Run with
+/// `cargo test -p edgesync-replication --release --test link -- --ignored --nocapture`.
+#[test]
+#[ignore = "prints a figure; run by hand in release"]
+fn catch_up_throughput() {
+    const N: u64 = 500_000;
+    let topic = "sensors.a".to_owned();
+    let origin = Origin::new("edge-1", 1);
+    let payload = Bytes::from(vec![7u8; 100]);
+    let records: Vec<RecordBody> = (1..=N)
+        .map(|seq| RecordBody {
+            seq,
+            hlc: seq << 16,
+            crc: 0,
+            bytes: payload.clone(),
+        })
+        .collect();
+    let mut src = Lean {
+        topic: topic.clone(),
+        records,
+        vv: VersionVector::new(),
+    };
+    src.vv.insert_range(&origin, 1, N);
+    let mut dst = Lean {
+        topic,
+        records: Vec::new(),
+        vv: VersionVector::new(),
+    };
+    let mut a = Link::new(LinkConfig::new("c", "edge-1", 1, Direction::Push), None);
+    let mut b = Link::new(LinkConfig::new("c", "hub", 1, Direction::Pull), None);
+    let start = std::time::Instant::now();
+    let (mut frames, mut bytes) = (0u64, 0u64);
+    loop {
+        let mut moved = false;
+        while let Some(act) = a.poll_action() {
+            moved = true;
+            match act {
+                Action::Send { frame, .. } => {
+                    frames += 1;
+                    bytes += frame.len() as u64;
+                    b.handle_frame(0, &frame[4..], &dst);
+                }
+                Action::Read(req) => {
+                    let lo = req.from as usize - 1;
+                    let hi = (req.to as usize).min(lo + req.max_records as usize);
+                    let result = ReadResult {
+                        records: src.records[lo..hi].to_vec(),
+                        end: hi as u64,
+                        ..ReadResult::default()
+                    };
+                    a.handle_read(req.id, result, &src);
+                }
+                _ => {}
+            }
+        }
+        while let Some(act) = b.poll_action() {
+            moved = true;
+            match act {
+                Action::Send { frame, .. } => a.handle_frame(0, &frame[4..], &src),
+                Action::Apply(batch) => {
+                    if let (Some(f), Some(l)) = (batch.records.first(), batch.records.last()) {
+                        dst.vv.insert_range(&origin, f.seq, l.seq);
+                    }
+                    dst.records.extend(batch.records);
+                    let durable = dst.vv.get(&origin).cloned().unwrap_or_default();
+                    b.handle_applied(
+                        batch.id,
+                        ApplyOutcome::Durable {
+                            durable,
+                            rejected: vec![],
+                        },
+                    );
+                }
+                _ => {}
+            }
+        }
+        if !moved {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(dst.vv.high_water(&origin), N);
+    println!(
+        "catch-up through the core: {N} records of 100 B in {secs:.2} s = {:.0} records/s ({frames} frames, {:.1} MB on the wire)",
+        N as f64 / secs,
+        bytes as f64 / 1e6
+    );
+}

@@ -34,7 +34,12 @@ use std::time::Instant;
 use world::{Bug, Params, World};
 
 /// Every seed that ever failed; always run.
-const REGRESSION_SEEDS: &[u64] = &[];
+const REGRESSION_SEEDS: &[u64] = &[
+    // A record corrupt at its only server, then expired there: the peer never got
+    // the truncation, because unservable seqs were skipped for the connection's
+    // life (fixed: retried every digest round).
+    1_000_028, 1_000_078, 1_005_073, 1_005_243, 1_011_698, 1_011_900, 1_014_051,
+];
 
 /// Seeds in the normal test run.
 const DEFAULT_SEEDS: u64 = 500;
