@@ -47,6 +47,9 @@ use crate::wire::{
     RefuseReason, StreamId, TopicVector, WireError,
 };
 
+/// Most ranges an ack carries whole; past it, only the batch's span.
+const MAX_ACK_RANGES: usize = 1024;
+
 /// What a link needs to know about this node, read synchronously from memory.
 ///
 /// The store implements it over its in-memory index (vectors, digests) and the
@@ -351,6 +354,8 @@ struct PendingRead {
 struct PendingApply {
     topic: String,
     origin: Origin,
+    /// The seqs the batch spans (an ack of a very fragmented vector is cut to it).
+    span: Range,
     lane: u16,
     records: u64,
     bytes: u64,
@@ -638,6 +643,12 @@ impl Link {
         lane.granted_records = lane.applied_records + self.cfg.window_records;
         lane.granted_bytes = lane.applied_bytes + self.cfg.window_bytes;
         let (credit_records, credit_bytes) = (lane.granted_records, lane.granted_bytes);
+        // Acks are joined by the sender, so a part is enough: keep them small.
+        let durable = if durable.ranges().len() > MAX_ACK_RANGES {
+            durable.intersect_range(p.span.0, p.span.1)
+        } else {
+            durable
+        };
         let ack = Message::Ack {
             topic: p.topic.clone(),
             origin: p.origin.clone(),
@@ -952,6 +963,7 @@ impl Link {
             PendingApply {
                 topic: topic.clone(),
                 origin: origin.clone(),
+                span: wire::batch_span(&records).unwrap_or((1, 1)),
                 lane,
                 records: records.len() as u64,
                 bytes,
@@ -996,6 +1008,7 @@ impl Link {
             PendingApply {
                 topic: topic.clone(),
                 origin: origin.clone(),
+                span: (from, to),
                 lane,
                 records: 1,
                 bytes: 0,

@@ -111,11 +111,39 @@ pub struct Params {
     pub window_bytes: u64,
     pub batch_records: u32,
     pub max_drift_ms: u64,
+    /// In a mesh, one edge may carry less: one way only, or only topic `t.0`
+    /// (the others still reach both ends through the rest of the mesh).
+    pub restricted: Option<(usize, Restriction)>,
     pub bug: Option<Bug>,
+}
+
+/// How a restricted mesh edge differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restriction {
+    /// The dialer pushes, the acceptor pulls.
+    OneWay,
+    /// Both sides carry only `t.0`.
+    OnlyT0,
 }
 
 impl Params {
     pub fn from_seed(seed: u64) -> Self {
+        let mut p = Params::base(seed);
+        // A separate stream, so adding this did not change older seeds' draws.
+        let mut r = Rng::new(seed ^ 0xed9e_0000_0000_0001);
+        if p.topology == Topology::Mesh && r.chance(500) {
+            let edges = p.nodes * (p.nodes - 1) / 2;
+            let kind = if r.chance(500) {
+                Restriction::OneWay
+            } else {
+                Restriction::OnlyT0
+            };
+            p.restricted = Some((r.below(edges as u64) as usize, kind));
+        }
+        p
+    }
+
+    fn base(seed: u64) -> Self {
         let mut r = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
         let topology = [
             Topology::Mesh,
@@ -140,6 +168,7 @@ impl Params {
             },
             batch_records: r.range(1, 32) as u32,
             max_drift_ms: r.range(200, 2000),
+            restricted: None,
             bug: None,
         }
     }
@@ -570,9 +599,20 @@ impl World {
         }
     }
 
-    fn link_config(&self, n: usize) -> LinkConfig {
+    fn link_config(&self, n: usize, edge: usize) -> LinkConfig {
         let node = &self.nodes[n];
         let mut cfg = LinkConfig::new(CLUSTER, &node.name, node.epoch, Direction::Both);
+        match self.p.restricted {
+            Some((e, Restriction::OneWay)) if e == edge => {
+                cfg.direction = if self.edges[e].a == n {
+                    Direction::Push
+                } else {
+                    Direction::Pull
+                };
+            }
+            Some((e, Restriction::OnlyT0)) if e == edge => cfg.filters = vec!["t.0".into()],
+            _ => {}
+        }
         cfg.lanes = self.p.lanes;
         cfg.window_records = self.p.window_records;
         cfg.window_bytes = self.p.window_bytes;
@@ -588,8 +628,8 @@ impl World {
         let (a, b) = (self.edges[e].a, self.edges[e].b);
         let id = self.next_conn;
         self.next_conn += 1;
-        let la = Link::new(self.link_config(a), Some(self.nodes[b].name.clone()));
-        let lb = Link::new(self.link_config(b), Some(self.nodes[a].name.clone()));
+        let la = Link::new(self.link_config(a, e), Some(self.nodes[b].name.clone()));
+        let lb = Link::new(self.link_config(b, e), Some(self.nodes[a].name.clone()));
         self.conns.insert(
             id,
             Conn {
@@ -1532,13 +1572,11 @@ impl World {
                     )
                 });
                 // Repair is from direct peers: a neighbour must hold it intact.
-                let neighbours: Vec<usize> = self
-                    .edges
-                    .iter()
-                    .filter_map(|e| match (e.a == n, e.b == n) {
-                        (true, _) => Some(e.b),
-                        (_, true) => Some(e.a),
-                        _ => None,
+                let neighbours: Vec<usize> = (0..self.edges.len())
+                    .filter(|&e| self.feeds(e, n, t))
+                    .map(|e| {
+                        let edge = &self.edges[e];
+                        if edge.a == n { edge.b } else { edge.a }
                     })
                     .collect();
                 let intact_somewhere = neighbours.iter().map(|m| &self.nodes[*m]).any(|m| {
@@ -1586,12 +1624,26 @@ impl World {
         }
     }
 
+    /// Does edge `e` bring records of `topic` to node `n`?
+    fn feeds(&self, e: usize, n: usize, topic: &str) -> bool {
+        let edge = &self.edges[e];
+        if edge.a != n && edge.b != n {
+            return false;
+        }
+        match self.p.restricted {
+            Some((r, Restriction::OneWay)) if r == e => edge.b == n,
+            Some((r, Restriction::OnlyT0)) if r == e => topic == "t.0",
+            _ => true,
+        }
+    }
+
     /// A summary line for the report.
     pub fn summary(&self) -> String {
         format!(
-            "seed {} {:?} nodes={} topics={} lanes={} window={}r/{}B batch={} | {:?}",
+            "seed {} {:?} {:?} nodes={} topics={} lanes={} window={}r/{}B batch={} | {:?}",
             self.p.seed,
             self.p.topology,
+            self.p.restricted,
             self.p.nodes,
             self.p.topics,
             self.p.lanes,
