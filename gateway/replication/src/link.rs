@@ -684,11 +684,21 @@ impl Link {
         if self.state != State::Up {
             return;
         }
-        for chunk in entries.chunks(MAX_ITEMS.min(1024)) {
-            let msg = Message::LwwEntries {
-                entries: chunk.to_vec(),
-            };
-            self.send(StreamId::Control, &msg);
+        // Chunks of at most 1024 entries and about 1 MiB, far below the frame limit.
+        let mut chunk: Vec<LwwEntry> = Vec::new();
+        let mut size = 0usize;
+        for e in entries {
+            let len = 64 + e.namespace.len() + e.key.len() + e.value.as_ref().map_or(0, Bytes::len);
+            if !chunk.is_empty() && (chunk.len() == 1024 || size + len > 1 << 20) {
+                let entries = std::mem::take(&mut chunk);
+                self.send(StreamId::Control, &Message::LwwEntries { entries });
+                size = 0;
+            }
+            size += len;
+            chunk.push(e.clone());
+        }
+        if !chunk.is_empty() {
+            self.send(StreamId::Control, &Message::LwwEntries { entries: chunk });
         }
     }
 
