@@ -84,6 +84,7 @@ fn run_range(from: u64, count: u64) {
         totals.partitions += w.stats.partitions;
         totals.drops += w.stats.drops;
         totals.epoch_bumps += w.stats.epoch_bumps;
+        totals.wipes += w.stats.wipes;
         totals.squeezes += w.stats.squeezes;
         totals.rot += w.stats.rot;
         totals.gaps_received += w.stats.gaps_received;

@@ -406,6 +406,7 @@ pub struct Stats {
     pub connections: u64,
     pub crashes: u64,
     pub epoch_bumps: u64,
+    pub wipes: u64,
     pub partitions: u64,
     pub drops: u64,
     pub squeezes: u64,
@@ -419,6 +420,10 @@ pub struct Stats {
 pub struct World {
     pub p: Params,
     rng: Rng,
+    /// A second stream for faults added later, so older seeds keep their draws.
+    rng2: Rng,
+    /// Acked publishes whose only durable copies were on a wiped disk.
+    lost_with_disk: BTreeSet<(String, Origin, u64)>,
     now: u64,
     nodes: Vec<Node>,
     edges: Vec<Edge>,
@@ -441,6 +446,7 @@ const DIGEST_INTERVAL_MS: u64 = 2_000;
 impl World {
     pub fn new(p: Params) -> Self {
         let mut rng = Rng::new(p.seed);
+        let seed2 = p.seed ^ 0x0d15_c000_0000_0002;
         let nodes = (0..p.nodes)
             .map(|i| Node {
                 name: format!("n{i}"),
@@ -472,6 +478,8 @@ impl World {
         World {
             p,
             rng,
+            rng2: Rng::new(seed2),
+            lost_with_disk: BTreeSet::new(),
             now: 0,
             nodes,
             edges,
@@ -742,6 +750,11 @@ impl World {
         node.found_corrupt.clear();
         node.next_seq.clear();
         node.restart_at = self.now + self.rng.range(50, 1500);
+        if self.p.bug.is_none() && self.rng2.chance(100) {
+            self.wipe(n);
+            return;
+        }
+        let node = &mut self.nodes[n];
         if self.p.bug == Some(Bug::LoseDurableTail) {
             // A lying disk: the newest durable record of each local stream is gone.
             let origin = node.origin();
@@ -758,6 +771,37 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The disk is replaced: the node comes back empty with a new epoch and
+    /// pulls everything, its own old-epoch records included, from its peers.
+    /// Acked records no other node held are lost with the disk (G1's premise).
+    fn wipe(&mut self, n: usize) {
+        let mut unique = 0;
+        for key in self.acked.keys() {
+            let (t, o, s) = key;
+            let elsewhere = self.nodes.iter().enumerate().any(|(m, node)| {
+                m != n
+                    && node.topics.get(t).is_some_and(|td| {
+                        *s < td.floor(o) || td.entries.contains_key(&(o.clone(), *s))
+                    })
+            });
+            if !elsewhere {
+                self.lost_with_disk.insert(key.clone());
+                unique += 1;
+            }
+        }
+        let node = &mut self.nodes[n];
+        node.topics.clear();
+        node.lww = LwwMap::new();
+        node.hlc_last = 0;
+        node.epoch += 1;
+        self.stats.epoch_bumps += 1;
+        self.stats.wipes += 1;
+        self.log.push(format!(
+            "t={} wipe n{n}: empty, next epoch {}; {unique} acked records were only there",
+            self.now, node.epoch
+        ));
     }
 
     fn restart(&mut self, n: usize) {
@@ -1553,6 +1597,9 @@ impl World {
             }
         }
         for ((t, o, s), crc) in &self.acked {
+            if self.lost_with_disk.contains(&(t.clone(), o.clone(), *s)) {
+                continue;
+            }
             for (n, node) in self.nodes.iter().enumerate() {
                 let td = node.topics.get(t);
                 let ok = td.is_some_and(|td| {
