@@ -39,6 +39,13 @@ const REGRESSION_SEEDS: &[u64] = &[
     // the truncation, because unservable seqs were skipped for the connection's
     // life (fixed: retried every digest round).
     1_000_028, 1_000_078, 1_005_073, 1_005_243, 1_011_698, 1_011_900, 1_014_051,
+    // A record corrupt on every node that held it (rot, wipes, retention): the
+    // vectors never agreed (fixed: the store turns a corrupt record no peer
+    // repaired within three digest rounds into a gap marker).
+    2_001_718, 2_002_298, 2_003_669, 2_003_770, 2_004_023, 2_004_361, 2_005_612, 2_006_008,
+    2_006_304, 2_006_568, 2_008_516, 2_008_517, 2_008_787, 2_009_019, 2_009_069, 2_009_247,
+    2_009_687, 2_010_068, 2_010_190, 2_011_622, 2_012_331, 2_016_022, 2_016_561, 2_016_749,
+    2_016_913, 2_018_518, 2_018_755, 2_019_463, 2_019_666, 2_019_735,
 ];
 
 /// Seeds in the normal test run.
@@ -85,6 +92,7 @@ fn run_range(from: u64, count: u64) {
         totals.drops += w.stats.drops;
         totals.epoch_bumps += w.stats.epoch_bumps;
         totals.wipes += w.stats.wipes;
+        totals.corrupt_to_gap += w.stats.corrupt_to_gap;
         totals.squeezes += w.stats.squeezes;
         totals.rot += w.stats.rot;
         totals.gaps_received += w.stats.gaps_received;

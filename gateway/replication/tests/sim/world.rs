@@ -407,6 +407,7 @@ pub struct Stats {
     pub crashes: u64,
     pub epoch_bumps: u64,
     pub wipes: u64,
+    pub corrupt_to_gap: u64,
     pub partitions: u64,
     pub drops: u64,
     pub squeezes: u64,
@@ -424,6 +425,8 @@ pub struct World {
     rng2: Rng,
     /// Acked publishes whose only durable copies were on a wiped disk.
     lost_with_disk: BTreeSet<(String, Origin, u64)>,
+    /// Digest rounds a detected corrupt record has gone unrepaired, per node.
+    corrupt_age: BTreeMap<(usize, String, Origin, u64), u32>,
     now: u64,
     nodes: Vec<Node>,
     edges: Vec<Edge>,
@@ -480,6 +483,7 @@ impl World {
             rng,
             rng2: Rng::new(seed2),
             lost_with_disk: BTreeSet::new(),
+            corrupt_age: BTreeMap::new(),
             now: 0,
             nodes,
             edges,
@@ -1281,6 +1285,56 @@ impl World {
         }
     }
 
+    /// The store's policy for a corrupt record no peer could repair: after
+    /// three digest rounds it becomes an explicit gap marker (ERROR, counted),
+    /// which peers then receive as `truncated`; a later repair may still fill it.
+    fn give_up_on_corrupt(&mut self) {
+        let mut still = BTreeSet::new();
+        for n in 0..self.nodes.len() {
+            for (t, o, s) in self.nodes[n].corrupt() {
+                still.insert((n, t, o, s));
+            }
+        }
+        self.corrupt_age.retain(|k, _| still.contains(k));
+        let mut doomed = Vec::new();
+        for k in still {
+            let age = self.corrupt_age.entry(k.clone()).or_insert(0);
+            *age += 1;
+            if *age >= 3 {
+                doomed.push(k);
+            }
+        }
+        for (n, t, o, s) in doomed {
+            self.corrupt_age.remove(&(n, t.clone(), o.clone(), s));
+            let Some(td) = self.nodes[n].topics.get_mut(&t) else {
+                continue;
+            };
+            td.entries.insert((o.clone(), s), Kind::Gap);
+            td.digests
+                .entry(o.clone())
+                .or_default()
+                .insert(&o, s, Entry::Gap);
+            self.stats.corrupt_to_gap += 1;
+            self.log.push(format!(
+                "t={} n{n} gives up repairing {t} {o} seq {s}: gap marker",
+                self.now
+            ));
+            let c = Committed {
+                topic: t.clone(),
+                origin: o,
+                records: Vec::new(),
+                gaps: vec![(s, s)],
+            };
+            for (id, side) in self.links_of(n) {
+                let c = c.clone();
+                self.call(id, side, move |link, node, _| {
+                    link.handle_committed(&c, node)
+                });
+            }
+            self.check_topic(n, &t);
+        }
+    }
+
     // ----- the network -----
 
     fn deliver_one(&mut self) -> bool {
@@ -1474,6 +1528,7 @@ impl World {
             // A digest round on every link (and a scrub, as a store's background verifier).
             self.advance(DIGEST_INTERVAL_MS);
             self.scrub();
+            self.give_up_on_corrupt();
         }
         self.stats.quiesce_steps = steps;
     }
@@ -1610,32 +1665,7 @@ impl World {
                             None => false,
                         }
                 });
-                // Bit rot of the last intact copy (the others expired by retention)
-                // loses a record; the model's disk did it, not replication.
-                let rotten_here = td.is_some_and(|td| {
-                    matches!(
-                        td.entries.get(&(o.clone(), *s)),
-                        Some(Kind::Record { rotten: true, .. })
-                    )
-                });
-                // Repair is from direct peers: a neighbour must hold it intact.
-                let neighbours: Vec<usize> = (0..self.edges.len())
-                    .filter(|&e| self.feeds(e, n, t))
-                    .map(|e| {
-                        let edge = &self.edges[e];
-                        if edge.a == n { edge.b } else { edge.a }
-                    })
-                    .collect();
-                let intact_somewhere = neighbours.iter().map(|m| &self.nodes[*m]).any(|m| {
-                    m.topics.get(t).is_some_and(|td| {
-                        matches!(
-                            td.entries.get(&(o.clone(), *s)),
-                            Some(Kind::Record { rotten: false, .. })
-                        )
-                    })
-                });
-                let excused = rotten_here && !intact_somewhere;
-                if !ok && !excused {
+                if !ok {
                     let held: Vec<String> = self
                         .nodes
                         .iter()
@@ -1668,19 +1698,6 @@ impl World {
                 ));
                 return;
             }
-        }
-    }
-
-    /// Does edge `e` bring records of `topic` to node `n`?
-    fn feeds(&self, e: usize, n: usize, topic: &str) -> bool {
-        let edge = &self.edges[e];
-        if edge.a != n && edge.b != n {
-            return false;
-        }
-        match self.p.restricted {
-            Some((r, Restriction::OneWay)) if r == e => edge.b == n,
-            Some((r, Restriction::OnlyT0)) if r == e => topic == "t.0",
-            _ => true,
         }
     }
 
