@@ -65,13 +65,14 @@ pub trait LocalView {
     fn lww_digests(&self) -> Vec<(String, u32, crate::digest::BucketDigest)>;
     /// The LWW entries of one (namespace, bucket).
     fn lww_bucket(&self, namespace: &str, bucket: u32) -> Vec<LwwEntry>;
-    /// Records this store found corrupt and has not repaired yet (at most a
-    /// few thousand; the store keeps this list durable). Pulled again from the
-    /// peer on every (re)connect and digest round, so a repair that found no
-    /// link up, or a peer without the record, is retried.
-    fn corrupt(&self) -> Vec<(String, Origin, u64)> {
-        Vec::new()
-    }
+    /// Records this store found corrupt and has not repaired yet (the store
+    /// keeps this list durable). Pulled again from the peer on every
+    /// (re)connect and digest round, so a repair that found no link up, or a
+    /// peer without the record, is retried. The store's policy ends the list:
+    /// a record no peer repaired within a grace period (the simulation uses
+    /// three digest rounds) becomes a gap marker (ERROR log, counted), which
+    /// peers then receive as `truncated`; a later repair may still fill it.
+    fn corrupt(&self) -> Vec<(String, Origin, u64)>;
 }
 
 /// Tunables of one link. Defaults are in [`LinkConfig::new`].
@@ -135,7 +136,8 @@ pub struct ReadRequest {
     pub from: u64,
     /// Last seq wanted (inclusive).
     pub to: u64,
-    /// Stop after this many records.
+    /// Stop after this many records (truncated ranges do not count: report a
+    /// stretch below the retention floor or of gap markers whole).
     pub max_records: u32,
     /// Stop after this many bytes (always return at least one record if any).
     pub max_bytes: u64,
@@ -1338,8 +1340,9 @@ impl Link {
         st.reading = true;
         st.caught_up = false;
         let id = self.next_id();
+        // The whole range: the store stops after max_records records, and
+        // reports a long truncated stretch in one piece (it costs no read).
         let (from, to) = range;
-        let to = to.min(from.saturating_add(u64::from(max_records) - 1));
         self.reads.insert(
             id,
             PendingRead {

@@ -8,10 +8,11 @@ use bytes::Bytes;
 use edgesync_protocol::Origin;
 use edgesync_replication::VersionVector;
 use edgesync_replication::digest::{BucketDigest, Entry, OriginDigest};
+use edgesync_replication::link::LinkEvent;
 use edgesync_replication::link::{
     Action, ApplyOutcome, CloseReason, Committed, Link, LinkConfig, LocalView, ReadResult,
 };
-use edgesync_replication::lww::LwwEntry;
+use edgesync_replication::lww::{LwwEntry, LwwMap, Merge};
 use edgesync_replication::wire::{self, Direction, Message, RecordBody, RefuseReason};
 
 #[derive(Default)]
@@ -19,6 +20,12 @@ struct Store {
     records: BTreeMap<(String, Origin, u64), RecordBody>,
     vv: BTreeMap<String, VersionVector>,
     digests: BTreeMap<(String, Origin), OriginDigest>,
+    /// Retention: seqs below the floor are gone (reads truncate them).
+    floors: BTreeMap<(String, Origin), u64>,
+    gaps: Vec<(String, Origin, u64, u64)>,
+    lww: LwwMap,
+    /// Every action other than send/read/apply, for assertions.
+    seen: Vec<Action>,
 }
 
 impl Store {
@@ -55,9 +62,16 @@ impl LocalView for Store {
             .cloned()
     }
     fn lww_digests(&self) -> Vec<(String, u32, BucketDigest)> {
-        Vec::new()
+        self.lww
+            .digests()
+            .iter()
+            .map(|((ns, b), d)| (ns.clone(), *b, *d))
+            .collect()
     }
-    fn lww_bucket(&self, _: &str, _: u32) -> Vec<LwwEntry> {
+    fn lww_bucket(&self, ns: &str, b: u32) -> Vec<LwwEntry> {
+        self.lww.bucket_entries(ns, b)
+    }
+    fn corrupt(&self) -> Vec<(String, Origin, u64)> {
         Vec::new()
     }
 }
@@ -92,16 +106,30 @@ fn settle(sides: &mut [Side; 2]) {
                     }
                     Action::Read(req) => {
                         let s = &sides[i].store;
-                        let records: Vec<RecordBody> = (req.from..=req.to)
+                        let key = (req.topic.clone(), req.origin.clone());
+                        let floor = s.floors.get(&key).copied().unwrap_or(1);
+                        let records: Vec<RecordBody> = (req.from.max(floor)..=req.to)
                             .filter_map(|q| {
                                 s.records
                                     .get(&(req.topic.clone(), req.origin.clone(), q))
                                     .cloned()
                             })
+                            .take(req.max_records as usize)
                             .collect();
+                        let end = if records.len() == req.max_records as usize {
+                            records.last().map_or(req.to, |r| r.seq)
+                        } else {
+                            req.to
+                        };
+                        let truncated = if req.from < floor {
+                            vec![(req.from, req.to.min(floor - 1))]
+                        } else {
+                            vec![]
+                        };
                         let result = ReadResult {
                             records,
-                            end: req.to,
+                            truncated,
+                            end,
                             ..ReadResult::default()
                         };
                         let side = &mut sides[i];
@@ -111,6 +139,13 @@ fn settle(sides: &mut [Side; 2]) {
                         let side = &mut sides[i];
                         for r in &b.records {
                             side.store.put(&b.topic, &b.origin, r.seq);
+                        }
+                        for &(from, to) in &b.gaps {
+                            side.store
+                                .gaps
+                                .push((b.topic.clone(), b.origin.clone(), from, to));
+                            let vv = side.store.vv.entry(b.topic.clone()).or_default();
+                            vv.insert_range(&b.origin, from, to);
                         }
                         let durable = side.store.vv[&b.topic]
                             .get(&b.origin)
@@ -133,7 +168,17 @@ fn settle(sides: &mut [Side; 2]) {
                     }
                     Action::Up(_) => sides[i].up = true,
                     Action::Closed(r) => sides[i].closed = Some(r),
-                    _ => {}
+                    Action::LwwMerge(entries) => {
+                        let side = &mut sides[i];
+                        let mut won = Vec::new();
+                        for e in entries {
+                            if side.store.lww.merge(e.clone(), 1_000, 60_000) != Merge::Stale {
+                                won.push(e);
+                            }
+                        }
+                        side.store.seen.push(Action::LwwMerge(won));
+                    }
+                    other => sides[i].store.seen.push(other),
                 }
             }
         }
@@ -429,6 +474,9 @@ impl LocalView for Lean {
     fn lww_bucket(&self, _: &str, _: u32) -> Vec<LwwEntry> {
         Vec::new()
     }
+    fn corrupt(&self) -> Vec<(String, Origin, u64)> {
+        Vec::new()
+    }
 }
 
 /// The core's own cost of a catch-up: frames encoded, decoded, credited and
@@ -520,4 +568,105 @@ fn catch_up_throughput() {
         N as f64 / secs,
         bytes as f64 / 1e6
     );
+}
+
+#[test]
+fn retention_truncation_reaches_the_peer_as_a_gap() {
+    let mut s = pair(
+        cfg("edge-1", Direction::Push, &[">"]),
+        cfg("hub", Direction::Pull, &[">"]),
+        None,
+    );
+    let o = Origin::new("edge-1", 1);
+    for q in 1..=10 {
+        s[0].store.put("t", &o, q);
+    }
+    // The edge expired 1..=6 before the hub ever saw them.
+    s[0].store.floors.insert(("t".into(), o.clone()), 7);
+    start(&mut s);
+    assert_eq!(
+        s[1].store.vv["t"].high_water(&o),
+        10,
+        "gap-marked and stored"
+    );
+    assert_eq!(s[1].store.gaps, vec![("t".to_owned(), o.clone(), 1, 6)]);
+    assert!(
+        !s[1]
+            .store
+            .records
+            .contains_key(&("t".to_owned(), o.clone(), 6))
+    );
+    assert!(
+        s[1].store
+            .records
+            .contains_key(&("t".to_owned(), o.clone(), 7))
+    );
+    assert!(s[1].store.seen.iter().any(|a| matches!(
+        a,
+        Action::Event(LinkEvent::GapReceived { from: 1, to: 6, .. })
+    )));
+    // The edge learned the hub's durable set, gap included.
+    assert!(s[0].store.seen.iter().any(|a| matches!(
+        a,
+        Action::PeerDurable { durable, .. } if durable.high_water() == 10
+    )));
+}
+
+#[test]
+fn a_byte_window_smaller_than_one_record_still_progresses() {
+    let mut a = cfg("edge-1", Direction::Push, &[">"]);
+    let mut b = cfg("hub", Direction::Pull, &[">"]);
+    for c in [&mut a, &mut b] {
+        c.window_records = 1;
+        c.window_bytes = 1;
+        c.lanes = 1;
+    }
+    let mut s = pair(a, b, None);
+    let o = Origin::new("edge-1", 1);
+    for q in 1..=25 {
+        s[0].store.put("t", &o, q); // ~14-byte records against a 1-byte window
+    }
+    start(&mut s);
+    assert_eq!(s[1].store.vv["t"].high_water(&o), 25);
+}
+
+#[test]
+fn lww_state_reconciles_on_connect_and_flows_live() {
+    let mut s = pair(
+        cfg("edge-1", Direction::Both, &[">"]),
+        cfg("hub", Direction::Both, &[">"]),
+        None,
+    );
+    let entry = |key: &str, v: &str, hlc: u64, node: &str| LwwEntry {
+        namespace: "kv".into(),
+        key: key.into(),
+        value: Some(Bytes::from(v.to_owned())),
+        hlc: hlc << 16,
+        origin: Origin::new(node, 1),
+    };
+    s[0].store
+        .lww
+        .merge(entry("a", "edge", 5, "edge-1"), 1_000, 60_000);
+    s[0].store
+        .lww
+        .merge(entry("b", "old", 1, "edge-1"), 1_000, 60_000);
+    s[1].store
+        .lww
+        .merge(entry("b", "new", 2, "hub"), 1_000, 60_000);
+    s[1].store
+        .lww
+        .merge(entry("c", "hub", 3, "hub"), 1_000, 60_000);
+    start(&mut s);
+    assert_eq!(s[0].store.lww, s[1].store.lww);
+    assert_eq!(
+        s[0].store.lww.get("kv", "b").and_then(|e| e.value.clone()),
+        Some(Bytes::from_static(b"new"))
+    );
+    // Live: a new write goes over without a digest round.
+    let e = entry("d", "live", 9, "hub");
+    s[1].store.lww.merge(e.clone(), 1_000, 60_000);
+    s[1].link.send_lww(&[e]);
+    settle(&mut s);
+    assert_eq!(s[0].store.lww, s[1].store.lww);
+    assert_eq!(s[0].store.lww.len(), 4);
 }
