@@ -102,7 +102,8 @@
 //!   marker, so its vector covers the range explicitly.
 //! - A record the store reports corrupt is never sent; it is pulled again from
 //!   every peer on detection, on every reconnect and every digest round, and
-//!   becomes a gap marker only when a peer answers that it cannot serve it.
+//!   becomes a gap marker when a peer answers that it expired it, or when the
+//!   store gives up after a grace period (its policy; see `LocalView::corrupt`).
 //! - A link closes with a precise [`CloseReason`] on any bad frame, protocol
 //!   violation or refused hello; it never panics on peer input.
 //!
