@@ -469,8 +469,8 @@ impl Link {
         self.peer_durable.get(topic)
     }
 
-    /// Records this side has queued but the peer has not yet acked as durable,
-    /// per lane (messages waiting for credit), for backlog metrics.
+    /// Messages queued on this link's lanes waiting for the peer's credit (a
+    /// backlog gauge; records not yet read from the log are not counted).
     pub fn backlog_messages(&self) -> usize {
         self.lanes_out.iter().map(|l| l.ready.len()).sum()
     }
@@ -600,7 +600,7 @@ impl Link {
         let st = self.stream(&req.topic, &req.origin);
         st.reading = false;
         if req.repair {
-            st.forced.remove_range(req.from, end.max(req.to));
+            st.forced.remove_range(req.from, end);
         } else {
             records.retain(|r| !st.sent.contains(r.seq));
             truncated = truncated.difference(&st.sent);

@@ -26,6 +26,8 @@ struct Store {
     lww: LwwMap,
     /// Every action other than send/read/apply, for assertions.
     seen: Vec<Action>,
+    /// Records received in repair mode.
+    repaired: Vec<u64>,
 }
 
 impl Store {
@@ -139,6 +141,9 @@ fn settle(sides: &mut [Side; 2]) {
                         let side = &mut sides[i];
                         for r in &b.records {
                             side.store.put(&b.topic, &b.origin, r.seq);
+                            if b.repair {
+                                side.store.repaired.push(r.seq);
+                            }
                         }
                         for &(from, to) in &b.gaps {
                             side.store
@@ -669,4 +674,31 @@ fn lww_state_reconciles_on_connect_and_flows_live() {
     settle(&mut s);
     assert_eq!(s[0].store.lww, s[1].store.lww);
     assert_eq!(s[0].store.lww.len(), 4);
+}
+
+#[test]
+fn a_repair_pull_longer_than_one_read_is_served_whole() {
+    let mut s = pair(
+        cfg("edge-1", Direction::Push, &[">"]),
+        cfg("hub", Direction::Pull, &[">"]),
+        None,
+    );
+    let o = Origin::new("edge-1", 1);
+    for q in 1..=20 {
+        s[0].store.put("t", &o, q);
+        s[1].store.put("t", &o, q);
+    }
+    start(&mut s);
+    assert!(s[1].store.repaired.is_empty());
+    // The hub asks for 1..=20 again (batch_records is 3, the window 2 records).
+    let pull = Message::Pull {
+        topic: "t".into(),
+        origin: o,
+        from: 1,
+        to: 20,
+    };
+    let side = &mut s[0];
+    side.link.handle_message(0, pull, &side.store);
+    settle(&mut s);
+    assert_eq!(s[1].store.repaired, (1..=20).collect::<Vec<_>>());
 }

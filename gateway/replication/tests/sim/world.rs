@@ -1627,8 +1627,22 @@ impl World {
                     db.set_floor(floor);
                     let bad = digest::mismatches(&da, set, &db, set);
                     if !bad.is_empty() {
+                        let show = |td: &TopicData| -> Vec<String> {
+                            set.iter()
+                                .map(|q| match td.entries.get(&(o.clone(), q)) {
+                                    None => format!("{q}:-"),
+                                    Some(Kind::Gap) => format!("{q}:gap"),
+                                    Some(Kind::Record { rotten: true, .. }) => format!("{q}:rot"),
+                                    Some(Kind::Record { .. }) => format!("{q}:rec"),
+                                })
+                                .collect()
+                        };
                         self.violations.push(format!(
-                            "after quiescence n0 and n{m} digests of {t} {o} differ on {bad:?}"
+                            "after quiescence n0 and n{m} digests of {t} {o} differ on {bad:?}: {:?} vs {:?}, floors {}/{}",
+                            show(base),
+                            show(other),
+                            base.floor(o),
+                            other.floor(o)
                         ));
                         return;
                     }
