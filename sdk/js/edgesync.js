@@ -795,7 +795,8 @@ export class Subscription {
     this._consumedPos = new CursorState();
     this._queue = [];
     this._queueHead = 0;
-    this._waiter = null;
+    /** Readers waiting in `next()`, first come first served. */
+    this._waiters = [];
     this._ended = false;
     this._error = null;
     this._cmdId = undefined;
@@ -840,7 +841,7 @@ export class Subscription {
       return Promise.resolve({ value: undefined, done: true });
     }
     return new Promise((resolve, reject) => {
-      this._waiter = { resolve, reject };
+      this._waiters.push({ resolve, reject });
     });
   }
 
@@ -882,14 +883,9 @@ export class Subscription {
   }
 
   _push(item) {
-    if (this._waiter) {
-      const w = this._waiter;
-      this._waiter = null;
-      this._queue.push(item);
-      w.resolve({ value: this._take(), done: false });
-      return;
-    }
     this._queue.push(item);
+    const w = this._waiters.shift();
+    if (w) w.resolve({ value: this._take(), done: false });
   }
 
   _deliverMsg(raw) {
@@ -951,9 +947,9 @@ export class Subscription {
     this._ended = true;
     this._error = error;
     if (error && !this._confirmed) this._readyReject(error);
-    if (this._waiter) {
-      const w = this._waiter;
-      this._waiter = null;
+    const waiters = this._waiters;
+    this._waiters = [];
+    for (const w of waiters) {
       if (this._error) {
         this._error = null;
         w.reject(error);
