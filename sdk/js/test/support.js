@@ -47,7 +47,10 @@ export class Gateway {
     const args = ["serve", "--config", configPath, "--data-dir", this.dataDir];
     args.push("--ws", this.wsAddr, "--wss", "off", "--quic", "off", "--admin", this.adminAddr);
     if (this.nodeId) args.push("--node-id", this.nodeId);
-    const child = spawn(gatewayBin, args, { stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, RUST_LOG: "" } });
+    // The ready line is read from the log at info level: no RUST_LOG may change that.
+    const env = { ...process.env };
+    delete env.RUST_LOG;
+    const child = spawn(gatewayBin, args, { stdio: ["ignore", "ignore", "pipe"], env });
     this.child = child;
     this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
     const ready = await new Promise((resolve, reject) => {
@@ -68,6 +71,12 @@ export class Gateway {
       };
       child.stderr.on("data", onData);
       child.once("exit", (code) => reject(new Error(`gateway exited (${code}) before ready:\n${this.log.join("\n")}`)));
+      // Bounded: a gateway that never says ready fails the test instead of hanging it.
+      const timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        reject(new Error(`gateway not ready after 60 s:\n${this.log.join("\n")}`));
+      }, 60_000);
+      timer.unref();
       child.once("error", reject);
     });
     this.wsAddr = ready.ws;
