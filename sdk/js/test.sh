@@ -44,10 +44,10 @@ if [ ! -x "$EDGESYNC_BIN" ]; then
 fi
 
 step "node --test (client, codecs, headless Chromium)"
-node --test test/
+node --test --test-reporter=spec test/*.test.js
 
 cd "$repo/examples/data-sync"
 npm_ci
 step "node --test (examples/data-sync)"
-node --test test/
+node --test --test-reporter=spec test/*.test.js
 step "done"
