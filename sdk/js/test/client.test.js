@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 
+import { WebSocket as NodeWebSocket } from "ws";
+
 import { connect, EdgesyncError } from "../edgesync.js";
 import { deadUrl, FaultProxy, Gateway, stored, takeKeep, waitFor } from "./support.js";
 
@@ -463,5 +465,56 @@ test("overlapping subscriptions: a catching-up one gets its history even while a
     await writer.close();
   } finally {
     await c.close();
+  }
+});
+
+test("a subscriber whose socket stalls gets slow_consumer gaps and fills them from history", async () => {
+  const g = await Gateway.start({ config: "[limits]\noutbox_frames = 16\noutbox_bytes = 1048576\n" });
+  // The ws package's socket, kept so the test can stop reading it (the application froze).
+  const sockets = [];
+  class Recorded extends NodeWebSocket {
+    constructor(...args) {
+      super(...args);
+      sockets.push(this);
+    }
+  }
+  const slow = await connect(g.url, { encoding: "msgpack", WebSocket: Recorded });
+  const publisher = await connect(g.url, { encoding: "msgpack" });
+  try {
+    const sub = slow.subscribe("big.t");
+    await sub.ready;
+    sockets.at(-1).pause();
+    const n = 200;
+    const payload = new Uint8Array(64 << 10).fill(0x70);
+    for (let i = 0; i < n; i++) await publisher.publish("big.t", payload);
+    sockets.at(-1).resume();
+    const got = new Set();
+    const gaps = [];
+    while (got.size + gaps.reduce((k, x) => k + x.to - x.from + 1, 0) < n) {
+      const [item] = await takeKeep(sub, 1);
+      if (item.kind === "gap") gaps.push(item);
+      else {
+        assert.ok(!got.has(item.seq), `duplicate ${item.seq}`);
+        got.add(item.seq);
+      }
+    }
+    assert.ok(gaps.length > 0, "the gateway's outbox overflowed");
+    assert.ok(gaps.every((x) => x.reason === "slow_consumer"));
+    for (const gap of gaps) {
+      let page = await slow.history("big.t", { from: { cursor: gap.cursor }, limit: 50 });
+      let want = gap.from;
+      while (page && want <= gap.to) {
+        for (const m of page.messages.filter((x) => x.seq <= gap.to)) {
+          assert.equal(m.seq, want++, "history fills the gap in order");
+          got.add(m.seq);
+        }
+        page = await page.next();
+      }
+    }
+    assert.equal(got.size, n, "every message exactly once, live or from history");
+  } finally {
+    await slow.close();
+    await publisher.close();
+    await g.dispose();
   }
 });
