@@ -4,7 +4,7 @@
 # Node's test runner against a real gateway (test/*.test.js, the browser test
 # included), then the examples that use the client (examples/data-sync).
 #
-# The gateway binary is $EDGESYNC_BIN, else target/debug/edgesync (built when missing).
+# The gateway binary is $EDGESYNC_BIN, else target/debug/edgesync (cargo build first).
 # Times are printed so the cost shows in the CI log.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -37,10 +37,12 @@ npm_ci() {
 }
 npm_ci
 
-export EDGESYNC_BIN="${EDGESYNC_BIN:-$repo/target/debug/edgesync}"
-if [ ! -x "$EDGESYNC_BIN" ]; then
+# The gateway under test: $EDGESYNC_BIN as given, else the workspace's debug build,
+# brought up to date (a no-op after scripts/test.sh's cargo test built it).
+if [ -z "${EDGESYNC_BIN:-}" ]; then
   step "cargo build --bin edgesync"
-  (cd "$repo" && cargo build --locked --bin edgesync)
+  (cd "$repo" && cargo build --locked --quiet --bin edgesync)
+  export EDGESYNC_BIN="$repo/target/debug/edgesync"
 fi
 
 # --test-timeout: a behaviour that breaks fails its test instead of hanging the run
