@@ -208,17 +208,6 @@ export function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** Take `n` items from a subscription. */
-export async function take(sub, n) {
-  const out = [];
-  if (n === 0) return out;
-  for await (const item of sub) {
-    out.push(item);
-    if (out.length >= n) break;
-  }
-  return out;
-}
-
 /** Take `n` items without ending the subscription (no `return()`). */
 export async function takeKeep(sub, n) {
   const out = [];
