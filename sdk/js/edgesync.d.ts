@@ -144,8 +144,16 @@ export class Client extends EventTarget {
   readonly url: string;
   readonly state: "connecting" | "open" | "reconnecting" | "closed";
   readonly encoding: "json" | "msgpack";
-  publish(topic: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: PublishOptions & { ack?: true }): Promise<PubAck>;
-  publish(topic: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options: PublishOptions & { ack: false }): Promise<undefined>;
+  publish(
+    topic: string,
+    data: string | Uint8Array | ArrayBuffer | ArrayBufferView,
+    options?: PublishOptions & { ack?: true },
+  ): Promise<PubAck>;
+  publish(
+    topic: string,
+    data: string | Uint8Array | ArrayBuffer | ArrayBufferView,
+    options: PublishOptions & { ack: false },
+  ): Promise<undefined>;
   subscribe(pattern: string, options?: { from?: Start; bufferSize?: number }): Subscription;
   history(topic: string, options?: { from?: Start; limit?: number }): Promise<HistoryPage>;
   ping(): Promise<void>;

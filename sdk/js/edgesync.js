@@ -1056,7 +1056,11 @@ function encodeStart(from) {
 
 function checkUrl(u) {
   if (typeof u !== "string" || !/^wss?:\/\/[^/]+/.test(u)) {
-    throw new EdgesyncError("bad_url", `bad gateway URL ${JSON.stringify(u)}: use ws://host:port or wss://host:port`, false);
+    throw new EdgesyncError(
+      "bad_url",
+      `bad gateway URL ${JSON.stringify(u)}: use ws://host:port or wss://host:port`,
+      false,
+    );
   }
 }
 
@@ -1648,7 +1652,8 @@ export class CursorState {
 
   /** Pointwise maximum with `other`. */
   merge(other) {
-    for (const [topic, vv] of other.topics) for (const [node, epoch, seq] of vv.values()) this.observe(topic, node, epoch, seq);
+    for (const [topic, vv] of other.topics)
+      for (const [node, epoch, seq] of vv.values()) this.observe(topic, node, epoch, seq);
   }
 
   /** The opaque text form (topics and origins sorted, like the gateway's). */
@@ -1656,7 +1661,9 @@ export class CursorState {
     const topics = [...this.topics.keys()].sort();
     const body = topics.map((t) => [
       t,
-      [...this.topics.get(t).values()].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : Number(a[1]) - Number(b[1]))),
+      [...this.topics.get(t).values()].sort((a, b) =>
+        a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : Number(a[1]) - Number(b[1]),
+      ),
     ]);
     const packed = encodeMsgpack(body);
     const bytes = new Uint8Array(packed.length + 1);

@@ -56,7 +56,9 @@ function rowCount(dbPath) {
 
 test("SIGKILLed receiver restarts from its SQLite cursor: every reading exactly once", async () => {
   const dbPath = path.join(work, "receiver.db");
-  const senders = DEVICES.map((d) => run("sender.js", ["--device", d, "--count", String(READINGS), "--interval-ms", "2"]));
+  const senders = DEVICES.map((d) =>
+    run("sender.js", ["--device", d, "--count", String(READINGS), "--interval-ms", "2"]),
+  );
   let receiver = run("receiver.js", ["--db", dbPath]);
   const kills = [];
   for (const threshold of [60, 250]) {
@@ -85,13 +87,26 @@ test("SIGKILLed receiver restarts from its SQLite cursor: every reading exactly 
   try {
     assert.equal(db.prepare("SELECT count(*) AS n FROM readings").get().n, total, "no duplicate");
     for (const d of DEVICES) {
-      const ns = db.prepare("SELECT n FROM readings WHERE device = ? ORDER BY n").all(d).map((r) => r.n);
-      assert.deepEqual(ns, Array.from({ length: READINGS }, (_, i) => i + 1), `device ${d}: every reading once`);
+      const ns = db
+        .prepare("SELECT n FROM readings WHERE device = ? ORDER BY n")
+        .all(d)
+        .map((r) => r.n);
+      assert.deepEqual(
+        ns,
+        Array.from({ length: READINGS }, (_, i) => i + 1),
+        `device ${d}: every reading once`,
+      );
     }
     // Per device, readings were stored in publish order (seq order per topic and origin).
     for (const d of DEVICES) {
-      const seqs = db.prepare("SELECT seq FROM readings WHERE device = ? ORDER BY id").all(d).map((r) => r.seq);
-      assert.deepEqual(seqs, [...seqs].sort((a, b) => a - b));
+      const seqs = db
+        .prepare("SELECT seq FROM readings WHERE device = ? ORDER BY id")
+        .all(d)
+        .map((r) => r.seq);
+      assert.deepEqual(
+        seqs,
+        [...seqs].sort((a, b) => a - b),
+      );
     }
   } finally {
     db.close();

@@ -82,7 +82,14 @@ for (const encoding of ["json", "msgpack"]) {
           acks.push(await c.publish(topic, new Uint8Array([0, 255, 1])));
           const got = [];
           for await (const m of sub) {
-            got.push({ text: m.kind === "msg" ? m.text() : "", bytes: Array.from(m.data), seq: m.seq, hlc: String(m.hlc), hlcIsBig: typeof m.hlc === "bigint", headers: { ...m.headers } });
+            got.push({
+              text: m.kind === "msg" ? m.text() : "",
+              bytes: Array.from(m.data),
+              seq: m.seq,
+              hlc: String(m.hlc),
+              hlcIsBig: typeof m.hlc === "bigint",
+              headers: { ...m.headers },
+            });
             if (got.length === 3) break;
           }
           const page = await c.history(topic, { limit: 2 });

@@ -207,8 +207,14 @@ for (const encoding of ENCODINGS) {
           page = await page.next();
         }
         assert.deepEqual(sizes, [10, 10, 5]);
-        assert.deepEqual(seqs, Array.from({ length: 25 }, (_, i) => i + 1));
-        const mid = await c.history(topic, { from: { cursor: (await c.history(topic, { limit: 7 })).cursor }, limit: 3 });
+        assert.deepEqual(
+          seqs,
+          Array.from({ length: 25 }, (_, i) => i + 1),
+        );
+        const mid = await c.history(topic, {
+          from: { cursor: (await c.history(topic, { limit: 7 })).cursor },
+          limit: 3,
+        });
         assert.deepEqual(
           mid.messages.map((m) => m.seq),
           [8, 9, 10],
@@ -292,7 +298,10 @@ for (const encoding of ENCODINGS) {
         for (let i = 0; i < 8; i++) many.push(c.subscribe(`many.${i}`).ready.catch((e) => e.code));
         const results = await Promise.all(many);
         assert.ok(results.includes("too_many_subscriptions"), `results ${results}`);
-        assert.throws(() => c.subscribe("x", { from: "yesterday" }), (e) => e.code === "invalid_argument");
+        assert.throws(
+          () => c.subscribe("x", { from: "yesterday" }),
+          (e) => e.code === "invalid_argument",
+        );
         // The connection survives every refused command.
         await c.ping();
       } finally {
@@ -343,7 +352,10 @@ for (const encoding of ENCODINGS) {
 test("connect refuses bad URLs and reports unreachable gateways", async () => {
   await assert.rejects(connect("http://127.0.0.1:1"), (e) => e.code === "bad_url");
   await assert.rejects(connect([]), (e) => e.code === "invalid_argument");
-  await assert.rejects(connect(await deadUrl(), { connectTimeoutMs: 5000 }), (e) => e.code === "connect_failed" && e.retry);
+  await assert.rejects(
+    connect(await deadUrl(), { connectTimeoutMs: 5000 }),
+    (e) => e.code === "connect_failed" && e.retry,
+  );
 });
 
 test("connect skips a gateway that is down and uses the next URL", async () => {
@@ -379,10 +391,7 @@ test("resume across a gateway SIGKILL and restart: no gap, no duplicate", async 
     // A second client resumes from the cursor saved before the crash.
     const d = await connect(g.url, { cursor: saved });
     const again = await takeKeep(d.subscribe("restart.>"), 23);
-    assert.deepEqual(
-      again.map((m) => m.text()).sort(),
-      rest.map((m) => m.text()).sort(),
-    );
+    assert.deepEqual(again.map((m) => m.text()).sort(), rest.map((m) => m.text()).sort());
     await d.close();
   } finally {
     await c.close();

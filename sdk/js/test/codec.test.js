@@ -133,7 +133,10 @@ test("JSON frames: an empty frame is a keepalive; garbage is an error", () => {
 });
 
 test("encodeJson writes BigInts as exact integers and leaves look-alike strings alone", () => {
-  assert.equal(encodeJson({ a: 2n ** 64n - 1n, s: "__edgesync_big_1" }), '{"a":18446744073709551615,"s":"__edgesync_big_1"}');
+  assert.equal(
+    encodeJson({ a: 2n ** 64n - 1n, s: "__edgesync_big_1" }),
+    '{"a":18446744073709551615,"s":"__edgesync_big_1"}',
+  );
 });
 
 test("topic matching follows PROTOCOL.md §3", () => {

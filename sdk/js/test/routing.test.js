@@ -41,7 +41,16 @@ class ScriptedGateway {
 
   #command(cmd) {
     if (cmd.t === "connect") {
-      this.send({ t: "connected", id: cmd.id, client_id: "c-1", conn_id: 1, node: "n1", epoch: 1, version: this.version, limits: { max_frame_bytes: 1 << 20 } });
+      this.send({
+        t: "connected",
+        id: cmd.id,
+        client_id: "c-1",
+        conn_id: 1,
+        node: "n1",
+        epoch: 1,
+        version: this.version,
+        limits: { max_frame_bytes: 1 << 20 },
+      });
     } else if (cmd.t === "sub") {
       this.subs.set(cmd.topic, cmd.id);
       this.send({ t: "subscribed", id: cmd.id, topic: cmd.topic, cursor: new CursorState().encode() });
@@ -65,7 +74,17 @@ class ScriptedGateway {
   }
 }
 
-const msg = (topic, seq, extra = {}) => ({ t: "msg", topic, origin: "n1", epoch: 1, seq, hlc: 1, client: "p", data: `${topic}#${seq}`, ...extra });
+const msg = (topic, seq, extra = {}) => ({
+  t: "msg",
+  topic,
+  origin: "n1",
+  epoch: 1,
+  seq,
+  hlc: 1,
+  client: "p",
+  data: `${topic}#${seq}`,
+  ...extra,
+});
 const texts = async (sub, n) => (await takeKeep(sub, n)).map((m) => m.text());
 
 let v1;
@@ -106,7 +125,17 @@ test("version 2: a tagged gap goes to its subscription only", async () => {
     const a = c.subscribe("g.>");
     const b = c.subscribe("g.x", { from: "earliest" });
     await v2.subscribed(2);
-    v2.send({ t: "gap", topic: "g.x", origin: "n1", epoch: 1, from: 1, to: 3, reason: "retention", cursor: "AZA", sub: v2.subs.get("g.x") });
+    v2.send({
+      t: "gap",
+      topic: "g.x",
+      origin: "n1",
+      epoch: 1,
+      from: 1,
+      to: 3,
+      reason: "retention",
+      cursor: "AZA",
+      sub: v2.subs.get("g.x"),
+    });
     v2.send({ t: "live", sub: v2.subs.get("g.x"), topic: "g.x" }, msg("g.x", 4));
     const [gap, m] = await takeKeep(b, 2);
     assert.equal(gap.kind, "gap");
