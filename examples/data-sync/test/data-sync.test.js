@@ -57,7 +57,7 @@ function rowCount(dbPath) {
 test("SIGKILLed receiver restarts from its SQLite cursor: every reading exactly once", async () => {
   const dbPath = path.join(work, "receiver.db");
   const senders = DEVICES.map((d) =>
-    run("sender.js", ["--device", d, "--count", String(READINGS), "--interval-ms", "2"]),
+    run("sender.js", ["--device", d, "--count", String(READINGS), "--interval-ms", "5"]),
   );
   let receiver = run("receiver.js", ["--db", dbPath]);
   const kills = [];
