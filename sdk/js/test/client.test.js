@@ -527,3 +527,35 @@ test("a subscriber whose socket stalls gets slow_consumer gaps and fills them fr
     await g.dispose();
   }
 });
+
+test("reconnect attempts back off exponentially with jitter and go round the URL list", async () => {
+  const a = await FaultProxy.start(gw.wsAddr);
+  const b = await FaultProxy.start(gw.wsAddr);
+  const c = await connect([a.url, b.url], { backoff: { initialMs: 10, maxMs: 80 } });
+  const attempts = [];
+  const enough = new Promise((resolve) =>
+    c.addEventListener("reconnecting", (e) => {
+      attempts.push(e.detail);
+      if (attempts.length === 6) resolve();
+    }),
+  );
+  try {
+    a.refuse = true;
+    b.refuse = true;
+    a.cut();
+    await enough;
+    attempts.forEach(({ attempt, delayMs, url }, i) => {
+      const cap = Math.min(80, 10 * 2 ** i);
+      assert.equal(attempt, i + 1);
+      assert.ok(delayMs >= cap / 2 && delayMs <= cap, `attempt ${attempt}: ${delayMs} ms within [${cap / 2}, ${cap}]`);
+      assert.equal(url, i % 2 === 0 ? b.url : a.url, "each attempt moves to the next URL");
+    });
+    assert.ok(new Set(attempts.map((x) => x.delayMs)).size > 1, "jittered");
+    b.refuse = false;
+    await c.ping(); // back, on whichever URL came next
+  } finally {
+    await c.close();
+    await a.close();
+    await b.close();
+  }
+});
