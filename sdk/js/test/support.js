@@ -11,6 +11,12 @@ import { fileURLToPath } from "node:url";
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const repoRoot = path.resolve(here, "../../..");
 
+/** Gateway processes still running; killed if this process exits first (a failed or cancelled test). */
+const running = new Set();
+process.on("exit", () => {
+  for (const child of running) child.kill("SIGKILL");
+});
+
 /** The gateway binary: `EDGESYNC_BIN`, else the workspace's debug build. */
 export const gatewayBin = process.env.EDGESYNC_BIN ?? path.join(repoRoot, "target/debug/edgesync");
 
@@ -52,7 +58,13 @@ export class Gateway {
     delete env.RUST_LOG;
     const child = spawn(gatewayBin, args, { stdio: ["ignore", "ignore", "pipe"], env });
     this.child = child;
-    this.exited = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    running.add(child);
+    this.exited = new Promise((resolve) =>
+      child.once("exit", (code, signal) => {
+        running.delete(child);
+        resolve({ code, signal });
+      }),
+    );
     const ready = await new Promise((resolve, reject) => {
       let buf = "";
       let admin = null;
