@@ -31,4 +31,13 @@ export RUST_TEST_THREADS="${RUST_TEST_THREADS:-4}"
 # The guest SDK is its own workspace (it targets wasm32-wasip2); its unit
 # tests (unpacking, topic matching, batch verdicts) run on the host.
 cargo test --manifest-path sdk/rust/Cargo.toml --locked
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+
+# --- JavaScript client (sdk/js) and the examples that use it ---------------------
+# Node's test runner against the gateway binary the cargo tests just built, a page in
+# headless Chromium, and examples/data-sync (receiver SIGKILLed mid-stream). The script
+# installs Debian's chromium and the pinned npm packages itself. Skipped when arguments
+# narrow the cargo run to some tests.
+if [ "$#" -eq 0 ]; then
+  ./sdk/js/test.sh
+fi
