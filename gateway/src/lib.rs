@@ -25,18 +25,33 @@
 //! - [`clock`]: wall-clock time, injected.
 //! - [`model`]: the shared vocabulary (publish, sender, auth, ids, hook outcome).
 
-pub mod admin;
-pub mod broker;
+// Top to bottom, one per group so rustfmt keeps the order (the layering test reads it).
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod conns;
-pub mod metrics;
-pub mod model;
-pub mod outbox;
-pub mod pipeline;
-pub mod plugin;
+
 pub mod server;
-pub mod session;
-pub mod store;
+
+pub mod admin;
+
 pub mod transport;
+
+pub mod plugin;
+
+pub mod session;
+
+pub mod conns;
+
+pub mod pipeline;
+
+pub mod metrics;
+
+pub mod config;
+
+pub mod broker;
+
+pub mod outbox;
+
+pub mod store;
+
+pub mod clock;
+
+pub mod model;
