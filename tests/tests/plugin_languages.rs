@@ -191,7 +191,7 @@ async fn redact_in(lang: Lang) {
                     "{name}: {payload:?} in a batch: {reply}"
                 );
                 assert_eq!(reply["code"], "rejected", "{name}: {reply}");
-                let message = reply["message"].as_str().unwrap_or_default();
+                let message = reply["msg"].as_str().unwrap_or_default();
                 assert!(
                     message.contains("payload is not JSON"),
                     "{name}: the reason reaches the publisher: {reply}"
