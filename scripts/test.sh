@@ -3,8 +3,8 @@
 # the wasm32-wasip2 target (plugins are built from source by the test build),
 # Python's aioquic + msgpack (independent QUIC interop client), Debian's
 # prometheus/promtool (metrics tests scrape a real Prometheus server) and the
-# JavaScript, Python and C plugin toolchains (scripts/guest-toolchains.sh: the
-# tests build the sdk/ templates from source).
+# plugin toolchains of every guest language (scripts/guest-toolchains.sh: the
+# tests build each language's template from source with `edgesync plugin build`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -6,7 +6,7 @@
 
 mod cert;
 mod client;
-mod plugin;
+pub mod plugin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

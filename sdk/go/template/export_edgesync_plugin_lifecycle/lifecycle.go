@@ -1,18 +1,17 @@
 // Package export_edgesync_plugin_lifecycle implements the exported
-// interface `edgesync:plugin/lifecycle` (the package name is the one
-// wit-bindgen's generated `wit_exports.go` imports).
+// `edgesync:plugin/lifecycle` with the plugin's Init (SDK glue: keep it as
+// `edgesync plugin new` wrote it).
 package export_edgesync_plugin_lifecycle
 
 import (
-	"wit_component/shout"
+	"wit_component/plugin"
 
 	witTypes "go.bytecodealliance.org/pkg/wit/types"
 )
 
-// Init runs on every fresh instance; `config` is the plugin's config
-// table as JSON (the template reads it through `config.get` instead).
+// Init runs on every fresh instance before any hook; an error fails the load.
 func Init(config string) witTypes.Result[witTypes.Unit, string] {
-	if err := shout.Init(); err != nil {
+	if err := plugin.Init(config); err != nil {
 		return witTypes.Err[witTypes.Unit, string](err.Error())
 	}
 	return witTypes.Ok[witTypes.Unit, string](witTypes.Unit{})
