@@ -333,6 +333,19 @@ impl Outbox {
         }
     }
 
+    /// Wait until the outbox is closed (a writer blocked on the socket gives up its
+    /// write then: a closing connection is not kept waiting for a peer that does not read).
+    pub async fn wait_closed(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches it from creation on.
+            let notified = self.drained.notified();
+            if self.inner.lock().closed.is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Wait until the writer has drained (for catch-up readers).
     pub async fn wait_room(&self) {
         let notified = self.drained.notified();

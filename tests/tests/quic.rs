@@ -39,6 +39,7 @@ fn config(dir: &Path, quic_port: u16) -> Config {
             wss: ListenAddr(None),
             quic: addr(quic_port),
             admin: ListenAddr(None),
+            ..edgesync::config::ListenConfig::default()
         },
         ..Config::default()
     }

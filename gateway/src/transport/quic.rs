@@ -199,6 +199,26 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             .with_label_values(&[reason])
             .inc();
     };
+    // A handshake slot first (finding 6). Under pressure, a peer must first prove it
+    // owns its address (Retry: one round trip, no state kept by the gateway meanwhile),
+    // so spoofed Initials from many addresses cannot take the slots.
+    if admission.under_handshake_pressure()
+        && !incoming.remote_address_validated()
+        && incoming.may_retry()
+    {
+        let _ = incoming.retry();
+        return;
+    }
+    let handshake = match admission.begin_handshake(remote.ip()) {
+        Ok(h) => h,
+        Err(r) => {
+            refused("too_many_handshakes");
+            tracing::debug!(%remote, reason = %r.message, "QUIC handshake refused");
+            incoming.refuse();
+            return;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
@@ -207,7 +227,7 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             return;
         }
     };
-    let connection = match tokio::time::timeout(timeout, connecting).await {
+    let connection = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             refused("quic_handshake");
@@ -227,7 +247,7 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             return;
         }
     };
-    let (send, recv) = match tokio::time::timeout(timeout, connection.accept_bi()).await {
+    let (send, recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "QUIC connection ended before opening a stream");
@@ -243,6 +263,7 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             return;
         }
     };
+    drop(handshake);
     let tls_identity = peer_identity(&connection);
     let datagrams = QuicDatagrams(connection.clone());
     let limits = &ctx.limits;
@@ -455,6 +476,13 @@ impl Conn for QuicConn {
 
     fn lanes(&self) -> Option<Arc<dyn Lanes>> {
         self.lanes.clone()
+    }
+
+    /// QUIC keep-alive packets (every `limits.ping_interval_ms`) are acknowledged by
+    /// the peer's stack, and quinn closes the connection after `limits.idle_timeout_ms`
+    /// without any packet from the peer: the transport proves liveness.
+    fn keeps_alive(&self) -> bool {
+        true
     }
 
     /// QUIC keep-alive (configured on the endpoint) already probes the path.
