@@ -87,7 +87,7 @@ impl Store {
             let streams: Vec<(u32, Origin, Stream)> = t
                 .streams
                 .iter()
-                .filter_map(|(oid, s)| Some((*oid, idx.origins.get(oid)?.clone(), *s)))
+                .filter_map(|(oid, s)| Some((*oid, idx.origins.get(oid)?.clone(), s.clone())))
                 .collect();
             (t.id, streams)
         };
@@ -126,8 +126,26 @@ impl Store {
             let lo = record_key(topic_id, oid, next);
             let hi = record_key(topic_id, oid, end);
             for guard in self.shared.records.range(lo..=hi).take(budget) {
-                let (key, value) = guard.into_inner()?;
+                let Ok((key, value)) = guard.into_inner() else {
+                    // A damaged table block: report the seq the scan could not reach as
+                    // corrupt and move past it; the next read resumes after it.
+                    tracing::error!(topic, origin = %origin, seq = next, "store read failed; reporting the seq corrupt");
+                    out.missing.push(MissingRange {
+                        origin: origin.clone(),
+                        from: next,
+                        to: next,
+                        corrupt: true,
+                    });
+                    self.found_corrupt(topic, &origin, (topic_id, oid), next);
+                    out.positions.insert(origin.clone(), next);
+                    next += 1;
+                    break;
+                };
                 let seq = key_seq(&key);
+                if seq < next {
+                    // Inside a gap marker already reported.
+                    continue;
+                }
                 if seq != next {
                     // A hole inside the retained range: report it, never skip silently.
                     out.missing.push(MissingRange {
@@ -137,12 +155,26 @@ impl Store {
                         corrupt: true,
                     });
                 }
+                if let Some(gap_to) = super::keys::decode_gap(&value) {
+                    // A range the origin's retention removed before we had it.
+                    let to = gap_to.min(end);
+                    out.missing.push(MissingRange {
+                        origin: origin.clone(),
+                        from: seq,
+                        to,
+                        corrupt: false,
+                    });
+                    next = to + 1;
+                    out.positions.insert(origin.clone(), to);
+                    continue;
+                }
                 match Record::decode(&value) {
                     Ok(r) if r.seq == seq && r.topic == topic && r.origin == origin => {
                         out.records.push(r)
                     }
                     Ok(_) | Err(_) => {
                         tracing::error!(topic, origin = %origin, seq, "corrupt record skipped; not served");
+                        self.found_corrupt(topic, &origin, (topic_id, oid), seq);
                         out.missing.push(MissingRange {
                             origin: origin.clone(),
                             from: seq,
