@@ -64,6 +64,15 @@ impl Store {
             .collect()
     }
 
+    /// The lowest retained seq of one stream now (`u64::MAX` when retention removed it all).
+    fn stream_low(&self, topic: &str, oid: u32) -> u64 {
+        let idx = self.shared.index.read();
+        idx.topics
+            .get(topic)
+            .and_then(|t| t.streams.get(&oid))
+            .map_or(u64::MAX, |s| s.low)
+    }
+
     /// Read records of `topic` after `after` (per origin), at most `limit`, never past
     /// `upto` (per origin) when given. Corrupt records are skipped and reported.
     ///
@@ -147,12 +156,14 @@ impl Store {
                     continue;
                 }
                 if seq != next {
-                    // A hole inside the retained range: report it, never skip silently.
+                    // A hole: report it, never skip silently. Retention may have removed
+                    // it since `low` was read above (a race, not damage) — only a hole
+                    // still inside the retained range is corruption.
                     out.missing.push(MissingRange {
                         origin: origin.clone(),
                         from: next,
                         to: seq - 1,
-                        corrupt: true,
+                        corrupt: seq > self.stream_low(topic, oid),
                     });
                 }
                 if let Some(gap_to) = super::keys::decode_gap(&value) {
