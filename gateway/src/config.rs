@@ -25,15 +25,55 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config key `{key}`: {message}")]
-    Invalid { key: String, message: String },
+    #[error("config key `{key}`{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+    Invalid {
+        key: String,
+        /// Where the key is in the file, when it came from one.
+        line: Option<usize>,
+        message: String,
+    },
 }
 
 fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
+        line: None,
         message: message.into(),
     }
+}
+
+/// The 1-based line of `key` (dotted, with `[i]` for array entries: `topic[0].pattern`,
+/// `limits.idle_timeout_ms`) in TOML `text`, if it is written there.
+pub fn line_of(text: &str, key: &str) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut span = None;
+    let mut value: Option<&toml::Spanned<toml::de::DeValue<'_>>> = None;
+    for segment in key.split('.') {
+        if let Some(v) = value {
+            match v.get_ref() {
+                toml::de::DeValue::Table(t) => table = t,
+                _ => return None,
+            }
+        }
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let (k, v) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)?;
+        span = Some(k.span());
+        value = Some(v);
+        if let Some(i) = index {
+            let toml::de::DeValue::Array(items) = v.get_ref() else {
+                return None;
+            };
+            let item = items.get(i)?;
+            span = Some(item.span());
+            value = Some(item);
+        }
+    }
+    let start = span?.start;
+    Some(text.get(..start)?.matches('\n').count() + 1)
 }
 
 /// The whole file. Field docs give the default and the reason.
@@ -63,6 +103,10 @@ pub struct Config {
     pub plugin_host: edgesync_plugin_host::HostConfig,
     /// Reload plugins whose component file changed (`[plugin_watch] interval_ms`; 0 = off, the default).
     pub plugin_watch: PluginWatch,
+    /// The file's text when read by [`Config::from_file`]: [`Config::build`] names the
+    /// line of a key it refuses.
+    #[serde(skip)]
+    pub source: Option<Arc<str>>,
 }
 
 /// `[[route]]`: topics matching `topics` run `plugins`, in order.
@@ -99,6 +143,7 @@ impl Default for Config {
             routes: Vec::new(),
             plugin_host: edgesync_plugin_host::HostConfig::default(),
             plugin_watch: PluginWatch::default(),
+            source: None,
         }
     }
 }
@@ -383,10 +428,12 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+        let mut config = Config::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.into(),
             message,
-        })
+        })?;
+        config.source = Some(text.into());
+        Ok(config)
     }
 
     /// Parse TOML text.
@@ -422,8 +469,24 @@ impl Config {
     /// Check cross-field rules and produce runtime settings.
     ///
     /// # Errors
-    /// [`ConfigError::Invalid`] naming the key.
+    /// [`ConfigError::Invalid`] naming the key, and its line when the config came from a
+    /// file that has it.
     pub fn build(&self) -> Result<Settings, ConfigError> {
+        self.check().map_err(|e| match (e, &self.source) {
+            (ConfigError::Invalid { key, message, .. }, Some(text)) => ConfigError::Invalid {
+                line: line_of(text, &key),
+                key,
+                message,
+            },
+            (e, _) => e,
+        })?;
+        Ok(Settings {
+            config: Arc::new(self.clone()),
+        })
+    }
+
+    /// Every rule [`Config::build`] enforces.
+    fn check(&self) -> Result<(), ConfigError> {
         if let Some(n) = &self.node_id
             && (n.is_empty()
                 || n.len() > 64
@@ -507,9 +570,7 @@ impl Config {
                 "must be greater than 0 with fsync = \"interval\"",
             ));
         }
-        Ok(Settings {
-            config: Arc::new(self.clone()),
-        })
+        check_timers(l)
     }
 }
 
@@ -538,6 +599,42 @@ pub fn validate_origin(origin: &str) -> Result<(), String> {
         return Err(format!(
             "{origin:?}: an origin is scheme://host[:port], without path, query or user"
         ));
+    }
+    Ok(())
+}
+
+/// Longest accepted timer or timeout, ms (a day): far beyond any useful setting, and
+/// small enough that `now + timeout` can never overflow an `Instant`.
+pub const MAX_TIMER_MS: u64 = 86_400_000;
+
+/// Timers and read bounds that would panic, spin or refuse everything when 0 or out of
+/// range: the idle timeout, the ping interval (below the idle timeout, or every quiet
+/// client is closed before it is pinged), the handshake timeout, `max_history`,
+/// `max_cursor_bytes`.
+fn check_timers(l: &Limits) -> Result<(), ConfigError> {
+    for (key, v) in [
+        ("limits.idle_timeout_ms", l.idle_timeout_ms),
+        ("limits.ping_interval_ms", l.ping_interval_ms),
+        ("limits.handshake_timeout_ms", l.handshake_timeout_ms),
+    ] {
+        if v == 0 || v > MAX_TIMER_MS {
+            return Err(invalid(key, format!("{v}: must be 1 to {MAX_TIMER_MS} ms")));
+        }
+    }
+    if l.ping_interval_ms >= l.idle_timeout_ms {
+        return Err(invalid(
+            "limits.ping_interval_ms",
+            format!(
+                "{}: must be below limits.idle_timeout_ms ({}), or quiet clients are closed before they are pinged",
+                l.ping_interval_ms, l.idle_timeout_ms
+            ),
+        ));
+    }
+    if l.max_history == 0 {
+        return Err(invalid("limits.max_history", "must be greater than 0"));
+    }
+    if l.max_cursor_bytes == 0 {
+        return Err(invalid("limits.max_cursor_bytes", "must be greater than 0"));
     }
     Ok(())
 }
@@ -729,6 +826,78 @@ nested = [{ password = "pw-secret", user = "bob" }]
             .expect("parse");
         let err = c.build().expect_err("a path").to_string();
         assert!(err.contains("listen.allowed_origins[0]"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_timers_are_refused_with_key_and_line() {
+        for (text, key, line) in [
+            (
+                "[limits]\nidle_timeout_ms = 0\n",
+                "limits.idle_timeout_ms",
+                2,
+            ),
+            (
+                "node_id = \"n\"\n[limits]\nmax_frame_bytes = 10\nidle_timeout_ms = 18446744073709551615\n",
+                "limits.idle_timeout_ms",
+                4,
+            ),
+            (
+                "[limits]\nping_interval_ms = 0\n",
+                "limits.ping_interval_ms",
+                2,
+            ),
+            (
+                "[limits]\nidle_timeout_ms = 1000\nping_interval_ms = 1000\n",
+                "limits.ping_interval_ms",
+                3,
+            ),
+            (
+                "\n[limits]\nhandshake_timeout_ms = 0\n",
+                "limits.handshake_timeout_ms",
+                3,
+            ),
+            ("[limits]\nmax_history = 0\n", "limits.max_history", 2),
+            (
+                "[limits]\nmax_cursor_bytes = 0\n",
+                "limits.max_cursor_bytes",
+                2,
+            ),
+            (
+                "[limits]\nmax_subscriptions = 0\n",
+                "limits.max_subscriptions",
+                2,
+            ),
+            (
+                "[[topic]]\npattern = \"a\"\n[[topic]]\npattern = \"a.>.b\"\n",
+                "topic[1].pattern",
+                4,
+            ),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("edgesync.toml");
+            std::fs::write(&path, text).expect("write");
+            let c = Config::from_file(&path).expect("parses");
+            let err = std::panic::catch_unwind(|| c.build())
+                .expect("never a panic")
+                .expect_err(text);
+            match &err {
+                ConfigError::Invalid {
+                    key: k, line: l, ..
+                } => {
+                    assert_eq!((k.as_str(), *l), (key, Some(line)), "{text}");
+                }
+                other => panic!("{text}: {other}"),
+            }
+            let shown = err.to_string();
+            assert!(
+                shown.contains(key) && shown.contains(&format!("line {line}")),
+                "{shown}"
+            );
+        }
+        // The defaults, and a ping just below the idle timeout, are fine.
+        let c = Config::from_toml("[limits]\nidle_timeout_ms = 1000\nping_interval_ms = 999\n")
+            .expect("parses");
+        c.build().expect("valid");
     }
 
     #[test]

@@ -202,6 +202,14 @@ impl Outbox {
                     to: seq,
                 }),
             }
+            // An idle writer (nothing queued: the drop came from a shared lane budget, or
+            // one message larger than the bound) must still announce the gap now — on a
+            // quiet topic no later push would wake it.
+            let idle = g.queue.is_empty();
+            drop(g);
+            if idle {
+                self.ready.notify_one();
+            }
             return Pushed::Dropped;
         }
         let was_empty = g.queue.is_empty();
@@ -482,6 +490,40 @@ mod tests {
         assert_eq!(
             ob.push_message(&msg(10), "t", &o, 10, SlowConsumerPolicy::Gap),
             Pushed::Queued
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gap_on_a_quiet_topic_wakes_an_idle_writer() {
+        // Lane `a` is empty, but lane `b` holds the whole shared budget: `a` drops and
+        // nothing else will ever be pushed to it (a quiet topic).
+        let budget = Budget::new(2048);
+        let a = Outbox::new(Encoding::Json, 1000, 1 << 20).with_budget(budget.clone());
+        let b = Outbox::new(Encoding::Json, 1000, 1 << 20).with_budget(budget.clone());
+        let o = Origin::new("n", 1);
+        let big = Bytes::from(vec![b'x'; 2047]);
+        assert_eq!(
+            b.push_message(&big, "t", &o, 1, SlowConsumerPolicy::Gap),
+            Pushed::Queued
+        );
+        let mut writer = std::pin::pin!(a.ready());
+        assert!(
+            futures_util::poll!(writer.as_mut()).is_pending(),
+            "nothing to write yet"
+        );
+        assert_eq!(
+            a.push_message(&msg(7), "quiet", &o, 7, SlowConsumerPolicy::Gap),
+            Pushed::Dropped
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(60), writer)
+            .await
+            .expect("the waiting writer is woken for the gap");
+        let mut out = Vec::new();
+        assert_eq!(a.drain_into(&mut out, 1 << 20), 1);
+        let gap: ServerFrame = serde_json::from_slice(&out).expect("gap");
+        assert!(
+            matches!(gap, ServerFrame::Gap { from: 7, to: 7, .. }),
+            "{gap:?}"
         );
     }
 

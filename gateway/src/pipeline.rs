@@ -30,6 +30,7 @@ use edgesync_protocol::{ErrorCode, Headers, Msg, Payload, ServerFrame};
 
 use crate::broker::{Broker, ConnOut};
 use crate::clock::SharedClock;
+use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::model::{HookOutcome, Publish, Refusal, Sender};
 use crate::store::{Ack, Retention, Store, StoreError};
@@ -98,6 +99,9 @@ pub struct Pipeline {
     /// Installed once plugins are loaded (they need the pipeline to publish, so they are
     /// built after it); none means no hooks run.
     hooks: OnceLock<Arc<dyn MessageHooks>>,
+    /// What a message a plugin rewrote (`replace`, `accept-with`) must still fit: the
+    /// bounds a client's own publish was checked against.
+    limits: Limits,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -114,6 +118,7 @@ impl Pipeline {
         broker: Arc<Broker>,
         metrics: Arc<Metrics>,
         clock: SharedClock,
+        limits: Limits,
     ) -> Arc<Self> {
         Arc::new(Pipeline {
             store,
@@ -121,6 +126,7 @@ impl Pipeline {
             metrics,
             clock,
             hooks: OnceLock::new(),
+            limits,
         })
     }
 
@@ -246,6 +252,9 @@ impl Pipeline {
                 .await;
         }
         let outcome = result.outcome?;
+        if outcome != HookOutcome::Dropped {
+            check_rewritten(&self.limits, req)?;
+        }
         match outcome {
             HookOutcome::Store => {
                 // Only a record that is written carries its hint: a later plugin's
@@ -319,6 +328,40 @@ impl Pipeline {
     }
 }
 
+/// A message after its hooks must still fit the bounds a client's publish is held to: a
+/// plugin's `replace` or `accept-with` may have grown it. Refused as `rejected` (the
+/// client's retry would meet the same plugin), never left to fail in the store, where it
+/// would be `storage_unavailable` with `retry: true` — a retry loop for the client.
+///
+/// # Errors
+/// `rejected`, naming the bound.
+pub fn check_rewritten(limits: &Limits, req: &Publish) -> Result<(), Refusal> {
+    let headers = &req.headers;
+    let why = if headers.len() > limits.max_headers {
+        format!("{} headers, limit {}", headers.len(), limits.max_headers)
+    } else if headers.byte_len() > limits.max_header_bytes {
+        format!(
+            "{} header bytes, limit {}",
+            headers.byte_len(),
+            limits.max_header_bytes
+        )
+    } else if headers.0.iter().any(|(k, _)| k.is_empty()) {
+        "an empty header name".to_string()
+    } else if req.payload.len() > limits.max_frame_bytes {
+        format!(
+            "a {}-byte payload, limit {} (max_frame_bytes)",
+            req.payload.len(),
+            limits.max_frame_bytes
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Refusal::new(
+        ErrorCode::Rejected,
+        format!("a plugin's rewrite of the message has {why}"),
+    ))
+}
+
 /// The refusal a client gets when the store could not make its message durable.
 pub fn store_refusal(e: &StoreError) -> Refusal {
     let code = match e {
@@ -326,4 +369,45 @@ pub fn store_refusal(e: &StoreError) -> Refusal {
         _ => ErrorCode::StorageUnavailable,
     };
     Refusal::new(code, e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(headers: Vec<(&str, &str)>, payload: usize) -> Publish {
+        Publish {
+            topic: "t".into(),
+            client: "c".into(),
+            mid: None,
+            headers: Headers(
+                headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            payload: Bytes::from(vec![b'x'; payload]),
+        }
+    }
+
+    #[test]
+    fn a_rewrite_beyond_the_client_bounds_is_rejected_not_retried() {
+        let limits = Limits {
+            max_headers: 1,
+            max_header_bytes: 8,
+            max_frame_bytes: 16,
+            ..Limits::default()
+        };
+        assert!(check_rewritten(&limits, &publish(vec![("a", "b")], 16)).is_ok());
+        for bad in [
+            publish(vec![("a", "b"), ("c", "d")], 1),
+            publish(vec![("name", "value")], 1),
+            publish(vec![("", "v")], 1),
+            publish(vec![], 17),
+        ] {
+            let r = check_rewritten(&limits, &bad).expect_err("over a bound");
+            assert_eq!(r.code, ErrorCode::Rejected, "{}", r.message);
+            assert!(!r.code.retryable());
+        }
+    }
 }

@@ -149,6 +149,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         broker.clone(),
         metrics.clone(),
         clock.clone(),
+        settings.limits().clone(),
     );
     let conns = ConnRegistry::new(clock.clone());
     let plugins = match load_plugins(&settings, &store, &pipeline, &conns, &metrics, clock).await {
@@ -320,6 +321,7 @@ async fn bind_admin(running: &mut Running, settings: &Settings) -> Result<(), Se
             source,
         })?;
     running.bound.admin = l.local_addr().ok();
+    warn_if_exposed("admin", addr);
     tracing::info!(addr = ?running.bound.admin, "admin listening");
     let gw = &running.gateway;
     let ctx = Arc::new(AdminCtx {
@@ -342,6 +344,24 @@ async fn bind_admin(running: &mut Running, settings: &Settings) -> Result<(), Se
     Ok(())
 }
 
+/// DESIGN §9 asks for TLS on every listener that is not loopback. A plain-text listener
+/// (`ws`, admin) may still be exposed — TLS often ends at a proxy in front of it — but
+/// never silently: startup logs a warning naming it (ARCHITECTURE.md, Decisions).
+fn warn_if_exposed(what: &'static str, addr: SocketAddr) {
+    if is_exposed(addr) {
+        tracing::warn!(
+            listener = what,
+            %addr,
+            "plain-text listener on a non-loopback address: traffic and tokens cross the network unencrypted unless a TLS proxy fronts it (use wss or QUIC otherwise)"
+        );
+    }
+}
+
+/// True for an address other hosts can reach (not loopback).
+fn is_exposed(addr: SocketAddr) -> bool {
+    !addr.ip().is_loopback()
+}
+
 fn bind_error(what: &'static str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> ServerError {
     move |source| ServerError::Bind { what, addr, source }
 }
@@ -356,11 +376,16 @@ async fn bind_clients(
     if let Some(addr) = cfg.listen.ws.0 {
         let l = ws::bind(addr).await.map_err(bind_error("ws", addr))?;
         running.bound.ws = l.local_addr().ok();
+        warn_if_exposed("ws", addr);
         let origins = Arc::new(OriginPolicy::new(
             &cfg.listen.allowed_origins,
             addr.ip().is_loopback(),
         ));
-        tokio::spawn(ws::serve(l, None, ctx.clone(), admission.clone(), origins));
+        // On the session tracker: `stop` waits for the accept loop to end, so the port
+        // is free again when it returns (also after a failed start).
+        running
+            .tasks
+            .spawn(ws::serve(l, None, ctx.clone(), admission.clone(), origins));
     }
     if cfg.listen.wss.0.is_none() && cfg.listen.quic.0.is_none() {
         return Ok(());
@@ -376,7 +401,7 @@ async fn bind_clients(
             &cfg.listen.allowed_origins,
             addr.ip().is_loopback(),
         ));
-        tokio::spawn(ws::serve(
+        running.tasks.spawn(ws::serve(
             l,
             Some(acceptor),
             ctx.clone(),
@@ -388,7 +413,9 @@ async fn bind_clients(
         let config = quic::server_config(&id, cfg.tls.client_ca.as_deref(), settings.limits())?;
         let endpoint = quic::bind(addr, config).map_err(bind_error("quic", addr))?;
         running.bound.quic = endpoint.local_addr().ok();
-        tokio::spawn(quic::serve(endpoint, ctx.clone(), admission.clone()));
+        running
+            .tasks
+            .spawn(quic::serve(endpoint, ctx.clone(), admission.clone()));
     }
     Ok(())
 }
@@ -437,4 +464,23 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     shutdown.cancelled().await;
     running.stop(Duration::from_secs(10)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_counts_as_not_exposed() {
+        for (addr, exposed) in [
+            ("127.0.0.1:7400", false),
+            ("[::1]:7400", false),
+            ("0.0.0.0:7400", true),
+            ("[::]:7400", true),
+            ("192.168.1.5:7400", true),
+        ] {
+            let a: SocketAddr = addr.parse().expect("addr");
+            assert_eq!(is_exposed(a), exposed, "{addr}");
+        }
+    }
 }

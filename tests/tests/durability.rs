@@ -4,12 +4,12 @@
 //! back to the last complete batch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgesync_client::{Client, ClientOptions, Encoding, Event, PublishOptions, Start};
-use edgesync_tests::TestGateway;
+use edgesync_tests::{TestGateway, connect_retry, free_port, spawn_gateway_process};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
@@ -71,41 +71,23 @@ async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 fn spawn_gateway(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_edgesync-test-gateway"))
-        .args([
-            "serve",
-            "--ws",
-            &format!("127.0.0.1:{port}"),
-            "--wss",
-            "off",
-            "--quic",
-            "off",
-            "--admin",
-            "off",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn gateway")
+    spawn_gateway_process(env!("CARGO_BIN_EXE_edgesync-test-gateway"), dir, port)
 }
 
-async fn connect_retry(url: &str) -> Client {
+/// Client options of SIGKILL worker `w`: the same client id in every cycle, so a
+/// publish resent after a kill is deduplicated by its `mid` (PROTOCOL.md §4).
+fn worker_options(url: &str, w: u64) -> ClientOptions {
+    let mut o = ClientOptions::new(url);
+    o.reconnect = false;
+    o.request_timeout = Duration::from_secs(5);
+    o.client_id = Some(format!("sigkill-w{w}"));
+    o
+}
+
+async fn connect_worker(url: &str, w: u64) -> Client {
     for _ in 0..200 {
-        let mut o = ClientOptions::new(url);
-        o.reconnect = false;
-        o.request_timeout = Duration::from_secs(5);
-        if let Ok(c) = Client::connect(o).await {
+        if let Ok(c) = Client::connect(worker_options(url, w)).await {
             return c;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -115,19 +97,51 @@ async fn connect_retry(url: &str) -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_acknowledged_publishes_loses_nothing() {
+    use rand::{Rng, SeedableRng};
+    // Seeded: a failure replays with EDGESYNC_TEST_SEED (printed; shown on failure).
+    let seed = std::env::var("EDGESYNC_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    eprintln!("sigkill test seed: {seed} (rerun with EDGESYNC_TEST_SEED={seed})");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let tmp = tempfile::tempdir().expect("tmp");
     // mid → (topic, epoch, seq) of every acknowledged publish.
     type Acked = HashMap<String, (String, u64, u64)>;
     let acked: Arc<Mutex<Acked>> = Arc::default();
+    // Per worker: the publish in flight when the gateway died (maybe stored, never
+    // acknowledged). The worker resends it, same client id and mid, after the restart.
+    let unacked: Arc<Mutex<HashMap<u64, (String, String)>>> = Arc::default();
+    let mut resent = 0usize;
     let cycles = 4;
-    for cycle in 0..cycles {
+    for cycle in 0..=cycles {
         let port = free_port();
         let mut child = spawn_gateway(tmp.path(), port);
         let url = format!("ws://127.0.0.1:{port}");
         let mut workers = Vec::new();
-        for w in 0..4 {
-            let client = connect_retry(&url).await;
-            let acked = acked.clone();
+        for w in 0..4u64 {
+            let client = connect_worker(&url, w).await;
+            // First the resend across the kill: the same mid must not be stored twice.
+            let pending = unacked.lock().expect("lock").remove(&w);
+            if let Some((id, topic)) = pending {
+                let opts = PublishOptions {
+                    mid: Some(id.clone()),
+                    ..PublishOptions::default()
+                };
+                let ack = client
+                    .publish_with(&topic, id.clone().into_bytes(), opts)
+                    .await
+                    .expect("the resend after a restart is acknowledged");
+                acked
+                    .lock()
+                    .expect("lock")
+                    .insert(id, (topic, ack.origin.epoch, ack.seq));
+                resent += 1;
+            }
+            if cycle == cycles {
+                continue; // the last start only settles what the last kill left
+            }
+            let (acked, unacked) = (acked.clone(), unacked.clone());
             workers.push(tokio::spawn(async move {
                 for i in 0..100_000u64 {
                     let id = format!("c{cycle}-w{w}-{i}");
@@ -146,15 +160,27 @@ async fn sigkill_during_acknowledged_publishes_loses_nothing() {
                                 .expect("lock")
                                 .insert(id, (topic.to_string(), ack.origin.epoch, ack.seq));
                         }
-                        Err(_) => return,
+                        Err(_) => {
+                            unacked
+                                .lock()
+                                .expect("lock")
+                                .insert(w, (id, topic.to_string()));
+                            return;
+                        }
                     }
                 }
             }));
         }
+        if cycle == cycles {
+            child.kill().expect("kill");
+            child.wait().expect("reaped");
+            break;
+        }
         // Let acknowledged publishes flow, then kill without warning.
         let before = acked.lock().expect("lock").len();
+        let target = before + 200 + rng.random_range(0..300);
         for _ in 0..500 {
-            if acked.lock().expect("lock").len() >= before + 200 + rand::random_range(0..300) {
+            if acked.lock().expect("lock").len() >= target {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -162,9 +188,16 @@ async fn sigkill_during_acknowledged_publishes_loses_nothing() {
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
         for w in workers {
-            let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+            tokio::time::timeout(Duration::from_secs(30), w)
+                .await
+                .expect("a worker ends once its gateway is gone")
+                .expect("a worker never panics");
         }
     }
+    assert!(
+        resent > 0,
+        "some publish was in flight at a kill and resent"
+    );
     let port = free_port();
     let mut child = spawn_gateway(tmp.path(), port);
     let reader = connect_retry(&format!("ws://127.0.0.1:{port}")).await;

@@ -461,3 +461,48 @@ async fn an_open_breaker_fails_a_batch_at_once() {
         "each message of the failed batch is dead-lettered"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewrite_that_breaks_the_limits_is_rejected_not_retried() {
+    // `transform` adds a 3000-byte field: a small message becomes larger than a client
+    // may send (max_frame_bytes 2048).
+    let config = format!(
+        r#"
+[[plugin]]
+name = "transform"
+path = "{transform}"
+[plugin.config]
+enrich = {{ pad = "{pad}" }}
+
+[[route]]
+topics = "grow.>"
+plugins = ["transform"]
+"#,
+        transform = built::TRANSFORM,
+        pad = "x".repeat(3000),
+    );
+    let parsed = edgesync::config::Config::from_toml(&config).expect("plugin config parses");
+    let gw = TestGateway::start(move |c| {
+        c.plugins = parsed.plugins;
+        c.routes = parsed.routes;
+        c.limits.max_frame_bytes = 2048;
+    })
+    .await;
+    let c = connect(&gw, None).await.expect("connects");
+    let err = c
+        .publish("grow.x", r#"{"a":1}"#)
+        .await
+        .expect_err("the rewrite is over the frame limit");
+    assert_eq!(err.code(), Some(ErrorCode::Rejected), "{err}");
+    match &err {
+        ClientError::Server { retry, message, .. } => {
+            assert!(!retry, "a client must not retry it");
+            assert!(message.contains("max_frame_bytes"), "{message}");
+        }
+        other => panic!("expected a server error, got {other:?}"),
+    }
+    assert!(stored(&c, "grow.x").await.is_empty(), "nothing stored");
+    c.publish("other.x", "fine")
+        .await
+        .expect("other topics are unaffected");
+}

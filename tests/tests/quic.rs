@@ -584,9 +584,9 @@ struct Raw {
     recv: quinn::RecvStream,
 }
 
-/// Connect offering `alpn`, with a per-stream receive window of `window` bytes, and
-/// send `connect`.
-async fn raw_quic(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
+/// A QUIC connection offering `alpn` with its session stream open (opened by the
+/// client; the gateway sees it with the first bytes written) and nothing sent yet.
+async fn raw_quic_open(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
     let mut roots = rustls::RootCertStore::empty();
     for cert in edgesync::transport::tls::read_certs(&gw.ca()).expect("ca") {
         roots.add(cert).expect("root");
@@ -610,12 +610,18 @@ async fn raw_quic(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
         .await
         .expect("handshake");
     let (send, recv) = connection.open_bi().await.expect("session stream");
-    let mut raw = Raw {
+    Raw {
         _endpoint: endpoint,
         connection,
         send,
         recv,
-    };
+    }
+}
+
+/// Connect offering `alpn`, with a per-stream receive window of `window` bytes, and
+/// send `connect`.
+async fn raw_quic(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
+    let mut raw = raw_quic_open(gw, alpn, window).await;
     raw.command(edgesync_protocol::ClientFrame::Connect {
         id: 1,
         token: None,
@@ -853,4 +859,81 @@ async fn an_overlapping_subscription_catching_up_gets_everything_once_in_order()
     }
     let wide_seqs = reader.await.expect("reader");
     assert_eq!(wide_seqs, (1..=N + 1).collect::<Vec<_>>(), "o.>: the same");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datagram_before_connect_is_dropped_not_held() {
+    let gw = Gw::start(|_| {}).await;
+    let watcher = gw.ws().await;
+    let mut on_ws = watcher
+        .subscribe("early.>", Start::Latest)
+        .await
+        .expect("sub");
+    let mut raw = raw_quic_open(&gw, &[edgesync_protocol::ALPN_QUIC], 1 << 20).await;
+    let datagram = |data: &str| {
+        let p = edgesync_protocol::ClientFrame::Pub {
+            id: 0,
+            topic: "early.t".into(),
+            data: data.into(),
+            headers: Headers::default(),
+            mid: None,
+            ack: false,
+        };
+        bytes::Bytes::from(edgesync_protocol::Encoding::MsgPack.encode(&p))
+    };
+    let before = gw.count("datagram", "not_connected");
+    raw.connection
+        .send_datagram(datagram("before"))
+        .expect("datagram sent");
+    // The datagram has reached the gateway's buffer before the session stream's first
+    // bytes do (loopback keeps the order of the two packets); the gateway only reads
+    // datagrams once the stream has opened.
+    raw.command(edgesync_protocol::ClientFrame::Connect {
+        id: 1,
+        token: None,
+        client_id: None,
+        cursor: None,
+    })
+    .await;
+    let connected = read_frames(&mut raw.recv).await.expect("connected");
+    assert!(matches!(connected[0], ServerFrame::Connected { .. }));
+    assert!(
+        eventually(250, || gw.count("datagram", "not_connected") > before).await,
+        "the early datagram was counted as refused"
+    );
+    // After `connected` datagrams flow, and the first to arrive is not the early one.
+    let mut got = None;
+    for _ in 0..50 {
+        raw.connection
+            .send_datagram(datagram("after"))
+            .expect("datagram sent");
+        if let Some(Event::Msg(m)) = on_ws.next_timeout(Duration::from_millis(200)).await {
+            got = Some(m);
+            break;
+        }
+    }
+    let m = got.expect("a datagram after connect is delivered");
+    assert_eq!(m.data.0.as_ref(), b"after", "the early datagram was held");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_with_the_error_message_as_reason() {
+    let mut gw = Gw::start(|_| {}).await;
+    let raw = raw_quic(&gw, &[edgesync_protocol::ALPN_QUIC], 1 << 20).await;
+    let running = gw.running.take().expect("running");
+    let stop = tokio::spawn(running.stop(Duration::from_secs(5)));
+    let reason = tokio::time::timeout(WAIT, raw.connection.closed())
+        .await
+        .expect("closed in time");
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0x05));
+            assert_eq!(
+                std::str::from_utf8(&close.reason).expect("utf8"),
+                "gateway is shutting down"
+            );
+        }
+        other => panic!("expected an application close, got {other:?}"),
+    }
+    stop.await.expect("stopped");
 }

@@ -29,7 +29,8 @@ pub struct ConnectArgs {
     /// Token handed to the gateway's auth plugins.
     #[arg(long, env = "EDGESYNC_TOKEN")]
     pub token: Option<String>,
-    /// Client id (scopes idempotent publish).
+    /// Client id (scopes idempotent publish). Default: a new one per run, so a retry
+    /// with the same --mid must also repeat --client-id.
     #[arg(long)]
     pub client_id: Option<String>,
     /// Use the JSON encoding instead of MessagePack (WebSocket only).
@@ -69,7 +70,7 @@ pub struct PubArgs {
     /// Header `name=value` (repeatable).
     #[arg(long = "header", short = 'H')]
     pub headers: Vec<String>,
-    /// Client message id (retries with the same id are stored once).
+    /// Client message id: retries with the same id and the same --client-id are stored once.
     #[arg(long)]
     pub mid: Option<String>,
     /// Do not wait for the durable acknowledgement.

@@ -164,7 +164,11 @@ pub(crate) fn gap_frame(topic: &str, m: &MissingRange) -> ServerFrame {
         epoch: m.origin.epoch,
         from: m.from,
         to: m.to,
-        reason: GapReason::Retention,
+        reason: if m.corrupt {
+            GapReason::Corrupt
+        } else {
+            GapReason::Retention
+        },
         cursor: cursor.encode(),
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use edgesync_protocol::codec::Invalid;
 use edgesync_protocol::{ClientFrame, ErrorCode, ServerFrame};
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
@@ -137,6 +138,9 @@ impl Datagrams for NoDatagrams {
     }
 }
 
+/// The message of the `shutting_down` error push and of the close that follows it.
+pub const SHUTTING_DOWN: &str = "gateway is shutting down";
+
 /// Largest frame the writer builds from batched messages.
 pub(crate) const MAX_BATCH_FRAME: usize = 256 << 10;
 /// Time the closing writes (what is queued, then the final `error`) may take.
@@ -251,7 +255,16 @@ impl Driver {
                 Event::Shutdown => self.on_shutdown(),
                 Event::Write => self.on_write(&mut conn).await,
                 Event::Acked(done) => self.on_acked(done),
-                Event::Inbound(frame) => self.on_inbound(&mut conn, frame).await,
+                Event::Inbound(frame) => {
+                    if self.session.client_id().is_none() {
+                        // Datagrams already waiting arrived before this frame (maybe the
+                        // `connect`): they are dropped as not connected, not held for it.
+                        while let Some(Some(d)) = next_datagram(&mut datagrams).now_or_never() {
+                            Box::pin(execute::datagram(self, &d)).await;
+                        }
+                    }
+                    self.on_inbound(&mut conn, frame).await
+                }
                 Event::Datagram(None) => {
                     datagrams = None;
                     Next::Continue
@@ -274,15 +287,14 @@ impl Driver {
 
     fn on_shutdown(&mut self) -> Next {
         self.draining = true;
+        // The final `error` push and the close reason say the same thing (a QUIC or
+        // WebSocket client may see only one of them).
         self.out.outbox.push_reply(&ServerFrame::error(
             None,
             ErrorCode::ShuttingDown,
-            "gateway is shutting down",
+            SHUTTING_DOWN,
         ));
-        self.close_reason = Some((
-            Some(ErrorCode::ShuttingDown),
-            "gateway shutting down".into(),
-        ));
+        self.close_reason = Some((Some(ErrorCode::ShuttingDown), SHUTTING_DOWN.into()));
         Next::Continue
     }
 
@@ -360,7 +372,7 @@ impl Driver {
             return Next::Continue; // keepalive (a pong, or an empty frame from the client)
         }
         self.ctx.metrics.bytes_in.inc_by(frame.len() as u64);
-        match self.info.encoding.decode_all::<ClientFrame>(&frame) {
+        match self.info.encoding.decode_each::<ClientFrame>(&frame) {
             Ok(frames) => self.on_frames(frames).await,
             Err(e) => {
                 self.ctx.count("frame", e.code().as_str());
@@ -395,11 +407,22 @@ impl Driver {
     /// The commands of one frame, in order. Consecutive publishes are gathered and run
     /// through the plugins together (one `on-batch` per plugin); anything else first
     /// settles the publishes before it, so replies keep the frame's order.
-    async fn on_frames(&mut self, frames: Vec<ClientFrame>) {
+    /// A message that is well-formed but not a valid command is answered `bad_request`
+    /// with its `id`, in its place among the others.
+    async fn on_frames(&mut self, frames: Vec<Result<ClientFrame, Invalid>>) {
         let mut publishes: Vec<QueuedPub> = Vec::new();
         for f in frames {
-            let kind = frame_kind(&f);
-            let handled = self.session.handle(f, self.last_rx);
+            let (kind, handled) = match f {
+                Ok(f) => (frame_kind(&f), self.session.handle(f, self.last_rx)),
+                Err(invalid) => (
+                    "frame",
+                    Err(Box::new(ServerFrame::error(
+                        invalid.id,
+                        ErrorCode::BadRequest,
+                        invalid.message,
+                    ))),
+                ),
+            };
             if let Ok(Command::Publish { id, req, ack }) = handled {
                 publishes.push(QueuedPub { id, req, ack });
                 continue;

@@ -50,3 +50,49 @@ pub(super) fn dedupe_key(client: &str, mid: &str) -> Vec<u8> {
     k.extend_from_slice(mid.as_bytes());
     k
 }
+
+/// The value of a gap marker covering `key's seq ..= to`: a 4-byte tag, a version
+/// byte and `to`. 13 bytes, shorter than any record (whose fixed fields alone are
+/// 33 bytes), so the two can never be confused.
+pub(super) fn gap_marker(to: u64) -> [u8; 13] {
+    let mut v = [0u8; 13];
+    v[..4].copy_from_slice(GAP_TAG);
+    v[4] = 1;
+    v[5..].copy_from_slice(&to.to_be_bytes());
+    v
+}
+
+const GAP_TAG: &[u8; 4] = b"GAP\0";
+
+/// `Some(to)` when `value` is a gap marker.
+pub(super) fn decode_gap(value: &[u8]) -> Option<u64> {
+    if value.len() != 13 || &value[..4] != GAP_TAG || value[4] != 1 {
+        return None;
+    }
+    Some(u64::from_be_bytes(value[5..13].try_into().ok()?))
+}
+
+/// Meta key of one digest bucket: `g` · topic_id · origin_id · bucket.
+pub(super) fn digest_key(topic_id: u32, origin_id: u32, bucket: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[..9].copy_from_slice(&digest_prefix(topic_id, origin_id));
+    k[9..].copy_from_slice(&bucket.to_be_bytes());
+    k
+}
+
+/// Meta key prefix of one (topic, origin)'s digest buckets.
+pub(super) fn digest_prefix(topic_id: u32, origin_id: u32) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'g';
+    k[1..5].copy_from_slice(&topic_id.to_be_bytes());
+    k[5..9].copy_from_slice(&origin_id.to_be_bytes());
+    k
+}
+
+/// Meta key of a record on the corrupt list: `c` · topic_id · origin_id · seq.
+pub(super) fn corrupt_key(topic_id: u32, origin_id: u32, seq: u64) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'c';
+    k[1..].copy_from_slice(&record_key(topic_id, origin_id, seq));
+    k
+}

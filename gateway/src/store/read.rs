@@ -64,6 +64,15 @@ impl Store {
             .collect()
     }
 
+    /// The lowest retained seq of one stream now (`u64::MAX` when retention removed it all).
+    fn stream_low(&self, topic: &str, oid: u32) -> u64 {
+        let idx = self.shared.index.read();
+        idx.topics
+            .get(topic)
+            .and_then(|t| t.streams.get(&oid))
+            .map_or(u64::MAX, |s| s.low)
+    }
+
     /// Read records of `topic` after `after` (per origin), at most `limit`, never past
     /// `upto` (per origin) when given. Corrupt records are skipped and reported.
     ///
@@ -87,7 +96,7 @@ impl Store {
             let streams: Vec<(u32, Origin, Stream)> = t
                 .streams
                 .iter()
-                .filter_map(|(oid, s)| Some((*oid, idx.origins.get(oid)?.clone(), *s)))
+                .filter_map(|(oid, s)| Some((*oid, idx.origins.get(oid)?.clone(), s.clone())))
                 .collect();
             (t.id, streams)
         };
@@ -126,16 +135,49 @@ impl Store {
             let lo = record_key(topic_id, oid, next);
             let hi = record_key(topic_id, oid, end);
             for guard in self.shared.records.range(lo..=hi).take(budget) {
-                let (key, value) = guard.into_inner()?;
+                let Ok((key, value)) = guard.into_inner() else {
+                    // A damaged table block: report the seq the scan could not reach as
+                    // corrupt and move past it; the next read resumes after it.
+                    tracing::error!(topic, origin = %origin, seq = next, "store read failed; reporting the seq corrupt");
+                    out.missing.push(MissingRange {
+                        origin: origin.clone(),
+                        from: next,
+                        to: next,
+                        corrupt: true,
+                    });
+                    self.found_corrupt(topic, &origin, (topic_id, oid), next);
+                    out.positions.insert(origin.clone(), next);
+                    next += 1;
+                    break;
+                };
                 let seq = key_seq(&key);
+                if seq < next {
+                    // Inside a gap marker already reported.
+                    continue;
+                }
                 if seq != next {
-                    // A hole inside the retained range: report it, never skip silently.
+                    // A hole: report it, never skip silently. Retention may have removed
+                    // it since `low` was read above (a race, not damage) — only a hole
+                    // still inside the retained range is corruption.
                     out.missing.push(MissingRange {
                         origin: origin.clone(),
                         from: next,
                         to: seq - 1,
-                        corrupt: true,
+                        corrupt: seq > self.stream_low(topic, oid),
                     });
+                }
+                if let Some(gap_to) = super::keys::decode_gap(&value) {
+                    // A range the origin's retention removed before we had it.
+                    let to = gap_to.min(end);
+                    out.missing.push(MissingRange {
+                        origin: origin.clone(),
+                        from: seq,
+                        to,
+                        corrupt: false,
+                    });
+                    next = to + 1;
+                    out.positions.insert(origin.clone(), to);
+                    continue;
                 }
                 match Record::decode(&value) {
                     Ok(r) if r.seq == seq && r.topic == topic && r.origin == origin => {
@@ -143,6 +185,7 @@ impl Store {
                     }
                     Ok(_) | Err(_) => {
                         tracing::error!(topic, origin = %origin, seq, "corrupt record skipped; not served");
+                        self.found_corrupt(topic, &origin, (topic_id, oid), seq);
                         out.missing.push(MissingRange {
                             origin: origin.clone(),
                             from: seq,

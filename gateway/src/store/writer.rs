@@ -19,6 +19,8 @@ pub(super) struct Writer {
     /// The writer's authoritative copy of the index; the shared copy is updated
     /// from it after each durable commit (touched topics only).
     pub(super) index: Index,
+    /// The current digest bucket per (topic, origin).
+    pub(super) digests: super::replica::DigestCache,
 }
 
 /// An append waiting in the current batch.
@@ -39,6 +41,7 @@ impl Writer {
                 std::thread::yield_now();
             }
             let mut appends = Vec::new();
+            let mut apply = None;
             let mut shutdown = None;
             let mut bytes = 0usize;
             let mut next = Some(first);
@@ -49,6 +52,18 @@ impl Writer {
                         appends.push((a, reply));
                     }
                     Request::Tick => {}
+                    Request::NoteCorrupt(tid, oid, seq) => {
+                        // Rare; its own small write (made durable with the next commit's fsync).
+                        let key = super::keys::corrupt_key(tid, oid, seq);
+                        if let Err(e) = self.shared.meta.insert(key, b"") {
+                            tracing::warn!(error = %e, "could not record a corrupt record on the list");
+                        }
+                    }
+                    Request::Apply(req, reply) => {
+                        // Appends queued before it commit first: commit order is queue order.
+                        apply = Some((req, reply));
+                        break;
+                    }
                     Request::Shutdown(done) => {
                         shutdown = Some(done);
                         break;
@@ -60,6 +75,9 @@ impl Writer {
             }
             if !appends.is_empty() {
                 self.commit(appends);
+            }
+            if let Some((req, reply)) = apply {
+                self.apply(req, reply);
             }
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = std::time::Instant::now();
@@ -146,10 +164,7 @@ impl Writer {
             let Some(t) = index.topics.get_mut(&req.topic) else {
                 continue;
             };
-            let stream = t
-                .streams
-                .entry(local_id)
-                .or_insert(Stream { low: 1, high: 0 });
+            let stream = t.streams.entry(local_id).or_insert_with(Stream::empty);
             let seq = stream.high + 1;
             stream.high = seq;
             t.count += 1;
@@ -180,6 +195,15 @@ impl Writer {
                 }
             };
             debug_assert_eq!(Record::decode(&bytes).as_ref(), Ok(&record));
+            let crc = super::replica::record_crc(&bytes);
+            self.digests.add(
+                &shared,
+                &mut batch,
+                (topic_id, local_id, seq),
+                &local,
+                edgesync_replication::digest::Entry::Record { crc },
+                true,
+            );
             batch.insert(
                 &shared.records,
                 record_key(topic_id, local_id, seq).as_slice(),
@@ -256,6 +280,7 @@ impl Writer {
             Err(e) => {
                 shared.poisoned.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, "group commit failed; store poisoned, publishes refused");
+                self.digests.clear();
                 for p in pending {
                     let _ = p.reply.send(Err(StoreError::Poisoned));
                 }

@@ -6,7 +6,9 @@
 //! limits, then runs the session driver. Frame size limits are enforced by
 //! tungstenite before a frame is buffered whole. On wss with `[tls] client_ca`,
 //! a verified client certificate's identity becomes [`ConnInfo::tls_identity`]
-//! exactly as on QUIC.
+//! exactly as on QUIC. A request that is not a WebSocket upgrade (plain HTTP, a
+//! browser opening the URL) is answered `426 Upgrade Required`, a request that is not
+//! HTTP `400 Bad Request`, instead of a silently dropped connection.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -35,6 +37,10 @@ use crate::session::driver::{self, Conn, ConnError, SessionCtx};
 /// a quarter of the idle-connection memory budget; larger frames grow the buffer as
 /// they arrive.
 const READ_BUFFER_BYTES: usize = 2048;
+/// Longest HTTP request head read before the upgrade (request line and headers).
+const MAX_REQUEST_HEAD_BYTES: usize = 8 << 10;
+/// Most request headers parsed.
+const MAX_REQUEST_HEADERS: usize = 64;
 
 /// Accept WebSocket connections until shutdown. `tls`: wss when present; `origins`:
 /// which browser pages may connect.
@@ -202,10 +208,26 @@ async fn handle<S>(
 }
 
 /// WebSocket handshake (subprotocol → encoding) and admission; `None` when refused.
-async fn open<S>(stream: S, remote: SocketAddr, accept: &Accept) -> Option<(WsConn<S>, AdmitGuard)>
+async fn open<S>(
+    stream: S,
+    remote: SocketAddr,
+    accept: &Accept,
+) -> Option<(WsConn<Replay<S>>, AdmitGuard)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let stream = match tokio::time::timeout_at(accept.deadline, upgrade_request(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(why)) => {
+            accept.refused("ws_handshake");
+            tracing::debug!(%remote, why, "not a WebSocket upgrade; answered");
+            return None;
+        }
+        Err(_) => {
+            accept.refused("handshake_timeout");
+            return None;
+        }
+    };
     let stream = Counted {
         inner: stream,
         read: 0,
@@ -296,10 +318,12 @@ where
         }
     };
     let encoding = chosen.lock().map(|c| *c).unwrap_or(Encoding::Json);
+    // Progress counts from the end of the handshake.
+    let progress = ws.get_ref().read;
     let mut conn = WsConn {
         ws,
         encoding,
-        progress: 0,
+        progress,
     };
     let admission = match accept.admission.admit(remote.ip()) {
         Ok(guard) => guard,
@@ -312,6 +336,112 @@ where
         }
     };
     Some((conn, admission))
+}
+
+/// Read the HTTP request head and check it asks for a WebSocket upgrade; answer it
+/// (`426`, or `400` for something that is not an HTTP request) when it does not. The
+/// head is handed on, unread, to the WebSocket handshake.
+async fn upgrade_request<S>(mut stream: S) -> Result<Replay<S>, &'static str>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = Vec::with_capacity(1024);
+    let verdict = loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_REQUEST_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&head) {
+            Ok(httparse::Status::Complete(_)) => {
+                let upgrade = req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("upgrade")
+                        && String::from_utf8_lossy(h.value)
+                            .split(',')
+                            .any(|p| p.trim().eq_ignore_ascii_case("websocket"))
+                });
+                break if upgrade { Ok(()) } else { Err(426) };
+            }
+            Ok(httparse::Status::Partial) if head.len() < MAX_REQUEST_HEAD_BYTES => {}
+            Ok(httparse::Status::Partial) | Err(_) => break Err(400),
+        }
+        let mut chunk = [0u8; 1024];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return Err("connection closed before the request head"),
+            Ok(n) => head.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let (status, why) = match verdict {
+        Ok(()) => {
+            return Ok(Replay {
+                head,
+                at: 0,
+                stream,
+            });
+        }
+        Err(426) => ("426 Upgrade Required", "not a WebSocket upgrade"),
+        Err(_) => ("400 Bad Request", "not an HTTP request"),
+    };
+    let body = "This port speaks the edgesync protocol over WebSocket (subprotocols edgesync.json.v1, edgesync.msgpack.v1); see PROTOCOL.md.\n";
+    let response = format!(
+        "HTTP/1.1 {status}\r\nUpgrade: websocket\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    Err(why)
+}
+
+/// A stream whose first bytes (the request head, already read) are read again first.
+pub struct Replay<S> {
+    head: Vec<u8>,
+    /// How much of `head` was read again.
+    at: usize,
+    stream: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replay<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.at);
+            buf.put_slice(&this.head[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.head.len() {
+                // Replayed: an idle connection keeps no copy of its request.
+                this.head = Vec::new();
+                this.at = 0;
+            }
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// A session's view of a WebSocket.

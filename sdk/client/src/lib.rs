@@ -14,7 +14,9 @@
 //! ```
 //!
 //! The client keeps one connection in a background task. With `reconnect`
-//! (the default) it reconnects with backoff after a failure, re-subscribes
+//! (the default) it reconnects after a failure — waiting 50 ms, doubling up to
+//! `max_backoff`, each wait jittered to between half and all of it so a fleet does
+//! not return in step — re-subscribes
 //! every subscription from its cursor (so nothing is missed or repeated), and
 //! resends publishes that were in flight with the same client message id (so
 //! the gateway stores each exactly once).
@@ -97,7 +99,11 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Resume cursor sent with `connect`.
     pub cursor: Option<String>,
-    /// Events buffered per subscription before the connection waits for the application.
+    /// Events buffered per subscription. A subscription the application does not read
+    /// never holds back the others or publish acks: once its buffer is full, further
+    /// messages become a `Gap` event (reason `slow_consumer`, one per topic and origin)
+    /// delivered when the application takes events again; read the range with
+    /// [`Client::history`] from its cursor. Default 65536.
     pub subscription_buffer: usize,
 }
 

@@ -1,16 +1,23 @@
 //! The client's background task: owns the connection, matches replies to
 //! commands, routes pushes to subscriptions, and reconnects and resumes.
+//!
+//! The task never waits for the application: a subscription whose buffer is full
+//! keeps what it cannot deliver as a `gap` event (reason `slow_consumer`) that it
+//! hands over once the application has made room, so one unread subscription holds
+//! back neither the others nor publish acks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use edgesync_protocol::frame::GapReason;
 use edgesync_protocol::topic::matches;
 use edgesync_protocol::{ClientFrame, Cursor, Encoding, Origin, Payload, ServerFrame, Start};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::Conn;
 use crate::{
-    ClientError, ClientOptions, Event, History, PubAck, PublishOptions, Request, SessionInfo,
+    ClientError, ClientOptions, Event, History, Msg, PubAck, PublishOptions, Request, SessionInfo,
 };
 
 enum Inflight {
@@ -21,11 +28,14 @@ enum Inflight {
         reply: Option<oneshot::Sender<Result<PubAck, ClientError>>>,
     },
     Subscribe {
-        sub: usize,
+        /// The subscription's key in [`Task::subs`].
+        sub: u64,
         reply: Option<oneshot::Sender<Result<String, ClientError>>>,
     },
     Unsubscribe {
-        pattern: String,
+        /// The subscriptions with the pattern when `unsub` was sent (a later `sub` of the
+        /// same pattern is a different subscription and stays).
+        subs: Vec<u64>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
     History {
@@ -45,14 +55,113 @@ struct SubState {
     active: bool,
     /// What the application has taken (shared with the `Subscription`).
     consumed: std::sync::Arc<std::sync::Mutex<Cursor>>,
+    /// Events waiting for room in `events`, oldest first: gaps only (messages that did
+    /// not fit become a `slow_consumer` gap, merged per topic and origin), so the
+    /// backlog is bounded by the topics and origins the subscription sees.
+    backlog: VecDeque<Event>,
 }
+
+impl SubState {
+    fn new(
+        pattern: String,
+        events: mpsc::Sender<Event>,
+        consumed: std::sync::Arc<std::sync::Mutex<Cursor>>,
+    ) -> Self {
+        SubState {
+            pattern,
+            events,
+            position: Cursor::new(),
+            active: true,
+            consumed,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// Hand a stored message to the application without waiting: behind a backlog, or
+    /// into a full buffer, it becomes part of a gap instead.
+    fn offer_msg(&mut self, m: &Msg) {
+        self.flush_backlog();
+        if self.backlog.is_empty() {
+            match self.events.try_send(Event::Msg(m.clone())) {
+                Ok(()) | Err(TrySendError::Closed(_)) => return,
+                Err(TrySendError::Full(_)) => {}
+            }
+        }
+        let origin = Origin::new(m.origin.clone(), m.epoch);
+        self.add_gap(&m.topic, origin, m.seq, m.seq, GapReason::SlowConsumer);
+    }
+
+    /// Hand a gap to the application, after anything already waiting.
+    fn offer_gap(&mut self, ev: Event) {
+        self.flush_backlog();
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(ev);
+        } else if let Err(TrySendError::Full(ev)) = self.events.try_send(ev) {
+            self.backlog.push_back(ev);
+        }
+    }
+
+    /// Extend the waiting gap of (`topic`, `origin`) that ends just before `from`, or
+    /// queue a new one.
+    fn add_gap(&mut self, topic: &str, origin: Origin, from: u64, to: u64, reason: GapReason) {
+        for ev in self.backlog.iter_mut().rev() {
+            if let Event::Gap {
+                topic: t,
+                origin: o,
+                to: end,
+                reason: r,
+                ..
+            } = ev
+                && t == topic
+                && *o == origin
+            {
+                if *r == reason && end.saturating_add(1) >= from {
+                    *end = (*end).max(to);
+                    return;
+                }
+                break;
+            }
+        }
+        let mut cursor = Cursor::new();
+        cursor.observe(topic, &origin, from.saturating_sub(1));
+        self.backlog.push_back(Event::Gap {
+            topic: topic.to_string(),
+            origin,
+            from,
+            to,
+            reason,
+            cursor: cursor.encode(),
+        });
+    }
+
+    /// Move waiting events into the buffer while it has room.
+    fn flush_backlog(&mut self) {
+        while let Some(ev) = self.backlog.pop_front() {
+            match self.events.try_send(ev) {
+                Ok(()) => {}
+                Err(TrySendError::Closed(_)) => self.backlog.clear(),
+                Err(TrySendError::Full(ev)) => {
+                    self.backlog.push_front(ev);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How often a subscription with a backlog retries handing it over (the buffer gives
+/// no notice when the application makes room).
+const BACKLOG_RETRY: Duration = Duration::from_millis(20);
 
 struct Task {
     opts: ClientOptions,
     encoding: Encoding,
     next_id: u64,
     inflight: BTreeMap<u64, Inflight>,
-    subs: Vec<SubState>,
+    /// Subscriptions by a key of their own, never reused: a reply finds its
+    /// subscription whatever was unsubscribed meanwhile.
+    subs: BTreeMap<u64, SubState>,
+    next_sub: u64,
     mid_prefix: u64,
     mid_counter: u64,
 }
@@ -69,7 +178,8 @@ pub(crate) async fn spawn(
         encoding,
         next_id: 1,
         inflight: BTreeMap::new(),
-        subs: Vec::new(),
+        subs: BTreeMap::new(),
+        next_sub: 0,
         mid_prefix: rand::random(),
         mid_counter: 0,
     };
@@ -139,7 +249,13 @@ async fn establish(opts: &ClientOptions) -> Result<(Conn, Encoding, SessionInfo)
 impl Task {
     async fn run(mut self, mut conn: Conn, mut rx: mpsc::Receiver<Request>) {
         loop {
+            let lagging = self.subs.values().any(|s| !s.backlog.is_empty());
             tokio::select! {
+                () = tokio::time::sleep(BACKLOG_RETRY), if lagging => {
+                    for s in self.subs.values_mut() {
+                        s.flush_backlog();
+                    }
+                }
                 req = rx.recv() => match req {
                     None => break,
                     Some(Request::Close { reply }) => {
@@ -158,7 +274,7 @@ impl Task {
                     }
                 },
                 frame = conn.recv() => match frame {
-                    Some(f) => self.handle_frame(&f.bytes, f.lane.as_deref()).await,
+                    Some(f) => self.handle_frame(&f.bytes, f.lane.as_deref()),
                     None => match self.reconnect().await {
                         Some(c) => conn = c,
                         None => break,
@@ -209,17 +325,14 @@ impl Task {
                 reply,
             } => {
                 let id = self.id();
-                self.subs.push(SubState {
-                    pattern: pattern.clone(),
-                    events,
-                    position: Cursor::new(),
-                    active: true,
-                    consumed,
-                });
+                let sub = self.next_sub;
+                self.next_sub += 1;
+                self.subs
+                    .insert(sub, SubState::new(pattern.clone(), events, consumed));
                 self.inflight.insert(
                     id,
                     Inflight::Subscribe {
-                        sub: self.subs.len() - 1,
+                        sub,
                         reply: Some(reply),
                     },
                 );
@@ -232,13 +345,14 @@ impl Task {
             }
             Request::Unsubscribe { pattern, reply } => {
                 let id = self.id();
-                self.inflight.insert(
-                    id,
-                    Inflight::Unsubscribe {
-                        pattern: pattern.clone(),
-                        reply,
-                    },
-                );
+                let subs = self
+                    .subs
+                    .iter()
+                    .filter(|(_, s)| s.active && s.pattern == pattern)
+                    .map(|(k, _)| *k)
+                    .collect();
+                self.inflight
+                    .insert(id, Inflight::Unsubscribe { subs, reply });
                 conn.send(
                     self.encoding
                         .encode(&ClientFrame::Unsub { id, topic: pattern }),
@@ -298,7 +412,7 @@ impl Task {
             }
             Request::Cursor { reply } => {
                 let mut c = Cursor::new();
-                for s in &self.subs {
+                for s in self.subs.values() {
                     if let Ok(consumed) = s.consumed.lock() {
                         c.merge(&consumed);
                     }
@@ -330,7 +444,7 @@ impl Task {
     /// `lane`: the pattern of the subscription stream the frame came on (`edgesync/2`);
     /// its pushes go to that subscription only, so an overlapping subscription never
     /// takes (and marks as seen) what another one is still catching up on.
-    async fn handle_frame(&mut self, bytes: &[u8], lane: Option<&str>) {
+    fn handle_frame(&mut self, bytes: &[u8], lane: Option<&str>) {
         let frames: Vec<ServerFrame> = match self.encoding.decode_all(bytes) {
             Ok(f) => f,
             Err(e) => {
@@ -339,18 +453,18 @@ impl Task {
             }
         };
         for f in frames {
-            self.handle_server_frame(f, lane).await;
+            self.handle_server_frame(f, lane);
         }
     }
 
-    async fn handle_server_frame(&mut self, f: ServerFrame, lane: Option<&str>) {
+    fn handle_server_frame(&mut self, f: ServerFrame, lane: Option<&str>) {
         let for_lane = |pattern: &str| lane.is_none_or(|l| l == pattern);
         match f {
             ServerFrame::Msg(m) if m.seq == 0 => {
                 // Ephemeral (datagram) message: best-effort, never in a cursor, not deduplicated.
                 for s in self
                     .subs
-                    .iter()
+                    .values()
                     .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &m.topic))
                 {
                     let _ = s.events.try_send(Event::Msg(m.clone()));
@@ -360,14 +474,14 @@ impl Task {
                 let origin = Origin::new(m.origin.clone(), m.epoch);
                 for s in self
                     .subs
-                    .iter_mut()
+                    .values_mut()
                     .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &m.topic))
                 {
                     if m.seq <= s.position.position(&m.topic, &origin) {
                         continue; // already delivered (resume overlap): never twice
                     }
                     s.position.observe(&m.topic, &origin, m.seq);
-                    let _ = s.events.send(Event::Msg(m.clone())).await;
+                    s.offer_msg(&m);
                 }
             }
             ServerFrame::Gap {
@@ -382,7 +496,7 @@ impl Task {
                 let origin = Origin::new(origin, epoch);
                 for s in self
                     .subs
-                    .iter_mut()
+                    .values_mut()
                     .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &topic))
                 {
                     let ev = Event::Gap {
@@ -393,7 +507,7 @@ impl Task {
                         reason,
                         cursor: cursor.clone(),
                     };
-                    let _ = s.events.send(ev).await;
+                    s.offer_gap(ev);
                 }
             }
             ServerFrame::Puback {
@@ -420,7 +534,7 @@ impl Task {
             ServerFrame::Subscribed { id, cursor, .. } => {
                 if let Some(Inflight::Subscribe { sub, reply }) = self.inflight.remove(&id) {
                     if let (Some(s), Ok(c)) =
-                        (self.subs.get_mut(sub), Cursor::decode(&cursor, usize::MAX))
+                        (self.subs.get_mut(&sub), Cursor::decode(&cursor, usize::MAX))
                     {
                         s.position.merge(&c);
                     }
@@ -430,11 +544,10 @@ impl Task {
                 }
             }
             ServerFrame::Unsubscribed { id, .. } => {
-                if let Some(Inflight::Unsubscribe { pattern, reply }) = self.inflight.remove(&id) {
-                    for s in self.subs.iter_mut().filter(|s| s.pattern == pattern) {
-                        s.active = false;
+                if let Some(Inflight::Unsubscribe { subs, reply }) = self.inflight.remove(&id) {
+                    for sub in subs {
+                        self.subs.remove(&sub);
                     }
-                    self.subs.retain(|s| s.active);
                     let _ = reply.send(Ok(()));
                 }
             }
@@ -468,7 +581,7 @@ impl Task {
                 match self.inflight.remove(&id) {
                     Some(Inflight::Publish { reply: Some(r), .. }) => drop(r.send(Err(e))),
                     Some(Inflight::Subscribe { sub, reply }) => {
-                        if let Some(s) = self.subs.get_mut(sub) {
+                        if let Some(s) = self.subs.get_mut(&sub) {
                             s.active = false;
                         }
                         if let Some(r) = reply {
@@ -507,7 +620,7 @@ impl Task {
                     sub,
                     reply: Some(r),
                 }) => {
-                    if let Some(s) = self.subs.get_mut(sub) {
+                    if let Some(s) = self.subs.get_mut(&sub) {
                         s.active = false;
                     }
                     let _ = r.send(Err(ClientError::ConnectionLost));
@@ -524,19 +637,13 @@ impl Task {
                 _ => {}
             }
         }
-        self.subs.retain(|s| s.active);
+        self.subs.retain(|_, s| s.active);
         if !self.opts.reconnect {
             return None;
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = FIRST_BACKOFF;
         loop {
-            if self.subs.iter().all(|s| s.events.is_closed())
-                && self.inflight.is_empty()
-                && self.subs.iter().any(|_| true)
-            {
-                // Every subscriber is gone and nothing is owed: keep trying anyway; the handle may publish.
-            }
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(self.opts.max_backoff);
             let Ok((mut conn, enc, _info)) = establish(&self.opts).await else {
                 continue;
@@ -550,21 +657,20 @@ impl Task {
     }
 
     async fn resume(&mut self, conn: &mut Conn) -> Result<(), ClientError> {
-        for i in 0..self.subs.len() {
+        let subs: Vec<(u64, String, String)> = self
+            .subs
+            .iter()
+            .map(|(k, s)| (*k, s.pattern.clone(), s.position.encode()))
+            .collect();
+        for (sub, pattern, position) in subs {
             let id = self.id();
-            let start = Start::Cursor(self.subs[i].position.encode());
             let frame = self.encoding.encode(&ClientFrame::Sub {
                 id,
-                topic: self.subs[i].pattern.clone(),
-                start: Some(start),
+                topic: pattern,
+                start: Some(Start::Cursor(position)),
             });
-            self.inflight.insert(
-                id,
-                Inflight::Subscribe {
-                    sub: i,
-                    reply: None,
-                },
-            );
+            self.inflight
+                .insert(id, Inflight::Subscribe { sub, reply: None });
             conn.send(frame).await?;
         }
         let publishes: Vec<u64> = self
@@ -600,5 +706,112 @@ impl Task {
             }
         }
         self.subs.clear();
+    }
+}
+
+/// First wait before reconnecting; it doubles up to `ClientOptions::max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+
+/// `backoff` with "equal jitter": a uniformly random wait in [backoff/2, backoff], so
+/// clients that lost the same gateway at the same moment do not come back in step.
+fn jittered(backoff: Duration) -> Duration {
+    let half = backoff / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn msg(topic: &str, seq: u64) -> Msg {
+        Msg {
+            topic: topic.into(),
+            origin: "n".into(),
+            epoch: 1,
+            seq,
+            hlc: 0,
+            client: "c".into(),
+            mid: None,
+            headers: Default::default(),
+            data: Payload::default(),
+        }
+    }
+
+    fn sub(buffer: usize) -> (SubState, mpsc::Receiver<Event>) {
+        let (tx, rx) = mpsc::channel(buffer);
+        let s = SubState::new("t.>".into(), tx, Arc::new(Mutex::new(Cursor::new())));
+        (s, rx)
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Event>) -> Vec<Event> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn a_full_buffer_turns_messages_into_one_gap_per_stream_never_a_wait() {
+        let (mut s, mut rx) = sub(2);
+        for seq in 1..=6 {
+            s.offer_msg(&msg("t.a", seq));
+        }
+        s.offer_msg(&msg("t.b", 1));
+        let got = drain(&mut rx);
+        assert_eq!(
+            got,
+            vec![Event::Msg(msg("t.a", 1)), Event::Msg(msg("t.a", 2))]
+        );
+        assert_eq!(s.backlog.len(), 2, "one gap per (topic, origin)");
+        // Room again: the gaps come first, then new messages.
+        s.offer_msg(&msg("t.a", 7));
+        let got = drain(&mut rx);
+        match &got[..] {
+            [
+                Event::Gap {
+                    topic,
+                    from: 3,
+                    to: 6,
+                    reason: GapReason::SlowConsumer,
+                    cursor,
+                    ..
+                },
+                Event::Gap { from: 1, to: 1, .. },
+            ] => {
+                assert_eq!(topic, "t.a");
+                let c = Cursor::decode(cursor, 1024).expect("cursor");
+                assert_eq!(
+                    c.position("t.a", &Origin::new("n", 1)),
+                    2,
+                    "history re-reads from 3"
+                );
+            }
+            other => panic!("expected the two gaps, got {other:?}"),
+        }
+        // The two gaps took the room, so 7 found the buffer full: it waits as a gap of
+        // its own (never as a wait of the task).
+        s.flush_backlog();
+        assert_eq!(
+            drain(&mut rx),
+            vec![Event::Gap {
+                topic: "t.a".into(),
+                origin: Origin::new("n", 1),
+                from: 7,
+                to: 7,
+                reason: GapReason::SlowConsumer,
+                cursor: {
+                    let mut c = Cursor::new();
+                    c.observe("t.a", &Origin::new("n", 1), 6);
+                    c.encode()
+                },
+            }]
+        );
+    }
+
+    #[test]
+    fn reconnect_waits_are_jittered_within_half_to_full() {
+        let backoff = Duration::from_millis(800);
+        let waits: Vec<Duration> = (0..200).map(|_| jittered(backoff)).collect();
+        assert!(waits.iter().all(|w| *w >= backoff / 2 && *w <= backoff));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 100, "spread out, not in step");
     }
 }

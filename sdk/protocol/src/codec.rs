@@ -11,8 +11,8 @@
 //! QUIC frames are prefixed with their length as a 4-byte big-endian unsigned
 //! integer (see [`LengthPrefixed`]).
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use serde::de::{self, DeserializeOwned, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::error::ErrorCode;
 
@@ -133,6 +133,261 @@ impl Encoding {
             return Err(DecodeError::Empty);
         }
         Ok(out)
+    }
+}
+
+/// One message of a frame that is well-formed in its encoding but is not a valid
+/// command: a missing or mistyped field, or an unknown `t`. Answered with `bad_request`
+/// carrying the message's `id` when it has one, so the client knows which command failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// The message's `id` field, when present as an unsigned integer.
+    pub id: Option<u64>,
+    /// What is wrong, naming the field (the decoder's message).
+    pub message: String,
+}
+
+impl Encoding {
+    /// Decode every message in one transport frame, each on its own: a message that is
+    /// well-formed but not a valid `T` becomes an [`Invalid`] (with its `id` when it
+    /// has one) and the messages around it still decode.
+    ///
+    /// The well-formed path costs what [`Encoding::decode_all`] costs; only a message
+    /// that fails is read a second time, loosely, for its `id` and its end.
+    ///
+    /// # Errors
+    /// [`DecodeError`] when the frame itself is broken (not JSON / MessagePack, or a
+    /// value that is not a map): nothing after the break can be located, so the whole
+    /// frame is dropped.
+    pub fn decode_each<T: DeserializeOwned>(
+        self,
+        frame: &[u8],
+    ) -> Result<Vec<Result<T, Invalid>>, DecodeError> {
+        let out = match self {
+            Encoding::Json => decode_each_json(frame)?,
+            Encoding::MsgPack => decode_each_msgpack(frame)?,
+        };
+        if out.is_empty() {
+            return Err(DecodeError::Empty);
+        }
+        Ok(out)
+    }
+}
+
+fn decode_each_json<T: DeserializeOwned>(
+    frame: &[u8],
+) -> Result<Vec<Result<T, Invalid>>, DecodeError> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    loop {
+        while frame.get(pos).is_some_and(u8::is_ascii_whitespace) {
+            pos += 1;
+        }
+        let rest = &frame[pos..];
+        if rest.is_empty() {
+            return Ok(out);
+        }
+        let mut typed = serde_json::Deserializer::from_slice(rest).into_iter::<T>();
+        match typed.next() {
+            None => return Ok(out),
+            Some(Ok(v)) => {
+                pos += typed.byte_offset();
+                out.push(Ok(v));
+            }
+            Some(Err(e)) => {
+                let mut loose = serde_json::Deserializer::from_slice(rest).into_iter::<Probe>();
+                match loose.next() {
+                    Some(Ok(p)) if p.is_map => {
+                        pos += loose.byte_offset();
+                        out.push(Err(p.invalid(e.to_string())));
+                    }
+                    Some(Ok(_)) => return Err(DecodeError::Json(NOT_A_MAP.into())),
+                    _ => return Err(DecodeError::Json(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+fn decode_each_msgpack<T: DeserializeOwned>(
+    frame: &[u8],
+) -> Result<Vec<Result<T, Invalid>>, DecodeError> {
+    let mut out = Vec::new();
+    let mut rd: &[u8] = frame;
+    while !rd.is_empty() {
+        let start = rd;
+        let typed = {
+            let mut de = rmp_serde::Deserializer::new(&mut rd);
+            de.set_max_depth(MAX_DEPTH as usize);
+            T::deserialize(&mut de)
+        };
+        let e = match typed {
+            Ok(v) => {
+                out.push(Ok(v));
+                continue;
+            }
+            Err(e) => e,
+        };
+        rd = start;
+        let loose = {
+            let mut de = rmp_serde::Deserializer::new(&mut rd);
+            de.set_max_depth(MAX_DEPTH as usize);
+            Probe::deserialize(&mut de)
+        };
+        match loose {
+            Ok(p) if p.is_map => out.push(Err(p.invalid(e.to_string()))),
+            Ok(_) => return Err(DecodeError::MsgPack(NOT_A_MAP.into())),
+            Err(_) => return Err(DecodeError::MsgPack(e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
+const NOT_A_MAP: &str = "every message is a map with a `t` field";
+
+/// A loose reading of one message: is it a map, and its `id` and `t` if they have the
+/// expected types. Everything else is skipped (bounded by the decoders' depth limits).
+#[derive(Debug, Default)]
+struct Probe {
+    is_map: bool,
+    id: Option<u64>,
+    t: Option<String>,
+}
+
+impl Probe {
+    fn invalid(self, why: String) -> Invalid {
+        let message = match self.t {
+            Some(t) => format!("{t}: {why}"),
+            None => why,
+        };
+        Invalid {
+            id: self.id,
+            message,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ProbeVisitor)
+    }
+}
+
+struct ProbeVisitor;
+
+impl<'de> Visitor<'de> for ProbeVisitor {
+    type Value = Probe;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Probe, A::Error> {
+        let mut p = Probe {
+            is_map: true,
+            ..Probe::default()
+        };
+        while let Some(key) = a.next_key::<Scalar>()? {
+            let value = a.next_value::<Scalar>()?;
+            match (key, value) {
+                (Scalar::Str(k), Scalar::U64(id)) if k == "id" => p.id = Some(id),
+                (Scalar::Str(k), Scalar::Str(t)) if k == "t" => p.t = Some(t),
+                _ => {}
+            }
+        }
+        Ok(p)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Probe, A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Probe::default())
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Probe, E> {
+        Ok(Probe::default())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Probe, E> {
+        Ok(Probe::default())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Probe, E> {
+        Ok(Probe::default())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Probe, E> {
+        Ok(Probe::default())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Probe, E> {
+        Ok(Probe::default())
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Probe, E> {
+        Ok(Probe::default())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Probe, E> {
+        Ok(Probe::default())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Probe, E> {
+        Ok(Probe::default())
+    }
+}
+
+/// A map key or value as the probe sees it: an unsigned integer, a string, or
+/// anything else (skipped whole).
+enum Scalar {
+    U64(u64),
+    Str(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+}
+
+struct ScalarVisitor;
+
+impl<'de> Visitor<'de> for ScalarVisitor {
+    type Value = Scalar;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any value")
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+        Ok(Scalar::U64(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+        Ok(Scalar::Str(v.to_string()))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_bytes<E: de::Error>(self, _: &[u8]) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Scalar, E> {
+        Ok(Scalar::Other)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        d.deserialize_any(ScalarVisitor)
+    }
+    fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<Scalar, D::Error> {
+        IgnoredAny::deserialize(d).map(|_| Scalar::Other)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Scalar, A::Error> {
+        while a.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Scalar, A::Error> {
+        while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Scalar::Other)
     }
 }
 
@@ -366,6 +621,8 @@ mod tests {
         fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
             let _ = Encoding::Json.decode_all::<ClientFrame>(&bytes);
             let _ = Encoding::MsgPack.decode_all::<ClientFrame>(&bytes);
+            let _ = Encoding::Json.decode_each::<ClientFrame>(&bytes);
+            let _ = Encoding::MsgPack.decode_each::<ClientFrame>(&bytes);
         }
 
         #[test]
@@ -408,6 +665,114 @@ mod tests {
         let out =
             String::from_utf8(Encoding::Json.encode(&Payload::from(vec![0xff, 0]))).expect("utf8");
         assert_eq!(out, r#"{"b64":"/wA="}"#);
+    }
+
+    /// Messages that are well-formed but not valid commands, with the `id` their
+    /// `bad_request` must carry. The gateway's e2e test sends the same table.
+    pub(crate) fn invalid_commands() -> Vec<(serde_json::Value, Option<u64>)> {
+        use serde_json::json;
+        vec![
+            (json!({"t":"connect","id":1,"token":5}), Some(1)),
+            (json!({"t":"connect","id":2,"client_id":7}), Some(2)),
+            (json!({"t":"connect","id":3,"cursor":[]}), Some(3)),
+            (json!({"t":"sub","id":4}), Some(4)),
+            (json!({"t":"sub","id":5,"topic":1}), Some(5)),
+            (
+                json!({"t":"sub","id":6,"topic":"a","start":"bogus"}),
+                Some(6),
+            ),
+            (
+                json!({"t":"sub","id":7,"topic":"a","start":{"last":"x"}}),
+                Some(7),
+            ),
+            (json!({"t":"unsub","id":8}), Some(8)),
+            (json!({"t":"pub","id":9,"topic":"a"}), Some(9)),
+            (json!({"t":"pub","id":10,"data":"x"}), Some(10)),
+            (
+                json!({"t":"pub","id":11,"topic":"a","data":"x","headers":{"h":1}}),
+                Some(11),
+            ),
+            (
+                json!({"t":"pub","id":12,"topic":"a","data":"x","mid":5}),
+                Some(12),
+            ),
+            (
+                json!({"t":"pub","id":13,"topic":"a","data":"x","ack":"yes"}),
+                Some(13),
+            ),
+            (
+                json!({"t":"pub","id":14,"topic":"a","data":{"b64":"!!"}}),
+                Some(14),
+            ),
+            (json!({"t":"history","id":15}), Some(15)),
+            (
+                json!({"t":"history","id":16,"topic":"a","limit":-1}),
+                Some(16),
+            ),
+            (
+                json!({"t":"history","id":17,"topic":"a","start":5}),
+                Some(17),
+            ),
+            (json!({"t":"nope","id":18}), Some(18)),
+            (json!({"id":19}), Some(19)),
+            (json!({"t":"ping"}), None),
+            (json!({"t":"ping","id":"20"}), None),
+            (json!({"t":"ping","id":-21}), None),
+        ]
+    }
+
+    /// `value` in `enc`, as a client would send it.
+    fn encode_value(enc: Encoding, value: &serde_json::Value) -> Vec<u8> {
+        match enc {
+            Encoding::Json => serde_json::to_vec(value).expect("json"),
+            Encoding::MsgPack => rmp_serde::to_vec_named(value).expect("msgpack"),
+        }
+    }
+
+    #[test]
+    fn invalid_commands_keep_their_id_and_their_neighbours() {
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            for (value, id) in invalid_commands() {
+                let ping = |id| encode_value(enc, &serde_json::json!({"t":"ping","id":id}));
+                let mut frame = ping(100);
+                frame.extend_from_slice(enc.separator());
+                frame.extend_from_slice(&encode_value(enc, &value));
+                frame.extend_from_slice(enc.separator());
+                frame.extend_from_slice(&ping(101));
+                let got: Vec<Result<ClientFrame, Invalid>> =
+                    enc.decode_each(&frame).expect("well-formed frame");
+                assert_eq!(got.len(), 3, "{enc:?} {value}");
+                assert_eq!(got[0], Ok(ClientFrame::Ping { id: 100 }), "{enc:?} {value}");
+                assert_eq!(got[2], Ok(ClientFrame::Ping { id: 101 }), "{enc:?} {value}");
+                match &got[1] {
+                    Err(invalid) => {
+                        assert_eq!(invalid.id, id, "{enc:?} {value}");
+                        assert!(!invalid.message.is_empty());
+                    }
+                    Ok(f) => panic!("{enc:?} {value} decoded as {f:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_broken_frame_is_refused_whole() {
+        for (enc, frame) in [
+            (Encoding::Json, &b"{\"t\":\"ping\",\"id\":1} {not json"[..]),
+            (Encoding::Json, &b"{\"t\":\"ping\",\"id\":1} 5"[..]),
+            (Encoding::MsgPack, &[0xc1, 0xc1][..]),
+            (Encoding::MsgPack, &[0x81, 0xa1, b't'][..]),
+            (Encoding::MsgPack, &[0x05][..]),
+        ] {
+            assert!(
+                enc.decode_each::<ClientFrame>(frame).is_err(),
+                "{enc:?} {frame:?}"
+            );
+        }
+        assert_eq!(
+            Encoding::Json.decode_each::<ClientFrame>(b"  \n"),
+            Err(DecodeError::Empty)
+        );
     }
 
     #[test]

@@ -154,7 +154,9 @@ impl Cursor {
             });
         }
         if text.is_empty() {
-            return Ok(Cursor::default());
+            // Every cursor the gateway hands out has at least the version byte: an empty
+            // string is a client bug (an unset variable), not "from earliest".
+            return Err(CursorError::Body("empty cursor string".into()));
         }
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(text.trim_end_matches('=').as_bytes())
@@ -240,5 +242,17 @@ mod tests {
             Cursor::decode("AAAA", 2),
             Err(CursorError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn an_empty_string_is_not_a_cursor() {
+        assert!(matches!(
+            Cursor::decode("", 1024),
+            Err(CursorError::Body(_))
+        ));
+        // The empty cursor has a wire form of its own.
+        let empty = Cursor::new().encode();
+        assert!(!empty.is_empty());
+        assert_eq!(Cursor::decode(&empty, 1024).expect("decode"), Cursor::new());
     }
 }
