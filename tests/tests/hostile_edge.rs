@@ -596,3 +596,91 @@ async fn store_and_key_files_are_private_from_creation() {
         "walked the store, the keys and the certificates ({seen})"
     );
 }
+
+// ---- Findings 11, 14: identities are data; tokens expire ------------------------------
+
+const JWT_SECRET: &str = "hostile-edge-secret";
+
+fn jwt(claims: Value) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = |v: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+    let head = b64(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let body = b64(claims.to_string().as_bytes());
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(JWT_SECRET.as_bytes()).expect("key");
+    mac.update(format!("{head}.{body}").as_bytes());
+    format!("{head}.{body}.{}", b64(&mac.finalize().into_bytes()))
+}
+
+fn in_an_hour() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        + 3600
+}
+
+/// Connect with `token`; the `connected` reply or the error's code.
+async fn connect_with(url: &str, token: &str) -> Result<(Ws, Vec<Value>), String> {
+    let mut ws = raw(url).await;
+    let mut p = Vec::new();
+    send(&mut ws, json!({"t":"connect","id":1,"token":token})).await;
+    let v = next(&mut ws, &mut p).await.expect("reply");
+    if v["t"] == "connected" {
+        Ok((ws, p))
+    } else {
+        Err(v["code"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_is_never_a_pattern_and_tokens_must_expire() {
+    let parsed = edgesync::config::Config::from_toml(&format!(
+        r#"
+[[plugin]]
+name = "jwt-auth"
+path = "{path}"
+[plugin.config]
+keys = [{{ alg = "HS256", key = "{JWT_SECRET}" }}]
+default_publish = ["users.{{principal}}.>"]
+default_subscribe = ["users.{{principal}}.>"]
+"#,
+        path = edgesync_plugin_host::built::JWT_AUTH,
+    ))
+    .expect("config");
+    let gw = TestGateway::start(move |c| {
+        c.plugins = parsed.plugins;
+        c.routes = parsed.routes;
+    })
+    .await;
+    let url = gw.ws_url();
+    // `sub: "*"` would turn users.{principal}.> into users.*.> — everyone's mail.
+    for sub in ["*", ">", "bob.inbox", "$dlq", "a b"] {
+        let token = jwt(json!({"sub": sub, "exp": in_an_hour()}));
+        assert_eq!(
+            connect_with(&url, &token).await.err().as_deref(),
+            Some("unauthorized"),
+            "principal {sub:?}"
+        );
+    }
+    // A token without `exp` would never expire.
+    let forever = jwt(json!({"sub": "bob"}));
+    assert_eq!(
+        connect_with(&url, &forever).await.err().as_deref(),
+        Some("unauthorized")
+    );
+    // A plain principal gets exactly its own namespace.
+    let (mut ws, mut p) = connect_with(&url, &jwt(json!({"sub": "bob", "exp": in_an_hour()})))
+        .await
+        .expect("bob connects");
+    send(&mut ws, json!({"t":"sub","id":2,"topic":"users.bob.>"})).await;
+    assert_eq!(
+        next(&mut ws, &mut p).await.expect("reply")["t"],
+        "subscribed"
+    );
+    send(&mut ws, json!({"t":"sub","id":3,"topic":"users.alice.>"})).await;
+    assert_eq!(
+        next(&mut ws, &mut p).await.expect("reply")["code"],
+        "forbidden"
+    );
+}
