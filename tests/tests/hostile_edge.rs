@@ -684,3 +684,81 @@ default_subscribe = ["users.{{principal}}.>"]
         "forbidden"
     );
 }
+
+// ---- Finding 6, in a real process: descriptors stay bounded ------------------------------
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// 600 sockets from one address that never send a byte (the review's attack) hold at
+/// most `max_handshakes_per_ip` descriptors of a real gateway process, and a normal
+/// client is served meanwhile. (Before: one descriptor each, 14 → 614.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_hold_a_bounded_number_of_descriptors_in_a_real_gateway() {
+    const PER_IP: usize = 16;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = tmp.path().join("edgesync.toml");
+    std::fs::write(
+        &config,
+        format!("[limits]\nmax_handshakes_per_ip = {PER_IP}\nhandshake_timeout_ms = 60000\n"),
+    )
+    .expect("config");
+    let port = edgesync_tests::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_edgesync-test-gateway"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .args([
+            "--ws",
+            &format!("127.0.0.1:{port}"),
+            "--wss",
+            "off",
+            "--quic",
+            "off",
+        ])
+        .args(["--admin", "off", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn gateway");
+    let url = format!("ws://127.0.0.1:{port}");
+    let normal = edgesync_tests::connect_retry(&url).await;
+    let pid = child.id();
+    let before = open_fds(pid);
+    let mut idle = Vec::new();
+    for _ in 0..600 {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)).await {
+            idle.push(s);
+        }
+    }
+    // Let the gateway accept (and turn away) all of them.
+    let mut settled = false;
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        let refused = idle.len() - PER_IP;
+        let mut closed = 0;
+        for s in &idle {
+            let mut b = [0u8; 64];
+            if s.try_read(&mut b).is_ok() {
+                closed += 1;
+            }
+        }
+        if closed >= refused {
+            settled = true;
+            break;
+        }
+    }
+    let during = open_fds(pid);
+    // The normal client is served while the sockets are held.
+    normal.publish("fd.check", "x").await.expect("served");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(settled, "the sockets beyond the limit are closed");
+    assert!(
+        during <= before + PER_IP + 4,
+        "gateway descriptors {before} → {during} with 600 idle sockets (limit {PER_IP} per IP)"
+    );
+    eprintln!("gateway descriptors with 600 idle sockets: {before} → {during}");
+}

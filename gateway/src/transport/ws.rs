@@ -330,7 +330,9 @@ where
         Err(r) => {
             accept.refused("too_many_connections");
             let f = ServerFrame::error(None, r.code, r.message.clone());
-            let _ = conn.send(encoding.encode(&f)).await;
+            // Bounded: a refused peer that does not read must not hold the task.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), conn.send(encoding.encode(&f))).await;
             conn.close(Some(r.code), &r.message).await;
             return None;
         }
