@@ -340,19 +340,30 @@ impl Lanes for QuicLanes {
     fn open(&self, lane: Arc<ConnOut>, session: Arc<ConnOut>, ctx: &SessionCtx) {
         let connection = self.0.clone();
         let bytes_out = ctx.metrics.bytes_out.clone();
-        ctx.tasks
-            .spawn(write_lane(connection, lane, session, bytes_out));
+        let write_timeout = Duration::from_millis(ctx.limits.idle_timeout_ms);
+        ctx.tasks.spawn(write_lane(
+            connection,
+            lane,
+            session,
+            bytes_out,
+            write_timeout,
+        ));
     }
 }
 
 /// The writer of one subscription stream. Frames are those of the session stream
 /// (length-prefixed, several pushes per frame); the first is the subscription's
 /// `subscribed`, the last (after `unsub`) its `unsubscribed`, then the stream ends.
+/// Like the session's writes, opening the stream and each write wait at most
+/// `write_timeout` (`limits.idle_timeout_ms`) for a client that stopped reading it, and
+/// give up at once when the lane closes (`slow_consumer = "disconnect"`); either ends
+/// the session.
 async fn write_lane(
     connection: Connection,
     lane: Arc<ConnOut>,
     session: Arc<ConnOut>,
     bytes_out: prometheus::IntCounter,
+    write_timeout: Duration,
 ) {
     let mut stream: Option<SendStream> = None;
     loop {
@@ -371,15 +382,34 @@ async fn write_lane(
             if lane.outbox.drain_into(&mut frame, driver::MAX_BATCH_FRAME) == 0 {
                 break;
             }
-            let send = match &mut stream {
-                Some(s) => s,
-                None => match connection.open_uni().await {
-                    Ok(s) => stream.insert(s),
-                    Err(_) => return, // the connection is gone
-                },
-            };
             bytes_out.inc_by(frame.len() as u64);
-            match write_frame(send, frame).await {
+            let write = async {
+                let send = match &mut stream {
+                    Some(s) => s,
+                    None => match connection.open_uni().await {
+                        Ok(s) => stream.insert(s),
+                        Err(e) => return Err(quinn::WriteError::ConnectionLost(e)),
+                    },
+                };
+                write_frame(send, frame).await
+            };
+            let written = tokio::select! {
+                r = write => r,
+                () = lane.outbox.wait_closed() => {
+                    if let Some(closed) = lane.outbox.closed() {
+                        session.outbox.close(closed.code, &closed.message);
+                    }
+                    return;
+                }
+                () = tokio::time::sleep(write_timeout) => {
+                    session.outbox.close(
+                        ErrorCode::SlowConsumer,
+                        "the client stopped reading a subscription stream",
+                    );
+                    return;
+                }
+            };
+            match written {
                 Ok(()) => {}
                 Err(quinn::WriteError::Stopped(_)) => {
                     // Streams end with `unsub`, not with STOP_SENDING.
