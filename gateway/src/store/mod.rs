@@ -331,6 +331,8 @@ struct Shared {
     epoch: u64,
     local: Origin,
     poisoned: AtomicBool,
+    /// A plugin kv write reached the OS and waits for the next fsync.
+    kv_dirty: AtomicBool,
     dedupe_window: Duration,
     /// Told about fsyncs (the writer also reports commits to it).
     observer: Arc<dyn StoreObserver>,
@@ -424,6 +426,7 @@ impl Store {
             kv,
             index: RwLock::new(index),
             poisoned: AtomicBool::new(false),
+            kv_dirty: AtomicBool::new(false),
             dedupe_window: opts.dedupe_window,
             observer: opts.observer.clone(),
             new_epoch_reason: reason,
@@ -544,6 +547,8 @@ impl Store {
 
 impl Shared {
     fn persist(&self) -> Result<(), StoreError> {
+        // Everything written before this sync is covered, plugin kv writes included.
+        self.kv_dirty.store(false, Ordering::Release);
         let started = std::time::Instant::now();
         let result = self.db.persist(PersistMode::SyncData);
         self.observer.synced(started.elapsed());

@@ -83,6 +83,14 @@ impl Writer {
                 last_tick = std::time::Instant::now();
                 self.housekeeping();
             }
+            // Plugin kv writes with no group commit since: sync them now (at most about
+            // a second after they were made, since the gateway ticks every second).
+            if self.shared.kv_dirty.load(Ordering::Acquire)
+                && self.opts.fsync == FsyncPolicy::Always
+                && let Err(e) = self.shared.persist()
+            {
+                tracing::error!(error = %e, "fsync of plugin kv writes failed");
+            }
             if let Some(done) = shutdown {
                 let _ = self.shared.db.persist(PersistMode::SyncAll);
                 // Write memtables out so the next open replays a short journal, not all of it.
