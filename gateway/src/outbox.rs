@@ -408,6 +408,8 @@ impl Outbox {
                 to: gap.to,
                 reason: GapReason::SlowConsumer,
                 cursor: cursor.encode(),
+                // The live stream's loss: every matching live subscription's.
+                sub: None,
             };
             let bytes = Bytes::from(self.encoding.encode(&frame));
             self.add(g, bytes.len());
