@@ -13,6 +13,8 @@
 
 mod delivery;
 pub mod driver;
+#[cfg(test)]
+mod driver_tests;
 mod execute;
 
 use std::collections::HashMap;
