@@ -20,7 +20,8 @@
 //! `{"code": "...", "message": "..."}` with a fitting HTTP status.
 //!
 //! This module owns HTTP only: a publish is validated by the same rules as a
-//! client's (`session::validate_publish`) and goes through the one ingest
+//! client's (`session::validate_publish`; the per-connection publish rate does not
+//! apply — the admin API has no connection) and goes through the one ingest
 //! [`Pipeline`]; plugins are reached through the [`PluginAdmin`] seam.
 
 use std::collections::BTreeMap;

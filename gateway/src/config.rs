@@ -267,7 +267,8 @@ pub enum FsyncMode {
     Interval,
 }
 
-/// Bounds on every input. Each is announced to clients in `connected` where relevant.
+/// Bounds on every input. Six are announced to clients in `connected` (frame, topic,
+/// headers, subscriptions, publish rate, idle timeout); PROTOCOL.md §7 lists the rest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {

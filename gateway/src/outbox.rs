@@ -12,8 +12,11 @@
 //!   exactly what it missed (and reads it from history);
 //! - policy `disconnect` closes the connection with `slow_consumer` instead.
 //!
-//! Replies to commands are always queued (they are bounded by the session's
-//! in-flight limit), so a reply is never lost.
+//! Replies to commands are always queued, so a reply is never lost. What bounds them
+//! is the session, not the outbox: one reply per command, and the driver reads the
+//! next frame only after writing out what the last one produced (publish acks are
+//! further bounded by `max_inflight_publishes`; a `history` reply by `max_history`
+//! records).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -408,6 +411,8 @@ impl Outbox {
                 to: gap.to,
                 reason: GapReason::SlowConsumer,
                 cursor: cursor.encode(),
+                // The live stream's loss: every matching live subscription's.
+                sub: None,
             };
             let bytes = Bytes::from(self.encoding.encode(&frame));
             self.add(g, bytes.len());

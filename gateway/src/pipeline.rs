@@ -324,6 +324,7 @@ impl Pipeline {
             mid: req.mid,
             headers: req.headers,
             data: Payload(req.payload),
+            sub: None,
         }
     }
 }

@@ -198,8 +198,10 @@ impl Broker {
     }
 
     /// Switch a catching-up subscription to live if `position` has reached the
-    /// delivered head of every matching topic. Returns false when more must be read.
-    pub fn try_go_live(&self, id: SubId, position: &Cursor) -> bool {
+    /// delivered head of every matching topic, queueing `announce` (the `live` push) in
+    /// its outbox in the same step: ahead of the first live push it gets. Returns false
+    /// when more must be read.
+    pub fn try_go_live(&self, id: SubId, position: &Cursor, announce: &ServerFrame) -> bool {
         let mut g = self.inner.lock();
         let Some(sub) = g.subs.get(&id) else {
             return true;
@@ -215,6 +217,8 @@ impl Broker {
             return false;
         }
         if let Some(sub) = g.subs.get_mut(&id) {
+            // Under the lock fan-out takes too: no live push can overtake it.
+            sub.conn.outbox.push_reply(announce);
             sub.live = true;
         }
         true
@@ -366,11 +370,6 @@ impl Broker {
         }
         queued
     }
-
-    /// Number of subscriptions (for metrics and tests).
-    pub fn subscription_count(&self) -> usize {
-        self.inner.lock().subs.len()
-    }
 }
 
 /// Frames waiting in subscribers' outboxes.
@@ -399,9 +398,12 @@ impl Encoded {
     }
 }
 
-/// Encode one record as a push (used by catch-up reads so their bytes match fan-out's).
-pub fn encode_push(record: &Record, enc: Encoding) -> Bytes {
-    Bytes::from(enc.encode(&ServerFrame::Msg(record.to_msg())))
+/// Encode one record as a push read by the catch-up of subscription `sub` (the `id` of
+/// its `sub` command): fan-out's push, tagged for that subscription only.
+pub fn encode_push(record: &Record, enc: Encoding, sub: u64) -> Bytes {
+    let mut msg = record.to_msg();
+    msg.sub = Some(sub);
+    Bytes::from(enc.encode(&ServerFrame::Msg(msg)))
 }
 
 #[cfg(test)]
@@ -476,6 +478,7 @@ mod tests {
             mid: None,
             headers: Headers::default(),
             data: edgesync_protocol::Payload::from("p"),
+            sub: None,
         };
         assert_eq!(
             b.fanout_ephemeral(&msg),
@@ -519,15 +522,23 @@ mod tests {
         b.fanout(&Arc::new(vec![rec("t", 1), rec("t", 2)]));
         assert!(drain(&c).is_empty(), "not live: nothing fanned out");
         let mut pos = Cursor::new();
+        let live = ServerFrame::Live {
+            sub: 7,
+            topic: "t".into(),
+        };
         pos.observe("t", &Origin::new("n", 1), 1);
-        assert!(!b.try_go_live(id, &pos));
+        assert!(!b.try_go_live(id, &pos, &live));
+        assert!(drain(&c).is_empty(), "still catching up: no `live` push");
         pos.observe("t", &Origin::new("n", 1), 2);
-        assert!(b.try_go_live(id, &pos));
+        assert!(b.try_go_live(id, &pos, &live));
         b.fanout(&Arc::new(vec![rec("t", 3)]));
-        assert_eq!(drain(&c).len(), 1);
+        let got = drain(&c);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], live, "`live` comes before the first live push");
+        assert!(matches!(&got[1], ServerFrame::Msg(m) if m.seq == 3 && m.sub.is_none()));
         b.unsubscribe(id);
         b.fanout(&Arc::new(vec![rec("t", 4)]));
         assert!(drain(&c).is_empty());
-        assert_eq!(b.subscription_count(), 0);
+        assert!(b.inner.lock().subs.is_empty());
     }
 }

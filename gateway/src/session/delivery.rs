@@ -26,6 +26,8 @@ const CATCHUP_CHUNK: usize = 256;
 /// A subscription reading stored records before going live.
 pub(crate) struct CatchUp {
     pub(crate) sub: SubId,
+    /// The `id` of the `sub` command: every catch-up push carries it.
+    pub(crate) tag: u64,
     pub(crate) pattern: String,
     pub(crate) position: Cursor,
     /// Where its records go: the session's outbox, or the subscription's lane.
@@ -154,8 +156,9 @@ impl Delivery {
     }
 }
 
-/// The `gap` push for a stored range a reader cannot be given.
-pub(crate) fn gap_frame(topic: &str, m: &MissingRange) -> ServerFrame {
+/// The `gap` push for a stored range a reader cannot be given; `sub`: the catch-up's
+/// subscription tag (none for a `history` read).
+pub(crate) fn gap_frame(topic: &str, m: &MissingRange, sub: Option<u64>) -> ServerFrame {
     let mut cursor = Cursor::new();
     cursor.observe(topic, &m.origin, m.from.saturating_sub(1));
     ServerFrame::Gap {
@@ -170,6 +173,7 @@ pub(crate) fn gap_frame(topic: &str, m: &MissingRange) -> ServerFrame {
             GapReason::Retention
         },
         cursor: cursor.encode(),
+        sub,
     }
 }
 
@@ -190,10 +194,10 @@ fn catch_up_step(ctx: &SessionCtx, c: &mut CatchUp) -> Result<bool, StoreError> 
         for m in &batch.missing {
             ctx.metrics.gap(m.corrupt);
             out.outbox
-                .push_history(Bytes::from(enc.encode(&gap_frame(&topic, m))));
+                .push_history(Bytes::from(enc.encode(&gap_frame(&topic, m, Some(c.tag)))));
         }
         for r in &batch.records {
-            out.outbox.push_history(encode_push(r, enc));
+            out.outbox.push_history(encode_push(r, enc, c.tag));
         }
         ctx.metrics.messages_out.inc_by(batch.records.len() as u64);
         budget = budget.saturating_sub(batch.records.len());
@@ -202,5 +206,9 @@ fn catch_up_step(ctx: &SessionCtx, c: &mut CatchUp) -> Result<bool, StoreError> 
             return Ok(false);
         }
     }
-    Ok(ctx.broker.try_go_live(c.sub, &c.position))
+    let live = ServerFrame::Live {
+        sub: c.tag,
+        topic: c.pattern.clone(),
+    };
+    Ok(ctx.broker.try_go_live(c.sub, &c.position, &live))
 }

@@ -153,6 +153,7 @@ async fn subscribe(d: &mut Driver, id: u64, pattern: String, start: StartAt) -> 
     if !live {
         d.delivery.catch_up(CatchUp {
             sub,
+            tag: id,
             pattern,
             position,
             target,
@@ -173,7 +174,7 @@ fn history(d: &mut Driver, id: u64, topic: String, start: StartAt, limit: usize)
         Ok(batch) => {
             for m in &batch.missing {
                 d.ctx.metrics.gap(m.corrupt);
-                d.out.outbox.push_reply(&gap_frame(&topic, m));
+                d.out.outbox.push_reply(&gap_frame(&topic, m, None));
             }
             let mut cursor = Cursor::new();
             cursor.set_topic(&topic, batch.positions.clone());

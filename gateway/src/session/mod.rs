@@ -13,6 +13,8 @@
 
 mod delivery;
 pub mod driver;
+#[cfg(test)]
+mod driver_tests;
 mod execute;
 
 use std::collections::HashMap;
@@ -238,14 +240,18 @@ impl TokenBucket {
 pub struct EphemeralPub {
     /// Frame type; must be `pub`.
     pub t: String,
+    /// Accepted so a client may send its `pub` map as it is; never read (a datagram
+    /// gets no reply).
     #[serde(default)]
     pub id: Option<u64>,
     pub topic: String,
     pub data: edgesync_protocol::Payload,
     #[serde(default)]
     pub headers: Headers,
+    /// Accepted, never read: nothing is stored, so there is nothing to deduplicate.
     #[serde(default)]
     pub mid: Option<String>,
+    /// Accepted, never read: a datagram is never acknowledged.
     #[serde(default)]
     pub ack: Option<bool>,
 }

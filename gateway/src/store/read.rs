@@ -22,11 +22,6 @@ impl Store {
             .collect()
     }
 
-    /// Names of every stored topic.
-    pub fn topic_names(&self) -> Vec<String> {
-        self.shared.index.read().topics.keys().cloned().collect()
-    }
-
     /// Listing of topics with counts, sorted by name.
     pub fn topics(&self) -> Vec<TopicInfo> {
         let idx = self.shared.index.read();

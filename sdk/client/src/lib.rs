@@ -185,6 +185,8 @@ pub struct History {
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
     pub client_id: String,
+    /// The gateway's protocol version (2 tags catch-up pushes with their subscription).
+    pub version: u32,
     pub conn_id: u64,
     pub node: String,
     pub epoch: u64,
