@@ -406,6 +406,7 @@ async fn publish_inner(gw: &AdminCtx, body: PublishBody) -> Result<PublishAck, A
     let req = Publish {
         topic: body.topic,
         client: ADMIN_CLIENT_ID.to_string(),
+        principal: None,
         mid: body.mid,
         headers: body.headers,
         payload: body.data.0,
@@ -580,7 +581,7 @@ async fn history(
     };
     let batch = gw
         .store
-        .read(&q.topic, &after, None, limit)
+        .read_bounded(&q.topic, &after, None, limit, l.max_history_bytes)
         .map_err(|e| ApiError::from_code(ErrorCode::StorageUnavailable, e.to_string()))?;
     let gaps = batch
         .missing

@@ -214,6 +214,7 @@ impl Pipeline {
         let msg = self.ephemeral_msg(Publish {
             topic: topic.to_string(),
             client: String::new(),
+            principal: None,
             mid: None,
             headers: Headers::default(),
             payload: Bytes::copy_from_slice(payload),
@@ -279,6 +280,7 @@ impl Pipeline {
         let req = Publish {
             topic: format!("$dlq.{}", dead.plugin),
             client: sender.client_id.clone(),
+            principal: None,
             mid: None,
             headers: h,
             payload: payload.clone(),

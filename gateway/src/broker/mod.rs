@@ -17,6 +17,7 @@
 //! The broker never waits for a subscriber: a full outbox applies the topic's
 //! slow-consumer policy (see [`crate::outbox`]).
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +76,9 @@ struct Sub {
     conn: Arc<ConnOut>,
     pattern: Arc<str>,
     live: bool,
+    /// The topics whose `subs` list this subscription, so unsubscribing, going live and
+    /// catching up cost O(matching topics), not O(all topics) under the lock fan-out needs.
+    topics: Vec<Arc<str>>,
 }
 
 struct Topic {
@@ -149,12 +153,18 @@ impl Broker {
         let pattern: Arc<str> = Arc::from(pattern);
         let wildcard = is_pattern(&pattern);
         let mut cursor = Cursor::new();
+        let mut sub_topics = Vec::new();
+        // The cursor names only topics that hold messages: an empty topic adds nothing
+        // to a position, and a client can make any number of empty ones.
         if wildcard {
             g.wild.push(id);
             for (name, t) in g.topics.iter_mut() {
                 if matches(&pattern, name) {
                     t.subs.push(id);
-                    cursor.set_topic(name, t.head.clone());
+                    sub_topics.push(name.clone());
+                    if !t.head.is_empty() {
+                        cursor.set_topic(name, t.head.clone());
+                    }
                 }
             }
         } else {
@@ -164,17 +174,31 @@ impl Broker {
             } = &mut *g;
             // A topic this subscription creates is also one of the wildcards' topics
             // (as it is when fan-out creates it).
-            let t = topics.entry(pattern.clone()).or_insert_with(|| Topic {
-                head: BTreeMap::new(),
-                subs: wild
-                    .iter()
-                    .filter(|w| subs.get(w).is_some_and(|s| matches(&s.pattern, &pattern)))
-                    .copied()
-                    .collect(),
-                policy: policy(&pattern),
-            });
+            let t = match topics.entry(pattern.clone()) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    let wildcards: Vec<SubId> = wild
+                        .iter()
+                        .filter(|w| subs.get(w).is_some_and(|s| matches(&s.pattern, &pattern)))
+                        .copied()
+                        .collect();
+                    for w in &wildcards {
+                        if let Some(s) = subs.get_mut(w) {
+                            s.topics.push(pattern.clone());
+                        }
+                    }
+                    e.insert(Topic {
+                        head: BTreeMap::new(),
+                        subs: wildcards,
+                        policy: policy(&pattern),
+                    })
+                }
+            };
             t.subs.push(id);
-            cursor.set_topic(&pattern, t.head.clone());
+            sub_topics.push(pattern.clone());
+            if !t.head.is_empty() {
+                cursor.set_topic(&pattern, t.head.clone());
+            }
         }
         g.subs.insert(
             id,
@@ -182,18 +206,36 @@ impl Broker {
                 conn: conn.clone(),
                 pattern,
                 live,
+                topics: sub_topics,
             },
         );
         (id, cursor)
     }
 
-    /// Topics currently known that match `pattern`, with their delivered heads.
+    /// Topics currently known that match `pattern` and hold messages, with their
+    /// delivered heads. Scans every topic: for a subscription, use [`Broker::sub_heads`].
     pub fn matching_heads(&self, pattern: &str) -> Vec<(String, BTreeMap<Origin, u64>)> {
         let g = self.inner.lock();
         g.topics
             .iter()
-            .filter(|(name, _)| matches(pattern, name))
+            .filter(|(name, t)| !t.head.is_empty() && matches(pattern, name))
             .map(|(name, t)| (name.to_string(), t.head.clone()))
+            .collect()
+    }
+
+    /// The topics a subscription matches that hold messages, with their delivered heads
+    /// (O(matching topics)). Empty for an unknown subscription.
+    pub fn sub_heads(&self, id: SubId) -> Vec<(String, BTreeMap<Origin, u64>)> {
+        let g = self.inner.lock();
+        let Some(sub) = g.subs.get(&id) else {
+            return Vec::new();
+        };
+        sub.topics
+            .iter()
+            .filter_map(|name| {
+                let t = g.topics.get(name)?;
+                (!t.head.is_empty()).then(|| (name.to_string(), t.head.clone()))
+            })
             .collect()
     }
 
@@ -204,12 +246,12 @@ impl Broker {
         let Some(sub) = g.subs.get(&id) else {
             return true;
         };
-        let pattern = sub.pattern.clone();
-        let behind = g.topics.iter().any(|(name, t)| {
-            matches(&pattern, name)
-                && t.head
+        let behind = sub.topics.iter().any(|name| {
+            g.topics.get(name).is_some_and(|t| {
+                t.head
                     .iter()
                     .any(|(origin, seq)| position.position(name, origin) < *seq)
+            })
         });
         if behind {
             return false;
@@ -220,18 +262,31 @@ impl Broker {
         true
     }
 
-    /// Remove one subscription.
+    /// Remove one subscription, and every topic it leaves without subscriptions and
+    /// without messages (an exact `sub` creates its topic; a client looping `sub`/`unsub`
+    /// over new names must not grow the broker).
     pub fn unsubscribe(&self, id: SubId) {
         let mut g = self.inner.lock();
         let Some(sub) = g.subs.remove(&id) else {
             return;
         };
-        g.wild.retain(|s| *s != id);
-        for (name, t) in g.topics.iter_mut() {
-            if matches(&sub.pattern, name) {
-                t.subs.retain(|s| *s != id);
+        if is_pattern(&sub.pattern) {
+            g.wild.retain(|s| *s != id);
+        }
+        for name in &sub.topics {
+            let Some(t) = g.topics.get_mut(name) else {
+                continue;
+            };
+            t.subs.retain(|s| *s != id);
+            if t.subs.is_empty() && t.head.is_empty() {
+                g.topics.remove(name);
             }
         }
+    }
+
+    /// Topics the broker holds (for tests and metrics).
+    pub fn topic_count(&self) -> usize {
+        self.inner.lock().topics.len()
     }
 
     /// Remove every subscription of a connection.
@@ -252,7 +307,7 @@ impl Broker {
                 Some(t) => t,
                 None => {
                     let name: Arc<str> = Arc::from(record.topic.as_str());
-                    let subs = inner
+                    let subs: Vec<SubId> = inner
                         .wild
                         .iter()
                         .filter(|id| {
@@ -263,6 +318,11 @@ impl Broker {
                         })
                         .copied()
                         .collect();
+                    for id in &subs {
+                        if let Some(s) = inner.subs.get_mut(id) {
+                            s.topics.push(name.clone());
+                        }
+                    }
                     let policy = (self.policy)(&name);
                     inner.topics.entry(name).or_insert(Topic {
                         head: BTreeMap::new(),

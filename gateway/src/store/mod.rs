@@ -14,8 +14,14 @@
 //! | `meta`    | `t` · topic                                  | topic_id u32 BE |
 //! | `meta`    | `o` · origin_id u32 BE                       | epoch u64 BE · node |
 //! | `meta`    | `v` · topic_id u32 BE                        | topic state: version vector, low marks, counts (CRC32C) |
-//! | `dedupe`  | `k` · client · 0x00 · mid                    | topic_id, origin_id, seq, hlc, written_ms |
-//! | `dedupe`  | `w` · written_ms u64 BE · client · 0x00 · mid | (empty): expiry order |
+//! | `dedupe`  | `k` · identity                               | topic_id, origin_id, seq, hlc, written_ms |
+//! | `dedupe`  | `w` · written_ms u64 BE · identity           | (empty): expiry order |
+//!
+//! A publish's dedupe *identity* is 0x00, or 0x01 · principal (u32 BE length ·
+//! bytes), then client id and topic (u32 BE length · bytes each), then the mid: every
+//! part but the last length-prefixed, so no two publishes share one by accident.
+//! Entries written before this layout (`client · 0x00 · mid`) match nothing and
+//! expire with the dedupe window.
 //! | `kv`      | plugin · 0x00 · key                          | plugin key/value entries |
 //!
 //! # Writing: one thread, group commit
