@@ -16,9 +16,14 @@
 //!
 //! The broker never waits for a subscriber: a full outbox applies the topic's
 //! slow-consumer policy (see [`crate::outbox`]).
+//!
+//! Nothing a client does holds the fan-out lock for a scan of every topic: each
+//! subscription keeps the list of topics it is attached to (unsubscribe, go-live and
+//! catch-up walk that), a wildcard is matched against a sorted catalog of names behind
+//! its own lock, and a topic without messages goes with its last subscription.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -99,6 +104,11 @@ struct Inner {
 /// The broker; shared by sessions (subscribe) and the fan-out task.
 pub struct Broker {
     inner: Mutex<Inner>,
+    /// The names of `inner.topics`, sorted, behind a lock of their own: a wildcard `sub`
+    /// matches its pattern against them (a literal prefix is a range, not a scan)
+    /// without holding the lock fan-out needs. Changed only with `inner` held (lock
+    /// order: `inner`, then `catalog`).
+    catalog: Mutex<BTreeSet<Arc<str>>>,
     policy: PolicyFn,
     observer: Arc<dyn BrokerObserver>,
 }
@@ -129,8 +139,10 @@ impl Broker {
                     },
                 )
             })
-            .collect();
+            .collect::<HashMap<Arc<str>, Topic>>();
+        let catalog = topics.keys().cloned().collect();
         Broker {
+            catalog: Mutex::new(catalog),
             inner: Mutex::new(Inner {
                 topics,
                 wild: Vec::new(),
@@ -144,72 +156,140 @@ impl Broker {
     }
 
     /// Add a subscription. `live`: deliver from now on; the returned cursor is the
-    /// delivered head of every matching topic (the position the subscription starts at).
-    /// Not live: the caller catches up from the store and calls [`Broker::try_go_live`].
+    /// delivered head of every matching topic that holds messages (the position the
+    /// subscription starts at; a client can make any number of empty topics, and they
+    /// add nothing to a position). Not live: the caller catches up from the store and
+    /// calls [`Broker::try_go_live`].
+    ///
+    /// A wildcard is registered first (so every topic created from then on lists it),
+    /// then matched against the catalog without the fan-out lock, then attached to the
+    /// matching topics: the fan-out lock is held for O(matching topics), never for a
+    /// scan of every topic.
     pub fn subscribe(&self, conn: &Arc<ConnOut>, pattern: &str, live: bool) -> (SubId, Cursor) {
+        let pattern: Arc<str> = Arc::from(pattern);
+        if !is_pattern(&pattern) {
+            return self.subscribe_exact(conn, pattern, live);
+        }
+        let id = {
+            let mut g = self.inner.lock();
+            let id = SubId(g.next_sub);
+            g.next_sub += 1;
+            g.wild.push(id);
+            g.subs.insert(
+                id,
+                Sub {
+                    conn: conn.clone(),
+                    pattern: pattern.clone(),
+                    live,
+                    topics: Vec::new(),
+                },
+            );
+            id
+        };
+        let candidates = self.catalog_matches(&pattern);
+        let mut g = self.inner.lock();
+        let Inner { topics, subs, .. } = &mut *g;
+        let mut cursor = Cursor::new();
+        let Some(sub) = subs.get_mut(&id) else {
+            return (id, cursor);
+        };
+        // Topics created since registration already list it (and are in `sub.topics`).
+        let known: HashSet<Arc<str>> = sub.topics.iter().cloned().collect();
+        for name in candidates {
+            if known.contains(&name) {
+                continue;
+            }
+            if let Some(t) = topics.get_mut(&name) {
+                t.subs.push(id);
+                sub.topics.push(name);
+            }
+        }
+        for name in &sub.topics {
+            if let Some(t) = topics.get(name).filter(|t| !t.head.is_empty()) {
+                cursor.set_topic(name, t.head.clone());
+            }
+        }
+        (id, cursor)
+    }
+
+    fn subscribe_exact(
+        &self,
+        conn: &Arc<ConnOut>,
+        pattern: Arc<str>,
+        live: bool,
+    ) -> (SubId, Cursor) {
         let mut g = self.inner.lock();
         let id = SubId(g.next_sub);
         g.next_sub += 1;
-        let pattern: Arc<str> = Arc::from(pattern);
-        let wildcard = is_pattern(&pattern);
         let mut cursor = Cursor::new();
-        let mut sub_topics = Vec::new();
-        // The cursor names only topics that hold messages: an empty topic adds nothing
-        // to a position, and a client can make any number of empty ones.
-        if wildcard {
-            g.wild.push(id);
-            for (name, t) in g.topics.iter_mut() {
-                if matches(&pattern, name) {
-                    t.subs.push(id);
-                    sub_topics.push(name.clone());
-                    if !t.head.is_empty() {
-                        cursor.set_topic(name, t.head.clone());
+        let policy = &self.policy;
+        let Inner {
+            topics, wild, subs, ..
+        } = &mut *g;
+        // A topic this subscription creates is also one of the wildcards' topics
+        // (as it is when fan-out creates it).
+        let t = match topics.entry(pattern.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let wildcards: Vec<SubId> = wild
+                    .iter()
+                    .filter(|w| subs.get(w).is_some_and(|s| matches(&s.pattern, &pattern)))
+                    .copied()
+                    .collect();
+                for w in &wildcards {
+                    if let Some(s) = subs.get_mut(w) {
+                        s.topics.push(pattern.clone());
                     }
                 }
+                self.catalog.lock().insert(pattern.clone());
+                e.insert(Topic {
+                    head: BTreeMap::new(),
+                    subs: wildcards,
+                    policy: policy(&pattern),
+                })
             }
-        } else {
-            let policy = &self.policy;
-            let Inner {
-                topics, wild, subs, ..
-            } = &mut *g;
-            // A topic this subscription creates is also one of the wildcards' topics
-            // (as it is when fan-out creates it).
-            let t = match topics.entry(pattern.clone()) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    let wildcards: Vec<SubId> = wild
-                        .iter()
-                        .filter(|w| subs.get(w).is_some_and(|s| matches(&s.pattern, &pattern)))
-                        .copied()
-                        .collect();
-                    for w in &wildcards {
-                        if let Some(s) = subs.get_mut(w) {
-                            s.topics.push(pattern.clone());
-                        }
-                    }
-                    e.insert(Topic {
-                        head: BTreeMap::new(),
-                        subs: wildcards,
-                        policy: policy(&pattern),
-                    })
-                }
-            };
-            t.subs.push(id);
-            sub_topics.push(pattern.clone());
-            if !t.head.is_empty() {
-                cursor.set_topic(&pattern, t.head.clone());
-            }
+        };
+        t.subs.push(id);
+        if !t.head.is_empty() {
+            cursor.set_topic(&pattern, t.head.clone());
         }
-        g.subs.insert(
+        subs.insert(
             id,
             Sub {
                 conn: conn.clone(),
-                pattern,
+                pattern: pattern.clone(),
                 live,
-                topics: sub_topics,
+                topics: vec![pattern],
             },
         );
         (id, cursor)
+    }
+
+    /// Catalog names matching `pattern`: the names under its literal prefix (every
+    /// segment before the first wildcard), all of them when it starts with a wildcard.
+    fn catalog_matches(&self, pattern: &str) -> Vec<Arc<str>> {
+        let literal: Vec<&str> = pattern
+            .split('.')
+            .take_while(|s| *s != "*" && *s != ">")
+            .collect();
+        let catalog = self.catalog.lock();
+        if literal.is_empty() {
+            return catalog
+                .iter()
+                .filter(|n| matches(pattern, n))
+                .cloned()
+                .collect();
+        }
+        let prefix = format!("{}.", literal.join("."));
+        catalog
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix.as_str()),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|n| n.starts_with(&prefix))
+            .filter(|n| matches(pattern, n))
+            .cloned()
+            .collect()
     }
 
     /// Topics currently known that match `pattern` and hold messages, with their
@@ -280,6 +360,7 @@ impl Broker {
             t.subs.retain(|s| *s != id);
             if t.subs.is_empty() && t.head.is_empty() {
                 g.topics.remove(name);
+                self.catalog.lock().remove(name);
             }
         }
     }
@@ -324,6 +405,7 @@ impl Broker {
                         }
                     }
                     let policy = (self.policy)(&name);
+                    self.catalog.lock().insert(name.clone());
                     inner.topics.entry(name).or_insert(Topic {
                         head: BTreeMap::new(),
                         subs,
@@ -589,5 +671,45 @@ mod tests {
         b.fanout(&Arc::new(vec![rec("t", 4)]));
         assert!(drain(&c).is_empty());
         assert_eq!(b.subscription_count(), 0);
+    }
+    /// Wildcards are matched against the catalog (a range for a literal prefix): they
+    /// find existing topics with messages, not look-alike prefixes, not `$` topics for a
+    /// leading wildcard; an `unsub` releases the empty topic an exact `sub` made, and
+    /// the cursor never names empty topics.
+    #[test]
+    fn wildcards_use_the_catalog_and_empty_topics_are_released() {
+        let b = broker();
+        let c = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        b.fanout(&Arc::new(vec![
+            rec("a.x", 1),
+            rec("a.y.z", 1),
+            rec("ab.x", 1),
+            rec("$dlq.p", 1),
+        ]));
+        let (empty, _) = b.subscribe(&c, "a.empty", true);
+        assert_eq!(b.topic_count(), 5);
+        let heads = |cursor: &Cursor, t: &str| cursor.topic(t).is_some();
+        let (_, cur) = b.subscribe(&c, "a.>", true);
+        assert!(heads(&cur, "a.x") && heads(&cur, "a.y.z"));
+        assert!(!heads(&cur, "ab.x") && !heads(&cur, "a.empty"));
+        let (_, cur) = b.subscribe(&c, ">", true);
+        assert!(heads(&cur, "ab.x") && !heads(&cur, "$dlq.p"));
+        let (dollar, cur) = b.subscribe(&c, "$dlq.*", true);
+        assert!(heads(&cur, "$dlq.p"));
+        b.fanout(&Arc::new(vec![rec("a.x", 2), rec("ab.x", 2)]));
+        assert_eq!(
+            drain(&c).len(),
+            2,
+            "the live wildcards got each record once"
+        );
+        b.unsubscribe(empty);
+        assert_eq!(b.topic_count(), 5, "a wildcard still lists a.empty");
+        b.remove_conn([SubId(2), SubId(3), dollar]);
+        assert_eq!(
+            b.topic_count(),
+            4,
+            "the empty topic went with its last subscription"
+        );
+        assert_eq!(b.catalog.lock().len(), 4);
     }
 }
