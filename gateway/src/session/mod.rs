@@ -828,4 +828,53 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
+    #[test]
+    fn client_ids_are_restricted_and_the_error_names_the_byte() {
+        let l = Limits::default();
+        for good in ["a", "sensor-7", "u@x.org", "A.b:c_d+e/f=g~h"] {
+            assert!(validate_client_id(&l, good).is_ok(), "{good}");
+        }
+        for (bad, byte) in [("a b", 1), ("$plugin.x", 0), ("ok\n", 2), ("\u{ff04}x", 0)] {
+            let r = validate_client_id(&l, bad).expect_err(bad);
+            assert_eq!(r.code, ErrorCode::BadRequest);
+            assert!(r.message.contains(&format!("byte {byte}")), "{}", r.message);
+        }
+        assert!(validate_client_id(&l, "").is_err());
+        assert!(validate_client_id(&l, &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn history_is_checked_like_sub() {
+        let (mut s, now) = connected();
+        s.set_auth(Some(Auth {
+            principal: "u1".into(),
+            publish: vec![],
+            subscribe: vec!["chat.>".into(), ">".into()],
+        }));
+        let history = |topic: &str| ClientFrame::History {
+            id: 9,
+            topic: topic.into(),
+            start: None,
+            limit: None,
+        };
+        assert!(s.handle(history("chat.room"), now).is_ok());
+        assert!(
+            s.handle(history("other.room"), now).is_ok(),
+            "`>` covers it"
+        );
+        assert_eq!(
+            code(s.handle(history("$dlq.auth"), now)),
+            ErrorCode::Forbidden,
+            "`>` never covers a `$` topic"
+        );
+        s.set_auth(Some(Auth {
+            principal: "u2".into(),
+            publish: vec![],
+            subscribe: vec!["mine.>".into()],
+        }));
+        assert_eq!(
+            code(s.handle(history("chat.room"), now)),
+            ErrorCode::Forbidden
+        );
+    }
 }
