@@ -524,7 +524,8 @@ struct HistoryQuery {
     /// `earliest` (default), `latest`, `last:N`, or a cursor (from a puback or a previous page).
     #[serde(default)]
     from: Option<String>,
-    /// Most messages; default and maximum `limits.max_history`.
+    /// Most messages; default and maximum `limits.max_history`. A page also ends before
+    /// its stored bytes pass `limits.max_history_bytes` (`more` is then true).
     #[serde(default)]
     limit: Option<u32>,
 }
