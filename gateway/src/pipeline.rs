@@ -62,7 +62,11 @@ impl HookResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub plugin: String,
+    /// The error without a backtrace: the `edgesync-dlq-error` header, which whoever
+    /// may read `$dlq.<plugin>` sees.
     pub error: String,
+    /// The full error (a trap's wasm backtrace included), for the operator's log only.
+    pub detail: String,
 }
 
 /// The message and storage hooks, as the plugin layer provides them. Hooks may change
@@ -290,7 +294,7 @@ impl Pipeline {
                 plugin = %dead.plugin,
                 topic,
                 dlq_seq = ack.seq,
-                error = %dead.error,
+                error = %dead.detail,
                 "plugin failed on a message; dead-lettered"
             ),
             Err(e) => {

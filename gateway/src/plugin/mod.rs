@@ -505,6 +505,7 @@ fn failed(
     dead.push(DeadLetter {
         plugin: p.name().to_string(),
         error: e.summary(),
+        detail: e.to_string(),
     });
     refuses(p, Hook::OnMessage, e).then(|| {
         Err(refuse(
@@ -601,6 +602,7 @@ async fn storage_stage(
                 dead.push(DeadLetter {
                     plugin: p.name().to_string(),
                     error: e.summary(),
+                    detail: e.to_string(),
                 });
                 if refuses(p, Hook::OnWrite, &e) {
                     return Err(refuse(
