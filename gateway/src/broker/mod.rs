@@ -17,13 +17,14 @@
 //! The broker never waits for a subscriber: a full outbox applies the topic's
 //! slow-consumer policy (see [`crate::outbox`]).
 //!
-//! Nothing a client does holds the fan-out lock for a scan of every topic: each
-//! subscription keeps the list of topics it is attached to (unsubscribe, go-live and
-//! catch-up walk that), a wildcard is matched against a sorted catalog of names behind
-//! its own lock, and a topic without messages goes with its last subscription.
+//! Nothing a client does holds the fan-out lock for a scan of every topic: a wildcard
+//! is matched against a sorted catalog of topic names behind its own lock (a literal
+//! prefix is a range of it), then acted on under the fan-out lock for its matches only
+//! (subscribe, unsubscribe, catch-up, go-live; a topic generation counter tells when a
+//! topic appeared in between). A topic without messages goes with its last subscription.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +36,25 @@ use parking_lot::Mutex;
 pub use crate::model::SubId;
 use crate::outbox::{Outbox, Pushed, SlowConsumerPolicy};
 use crate::store::{Committed, Record};
+
+/// Attempts of [`Broker::try_go_live`] to match a wildcard off the lock before it
+/// decides under the lock.
+const GO_LIVE_TRIES: usize = 3;
+
+/// Whether `position` is behind topic `name`'s delivered head.
+fn behind(name: &str, t: &Topic, position: &Cursor) -> bool {
+    t.head
+        .iter()
+        .any(|(origin, seq)| position.position(name, origin) < *seq)
+}
+
+/// Mark a subscription live (true, for `try_go_live`'s result).
+fn set_live(g: &mut Inner, id: SubId) -> bool {
+    if let Some(sub) = g.subs.get_mut(&id) {
+        sub.live = true;
+    }
+    true
+}
 
 /// Maps a topic to its slow-consumer policy (built from config).
 pub type PolicyFn = Arc<dyn Fn(&str) -> SlowConsumerPolicy + Send + Sync>;
@@ -81,15 +101,15 @@ struct Sub {
     conn: Arc<ConnOut>,
     pattern: Arc<str>,
     live: bool,
-    /// The topics whose `subs` list this subscription, so unsubscribing, going live and
-    /// catching up cost O(matching topics), not O(all topics) under the lock fan-out needs.
-    topics: Vec<Arc<str>>,
 }
 
 struct Topic {
     head: BTreeMap<Origin, u64>,
     subs: Vec<SubId>,
     policy: SlowConsumerPolicy,
+    /// `Inner::generation` when the topic was created: a wildcard registered at or
+    /// after it was attached by the creation itself.
+    created: u64,
 }
 
 struct Inner {
@@ -99,6 +119,10 @@ struct Inner {
     subs: HashMap<SubId, Sub>,
     next_sub: u64,
     stamp: u64,
+    /// Incremented whenever a topic is created: lets the two-step wildcard operations
+    /// (match the catalog off the lock, then act under it) see that a topic appeared in
+    /// between.
+    generation: u64,
 }
 
 /// The broker; shared by sessions (subscribe) and the fan-out task.
@@ -136,6 +160,7 @@ impl Broker {
                         head,
                         subs: Vec::new(),
                         policy: p,
+                        created: 0,
                     },
                 )
             })
@@ -149,6 +174,7 @@ impl Broker {
                 subs: HashMap::new(),
                 next_sub: 1,
                 stamp: 0,
+                generation: 0,
             }),
             policy,
             observer,
@@ -170,7 +196,7 @@ impl Broker {
         if !is_pattern(&pattern) {
             return self.subscribe_exact(conn, pattern, live);
         }
-        let id = {
+        let (id, registered) = {
             let mut g = self.inner.lock();
             let id = SubId(g.next_sub);
             g.next_sub += 1;
@@ -181,32 +207,24 @@ impl Broker {
                     conn: conn.clone(),
                     pattern: pattern.clone(),
                     live,
-                    topics: Vec::new(),
                 },
             );
-            id
+            (id, g.generation)
         };
         let candidates = self.catalog_matches(&pattern);
         let mut g = self.inner.lock();
-        let Inner { topics, subs, .. } = &mut *g;
         let mut cursor = Cursor::new();
-        let Some(sub) = subs.get_mut(&id) else {
-            return (id, cursor);
-        };
-        // Topics created since registration already list it (and are in `sub.topics`).
-        let known: HashSet<Arc<str>> = sub.topics.iter().cloned().collect();
         for name in candidates {
-            if known.contains(&name) {
-                continue;
-            }
-            if let Some(t) = topics.get_mut(&name) {
+            let Some(t) = g.topics.get_mut(&name) else {
+                continue; // released meanwhile
+            };
+            // A topic created since registration lists it already (and all its records
+            // reached it live): attach only older ones, and name them in the cursor.
+            if t.created <= registered {
                 t.subs.push(id);
-                sub.topics.push(name);
-            }
-        }
-        for name in &sub.topics {
-            if let Some(t) = topics.get(name).filter(|t| !t.head.is_empty()) {
-                cursor.set_topic(name, t.head.clone());
+                if !t.head.is_empty() {
+                    cursor.set_topic(&name, t.head.clone());
+                }
             }
         }
         (id, cursor)
@@ -224,7 +242,11 @@ impl Broker {
         let mut cursor = Cursor::new();
         let policy = &self.policy;
         let Inner {
-            topics, wild, subs, ..
+            topics,
+            wild,
+            subs,
+            generation,
+            ..
         } = &mut *g;
         // A topic this subscription creates is also one of the wildcards' topics
         // (as it is when fan-out creates it).
@@ -236,16 +258,13 @@ impl Broker {
                     .filter(|w| subs.get(w).is_some_and(|s| matches(&s.pattern, &pattern)))
                     .copied()
                     .collect();
-                for w in &wildcards {
-                    if let Some(s) = subs.get_mut(w) {
-                        s.topics.push(pattern.clone());
-                    }
-                }
                 self.catalog.lock().insert(pattern.clone());
+                *generation += 1;
                 e.insert(Topic {
                     head: BTreeMap::new(),
                     subs: wildcards,
                     policy: policy(&pattern),
+                    created: *generation,
                 })
             }
         };
@@ -257,9 +276,8 @@ impl Broker {
             id,
             Sub {
                 conn: conn.clone(),
-                pattern: pattern.clone(),
+                pattern,
                 live,
-                topics: vec![pattern],
             },
         );
         (id, cursor)
@@ -304,13 +322,15 @@ impl Broker {
     }
 
     /// The topics a subscription matches that hold messages, with their delivered heads
-    /// (O(matching topics)). Empty for an unknown subscription.
+    /// (O(matching topics) under the fan-out lock). Empty for an unknown subscription.
+    /// A topic created meanwhile may be missing; [`Broker::try_go_live`] notices it.
     pub fn sub_heads(&self, id: SubId) -> Vec<(String, BTreeMap<Origin, u64>)> {
-        let g = self.inner.lock();
-        let Some(sub) = g.subs.get(&id) else {
+        let Some((pattern, _)) = self.pattern_of(id) else {
             return Vec::new();
         };
-        sub.topics
+        let names = self.names_of(&pattern);
+        let g = self.inner.lock();
+        names
             .iter()
             .filter_map(|name| {
                 let t = g.topics.get(name)?;
@@ -322,46 +342,82 @@ impl Broker {
     /// Switch a catching-up subscription to live if `position` has reached the
     /// delivered head of every matching topic. Returns false when more must be read.
     pub fn try_go_live(&self, id: SubId, position: &Cursor) -> bool {
+        for _ in 0..GO_LIVE_TRIES {
+            let Some((pattern, seen)) = self.pattern_of(id) else {
+                return true;
+            };
+            let names = self.names_of(&pattern);
+            let mut g = self.inner.lock();
+            if is_pattern(&pattern) && g.generation != seen {
+                continue; // a topic appeared since the match: match again
+            }
+            let behind = names.iter().any(|name| {
+                g.topics
+                    .get(name)
+                    .is_some_and(|t| behind(name, t, position))
+            });
+            return !behind && set_live(&mut g, id);
+        }
+        // Topics keep appearing: decide under the lock, scanning them all (rare).
         let mut g = self.inner.lock();
-        let Some(sub) = g.subs.get(&id) else {
+        let Some(pattern) = g.subs.get(&id).map(|s| s.pattern.clone()) else {
             return true;
         };
-        let behind = sub.topics.iter().any(|name| {
-            g.topics.get(name).is_some_and(|t| {
-                t.head
-                    .iter()
-                    .any(|(origin, seq)| position.position(name, origin) < *seq)
-            })
-        });
-        if behind {
-            return false;
-        }
-        if let Some(sub) = g.subs.get_mut(&id) {
-            sub.live = true;
-        }
-        true
+        let behind = g
+            .topics
+            .iter()
+            .any(|(name, t)| matches(&pattern, name) && behind(name, t, position));
+        !behind && set_live(&mut g, id)
     }
 
     /// Remove one subscription, and every topic it leaves without subscriptions and
     /// without messages (an exact `sub` creates its topic; a client looping `sub`/`unsub`
     /// over new names must not grow the broker).
     pub fn unsubscribe(&self, id: SubId) {
+        let pattern = {
+            let mut g = self.inner.lock();
+            let Some(sub) = g.subs.remove(&id) else {
+                return;
+            };
+            if !is_pattern(&sub.pattern) {
+                self.detach(&mut g, id, &sub.pattern);
+                return;
+            }
+            g.wild.retain(|s| *s != id);
+            sub.pattern
+        };
+        // No topic created from now on lists it, and every older one is in the catalog.
+        let names = self.catalog_matches(&pattern);
         let mut g = self.inner.lock();
-        let Some(sub) = g.subs.remove(&id) else {
+        for name in &names {
+            self.detach(&mut g, id, name);
+        }
+    }
+
+    /// A subscription's pattern, and the topic generation when it was read.
+    fn pattern_of(&self, id: SubId) -> Option<(Arc<str>, u64)> {
+        let g = self.inner.lock();
+        g.subs.get(&id).map(|s| (s.pattern.clone(), g.generation))
+    }
+
+    /// The topics a pattern is attached to: itself, or a wildcard's catalog matches.
+    fn names_of(&self, pattern: &Arc<str>) -> Vec<Arc<str>> {
+        if is_pattern(pattern) {
+            self.catalog_matches(pattern)
+        } else {
+            vec![pattern.clone()]
+        }
+    }
+
+    /// Take `id` off topic `name`, releasing the topic if nothing is left on it.
+    fn detach(&self, g: &mut Inner, id: SubId, name: &str) {
+        let Some(t) = g.topics.get_mut(name) else {
             return;
         };
-        if is_pattern(&sub.pattern) {
-            g.wild.retain(|s| *s != id);
-        }
-        for name in &sub.topics {
-            let Some(t) = g.topics.get_mut(name) else {
-                continue;
-            };
-            t.subs.retain(|s| *s != id);
-            if t.subs.is_empty() && t.head.is_empty() {
-                g.topics.remove(name);
-                self.catalog.lock().remove(name);
-            }
+        t.subs.retain(|s| *s != id);
+        if t.subs.is_empty() && t.head.is_empty() {
+            g.topics.remove(name);
+            self.catalog.lock().remove(name);
         }
     }
 
@@ -399,17 +455,14 @@ impl Broker {
                         })
                         .copied()
                         .collect();
-                    for id in &subs {
-                        if let Some(s) = inner.subs.get_mut(id) {
-                            s.topics.push(name.clone());
-                        }
-                    }
                     let policy = (self.policy)(&name);
                     self.catalog.lock().insert(name.clone());
+                    inner.generation += 1;
                     inner.topics.entry(name).or_insert(Topic {
                         head: BTreeMap::new(),
                         subs,
                         policy,
+                        created: inner.generation,
                     })
                 }
             };
@@ -711,5 +764,30 @@ mod tests {
             "the empty topic went with its last subscription"
         );
         assert_eq!(b.catalog.lock().len(), 4);
+    }
+    /// A topic created after a catching-up wildcard registered is attached by its
+    /// creation, read by catch-up, and holds the switch to live until it is read.
+    #[test]
+    fn a_topic_created_during_catch_up_holds_the_switch_to_live() {
+        let b = broker();
+        let c = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        b.fanout(&Arc::new(vec![rec("w.old", 1)]));
+        let (id, _) = b.subscribe(&c, "w.>", false);
+        b.fanout(&Arc::new(vec![rec("w.new", 1)]));
+        let heads: Vec<String> = b.sub_heads(id).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        let mut pos = Cursor::new();
+        pos.observe("w.old", &Origin::new("n", 1), 1);
+        assert!(!b.try_go_live(id, &pos), "w.new is not read yet");
+        pos.observe("w.new", &Origin::new("n", 1), 1);
+        assert!(b.try_go_live(id, &pos));
+        b.fanout(&Arc::new(vec![rec("w.new", 2), rec("w.old", 2)]));
+        assert_eq!(drain(&c).len(), 2, "live on both, each once");
+        b.unsubscribe(id);
+        b.fanout(&Arc::new(vec![rec("w.new", 3)]));
+        assert!(
+            drain(&c).is_empty(),
+            "detached from the topic made after it"
+        );
     }
 }
