@@ -37,6 +37,9 @@ pub use crate::model::SubId;
 use crate::outbox::{Outbox, Pushed, SlowConsumerPolicy};
 use crate::store::{Committed, Record};
 
+/// Catalog names read per hold of its lock.
+const CATALOG_CHUNK: usize = 1024;
+
 /// Attempts of [`Broker::try_go_live`] to match a wildcard off the lock before it
 /// decides under the lock.
 const GO_LIVE_TRIES: usize = 3;
@@ -285,29 +288,45 @@ impl Broker {
 
     /// Catalog names matching `pattern`: the names under its literal prefix (every
     /// segment before the first wildcard), all of them when it starts with a wildcard.
+    ///
+    /// Read in chunks of [`CATALOG_CHUNK`] names, the catalog lock released in between,
+    /// so a long scan never holds back fan-out creating a topic (it takes this lock under
+    /// its own). Every name present when the scan starts and still present when its
+    /// chunk is read is seen; names added meanwhile may be missed, which the callers
+    /// allow for (a topic created after a wildcard registered lists it already).
     fn catalog_matches(&self, pattern: &str) -> Vec<Arc<str>> {
+        use std::ops::Bound;
         let literal: Vec<&str> = pattern
             .split('.')
             .take_while(|s| *s != "*" && *s != ">")
             .collect();
-        let catalog = self.catalog.lock();
-        if literal.is_empty() {
-            return catalog
-                .iter()
-                .filter(|n| matches(pattern, n))
+        let prefix = if literal.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", literal.join("."))
+        };
+        let mut out = Vec::new();
+        let mut from: Bound<Arc<str>> = Bound::Included(Arc::from(prefix.as_str()));
+        loop {
+            let catalog = self.catalog.lock();
+            let bounds = (from.as_ref().map(|n| &**n), Bound::Unbounded);
+            let chunk: Vec<Arc<str>> = catalog
+                .range::<str, _>(bounds)
+                .take_while(|n| n.starts_with(&prefix))
+                .take(CATALOG_CHUNK)
                 .cloned()
                 .collect();
+            drop(catalog);
+            let Some(last) = chunk.last().cloned() else {
+                return out;
+            };
+            let full = chunk.len() == CATALOG_CHUNK;
+            out.extend(chunk.into_iter().filter(|n| matches(pattern, n)));
+            if !full {
+                return out;
+            }
+            from = Bound::Excluded(last);
         }
-        let prefix = format!("{}.", literal.join("."));
-        catalog
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix.as_str()),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|n| n.starts_with(&prefix))
-            .filter(|n| matches(pattern, n))
-            .cloned()
-            .collect()
     }
 
     /// Topics currently known that match `pattern` and hold messages, with their
@@ -789,5 +808,21 @@ mod tests {
             drain(&c).is_empty(),
             "detached from the topic made after it"
         );
+    }
+    /// The catalog is read in chunks: every name is still seen, with and without a
+    /// literal prefix.
+    #[test]
+    fn catalog_scans_span_chunks() {
+        let b = broker();
+        let n = CATALOG_CHUNK * 2 + 7;
+        let recs: Vec<Arc<Record>> = (0..n).map(|i| rec(&format!("k.t{i:05}"), 1)).collect();
+        b.fanout(&Arc::new(recs));
+        b.fanout(&Arc::new(vec![rec("j.x", 1), rec("l.x", 1)]));
+        assert_eq!(b.catalog_matches("k.>").len(), n);
+        assert_eq!(b.catalog_matches(">").len(), n + 2);
+        assert_eq!(b.catalog_matches("*.x").len(), 2);
+        let c = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        let (_, cursor) = b.subscribe(&c, "k.*", true);
+        assert_eq!(cursor.topics().count(), n);
     }
 }
