@@ -407,6 +407,7 @@ async fn publish_inner(gw: &AdminCtx, body: PublishBody) -> Result<PublishAck, A
     let req = Publish {
         topic: body.topic,
         client: ADMIN_CLIENT_ID.to_string(),
+        principal: None,
         mid: body.mid,
         headers: body.headers,
         payload: body.data.0,
@@ -524,7 +525,8 @@ struct HistoryQuery {
     /// `earliest` (default), `latest`, `last:N`, or a cursor (from a puback or a previous page).
     #[serde(default)]
     from: Option<String>,
-    /// Most messages; default and maximum `limits.max_history`.
+    /// Most messages; default and maximum `limits.max_history`. A page also ends before
+    /// its stored bytes pass `limits.max_history_bytes` (`more` is then true).
     #[serde(default)]
     limit: Option<u32>,
 }
@@ -581,7 +583,7 @@ async fn history(
     };
     let batch = gw
         .store
-        .read(&q.topic, &after, None, limit)
+        .read_bounded(&q.topic, &after, None, limit, l.max_history_bytes)
         .map_err(|e| ApiError::from_code(ErrorCode::StorageUnavailable, e.to_string()))?;
     let gaps = batch
         .missing

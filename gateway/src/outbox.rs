@@ -159,6 +159,11 @@ impl Outbox {
         self.encoding
     }
 
+    /// The byte bound of this outbox alone (a shared [`Budget`] may be tighter).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
     /// Queue a delivery of message `seq` of (`topic`, `origin`), applying the slow-consumer policy.
     pub fn push_message(
         &self,
@@ -341,6 +346,27 @@ impl Outbox {
                 }
             }
             self.ready.notified().await;
+        }
+    }
+
+    /// True when the session may run another command: its replies would find the
+    /// outbox under half full (bytes and frames). Replies are queued whatever the
+    /// fullness, so this is what bounds them: a session runs no command while the
+    /// outbox is past half, and one command's reply is bounded (`history` by
+    /// `limits.max_history_bytes`).
+    pub fn has_reply_room(&self) -> bool {
+        let g = self.inner.lock();
+        g.closed.is_none() && g.queue.len() < self.max_frames / 2 && g.bytes < self.max_bytes / 2
+    }
+
+    /// Wait until [`Outbox::has_reply_room`] (or the outbox closed).
+    pub async fn wait_reply_room(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.has_reply_room() || self.closed().is_some() {
+                return;
+            }
+            notified.await;
         }
     }
 

@@ -197,6 +197,7 @@ impl HostServices for GatewayServices {
         let req = Publish {
             topic: topic.to_string(),
             client: sender.client_id.clone(),
+            principal: None,
             mid: None,
             headers,
             payload: bytes::Bytes::copy_from_slice(payload),

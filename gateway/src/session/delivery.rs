@@ -20,7 +20,7 @@ use crate::model::SubId;
 use crate::outbox::{Budget, Outbox};
 use crate::store::{MissingRange, StoreError};
 
-/// Records read per catch-up step.
+/// Most records read per catch-up step (bytes: a quarter of the target outbox).
 const CATCHUP_CHUNK: usize = 256;
 
 /// A subscription reading stored records before going live.
@@ -182,7 +182,10 @@ fn catch_up_step(ctx: &SessionCtx, c: &mut CatchUp) -> Result<bool, StoreError> 
     let out = &c.target;
     let enc = out.outbox.encoding();
     let mut budget = CATCHUP_CHUNK;
-    for (topic, head) in ctx.broker.matching_heads(&c.pattern) {
+    // A step runs only while the outbox is under half full, and queues at most a
+    // quarter of it (plus one record): catch-up never holds more than the outbox may.
+    let mut bytes_left = out.outbox.max_bytes() / 4;
+    for (topic, head) in ctx.broker.sub_heads(c.sub) {
         let after: BTreeMap<Origin, u64> = c.position.topic(&topic).cloned().unwrap_or_default();
         if head
             .iter()
@@ -190,19 +193,23 @@ fn catch_up_step(ctx: &SessionCtx, c: &mut CatchUp) -> Result<bool, StoreError> 
         {
             continue;
         }
-        let batch = ctx.store.read(&topic, &after, Some(&head), budget)?;
+        let batch =
+            ctx.store
+                .read_bounded(&topic, &after, Some(&head), budget, bytes_left.max(1))?;
         for m in &batch.missing {
             ctx.metrics.gap(m.corrupt);
             out.outbox
                 .push_history(Bytes::from(enc.encode(&gap_frame(&topic, m, Some(c.tag)))));
         }
         for r in &batch.records {
-            out.outbox.push_history(encode_push(r, enc, c.tag));
+            let push = encode_push(r, enc, c.tag);
+            bytes_left = bytes_left.saturating_sub(push.len());
+            out.outbox.push_history(push);
         }
         ctx.metrics.messages_out.inc_by(batch.records.len() as u64);
         budget = budget.saturating_sub(batch.records.len());
         c.position.set_topic(&topic, batch.positions);
-        if budget == 0 {
+        if budget == 0 || bytes_left == 0 {
             return Ok(false);
         }
     }

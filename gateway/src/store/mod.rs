@@ -16,9 +16,15 @@
 //! | `meta`    | `v` · topic_id u32 BE                        | topic state: version vector (with out-of-order ranges), low marks, counts (CRC32C) |
 //! | `meta`    | `g` · topic_id · origin_id · bucket u64 BE   | digest of 1024 seqs: count u64 · wrapping sum u64 (see `replica`) |
 //! | `meta`    | `c` · topic_id · origin_id · seq             | (empty): a record held but unservable (corrupt list) |
-//! | `dedupe`  | `k` · client · 0x00 · mid                    | topic_id, origin_id, seq, hlc, written_ms |
-//! | `dedupe`  | `w` · written_ms u64 BE · client · 0x00 · mid | (empty): expiry order |
+//! | `dedupe`  | `k` · identity                               | topic_id, origin_id, seq, hlc, written_ms |
+//! | `dedupe`  | `w` · written_ms u64 BE · identity           | (empty): expiry order |
 //! | `kv`      | plugin · 0x00 · key                          | plugin key/value entries |
+//!
+//! A publish's dedupe *identity* is 0x00, or 0x01 · principal (u32 BE length ·
+//! bytes), then client id and topic (u32 BE length · bytes each), then the mid: every
+//! part but the last length-prefixed, so no two publishes share one by accident.
+//! Entries written before this layout (`client · 0x00 · mid`) match nothing and
+//! expire with the dedupe window.
 //!
 //! # Writing: one thread, group commit
 //!

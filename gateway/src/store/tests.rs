@@ -17,6 +17,7 @@ fn req(topic: &str, payload: &[u8], mid: Option<&str>) -> Publish {
     Publish {
         topic: topic.into(),
         client: "c1".into(),
+        principal: None,
         mid: mid.map(String::from),
         headers: Headers::default(),
         payload: Bytes::copy_from_slice(payload),
@@ -64,7 +65,7 @@ proptest! {
         let rt = rt();
         let (mut store, mut _rx) = open(dir.path());
         let mut model: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut mids: HashMap<String, (String, u64)> = HashMap::new();
+        let mut mids: HashMap<(String, String), u64> = HashMap::new();
         for (i, op) in ops.iter().enumerate() {
             match op {
                 Op::Append { topic, len, mid } => {
@@ -73,14 +74,16 @@ proptest! {
                     let mid = mid.map(|m| format!("m{m}"));
                     let ack = rt.block_on(store.append(req(&topic, &payload, mid.as_deref()))).expect("append");
                     if let Some(m) = &mid {
-                        if let Some((_t0, seq0)) = mids.get(m) {
-                            // (client, mid) identifies the message whatever the topic: the
-                            // retry gets the original ack and nothing new is stored.
+                        let key = (topic.clone(), m.clone());
+                        if let Some(seq0) = mids.get(&key) {
+                            // (client, topic, mid) identifies the message: the retry gets
+                            // the original ack and nothing new is stored. The same mid on
+                            // another topic is another message.
                             prop_assert!(ack.dup);
                             prop_assert_eq!(ack.seq, *seq0);
                             continue;
                         }
-                        mids.insert(m.clone(), (topic.clone(), ack.seq));
+                        mids.insert(key, ack.seq);
                     }
                     prop_assert!(!ack.dup);
                     let list = model.entry(topic.clone()).or_default();
