@@ -452,6 +452,7 @@ mod tests {
                 mid: None,
                 headers: Default::default(),
                 data: Payload::from(vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
+                sub: None,
             })
         };
         let mut frame = Vec::new();
@@ -466,6 +467,7 @@ mod tests {
             to: 9,
             reason: GapReason::SlowConsumer,
             cursor: "c".into(),
+            sub: None,
         };
         Encoding::MsgPack.encode_into(&gap, &mut frame);
         let ack = ServerFrame::Puback {

@@ -20,7 +20,8 @@
 //! `{"code": "...", "message": "..."}` with a fitting HTTP status.
 //!
 //! This module owns HTTP only: a publish is validated by the same rules as a
-//! client's (`session::validate_publish`) and goes through the one ingest
+//! client's (`session::validate_publish`; the per-connection publish rate does not
+//! apply — the admin API has no connection) and goes through the one ingest
 //! [`Pipeline`]; plugins are reached through the [`PluginAdmin`] seam.
 
 use std::collections::BTreeMap;
@@ -492,6 +493,7 @@ async fn publish_inner(gw: &AdminCtx, body: PublishBody) -> Result<PublishAck, A
     let req = Publish {
         topic: body.topic,
         client: ADMIN_CLIENT_ID.to_string(),
+        principal: None,
         mid: body.mid,
         headers: body.headers,
         payload: body.data.0,
@@ -609,7 +611,8 @@ struct HistoryQuery {
     /// `earliest` (default), `latest`, `last:N`, or a cursor (from a puback or a previous page).
     #[serde(default)]
     from: Option<String>,
-    /// Most messages; default and maximum `limits.max_history`.
+    /// Most messages; default and maximum `limits.max_history`. A page also ends before
+    /// its stored bytes pass `limits.max_history_bytes` (`more` is then true).
     #[serde(default)]
     limit: Option<u32>,
 }
@@ -666,7 +669,7 @@ async fn history(
     };
     let batch = gw
         .store
-        .read(&q.topic, &after, None, limit)
+        .read_bounded(&q.topic, &after, None, limit, l.max_history_bytes)
         .map_err(|e| ApiError::from_code(ErrorCode::StorageUnavailable, e.to_string()))?;
     let gaps = batch
         .missing

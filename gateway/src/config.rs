@@ -274,7 +274,8 @@ pub enum FsyncMode {
     Interval,
 }
 
-/// Bounds on every input. Each is announced to clients in `connected` where relevant.
+/// Bounds on every input. Six are announced to clients in `connected` (frame, topic,
+/// headers, subscriptions, publish rate, idle timeout); PROTOCOL.md §7 lists the rest.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -316,6 +317,10 @@ pub struct Limits {
     pub outbox_bytes: usize,
     /// Most messages per `history` reply. Default 1000.
     pub max_history: u32,
+    /// Most stored bytes per `history` reply (and per catch-up read); a page that would
+    /// pass it ends early with `more: true` (at least one message per page, so a page is
+    /// at most this or one message). Default 1 MiB.
+    pub max_history_bytes: usize,
     /// Longest cursor accepted, bytes. Default 64 KiB.
     pub max_cursor_bytes: usize,
     /// Time allowed for the TLS and WebSocket handshakes together (QUIC: the handshake,
@@ -344,6 +349,7 @@ impl Default for Limits {
             outbox_frames: 8192,
             outbox_bytes: 8 << 20,
             max_history: 1000,
+            max_history_bytes: 1 << 20,
             max_cursor_bytes: 64 << 10,
             handshake_timeout_ms: 10_000,
         }
@@ -517,6 +523,7 @@ impl Config {
             ("limits.max_inflight_publishes", l.max_inflight_publishes),
             ("limits.outbox_frames", l.outbox_frames),
             ("limits.outbox_bytes", l.outbox_bytes),
+            ("limits.max_history_bytes", l.max_history_bytes),
             ("limits.max_id_bytes", l.max_id_bytes),
             ("store.max_batch", self.store.max_batch),
             ("store.queue_depth", self.store.queue_depth),

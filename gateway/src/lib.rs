@@ -4,7 +4,8 @@
 //! to the store; each module imports only modules listed below it (the
 //! architecture test `tests/layers.rs` checks it).
 //!
-//! - [`cli`]: the `edgesync` command line (serve, pub, sub, cert, plugin, check-config, bench).
+//! - [`cli`]: the `edgesync` command line (serve, pub, sub, cert, plugin, check-config; the
+//!   load generator is its own binary, `edgesync-bench`).
 //! - [`server`]: wires the layers together and orders shutdown (`server::run(config, shutdown)`).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, JSON API under `/v1/`).
 //! - [`transport`]: listeners — admission, [`transport::tls`] (certificates),

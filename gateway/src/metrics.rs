@@ -11,7 +11,10 @@
 //!   [`StoreObserver`], so the store itself never depends on this module);
 //! - **state metrics** (store size, outbox depth, readiness), computed at scrape
 //!   time by [`StateCollector`] from a [`StateSample`] source that the server
-//!   installs with [`Metrics::watch`] — nothing has to remember to update them;
+//!   installs with [`Metrics::watch`] — nothing has to remember to update them —
+//!   except two gauges kept by their call sites: `edgesync_subscriptions`
+//!   (session subscribe, unsubscribe, teardown) and `edgesync_connections_open`
+//!   (the transports);
 //! - **process metrics** (`process_cpu_seconds_total`, `process_resident_memory_bytes`,
 //!   `process_open_fds`, ...) from prometheus' own process collector (Linux).
 //!

@@ -12,8 +12,11 @@
 //!   exactly what it missed (and reads it from history);
 //! - policy `disconnect` closes the connection with `slow_consumer` instead.
 //!
-//! Replies to commands are always queued (they are bounded by the session's
-//! in-flight limit), so a reply is never lost.
+//! Replies to commands are always queued, so a reply is never lost. What bounds them
+//! is the session, not the outbox: one reply per command, and the driver reads the
+//! next frame only after writing out what the last one produced (publish acks are
+//! further bounded by `max_inflight_publishes`; a `history` reply by `max_history`
+//! records).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -154,6 +157,11 @@ impl Outbox {
 
     pub fn encoding(&self) -> Encoding {
         self.encoding
+    }
+
+    /// The byte bound of this outbox alone (a shared [`Budget`] may be tighter).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Queue a delivery of message `seq` of (`topic`, `origin`), applying the slow-consumer policy.
@@ -354,6 +362,27 @@ impl Outbox {
         }
     }
 
+    /// True when the session may run another command: its replies would find the
+    /// outbox under half full (bytes and frames). Replies are queued whatever the
+    /// fullness, so this is what bounds them: a session runs no command while the
+    /// outbox is past half, and one command's reply is bounded (`history` by
+    /// `limits.max_history_bytes`).
+    pub fn has_reply_room(&self) -> bool {
+        let g = self.inner.lock();
+        g.closed.is_none() && g.queue.len() < self.max_frames / 2 && g.bytes < self.max_bytes / 2
+    }
+
+    /// Wait until [`Outbox::has_reply_room`] (or the outbox closed).
+    pub async fn wait_reply_room(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.has_reply_room() || self.closed().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Wait until the writer has drained (for catch-up readers).
     pub async fn wait_room(&self) {
         let notified = self.drained.notified();
@@ -421,6 +450,8 @@ impl Outbox {
                 to: gap.to,
                 reason: GapReason::SlowConsumer,
                 cursor: cursor.encode(),
+                // The live stream's loss: every matching live subscription's.
+                sub: None,
             };
             let bytes = Bytes::from(self.encoding.encode(&frame));
             self.add(g, bytes.len());

@@ -290,6 +290,7 @@ async fn torn_journal_tail_is_cut_back_to_the_last_complete_batch() {
         .append(edgesync::store::Publish {
             topic: "torn".into(),
             client: "t".into(),
+            principal: None,
             mid: None,
             headers: Default::default(),
             payload: bytes::Bytes::from_static(b"after"),

@@ -110,6 +110,7 @@ fn ephemeral(topic: &str, payload: Bytes) -> Publish {
     Publish {
         topic: topic.into(),
         client: "pusher".into(),
+        principal: None,
         mid: None,
         headers: Headers::default(),
         payload,

@@ -2,6 +2,7 @@
 //! had bound.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::time::Duration;
 
 use edgesync::config::{Config, ListenAddr};
 use edgesync::server::{self, ServerError};
@@ -49,5 +50,68 @@ async fn a_failed_start_releases_what_it_bound() {
     let settings = config(ListenAddr(None)).build().expect("valid");
     let running = server::start(settings).await.expect("starts again");
     assert_eq!(running.bound.ws.map(|a| a.port()), Some(ws_port));
-    running.stop(std::time::Duration::from_secs(5)).await;
+    running.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_with_publishes_in_flight_keeps_every_acknowledged_one() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use edgesync_client::{Encoding, Start};
+    use edgesync_tests::{TestGateway, eventually};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut gw = TestGateway::start_in(tmp.path(), |_| {}).await;
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let c = gw.client(Encoding::MsgPack).await;
+        let acked = acked.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..1_000_000u64 {
+                let id = format!("w{w}-{i}");
+                match c.publish("stop.t", id.clone()).await {
+                    Ok(_) => acked.lock().expect("lock").push(id),
+                    // shutting_down, or the connection ended: not acknowledged.
+                    Err(_) => return,
+                }
+            }
+        }));
+    }
+    assert!(
+        eventually(500, || acked.lock().expect("lock").len() >= 300).await,
+        "publishes flow"
+    );
+    gw.stop().await; // graceful, with the writers still publishing
+    for w in writers {
+        tokio::time::timeout(Duration::from_secs(30), w)
+            .await
+            .expect("writers end when the gateway stops")
+            .expect("no panic");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let gw = TestGateway::start_in(tmp.path(), |_| {}).await;
+    let reader = gw.client(Encoding::MsgPack).await;
+    let mut stored: HashMap<String, u32> = HashMap::new();
+    let mut start = Start::Earliest;
+    loop {
+        let page = reader
+            .history("stop.t", start, None)
+            .await
+            .expect("history");
+        for m in &page.msgs {
+            *stored
+                .entry(String::from_utf8_lossy(&m.data.0).into_owned())
+                .or_default() += 1;
+        }
+        start = Start::Cursor(page.cursor);
+        if !page.more {
+            break;
+        }
+    }
+    for id in &acked {
+        assert_eq!(stored.get(id), Some(&1), "acknowledged {id} is stored once");
+    }
+    assert!(stored.values().all(|n| *n == 1), "nothing stored twice");
 }

@@ -161,6 +161,9 @@ pub struct Grants {
     /// `pubsub`: publish anywhere, send to and close any connection
     /// (default **false**).
     pub pubsub: bool,
+    /// With `pubsub`: publish (or send) to reserved `$` topics such as `$dlq.…`
+    /// (default **false**: the gateway's own topics are not a plugin's to write).
+    pub system_topics: bool,
     /// `config` (default true).
     pub config: bool,
     /// `crypto` (default true).
@@ -178,6 +181,7 @@ impl Default for Grants {
             timers: true,
             kv: true,
             pubsub: false,
+            system_topics: false,
             config: true,
             crypto: true,
             stdio: false,
@@ -196,7 +200,9 @@ pub enum FailurePolicy {
     Open,
 }
 
-/// Failure policy per hook. Auth fails closed, transforms fail open.
+/// Failure policy per hook. Every hook fails closed unless the config says otherwise:
+/// a plugin that checks something (auth, schema, rate) must not be bypassed by making it
+/// fail; `open` is for plugins whose verdict is optional (a transform, a counter).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailurePolicies {
@@ -204,9 +210,9 @@ pub struct FailurePolicies {
     pub on_connect: FailurePolicy,
     /// Default closed.
     pub on_subscribe: FailurePolicy,
-    /// Also applies to `on_batch`. Default open.
+    /// Also applies to `on_batch`. Default closed.
     pub on_message: FailurePolicy,
-    /// Default open.
+    /// Default closed.
     pub on_write: FailurePolicy,
 }
 
@@ -215,8 +221,8 @@ impl Default for FailurePolicies {
         FailurePolicies {
             on_connect: FailurePolicy::Closed,
             on_subscribe: FailurePolicy::Closed,
-            on_message: FailurePolicy::Open,
-            on_write: FailurePolicy::Open,
+            on_message: FailurePolicy::Closed,
+            on_write: FailurePolicy::Closed,
         }
     }
 }

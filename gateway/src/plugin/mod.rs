@@ -43,6 +43,10 @@ use crate::store::Retention;
 pub use crate::config::RouteConfig;
 pub use ph::{HostConfig, PluginConfig};
 
+/// The principal of a session whose auth plugins all failed with `on_connect = "open"`:
+/// connected, with no publish or subscribe permission.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Most plugin publishes in one causal chain before a publish is refused (loop protection).
 pub const MAX_HOPS: u32 = 4;
 
@@ -192,7 +196,7 @@ impl Plugins {
                     return Err(refuse(ErrorCode::Unauthorized, reason));
                 }
                 Err(e) => {
-                    if p.policy(Hook::OnConnect) == FailurePolicy::Closed {
+                    if refuses(p, Hook::OnConnect, &e) {
                         tracing::warn!(plugin = p.name(), error = %e, "auth plugin failed; connection refused (fail-closed)");
                         return Err(refuse(
                             ErrorCode::Unauthorized,
@@ -201,6 +205,16 @@ impl Plugins {
                     }
                 }
             }
+        }
+        if auth.is_none() && self.auth_chain().next().is_some() {
+            // Every auth plugin failed open. "Open" lets the client in with the default
+            // permissions — none — never as a session without auth plugins, which may do
+            // anything.
+            auth = Some(Auth {
+                principal: ANONYMOUS.to_string(),
+                publish: Vec::new(),
+                subscribe: Vec::new(),
+            });
         }
         Ok(auth)
     }
@@ -217,7 +231,7 @@ impl Plugins {
                     return Err(refuse(ErrorCode::Forbidden, reason));
                 }
                 Err(e) => {
-                    if p.policy(Hook::OnSubscribe) == FailurePolicy::Closed {
+                    if refuses(p, Hook::OnSubscribe, &e) {
                         tracing::warn!(plugin = p.name(), error = %e, "auth plugin failed; subscribe refused (fail-closed)");
                         return Err(refuse(
                             ErrorCode::Forbidden,
@@ -491,14 +505,24 @@ fn failed(
 ) -> Option<Result<HookOutcome, Refusal>> {
     dead.push(DeadLetter {
         plugin: p.name().to_string(),
-        error: e.to_string(),
+        error: e.summary(),
+        detail: e.to_string(),
     });
-    (p.policy(Hook::OnMessage) == FailurePolicy::Closed).then(|| {
+    refuses(p, Hook::OnMessage, e).then(|| {
         Err(refuse(
             ErrorCode::Rejected,
             format!("plugin {} failed; message dead-lettered", p.name()),
         ))
     })
+}
+
+/// Whether a failed hook call refuses (the connection, the subscription, the message):
+/// the hook's failure policy — except that a plugin switched off by its crash-loop
+/// breaker always refuses. `open` forgives one call's fault; it never means that a
+/// client who trips the breaker with a few poison messages switches the plugin off for
+/// everyone else's messages.
+fn refuses(p: &ph::Plugin, hook: Hook, e: &ph::PluginError) -> bool {
+    p.policy(hook) == FailurePolicy::Closed || e.kind() == ph::ErrorKind::Disabled
 }
 
 /// Applies a message verdict to `req`: `None` to go on along the chain, `Some` with
@@ -578,9 +602,10 @@ async fn storage_stage(
             Err(e) => {
                 dead.push(DeadLetter {
                     plugin: p.name().to_string(),
-                    error: e.to_string(),
+                    error: e.summary(),
+                    detail: e.to_string(),
                 });
-                if p.policy(Hook::OnWrite) == FailurePolicy::Closed {
+                if refuses(p, Hook::OnWrite, &e) {
                     return Err(refuse(
                         ErrorCode::Rejected,
                         format!("plugin {} failed; message dead-lettered", p.name()),

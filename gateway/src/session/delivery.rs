@@ -20,12 +20,14 @@ use crate::model::SubId;
 use crate::outbox::{Budget, Outbox};
 use crate::store::{MissingRange, StoreError};
 
-/// Records read per catch-up step.
+/// Most records read per catch-up step (bytes: a quarter of the target outbox).
 const CATCHUP_CHUNK: usize = 256;
 
 /// A subscription reading stored records before going live.
 pub(crate) struct CatchUp {
     pub(crate) sub: SubId,
+    /// The `id` of the `sub` command: every catch-up push carries it.
+    pub(crate) tag: u64,
     pub(crate) pattern: String,
     pub(crate) position: Cursor,
     /// Where its records go: the session's outbox, or the subscription's lane.
@@ -154,8 +156,9 @@ impl Delivery {
     }
 }
 
-/// The `gap` push for a stored range a reader cannot be given.
-pub(crate) fn gap_frame(topic: &str, m: &MissingRange) -> ServerFrame {
+/// The `gap` push for a stored range a reader cannot be given; `sub`: the catch-up's
+/// subscription tag (none for a `history` read).
+pub(crate) fn gap_frame(topic: &str, m: &MissingRange, sub: Option<u64>) -> ServerFrame {
     let mut cursor = Cursor::new();
     cursor.observe(topic, &m.origin, m.from.saturating_sub(1));
     ServerFrame::Gap {
@@ -170,6 +173,7 @@ pub(crate) fn gap_frame(topic: &str, m: &MissingRange) -> ServerFrame {
             GapReason::Retention
         },
         cursor: cursor.encode(),
+        sub,
     }
 }
 
@@ -178,7 +182,10 @@ fn catch_up_step(ctx: &SessionCtx, c: &mut CatchUp) -> Result<bool, StoreError> 
     let out = &c.target;
     let enc = out.outbox.encoding();
     let mut budget = CATCHUP_CHUNK;
-    for (topic, head) in ctx.broker.matching_heads(&c.pattern) {
+    // A step runs only while the outbox is under half full, and queues at most a
+    // quarter of it (plus one record): catch-up never holds more than the outbox may.
+    let mut bytes_left = out.outbox.max_bytes() / 4;
+    for (topic, head) in ctx.broker.sub_heads(c.sub) {
         let after: BTreeMap<Origin, u64> = c.position.topic(&topic).cloned().unwrap_or_default();
         if head
             .iter()
@@ -186,21 +193,29 @@ fn catch_up_step(ctx: &SessionCtx, c: &mut CatchUp) -> Result<bool, StoreError> 
         {
             continue;
         }
-        let batch = ctx.store.read(&topic, &after, Some(&head), budget)?;
+        let batch =
+            ctx.store
+                .read_bounded(&topic, &after, Some(&head), budget, bytes_left.max(1))?;
         for m in &batch.missing {
             ctx.metrics.gap(m.corrupt);
             out.outbox
-                .push_history(Bytes::from(enc.encode(&gap_frame(&topic, m))));
+                .push_history(Bytes::from(enc.encode(&gap_frame(&topic, m, Some(c.tag)))));
         }
         for r in &batch.records {
-            out.outbox.push_history(encode_push(r, enc));
+            let push = encode_push(r, enc, c.tag);
+            bytes_left = bytes_left.saturating_sub(push.len());
+            out.outbox.push_history(push);
         }
         ctx.metrics.messages_out.inc_by(batch.records.len() as u64);
         budget = budget.saturating_sub(batch.records.len());
         c.position.set_topic(&topic, batch.positions);
-        if budget == 0 {
+        if budget == 0 || bytes_left == 0 {
             return Ok(false);
         }
     }
-    Ok(ctx.broker.try_go_live(c.sub, &c.position))
+    let live = ServerFrame::Live {
+        sub: c.tag,
+        topic: c.pattern.clone(),
+    };
+    Ok(ctx.broker.try_go_live(c.sub, &c.position, &live))
 }

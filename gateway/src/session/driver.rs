@@ -11,6 +11,7 @@
 //! handled by one method of [`Driver`]; command execution lives in
 //! [`super::execute`], catch-up and subscription lanes in [`super::delivery`].
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -182,6 +183,7 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
         out,
         info,
         pending: FuturesOrdered::new(),
+        backlog: VecDeque::new(),
         delivery,
         last_rx: now,
         draining: false,
@@ -200,6 +202,12 @@ pub(crate) struct Driver {
     pub(crate) info: ConnInfo,
     /// Publishes on their way to the store, in order: acks go out in this order.
     pub(crate) pending: FuturesOrdered<AckFuture>,
+    /// Commands of the last frame not run yet: they run only while the outbox has room
+    /// for their replies and the in-flight publishes are under their bound, and the
+    /// next frame is read only once they all ran. So a frame of commands never queues
+    /// more than one outbox of replies before anything is written. (Bounded by
+    /// `limits.max_frame_bytes`: one decoded frame.)
+    backlog: VecDeque<Result<ClientFrame, Invalid>>,
     pub(crate) delivery: Delivery,
     /// When the last frame arrived (the session's clock for the commands in it).
     last_rx: Instant,
@@ -219,6 +227,7 @@ enum Event {
     Write,
     Acked(Option<AckDone>),
     Inbound(Option<Result<Bytes, ConnError>>),
+    Backlog,
     CatchUp,
     Timer,
     Datagram(Option<Bytes>),
@@ -238,8 +247,10 @@ impl Driver {
                 .liveness
                 .deadline(self.session.client_id().is_some())
                 .map(tokio::time::Instant::from_std);
-            let read_ok =
-                !self.draining && self.pending.len() < self.ctx.limits.max_inflight_publishes;
+            let room_for_publishes = self.pending.len() < self.ctx.limits.max_inflight_publishes;
+            let backlog = !self.backlog.is_empty();
+            let read_ok = !self.draining && room_for_publishes && !backlog;
+            let run_backlog = !self.draining && room_for_publishes && backlog;
             let draining = self.draining;
             let event = tokio::select! {
                 biased;
@@ -247,6 +258,7 @@ impl Driver {
                 _ = self.out.outbox.ready() => Event::Write,
                 done = self.pending.next(), if !self.pending.is_empty() => Event::Acked(done),
                 frame = conn.recv(), if read_ok => Event::Inbound(frame),
+                _ = self.out.outbox.wait_reply_room(), if run_backlog => Event::Backlog,
                 _ = self.delivery.room(), if self.delivery.catching_up() && !draining => Event::CatchUp,
                 d = next_datagram(&mut datagrams), if datagrams.is_some() && !draining => Event::Datagram(d),
                 _ = sleep_until(deadline), if !draining => Event::Timer,
@@ -264,6 +276,10 @@ impl Driver {
                         }
                     }
                     self.on_inbound(&mut conn, frame).await
+                }
+                Event::Backlog => {
+                    self.run_backlog().await;
+                    Next::Continue
                 }
                 Event::Datagram(None) => {
                     datagrams = None;
@@ -373,7 +389,10 @@ impl Driver {
         }
         self.ctx.metrics.bytes_in.inc_by(frame.len() as u64);
         match self.info.encoding.decode_each::<ClientFrame>(&frame) {
-            Ok(frames) => self.on_frames(frames).await,
+            Ok(frames) => {
+                self.backlog.extend(frames);
+                self.run_backlog().await;
+            }
             Err(e) => {
                 self.ctx.count("frame", e.code().as_str());
                 self.out
@@ -404,14 +423,21 @@ impl Driver {
         Next::End
     }
 
-    /// The commands of one frame, in order. Consecutive publishes are gathered and run
-    /// through the plugins together (one `on-batch` per plugin); anything else first
-    /// settles the publishes before it, so replies keep the frame's order.
-    /// A message that is well-formed but not a valid command is answered `bad_request`
-    /// with its `id`, in its place among the others.
-    async fn on_frames(&mut self, frames: Vec<Result<ClientFrame, Invalid>>) {
+    /// The backlog's commands, in order, while the outbox has room for their replies and
+    /// the in-flight publishes are under their bound (the rest waits for the writer or
+    /// the acks). Consecutive publishes are gathered and run through the plugins
+    /// together (one `on-batch` per plugin); anything else first settles the publishes
+    /// before it, so replies keep the frame's order. A message that is well-formed but
+    /// not a valid command is answered `bad_request` with its `id`, in its place.
+    async fn run_backlog(&mut self) {
         let mut publishes: Vec<QueuedPub> = Vec::new();
-        for f in frames {
+        let max_inflight = self.ctx.limits.max_inflight_publishes;
+        while self.out.outbox.has_reply_room()
+            && self.pending.len() + publishes.len() < max_inflight
+        {
+            let Some(f) = self.backlog.pop_front() else {
+                break;
+            };
             let (kind, handled) = match f {
                 Ok(f) => (frame_kind(&f), self.session.handle(f, self.last_rx)),
                 Err(invalid) => (

@@ -16,9 +16,15 @@
 //! | `meta`    | `v` · topic_id u32 BE                        | topic state: version vector (with out-of-order ranges), low marks, counts (CRC32C) |
 //! | `meta`    | `g` · topic_id · origin_id · bucket u64 BE   | digest of 1024 seqs: count u64 · wrapping sum u64 (see `replica`) |
 //! | `meta`    | `c` · topic_id · origin_id · seq             | (empty): a record held but unservable (corrupt list) |
-//! | `dedupe`  | `k` · client · 0x00 · mid                    | topic_id, origin_id, seq, hlc, written_ms |
-//! | `dedupe`  | `w` · written_ms u64 BE · client · 0x00 · mid | (empty): expiry order |
+//! | `dedupe`  | `k` · identity                               | topic_id, origin_id, seq, hlc, written_ms |
+//! | `dedupe`  | `w` · written_ms u64 BE · identity           | (empty): expiry order |
 //! | `kv`      | plugin · 0x00 · key                          | plugin key/value entries |
+//!
+//! A publish's dedupe *identity* is 0x00, or 0x01 · principal (u32 BE length ·
+//! bytes), then client id and topic (u32 BE length · bytes each), then the mid: every
+//! part but the last length-prefixed, so no two publishes share one by accident.
+//! Entries written before this layout (`client · 0x00 · mid`) match nothing and
+//! expire with the dedupe window.
 //!
 //! # Writing: one thread, group commit
 //!
@@ -331,6 +337,8 @@ struct Shared {
     epoch: u64,
     local: Origin,
     poisoned: AtomicBool,
+    /// A plugin kv write reached the OS and waits for the next fsync.
+    kv_dirty: AtomicBool,
     dedupe_window: Duration,
     /// Told about fsyncs (the writer also reports commits to it).
     observer: Arc<dyn StoreObserver>,
@@ -441,6 +449,7 @@ impl Store {
             kv,
             index: RwLock::new(index),
             poisoned: AtomicBool::new(false),
+            kv_dirty: AtomicBool::new(false),
             dedupe_window: opts.dedupe_window,
             observer: opts.observer.clone(),
             new_epoch_reason: reason,
@@ -561,6 +570,8 @@ impl Store {
 
 impl Shared {
     fn persist(&self) -> Result<(), StoreError> {
+        // Everything written before this sync is covered, plugin kv writes included.
+        self.kv_dirty.store(false, Ordering::Release);
         let started = std::time::Instant::now();
         let result = self.db.persist(PersistMode::SyncData);
         self.observer.synced(started.elapsed());

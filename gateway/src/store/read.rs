@@ -22,11 +22,6 @@ impl Store {
             .collect()
     }
 
-    /// Names of every stored topic.
-    pub fn topic_names(&self) -> Vec<String> {
-        self.shared.index.read().topics.keys().cloned().collect()
-    }
-
     /// Listing of topics with counts, sorted by name.
     pub fn topics(&self) -> Vec<TopicInfo> {
         let idx = self.shared.index.read();
@@ -85,6 +80,23 @@ impl Store {
         upto: Option<&BTreeMap<Origin, u64>>,
         limit: usize,
     ) -> Result<ReadBatch, StoreError> {
+        self.read_bounded(topic, after, upto, limit, usize::MAX)
+    }
+
+    /// [`Store::read`], also stopping before the records' stored bytes would pass
+    /// `max_bytes` (at least one record is returned, so a read always advances;
+    /// `more` is then set). What a client can make the gateway hold per read.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn read_bounded(
+        &self,
+        topic: &str,
+        after: &BTreeMap<Origin, u64>,
+        upto: Option<&BTreeMap<Origin, u64>>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, StoreError> {
         let (topic_id, streams) = {
             let idx = self.shared.index.read();
             let Some(t) = idx.topics.get(topic) else {
@@ -104,7 +116,8 @@ impl Store {
             positions: after.clone(),
             ..ReadBatch::default()
         };
-        for (oid, origin, stream) in streams {
+        let mut bytes = 0usize;
+        'streams: for (oid, origin, stream) in streams {
             let pos = after.get(&origin).copied().unwrap_or(0);
             let end = upto.map_or(stream.high, |u| {
                 u.get(&origin).copied().unwrap_or(0).min(stream.high)
@@ -155,6 +168,12 @@ impl Store {
                     // Inside a gap marker already reported.
                     continue;
                 }
+                if !out.records.is_empty() && bytes.saturating_add(value.len()) > max_bytes {
+                    // The position stays before this record: the next read starts here.
+                    out.more = true;
+                    break 'streams;
+                }
+                bytes = bytes.saturating_add(value.len());
                 if seq != next {
                     // A hole: report it, never skip silently. Retention may have removed
                     // it since `low` was read above (a race, not damage) — only a hole

@@ -67,6 +67,7 @@ impl Record {
             mid: self.mid.clone(),
             headers: self.headers.clone(),
             data: Payload(self.payload.clone()),
+            sub: None,
         }
     }
 

@@ -385,7 +385,7 @@ impl Shared {
 /// The replication core's synchronous view of the durable store.
 impl LocalView for Store {
     fn topics(&self) -> Vec<String> {
-        self.topic_names()
+        self.shared.index.read().topics.keys().cloned().collect()
     }
 
     fn vector(&self, topic: &str) -> Option<VersionVector> {

@@ -226,6 +226,7 @@ fn received_hlcs_pull_the_local_clock_within_the_drift_bound() {
     let ack = rt.block_on(store.append(Publish {
         topic: "local".into(),
         client: "c".into(),
+        principal: None,
         mid: None,
         headers: Headers::default(),
         payload: Bytes::new(),
@@ -241,6 +242,7 @@ fn received_hlcs_pull_the_local_clock_within_the_drift_bound() {
         .block_on(store.append(Publish {
             topic: "local".into(),
             client: "c".into(),
+            principal: None,
             mid: None,
             headers: Headers::default(),
             payload: Bytes::new(),
@@ -303,6 +305,7 @@ fn digests_and_ranged_vectors_are_incremental_and_survive_reopen() {
         rt.block_on(store.append(Publish {
             topic: "t".into(),
             client: "c".into(),
+            principal: None,
             mid: None,
             headers: Headers::default(),
             payload: Bytes::from_static(b"x"),

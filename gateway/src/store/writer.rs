@@ -83,6 +83,14 @@ impl Writer {
                 last_tick = std::time::Instant::now();
                 self.housekeeping();
             }
+            // Plugin kv writes with no group commit since: sync them now (at most about
+            // a second after they were made, since the gateway ticks every second).
+            if self.shared.kv_dirty.load(Ordering::Acquire)
+                && self.opts.fsync == FsyncPolicy::Always
+                && let Err(e) = self.shared.persist()
+            {
+                tracing::error!(error = %e, "fsync of plugin kv writes failed");
+            }
             if let Some(done) = shutdown {
                 let _ = self.shared.db.persist(PersistMode::SyncAll);
                 // Write memtables out so the next open replays a short journal, not all of it.
@@ -128,16 +136,17 @@ impl Writer {
         let mut batch = shared.db.batch();
         let mut pending = Vec::with_capacity(appends.len());
         let mut committed = Vec::with_capacity(appends.len());
-        let mut in_batch: HashMap<(String, String), Ack> = HashMap::new();
+        let mut in_batch: HashMap<Vec<u8>, Ack> = HashMap::new();
         let mut touched: HashMap<String, ()> = HashMap::new();
         let now = self.opts.clock.unix_ms();
         let local = shared.local.clone();
         let local_id = index.origin_id(&shared, &mut batch, &local);
         for (req, reply) in appends {
-            // Idempotent publish: a (client, mid) seen within the window gets the original ack.
-            if let Some(mid) = &req.mid {
-                let k = (req.client.clone(), mid.clone());
-                if let Some(ack) = in_batch.get(&k) {
+            // Idempotent publish: a (principal, client, topic, mid) seen within the window
+            // gets the original ack.
+            let dedupe = req.mid.as_deref().map(|mid| dedupe_key(&req, mid));
+            if let Some(k) = &dedupe {
+                if let Some(ack) = in_batch.get(k) {
                     pending.push(Pending {
                         reply,
                         ack: Ack {
@@ -147,7 +156,7 @@ impl Writer {
                     });
                     continue;
                 }
-                match self.lookup_dedupe(&index, &req.client, mid, now) {
+                match self.lookup_dedupe(&index, k, now) {
                     Ok(Some(ack)) => {
                         let _ = reply.send(Ok(ack));
                         continue;
@@ -217,19 +226,19 @@ impl Writer {
                 vv,
                 dup: false,
             };
-            if let Some(mid) = &record.mid {
+            if let Some(key) = dedupe {
                 let mut v = Vec::with_capacity(36);
                 v.extend_from_slice(&topic_id.to_be_bytes());
                 v.extend_from_slice(&local_id.to_be_bytes());
                 v.extend_from_slice(&seq.to_be_bytes());
                 v.extend_from_slice(&hlc.to_be_bytes());
                 v.extend_from_slice(&now.to_be_bytes());
-                batch.insert(&shared.dedupe, dedupe_key(&record.client, mid), v);
                 let mut w = b"w".to_vec();
                 w.extend_from_slice(&now.to_be_bytes());
-                w.extend_from_slice(&dedupe_key(&record.client, mid)[1..]);
+                w.extend_from_slice(&key[1..]);
                 batch.insert(&shared.dedupe, w, b"".as_slice());
-                in_batch.insert((record.client.clone(), mid.clone()), ack.clone());
+                batch.insert(&shared.dedupe, key.as_slice(), v);
+                in_batch.insert(key, ack.clone());
             }
             touched.insert(record.topic.clone(), ());
             committed.push(Arc::new(record));
@@ -292,11 +301,10 @@ impl Writer {
     pub(super) fn lookup_dedupe(
         &self,
         index: &Index,
-        client: &str,
-        mid: &str,
+        key: &[u8],
         now: u64,
     ) -> Result<Option<Ack>, StoreError> {
-        let Some(v) = self.shared.dedupe.get(dedupe_key(client, mid))? else {
+        let Some(v) = self.shared.dedupe.get(key)? else {
             return Ok(None);
         };
         if v.len() != 32 {

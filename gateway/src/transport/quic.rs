@@ -16,7 +16,8 @@
 //!
 //! Transport settings: idle timeout `limits.idle_timeout_ms`, keep-alive every
 //! `limits.ping_interval_ms` (so NAT bindings survive quiet sessions), one
-//! bidirectional stream and no unidirectional streams per connection,
+//! client-opened bidirectional stream and no client-opened unidirectional streams per
+//! connection (with `edgesync/2` the gateway opens one per subscription),
 //! connection migration on (a phone changing networks keeps its session).
 //! QUIC always negotiates TLS 1.3 (RFC 9001); with `[tls] client_ca`, a client
 //! certificate is requested and, when presented and valid, its subject CN (or

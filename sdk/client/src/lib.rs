@@ -77,7 +77,8 @@ pub struct ClientOptions {
     /// `ws://host:port[/path]`, `wss://...` or `quic://host:port`.
     pub url: String,
     pub token: Option<String>,
-    /// Stable client id (scopes idempotent publish); generated when absent.
+    /// Stable client id (scopes idempotent publish, with the topic and, when auth is on,
+    /// the principal): 1-128 ASCII letters, digits and `-_.:@+/=~`; generated when absent.
     pub client_id: Option<String>,
     /// Encoding for WebSocket (QUIC always uses MessagePack). Default MessagePack.
     pub encoding: Encoding,
@@ -185,6 +186,8 @@ pub struct History {
 #[derive(Debug, Clone)]
 pub struct SessionInfo {
     pub client_id: String,
+    /// The gateway's protocol version (2 tags catch-up pushes with their subscription).
+    pub version: u32,
     pub conn_id: u64,
     pub node: String,
     pub epoch: u64,

@@ -53,6 +53,9 @@ struct SubState {
     position: Cursor,
     /// Cleared by unsubscribe.
     active: bool,
+    /// Takes untagged (live) pushes: a `latest` subscription from the start, any other
+    /// once the gateway's `live` push ends its catch-up (protocol version 2).
+    live: bool,
     /// What the application has taken (shared with the `Subscription`).
     consumed: std::sync::Arc<std::sync::Mutex<Cursor>>,
     /// Events waiting for room in `events`, oldest first: gaps only (messages that did
@@ -72,6 +75,7 @@ impl SubState {
             events,
             position: Cursor::new(),
             active: true,
+            live: false,
             consumed,
             backlog: VecDeque::new(),
         }
@@ -162,6 +166,12 @@ struct Task {
     /// subscription whatever was unsubscribed meanwhile.
     subs: BTreeMap<u64, SubState>,
     next_sub: u64,
+    /// `id` of the current `sub` command of each subscription → its key: protocol
+    /// version 2 tags catch-up pushes (and `live`) with it.
+    tags: std::collections::HashMap<u64, u64>,
+    /// The gateway's protocol version (1: no tags; every matching subscription takes
+    /// every push and drops what its position covers).
+    version: u32,
     mid_prefix: u64,
     mid_counter: u64,
 }
@@ -180,6 +190,8 @@ pub(crate) async fn spawn(
         inflight: BTreeMap::new(),
         subs: BTreeMap::new(),
         next_sub: 0,
+        tags: std::collections::HashMap::new(),
+        version: info.version,
         mid_prefix: rand::random(),
         mid_counter: 0,
     };
@@ -217,6 +229,7 @@ async fn establish(opts: &ClientOptions) -> Result<(Conn, Encoding, SessionInfo)
                     node,
                     epoch,
                     limits,
+                    version,
                     ..
                 } => {
                     return Ok((
@@ -224,6 +237,7 @@ async fn establish(opts: &ClientOptions) -> Result<(Conn, Encoding, SessionInfo)
                         encoding,
                         SessionInfo {
                             client_id,
+                            version,
                             conn_id,
                             node,
                             epoch,
@@ -327,8 +341,10 @@ impl Task {
                 let id = self.id();
                 let sub = self.next_sub;
                 self.next_sub += 1;
-                self.subs
-                    .insert(sub, SubState::new(pattern.clone(), events, consumed));
+                let mut state = SubState::new(pattern.clone(), events, consumed);
+                state.live = start == Start::Latest;
+                self.subs.insert(sub, state);
+                self.tags.insert(id, sub);
                 self.inflight.insert(
                     id,
                     Inflight::Subscribe {
@@ -457,26 +473,44 @@ impl Task {
         }
     }
 
+    /// The subscriptions a push is for. Protocol version 2: a tagged push (catch-up) is
+    /// for the subscription its `sub` names, an untagged one (live) for every matching
+    /// subscription that is live. Version 1: every matching subscription (each drops
+    /// what its position already covers). `lane`: the pattern of the QUIC stream the push
+    /// came on, whose subscription alone it is for.
+    fn targets(&self, tag: Option<u64>, topic: &str, lane: Option<&str>) -> Vec<u64> {
+        let tagged = self.version >= 2;
+        if let (true, Some(tag)) = (tagged, tag) {
+            return self.tags.get(&tag).copied().into_iter().collect();
+        }
+        self.subs
+            .iter()
+            .filter(|(_, s)| {
+                s.active
+                    && (!tagged || s.live)
+                    && lane.is_none_or(|l| l == s.pattern)
+                    && matches(&s.pattern, topic)
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
     fn handle_server_frame(&mut self, f: ServerFrame, lane: Option<&str>) {
-        let for_lane = |pattern: &str| lane.is_none_or(|l| l == pattern);
         match f {
             ServerFrame::Msg(m) if m.seq == 0 => {
                 // Ephemeral (datagram) message: best-effort, never in a cursor, not deduplicated.
-                for s in self
-                    .subs
-                    .values()
-                    .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &m.topic))
-                {
-                    let _ = s.events.try_send(Event::Msg(m.clone()));
+                for key in self.targets(m.sub, &m.topic, lane) {
+                    if let Some(s) = self.subs.get(&key) {
+                        let _ = s.events.try_send(Event::Msg(m.clone()));
+                    }
                 }
             }
             ServerFrame::Msg(m) => {
                 let origin = Origin::new(m.origin.clone(), m.epoch);
-                for s in self
-                    .subs
-                    .values_mut()
-                    .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &m.topic))
-                {
+                for key in self.targets(m.sub, &m.topic, lane) {
+                    let Some(s) = self.subs.get_mut(&key) else {
+                        continue;
+                    };
                     if m.seq <= s.position.position(&m.topic, &origin) {
                         continue; // already delivered (resume overlap): never twice
                     }
@@ -492,13 +526,13 @@ impl Task {
                 to,
                 reason,
                 cursor,
+                sub,
             } => {
                 let origin = Origin::new(origin, epoch);
-                for s in self
-                    .subs
-                    .values_mut()
-                    .filter(|s| s.active && for_lane(&s.pattern) && matches(&s.pattern, &topic))
-                {
+                for key in self.targets(sub, &topic, lane) {
+                    let Some(s) = self.subs.get_mut(&key) else {
+                        continue;
+                    };
                     let ev = Event::Gap {
                         topic: topic.clone(),
                         origin: origin.clone(),
@@ -548,6 +582,7 @@ impl Task {
                     for sub in subs {
                         self.subs.remove(&sub);
                     }
+                    self.tags.retain(|_, key| self.subs.contains_key(key));
                     let _ = reply.send(Ok(()));
                 }
             }
@@ -602,6 +637,12 @@ impl Task {
             } => {
                 tracing::debug!(%code, %msg, "gateway error push");
             }
+            ServerFrame::Live { sub, .. } => {
+                // Its catch-up is over: from here it takes the untagged pushes.
+                if let Some(s) = self.tags.get(&sub).and_then(|k| self.subs.get_mut(k)) {
+                    s.live = true;
+                }
+            }
             ServerFrame::Connected { .. } => {}
         }
     }
@@ -645,10 +686,11 @@ impl Task {
         loop {
             tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(self.opts.max_backoff);
-            let Ok((mut conn, enc, _info)) = establish(&self.opts).await else {
+            let Ok((mut conn, enc, info)) = establish(&self.opts).await else {
                 continue;
             };
             self.encoding = enc;
+            self.version = info.version;
             if self.resume(&mut conn).await.is_ok() {
                 tracing::debug!("reconnected and resumed");
                 return Some(conn);
@@ -662,8 +704,13 @@ impl Task {
             .iter()
             .map(|(k, s)| (*k, s.pattern.clone(), s.position.encode()))
             .collect();
+        self.tags.clear();
         for (sub, pattern, position) in subs {
             let id = self.id();
+            self.tags.insert(id, sub);
+            if let Some(s) = self.subs.get_mut(&sub) {
+                s.live = false; // catching up from its position until `live`
+            }
             let frame = self.encoding.encode(&ClientFrame::Sub {
                 id,
                 topic: pattern,
@@ -735,6 +782,7 @@ mod tests {
             mid: None,
             headers: Default::default(),
             data: Payload::default(),
+            sub: None,
         }
     }
 

@@ -13,6 +13,7 @@ fn push() -> ServerFrame {
         mid: None,
         headers: Default::default(),
         data: Payload::from(vec![7u8; 64]),
+        sub: None,
     })
 }
 

@@ -530,18 +530,22 @@ mod tests {
             any_payload(),
             any_headers(),
             prop::option::of("[a-z]{1,4}"),
+            prop::option::of(any::<u64>()),
         )
-            .prop_map(|(topic, origin, epoch, seq, hlc, data, headers, mid)| Msg {
-                topic,
-                origin,
-                epoch,
-                seq,
-                hlc,
-                client: "c".into(),
-                mid,
-                headers,
-                data,
-            })
+            .prop_map(
+                |(topic, origin, epoch, seq, hlc, data, headers, mid, sub)| Msg {
+                    topic,
+                    origin,
+                    epoch,
+                    seq,
+                    hlc,
+                    client: "c".into(),
+                    mid,
+                    headers,
+                    data,
+                    sub,
+                },
+            )
     }
 
     fn any_server_frame() -> impl Strategy<Value = ServerFrame> {
@@ -564,8 +568,13 @@ mod tests {
                 ErrorCode::RateLimited,
                 m
             )),
-            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(from, to, epoch)| {
-                ServerFrame::Gap {
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                prop::option::of(any::<u64>())
+            )
+                .prop_map(|(from, to, epoch, sub)| ServerFrame::Gap {
                     topic: "a.b".into(),
                     origin: "n1".into(),
                     epoch,
@@ -573,8 +582,10 @@ mod tests {
                     to,
                     reason: GapReason::SlowConsumer,
                     cursor: "c".into(),
-                }
-            }),
+                    sub,
+                }),
+            (any::<u64>(), "[a-z.*>]{1,20}")
+                .prop_map(|(sub, topic)| ServerFrame::Live { sub, topic }),
             (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, dup)| {
                 ServerFrame::Puback {
                     id,

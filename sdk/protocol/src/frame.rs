@@ -163,6 +163,15 @@ pub enum ServerFrame {
     },
     /// A delivered message (push).
     Msg(Msg),
+    /// A subscription finished its catch-up (push, protocol version 2): from here on it
+    /// takes the untagged pushes that match it. Queued after its last catch-up push and
+    /// before any live push it gets, so a client knows exactly where the hand-over is.
+    Live {
+        /// The `id` of the `sub` command that made the subscription.
+        sub: u64,
+        /// Its pattern.
+        topic: String,
+    },
     /// Messages the subscriber will not receive live (push): read them with `history`.
     Gap {
         topic: String,
@@ -175,6 +184,10 @@ pub enum ServerFrame {
         reason: GapReason,
         /// Cursor positioned just before `from`; `history` with it re-reads the range.
         cursor: String,
+        /// The subscription whose catch-up found the range missing (the `id` of its `sub`
+        /// command); absent for a gap of the live stream (`slow_consumer`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sub: Option<u64>,
     },
 }
 
@@ -234,6 +247,11 @@ pub struct Msg {
     #[serde(default, skip_serializing_if = "Headers::is_empty")]
     pub headers: Headers,
     pub data: Payload,
+    /// Set on a push read by a subscription's catch-up: the `id` of its `sub` command; it
+    /// is for that subscription only. Absent on live pushes (each matching live
+    /// subscription takes them) and in `history` replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<u64>,
 }
 
 /// Message headers: ordered string pairs, encoded as a map.

@@ -34,5 +34,6 @@ pub const ALPN_QUIC: &[u8] = b"edgesync/1";
 /// subscription (docs/protocol-quic.md, "Subscription streams"). Gateways offer it
 /// first; a client that offers both gets it.
 pub const ALPN_QUIC_V2: &[u8] = b"edgesync/2";
-/// Protocol version announced in `connected`.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Protocol version announced in `connected`. 2: a subscription's catch-up pushes carry
+/// its `sub` id and a `live` push marks the end of its catch-up (PROTOCOL.md §4).
+pub const PROTOCOL_VERSION: u32 = 2;
