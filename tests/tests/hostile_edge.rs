@@ -652,8 +652,32 @@ default_subscribe = ["users.{{principal}}.>"]
     let gw = TestGateway::start(move |c| {
         c.plugins = parsed.plugins;
         c.routes = parsed.routes;
+        c.listen.admin = ListenAddr::parse("127.0.0.1:0").expect("addr");
+        c.admin.token = Some("admin-token".into());
     })
     .await;
+    // Finding 13: the plugin's HMAC key is not in the effective configuration.
+    let admin = gw
+        .running
+        .as_ref()
+        .expect("running")
+        .bound
+        .admin
+        .expect("admin");
+    let mut s = TcpStream::connect(admin).await.expect("tcp");
+    s.write_all(b"GET /v1/config HTTP/1.0\r\nAuthorization: Bearer admin-token\r\n\r\n")
+        .await
+        .expect("request");
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.expect("answer");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    assert!(answer.contains("jwt-auth"), "{answer}");
+    assert!(
+        !answer.contains(JWT_SECRET),
+        "the plugin secret leaked: {answer}"
+    );
+    assert!(!answer.contains("admin-token"), "{answer}");
     let url = gw.ws_url();
     // `sub: "*"` would turn users.{principal}.> into users.*.> — everyone's mail.
     for sub in ["*", ">", "bob.inbox", "$dlq", "a b"] {
