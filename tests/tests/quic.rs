@@ -638,6 +638,22 @@ struct Raw {
 /// A QUIC connection offering `alpn` with its session stream open (opened by the
 /// client; the gateway sees it with the first bytes written) and nothing sent yet.
 async fn raw_quic_open(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
+    let (endpoint, connection) = quic_handshake(gw, alpn, window).await.expect("handshake");
+    let (send, recv) = connection.open_bi().await.expect("session stream");
+    Raw {
+        _endpoint: endpoint,
+        connection,
+        send,
+        recv,
+    }
+}
+
+/// A QUIC handshake with the gateway offering `alpn`, nothing more.
+async fn quic_handshake(
+    gw: &Gw,
+    alpn: &[&[u8]],
+    window: u32,
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in edgesync::transport::tls::read_certs(&gw.ca()).expect("ca") {
         roots.add(cert).expect("root");
@@ -658,15 +674,48 @@ async fn raw_quic_open(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
     let connection = endpoint
         .connect_with(config, addr, "localhost")
         .expect("connect")
-        .await
-        .expect("handshake");
-    let (send, recv) = connection.open_bi().await.expect("session stream");
-    Raw {
-        _endpoint: endpoint,
-        connection,
-        send,
-        recv,
+        .await?;
+    Ok((endpoint, connection))
+}
+
+/// Security finding 6 over QUIC: connections that finish the handshake but never open
+/// their session stream hold handshake slots, at most `max_handshakes_per_ip`, until
+/// the handshake timeout; one more is refused at once, and the slots come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_handshakes_in_progress_are_bounded_per_ip() {
+    let gw = Gw::start(|c| {
+        c.limits.max_handshakes_per_ip = 2;
+        c.limits.handshake_timeout_ms = 1_500;
+    })
+    .await;
+    let alpn: &[&[u8]] = &[edgesync_protocol::ALPN_QUIC_V2];
+    let held_a = quic_handshake(&gw, alpn, 1 << 20).await.expect("first");
+    let held_b = quic_handshake(&gw, alpn, 1 << 20).await.expect("second");
+    let refused = quic_handshake(&gw, alpn, 1 << 20).await;
+    assert!(
+        refused.is_err(),
+        "a third handshake from this address is refused"
+    );
+    let refused_total = gw
+        .gateway()
+        .metrics
+        .connections_refused
+        .with_label_values(&["too_many_handshakes"])
+        .get();
+    assert_eq!(refused_total, 1);
+    // The held ones are closed at the handshake timeout (no stream opened) ...
+    for (_, c) in [&held_a, &held_b] {
+        let reason = tokio::time::timeout(WAIT, c.closed())
+            .await
+            .expect("closed in time");
+        assert!(
+            matches!(reason, quinn::ConnectionError::ApplicationClosed(ref a) if a.error_code == quinn::VarInt::from_u32(0x0c)),
+            "{reason:?}"
+        );
     }
+    // ... and a normal client is served again.
+    let c = gw.quic().await;
+    c.publish("after.handshakes", "x").await.expect("served");
 }
 
 /// Connect offering `alpn`, with a per-stream receive window of `window` bytes, and
