@@ -203,6 +203,10 @@ fsync = "{fsync}"
 # 15k idle connections plus the bench's own.
 max_connections = 18000
 max_connections_per_ip = 18000
+# Every client is on 127.0.0.1: the per-IP handshake bound is the total one. (The
+# gateway's open-file limit must hold 18000 + 1024 + 512.)
+max_handshakes = 1024
+max_handshakes_per_ip = 1024
 # The bench publishes from one connection as fast as the gateway takes it.
 publish_rate_per_sec = 100000000
 # 15k QUIC handshakes on one shared core queue for longer than the default 10 s.
