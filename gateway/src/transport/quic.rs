@@ -351,6 +351,9 @@ async fn write_lane(
             if lane.outbox.drain_into(&mut frame, driver::MAX_BATCH_FRAME) == 0 {
                 break;
             }
+            // Still the connection's bytes until written: while the client withholds
+            // stream credit, the lanes' budget (and so what the session may queue) says so.
+            let _held = lane.outbox.hold(frame.len());
             let send = match &mut stream {
                 Some(s) => s,
                 None => match connection.open_uni().await {
