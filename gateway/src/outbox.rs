@@ -401,6 +401,19 @@ impl Outbox {
         }
     }
 
+    /// Wait until the outbox is closed (a writer blocked on the socket gives up its
+    /// write then: a closing connection is not kept waiting for a peer that does not read).
+    pub async fn wait_closed(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches it from creation on.
+            let notified = self.drained.notified();
+            if self.inner.lock().closed.is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// True when the session may run another command: its replies would find the
     /// outbox under half full (bytes and frames). Replies are queued whatever the
     /// fullness, so this is what bounds them: a session runs no command while the

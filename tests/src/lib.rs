@@ -30,6 +30,7 @@ pub fn test_config(dir: &Path) -> Config {
             wss: loopback0(),
             quic: ListenAddr(None),
             admin: ListenAddr(None),
+            ..edgesync::config::ListenConfig::default()
         },
         ..Config::default()
     }
@@ -64,6 +65,11 @@ impl TestGateway {
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}", self.bound().ws.expect("ws bound"))
+    }
+
+    /// The plain WebSocket listener's address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.bound().ws.expect("ws bound")
     }
 
     pub fn wss_url(&self) -> String {

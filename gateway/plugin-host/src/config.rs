@@ -19,9 +19,13 @@ use crate::hooks::Hook;
 pub struct HostConfig {
     /// Directory of precompiled components, keyed by the component's
     /// SHA-256 and the engine configuration. `None` (default): no disk
-    /// cache; every load compiles. The directory must be as trusted as the
-    /// gateway binary: its files are loaded as native code.
+    /// cache; every load compiles. Its files are native code: each is
+    /// authenticated with the key in `cache_key_file` and refused (then
+    /// recompiled) when it does not verify.
     pub cache_dir: Option<PathBuf>,
+    /// File holding the cache's 32-byte authentication key, created 0600 on
+    /// first use. Default `<cache_dir>.key` (beside the directory, not in it).
+    pub cache_key_file: Option<PathBuf>,
     /// Epoch tick in milliseconds (default 1): the granularity of the CPU
     /// deadline. A runaway guest is stopped within `deadline_ms` + one tick.
     pub epoch_tick_ms: u64,
@@ -49,6 +53,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             cache_dir: None,
+            cache_key_file: None,
             epoch_tick_ms: 1,
             pooling: true,
             pool_total_instances: 256,

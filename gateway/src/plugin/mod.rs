@@ -183,6 +183,7 @@ impl Plugins {
         for p in self.auth_chain() {
             match p.on_connect(info).await {
                 Ok(ConnectVerdict::Allow(principal)) => {
+                    check_principal(p.name(), &principal)?;
                     if auth.is_none() {
                         auth = Some(Auth {
                             principal: principal.id,
@@ -697,4 +698,37 @@ impl PluginAdmin for Plugins {
             Ok(Plugins::info(p))
         })
     }
+}
+
+/// What an auth plugin grants is checked before it is enforced (security finding 11):
+/// every granted pattern must be a valid pattern, and the principal id must not hold a
+/// wildcard or a control character — an identity is data, and one that looks like a
+/// pattern (`*`, `>`) is never what a template such as `users.{principal}.>` meant.
+/// A plugin that breaks this refuses the connection (fail closed), naming the plugin.
+///
+/// # Errors
+/// `unauthorized`, saying what was wrong.
+fn check_principal(plugin: &str, principal: &ph::Principal) -> Result<(), Refusal> {
+    if let Some(c) = principal
+        .id
+        .chars()
+        .find(|c| matches!(c, '*' | '>') || c.is_control())
+    {
+        tracing::warn!(plugin, principal = ?principal.id, "auth plugin returned a principal holding {c:?}; connection refused");
+        return Err(refuse(
+            ErrorCode::Unauthorized,
+            format!("auth plugin {plugin} returned a principal id holding {c:?}"),
+        ));
+    }
+    let perms = &principal.permissions;
+    for pattern in perms.publish.iter().chain(&perms.subscribe) {
+        if let Err(e) = edgesync_protocol::topic::validate_pattern(pattern, usize::MAX) {
+            tracing::warn!(plugin, pattern = ?pattern, error = %e, "auth plugin granted an invalid pattern; connection refused");
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                format!("auth plugin {plugin} granted an invalid pattern {pattern:?}: {e}"),
+            ));
+        }
+    }
+    Ok(())
 }

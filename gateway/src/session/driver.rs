@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgesync_protocol::codec::Invalid;
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::delivery::Delivery;
 use super::execute::{self, AckDone, AckFuture, QueuedPub};
+use super::liveness::{Due, Liveness};
 use super::{Authorizer, Command, Session, frame_kind};
 use crate::broker::{Broker, ConnOut};
 use crate::config::Limits;
@@ -93,6 +94,12 @@ pub trait Conn: Send {
     fn ping(&mut self) -> impl Future<Output = Result<(), ConnError>> + Send;
     /// Close with an error code (None: normal close).
     fn close(&mut self, code: Option<ErrorCode>, reason: &str) -> impl Future<Output = ()> + Send;
+    /// True when the transport itself proves the peer alive (QUIC: keep-alive packets
+    /// the peer's stack acknowledges, and the transport's idle timeout). The session
+    /// then sends no pings and applies no idle timer of its own.
+    fn keeps_alive(&self) -> bool {
+        false
+    }
     /// Streams of their own for subscriptions, when the transport and the client agreed
     /// on them (QUIC `edgesync/2`); `None`: everything travels on the session stream.
     fn lanes(&self) -> Option<Arc<dyn Lanes>> {
@@ -137,6 +144,8 @@ pub const SHUTTING_DOWN: &str = "gateway is shutting down";
 
 /// Largest frame the writer builds from batched messages.
 pub(crate) const MAX_BATCH_FRAME: usize = 256 << 10;
+/// Time the closing writes (what is queued, then the final `error`) may take.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Run one connection to completion.
 pub async fn run<C: Conn>(conn: C, ctx: Arc<SessionCtx>, info: ConnInfo) {
@@ -164,10 +173,12 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
         ),
     );
     let _registered = ctx.conns.register(conn_id, &info, &out);
-    let now = Instant::now();
+    let now = now();
     let delivery = Delivery::new(conn.lanes(), &ctx.limits);
     let mut d = Driver {
         session: Session::new(ctx.limits.clone(), now),
+        liveness: Liveness::new(&ctx.limits, now, conn.keeps_alive()),
+        write_timeout: Duration::from_millis(ctx.limits.idle_timeout_ms),
         ctx,
         out,
         info,
@@ -175,7 +186,6 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
         backlog: VecDeque::new(),
         delivery,
         last_rx: now,
-        last_tx: now,
         draining: false,
         close_reason: None,
     };
@@ -199,8 +209,13 @@ pub(crate) struct Driver {
     /// `limits.max_frame_bytes`: one decoded frame.)
     backlog: VecDeque<Result<ClientFrame, Invalid>>,
     pub(crate) delivery: Delivery,
+    /// When the last frame arrived (the session's clock for the commands in it).
     last_rx: Instant,
-    last_tx: Instant,
+    /// Ping, idle and first-`connect` timers.
+    liveness: Liveness,
+    /// Longest a single write may wait for the peer to read (`limits.idle_timeout_ms`):
+    /// a peer that stops reading is closed instead of holding its slot (finding 8).
+    write_timeout: Duration,
     /// Shutdown began: no more reads; finish in-flight publishes, flush, close.
     draining: bool,
     /// How the connection ends (`None` code: a normal close).
@@ -228,7 +243,10 @@ impl Driver {
     async fn run<C: Conn, D: Datagrams>(&mut self, mut conn: C, mut datagrams: Option<D>) {
         let shutdown = self.ctx.shutdown.clone();
         loop {
-            let deadline = super::next_deadline(self.last_rx, self.last_tx, &self.ctx.limits);
+            let deadline = self
+                .liveness
+                .deadline(self.session.client_id().is_some())
+                .map(tokio::time::Instant::from_std);
             let room_for_publishes = self.pending.len() < self.ctx.limits.max_inflight_publishes;
             let backlog = !self.backlog.is_empty();
             let read_ok = !self.draining && room_for_publishes && !backlog;
@@ -243,7 +261,7 @@ impl Driver {
                 _ = backlog_room(&self.out, &self.delivery), if run_backlog => Event::Backlog,
                 _ = self.delivery.room(), if self.delivery.catching_up() && !draining => Event::CatchUp,
                 d = next_datagram(&mut datagrams), if datagrams.is_some() && !draining => Event::Datagram(d),
-                _ = tokio::time::sleep_until(deadline.into()), if !draining => Event::Timer,
+                _ = sleep_until(deadline), if !draining => Event::Timer,
             };
             let next = match event {
                 Event::Shutdown => self.on_shutdown(),
@@ -298,19 +316,41 @@ impl Driver {
 
     async fn on_write<C: Conn>(&mut self, conn: &mut C) -> Next {
         if let Some(closed) = self.out.outbox.closed() {
-            // Flush what is queued, then the reason, then close.
-            let _ = flush(&self.out, &self.ctx.metrics, conn).await;
+            // Flush what is queued, then the reason, then close — within a short bound: a
+            // slow consumer being disconnected may not be reading at all.
             let f = ServerFrame::error(None, closed.code, closed.message.clone());
-            let _ = conn.send(self.info.encoding.encode(&f)).await;
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT.min(self.write_timeout), async {
+                flush(&self.out, &self.ctx.metrics, conn, None).await?;
+                conn.send(self.info.encoding.encode(&f))
+                    .await
+                    .map_err(Stalled::Failed)
+            })
+            .await;
             self.close_reason = Some((Some(closed.code), closed.message));
             return Next::End;
         }
-        if flush(&self.out, &self.ctx.metrics, conn).await.is_err() {
-            self.close_reason = Some((None, "write failed".into()));
-            return Next::End;
+        let flushed = flush(&self.out, &self.ctx.metrics, conn, Some(self.write_timeout)).await;
+        match flushed {
+            Ok(()) => Next::Continue,
+            // Closed while a write waited: the next turn sends the reason and ends.
+            Err(Stalled::Closed) => Next::Continue,
+            Err(Stalled::Timeout) => {
+                tracing::debug!(
+                    conn_id = self.out.id,
+                    "write timed out: the peer stopped reading"
+                );
+                self.close_reason = Some((
+                    Some(ErrorCode::SlowConsumer),
+                    "the client stopped reading".into(),
+                ));
+                Next::End
+            }
+            Err(Stalled::Failed(e)) => {
+                tracing::debug!(conn_id = self.out.id, error = %e, "write failed");
+                self.close_reason = Some((None, "write failed".into()));
+                Next::End
+            }
         }
-        self.last_tx = Instant::now();
-        Next::Continue
     }
 
     fn on_acked(&mut self, done: Option<AckDone>) -> Next {
@@ -342,7 +382,8 @@ impl Driver {
             Some(Err(e)) => return self.on_transport_error(conn, e).await,
             Some(Ok(frame)) => frame,
         };
-        self.last_rx = Instant::now();
+        self.last_rx = now();
+        self.liveness.received(self.last_rx);
         if frame.is_empty() {
             return Next::Continue; // keepalive (a pong, or an empty frame from the client)
         }
@@ -375,7 +416,9 @@ impl Driver {
         self.out
             .outbox
             .push_reply(&ServerFrame::error(None, code, e.to_string()));
-        flush(&self.out, &self.ctx.metrics, conn).await.ok();
+        flush(&self.out, &self.ctx.metrics, conn, Some(self.write_timeout))
+            .await
+            .ok();
         self.close_reason = Some((Some(code), e.to_string()));
         Next::End
     }
@@ -444,17 +487,21 @@ impl Driver {
     }
 
     async fn on_timer<C: Conn>(&mut self, conn: &mut C) -> Next {
-        let now = Instant::now();
-        if now.duration_since(self.last_rx).as_millis() as u64 >= self.ctx.limits.idle_timeout_ms {
-            self.out.outbox.close(
-                ErrorCode::IdleTimeout,
-                "nothing received within the idle timeout",
-            );
-        } else if conn.ping().await.is_err() {
-            self.close_reason = Some((None, "ping failed".into()));
-            return Next::End;
-        } else {
-            self.last_tx = now;
+        let now = now();
+        match self.liveness.due(now, self.session.client_id().is_some()) {
+            Due::Nothing => {}
+            Due::Close(code, message) => self.out.outbox.close(code, message),
+            Due::Ping => {
+                // Bounded like any write: a ping stuck behind an unread socket must not
+                // hold the connection past the write timeout.
+                match tokio::time::timeout(self.write_timeout, conn.ping()).await {
+                    Ok(Ok(())) => self.liveness.pinged(now),
+                    Ok(Err(_)) | Err(_) => {
+                        self.close_reason = Some((None, "ping failed".into()));
+                        return Next::End;
+                    }
+                }
+            }
         }
         Next::Continue
     }
@@ -481,7 +528,14 @@ impl Driver {
         self.delivery.finish_lanes();
         let (code, reason) = self.close_reason.take().unwrap_or((None, "closed".into()));
         if self.draining {
-            flush(&self.out, &self.ctx.metrics, &mut conn).await.ok();
+            flush(
+                &self.out,
+                &self.ctx.metrics,
+                &mut conn,
+                Some(self.write_timeout),
+            )
+            .await
+            .ok();
         }
         conn.close(code, &reason).await;
         let label = code.map_or("normal", |c| c.as_str());
@@ -494,10 +548,28 @@ impl Driver {
     }
 }
 
+/// Why [`flush`] stopped before the outbox was empty.
+enum Stalled {
+    /// One write waited longer than the write timeout: the peer stopped reading.
+    Timeout,
+    /// The outbox was closed (e.g. `slow_consumer` under the disconnect policy) while a
+    /// write waited; the write was abandoned.
+    Closed,
+    /// The transport failed.
+    Failed(ConnError),
+}
+
 /// Write everything queued in `out`, in frames of at most [`MAX_BATCH_FRAME`] bytes.
+/// With `timeout`, each write is bounded by it and abandoned when the outbox closes
+/// meanwhile, so a peer that stops reading never holds the session in a write.
 /// (A free function taking fields: the driver is not `Sync` — its pending acks are not —
 /// so no `&Driver` may live across an await.)
-async fn flush<C: Conn>(out: &ConnOut, metrics: &Metrics, conn: &mut C) -> Result<(), ConnError> {
+async fn flush<C: Conn>(
+    out: &ConnOut,
+    metrics: &Metrics,
+    conn: &mut C,
+    timeout: Option<Duration>,
+) -> Result<(), Stalled> {
     loop {
         // `drain_into` sizes it.
         let mut buf = Vec::new();
@@ -505,7 +577,35 @@ async fn flush<C: Conn>(out: &ConnOut, metrics: &Metrics, conn: &mut C) -> Resul
             return Ok(());
         }
         metrics.bytes_out.inc_by(buf.len() as u64);
-        conn.send(buf).await?;
+        let Some(timeout) = timeout else {
+            conn.send(buf).await.map_err(Stalled::Failed)?;
+            continue;
+        };
+        let write = async {
+            tokio::select! {
+                biased;
+                r = conn.send(buf) => r.map_err(Stalled::Failed),
+                () = out.outbox.wait_closed(), if out.outbox.closed().is_none() => {
+                    Err(Stalled::Closed)
+                }
+            }
+        };
+        tokio::time::timeout(timeout, write)
+            .await
+            .map_err(|_| Stalled::Timeout)??;
+    }
+}
+
+/// The current time on tokio's clock (which tests pause and advance), as the
+/// `std` instant the I/O-free session logic takes.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 

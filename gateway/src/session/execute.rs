@@ -321,7 +321,7 @@ pub(crate) async fn datagram(d: &mut Driver, datagram: &[u8]) {
     let (Some(p), true) = (frames.pop(), frames.is_empty()) else {
         return count(ErrorCode::BadFrame.as_str());
     };
-    let req = match d.session.handle_ephemeral(p, Instant::now()) {
+    let req = match d.session.handle_ephemeral(p, super::driver::now()) {
         Ok(req) => req,
         Err(reply) => {
             if let ServerFrame::Error { code, .. } = &*reply {

@@ -16,9 +16,10 @@ pub mod driver;
 #[cfg(test)]
 mod driver_tests;
 mod execute;
+pub mod liveness;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use edgesync_protocol::topic::{covers, is_system, matches, validate_pattern, validate_topic};
@@ -589,17 +590,11 @@ impl Session {
     }
 }
 
-/// Time until the idle check should next run.
-pub fn next_deadline(last_rx: Instant, last_tx: Instant, limits: &Limits) -> Instant {
-    let idle = last_rx + Duration::from_millis(limits.idle_timeout_ms);
-    let ping = last_tx.max(last_rx) + Duration::from_millis(limits.ping_interval_ms);
-    idle.min(ping)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use edgesync_protocol::Payload;
+    use std::time::Duration;
 
     fn connected() -> (Session, Instant) {
         let now = Instant::now();

@@ -360,6 +360,23 @@ impl Shared {
     }
 }
 
+/// Create `dir` (and missing parents) 0700, or narrow an existing one to 0700: the
+/// payloads under it are no other local user's business (security finding 22). Files
+/// inside are created 0600 through the process umask the server sets.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::info!(dir = %dir.display(), from = format!("{:o}", mode & 0o777), "data directory narrowed to 0700");
+    }
+    Ok(())
+}
+
 impl Store {
     /// Open (or create) the store and start its writer thread.
     ///
@@ -368,7 +385,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the directory cannot be opened or its metadata is corrupt.
     pub fn open(opts: StoreOptions) -> Result<(Store, mpsc::Receiver<Committed>), StoreError> {
-        std::fs::create_dir_all(&opts.dir)?;
+        private_dir(&opts.dir)?;
         // Drop damaged journal batches before the engine sees them (see `salvage`).
         let salvaged = salvage::salvage(
             &opts.dir.join("store"),
