@@ -577,6 +577,17 @@ impl Config {
                 "must be greater than 0 with fsync = \"interval\"",
             ));
         }
+        for (key, v) in [
+            ("store.fsync_interval_ms", self.store.fsync_interval_ms),
+            ("plugin_watch.interval_ms", self.plugin_watch.interval_ms),
+        ] {
+            if v > MAX_TIMER_MS {
+                return Err(invalid(
+                    key,
+                    format!("{v}: must be at most {MAX_TIMER_MS} ms"),
+                ));
+            }
+        }
         check_timers(l)
     }
 }
@@ -867,6 +878,16 @@ nested = [{ password = "pw-secret", user = "bob" }]
             (
                 "[limits]\nmax_cursor_bytes = 0\n",
                 "limits.max_cursor_bytes",
+                2,
+            ),
+            (
+                "[plugin_watch]\ninterval_ms = 18446744073709551615\n",
+                "plugin_watch.interval_ms",
+                2,
+            ),
+            (
+                "[store]\nfsync_interval_ms = 99999999999\n",
+                "store.fsync_interval_ms",
                 2,
             ),
             (

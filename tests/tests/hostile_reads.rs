@@ -491,12 +491,18 @@ mod raw {
 struct GatewayProcess {
     child: std::process::Child,
     url: String,
-    _dir: tempfile::TempDir,
+    /// Config and data (`data/tls/ca.pem` is the generated development CA).
+    dir: tempfile::TempDir,
 }
 
 impl GatewayProcess {
     /// Start `serve` with a ws listener only and `config` as its TOML file.
     async fn spawn(config: &str) -> GatewayProcess {
+        GatewayProcess::spawn_with(config, None).await
+    }
+
+    /// [`GatewayProcess::spawn`], plus QUIC on `quic_port` when given.
+    async fn spawn_with(config: &str, quic_port: Option<u16>) -> GatewayProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, config).expect("config");
@@ -511,7 +517,11 @@ impl GatewayProcess {
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--ws", &format!("127.0.0.1:{port}")])
-            .args(["--wss", "off", "--quic", "off", "--admin", "off"])
+            .args(["--wss", "off", "--admin", "off"])
+            .args([
+                "--quic",
+                &quic_port.map_or("off".to_string(), |p| format!("127.0.0.1:{p}")),
+            ])
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -519,7 +529,7 @@ impl GatewayProcess {
         let g = GatewayProcess {
             child,
             url: format!("ws://127.0.0.1:{port}"),
-            _dir: dir,
+            dir,
         };
         for _ in 0..500 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -661,6 +671,31 @@ async fn catch_up_reads_are_bounded_by_the_outbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_of_wildcard_subscriptions_does_not_amplify_memory() {
     let g = GatewayProcess::spawn("").await;
+    store_many_topics(&g).await;
+    let base = g.rss_mib();
+    let mut attacker = raw::connect(&g.url, "attacker").await;
+    let cmds: Vec<serde_json::Value> = (0..1000)
+        .flat_map(|i| {
+            [
+                serde_json::json!({"t":"sub","id":2 * i,"topic":">"}),
+                serde_json::json!({"t":"unsub","id":2 * i + 1,"topic":">"}),
+            ]
+        })
+        .collect();
+    raw::send_lines(&mut attacker, &cmds).await;
+    let peak = g.peak_rss_while_serving(150).await;
+    eprintln!("gateway RSS {base} MiB before the attack, {peak} MiB at most during it");
+    // Measured: +12 MiB with the fix (at most half an outbox of ~1.5 MB replies, and the
+    // encoder's buffers); +59 MiB and climbing without it within the same window.
+    assert!(
+        peak < base + 32,
+        "RSS {base} → {peak} MiB under a frame of wildcard subscriptions"
+    );
+}
+
+/// 5000 topics with 200-byte names, one message each: a `subscribed` cursor naming them
+/// all is ~1.5 MB.
+async fn store_many_topics(g: &GatewayProcess) {
     let mut writer = raw::connect(&g.url, "writer").await;
     for chunk in 0..5 {
         let pubs: Vec<serde_json::Value> = (0..1000)
@@ -681,25 +716,102 @@ async fn a_frame_of_wildcard_subscriptions_does_not_amplify_memory() {
                 .count();
         }
     }
+}
+
+/// Finding 3 over QUIC `edgesync/2`, where each `subscribed` opens a stream of its own
+/// (a lane): the lanes' replies count against the connection's lane budget, so a frame
+/// of `sub >`/`unsub >` pairs whose streams the client never reads stops running once
+/// the budget is used instead of leaving a 1.5 MB reply in every finished lane.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscriptions_over_quic_lanes_do_not_amplify_memory() {
+    let quic_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("free udp port");
+    let g = GatewayProcess::spawn_with("", Some(quic_port)).await;
+    store_many_topics(&g).await;
     let base = g.rss_mib();
-    let mut attacker = raw::connect(&g.url, "attacker").await;
-    let cmds: Vec<serde_json::Value> = (0..1000)
-        .flat_map(|i| {
-            [
-                serde_json::json!({"t":"sub","id":2 * i,"topic":">"}),
-                serde_json::json!({"t":"unsub","id":2 * i + 1,"topic":">"}),
-            ]
-        })
-        .collect();
-    raw::send_lines(&mut attacker, &cmds).await;
+    let quic = quic_session(&g.dir.path().join("data/tls/ca.pem"), quic_port).await;
+    let mut frame = Vec::new();
+    for i in 0..1000u64 {
+        for f in [
+            edgesync_protocol::ClientFrame::Sub {
+                id: 10 + 2 * i,
+                topic: ">".into(),
+                start: None,
+            },
+            edgesync_protocol::ClientFrame::Unsub {
+                id: 11 + 2 * i,
+                topic: ">".into(),
+            },
+        ] {
+            frame.extend(edgesync_protocol::Encoding::MsgPack.encode(&f));
+        }
+    }
+    let (mut send, _recv, _conn, _endpoint) = quic;
+    let mut wire = (frame.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&frame);
+    send.write_all(&wire).await.expect("write the frame");
     let peak = g.peak_rss_while_serving(150).await;
     eprintln!("gateway RSS {base} MiB before the attack, {peak} MiB at most during it");
-    // Measured: +12 MiB with the fix (at most half an outbox of ~1.5 MB replies, and the
-    // encoder's buffers); +59 MiB and climbing without it within the same window.
     assert!(
         peak < base + 32,
-        "RSS {base} → {peak} MiB under a frame of wildcard subscriptions"
+        "RSS {base} → {peak} MiB under a frame of wildcard subscriptions over QUIC"
     );
+}
+
+/// A QUIC `edgesync/2` session stream, connected (per-stream receive window 16 KiB);
+/// the gateway's subscription streams are never accepted.
+async fn quic_session(
+    ca: &std::path::Path,
+    port: u16,
+) -> (
+    quinn::SendStream,
+    quinn::RecvStream,
+    quinn::Connection,
+    quinn::Endpoint,
+) {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in edgesync::transport::tls::read_certs(ca).expect("dev ca") {
+        roots.add(cert).expect("root");
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(edgesync::transport::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![edgesync_protocol::ALPN_QUIC_V2.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut config = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(16 << 10));
+    config.transport_config(std::sync::Arc::new(transport));
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let conn = endpoint
+        .connect_with(config, addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let (mut send, mut recv) = conn.open_bi().await.expect("session stream");
+    let connect =
+        edgesync_protocol::Encoding::MsgPack.encode(&edgesync_protocol::ClientFrame::Connect {
+            id: 1,
+            token: None,
+            client_id: Some("quic-attacker".into()),
+            cursor: None,
+        });
+    let mut wire = (connect.len() as u32).to_be_bytes().to_vec();
+    wire.extend_from_slice(&connect);
+    send.write_all(&wire).await.expect("connect");
+    let mut len = [0u8; 4];
+    tokio::time::timeout(WAIT, recv.read_exact(&mut len))
+        .await
+        .expect("connected in time")
+        .expect("connected");
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    recv.read_exact(&mut body).await.expect("connected body");
+    (send, recv, conn, endpoint)
 }
 
 /// Finding 15 (and the empty half of 3): an exact `sub` creates a broker topic; `unsub`

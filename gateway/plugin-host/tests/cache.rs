@@ -26,18 +26,14 @@ async fn second_load_hits_the_compile_cache() {
 
     // A new engine (a gateway restart) with the same settings reuses it.
     let second = host_with(cfg);
-    let started = std::time::Instant::now();
+    // `Hit` is the proof that nothing was compiled (no wall-clock threshold: a loaded
+    // machine would fail it for no fault of the cache).
     let info = second
         .host
         .inspect(std::path::Path::new(built::PASS))
         .await
         .expect("inspect");
-    let took = started.elapsed();
     assert_eq!(info.cache, CacheOutcome::Hit);
-    assert!(
-        took < std::time::Duration::from_millis(500),
-        "cache load took {took:?}"
-    );
     let p2 = second.load(config("pass", "pass")).await;
     assert_eq!(p2.info().cache, CacheOutcome::Hit);
     assert_eq!(p2.info().sha256, p.info().sha256);

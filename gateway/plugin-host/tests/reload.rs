@@ -23,6 +23,17 @@ fn version_of(verdict: &MessageVerdict) -> i64 {
     }
 }
 
+/// Wait (bounded) until `calls` reaches `n`.
+async fn wait_for_calls(calls: &AtomicUsize, n: usize) {
+    for _ in 0..10_000 {
+        if calls.load(Ordering::Relaxed) >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!("only {} of {n} calls", calls.load(Ordering::Relaxed));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_swaps_under_load_without_failed_calls() {
     let h = host();
@@ -50,7 +61,8 @@ async fn reload_swaps_under_load_without_failed_calls() {
             seen
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    // Calls are flowing (counted, not timed: a sleep proves nothing on a loaded machine).
+    wait_for_calls(&calls, 20).await;
     let report = p
         .reload(config_json("t", "transform", enrich(2)))
         .await
@@ -58,7 +70,8 @@ async fn reload_swaps_under_load_without_failed_calls() {
     assert!(report.drained);
     assert_eq!(report.from_version, v1);
     assert_eq!(p.version(), report.to_version);
-    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    let after = calls.load(Ordering::Relaxed);
+    wait_for_calls(&calls, after + 100).await;
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         let seen = w.await.expect("worker");

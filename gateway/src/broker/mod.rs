@@ -816,7 +816,11 @@ mod tests {
         pos.observe("w.new", &Origin::new("n", 1), 1);
         assert!(b.try_go_live(id, &pos, &live));
         b.fanout(&Arc::new(vec![rec("w.new", 2), rec("w.old", 2)]));
-        assert_eq!(drain(&c).len(), 2, "live on both, each once");
+        assert_eq!(
+            drain(&c).len(),
+            3,
+            "the `live` push, then live on both, each once"
+        );
         b.unsubscribe(id);
         b.fanout(&Arc::new(vec![rec("w.new", 3)]));
         assert!(

@@ -17,7 +17,8 @@ pub enum CertCommand {
         name: String,
     },
     /// Create `<NAME>.pem` / `<NAME>.key` signed by the CA in --ca-dir, valid for the given
-    /// DNS names / IPs as server and client (gateway mTLS).
+    /// DNS names / IPs, usable as server and as client certificate (for gateway-to-gateway
+    /// mTLS once replication is wired into `serve`; today: the wss/QUIC server certificate).
     Node {
         /// File base name, e.g. the node id: letters, digits, `.`, `_`, `-` (not first `.`),
         /// at most 64 bytes.

@@ -33,7 +33,7 @@ pub enum Command {
     Pub(client::PubArgs),
     /// Subscribe and print messages, one per line.
     Sub(client::SubArgs),
-    /// Make a CA and node/server certificates (for wss, QUIC and gateway mTLS).
+    /// Make a CA, server and client certificates (for wss, QUIC and client mTLS).
     #[command(subcommand)]
     Cert(cert::CertCommand),
     /// Make, build, check and reload WebAssembly plugins.

@@ -69,6 +69,20 @@ impl Delivery {
         !self.catchups.is_empty()
     }
 
+    /// True unless the lanes' replies (a `subscribed` names the topics it starts from)
+    /// went past their shared budget: the session then runs no further command until
+    /// the client reads its streams. Always true without lanes.
+    pub(crate) fn reply_room(&self) -> bool {
+        self.lanes.as_ref().is_none_or(|set| set.budget.within())
+    }
+
+    /// Wait until [`Delivery::reply_room`].
+    pub(crate) async fn wait_reply_room(&self) {
+        if let Some(set) = &self.lanes {
+            set.budget.wait_within().await;
+        }
+    }
+
     /// Wait until the outbox of the catch-up that runs next has room.
     pub(crate) async fn room(&self) {
         match self.catchups.front() {

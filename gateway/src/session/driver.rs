@@ -258,7 +258,7 @@ impl Driver {
                 _ = self.out.outbox.ready() => Event::Write,
                 done = self.pending.next(), if !self.pending.is_empty() => Event::Acked(done),
                 frame = conn.recv(), if read_ok => Event::Inbound(frame),
-                _ = self.out.outbox.wait_reply_room(), if run_backlog => Event::Backlog,
+                _ = backlog_room(&self.out, &self.delivery), if run_backlog => Event::Backlog,
                 _ = self.delivery.room(), if self.delivery.catching_up() && !draining => Event::CatchUp,
                 d = next_datagram(&mut datagrams), if datagrams.is_some() && !draining => Event::Datagram(d),
                 _ = sleep_until(deadline), if !draining => Event::Timer,
@@ -433,6 +433,7 @@ impl Driver {
         let mut publishes: Vec<QueuedPub> = Vec::new();
         let max_inflight = self.ctx.limits.max_inflight_publishes;
         while self.out.outbox.has_reply_room()
+            && self.delivery.reply_room()
             && self.pending.len() + publishes.len() < max_inflight
         {
             let Some(f) = self.backlog.pop_front() else {
@@ -606,6 +607,13 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
+}
+
+/// Resolves once the backlog's next command may run: the session's outbox, and the
+/// lanes' shared budget when the transport has lanes, have room for its reply.
+async fn backlog_room(out: &ConnOut, delivery: &Delivery) {
+    out.outbox.wait_reply_room().await;
+    delivery.wait_reply_room().await;
 }
 
 async fn next_datagram<D: Datagrams>(source: &mut Option<D>) -> Option<Bytes> {

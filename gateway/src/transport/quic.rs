@@ -383,6 +383,9 @@ async fn write_lane(
             if lane.outbox.drain_into(&mut frame, driver::MAX_BATCH_FRAME) == 0 {
                 break;
             }
+            // Still the connection's bytes until written: while the client withholds
+            // stream credit, the lanes' budget (and so what the session may queue) says so.
+            let _held = lane.outbox.hold(frame.len());
             bytes_out.inc_by(frame.len() as u64);
             let write = async {
                 let send = match &mut stream {
