@@ -42,6 +42,34 @@ async fn jwt_plugin(h: &TestHost) -> Plugin {
     .await
 }
 
+/// Configured grant patterns are validated when the plugin loads (security finding 11).
+#[tokio::test]
+async fn jwt_auth_refuses_invalid_grant_patterns_at_load() {
+    let h = host();
+    for bad in ["a..b", "a.>.b", "users.x*", "a b"] {
+        let err = h
+            .host
+            .load(config_json(
+                "jwt",
+                "jwt-auth",
+                json!({"keys": [{"alg": "HS256", "key": "k"}], "default_subscribe": [bad]}),
+            ))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?} loaded"));
+        assert!(
+            err.to_string().contains("default_subscribe[0]"),
+            "{bad}: {err}"
+        );
+    }
+    h.load(config_json(
+        "jwt",
+        "jwt-auth",
+        json!({"keys": [{"alg": "HS256", "key": "k"}], "default_subscribe": ["users.{principal}.>", "*.x"]}),
+    ))
+    .await;
+}
+
 async fn connect(p: &Plugin, token: Option<&str>) -> ConnectVerdict {
     p.on_connect(&conn_info("dev-1", token))
         .await

@@ -122,6 +122,29 @@ fn string_list(v: Option<&Value>) -> Option<Vec<String>> {
     }
 }
 
+/// Why `pattern` (a configured grant, `{principal}` standing for one segment) is not a
+/// valid topic pattern, if it is not: segments non-empty, `*` and `>` only as whole
+/// segments, `>` last, no whitespace or control characters.
+fn pattern_problem(pattern: &str) -> Option<&'static str> {
+    let pattern = pattern.replace("{principal}", "p");
+    let segments: Vec<&str> = pattern.split('.').collect();
+    for (i, seg) in segments.iter().enumerate() {
+        if seg.is_empty() {
+            return Some("it has an empty segment");
+        }
+        if *seg == ">" && i + 1 != segments.len() {
+            return Some("'>' must be the last segment");
+        }
+        if seg.len() > 1 && seg.contains(['*', '>']) {
+            return Some("'*' and '>' must be a whole segment");
+        }
+        if seg.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Some("it holds whitespace or a control character");
+        }
+    }
+    None
+}
+
 /// Why `id` cannot stand for `{principal}` in a topic pattern, if it cannot: it must be
 /// exactly one topic segment with no wildcard, and not a system (`$`) segment.
 fn unsafe_in_pattern(id: &str) -> Option<String> {
@@ -207,6 +230,21 @@ impl Plugin for JwtAuth {
             serde_json::from_str(config).map_err(|e| format!("jwt-auth config: {e}"))?;
         if config.keys.is_empty() {
             return Err("jwt-auth config: `keys` must list at least one key".into());
+        }
+        // Grant patterns are validated at load, naming the key (security finding 11).
+        for (key, list) in [
+            ("default_publish", &config.default_publish),
+            ("default_subscribe", &config.default_subscribe),
+            ("anonymous_publish", &config.anonymous_publish),
+            ("anonymous_subscribe", &config.anonymous_subscribe),
+        ] {
+            for (i, p) in list.iter().enumerate() {
+                if let Some(why) = pattern_problem(p) {
+                    return Err(format!(
+                        "jwt-auth config: {key}[{i}] {p:?} is not a topic pattern: {why}"
+                    ));
+                }
+            }
         }
         let keys = config
             .keys
