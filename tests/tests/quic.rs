@@ -678,6 +678,37 @@ async fn quic_handshake(
     Ok((endpoint, connection))
 }
 
+/// Under handshake pressure (half the budget in progress) a new client must first
+/// validate its address with a Retry; a real client does so transparently and is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_handshake_pressure_clients_validate_their_address_and_are_served() {
+    let gw = Gw::start(|c| {
+        c.limits.max_handshakes = 4;
+        c.limits.handshake_timeout_ms = 5_000;
+    })
+    .await;
+    let alpn: &[&[u8]] = &[edgesync_protocol::ALPN_QUIC_V2];
+    // Two connections that never open their stream: half of the 4 slots.
+    let _held = [
+        quic_handshake(&gw, alpn, 1 << 20).await.expect("first"),
+        quic_handshake(&gw, alpn, 1 << 20).await.expect("second"),
+    ];
+    let c = gw.quic().await;
+    c.publish("after.retry", "x")
+        .await
+        .expect("served after a Retry");
+    let retries = gw
+        .gateway()
+        .metrics
+        .connections_refused
+        .with_label_values(&["quic_retry"])
+        .get();
+    assert_eq!(
+        retries, 1,
+        "the client was asked to validate its address once"
+    );
+}
+
 /// Security finding 6 over QUIC: connections that finish the handshake but never open
 /// their session stream hold handshake slots, at most `max_handshakes_per_ip`, until
 /// the handshake timeout; one more is refused at once, and the slots come back.

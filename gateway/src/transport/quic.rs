@@ -207,6 +207,8 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
         && !incoming.remote_address_validated()
         && incoming.may_retry()
     {
+        // Not a refusal: the peer comes back with a token proving its address.
+        refused("quic_retry");
         let _ = incoming.retry();
         return;
     }
