@@ -18,10 +18,24 @@
 //!   when it creates the key; an existing counter keeps its expiry. A value that
 //!   is not a decimal i64 is [`ServiceError::NotACounter`].
 //! - Read-modify-write operations are serialized by one lock per [`Kv`].
+//! - Expired entries are removed as writes go (security review, plugin kv): every
+//!   [`SWEEP_EVERY`] writes also examine the next [`SWEEP_BATCH`] stored entries of
+//!   any plugin, in key order, wrapping around, and delete those whose expiry has
+//!   passed. A plugin that writes a key per sender per window (`rate-limit`) then
+//!   holds about its live keys, not every key it ever wrote. A swept key is a deleted
+//!   one: its versions start again at 1.
 
 use parking_lot::Mutex;
 
 use crate::services::{KvEntry, ServiceError};
+
+/// Writes between two steps of the expiry sweep.
+pub const SWEEP_EVERY: u64 = 16;
+/// Stored entries one sweep step examines: four per write, amortized, so a pass over
+/// the store takes a quarter as many writes as it holds entries, and what expires is
+/// gone within about a quarter of the store's size in writes — the stored entries stay
+/// within a small multiple of the live ones even when every write makes a new key.
+pub const SWEEP_BATCH: usize = 64;
 
 /// Raw key/value pairs, in key order.
 pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -95,7 +109,17 @@ fn unavailable(e: String) -> ServiceError {
 /// The kv operations over one backend. `now` is wall-clock milliseconds.
 pub struct Kv<B> {
     backend: B,
-    lock: Mutex<()>,
+    /// Serializes read-modify-write; holds the expiry sweep's position.
+    lock: Mutex<Sweep>,
+}
+
+/// Where the expiry sweep is.
+#[derive(Default)]
+struct Sweep {
+    /// Writes since the last sweep step.
+    writes: u64,
+    /// The last storage key examined; `None`: start from the first.
+    after: Option<Vec<u8>>,
 }
 
 impl<B> std::fmt::Debug for Kv<B> {
@@ -109,7 +133,7 @@ impl<B: KvBackend> Kv<B> {
     pub fn new(backend: B) -> Self {
         Kv {
             backend,
-            lock: Mutex::new(()),
+            lock: Mutex::new(Sweep::default()),
         }
     }
 
@@ -127,20 +151,51 @@ impl<B: KvBackend> Kv<B> {
             .and_then(decode_raw))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
+        sweep: &mut Sweep,
         plugin: &str,
         key: &str,
         version: u64,
         expires: u64,
         value: &[u8],
+        now: u64,
     ) -> Result<(), ServiceError> {
         self.backend
             .put(
                 &storage_key(plugin, key),
                 Some(&encode(version, expires, value)),
             )
-            .map_err(unavailable)
+            .map_err(unavailable)?;
+        sweep.writes += 1;
+        if sweep.writes >= SWEEP_EVERY {
+            sweep.writes = 0;
+            // Best effort: a failed step is retried with the next writes.
+            let _ = self.sweep_step(sweep, now);
+        }
+        Ok(())
+    }
+
+    /// Examine the next [`SWEEP_BATCH`] stored entries and delete the expired ones.
+    /// Returns how many were deleted.
+    fn sweep_step(&self, sweep: &mut Sweep, now: u64) -> Result<usize, String> {
+        let page = self
+            .backend
+            .scan(b"p", sweep.after.as_deref(), SWEEP_BATCH)?;
+        sweep.after = if page.len() < SWEEP_BATCH {
+            None // the end: wrap around
+        } else {
+            page.last().map(|(k, _)| k.clone())
+        };
+        let mut deleted = 0;
+        for (k, v) in page {
+            if decode_raw(&v).is_some_and(|r| !live(&r, now)) {
+                self.backend.put(&k, None)?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
     }
 
     /// The live entry of `key`.
@@ -169,9 +224,17 @@ impl<B: KvBackend> Kv<B> {
         ttl_ms: Option<u64>,
         now: u64,
     ) -> Result<u64, ServiceError> {
-        let _g = self.lock.lock();
+        let mut g = self.lock.lock();
         let version = self.raw(plugin, key)?.map_or(0, |r| r.version) + 1;
-        self.put(plugin, key, version, expiry(ttl_ms, now), value)?;
+        self.put(
+            &mut g,
+            plugin,
+            key,
+            version,
+            expiry(ttl_ms, now),
+            value,
+            now,
+        )?;
         Ok(version)
     }
 
@@ -188,14 +251,22 @@ impl<B: KvBackend> Kv<B> {
         ttl_ms: Option<u64>,
         now: u64,
     ) -> Result<Option<u64>, ServiceError> {
-        let _g = self.lock.lock();
+        let mut g = self.lock.lock();
         let raw = self.raw(plugin, key)?;
         let current = raw.as_ref().filter(|r| live(r, now)).map(|r| r.version);
         if current != expected {
             return Ok(None);
         }
         let version = raw.map_or(0, |r| r.version) + 1;
-        self.put(plugin, key, version, expiry(ttl_ms, now), value)?;
+        self.put(
+            &mut g,
+            plugin,
+            key,
+            version,
+            expiry(ttl_ms, now),
+            value,
+            now,
+        )?;
         Ok(Some(version))
     }
 
@@ -226,7 +297,7 @@ impl<B: KvBackend> Kv<B> {
         ttl_ms: Option<u64>,
         now: u64,
     ) -> Result<i64, ServiceError> {
-        let _g = self.lock.lock();
+        let mut g = self.lock.lock();
         let raw = self.raw(plugin, key)?;
         let version = raw.as_ref().map_or(0, |r| r.version) + 1;
         let (value, expires) = match raw.filter(|r| live(r, now)) {
@@ -239,7 +310,15 @@ impl<B: KvBackend> Kv<B> {
             }
             None => (delta, expiry(ttl_ms, now)),
         };
-        self.put(plugin, key, version, expires, value.to_string().as_bytes())?;
+        self.put(
+            &mut g,
+            plugin,
+            key,
+            version,
+            expires,
+            value.to_string().as_bytes(),
+            now,
+        )?;
         Ok(value)
     }
 
@@ -363,6 +442,32 @@ mod tests {
             kv.increment("p", "t", 1, None, 0),
             Err(ServiceError::NotACounter)
         ));
+    }
+
+    #[test]
+    fn expired_entries_are_swept_as_writes_go() {
+        let kv = Kv::new(MemoryKv::default());
+        // A rate limiter's pattern: a counter per sender per window, TTL two windows.
+        for window in 0..100u64 {
+            for sender in 0..10 {
+                let now = window * 1000;
+                kv.increment("rl", &format!("s{sender}:{window}"), 1, Some(2000), now)
+                    .expect("inc");
+            }
+        }
+        let stored = kv.backend().scan(b"p", None, 10_000).expect("scan").len();
+        // Live: the last two windows (20 keys). 1000 keys were written; what the sweep
+        // has not reached yet is bounded by its pace (4 entries examined per write).
+        assert!(stored <= 60, "{stored} entries stored for 20 live ones");
+        assert!(stored >= 20);
+        // Live entries are never swept.
+        for sender in 0..10 {
+            assert!(
+                kv.get("rl", &format!("s{sender}:99"), 99_000)
+                    .expect("get")
+                    .is_some()
+            );
+        }
     }
 
     #[test]
