@@ -295,13 +295,13 @@ pub struct Limits {
     /// limit to hold `max_connections + max_handshakes` plus a reserve, and refuses to
     /// start when the hard limit cannot.
     pub max_connections: usize,
-    /// Connections per remote IP. Default 1000.
+    /// Connections per remote IP (an IPv6 address counts as its /64). Default 1000.
     pub max_connections_per_ip: usize,
     /// TLS/WebSocket/QUIC handshakes in progress at once, in total. Default 1024. Beyond
     /// it a new TCP connection is closed at once and a QUIC Initial refused; from half of
     /// it on, QUIC asks new peers to prove their address (Retry) first.
     pub max_handshakes: usize,
-    /// Handshakes in progress at once per remote IP. Default 256.
+    /// Handshakes in progress at once per remote IP (IPv6: per /64). Default 256.
     pub max_handshakes_per_ip: usize,
     /// Publishes per second per connection (token bucket, burst of the same size). Default 10000.
     pub publish_rate_per_sec: u32,

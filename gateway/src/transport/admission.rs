@@ -117,6 +117,23 @@ impl Drop for HandshakeGuard {
     }
 }
 
+/// The address a per-IP limit counts: an IPv4 address (also when it arrives
+/// IPv4-mapped), or the /64 network of an IPv6 address — one subscriber is routinely
+/// given a whole /64, so counting single IPv6 addresses would let one host take every
+/// slot.
+pub fn bucket(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let bits = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(std::net::Ipv6Addr::from(bits))
+            }
+        },
+    }
+}
+
 fn release(per_ip: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
     if let Some(n) = per_ip.get_mut(&ip) {
         *n = n.saturating_sub(1);
@@ -159,6 +176,7 @@ impl Admission {
     /// # Errors
     /// `too_many_connections`, saying which handshake limit was reached.
     pub fn begin_handshake(self: &Arc<Self>, ip: IpAddr) -> Result<HandshakeGuard, Refusal> {
+        let ip = bucket(ip);
         let mut c = self.counts.lock();
         if c.handshakes >= self.max_handshakes {
             return Err(Refusal::new(
@@ -203,6 +221,7 @@ impl Admission {
     /// # Errors
     /// `too_many_connections`, saying which limit was reached.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<AdmitGuard, Refusal> {
+        let ip = bucket(ip);
         let mut c = self.counts.lock();
         if c.total >= self.max_total {
             return Err(Refusal::new(
@@ -252,6 +271,27 @@ mod tests {
             max_handshakes_per_ip: per_ip,
             ..Limits::default()
         })
+    }
+
+    #[test]
+    fn ipv6_addresses_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let a = admission(10, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let _g1 = a.admit(ip("2001:db8:1:2::1")).expect("first");
+        let _g2 = a
+            .admit(ip("2001:db8:1:2:ffff::9"))
+            .expect("second, same /64");
+        let e = a
+            .admit(ip("2001:db8:1:2:aaaa::7"))
+            .expect_err("the /64 is full");
+        assert!(e.message.contains("per IP"), "{e}");
+        a.admit(ip("2001:db8:1:3::1")).expect("another /64");
+        let _m1 = a.admit(ip("::ffff:192.0.2.1")).expect("mapped");
+        let _m2 = a.admit(ip("192.0.2.1")).expect("plain, same address");
+        assert!(
+            a.admit(ip("::ffff:192.0.2.1")).is_err(),
+            "counted as one IPv4"
+        );
     }
 
     #[test]
