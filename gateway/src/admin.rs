@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -120,18 +121,99 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// Time a client has to send a request's headers (each request on a kept-alive
+/// connection too): an unfinished request holds nothing longer (security finding 16).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client has to send a request's body, once its headers arrived.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin connections open at once; more are closed at accept. Operators and scrapers
+/// need a handful; the bound keeps a flood of them from taking descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+
 /// Serve the admin API on `listener` until `stop` is cancelled.
 ///
 /// `stop` is separate from the gateway's shutdown token on purpose: while the
 /// gateway drains, `/readyz` must keep answering 503 so load balancers move away.
+///
+/// HTTP/1.1 only, at most [`MAX_CONNECTIONS`] at once, headers within
+/// [`HEADER_TIMEOUT`] and bodies within [`BODY_TIMEOUT`] (408 otherwise).
 pub async fn serve(listener: TcpListener, gw: Arc<AdminCtx>, stop: CancellationToken) {
     let app = router(gw);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "admin listener stopped with an error");
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let tasks = tokio_util::task::TaskTracker::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            _ = stop.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%remote, "admin connection refused: {MAX_CONNECTIONS} open");
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%remote, error = %e, "admin connection ended");
+                    }
+                }
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(HEADER_TIMEOUT, conn).await;
+                }
+            }
+        });
     }
+    tasks.close();
+    tasks.wait().await;
+}
+
+/// Read the whole body within [`BODY_TIMEOUT`] (and the body limit) before the handler
+/// runs, so a client trickling a body cannot hold a handler; 408 when it is too slow.
+async fn body_deadline(
+    State(limit): State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "frame_too_large",
+                format!("request body: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ));
+        }
+    };
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+    Ok(next.run(req).await)
 }
 
 /// The admin routes (also usable without a listener, e.g. in tests).
@@ -155,6 +237,10 @@ pub fn router(gw: Arc<AdminCtx>) -> Router {
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route")
         })
+        .layer(axum::middleware::from_fn_with_state(
+            body_limit,
+            body_deadline,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(gw)
 }
@@ -407,6 +493,7 @@ async fn publish_inner(gw: &AdminCtx, body: PublishBody) -> Result<PublishAck, A
     let req = Publish {
         topic: body.topic,
         client: ADMIN_CLIENT_ID.to_string(),
+        principal: None,
         mid: body.mid,
         headers: body.headers,
         payload: body.data.0,
@@ -524,7 +611,8 @@ struct HistoryQuery {
     /// `earliest` (default), `latest`, `last:N`, or a cursor (from a puback or a previous page).
     #[serde(default)]
     from: Option<String>,
-    /// Most messages; default and maximum `limits.max_history`.
+    /// Most messages; default and maximum `limits.max_history`. A page also ends before
+    /// its stored bytes pass `limits.max_history_bytes` (`more` is then true).
     #[serde(default)]
     limit: Option<u32>,
 }
@@ -581,7 +669,7 @@ async fn history(
     };
     let batch = gw
         .store
-        .read(&q.topic, &after, None, limit)
+        .read_bounded(&q.topic, &after, None, limit, l.max_history_bytes)
         .map_err(|e| ApiError::from_code(ErrorCode::StorageUnavailable, e.to_string()))?;
     let gaps = batch
         .missing

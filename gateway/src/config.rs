@@ -160,6 +160,12 @@ pub struct ListenConfig {
     pub quic: ListenAddr,
     /// Admin HTTP (metrics, health, API). Default `127.0.0.1:7480`.
     pub admin: ListenAddr,
+    /// Web pages (origins, `scheme://host[:port]`, or `"*"`) allowed to open a WebSocket
+    /// (`ws`, `wss`). A browser's handshake from any other origin is refused with 403;
+    /// clients that send no `Origin` (not browsers) are unaffected. Default empty: on a
+    /// loopback listener, pages from loopback origins (`http://localhost:3000`) are
+    /// allowed (the development default); on any other listener, no browser page is.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ListenConfig {
@@ -169,6 +175,7 @@ impl Default for ListenConfig {
             wss: ListenAddr::on("127.0.0.1:7443"),
             quic: ListenAddr::on("127.0.0.1:7443"),
             admin: ListenAddr::on("127.0.0.1:7480"),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -284,10 +291,18 @@ pub struct Limits {
     pub max_id_bytes: usize,
     /// Subscriptions per connection. Default 256.
     pub max_subscriptions: usize,
-    /// Connections in total. Default 10000 (the process must stay under its file limit).
+    /// Connections in total. Default 10000. At start the gateway raises its open-file soft
+    /// limit to hold `max_connections + max_handshakes` plus a reserve, and refuses to
+    /// start when the hard limit cannot.
     pub max_connections: usize,
     /// Connections per remote IP. Default 1000.
     pub max_connections_per_ip: usize,
+    /// TLS/WebSocket/QUIC handshakes in progress at once, in total. Default 1024. Beyond
+    /// it a new TCP connection is closed at once and a QUIC Initial refused; from half of
+    /// it on, QUIC asks new peers to prove their address (Retry) first.
+    pub max_handshakes: usize,
+    /// Handshakes in progress at once per remote IP. Default 256.
+    pub max_handshakes_per_ip: usize,
     /// Publishes per second per connection (token bucket, burst of the same size). Default 10000.
     pub publish_rate_per_sec: u32,
     /// Publishes awaiting their durable ack per connection before reading pauses. Default 1024.
@@ -302,9 +317,15 @@ pub struct Limits {
     pub outbox_bytes: usize,
     /// Most messages per `history` reply. Default 1000.
     pub max_history: u32,
+    /// Most stored bytes per `history` reply (and per catch-up read); a page that would
+    /// pass it ends early with `more: true` (at least one message per page, so a page is
+    /// at most this or one message). Default 1 MiB.
+    pub max_history_bytes: usize,
     /// Longest cursor accepted, bytes. Default 64 KiB.
     pub max_cursor_bytes: usize,
-    /// Time allowed for the WebSocket/TLS handshake and the first `connect`. Default 10000 ms.
+    /// Time allowed for the TLS and WebSocket handshakes together (QUIC: the handshake,
+    /// then opening the stream), and again for the first `connect` once the session
+    /// starts (nothing before `connect` extends it: not pongs, not `ping`). Default 10000 ms.
     pub handshake_timeout_ms: u64,
 }
 
@@ -319,6 +340,8 @@ impl Default for Limits {
             max_subscriptions: 256,
             max_connections: 10_000,
             max_connections_per_ip: 1_000,
+            max_handshakes: 1024,
+            max_handshakes_per_ip: 256,
             publish_rate_per_sec: 10_000,
             max_inflight_publishes: 1024,
             idle_timeout_ms: 60_000,
@@ -326,6 +349,7 @@ impl Default for Limits {
             outbox_frames: 8192,
             outbox_bytes: 8 << 20,
             max_history: 1000,
+            max_history_bytes: 1 << 20,
             max_cursor_bytes: 64 << 10,
             handshake_timeout_ms: 10_000,
         }
@@ -481,6 +505,9 @@ impl Config {
                 format!("{n:?}: use 1-64 letters, digits, '-' or '_'"),
             ));
         }
+        for (i, o) in self.listen.allowed_origins.iter().enumerate() {
+            validate_origin(o).map_err(|e| invalid(&format!("listen.allowed_origins[{i}]"), e))?;
+        }
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(invalid("tls", "`cert` and `key` must be given together"));
         }
@@ -491,9 +518,12 @@ impl Config {
             ("limits.max_subscriptions", l.max_subscriptions),
             ("limits.max_connections", l.max_connections),
             ("limits.max_connections_per_ip", l.max_connections_per_ip),
+            ("limits.max_handshakes", l.max_handshakes),
+            ("limits.max_handshakes_per_ip", l.max_handshakes_per_ip),
             ("limits.max_inflight_publishes", l.max_inflight_publishes),
             ("limits.outbox_frames", l.outbox_frames),
             ("limits.outbox_bytes", l.outbox_bytes),
+            ("limits.max_history_bytes", l.max_history_bytes),
             ("limits.max_id_bytes", l.max_id_bytes),
             ("store.max_batch", self.store.max_batch),
             ("store.queue_depth", self.store.queue_depth),
@@ -512,12 +542,6 @@ impl Config {
             return Err(invalid(
                 "limits.publish_rate_per_sec",
                 "must be greater than 0",
-            ));
-        }
-        if l.max_connections > 19_000 {
-            return Err(invalid(
-                "limits.max_connections",
-                "must stay below the process file limit (19000)",
             ));
         }
         for (i, t) in self.topics.iter().enumerate() {
@@ -566,6 +590,35 @@ impl Config {
         }
         check_timers(l)
     }
+}
+
+/// Check one `allowed_origins` entry: `"*"` or `scheme://host[:port]` (no path).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn validate_origin(origin: &str) -> Result<(), String> {
+    if origin == "*" {
+        return Ok(());
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return Err(format!(
+            "{origin:?}: write scheme://host[:port], e.g. https://app.example"
+        ));
+    };
+    if scheme.is_empty()
+        || !scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+    {
+        return Err(format!("{origin:?}: bad scheme"));
+    }
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!(
+            "{origin:?}: an origin is scheme://host[:port], without path, query or user"
+        ));
+    }
+    Ok(())
 }
 
 /// Longest accepted timer or timeout, ms (a day): far beyond any useful setting, and
@@ -657,19 +710,95 @@ impl Settings {
         })
     }
 
-    /// The effective configuration as TOML, secrets redacted.
+    /// The effective configuration as TOML, secrets redacted: the admin token, and in
+    /// every plugin's `config` table the value of each key whose name suggests a secret
+    /// ([`is_secret_key`]), at any depth (security finding 13). Over-redacting a
+    /// harmless value is the accepted price of never printing a key.
     pub fn redacted_toml(&self) -> String {
         let mut c = (*self.config).clone();
         if c.admin.token.is_some() {
-            c.admin.token = Some("<redacted>".into());
+            c.admin.token = Some(REDACTED.into());
+        }
+        for p in &mut c.plugins {
+            for (k, v) in p.config.iter_mut() {
+                redact_value(k, v);
+            }
         }
         toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+/// What a redacted value reads as.
+pub const REDACTED: &str = "<redacted>";
+
+/// True for a plugin config key that names a secret: it contains `key`, `secret`,
+/// `token`, `password`, `passwd`, `credential`, `private` or `auth` (any case).
+pub fn is_secret_key(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "key",
+        "secret",
+        "token",
+        "password",
+        "passwd",
+        "credential",
+        "private",
+        "auth",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
+}
+
+fn redact_value(name: &str, v: &mut serde_json::Value) {
+    if is_secret_key(name) {
+        *v = serde_json::Value::String(REDACTED.into());
+        return;
+    }
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, inner) in m.iter_mut() {
+                redact_value(k, inner);
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for inner in items {
+                redact_value(name, inner);
+            }
+        }
+        _ => {}
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plugin_secrets_are_redacted_at_any_depth() {
+        let c = Config::from_toml(
+            r#"
+[admin]
+token = "admin-secret"
+[[plugin]]
+name = "jwt-auth"
+path = "x.wasm"
+[plugin.config]
+keys = [{ alg = "HS256", key = "hmac-secret" }]
+issuer = "https://auth.example"
+[plugin.config.upstream]
+api_token = "tok-secret"
+nested = [{ password = "pw-secret", user = "bob" }]
+"#,
+        )
+        .expect("parse");
+        let out = c.build().expect("valid").redacted_toml();
+        for secret in ["admin-secret", "hmac-secret", "tok-secret", "pw-secret"] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        assert!(out.contains("https://auth.example"), "{out}");
+        assert!(out.contains("bob"), "{out}");
+        assert!(out.contains(REDACTED), "{out}");
+    }
 
     #[test]
     fn empty_file_gives_defaults() {
@@ -702,6 +831,19 @@ mod tests {
                 .to_string()
                 .contains("topic[0].pattern")
         );
+    }
+
+    #[test]
+    fn allowed_origins_are_validated() {
+        assert!(validate_origin("*").is_ok());
+        assert!(validate_origin("https://app.example:8443").is_ok());
+        assert!(validate_origin("app.example").is_err());
+        assert!(validate_origin("https://app.example/path").is_err());
+        assert!(validate_origin("https://").is_err());
+        let c = Config::from_toml("[listen]\nallowed_origins = [\"https://a.example/x\"]\n")
+            .expect("parse");
+        let err = c.build().expect_err("a path").to_string();
+        assert!(err.contains("listen.allowed_origins[0]"), "{err}");
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub struct Metrics {
     pub store_fsync_seconds: Histogram,
     /// Records appended to the store (duplicates answered from the dedupe window excluded).
     pub store_appends: IntCounter,
+    /// Damage found in the store, by kind (`journal`: batches dropped at open;
+    /// `record`: records that fail their checksum or cannot be read).
+    pub store_damaged: IntCounterVec,
     /// Subscriptions currently held.
     pub subscriptions: IntGauge,
 }
@@ -211,6 +214,11 @@ impl Metrics {
                 "edgesync_store_appends_total",
                 "Records appended to the store.",
             ),
+            store_damaged: counter_vec(
+                "edgesync_store_damaged_total",
+                "Damage found in the store: journal batches dropped at open, records that fail their checksum.",
+                &["kind"],
+            ),
             subscriptions: IntGauge::new("edgesync_subscriptions", "Subscriptions currently held.")
                 .expect("valid metric"),
             registry,
@@ -239,6 +247,7 @@ impl Metrics {
             Box::new(self.store_commit_seconds.clone()),
             Box::new(self.store_fsync_seconds.clone()),
             Box::new(self.store_appends.clone()),
+            Box::new(self.store_damaged.clone()),
             Box::new(self.subscriptions.clone()),
             Box::new(build_info()),
         ];
@@ -328,6 +337,10 @@ impl StoreObserver for Metrics {
 
     fn synced(&self, elapsed: Duration) {
         self.store_fsync_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    fn damaged(&self, kind: &'static str, n: u64) {
+        self.store_damaged.with_label_values(&[kind]).inc_by(n);
     }
 }
 

@@ -20,9 +20,14 @@ pub type ConnId = u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     pub topic: String,
-    /// The publisher's client id (scopes idempotent publish).
+    /// The publisher's client id (with `principal` and `topic`, scopes idempotent publish).
     pub client: String,
-    /// Client message id: a retry with the same (client, mid) is stored once.
+    /// The publisher's authenticated principal, when auth assigned one. Not stored: it
+    /// only scopes idempotent publish, so a client that borrows another's client id
+    /// cannot answer that client's publishes with its own.
+    pub principal: Option<String>,
+    /// Client message id: a retry with the same (principal, client, topic, mid) is
+    /// stored once.
     pub mid: Option<String>,
     pub headers: Headers,
     pub payload: Bytes,

@@ -99,6 +99,8 @@ pub struct Outbox {
 pub struct Budget {
     used: AtomicUsize,
     max: usize,
+    /// Wakes [`Budget::wait_within`] when one of the outboxes drained.
+    drained: Notify,
 }
 
 impl Budget {
@@ -106,12 +108,55 @@ impl Budget {
         Arc::new(Budget {
             used: AtomicUsize::new(0),
             max: max.max(1024),
+            drained: Notify::new(),
         })
     }
 
     /// Bytes queued over all the outboxes that share it.
     pub fn used(&self) -> usize {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// True unless replies pushed the outboxes past the budget. (Pushes never do: they
+    /// are dropped or refused at the bound; replies are queued whatever the fullness,
+    /// so this is what a session checks before it runs another command.)
+    pub fn within(&self) -> bool {
+        self.used() <= self.max
+    }
+
+    /// Count `bytes` a writer took out of one of the outboxes but has not written yet
+    /// (a QUIC stream waiting for flow-control credit), until the returned guard drops.
+    pub fn hold(self: &Arc<Self>, bytes: usize) -> Held {
+        self.used.fetch_add(bytes, Ordering::Relaxed);
+        Held {
+            budget: self.clone(),
+            bytes,
+        }
+    }
+
+    /// Wait until [`Budget::within`].
+    pub async fn wait_within(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.within() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Bytes a writer holds against a [`Budget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Held {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.budget.drained.notify_waiters();
     }
 }
 
@@ -157,6 +202,18 @@ impl Outbox {
 
     pub fn encoding(&self) -> Encoding {
         self.encoding
+    }
+
+    /// Keep `bytes` just drained from this outbox counted against its shared budget
+    /// (if any) until the returned guard drops: a writer that cannot write yet still
+    /// holds them.
+    pub fn hold(&self, bytes: usize) -> Option<Held> {
+        self.budget.as_ref().map(|b| b.hold(bytes))
+    }
+
+    /// The byte bound of this outbox alone (a shared [`Budget`] may be tighter).
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
     }
 
     /// Queue a delivery of message `seq` of (`topic`, `origin`), applying the slow-consumer policy.
@@ -344,6 +401,40 @@ impl Outbox {
         }
     }
 
+    /// Wait until the outbox is closed (a writer blocked on the socket gives up its
+    /// write then: a closing connection is not kept waiting for a peer that does not read).
+    pub async fn wait_closed(&self) {
+        loop {
+            // Created before the check: `notify_waiters` reaches it from creation on.
+            let notified = self.drained.notified();
+            if self.inner.lock().closed.is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// True when the session may run another command: its replies would find the
+    /// outbox under half full (bytes and frames). Replies are queued whatever the
+    /// fullness, so this is what bounds them: a session runs no command while the
+    /// outbox is past half, and one command's reply is bounded (`history` by
+    /// `limits.max_history_bytes`).
+    pub fn has_reply_room(&self) -> bool {
+        let g = self.inner.lock();
+        g.closed.is_none() && g.queue.len() < self.max_frames / 2 && g.bytes < self.max_bytes / 2
+    }
+
+    /// Wait until [`Outbox::has_reply_room`] (or the outbox closed).
+    pub async fn wait_reply_room(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.has_reply_room() || self.closed().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// Wait until the writer has drained (for catch-up readers).
     pub async fn wait_room(&self) {
         let notified = self.drained.notified();
@@ -390,6 +481,9 @@ impl Outbox {
         drop(g);
         if n > 0 {
             self.drained.notify_waiters();
+            if let Some(b) = &self.budget {
+                b.drained.notify_waiters();
+            }
         }
         n
     }

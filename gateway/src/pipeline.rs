@@ -63,7 +63,11 @@ impl HookResult {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeadLetter {
     pub plugin: String,
+    /// The error without a backtrace: the `edgesync-dlq-error` header, which whoever
+    /// may read `$dlq.<plugin>` sees.
     pub error: String,
+    /// The full error (a trap's wasm backtrace included), for the operator's log only.
+    pub detail: String,
 }
 
 /// The message and storage hooks, as the plugin layer provides them. Hooks may change
@@ -220,6 +224,7 @@ impl Pipeline {
         let msg = self.ephemeral_msg(Publish {
             topic: topic.to_string(),
             client: String::new(),
+            principal: None,
             mid: None,
             headers: Headers::default(),
             payload: Bytes::copy_from_slice(payload),
@@ -288,6 +293,7 @@ impl Pipeline {
         let req = Publish {
             topic: format!("$dlq.{}", dead.plugin),
             client: sender.client_id.clone(),
+            principal: None,
             mid: None,
             headers: h,
             payload: payload.clone(),
@@ -297,7 +303,7 @@ impl Pipeline {
                 plugin = %dead.plugin,
                 topic,
                 dlq_seq = ack.seq,
-                error = %dead.error,
+                error = %dead.detail,
                 "plugin failed on a message; dead-lettered"
             ),
             Err(e) => {
@@ -380,6 +386,7 @@ mod tests {
         Publish {
             topic: "t".into(),
             client: "c".into(),
+            principal: None,
             mid: None,
             headers: Headers(
                 headers

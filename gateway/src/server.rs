@@ -35,6 +35,7 @@ use crate::session::driver::SessionCtx;
 use crate::session::{AllowAll, Authorizer};
 use crate::store::{Store, StoreError};
 use crate::transport::admission::Admission;
+use crate::transport::origin::OriginPolicy;
 use crate::transport::{quic, tls, ws};
 
 /// Startup failures.
@@ -46,6 +47,8 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("plugins: {0}")]
     Plugins(#[from] crate::plugin::PluginSetupError),
+    #[error("{0}")]
+    FdLimit(#[from] crate::transport::admission::FdLimitError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -120,6 +123,8 @@ impl std::fmt::Debug for Running {
 /// # Errors
 /// [`ServerError`] naming what could not start; whatever had started is stopped.
 pub async fn start(settings: Settings) -> Result<Running, ServerError> {
+    crate::transport::admission::raise_fd_limit(settings.limits())?;
+    private_files();
     let clock = clock::system();
     let metrics = Arc::new(Metrics::new());
     let mut opts = settings.store_options();
@@ -183,6 +188,20 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
     }
 }
 
+/// New files and directories of this process are private to its user: the process
+/// umask gains `077` (bits the operator set are kept). The store's files are created
+/// 0600 and its directories 0700 from the start, not narrowed afterwards; so are the
+/// plugin cache and generated certificates (security finding 22). Process-wide, as a
+/// umask is: an embedding program's files are private too.
+fn private_files() {
+    use rustix::fs::Mode;
+    let old = rustix::process::umask(Mode::from_bits_truncate(0o077));
+    let merged = old | Mode::from_bits_truncate(0o077);
+    if merged != Mode::from_bits_truncate(0o077) {
+        rustix::process::umask(merged);
+    }
+}
+
 /// Hooks, housekeeping, metrics, the session context, then the listeners (admin first,
 /// so `/readyz` answers 503 while the rest binds).
 async fn wire(running: &mut Running, settings: &Settings) -> Result<(), ServerError> {
@@ -212,7 +231,7 @@ async fn wire(running: &mut Running, settings: &Settings) -> Result<(), ServerEr
         tasks: running.tasks.clone(),
         shutdown: running.shutdown.clone(),
     });
-    let admission = Admission::new(limits.max_connections, limits.max_connections_per_ip);
+    let admission = Admission::new(&limits);
     bind_admin(running, settings).await?;
     bind_clients(running, settings, &ctx, &admission).await?;
     gw.readiness.set_ready();
@@ -358,11 +377,15 @@ async fn bind_clients(
         let l = ws::bind(addr).await.map_err(bind_error("ws", addr))?;
         running.bound.ws = l.local_addr().ok();
         warn_if_exposed("ws", addr);
+        let origins = Arc::new(OriginPolicy::new(
+            &cfg.listen.allowed_origins,
+            addr.ip().is_loopback(),
+        ));
         // On the session tracker: `stop` waits for the accept loop to end, so the port
         // is free again when it returns (also after a failed start).
         running
             .tasks
-            .spawn(ws::serve(l, None, ctx.clone(), admission.clone()));
+            .spawn(ws::serve(l, None, ctx.clone(), admission.clone(), origins));
     }
     if cfg.listen.wss.0.is_none() && cfg.listen.quic.0.is_none() {
         return Ok(());
@@ -374,9 +397,17 @@ async fn bind_clients(
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
         let l = ws::bind(addr).await.map_err(bind_error("wss", addr))?;
         running.bound.wss = l.local_addr().ok();
-        running
-            .tasks
-            .spawn(ws::serve(l, Some(acceptor), ctx.clone(), admission.clone()));
+        let origins = Arc::new(OriginPolicy::new(
+            &cfg.listen.allowed_origins,
+            addr.ip().is_loopback(),
+        ));
+        running.tasks.spawn(ws::serve(
+            l,
+            Some(acceptor),
+            ctx.clone(),
+            admission.clone(),
+            origins,
+        ));
     }
     if let Some(addr) = cfg.listen.quic.0 {
         let config = quic::server_config(&id, cfg.tls.client_ca.as_deref(), settings.limits())?;

@@ -80,7 +80,7 @@ export interface Gap {
   epoch: number;
   from: number;
   to: number;
-  reason: "slow_consumer" | "retention";
+  reason: "slow_consumer" | "retention" | "corrupt";
   cursor: string;
   subscription: string;
 }

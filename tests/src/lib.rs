@@ -30,6 +30,7 @@ pub fn test_config(dir: &Path) -> Config {
             wss: loopback0(),
             quic: ListenAddr(None),
             admin: ListenAddr(None),
+            ..edgesync::config::ListenConfig::default()
         },
         ..Config::default()
     }
@@ -64,6 +65,11 @@ impl TestGateway {
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}", self.bound().ws.expect("ws bound"))
+    }
+
+    /// The plain WebSocket listener's address.
+    pub fn ws_addr(&self) -> SocketAddr {
+        self.bound().ws.expect("ws bound")
     }
 
     pub fn wss_url(&self) -> String {
@@ -107,4 +113,50 @@ pub async fn eventually(tries: u32, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     false
+}
+
+/// A free TCP port on 127.0.0.1 (for gateways run as a separate process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+/// Run the gateway as its own process (ws on `port` only) on `dir`, so a test can
+/// SIGKILL it. `exe` is `env!("CARGO_BIN_EXE_edgesync-test-gateway")` of the test.
+pub fn spawn_gateway_process(exe: &str, dir: &Path, port: u16) -> std::process::Child {
+    std::process::Command::new(exe)
+        .args([
+            "serve",
+            "--ws",
+            &format!("127.0.0.1:{port}"),
+            "--wss",
+            "off",
+            "--quic",
+            "off",
+            "--admin",
+            "off",
+        ])
+        .arg("--data-dir")
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn gateway")
+}
+
+/// Connect (reconnect off) once the gateway at `url` answers; at most 200 tries 25 ms apart.
+pub async fn connect_retry(url: &str) -> Client {
+    for _ in 0..200 {
+        let mut o = ClientOptions::new(url);
+        o.reconnect = false;
+        o.request_timeout = Duration::from_secs(5);
+        if let Ok(c) = Client::connect(o).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("gateway at {url} did not come up");
 }

@@ -4,12 +4,12 @@
 //! back to the last complete batch.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgesync_client::{Client, ClientOptions, Encoding, Event, PublishOptions, Start};
-use edgesync_tests::TestGateway;
+use edgesync_tests::{TestGateway, connect_retry, free_port, spawn_gateway_process};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
@@ -71,46 +71,8 @@ async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
-}
-
 fn spawn_gateway(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_edgesync-test-gateway"))
-        .args([
-            "serve",
-            "--ws",
-            &format!("127.0.0.1:{port}"),
-            "--wss",
-            "off",
-            "--quic",
-            "off",
-            "--admin",
-            "off",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn gateway")
-}
-
-async fn connect_retry(url: &str) -> Client {
-    for _ in 0..200 {
-        let mut o = ClientOptions::new(url);
-        o.reconnect = false;
-        o.request_timeout = Duration::from_secs(5);
-        if let Ok(c) = Client::connect(o).await {
-            return c;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("gateway at {url} did not come up");
+    spawn_gateway_process(env!("CARGO_BIN_EXE_edgesync-test-gateway"), dir, port)
 }
 
 /// Client options of SIGKILL worker `w`: the same client id in every cycle, so a
@@ -328,6 +290,7 @@ async fn torn_journal_tail_is_cut_back_to_the_last_complete_batch() {
         .append(edgesync::store::Publish {
             topic: "torn".into(),
             client: "t".into(),
+            principal: None,
             mid: None,
             headers: Default::default(),
             payload: bytes::Bytes::from_static(b"after"),

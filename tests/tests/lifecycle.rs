@@ -32,6 +32,7 @@ async fn a_failed_start_releases_what_it_bound() {
             wss: ListenAddr(None),
             quic,
             admin: at(admin_port),
+            ..edgesync::config::ListenConfig::default()
         },
         ..Config::default()
     };

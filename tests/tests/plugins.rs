@@ -53,6 +53,9 @@ path = "{trap}"
 # Once open (5 faults), the breaker stays open for the rest of a test.
 [plugin.breaker]
 backoff_ms = 60000
+# Its verdict is optional (it only upper-cases): a fault passes the message on.
+[plugin.failure]
+on_message = "open"
 
 [[route]]
 topics = "chat.>"
@@ -405,9 +408,10 @@ async fn publishes_of_one_frame_go_through_plugins_as_one_batch_with_verdicts_ea
 }
 
 /// When the batch call fails for a reason a retry cannot change — here the crash-loop
-/// breaker, opened by a frame of poison messages — the failure policy applies to the
-/// whole batch at once (fail-open: stored as sent, each dead-lettered), without one
-/// `on-message` call per message.
+/// breaker, opened by a frame of poison messages — the whole batch is refused at once,
+/// without one `on-message` call per message: a plugin switched off by its breaker
+/// fails closed even when its policy is `open`, so one client's poison messages never
+/// let everyone's messages skip the plugin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_breaker_fails_a_batch_at_once() {
     let gw = start().await;
@@ -433,7 +437,11 @@ async fn an_open_breaker_fails_a_batch_at_once() {
     )
     .await;
     for id in [51, 52, 53] {
-        assert_eq!(replies[&id]["t"], "puback", "fail-open: {}", replies[&id]);
+        assert_eq!(
+            replies[&id]["code"], "rejected",
+            "breaker open: refused, not passed unchecked: {}",
+            replies[&id]
+        );
     }
     assert_eq!(calls(&gw, "trap", "on-batch", "disabled"), 1.0);
     assert_eq!(
@@ -442,10 +450,9 @@ async fn an_open_breaker_fails_a_batch_at_once() {
         "no per-message retry against an open breaker"
     );
     let c = connect(&gw, Some(token)).await.expect("connects");
-    assert_eq!(
-        stored(&c, "fragile.d").await,
-        ["a", "b", "c"],
-        "stored as sent (the plugin did not run)"
+    assert!(
+        stored(&c, "fragile.d").await.is_empty(),
+        "nothing stored without the plugin's verdict"
     );
     let dlq = c
         .history("$dlq.trap", Start::Earliest, None)

@@ -1,5 +1,6 @@
 //! The QUIC transport end to end on 127.0.0.1: pub/sub and wildcards, resume
-//! after the connection drops (idle-timeout closes, automatic reconnect), idempotent
+//! after the connection drops (closes by the gateway, automatic reconnect), a listener
+//! that only receives is never idled out (the transport proves liveness), idempotent
 //! retry, ephemeral datagrams reaching QUIC and WebSocket subscribers, limits
 //! and malformed frames answered with their error code, cross-transport
 //! delivery with identical cursors, and interoperability with Python's aioquic
@@ -39,6 +40,7 @@ fn config(dir: &Path, quic_port: u16) -> Config {
             wss: ListenAddr(None),
             quic: addr(quic_port),
             admin: ListenAddr(None),
+            ..edgesync::config::ListenConfig::default()
         },
         ..Config::default()
     }
@@ -192,11 +194,49 @@ async fn pubsub_and_wildcards() {
     );
 }
 
+/// Issue 12.1 over QUIC: a subscriber that only receives (it sends no frame at all) is
+/// alive as long as its QUIC stack answers the transport's keep-alives; the gateway
+/// never closes it for idleness, however many idle timeouts go by.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_listener_that_only_receives_is_never_idled_out() {
+    let gw = Gw::start(|c| {
+        c.limits.idle_timeout_ms = 500;
+        c.limits.ping_interval_ms = 100;
+    })
+    .await;
+    let reader = gw.quic().await;
+    let mut sub = reader.subscribe("l.>", Start::Latest).await.expect("sub");
+    let publisher = gw.quic().await;
+    let closed = |code: &str| {
+        gw.gateway()
+            .metrics
+            .connections_closed
+            .with_label_values(&[code])
+            .get()
+    };
+    // Ten idle timeouts' worth of messages, one every 50 ms.
+    for i in 0..100u32 {
+        publisher
+            .publish("l.x", format!("m{i}"))
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..100u32 {
+        let m = next_msg(&mut sub).await;
+        assert_eq!(m.data.0.as_ref(), format!("m{i}").as_bytes());
+    }
+    assert_eq!(closed("idle_timeout"), 0, "nobody was idled out");
+    assert_eq!(gw.gateway().conns.list().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_after_the_connection_drops_has_no_gap_and_no_duplicate() {
-    // A subscriber that sends nothing is closed by the gateway after the idle timeout:
-    // a real connection drop, repeated while messages keep arriving. The client
-    // reconnects and resumes each subscription from its cursor.
+    // The reader's connection is dropped by the gateway again and again while messages
+    // keep arriving (a real close, as a plugin's or operator's `close` makes it; a
+    // QUIC subscriber that only listens is not idled out: the transport's keep-alive
+    // proves it alive). The client reconnects and resumes each subscription from its
+    // cursor.
     let gw = Gw::start(|c| {
         c.limits.idle_timeout_ms = 600;
         c.limits.ping_interval_ms = 200;
@@ -205,6 +245,7 @@ async fn resume_after_the_connection_drops_has_no_gap_and_no_duplicate() {
     let mut o = gw.options(gw.quic_url());
     o.reconnect = true;
     o.max_backoff = Duration::from_millis(200);
+    o.client_id = Some("resuming-reader".into());
     let reader = Client::connect(o).await.expect("reader connects");
     let mut sub = reader.subscribe("r.>", Start::Earliest).await.expect("sub");
     let publisher = gw.quic().await;
@@ -213,6 +254,14 @@ async fn resume_after_the_connection_drops_has_no_gap_and_no_duplicate() {
         .metrics
         .connections_closed
         .with_label_values(&["idle_timeout"]);
+    let drop_reader = || {
+        let conns = &gw.gateway().conns;
+        for c in conns.list() {
+            if c.client_id.as_deref() == Some("resuming-reader") {
+                conns.close(c.id, ErrorCode::IdleTimeout, "dropped by the test");
+            }
+        }
+    };
     let mut i = 0u32;
     // Publish until the reader has been dropped at least twice (bounded).
     while (idle_closes.get() < 2 || i < 40) && i < 400 {
@@ -224,6 +273,9 @@ async fn resume_after_the_connection_drops_has_no_gap_and_no_duplicate() {
             .await
             .expect("publish");
         i += 1;
+        if i.is_multiple_of(15) {
+            drop_reader();
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
@@ -586,6 +638,22 @@ struct Raw {
 /// A QUIC connection offering `alpn` with its session stream open (opened by the
 /// client; the gateway sees it with the first bytes written) and nothing sent yet.
 async fn raw_quic_open(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
+    let (endpoint, connection) = quic_handshake(gw, alpn, window).await.expect("handshake");
+    let (send, recv) = connection.open_bi().await.expect("session stream");
+    Raw {
+        _endpoint: endpoint,
+        connection,
+        send,
+        recv,
+    }
+}
+
+/// A QUIC handshake with the gateway offering `alpn`, nothing more.
+async fn quic_handshake(
+    gw: &Gw,
+    alpn: &[&[u8]],
+    window: u32,
+) -> Result<(quinn::Endpoint, quinn::Connection), quinn::ConnectionError> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in edgesync::transport::tls::read_certs(&gw.ca()).expect("ca") {
         roots.add(cert).expect("root");
@@ -606,15 +674,48 @@ async fn raw_quic_open(gw: &Gw, alpn: &[&[u8]], window: u32) -> Raw {
     let connection = endpoint
         .connect_with(config, addr, "localhost")
         .expect("connect")
-        .await
-        .expect("handshake");
-    let (send, recv) = connection.open_bi().await.expect("session stream");
-    Raw {
-        _endpoint: endpoint,
-        connection,
-        send,
-        recv,
+        .await?;
+    Ok((endpoint, connection))
+}
+
+/// Security finding 6 over QUIC: connections that finish the handshake but never open
+/// their session stream hold handshake slots, at most `max_handshakes_per_ip`, until
+/// the handshake timeout; one more is refused at once, and the slots come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_handshakes_in_progress_are_bounded_per_ip() {
+    let gw = Gw::start(|c| {
+        c.limits.max_handshakes_per_ip = 2;
+        c.limits.handshake_timeout_ms = 1_500;
+    })
+    .await;
+    let alpn: &[&[u8]] = &[edgesync_protocol::ALPN_QUIC_V2];
+    let held_a = quic_handshake(&gw, alpn, 1 << 20).await.expect("first");
+    let held_b = quic_handshake(&gw, alpn, 1 << 20).await.expect("second");
+    let refused = quic_handshake(&gw, alpn, 1 << 20).await;
+    assert!(
+        refused.is_err(),
+        "a third handshake from this address is refused"
+    );
+    let refused_total = gw
+        .gateway()
+        .metrics
+        .connections_refused
+        .with_label_values(&["too_many_handshakes"])
+        .get();
+    assert_eq!(refused_total, 1);
+    // The held ones are closed at the handshake timeout (no stream opened) ...
+    for (_, c) in [&held_a, &held_b] {
+        let reason = tokio::time::timeout(WAIT, c.closed())
+            .await
+            .expect("closed in time");
+        assert!(
+            matches!(reason, quinn::ConnectionError::ApplicationClosed(ref a) if a.error_code == quinn::VarInt::from_u32(0x0c)),
+            "{reason:?}"
+        );
     }
+    // ... and a normal client is served again.
+    let c = gw.quic().await;
+    c.publish("after.handshakes", "x").await.expect("served");
 }
 
 /// Connect offering `alpn`, with a per-stream receive window of `window` bytes, and

@@ -19,9 +19,13 @@ use crate::hooks::Hook;
 pub struct HostConfig {
     /// Directory of precompiled components, keyed by the component's
     /// SHA-256 and the engine configuration. `None` (default): no disk
-    /// cache; every load compiles. The directory must be as trusted as the
-    /// gateway binary: its files are loaded as native code.
+    /// cache; every load compiles. Its files are native code: each is
+    /// authenticated with the key in `cache_key_file` and refused (then
+    /// recompiled) when it does not verify.
     pub cache_dir: Option<PathBuf>,
+    /// File holding the cache's 32-byte authentication key, created 0600 on
+    /// first use. Default `<cache_dir>.key` (beside the directory, not in it).
+    pub cache_key_file: Option<PathBuf>,
     /// Epoch tick in milliseconds (default 1): the granularity of the CPU
     /// deadline. A runaway guest is stopped within `deadline_ms` + one tick.
     pub epoch_tick_ms: u64,
@@ -49,6 +53,7 @@ impl Default for HostConfig {
     fn default() -> Self {
         HostConfig {
             cache_dir: None,
+            cache_key_file: None,
             epoch_tick_ms: 1,
             pooling: true,
             pool_total_instances: 256,
@@ -156,6 +161,9 @@ pub struct Grants {
     /// `pubsub`: publish anywhere, send to and close any connection
     /// (default **false**).
     pub pubsub: bool,
+    /// With `pubsub`: publish (or send) to reserved `$` topics such as `$dlq.…`
+    /// (default **false**: the gateway's own topics are not a plugin's to write).
+    pub system_topics: bool,
     /// `config` (default true).
     pub config: bool,
     /// `crypto` (default true).
@@ -173,6 +181,7 @@ impl Default for Grants {
             timers: true,
             kv: true,
             pubsub: false,
+            system_topics: false,
             config: true,
             crypto: true,
             stdio: false,
@@ -191,7 +200,9 @@ pub enum FailurePolicy {
     Open,
 }
 
-/// Failure policy per hook. Auth fails closed, transforms fail open.
+/// Failure policy per hook. Every hook fails closed unless the config says otherwise:
+/// a plugin that checks something (auth, schema, rate) must not be bypassed by making it
+/// fail; `open` is for plugins whose verdict is optional (a transform, a counter).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FailurePolicies {
@@ -199,9 +210,9 @@ pub struct FailurePolicies {
     pub on_connect: FailurePolicy,
     /// Default closed.
     pub on_subscribe: FailurePolicy,
-    /// Also applies to `on_batch`. Default open.
+    /// Also applies to `on_batch`. Default closed.
     pub on_message: FailurePolicy,
-    /// Default open.
+    /// Default closed.
     pub on_write: FailurePolicy,
 }
 
@@ -210,8 +221,8 @@ impl Default for FailurePolicies {
         FailurePolicies {
             on_connect: FailurePolicy::Closed,
             on_subscribe: FailurePolicy::Closed,
-            on_message: FailurePolicy::Open,
-            on_write: FailurePolicy::Open,
+            on_message: FailurePolicy::Closed,
+            on_write: FailurePolicy::Closed,
         }
     }
 }

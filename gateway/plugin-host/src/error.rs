@@ -26,8 +26,11 @@ pub enum PluginError {
         plugin: String,
         /// The hook that trapped.
         hook: Hook,
-        /// The trap and its backtrace, as wasmtime reports them.
+        /// The trap and its backtrace, as wasmtime reports them (for the operator's log).
         message: String,
+        /// The trap's cause alone, without the backtrace (for dead letters and
+        /// anything else another client may read: a backtrace shows the guest's code).
+        cause: String,
     },
     /// The guest used more than its CPU budget; stopped by epoch
     /// interruption. The instance was discarded.
@@ -186,6 +189,21 @@ impl PluginError {
                 | ErrorKind::Contract
                 | ErrorKind::Init
         )
+    }
+
+    /// The error without a backtrace: what a dead letter carries. The same as the
+    /// `Display` text except for a trap, whose wasm backtrace (the guest's function
+    /// names and code offsets) is left to the operator's log.
+    pub fn summary(&self) -> String {
+        match self {
+            PluginError::Trap {
+                plugin,
+                hook,
+                cause,
+                ..
+            } => format!("plugin `{plugin}` trapped in {hook}: {cause}"),
+            other => other.to_string(),
+        }
     }
 
     /// Whether calling again later may succeed (the breaker closes, the

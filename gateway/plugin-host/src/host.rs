@@ -75,6 +75,8 @@ pub(crate) struct HostShared {
     pub allocator: Allocator,
     pub linker: Linker<HostState>,
     pub engine_key: String,
+    /// The compile cache's directory and authentication key; `None`: no disk cache.
+    pub cache: Option<(std::path::PathBuf, cache::CacheKey)>,
     pub services: Arc<dyn HostServices>,
     pub registry: Registry,
     pub telemetry: HostTelemetry,
@@ -105,6 +107,19 @@ impl PluginHost {
         let ticker = EpochTicker::start(&engine, clock.clone(), tick)?;
         let telemetry = HostTelemetry::register(&registry)?;
         let engine_key = cache::engine_key(&engine);
+        let cache = config.cache_dir.as_ref().and_then(|dir| {
+            let key_file = config
+                .cache_key_file
+                .clone()
+                .unwrap_or_else(|| cache::default_key_file(dir));
+            match cache::CacheKey::load_or_create(&key_file) {
+                Ok(key) => Some((dir.clone(), key)),
+                Err(e) => {
+                    tracing::warn!(key_file = %key_file.display(), error = %e, "plugin cache key unusable: compiling without the disk cache");
+                    None
+                }
+            }
+        });
         Ok(PluginHost {
             shared: Arc::new(HostShared {
                 config,
@@ -112,6 +127,7 @@ impl PluginHost {
                 allocator,
                 linker,
                 engine_key,
+                cache,
                 services,
                 registry,
                 telemetry,
@@ -232,7 +248,7 @@ async fn compile_file(
             &s.engine,
             &s.engine_key,
             &bytes,
-            s.config.cache_dir.as_deref(),
+            s.cache.as_ref().map(|(dir, key)| (dir.as_path(), key)),
         )
     });
     let limit = Duration::from_millis(shared.config.compile_timeout_ms);

@@ -52,6 +52,7 @@ mod engine;
 mod error;
 mod hooks;
 mod host;
+pub mod kv;
 mod message;
 mod plugin;
 mod pool;

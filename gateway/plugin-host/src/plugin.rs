@@ -552,6 +552,7 @@ fn classify(plugin: &str, hook: Hook, inst: &Instance, e: &wasmtime::Error) -> P
         plugin,
         hook,
         message: describe_fault(state, e),
+        cause: crate::caps::log::truncate(&e.root_cause().to_string(), 512).to_string(),
     }
 }
 

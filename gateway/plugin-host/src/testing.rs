@@ -3,11 +3,13 @@
 //! supplies the store-backed implementation.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::ops::Bound;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
 use crate::bindings::types::Header;
+use crate::kv::{Kv, KvBackend, KvPairs};
 use crate::services::{HostServices, KvEntry, ServiceError};
 
 /// A message a plugin published.
@@ -44,17 +46,49 @@ pub enum ConnAction {
     },
 }
 
-#[derive(Debug, Clone)]
-struct Stored {
-    entry: KvEntry,
-    expires: Option<Instant>,
+/// The in-memory kv backend: a sorted map of raw keys and values.
+#[derive(Debug, Default)]
+pub struct MemoryKv(Mutex<BTreeMap<Vec<u8>, Vec<u8>>>);
+
+impl KvBackend for MemoryKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        Ok(self.0.lock().get(key).cloned())
+    }
+
+    fn put(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        let mut m = self.0.lock();
+        match value {
+            Some(v) => m.insert(key.to_vec(), v.to_vec()),
+            None => m.remove(key),
+        };
+        Ok(())
+    }
+
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<KvPairs, String> {
+        let m = self.0.lock();
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        Ok(m.range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// In-memory services: kv in a map (with TTL), publishes and connection
 /// actions recorded for inspection.
 #[derive(Debug, Default)]
 pub struct MemoryServices {
-    kv: Mutex<BTreeMap<(String, String), Stored>>,
+    kv: Kv<MemoryKv>,
     published: Mutex<Vec<Published>>,
     actions: Mutex<Vec<ConnAction>>,
 }
@@ -74,54 +108,11 @@ impl MemoryServices {
     pub fn actions(&self) -> Vec<ConnAction> {
         self.actions.lock().clone()
     }
-
-    fn live(&self, plugin: &str, key: &str) -> Option<KvEntry> {
-        let mut kv = self.kv.lock();
-        let k = (plugin.to_string(), key.to_string());
-        match kv.get(&k) {
-            Some(s) if s.expires.is_some_and(|e| e <= Instant::now()) => {
-                kv.remove(&k);
-                None
-            }
-            Some(s) => Some(s.entry.clone()),
-            None => None,
-        }
-    }
-
-    fn put(
-        &self,
-        plugin: &str,
-        key: &str,
-        value: Vec<u8>,
-        ttl_ms: Option<u64>,
-        keep_ttl: bool,
-    ) -> u64 {
-        let mut kv = self.kv.lock();
-        let k = (plugin.to_string(), key.to_string());
-        let (version, old_expiry) = kv
-            .get(&k)
-            .map_or((1, None), |s| (s.entry.version + 1, s.expires));
-        let expires = match ttl_ms {
-            Some(ms) if !keep_ttl || old_expiry.is_none() => {
-                Some(Instant::now() + Duration::from_millis(ms))
-            }
-            _ if keep_ttl => old_expiry,
-            _ => None,
-        };
-        kv.insert(
-            k,
-            Stored {
-                entry: KvEntry { value, version },
-                expires,
-            },
-        );
-        version
-    }
 }
 
 impl HostServices for MemoryServices {
     fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<KvEntry>, ServiceError> {
-        Ok(self.live(plugin, key))
+        self.kv.get(plugin, key, now_ms())
     }
 
     fn kv_set(
@@ -131,7 +122,7 @@ impl HostServices for MemoryServices {
         value: &[u8],
         ttl_ms: Option<u64>,
     ) -> Result<u64, ServiceError> {
-        Ok(self.put(plugin, key, value.to_vec(), ttl_ms, false))
+        self.kv.set(plugin, key, value, ttl_ms, now_ms())
     }
 
     fn kv_compare_and_swap(
@@ -142,19 +133,12 @@ impl HostServices for MemoryServices {
         value: &[u8],
         ttl_ms: Option<u64>,
     ) -> Result<Option<u64>, ServiceError> {
-        let current = self.live(plugin, key).map(|e| e.version);
-        if current != expected {
-            return Ok(None);
-        }
-        Ok(Some(self.put(plugin, key, value.to_vec(), ttl_ms, false)))
+        self.kv
+            .compare_and_swap(plugin, key, expected, value, ttl_ms, now_ms())
     }
 
     fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, ServiceError> {
-        let existed = self.live(plugin, key).is_some();
-        self.kv
-            .lock()
-            .remove(&(plugin.to_string(), key.to_string()));
-        Ok(existed)
+        self.kv.delete(plugin, key, now_ms())
     }
 
     fn kv_increment(
@@ -164,16 +148,7 @@ impl HostServices for MemoryServices {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, ServiceError> {
-        let current = match self.live(plugin, key) {
-            Some(e) => std::str::from_utf8(&e.value)
-                .ok()
-                .and_then(|s| s.parse::<i64>().ok())
-                .ok_or(ServiceError::NotACounter)?,
-            None => 0,
-        };
-        let next = current.saturating_add(delta);
-        self.put(plugin, key, next.to_string().into_bytes(), ttl_ms, true);
-        Ok(next)
+        self.kv.increment(plugin, key, delta, ttl_ms, now_ms())
     }
 
     fn kv_scan_prefix(
@@ -182,15 +157,7 @@ impl HostServices for MemoryServices {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, KvEntry)>, ServiceError> {
-        let now = Instant::now();
-        let kv = self.kv.lock();
-        Ok(kv
-            .range((plugin.to_string(), prefix.to_string())..)
-            .take_while(|((p, k), _)| p == plugin && k.starts_with(prefix))
-            .filter(|(_, s)| s.expires.is_none_or(|e| e > now))
-            .take(limit)
-            .map(|((_, k), s)| (k.clone(), s.entry.clone()))
-            .collect())
+        self.kv.scan_prefix(plugin, prefix, limit, now_ms())
     }
 
     fn publish(

@@ -292,4 +292,25 @@ async fn rate_limit_counts_per_principal_in_kv() {
         .expect("scan");
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].1.value, b"4");
+
+    // Anonymous senders are keyed by connection, not by the client id they choose: a
+    // client claiming a victim's id spends its own budget, not the victim's.
+    let anonymous = |conn_id: u64, client: &str| edgesync_plugin_host::ConnRef {
+        conn_id,
+        client_id: client.into(),
+        principal: String::new(),
+    };
+    for _ in 0..4 {
+        let _ = p
+            .on_message(&anonymous(100, "victim"), &m)
+            .await
+            .expect("call");
+    }
+    assert_eq!(
+        p.on_message(&anonymous(101, "victim"), &m)
+            .await
+            .expect("call"),
+        MessageVerdict::Pass,
+        "the real client with that id is not locked out"
+    );
 }

@@ -16,8 +16,15 @@
 //!
 //! The broker never waits for a subscriber: a full outbox applies the topic's
 //! slow-consumer policy (see [`crate::outbox`]).
+//!
+//! Nothing a client does holds the fan-out lock for a scan of every topic: a wildcard
+//! is matched against a sorted catalog of topic names behind its own lock (a literal
+//! prefix is a range of it), then acted on under the fan-out lock for its matches only
+//! (subscribe, unsubscribe, catch-up, go-live; a topic generation counter tells when a
+//! topic appeared in between). A topic without messages goes with its last subscription.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -29,6 +36,30 @@ use parking_lot::Mutex;
 pub use crate::model::SubId;
 use crate::outbox::{Outbox, Pushed, SlowConsumerPolicy};
 use crate::store::{Committed, Record};
+
+/// Catalog names read per hold of its lock.
+const CATALOG_CHUNK: usize = 1024;
+
+/// Attempts of [`Broker::try_go_live`] to match a wildcard off the lock before it
+/// decides under the lock.
+const GO_LIVE_TRIES: usize = 3;
+
+/// Whether `position` is behind topic `name`'s delivered head.
+fn behind(name: &str, t: &Topic, position: &Cursor) -> bool {
+    t.head
+        .iter()
+        .any(|(origin, seq)| position.position(name, origin) < *seq)
+}
+
+/// Mark a subscription live, queueing `announce` (the `live` push) first — under the
+/// lock fan-out takes too, so no live push can overtake it. True, for `try_go_live`.
+fn set_live(g: &mut Inner, id: SubId, announce: &ServerFrame) -> bool {
+    if let Some(sub) = g.subs.get_mut(&id) {
+        sub.conn.outbox.push_reply(announce);
+        sub.live = true;
+    }
+    true
+}
 
 /// Maps a topic to its slow-consumer policy (built from config).
 pub type PolicyFn = Arc<dyn Fn(&str) -> SlowConsumerPolicy + Send + Sync>;
@@ -81,6 +112,9 @@ struct Topic {
     head: BTreeMap<Origin, u64>,
     subs: Vec<SubId>,
     policy: SlowConsumerPolicy,
+    /// `Inner::generation` when the topic was created: a wildcard registered at or
+    /// after it was attached by the creation itself.
+    created: u64,
 }
 
 struct Inner {
@@ -90,11 +124,20 @@ struct Inner {
     subs: HashMap<SubId, Sub>,
     next_sub: u64,
     stamp: u64,
+    /// Incremented whenever a topic is created: lets the two-step wildcard operations
+    /// (match the catalog off the lock, then act under it) see that a topic appeared in
+    /// between.
+    generation: u64,
 }
 
 /// The broker; shared by sessions (subscribe) and the fan-out task.
 pub struct Broker {
     inner: Mutex<Inner>,
+    /// The names of `inner.topics`, sorted, behind a lock of their own: a wildcard `sub`
+    /// matches its pattern against them (a literal prefix is a range, not a scan)
+    /// without holding the lock fan-out needs. Changed only with `inner` held (lock
+    /// order: `inner`, then `catalog`).
+    catalog: Mutex<BTreeSet<Arc<str>>>,
     policy: PolicyFn,
     observer: Arc<dyn BrokerObserver>,
 }
@@ -122,17 +165,21 @@ impl Broker {
                         head,
                         subs: Vec::new(),
                         policy: p,
+                        created: 0,
                     },
                 )
             })
-            .collect();
+            .collect::<HashMap<Arc<str>, Topic>>();
+        let catalog = topics.keys().cloned().collect();
         Broker {
+            catalog: Mutex::new(catalog),
             inner: Mutex::new(Inner {
                 topics,
                 wild: Vec::new(),
                 subs: HashMap::new(),
                 next_sub: 1,
                 stamp: 0,
+                generation: 0,
             }),
             policy,
             observer,
@@ -140,43 +187,97 @@ impl Broker {
     }
 
     /// Add a subscription. `live`: deliver from now on; the returned cursor is the
-    /// delivered head of every matching topic (the position the subscription starts at).
-    /// Not live: the caller catches up from the store and calls [`Broker::try_go_live`].
+    /// delivered head of every matching topic that holds messages (the position the
+    /// subscription starts at; a client can make any number of empty topics, and they
+    /// add nothing to a position). Not live: the caller catches up from the store and
+    /// calls [`Broker::try_go_live`].
+    ///
+    /// A wildcard is registered first (so every topic created from then on lists it),
+    /// then matched against the catalog without the fan-out lock, then attached to the
+    /// matching topics: the fan-out lock is held for O(matching topics), never for a
+    /// scan of every topic.
     pub fn subscribe(&self, conn: &Arc<ConnOut>, pattern: &str, live: bool) -> (SubId, Cursor) {
+        let pattern: Arc<str> = Arc::from(pattern);
+        if !is_pattern(&pattern) {
+            return self.subscribe_exact(conn, pattern, live);
+        }
+        let (id, registered) = {
+            let mut g = self.inner.lock();
+            let id = SubId(g.next_sub);
+            g.next_sub += 1;
+            g.wild.push(id);
+            g.subs.insert(
+                id,
+                Sub {
+                    conn: conn.clone(),
+                    pattern: pattern.clone(),
+                    live,
+                },
+            );
+            (id, g.generation)
+        };
+        let candidates = self.catalog_matches(&pattern);
+        let mut g = self.inner.lock();
+        let mut cursor = Cursor::new();
+        for name in candidates {
+            let Some(t) = g.topics.get_mut(&name) else {
+                continue; // released meanwhile
+            };
+            // A topic created since registration lists it already (and all its records
+            // reached it live): attach only older ones, and name them in the cursor.
+            if t.created <= registered {
+                t.subs.push(id);
+                if !t.head.is_empty() {
+                    cursor.set_topic(&name, t.head.clone());
+                }
+            }
+        }
+        (id, cursor)
+    }
+
+    fn subscribe_exact(
+        &self,
+        conn: &Arc<ConnOut>,
+        pattern: Arc<str>,
+        live: bool,
+    ) -> (SubId, Cursor) {
         let mut g = self.inner.lock();
         let id = SubId(g.next_sub);
         g.next_sub += 1;
-        let pattern: Arc<str> = Arc::from(pattern);
-        let wildcard = is_pattern(&pattern);
         let mut cursor = Cursor::new();
-        if wildcard {
-            g.wild.push(id);
-            for (name, t) in g.topics.iter_mut() {
-                if matches(&pattern, name) {
-                    t.subs.push(id);
-                    cursor.set_topic(name, t.head.clone());
-                }
-            }
-        } else {
-            let policy = &self.policy;
-            let Inner {
-                topics, wild, subs, ..
-            } = &mut *g;
-            // A topic this subscription creates is also one of the wildcards' topics
-            // (as it is when fan-out creates it).
-            let t = topics.entry(pattern.clone()).or_insert_with(|| Topic {
-                head: BTreeMap::new(),
-                subs: wild
+        let policy = &self.policy;
+        let Inner {
+            topics,
+            wild,
+            subs,
+            generation,
+            ..
+        } = &mut *g;
+        // A topic this subscription creates is also one of the wildcards' topics
+        // (as it is when fan-out creates it).
+        let t = match topics.entry(pattern.clone()) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let wildcards: Vec<SubId> = wild
                     .iter()
                     .filter(|w| subs.get(w).is_some_and(|s| matches(&s.pattern, &pattern)))
                     .copied()
-                    .collect(),
-                policy: policy(&pattern),
-            });
-            t.subs.push(id);
+                    .collect();
+                self.catalog.lock().insert(pattern.clone());
+                *generation += 1;
+                e.insert(Topic {
+                    head: BTreeMap::new(),
+                    subs: wildcards,
+                    policy: policy(&pattern),
+                    created: *generation,
+                })
+            }
+        };
+        t.subs.push(id);
+        if !t.head.is_empty() {
             cursor.set_topic(&pattern, t.head.clone());
         }
-        g.subs.insert(
+        subs.insert(
             id,
             Sub {
                 conn: conn.clone(),
@@ -187,13 +288,75 @@ impl Broker {
         (id, cursor)
     }
 
-    /// Topics currently known that match `pattern`, with their delivered heads.
+    /// Catalog names matching `pattern`: the names under its literal prefix (every
+    /// segment before the first wildcard), all of them when it starts with a wildcard.
+    ///
+    /// Read in chunks of [`CATALOG_CHUNK`] names, the catalog lock released in between,
+    /// so a long scan never holds back fan-out creating a topic (it takes this lock under
+    /// its own). Every name present when the scan starts and still present when its
+    /// chunk is read is seen; names added meanwhile may be missed, which the callers
+    /// allow for (a topic created after a wildcard registered lists it already).
+    fn catalog_matches(&self, pattern: &str) -> Vec<Arc<str>> {
+        use std::ops::Bound;
+        let literal: Vec<&str> = pattern
+            .split('.')
+            .take_while(|s| *s != "*" && *s != ">")
+            .collect();
+        let prefix = if literal.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", literal.join("."))
+        };
+        let mut out = Vec::new();
+        let mut from: Bound<Arc<str>> = Bound::Included(Arc::from(prefix.as_str()));
+        loop {
+            let catalog = self.catalog.lock();
+            let bounds = (from.as_ref().map(|n| &**n), Bound::Unbounded);
+            let chunk: Vec<Arc<str>> = catalog
+                .range::<str, _>(bounds)
+                .take_while(|n| n.starts_with(&prefix))
+                .take(CATALOG_CHUNK)
+                .cloned()
+                .collect();
+            drop(catalog);
+            let Some(last) = chunk.last().cloned() else {
+                return out;
+            };
+            let full = chunk.len() == CATALOG_CHUNK;
+            out.extend(chunk.into_iter().filter(|n| matches(pattern, n)));
+            if !full {
+                return out;
+            }
+            from = Bound::Excluded(last);
+        }
+    }
+
+    /// Topics currently known that match `pattern` and hold messages, with their
+    /// delivered heads. Scans every topic: for a subscription, use [`Broker::sub_heads`].
     pub fn matching_heads(&self, pattern: &str) -> Vec<(String, BTreeMap<Origin, u64>)> {
         let g = self.inner.lock();
         g.topics
             .iter()
-            .filter(|(name, _)| matches(pattern, name))
+            .filter(|(name, t)| !t.head.is_empty() && matches(pattern, name))
             .map(|(name, t)| (name.to_string(), t.head.clone()))
+            .collect()
+    }
+
+    /// The topics a subscription matches that hold messages, with their delivered heads
+    /// (O(matching topics) under the fan-out lock). Empty for an unknown subscription.
+    /// A topic created meanwhile may be missing; [`Broker::try_go_live`] notices it.
+    pub fn sub_heads(&self, id: SubId) -> Vec<(String, BTreeMap<Origin, u64>)> {
+        let Some((pattern, _)) = self.pattern_of(id) else {
+            return Vec::new();
+        };
+        let names = self.names_of(&pattern);
+        let g = self.inner.lock();
+        names
+            .iter()
+            .filter_map(|name| {
+                let t = g.topics.get(name)?;
+                (!t.head.is_empty()).then(|| (name.to_string(), t.head.clone()))
+            })
             .collect()
     }
 
@@ -202,40 +365,88 @@ impl Broker {
     /// its outbox in the same step: ahead of the first live push it gets. Returns false
     /// when more must be read.
     pub fn try_go_live(&self, id: SubId, position: &Cursor, announce: &ServerFrame) -> bool {
+        for _ in 0..GO_LIVE_TRIES {
+            let Some((pattern, seen)) = self.pattern_of(id) else {
+                return true;
+            };
+            let names = self.names_of(&pattern);
+            let mut g = self.inner.lock();
+            if is_pattern(&pattern) && g.generation != seen {
+                continue; // a topic appeared since the match: match again
+            }
+            let behind = names.iter().any(|name| {
+                g.topics
+                    .get(name)
+                    .is_some_and(|t| behind(name, t, position))
+            });
+            return !behind && set_live(&mut g, id, announce);
+        }
+        // Topics keep appearing: decide under the lock, scanning them all (rare).
         let mut g = self.inner.lock();
-        let Some(sub) = g.subs.get(&id) else {
+        let Some(pattern) = g.subs.get(&id).map(|s| s.pattern.clone()) else {
             return true;
         };
-        let pattern = sub.pattern.clone();
-        let behind = g.topics.iter().any(|(name, t)| {
-            matches(&pattern, name)
-                && t.head
-                    .iter()
-                    .any(|(origin, seq)| position.position(name, origin) < *seq)
-        });
-        if behind {
-            return false;
-        }
-        if let Some(sub) = g.subs.get_mut(&id) {
-            // Under the lock fan-out takes too: no live push can overtake it.
-            sub.conn.outbox.push_reply(announce);
-            sub.live = true;
-        }
-        true
+        let behind = g
+            .topics
+            .iter()
+            .any(|(name, t)| matches(&pattern, name) && behind(name, t, position));
+        !behind && set_live(&mut g, id, announce)
     }
 
-    /// Remove one subscription.
+    /// Remove one subscription, and every topic it leaves without subscriptions and
+    /// without messages (an exact `sub` creates its topic; a client looping `sub`/`unsub`
+    /// over new names must not grow the broker).
     pub fn unsubscribe(&self, id: SubId) {
+        let pattern = {
+            let mut g = self.inner.lock();
+            let Some(sub) = g.subs.remove(&id) else {
+                return;
+            };
+            if !is_pattern(&sub.pattern) {
+                self.detach(&mut g, id, &sub.pattern);
+                return;
+            }
+            g.wild.retain(|s| *s != id);
+            sub.pattern
+        };
+        // No topic created from now on lists it, and every older one is in the catalog.
+        let names = self.catalog_matches(&pattern);
         let mut g = self.inner.lock();
-        let Some(sub) = g.subs.remove(&id) else {
+        for name in &names {
+            self.detach(&mut g, id, name);
+        }
+    }
+
+    /// A subscription's pattern, and the topic generation when it was read.
+    fn pattern_of(&self, id: SubId) -> Option<(Arc<str>, u64)> {
+        let g = self.inner.lock();
+        g.subs.get(&id).map(|s| (s.pattern.clone(), g.generation))
+    }
+
+    /// The topics a pattern is attached to: itself, or a wildcard's catalog matches.
+    fn names_of(&self, pattern: &Arc<str>) -> Vec<Arc<str>> {
+        if is_pattern(pattern) {
+            self.catalog_matches(pattern)
+        } else {
+            vec![pattern.clone()]
+        }
+    }
+
+    /// Take `id` off topic `name`, releasing the topic if nothing is left on it.
+    fn detach(&self, g: &mut Inner, id: SubId, name: &str) {
+        let Some(t) = g.topics.get_mut(name) else {
             return;
         };
-        g.wild.retain(|s| *s != id);
-        for (name, t) in g.topics.iter_mut() {
-            if matches(&sub.pattern, name) {
-                t.subs.retain(|s| *s != id);
-            }
+        t.subs.retain(|s| *s != id);
+        if t.subs.is_empty() && t.head.is_empty() {
+            g.topics.remove(name);
+            self.catalog.lock().remove(name);
         }
+    }
+
+    /// Topics the broker holds (for tests and metrics).
+    pub fn topic_count(&self) -> usize {
+        self.inner.lock().topics.len()
     }
 
     /// Remove every subscription of a connection.
@@ -256,7 +467,7 @@ impl Broker {
                 Some(t) => t,
                 None => {
                     let name: Arc<str> = Arc::from(record.topic.as_str());
-                    let subs = inner
+                    let subs: Vec<SubId> = inner
                         .wild
                         .iter()
                         .filter(|id| {
@@ -268,10 +479,13 @@ impl Broker {
                         .copied()
                         .collect();
                     let policy = (self.policy)(&name);
+                    self.catalog.lock().insert(name.clone());
+                    inner.generation += 1;
                     inner.topics.entry(name).or_insert(Topic {
                         head: BTreeMap::new(),
                         subs,
                         policy,
+                        created: inner.generation,
                     })
                 }
             };
@@ -540,5 +754,94 @@ mod tests {
         b.fanout(&Arc::new(vec![rec("t", 4)]));
         assert!(drain(&c).is_empty());
         assert!(b.inner.lock().subs.is_empty());
+    }
+    /// Wildcards are matched against the catalog (a range for a literal prefix): they
+    /// find existing topics with messages, not look-alike prefixes, not `$` topics for a
+    /// leading wildcard; an `unsub` releases the empty topic an exact `sub` made, and
+    /// the cursor never names empty topics.
+    #[test]
+    fn wildcards_use_the_catalog_and_empty_topics_are_released() {
+        let b = broker();
+        let c = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        b.fanout(&Arc::new(vec![
+            rec("a.x", 1),
+            rec("a.y.z", 1),
+            rec("ab.x", 1),
+            rec("$dlq.p", 1),
+        ]));
+        let (empty, _) = b.subscribe(&c, "a.empty", true);
+        assert_eq!(b.topic_count(), 5);
+        let heads = |cursor: &Cursor, t: &str| cursor.topic(t).is_some();
+        let (_, cur) = b.subscribe(&c, "a.>", true);
+        assert!(heads(&cur, "a.x") && heads(&cur, "a.y.z"));
+        assert!(!heads(&cur, "ab.x") && !heads(&cur, "a.empty"));
+        let (_, cur) = b.subscribe(&c, ">", true);
+        assert!(heads(&cur, "ab.x") && !heads(&cur, "$dlq.p"));
+        let (dollar, cur) = b.subscribe(&c, "$dlq.*", true);
+        assert!(heads(&cur, "$dlq.p"));
+        b.fanout(&Arc::new(vec![rec("a.x", 2), rec("ab.x", 2)]));
+        assert_eq!(
+            drain(&c).len(),
+            2,
+            "the live wildcards got each record once"
+        );
+        b.unsubscribe(empty);
+        assert_eq!(b.topic_count(), 5, "a wildcard still lists a.empty");
+        b.remove_conn([SubId(2), SubId(3), dollar]);
+        assert_eq!(
+            b.topic_count(),
+            4,
+            "the empty topic went with its last subscription"
+        );
+        assert_eq!(b.catalog.lock().len(), 4);
+    }
+    /// A topic created after a catching-up wildcard registered is attached by its
+    /// creation, read by catch-up, and holds the switch to live until it is read.
+    #[test]
+    fn a_topic_created_during_catch_up_holds_the_switch_to_live() {
+        let b = broker();
+        let c = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        b.fanout(&Arc::new(vec![rec("w.old", 1)]));
+        let (id, _) = b.subscribe(&c, "w.>", false);
+        b.fanout(&Arc::new(vec![rec("w.new", 1)]));
+        let heads: Vec<String> = b.sub_heads(id).into_iter().map(|(t, _)| t).collect();
+        assert_eq!(heads.len(), 2, "{heads:?}");
+        let mut pos = Cursor::new();
+        pos.observe("w.old", &Origin::new("n", 1), 1);
+        let live = ServerFrame::Live {
+            sub: 1,
+            topic: "w.>".into(),
+        };
+        assert!(!b.try_go_live(id, &pos, &live), "w.new is not read yet");
+        pos.observe("w.new", &Origin::new("n", 1), 1);
+        assert!(b.try_go_live(id, &pos, &live));
+        b.fanout(&Arc::new(vec![rec("w.new", 2), rec("w.old", 2)]));
+        assert_eq!(
+            drain(&c).len(),
+            3,
+            "the `live` push, then live on both, each once"
+        );
+        b.unsubscribe(id);
+        b.fanout(&Arc::new(vec![rec("w.new", 3)]));
+        assert!(
+            drain(&c).is_empty(),
+            "detached from the topic made after it"
+        );
+    }
+    /// The catalog is read in chunks: every name is still seen, with and without a
+    /// literal prefix.
+    #[test]
+    fn catalog_scans_span_chunks() {
+        let b = broker();
+        let n = CATALOG_CHUNK * 2 + 7;
+        let recs: Vec<Arc<Record>> = (0..n).map(|i| rec(&format!("k.t{i:05}"), 1)).collect();
+        b.fanout(&Arc::new(recs));
+        b.fanout(&Arc::new(vec![rec("j.x", 1), rec("l.x", 1)]));
+        assert_eq!(b.catalog_matches("k.>").len(), n);
+        assert_eq!(b.catalog_matches(">").len(), n + 2);
+        assert_eq!(b.catalog_matches("*.x").len(), 2);
+        let c = ConnOut::new(1, Outbox::new(Encoding::Json, 100, 1 << 20));
+        let (_, cursor) = b.subscribe(&c, "k.*", true);
+        assert_eq!(cursor.topics().count(), n);
     }
 }

@@ -20,7 +20,8 @@ pub enum CertCommand {
     /// DNS names / IPs, usable as server and as client certificate (for gateway-to-gateway
     /// mTLS once replication is wired into `serve`; today: the wss/QUIC server certificate).
     Node {
-        /// File base name, e.g. the node id.
+        /// File base name, e.g. the node id: letters, digits, `.`, `_`, `-` (not first `.`),
+        /// at most 64 bytes.
         name: String,
         /// DNS names or IP addresses (default: localhost, 127.0.0.1, ::1).
         #[arg(long = "san")]
@@ -35,7 +36,8 @@ pub enum CertCommand {
     /// `edgesync pub/sub`). NAME becomes the connection's TLS identity. A development
     /// gateway's CA is `<data_dir>/tls` (`ca.pem`, `ca.key`).
     Client {
-        /// The identity (subject CN), also the file base name.
+        /// The identity (subject CN), also the file base name: one topic segment (no `.`,
+        /// `*`, `>`, whitespace, control characters or leading `$`), at most 64 bytes.
         name: String,
         #[arg(long, default_value = "certs")]
         ca_dir: PathBuf,
@@ -57,6 +59,20 @@ fn file_base(name: &str) -> String {
         .collect()
 }
 
+/// Why `name` is not a safe file base name, if it is not: it names files in --out, so
+/// no path separators, no leading `.` (`..`, hidden files), only `[A-Za-z0-9._-]`.
+fn file_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 64 {
+        return Some("use 1 to 64 bytes".into());
+    }
+    if name.starts_with('.') {
+        return Some("it must not start with '.'".into());
+    }
+    name.chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .map(|c| format!("{c:?} is not allowed (letters, digits, '.', '_', '-')"))
+}
+
 pub fn run(cmd: CertCommand) -> ExitCode {
     let result = match cmd {
         CertCommand::Ca { out, name } => tls::generate_ca(&out, &name).map(|(c, k)| vec![c, k]),
@@ -66,6 +82,10 @@ pub fn run(cmd: CertCommand) -> ExitCode {
             ca_dir,
             out,
         } => {
+            if let Some(why) = file_name_problem(&name) {
+                eprintln!("error: node name {name:?}: {why}");
+                return ExitCode::FAILURE;
+            }
             if sans.is_empty() {
                 sans = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
             }
@@ -98,5 +118,21 @@ pub fn run(cmd: CertCommand) -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_are_safe_file_names() {
+        for ok in ["node-1", "edge_2.eu", "a"] {
+            assert_eq!(file_name_problem(ok), None, "{ok}");
+        }
+        for bad in ["../etc/x", "/abs", "..", ".hidden", "a/b", "a b", "", "é"] {
+            assert!(file_name_problem(bad).is_some(), "{bad}");
+        }
+        assert!(file_name_problem(&"n".repeat(65)).is_some());
     }
 }

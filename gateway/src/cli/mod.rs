@@ -7,6 +7,7 @@
 mod cert;
 mod client;
 pub mod plugin;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +39,9 @@ pub enum Command {
     /// Make, build, check and reload WebAssembly plugins.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
+    /// Check a stopped gateway's store for damage, or repair it.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Check a config file and print the effective configuration.
     CheckConfig {
         /// The TOML file.
@@ -80,6 +84,7 @@ pub fn main() -> ExitCode {
         Command::Sub(args) => client::run_sub(args),
         Command::Cert(c) => cert::run(c),
         Command::Plugin(c) => plugin::run(c),
+        Command::Store(c) => store::run(c),
         Command::CheckConfig { file } => match Config::from_file(&file)
             .map_err(|e| e.to_string())
             .and_then(|c| c.build().map_err(|e| e.to_string()))

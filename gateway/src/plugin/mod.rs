@@ -43,6 +43,10 @@ use crate::store::Retention;
 pub use crate::config::RouteConfig;
 pub use ph::{HostConfig, PluginConfig};
 
+/// The principal of a session whose auth plugins all failed with `on_connect = "open"`:
+/// connected, with no publish or subscribe permission.
+pub const ANONYMOUS: &str = "anonymous";
+
 /// Most plugin publishes in one causal chain before a publish is refused (loop protection).
 pub const MAX_HOPS: u32 = 4;
 
@@ -179,6 +183,7 @@ impl Plugins {
         for p in self.auth_chain() {
             match p.on_connect(info).await {
                 Ok(ConnectVerdict::Allow(principal)) => {
+                    check_principal(p.name(), &principal)?;
                     if auth.is_none() {
                         auth = Some(Auth {
                             principal: principal.id,
@@ -191,7 +196,7 @@ impl Plugins {
                     return Err(refuse(ErrorCode::Unauthorized, reason));
                 }
                 Err(e) => {
-                    if p.policy(Hook::OnConnect) == FailurePolicy::Closed {
+                    if refuses(p, Hook::OnConnect, &e) {
                         tracing::warn!(plugin = p.name(), error = %e, "auth plugin failed; connection refused (fail-closed)");
                         return Err(refuse(
                             ErrorCode::Unauthorized,
@@ -200,6 +205,16 @@ impl Plugins {
                     }
                 }
             }
+        }
+        if auth.is_none() && self.auth_chain().next().is_some() {
+            // Every auth plugin failed open. "Open" lets the client in with the default
+            // permissions — none — never as a session without auth plugins, which may do
+            // anything.
+            auth = Some(Auth {
+                principal: ANONYMOUS.to_string(),
+                publish: Vec::new(),
+                subscribe: Vec::new(),
+            });
         }
         Ok(auth)
     }
@@ -216,7 +231,7 @@ impl Plugins {
                     return Err(refuse(ErrorCode::Forbidden, reason));
                 }
                 Err(e) => {
-                    if p.policy(Hook::OnSubscribe) == FailurePolicy::Closed {
+                    if refuses(p, Hook::OnSubscribe, &e) {
                         tracing::warn!(plugin = p.name(), error = %e, "auth plugin failed; subscribe refused (fail-closed)");
                         return Err(refuse(
                             ErrorCode::Forbidden,
@@ -490,14 +505,24 @@ fn failed(
 ) -> Option<Result<HookOutcome, Refusal>> {
     dead.push(DeadLetter {
         plugin: p.name().to_string(),
-        error: e.to_string(),
+        error: e.summary(),
+        detail: e.to_string(),
     });
-    (p.policy(Hook::OnMessage) == FailurePolicy::Closed).then(|| {
+    refuses(p, Hook::OnMessage, e).then(|| {
         Err(refuse(
             ErrorCode::Rejected,
             format!("plugin {} failed; message dead-lettered", p.name()),
         ))
     })
+}
+
+/// Whether a failed hook call refuses (the connection, the subscription, the message):
+/// the hook's failure policy — except that a plugin switched off by its crash-loop
+/// breaker always refuses. `open` forgives one call's fault; it never means that a
+/// client who trips the breaker with a few poison messages switches the plugin off for
+/// everyone else's messages.
+fn refuses(p: &ph::Plugin, hook: Hook, e: &ph::PluginError) -> bool {
+    p.policy(hook) == FailurePolicy::Closed || e.kind() == ph::ErrorKind::Disabled
 }
 
 /// Applies a message verdict to `req`: `None` to go on along the chain, `Some` with
@@ -577,9 +602,10 @@ async fn storage_stage(
             Err(e) => {
                 dead.push(DeadLetter {
                     plugin: p.name().to_string(),
-                    error: e.to_string(),
+                    error: e.summary(),
+                    detail: e.to_string(),
                 });
-                if p.policy(Hook::OnWrite) == FailurePolicy::Closed {
+                if refuses(p, Hook::OnWrite, &e) {
                     return Err(refuse(
                         ErrorCode::Rejected,
                         format!("plugin {} failed; message dead-lettered", p.name()),
@@ -672,4 +698,37 @@ impl PluginAdmin for Plugins {
             Ok(Plugins::info(p))
         })
     }
+}
+
+/// What an auth plugin grants is checked before it is enforced (security finding 11):
+/// every granted pattern must be a valid pattern, and the principal id must not hold a
+/// wildcard or a control character — an identity is data, and one that looks like a
+/// pattern (`*`, `>`) is never what a template such as `users.{principal}.>` meant.
+/// A plugin that breaks this refuses the connection (fail closed), naming the plugin.
+///
+/// # Errors
+/// `unauthorized`, saying what was wrong.
+fn check_principal(plugin: &str, principal: &ph::Principal) -> Result<(), Refusal> {
+    if let Some(c) = principal
+        .id
+        .chars()
+        .find(|c| matches!(c, '*' | '>') || c.is_control())
+    {
+        tracing::warn!(plugin, principal = ?principal.id, "auth plugin returned a principal holding {c:?}; connection refused");
+        return Err(refuse(
+            ErrorCode::Unauthorized,
+            format!("auth plugin {plugin} returned a principal id holding {c:?}"),
+        ));
+    }
+    let perms = &principal.permissions;
+    for pattern in perms.publish.iter().chain(&perms.subscribe) {
+        if let Err(e) = edgesync_protocol::topic::validate_pattern(pattern, usize::MAX) {
+            tracing::warn!(plugin, pattern = ?pattern, error = %e, "auth plugin granted an invalid pattern; connection refused");
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                format!("auth plugin {plugin} granted an invalid pattern {pattern:?}: {e}"),
+            ));
+        }
+    }
+    Ok(())
 }

@@ -1,11 +1,12 @@
 //! [`HostServices`] for the gateway: what plugins can do to the world.
 //!
-//! - **kv**: plugin-scoped keys in the store's `kv` keyspace, value =
-//!   version (u64 BE) · expiry ms (u64 BE, 0 = none) · bytes. Read-modify-write
-//!   operations are serialized by one lock. A write reaches the OS at once (it
-//!   survives a process crash) and the disk with the next group commit or
-//!   within a second: any kv write made while a message's hooks run is durable
-//!   before that message is acknowledged, because the journal is sequential.
+//! - **kv**: plugin-scoped keys in the store's `kv` keyspace, under the rules of
+//!   `edgesync_plugin_host::kv` (value format, versions, expiry, counters — the
+//!   same code the in-memory test services run). A write never waits for an
+//!   fsync: it reaches the OS at once (it survives a process crash) and the disk
+//!   with the next group commit or within about a second; any kv write made while
+//!   a message's hooks run is durable before that message is acknowledged,
+//!   because the journal is sequential.
 //! - **publish**: through the normal pipeline (hooks, store, fan-out) on a
 //!   task; the publishing plugin's own hooks are skipped and a message may
 //!   pass through at most [`MAX_HOPS`] plugin publishes (loop protection).
@@ -13,10 +14,10 @@
 
 use std::sync::{Arc, Weak};
 
+use edgesync_plugin_host::kv::{Kv, KvBackend, KvPairs};
 use edgesync_plugin_host::services::{HostServices, KvEntry, ServiceError};
 use edgesync_plugin_host::types::Header;
 use edgesync_protocol::ErrorCode;
-use parking_lot::Mutex;
 
 use super::{MAX_HOPS, Sender};
 use crate::clock::SharedClock;
@@ -36,7 +37,7 @@ const MAX_INFLIGHT_PUBLISHES: usize = 1024;
 /// The gateway's implementation, built with the handles it needs.
 pub struct GatewayServices {
     /// Plugin kv lives in the store's `kv` keyspace.
-    store: Store,
+    kv: Kv<StoreKv>,
     /// Publishes go through the pipeline. Weak: the pipeline holds the plugins, which
     /// hold these services.
     pipeline: Weak<Pipeline>,
@@ -45,7 +46,6 @@ pub struct GatewayServices {
     clock: SharedClock,
     /// Longest topic a plugin may publish to (`limits.max_topic_bytes`).
     max_topic_bytes: usize,
-    kv_lock: Mutex<()>,
     inflight: Arc<tokio::sync::Semaphore>,
 }
 
@@ -64,12 +64,11 @@ impl GatewayServices {
         max_topic_bytes: usize,
     ) -> Arc<Self> {
         Arc::new(GatewayServices {
-            store,
+            kv: Kv::new(StoreKv(store)),
             pipeline,
             conns,
             clock,
             max_topic_bytes,
-            kv_lock: Mutex::new(()),
             inflight: Arc::new(tokio::sync::Semaphore::new(MAX_INFLIGHT_PUBLISHES)),
         })
     }
@@ -79,41 +78,25 @@ fn unavailable(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Unavailable(e.to_string())
 }
 
-fn kv_key(plugin: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(2 + plugin.len() + key.len());
-    k.push(b'p');
-    k.extend_from_slice(plugin.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
+/// The store as the kv rules' backend.
+struct StoreKv(Store);
 
-/// Decode a stored value; `None` when expired or malformed.
-fn decode(bytes: &[u8], now: u64) -> Option<KvEntry> {
-    if bytes.len() < 16 {
-        return None;
+impl KvBackend for StoreKv {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        self.0.kv_get(key).map_err(|e| e.to_string())
     }
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&bytes[..8]);
-    let version = u64::from_be_bytes(v);
-    v.copy_from_slice(&bytes[8..16]);
-    let expires = u64::from_be_bytes(v);
-    if expires != 0 && expires <= now {
-        return None;
-    }
-    Some(KvEntry {
-        value: bytes[16..].to_vec(),
-        version,
-    })
-}
 
-fn encode(version: u64, ttl_ms: Option<u64>, value: &[u8], now: u64) -> Vec<u8> {
-    let expires = ttl_ms.map_or(0, |t| now.saturating_add(t.max(1)));
-    let mut out = Vec::with_capacity(16 + value.len());
-    out.extend_from_slice(&version.to_be_bytes());
-    out.extend_from_slice(&expires.to_be_bytes());
-    out.extend_from_slice(value);
-    out
+    fn put(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        self.0
+            .kv_write(&[(key.to_vec(), value.map(<[u8]>::to_vec))])
+            .map_err(|e| e.to_string())
+    }
+
+    fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<KvPairs, String> {
+        self.0
+            .kv_scan(prefix, after, limit)
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl GatewayServices {
@@ -126,39 +109,11 @@ impl GatewayServices {
     fn now_ms(&self) -> u64 {
         self.clock.unix_ms()
     }
-
-    fn current(&self, plugin: &str, key: &str) -> Result<(Option<KvEntry>, u64), ServiceError> {
-        let raw = self
-            .store
-            .kv_get(&kv_key(plugin, key))
-            .map_err(unavailable)?;
-        let now = self.now_ms();
-        Ok((raw.as_deref().and_then(|b| decode(b, now)), now))
-    }
-
-    /// The highest version ever written (expired entries keep counting, so versions never repeat).
-    fn last_version(&self, plugin: &str, key: &str) -> Result<u64, ServiceError> {
-        let raw = self
-            .store
-            .kv_get(&kv_key(plugin, key))
-            .map_err(unavailable)?;
-        Ok(raw.filter(|b| b.len() >= 16).map_or(0, |b| {
-            let mut v = [0u8; 8];
-            v.copy_from_slice(&b[..8]);
-            u64::from_be_bytes(v)
-        }))
-    }
-
-    fn put(&self, plugin: &str, key: &str, value: Option<Vec<u8>>) -> Result<(), ServiceError> {
-        self.store
-            .kv_write(&[(kv_key(plugin, key), value)])
-            .map_err(unavailable)
-    }
 }
 
 impl HostServices for GatewayServices {
     fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<KvEntry>, ServiceError> {
-        Ok(self.current(plugin, key)?.0)
+        self.kv.get(plugin, key, self.now_ms())
     }
 
     fn kv_set(
@@ -168,14 +123,7 @@ impl HostServices for GatewayServices {
         value: &[u8],
         ttl_ms: Option<u64>,
     ) -> Result<u64, ServiceError> {
-        let _g = self.kv_lock.lock();
-        let version = self.last_version(plugin, key)? + 1;
-        self.put(
-            plugin,
-            key,
-            Some(encode(version, ttl_ms, value, self.now_ms())),
-        )?;
-        Ok(version)
+        self.kv.set(plugin, key, value, ttl_ms, self.now_ms())
     }
 
     fn kv_compare_and_swap(
@@ -186,23 +134,12 @@ impl HostServices for GatewayServices {
         value: &[u8],
         ttl_ms: Option<u64>,
     ) -> Result<Option<u64>, ServiceError> {
-        let _g = self.kv_lock.lock();
-        let (cur, now) = self.current(plugin, key)?;
-        if cur.as_ref().map(|e| e.version) != expected {
-            return Ok(None);
-        }
-        let version = self.last_version(plugin, key)? + 1;
-        self.put(plugin, key, Some(encode(version, ttl_ms, value, now)))?;
-        Ok(Some(version))
+        self.kv
+            .compare_and_swap(plugin, key, expected, value, ttl_ms, self.now_ms())
     }
 
     fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, ServiceError> {
-        let _g = self.kv_lock.lock();
-        let existed = self.current(plugin, key)?.0.is_some();
-        if existed {
-            self.put(plugin, key, None)?;
-        }
-        Ok(existed)
+        self.kv.delete(plugin, key, self.now_ms())
     }
 
     fn kv_increment(
@@ -212,39 +149,7 @@ impl HostServices for GatewayServices {
         delta: i64,
         ttl_ms: Option<u64>,
     ) -> Result<i64, ServiceError> {
-        let _g = self.kv_lock.lock();
-        let (cur, now) = self.current(plugin, key)?;
-        let (value, ttl) = match &cur {
-            Some(e) => {
-                let n: i64 = std::str::from_utf8(&e.value)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or(ServiceError::NotACounter)?;
-                (n.saturating_add(delta), None)
-            }
-            None => (delta, ttl_ms),
-        };
-        // Keep an existing expiry when the counter already exists.
-        let raw = self
-            .store
-            .kv_get(&kv_key(plugin, key))
-            .map_err(unavailable)?;
-        let keep_expiry = cur
-            .as_ref()
-            .and(raw.as_deref())
-            .filter(|b| b.len() >= 16)
-            .map(|b| {
-                let mut v = [0u8; 8];
-                v.copy_from_slice(&b[8..16]);
-                u64::from_be_bytes(v)
-            });
-        let version = self.last_version(plugin, key)? + 1;
-        let mut bytes = encode(version, ttl, value.to_string().as_bytes(), now);
-        if let Some(exp) = keep_expiry {
-            bytes[8..16].copy_from_slice(&exp.to_be_bytes());
-        }
-        self.put(plugin, key, Some(bytes))?;
-        Ok(value)
+        self.kv.increment(plugin, key, delta, ttl_ms, self.now_ms())
     }
 
     fn kv_scan_prefix(
@@ -253,20 +158,7 @@ impl HostServices for GatewayServices {
         prefix: &str,
         limit: usize,
     ) -> Result<Vec<(String, KvEntry)>, ServiceError> {
-        let base = kv_key(plugin, "");
-        let now = self.now_ms();
-        let rows = self
-            .store
-            .kv_scan(&kv_key(plugin, prefix), limit.saturating_mul(2).max(limit))
-            .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let name = String::from_utf8(k.get(base.len()..)?.to_vec()).ok()?;
-                Some((name, decode(&v, now)?))
-            })
-            .take(limit)
-            .collect())
+        self.kv.scan_prefix(plugin, prefix, limit, self.now_ms())
     }
 
     fn publish(
@@ -305,6 +197,7 @@ impl HostServices for GatewayServices {
         let req = Publish {
             topic: topic.to_string(),
             client: sender.client_id.clone(),
+            principal: None,
             mid: None,
             headers,
             payload: bytes::Bytes::copy_from_slice(payload),

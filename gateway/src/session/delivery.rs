@@ -20,7 +20,7 @@ use crate::model::SubId;
 use crate::outbox::{Budget, Outbox};
 use crate::store::{MissingRange, StoreError};
 
-/// Records read per catch-up step.
+/// Most records read per catch-up step (bytes: a quarter of the target outbox).
 const CATCHUP_CHUNK: usize = 256;
 
 /// A subscription reading stored records before going live.
@@ -67,6 +67,20 @@ impl Delivery {
     /// True while some subscription is still catching up.
     pub(crate) fn catching_up(&self) -> bool {
         !self.catchups.is_empty()
+    }
+
+    /// True unless the lanes' replies (a `subscribed` names the topics it starts from)
+    /// went past their shared budget: the session then runs no further command until
+    /// the client reads its streams. Always true without lanes.
+    pub(crate) fn reply_room(&self) -> bool {
+        self.lanes.as_ref().is_none_or(|set| set.budget.within())
+    }
+
+    /// Wait until [`Delivery::reply_room`].
+    pub(crate) async fn wait_reply_room(&self) {
+        if let Some(set) = &self.lanes {
+            set.budget.wait_within().await;
+        }
     }
 
     /// Wait until the outbox of the catch-up that runs next has room.
@@ -167,7 +181,11 @@ pub(crate) fn gap_frame(topic: &str, m: &MissingRange, sub: Option<u64>) -> Serv
         epoch: m.origin.epoch,
         from: m.from,
         to: m.to,
-        reason: GapReason::Retention,
+        reason: if m.corrupt {
+            GapReason::Corrupt
+        } else {
+            GapReason::Retention
+        },
         cursor: cursor.encode(),
         sub,
     }
@@ -178,7 +196,10 @@ fn catch_up_step(ctx: &SessionCtx, c: &mut CatchUp) -> Result<bool, StoreError> 
     let out = &c.target;
     let enc = out.outbox.encoding();
     let mut budget = CATCHUP_CHUNK;
-    for (topic, head) in ctx.broker.matching_heads(&c.pattern) {
+    // A step runs only while the outbox is under half full, and queues at most a
+    // quarter of it (plus one record): catch-up never holds more than the outbox may.
+    let mut bytes_left = out.outbox.max_bytes() / 4;
+    for (topic, head) in ctx.broker.sub_heads(c.sub) {
         let after: BTreeMap<Origin, u64> = c.position.topic(&topic).cloned().unwrap_or_default();
         if head
             .iter()
@@ -186,19 +207,23 @@ fn catch_up_step(ctx: &SessionCtx, c: &mut CatchUp) -> Result<bool, StoreError> 
         {
             continue;
         }
-        let batch = ctx.store.read(&topic, &after, Some(&head), budget)?;
+        let batch =
+            ctx.store
+                .read_bounded(&topic, &after, Some(&head), budget, bytes_left.max(1))?;
         for m in &batch.missing {
             ctx.metrics.gap(m.corrupt);
             out.outbox
                 .push_history(Bytes::from(enc.encode(&gap_frame(&topic, m, Some(c.tag)))));
         }
         for r in &batch.records {
-            out.outbox.push_history(encode_push(r, enc, c.tag));
+            let push = encode_push(r, enc, c.tag);
+            bytes_left = bytes_left.saturating_sub(push.len());
+            out.outbox.push_history(push);
         }
         ctx.metrics.messages_out.inc_by(batch.records.len() as u64);
         budget = budget.saturating_sub(batch.records.len());
         c.position.set_topic(&topic, batch.positions);
-        if budget == 0 {
+        if budget == 0 || bytes_left == 0 {
             return Ok(false);
         }
     }

@@ -11,9 +11,10 @@
 //! handled by one method of [`Driver`]; command execution lives in
 //! [`super::execute`], catch-up and subscription lanes in [`super::delivery`].
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgesync_protocol::codec::Invalid;
@@ -25,6 +26,7 @@ use tokio_util::task::TaskTracker;
 
 use super::delivery::Delivery;
 use super::execute::{self, AckDone, AckFuture, QueuedPub};
+use super::liveness::{Due, Liveness};
 use super::{Authorizer, Command, Session, frame_kind};
 use crate::broker::{Broker, ConnOut};
 use crate::config::Limits;
@@ -92,6 +94,12 @@ pub trait Conn: Send {
     fn ping(&mut self) -> impl Future<Output = Result<(), ConnError>> + Send;
     /// Close with an error code (None: normal close).
     fn close(&mut self, code: Option<ErrorCode>, reason: &str) -> impl Future<Output = ()> + Send;
+    /// True when the transport itself proves the peer alive (QUIC: keep-alive packets
+    /// the peer's stack acknowledges, and the transport's idle timeout). The session
+    /// then sends no pings and applies no idle timer of its own.
+    fn keeps_alive(&self) -> bool {
+        false
+    }
     /// Streams of their own for subscriptions, when the transport and the client agreed
     /// on them (QUIC `edgesync/2`); `None`: everything travels on the session stream.
     fn lanes(&self) -> Option<Arc<dyn Lanes>> {
@@ -136,6 +144,8 @@ pub const SHUTTING_DOWN: &str = "gateway is shutting down";
 
 /// Largest frame the writer builds from batched messages.
 pub(crate) const MAX_BATCH_FRAME: usize = 256 << 10;
+/// Time the closing writes (what is queued, then the final `error`) may take.
+const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Run one connection to completion.
 pub async fn run<C: Conn>(conn: C, ctx: Arc<SessionCtx>, info: ConnInfo) {
@@ -163,17 +173,19 @@ pub async fn run_with_datagrams<C: Conn, D: Datagrams>(
         ),
     );
     let _registered = ctx.conns.register(conn_id, &info, &out);
-    let now = Instant::now();
+    let now = now();
     let delivery = Delivery::new(conn.lanes(), &ctx.limits);
     let mut d = Driver {
         session: Session::new(ctx.limits.clone(), now),
+        liveness: Liveness::new(&ctx.limits, now, conn.keeps_alive()),
+        write_timeout: Duration::from_millis(ctx.limits.idle_timeout_ms),
         ctx,
         out,
         info,
         pending: FuturesOrdered::new(),
+        backlog: VecDeque::new(),
         delivery,
         last_rx: now,
-        last_tx: now,
         draining: false,
         close_reason: None,
     };
@@ -190,9 +202,20 @@ pub(crate) struct Driver {
     pub(crate) info: ConnInfo,
     /// Publishes on their way to the store, in order: acks go out in this order.
     pub(crate) pending: FuturesOrdered<AckFuture>,
+    /// Commands of the last frame not run yet: they run only while the outbox has room
+    /// for their replies and the in-flight publishes are under their bound, and the
+    /// next frame is read only once they all ran. So a frame of commands never queues
+    /// more than one outbox of replies before anything is written. (Bounded by
+    /// `limits.max_frame_bytes`: one decoded frame.)
+    backlog: VecDeque<Result<ClientFrame, Invalid>>,
     pub(crate) delivery: Delivery,
+    /// When the last frame arrived (the session's clock for the commands in it).
     last_rx: Instant,
-    last_tx: Instant,
+    /// Ping, idle and first-`connect` timers.
+    liveness: Liveness,
+    /// Longest a single write may wait for the peer to read (`limits.idle_timeout_ms`):
+    /// a peer that stops reading is closed instead of holding its slot (finding 8).
+    write_timeout: Duration,
     /// Shutdown began: no more reads; finish in-flight publishes, flush, close.
     draining: bool,
     /// How the connection ends (`None` code: a normal close).
@@ -204,6 +227,7 @@ enum Event {
     Write,
     Acked(Option<AckDone>),
     Inbound(Option<Result<Bytes, ConnError>>),
+    Backlog,
     CatchUp,
     Timer,
     Datagram(Option<Bytes>),
@@ -219,9 +243,14 @@ impl Driver {
     async fn run<C: Conn, D: Datagrams>(&mut self, mut conn: C, mut datagrams: Option<D>) {
         let shutdown = self.ctx.shutdown.clone();
         loop {
-            let deadline = super::next_deadline(self.last_rx, self.last_tx, &self.ctx.limits);
-            let read_ok =
-                !self.draining && self.pending.len() < self.ctx.limits.max_inflight_publishes;
+            let deadline = self
+                .liveness
+                .deadline(self.session.client_id().is_some())
+                .map(tokio::time::Instant::from_std);
+            let room_for_publishes = self.pending.len() < self.ctx.limits.max_inflight_publishes;
+            let backlog = !self.backlog.is_empty();
+            let read_ok = !self.draining && room_for_publishes && !backlog;
+            let run_backlog = !self.draining && room_for_publishes && backlog;
             let draining = self.draining;
             let event = tokio::select! {
                 biased;
@@ -229,9 +258,10 @@ impl Driver {
                 _ = self.out.outbox.ready() => Event::Write,
                 done = self.pending.next(), if !self.pending.is_empty() => Event::Acked(done),
                 frame = conn.recv(), if read_ok => Event::Inbound(frame),
+                _ = backlog_room(&self.out, &self.delivery), if run_backlog => Event::Backlog,
                 _ = self.delivery.room(), if self.delivery.catching_up() && !draining => Event::CatchUp,
                 d = next_datagram(&mut datagrams), if datagrams.is_some() && !draining => Event::Datagram(d),
-                _ = tokio::time::sleep_until(deadline.into()), if !draining => Event::Timer,
+                _ = sleep_until(deadline), if !draining => Event::Timer,
             };
             let next = match event {
                 Event::Shutdown => self.on_shutdown(),
@@ -246,6 +276,10 @@ impl Driver {
                         }
                     }
                     self.on_inbound(&mut conn, frame).await
+                }
+                Event::Backlog => {
+                    self.run_backlog().await;
+                    Next::Continue
                 }
                 Event::Datagram(None) => {
                     datagrams = None;
@@ -282,19 +316,41 @@ impl Driver {
 
     async fn on_write<C: Conn>(&mut self, conn: &mut C) -> Next {
         if let Some(closed) = self.out.outbox.closed() {
-            // Flush what is queued, then the reason, then close.
-            let _ = flush(&self.out, &self.ctx.metrics, conn).await;
+            // Flush what is queued, then the reason, then close — within a short bound: a
+            // slow consumer being disconnected may not be reading at all.
             let f = ServerFrame::error(None, closed.code, closed.message.clone());
-            let _ = conn.send(self.info.encoding.encode(&f)).await;
+            let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT.min(self.write_timeout), async {
+                flush(&self.out, &self.ctx.metrics, conn, None).await?;
+                conn.send(self.info.encoding.encode(&f))
+                    .await
+                    .map_err(Stalled::Failed)
+            })
+            .await;
             self.close_reason = Some((Some(closed.code), closed.message));
             return Next::End;
         }
-        if flush(&self.out, &self.ctx.metrics, conn).await.is_err() {
-            self.close_reason = Some((None, "write failed".into()));
-            return Next::End;
+        let flushed = flush(&self.out, &self.ctx.metrics, conn, Some(self.write_timeout)).await;
+        match flushed {
+            Ok(()) => Next::Continue,
+            // Closed while a write waited: the next turn sends the reason and ends.
+            Err(Stalled::Closed) => Next::Continue,
+            Err(Stalled::Timeout) => {
+                tracing::debug!(
+                    conn_id = self.out.id,
+                    "write timed out: the peer stopped reading"
+                );
+                self.close_reason = Some((
+                    Some(ErrorCode::SlowConsumer),
+                    "the client stopped reading".into(),
+                ));
+                Next::End
+            }
+            Err(Stalled::Failed(e)) => {
+                tracing::debug!(conn_id = self.out.id, error = %e, "write failed");
+                self.close_reason = Some((None, "write failed".into()));
+                Next::End
+            }
         }
-        self.last_tx = Instant::now();
-        Next::Continue
     }
 
     fn on_acked(&mut self, done: Option<AckDone>) -> Next {
@@ -326,13 +382,17 @@ impl Driver {
             Some(Err(e)) => return self.on_transport_error(conn, e).await,
             Some(Ok(frame)) => frame,
         };
-        self.last_rx = Instant::now();
+        self.last_rx = now();
+        self.liveness.received(self.last_rx);
         if frame.is_empty() {
             return Next::Continue; // keepalive (a pong, or an empty frame from the client)
         }
         self.ctx.metrics.bytes_in.inc_by(frame.len() as u64);
         match self.info.encoding.decode_each::<ClientFrame>(&frame) {
-            Ok(frames) => self.on_frames(frames).await,
+            Ok(frames) => {
+                self.backlog.extend(frames);
+                self.run_backlog().await;
+            }
             Err(e) => {
                 self.ctx.count("frame", e.code().as_str());
                 self.out
@@ -356,19 +416,29 @@ impl Driver {
         self.out
             .outbox
             .push_reply(&ServerFrame::error(None, code, e.to_string()));
-        flush(&self.out, &self.ctx.metrics, conn).await.ok();
+        flush(&self.out, &self.ctx.metrics, conn, Some(self.write_timeout))
+            .await
+            .ok();
         self.close_reason = Some((Some(code), e.to_string()));
         Next::End
     }
 
-    /// The commands of one frame, in order. Consecutive publishes are gathered and run
-    /// through the plugins together (one `on-batch` per plugin); anything else first
-    /// settles the publishes before it, so replies keep the frame's order.
-    /// A message that is well-formed but not a valid command is answered `bad_request`
-    /// with its `id`, in its place among the others.
-    async fn on_frames(&mut self, frames: Vec<Result<ClientFrame, Invalid>>) {
+    /// The backlog's commands, in order, while the outbox has room for their replies and
+    /// the in-flight publishes are under their bound (the rest waits for the writer or
+    /// the acks). Consecutive publishes are gathered and run through the plugins
+    /// together (one `on-batch` per plugin); anything else first settles the publishes
+    /// before it, so replies keep the frame's order. A message that is well-formed but
+    /// not a valid command is answered `bad_request` with its `id`, in its place.
+    async fn run_backlog(&mut self) {
         let mut publishes: Vec<QueuedPub> = Vec::new();
-        for f in frames {
+        let max_inflight = self.ctx.limits.max_inflight_publishes;
+        while self.out.outbox.has_reply_room()
+            && self.delivery.reply_room()
+            && self.pending.len() + publishes.len() < max_inflight
+        {
+            let Some(f) = self.backlog.pop_front() else {
+                break;
+            };
             let (kind, handled) = match f {
                 Ok(f) => (frame_kind(&f), self.session.handle(f, self.last_rx)),
                 Err(invalid) => (
@@ -417,17 +487,21 @@ impl Driver {
     }
 
     async fn on_timer<C: Conn>(&mut self, conn: &mut C) -> Next {
-        let now = Instant::now();
-        if now.duration_since(self.last_rx).as_millis() as u64 >= self.ctx.limits.idle_timeout_ms {
-            self.out.outbox.close(
-                ErrorCode::IdleTimeout,
-                "nothing received within the idle timeout",
-            );
-        } else if conn.ping().await.is_err() {
-            self.close_reason = Some((None, "ping failed".into()));
-            return Next::End;
-        } else {
-            self.last_tx = now;
+        let now = now();
+        match self.liveness.due(now, self.session.client_id().is_some()) {
+            Due::Nothing => {}
+            Due::Close(code, message) => self.out.outbox.close(code, message),
+            Due::Ping => {
+                // Bounded like any write: a ping stuck behind an unread socket must not
+                // hold the connection past the write timeout.
+                match tokio::time::timeout(self.write_timeout, conn.ping()).await {
+                    Ok(Ok(())) => self.liveness.pinged(now),
+                    Ok(Err(_)) | Err(_) => {
+                        self.close_reason = Some((None, "ping failed".into()));
+                        return Next::End;
+                    }
+                }
+            }
         }
         Next::Continue
     }
@@ -454,7 +528,14 @@ impl Driver {
         self.delivery.finish_lanes();
         let (code, reason) = self.close_reason.take().unwrap_or((None, "closed".into()));
         if self.draining {
-            flush(&self.out, &self.ctx.metrics, &mut conn).await.ok();
+            flush(
+                &self.out,
+                &self.ctx.metrics,
+                &mut conn,
+                Some(self.write_timeout),
+            )
+            .await
+            .ok();
         }
         conn.close(code, &reason).await;
         let label = code.map_or("normal", |c| c.as_str());
@@ -467,10 +548,28 @@ impl Driver {
     }
 }
 
+/// Why [`flush`] stopped before the outbox was empty.
+enum Stalled {
+    /// One write waited longer than the write timeout: the peer stopped reading.
+    Timeout,
+    /// The outbox was closed (e.g. `slow_consumer` under the disconnect policy) while a
+    /// write waited; the write was abandoned.
+    Closed,
+    /// The transport failed.
+    Failed(ConnError),
+}
+
 /// Write everything queued in `out`, in frames of at most [`MAX_BATCH_FRAME`] bytes.
+/// With `timeout`, each write is bounded by it and abandoned when the outbox closes
+/// meanwhile, so a peer that stops reading never holds the session in a write.
 /// (A free function taking fields: the driver is not `Sync` — its pending acks are not —
 /// so no `&Driver` may live across an await.)
-async fn flush<C: Conn>(out: &ConnOut, metrics: &Metrics, conn: &mut C) -> Result<(), ConnError> {
+async fn flush<C: Conn>(
+    out: &ConnOut,
+    metrics: &Metrics,
+    conn: &mut C,
+    timeout: Option<Duration>,
+) -> Result<(), Stalled> {
     loop {
         // `drain_into` sizes it.
         let mut buf = Vec::new();
@@ -478,8 +577,43 @@ async fn flush<C: Conn>(out: &ConnOut, metrics: &Metrics, conn: &mut C) -> Resul
             return Ok(());
         }
         metrics.bytes_out.inc_by(buf.len() as u64);
-        conn.send(buf).await?;
+        let Some(timeout) = timeout else {
+            conn.send(buf).await.map_err(Stalled::Failed)?;
+            continue;
+        };
+        let write = async {
+            tokio::select! {
+                biased;
+                r = conn.send(buf) => r.map_err(Stalled::Failed),
+                () = out.outbox.wait_closed(), if out.outbox.closed().is_none() => {
+                    Err(Stalled::Closed)
+                }
+            }
+        };
+        tokio::time::timeout(timeout, write)
+            .await
+            .map_err(|_| Stalled::Timeout)??;
     }
+}
+
+/// The current time on tokio's clock (which tests pause and advance), as the
+/// `std` instant the I/O-free session logic takes.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once the backlog's next command may run: the session's outbox, and the
+/// lanes' shared budget when the transport has lanes, have room for its reply.
+async fn backlog_room(out: &ConnOut, delivery: &Delivery) {
+    out.outbox.wait_reply_room().await;
+    delivery.wait_reply_room().await;
 }
 
 async fn next_datagram<D: Datagrams>(source: &mut Option<D>) -> Option<Bytes> {

@@ -70,7 +70,7 @@ pub(crate) async fn command(d: &mut Driver, cmd: Command) {
             topic,
             start,
             limit,
-        } => history(d, id, topic, start, limit),
+        } => history(d, id, topic, start, limit).await,
         Command::Ping { id } => {
             d.out.outbox.push_reply(&ServerFrame::Pong { id });
             true
@@ -118,10 +118,22 @@ async fn connect(d: &mut Driver, id: u64, client_id: String, token: Option<Strin
     true
 }
 
-async fn subscribe(d: &mut Driver, id: u64, pattern: String, start: StartAt) -> bool {
+/// The auth hooks' half of the read check (the session already checked the granted
+/// patterns): `on-subscribe` for every read, `sub` and `history` alike, so a plugin that
+/// denies a topic denies reading it by any path. False: refused and answered.
+async fn read_allowed(d: &mut Driver, kind: &str, id: u64, pattern: &str) -> bool {
     let sender = d.sender();
-    if let Err(r) = d.ctx.authorizer.subscribe(&sender, &pattern).await {
-        refuse(&d.ctx, &d.out, "sub", id, r);
+    match d.ctx.authorizer.subscribe(&sender, pattern).await {
+        Ok(()) => true,
+        Err(r) => {
+            refuse(&d.ctx, &d.out, kind, id, r);
+            false
+        }
+    }
+}
+
+async fn subscribe(d: &mut Driver, id: u64, pattern: String, start: StartAt) -> bool {
+    if !read_allowed(d, "sub", id, &pattern).await {
         return false;
     }
     let live = start == StartAt::Latest;
@@ -138,7 +150,7 @@ async fn subscribe(d: &mut Driver, id: u64, pattern: String, start: StartAt) -> 
         }
         StartAt::Last(n) => {
             let mut c = Cursor::new();
-            for (topic, _) in d.ctx.broker.matching_heads(&pattern) {
+            for (topic, _) in d.ctx.broker.sub_heads(sub) {
                 c.set_topic(&topic, d.ctx.store.last_n_positions(&topic, n));
             }
             c
@@ -162,7 +174,10 @@ async fn subscribe(d: &mut Driver, id: u64, pattern: String, start: StartAt) -> 
     true
 }
 
-fn history(d: &mut Driver, id: u64, topic: String, start: StartAt, limit: usize) -> bool {
+async fn history(d: &mut Driver, id: u64, topic: String, start: StartAt, limit: usize) -> bool {
+    if !read_allowed(d, "history", id, &topic).await {
+        return false;
+    }
     let store = &d.ctx.store;
     let after = match start {
         StartAt::Latest => store.head(&topic),
@@ -170,7 +185,7 @@ fn history(d: &mut Driver, id: u64, topic: String, start: StartAt, limit: usize)
         StartAt::Cursor(c) => c.topic(&topic).cloned().unwrap_or_default(),
         StartAt::Last(n) => store.last_n_positions(&topic, n),
     };
-    match store.read(&topic, &after, None, limit) {
+    match store.read_bounded(&topic, &after, None, limit, d.ctx.limits.max_history_bytes) {
         Ok(batch) => {
             for m in &batch.missing {
                 d.ctx.metrics.gap(m.corrupt);
@@ -306,7 +321,7 @@ pub(crate) async fn datagram(d: &mut Driver, datagram: &[u8]) {
     let (Some(p), true) = (frames.pop(), frames.is_empty()) else {
         return count(ErrorCode::BadFrame.as_str());
     };
-    let req = match d.session.handle_ephemeral(p, Instant::now()) {
+    let req = match d.session.handle_ephemeral(p, super::driver::now()) {
         Ok(req) => req,
         Err(reply) => {
             if let ServerFrame::Error { code, .. } = &*reply {

@@ -16,9 +16,10 @@ pub mod driver;
 #[cfg(test)]
 mod driver_tests;
 mod execute;
+pub mod liveness;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use edgesync_protocol::topic::{covers, is_system, matches, validate_pattern, validate_topic};
@@ -132,6 +133,34 @@ pub fn validate_id(limits: &Limits, field: &str, value: &str) -> Result<(), Refu
         ));
     }
     Ok(())
+}
+
+/// Characters a client id may hold besides ASCII letters and digits.
+pub const CLIENT_ID_PUNCTUATION: &str = "-_.:@+/=~";
+
+/// A client id: 1 to `limits.max_id_bytes` bytes of ASCII letters, digits and
+/// [`CLIENT_ID_PUNCTUATION`]. Other clients see it (in `msg` pushes) and it scopes
+/// idempotent publish, so it may not hold control characters (log and terminal
+/// injection), `$` (the gateway's own `$plugin.<name>` senders), spaces or look-alike
+/// Unicode.
+///
+/// # Errors
+/// `bad_request` naming the first byte that is not allowed.
+pub fn validate_client_id(limits: &Limits, value: &str) -> Result<(), Refusal> {
+    validate_id(limits, "client_id", value)?;
+    match value
+        .bytes()
+        .position(|b| !b.is_ascii_alphanumeric() && !CLIENT_ID_PUNCTUATION.as_bytes().contains(&b))
+    {
+        None => Ok(()),
+        Some(i) => Err(Refusal::new(
+            ErrorCode::BadRequest,
+            format!(
+                "client_id may hold only ASCII letters, digits and {CLIENT_ID_PUNCTUATION}; byte {i} is {:?}",
+                value[i..].chars().next().unwrap_or_default()
+            ),
+        )),
+    }
 }
 
 /// Where a subscription or history read starts, decoded.
@@ -366,6 +395,7 @@ impl Session {
             } => {
                 validate_topic(&topic, self.limits.max_topic_bytes)
                     .map_err(|e| err(id, e.code(), e.to_string()))?;
+                self.authorize_read(id, &topic)?;
                 let start = self.start(id, start.unwrap_or(Start::Earliest))?;
                 let limit = limit
                     .unwrap_or(self.limits.max_history)
@@ -430,7 +460,7 @@ impl Session {
         }
         let client_id = match client_id {
             Some(c) => {
-                self.check_id(id, "client_id", &c)?;
+                validate_client_id(&self.limits, &c).map_err(|r| err(id, r.code, r.message))?;
                 c
             }
             None => format!("c-{:016x}", rand::random::<u64>()),
@@ -456,15 +486,7 @@ impl Session {
     ) -> Result<Command, Reply> {
         validate_pattern(&pattern, self.limits.max_topic_bytes)
             .map_err(|e| err(id, e.code(), e.to_string()))?;
-        if let Some(a) = &self.auth
-            && !a.subscribe.iter().any(|g| covers(g, &pattern))
-        {
-            return Err(err(
-                id,
-                ErrorCode::Forbidden,
-                format!("{} may not subscribe to {pattern:?}", a.principal),
-            ));
-        }
+        self.authorize_read(id, &pattern)?;
         let start = match start {
             Some(s) => self.start(id, s)?,
             None => match &self.connect_cursor {
@@ -490,6 +512,22 @@ impl Session {
             ));
         }
         Ok(Command::Subscribe { id, pattern, start })
+    }
+
+    /// The one read check, shared by every path that returns stored or live messages
+    /// (`sub` from any start, the connect cursor — which only ever narrows a `sub` —
+    /// and `history`): the granted subscribe patterns must cover `pattern`. A grant
+    /// covers a `$` topic only when it names it (`$dlq.>`, not `>`). The driver then
+    /// asks the [`Authorizer`] (`on-subscribe`) before reading anything.
+    fn authorize_read(&self, id: u64, pattern: &str) -> Result<(), Reply> {
+        match &self.auth {
+            Some(a) if !a.subscribe.iter().any(|g| covers(g, pattern)) => Err(err(
+                id,
+                ErrorCode::Forbidden,
+                format!("{} may not read {pattern:?}", a.principal),
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn start(&self, id: u64, s: Start) -> Result<StartAt, Reply> {
@@ -542,6 +580,7 @@ impl Session {
             req: Publish {
                 topic,
                 client,
+                principal: self.principal().map(str::to_string),
                 mid,
                 headers,
                 payload,
@@ -549,23 +588,13 @@ impl Session {
             ack,
         })
     }
-
-    fn check_id(&self, id: u64, field: &str, value: &str) -> Result<(), Reply> {
-        validate_id(&self.limits, field, value).map_err(|r| err(id, r.code, r.message))
-    }
-}
-
-/// Time until the idle check should next run.
-pub fn next_deadline(last_rx: Instant, last_tx: Instant, limits: &Limits) -> Instant {
-    let idle = last_rx + Duration::from_millis(limits.idle_timeout_ms);
-    let ping = last_tx.max(last_rx) + Duration::from_millis(limits.ping_interval_ms);
-    idle.min(ping)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use edgesync_protocol::Payload;
+    use std::time::Duration;
 
     fn connected() -> (Session, Instant) {
         let now = Instant::now();
@@ -799,5 +828,54 @@ mod tests {
             } => assert_eq!(got, c),
             other => panic!("{other:?}"),
         }
+    }
+    #[test]
+    fn client_ids_are_restricted_and_the_error_names_the_byte() {
+        let l = Limits::default();
+        for good in ["a", "sensor-7", "u@x.org", "A.b:c_d+e/f=g~h"] {
+            assert!(validate_client_id(&l, good).is_ok(), "{good}");
+        }
+        for (bad, byte) in [("a b", 1), ("$plugin.x", 0), ("ok\n", 2), ("\u{ff04}x", 0)] {
+            let r = validate_client_id(&l, bad).expect_err(bad);
+            assert_eq!(r.code, ErrorCode::BadRequest);
+            assert!(r.message.contains(&format!("byte {byte}")), "{}", r.message);
+        }
+        assert!(validate_client_id(&l, "").is_err());
+        assert!(validate_client_id(&l, &"x".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn history_is_checked_like_sub() {
+        let (mut s, now) = connected();
+        s.set_auth(Some(Auth {
+            principal: "u1".into(),
+            publish: vec![],
+            subscribe: vec!["chat.>".into(), ">".into()],
+        }));
+        let history = |topic: &str| ClientFrame::History {
+            id: 9,
+            topic: topic.into(),
+            start: None,
+            limit: None,
+        };
+        assert!(s.handle(history("chat.room"), now).is_ok());
+        assert!(
+            s.handle(history("other.room"), now).is_ok(),
+            "`>` covers it"
+        );
+        assert_eq!(
+            code(s.handle(history("$dlq.auth"), now)),
+            ErrorCode::Forbidden,
+            "`>` never covers a `$` topic"
+        );
+        s.set_auth(Some(Auth {
+            principal: "u2".into(),
+            publish: vec![],
+            subscribe: vec!["mine.>".into()],
+        }));
+        assert_eq!(
+            code(s.handle(history("chat.room"), now)),
+            ErrorCode::Forbidden
+        );
     }
 }

@@ -65,6 +65,7 @@ impl Writer {
                 continue;
             }
             let before = t.count;
+            let lows: Vec<u64> = t.streams.values().map(|s| s.low).collect();
             let age_cutoff = policy
                 .max_age
                 .map(|a| now.saturating_sub(a.as_millis() as u64) << 16);
@@ -72,7 +73,8 @@ impl Writer {
                 let over_count = policy.max_messages.is_some_and(|m| t.count > m);
                 let over_bytes = policy.max_bytes.is_some_and(|m| t.bytes > m);
                 // Oldest record across this topic's streams.
-                let mut oldest: Option<(u32, u64, u64, u64)> = None; // (origin, seq, hlc, len)
+                // (origin, seq, hlc, len, last seq the key covers: a gap marker covers a range)
+                let mut oldest: Option<(u32, u64, u64, u64, Option<u64>)> = None;
                 for (oid, s) in &t.streams {
                     if s.low > s.high {
                         continue;
@@ -80,16 +82,26 @@ impl Writer {
                     let Some(v) = shared.records.get(record_key(t.id, *oid, s.low))? else {
                         continue;
                     };
+                    let gap = super::keys::decode_gap(&v);
                     let (hlc, len) = Record::decode(&v)
                         .map(|r| (r.hlc, r.payload.len() as u64))
                         .unwrap_or((0, 0));
                     if oldest.is_none_or(|o| hlc < o.2) {
-                        oldest = Some((*oid, s.low, hlc, len));
+                        oldest = Some((*oid, s.low, hlc, len, gap));
                     }
                 }
-                let Some((oid, seq, hlc, len)) = oldest else {
+                let Some((oid, seq, hlc, len, gap)) = oldest else {
                     break;
                 };
+                if let Some(to) = gap {
+                    // A gap marker at the floor holds no message: drop it with the floor.
+                    batch.remove(&shared.records, record_key(t.id, oid, seq).as_slice());
+                    if let Some(s) = t.streams.get_mut(&oid) {
+                        s.low = to.min(s.high) + 1;
+                    }
+                    budget -= 1;
+                    continue;
+                }
                 let too_old = age_cutoff.is_some_and(|c| hlc < c);
                 if !(over_count || over_bytes || too_old) {
                     break;
@@ -102,7 +114,22 @@ impl Writer {
                 t.bytes = t.bytes.saturating_sub(len);
                 budget -= 1;
             }
-            if t.count != before {
+            if t.count != before || lows != t.streams.values().map(|s| s.low).collect::<Vec<_>>() {
+                // Digest buckets wholly below a stream's new floor are never compared again.
+                for (oid, s) in &t.streams {
+                    let first_kept = edgesync_replication::digest::bucket_of(s.low);
+                    for g in shared.meta.prefix(super::keys::digest_prefix(t.id, *oid)) {
+                        let (k, _) = g.into_inner()?;
+                        let bucket = k
+                            .get(9..17)
+                            .and_then(|b| b.try_into().ok())
+                            .map_or(u64::MAX, u64::from_be_bytes);
+                        if bucket >= first_kept {
+                            break;
+                        }
+                        batch.remove(&shared.meta, k.to_vec());
+                    }
+                }
                 batch.insert(&shared.meta, meta_topic_key(t.id), encode_topic_state(t));
                 changed.push(name.clone());
             }

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use edgesync_protocol::Origin;
 
+use edgesync_replication::RangeSet;
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -29,12 +30,70 @@ pub(super) struct TopicState {
     pub(super) bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub(super) struct Stream {
     /// First retained seq (high + 1 when the stream is empty).
     pub(super) low: u64,
     /// Highest contiguous seq stored.
     pub(super) high: u64,
+    /// Seqs held beyond `high + 1` (replicated records that arrived out of order, or
+    /// gap markers): durable and in the version vector, but readers and the broker
+    /// see them only once the hole below them fills and `high` moves past them.
+    /// Empty for local streams. (Absent in topic states written before replication:
+    /// `serde(default)` reads those as empty.)
+    #[serde(default)]
+    pub(super) extra: RangeSet,
+}
+
+impl Stream {
+    /// A new, empty stream.
+    pub(super) fn empty() -> Self {
+        Stream {
+            low: 1,
+            high: 0,
+            extra: RangeSet::new(),
+        }
+    }
+
+    /// True when the version vector covers `seq` (held, retained away, or a gap marker).
+    pub(super) fn covers(&self, seq: u64) -> bool {
+        seq <= self.high || self.extra.contains(seq)
+    }
+
+    /// Mark `seq` held. Returns the seqs that became contiguous (`high` moved past
+    /// them), in order: `seq` itself and any extras it joined.
+    pub(super) fn insert(&mut self, seq: u64) -> Option<(u64, u64)> {
+        self.insert_range(seq, seq)
+    }
+
+    /// Mark `from..=to` held (the caller checked none of it is covered). Returns the
+    /// range `high` moved over, if it moved.
+    pub(super) fn insert_range(&mut self, from: u64, to: u64) -> Option<(u64, u64)> {
+        if from > self.high.saturating_add(1) {
+            self.extra.insert_range(from, to);
+            return None;
+        }
+        let start = self.high + 1;
+        self.high = self.high.max(to);
+        // Absorb extras that now touch the contiguous prefix.
+        while let Some(&(f, t)) = self.extra.ranges().first() {
+            if f > self.high + 1 {
+                break;
+            }
+            self.high = self.high.max(t);
+            self.extra.remove_range(f, t);
+        }
+        (self.high >= start).then_some((start, self.high))
+    }
+
+    /// The version vector's set of this stream: `1..=high` plus the extras.
+    pub(super) fn set(&self) -> RangeSet {
+        let mut s = self.extra.clone();
+        if self.high > 0 {
+            s.insert_range(1, self.high);
+        }
+        s
+    }
 }
 
 impl Index {

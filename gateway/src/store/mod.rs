@@ -9,14 +9,22 @@
 //!
 //! | keyspace  | key                                          | value |
 //! |-----------|----------------------------------------------|-------|
-//! | `records` | topic_id u32 BE · origin_id u32 BE · seq u64 BE | [`Record`] bytes (CRC32C inside) |
+//! | `records` | topic_id u32 BE · origin_id u32 BE · seq u64 BE | [`Record`] bytes (CRC32C inside), or a 13-byte gap marker covering seq..=to |
 //! | `meta`    | `n` / `e` / `h`                              | node id, current epoch, highest HLC |
 //! | `meta`    | `t` · topic                                  | topic_id u32 BE |
 //! | `meta`    | `o` · origin_id u32 BE                       | epoch u64 BE · node |
-//! | `meta`    | `v` · topic_id u32 BE                        | topic state: version vector, low marks, counts (CRC32C) |
-//! | `dedupe`  | `k` · client · 0x00 · mid                    | topic_id, origin_id, seq, hlc, written_ms |
-//! | `dedupe`  | `w` · written_ms u64 BE · client · 0x00 · mid | (empty): expiry order |
+//! | `meta`    | `v` · topic_id u32 BE                        | topic state: version vector (with out-of-order ranges), low marks, counts (CRC32C) |
+//! | `meta`    | `g` · topic_id · origin_id · bucket u64 BE   | digest of 1024 seqs: count u64 · wrapping sum u64 (see `replica`) |
+//! | `meta`    | `c` · topic_id · origin_id · seq             | (empty): a record held but unservable (corrupt list) |
+//! | `dedupe`  | `k` · identity                               | topic_id, origin_id, seq, hlc, written_ms |
+//! | `dedupe`  | `w` · written_ms u64 BE · identity           | (empty): expiry order |
 //! | `kv`      | plugin · 0x00 · key                          | plugin key/value entries |
+//!
+//! A publish's dedupe *identity* is 0x00, or 0x01 · principal (u32 BE length ·
+//! bytes), then client id and topic (u32 BE length · bytes each), then the mid: every
+//! part but the last length-prefixed, so no two publishes share one by accident.
+//! Entries written before this layout (`client · 0x00 · mid`) match nothing and
+//! expire with the dedupe window.
 //!
 //! # Writing: one thread, group commit
 //!
@@ -39,6 +47,20 @@
 //! pass its CRC, and the next must not exist. If that proof fails, the node
 //! starts a new epoch, so new records never share a (node, epoch, seq) with
 //! records that may have been lost.
+//!
+//! # Damage
+//!
+//! Before the engine opens, `salvage` drops damaged journal batches (keeping the
+//! originals in `<data_dir>/quarantine`); records they held, records that fail
+//! their CRC and table blocks that cannot be read go on the corrupt list and are
+//! reported to readers as `corrupt` gaps. `edgesync store check|repair` are the
+//! offline tools. See ARCHITECTURE.md, "A flipped bit costs the damaged records".
+//!
+//! # Replication
+//!
+//! `replica` is the seam replication uses: idempotent [`Store::apply`] of records
+//! that arrive already identified, version vectors with ranges, gap markers,
+//! digests and raw range reads.
 
 mod housekeeping;
 mod index;
@@ -47,16 +69,22 @@ mod kv;
 mod read;
 mod record;
 mod recover;
+mod replica;
+pub mod salvage;
+mod verify;
 mod writer;
 
 use index::{Index, Stream, TopicState, publish_index};
 use keys::{
-    decode_topic_state, dedupe_key, encode_topic_state, key_seq, meta_topic_key, record_key,
+    corrupt_key, decode_topic_state, dedupe_key, encode_topic_state, key_seq, meta_topic_key,
+    record_key,
 };
 use recover::recover;
 use writer::{Writer, spawn_syncer};
 
 pub use record::{Record, RecordError};
+pub use replica::{Applied, ApplyRequest, MAX_HLC_DRIFT_MS, RangeRead, RawRecord};
+pub use verify::Verify;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -119,6 +147,9 @@ pub trait StoreObserver: Send + Sync {
     fn committed(&self, _stats: &CommitStats) {}
     /// One fdatasync of the journal finished (successfully or not) after `elapsed`.
     fn synced(&self, _elapsed: Duration) {}
+    /// Damage was found: `kind` is `journal` (batches dropped at open) or `record`
+    /// (a record that fails its checksum or cannot be read); `n` how many.
+    fn damaged(&self, _kind: &'static str, _n: u64) {}
 }
 
 /// The observer that ignores everything.
@@ -162,6 +193,9 @@ pub struct StoreOptions {
     pub observer: Arc<dyn StoreObserver>,
     /// Wall clock for HLCs, the dedupe window and retention by age. Default: the system clock.
     pub clock: SharedClock,
+    /// Open to look, not to change (`edgesync store check`): no journal rewrite, no
+    /// new epoch, no metadata repair written. Appends still work; do not use them.
+    pub inspect: bool,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -188,6 +222,7 @@ impl StoreOptions {
             cache_bytes: 64 << 20,
             observer: Arc::new(NoObserver),
             clock: crate::clock::system(),
+            inspect: false,
         }
     }
 }
@@ -209,6 +244,8 @@ pub enum StoreError {
     Record(#[from] RecordError),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the journal has {} damaged batch(es); `edgesync store repair` drops them", .0.dropped)]
+    JournalDamaged(salvage::Report),
 }
 
 /// The durable acknowledgement of an append.
@@ -278,7 +315,14 @@ impl std::fmt::Debug for Store {
 
 enum Request {
     Append(Publish, oneshot::Sender<Result<Ack, StoreError>>),
+    /// Records of another origin, already identified (the replication seam).
+    Apply(
+        replica::ApplyRequest,
+        oneshot::Sender<Result<replica::Applied, StoreError>>,
+    ),
     Tick,
+    /// A read found this record corrupt: keep it on the durable corrupt list.
+    NoteCorrupt(u32, u32, u64),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -293,6 +337,8 @@ struct Shared {
     epoch: u64,
     local: Origin,
     poisoned: AtomicBool,
+    /// A plugin kv write reached the OS and waits for the next fsync.
+    kv_dirty: AtomicBool,
     dedupe_window: Duration,
     /// Told about fsyncs (the writer also reports commits to it).
     observer: Arc<dyn StoreObserver>,
@@ -303,6 +349,8 @@ struct Shared {
     retention_overrides: RwLock<HashMap<String, Retention>>,
     /// Configured retention per topic.
     retention: RetentionFn,
+    /// Records reads found corrupt and no apply has repaired yet: (topic, origin, seq).
+    corrupt: RwLock<std::collections::BTreeSet<(String, Origin, u64)>>,
 }
 
 impl Shared {
@@ -310,6 +358,23 @@ impl Shared {
         let hinted = self.retention_overrides.read().get(topic).copied();
         hinted.unwrap_or_else(|| (self.retention)(topic))
     }
+}
+
+/// Create `dir` (and missing parents) 0700, or narrow an existing one to 0700: the
+/// payloads under it are no other local user's business (security finding 22). Files
+/// inside are created 0600 through the process umask the server sets.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        tracing::info!(dir = %dir.display(), from = format!("{:o}", mode & 0o777), "data directory narrowed to 0700");
+    }
+    Ok(())
 }
 
 impl Store {
@@ -320,7 +385,26 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when the directory cannot be opened or its metadata is corrupt.
     pub fn open(opts: StoreOptions) -> Result<(Store, mpsc::Receiver<Committed>), StoreError> {
-        std::fs::create_dir_all(&opts.dir)?;
+        private_dir(&opts.dir)?;
+        // Drop damaged journal batches before the engine sees them (see `salvage`).
+        let salvaged = salvage::salvage(
+            &opts.dir.join("store"),
+            &opts.dir.join("quarantine"),
+            !opts.inspect,
+        )?;
+        if opts.inspect && !salvaged.is_clean() {
+            return Err(StoreError::JournalDamaged(salvaged));
+        }
+        if !salvaged.is_clean() {
+            tracing::error!(
+                batches = salvaged.dropped,
+                bytes = salvaged.dropped_bytes,
+                keys = salvaged.lost.len(),
+                quarantine = %salvaged.quarantine.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                "store journal damaged: dropped the damaged batches (originals kept in quarantine); the records they held are reported as corrupt gaps"
+            );
+            opts.observer.damaged("journal", salvaged.dropped as u64);
+        }
         let db = Database::builder(opts.dir.join("store"))
             .manual_journal_persist(true)
             .cache_size(opts.cache_bytes)
@@ -329,7 +413,27 @@ impl Store {
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let dedupe = db.keyspace("dedupe", KeyspaceCreateOptions::default)?;
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
-        let (node, epoch, index, reason) = recover(&db, &records, &meta, opts.node_id.as_deref())?;
+        let recover::Recovered {
+            node,
+            epoch,
+            index,
+            new_epoch: reason,
+            damaged,
+        } = recover(
+            &db,
+            &records,
+            &meta,
+            opts.node_id.as_deref(),
+            &salvaged.lost,
+            opts.inspect,
+        )?;
+        if !damaged.is_empty() {
+            tracing::error!(
+                records = damaged.len(),
+                "store holds records it cannot serve (corrupt); readers get `corrupt` gaps until a peer repairs them"
+            );
+            opts.observer.damaged("record", damaged.len() as u64);
+        }
         if let Some(r) = &reason {
             tracing::warn!(node = %node, epoch, reason = %r, "store started a new epoch");
         }
@@ -345,11 +449,13 @@ impl Store {
             kv,
             index: RwLock::new(index),
             poisoned: AtomicBool::new(false),
+            kv_dirty: AtomicBool::new(false),
             dedupe_window: opts.dedupe_window,
             observer: opts.observer.clone(),
             new_epoch_reason: reason,
             retention_overrides: RwLock::new(HashMap::new()),
             retention: opts.retention.clone(),
+            corrupt: RwLock::new(damaged.into_iter().collect()),
         });
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(64);
@@ -360,6 +466,7 @@ impl Store {
             commit_tx,
             clock_last: 0,
             index,
+            digests: replica::DigestCache::default(),
         };
         std::thread::Builder::new()
             .name("edgesync-store".into())
@@ -463,6 +570,8 @@ impl Store {
 
 impl Shared {
     fn persist(&self) -> Result<(), StoreError> {
+        // Everything written before this sync is covered, plugin kv writes included.
+        self.kv_dirty.store(false, Ordering::Release);
         let started = std::time::Instant::now();
         let result = self.db.persist(PersistMode::SyncData);
         self.observer.synced(started.elapsed());
@@ -476,3 +585,6 @@ impl Shared {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod replica_tests;

@@ -80,6 +80,23 @@ impl Store {
         upto: Option<&BTreeMap<Origin, u64>>,
         limit: usize,
     ) -> Result<ReadBatch, StoreError> {
+        self.read_bounded(topic, after, upto, limit, usize::MAX)
+    }
+
+    /// [`Store::read`], also stopping before the records' stored bytes would pass
+    /// `max_bytes` (at least one record is returned, so a read always advances;
+    /// `more` is then set). What a client can make the gateway hold per read.
+    ///
+    /// # Errors
+    /// Engine errors.
+    pub fn read_bounded(
+        &self,
+        topic: &str,
+        after: &BTreeMap<Origin, u64>,
+        upto: Option<&BTreeMap<Origin, u64>>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<ReadBatch, StoreError> {
         let (topic_id, streams) = {
             let idx = self.shared.index.read();
             let Some(t) = idx.topics.get(topic) else {
@@ -91,7 +108,7 @@ impl Store {
             let streams: Vec<(u32, Origin, Stream)> = t
                 .streams
                 .iter()
-                .filter_map(|(oid, s)| Some((*oid, idx.origins.get(oid)?.clone(), *s)))
+                .filter_map(|(oid, s)| Some((*oid, idx.origins.get(oid)?.clone(), s.clone())))
                 .collect();
             (t.id, streams)
         };
@@ -99,7 +116,8 @@ impl Store {
             positions: after.clone(),
             ..ReadBatch::default()
         };
-        for (oid, origin, stream) in streams {
+        let mut bytes = 0usize;
+        'streams: for (oid, origin, stream) in streams {
             let pos = after.get(&origin).copied().unwrap_or(0);
             let end = upto.map_or(stream.high, |u| {
                 u.get(&origin).copied().unwrap_or(0).min(stream.high)
@@ -130,8 +148,32 @@ impl Store {
             let lo = record_key(topic_id, oid, next);
             let hi = record_key(topic_id, oid, end);
             for guard in self.shared.records.range(lo..=hi).take(budget) {
-                let (key, value) = guard.into_inner()?;
+                let Ok((key, value)) = guard.into_inner() else {
+                    // A damaged table block: report the seq the scan could not reach as
+                    // corrupt and move past it; the next read resumes after it.
+                    tracing::error!(topic, origin = %origin, seq = next, "store read failed; reporting the seq corrupt");
+                    out.missing.push(MissingRange {
+                        origin: origin.clone(),
+                        from: next,
+                        to: next,
+                        corrupt: true,
+                    });
+                    self.found_corrupt(topic, &origin, (topic_id, oid), next);
+                    out.positions.insert(origin.clone(), next);
+                    next += 1;
+                    break;
+                };
                 let seq = key_seq(&key);
+                if seq < next {
+                    // Inside a gap marker already reported.
+                    continue;
+                }
+                if !out.records.is_empty() && bytes.saturating_add(value.len()) > max_bytes {
+                    // The position stays before this record: the next read starts here.
+                    out.more = true;
+                    break 'streams;
+                }
+                bytes = bytes.saturating_add(value.len());
                 if seq != next {
                     // A hole: report it, never skip silently. Retention may have removed
                     // it since `low` was read above (a race, not damage) — only a hole
@@ -143,12 +185,26 @@ impl Store {
                         corrupt: seq > self.stream_low(topic, oid),
                     });
                 }
+                if let Some(gap_to) = super::keys::decode_gap(&value) {
+                    // A range the origin's retention removed before we had it.
+                    let to = gap_to.min(end);
+                    out.missing.push(MissingRange {
+                        origin: origin.clone(),
+                        from: seq,
+                        to,
+                        corrupt: false,
+                    });
+                    next = to + 1;
+                    out.positions.insert(origin.clone(), to);
+                    continue;
+                }
                 match Record::decode(&value) {
                     Ok(r) if r.seq == seq && r.topic == topic && r.origin == origin => {
                         out.records.push(r)
                     }
                     Ok(_) | Err(_) => {
                         tracing::error!(topic, origin = %origin, seq, "corrupt record skipped; not served");
+                        self.found_corrupt(topic, &origin, (topic_id, oid), seq);
                         out.missing.push(MissingRange {
                             origin: origin.clone(),
                             from: seq,

@@ -17,6 +17,7 @@ fn req(topic: &str, payload: &[u8], mid: Option<&str>) -> Publish {
     Publish {
         topic: topic.into(),
         client: "c1".into(),
+        principal: None,
         mid: mid.map(String::from),
         headers: Headers::default(),
         payload: Bytes::copy_from_slice(payload),
@@ -64,7 +65,7 @@ proptest! {
         let rt = rt();
         let (mut store, mut _rx) = open(dir.path());
         let mut model: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
-        let mut mids: HashMap<String, (String, u64)> = HashMap::new();
+        let mut mids: HashMap<(String, String), u64> = HashMap::new();
         for (i, op) in ops.iter().enumerate() {
             match op {
                 Op::Append { topic, len, mid } => {
@@ -73,14 +74,16 @@ proptest! {
                     let mid = mid.map(|m| format!("m{m}"));
                     let ack = rt.block_on(store.append(req(&topic, &payload, mid.as_deref()))).expect("append");
                     if let Some(m) = &mid {
-                        if let Some((_t0, seq0)) = mids.get(m) {
-                            // (client, mid) identifies the message whatever the topic: the
-                            // retry gets the original ack and nothing new is stored.
+                        let key = (topic.clone(), m.clone());
+                        if let Some(seq0) = mids.get(&key) {
+                            // (client, topic, mid) identifies the message: the retry gets
+                            // the original ack and nothing new is stored. The same mid on
+                            // another topic is another message.
                             prop_assert!(ack.dup);
                             prop_assert_eq!(ack.seq, *seq0);
                             continue;
                         }
-                        mids.insert(m.clone(), (topic.clone(), ack.seq));
+                        mids.insert(key, ack.seq);
                     }
                     prop_assert!(!ack.dup);
                     let list = model.entry(topic.clone()).or_default();
@@ -317,4 +320,46 @@ fn observer_sees_commits_and_fsyncs_and_totals_follow() {
         }
     );
     assert!(!store.is_poisoned());
+}
+
+#[test]
+fn kv_writes_never_fsync_alone_and_ride_the_next_commit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rec = Arc::new(Recorder::default());
+    let mut opts = StoreOptions::new(dir.path());
+    opts.observer = rec.clone();
+    let (store, _rx) = Store::open(opts).expect("open");
+    let syncs = || rec.syncs.load(std::sync::atomic::Ordering::SeqCst);
+    let before = syncs();
+    for i in 0..500u32 {
+        store
+            .kv_write(&[(format!("k{i}").into_bytes(), Some(i.to_le_bytes().to_vec()))])
+            .expect("kv write");
+    }
+    assert_eq!(syncs(), before, "no fsync per kv write");
+    let rt = rt();
+    rt.block_on(store.append(req("a", b"x", None)))
+        .expect("append");
+    assert_eq!(syncs(), before + 1, "one group commit syncs them all");
+    // With no publish, the writer's tick syncs them.
+    store
+        .kv_write(&[(b"late".to_vec(), Some(b"v".to_vec()))])
+        .expect("kv write");
+    store.tick();
+    for _ in 0..500 {
+        if syncs() > before + 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(syncs(), before + 2, "the tick synced the pending kv write");
+    rt.block_on(store.shutdown());
+    drop(store);
+    let (store, _rx) = open(dir.path());
+    assert_eq!(
+        store.kv_get(b"k499").expect("get"),
+        Some(499u32.to_le_bytes().to_vec())
+    );
+    assert_eq!(store.kv_get(b"late").expect("get"), Some(b"v".to_vec()));
+    rt.block_on(store.shutdown());
 }

@@ -19,6 +19,8 @@ pub(super) struct Writer {
     /// The writer's authoritative copy of the index; the shared copy is updated
     /// from it after each durable commit (touched topics only).
     pub(super) index: Index,
+    /// The current digest bucket per (topic, origin).
+    pub(super) digests: super::replica::DigestCache,
 }
 
 /// An append waiting in the current batch.
@@ -39,6 +41,7 @@ impl Writer {
                 std::thread::yield_now();
             }
             let mut appends = Vec::new();
+            let mut apply = None;
             let mut shutdown = None;
             let mut bytes = 0usize;
             let mut next = Some(first);
@@ -49,6 +52,18 @@ impl Writer {
                         appends.push((a, reply));
                     }
                     Request::Tick => {}
+                    Request::NoteCorrupt(tid, oid, seq) => {
+                        // Rare; its own small write (made durable with the next commit's fsync).
+                        let key = super::keys::corrupt_key(tid, oid, seq);
+                        if let Err(e) = self.shared.meta.insert(key, b"") {
+                            tracing::warn!(error = %e, "could not record a corrupt record on the list");
+                        }
+                    }
+                    Request::Apply(req, reply) => {
+                        // Appends queued before it commit first: commit order is queue order.
+                        apply = Some((req, reply));
+                        break;
+                    }
                     Request::Shutdown(done) => {
                         shutdown = Some(done);
                         break;
@@ -61,9 +76,20 @@ impl Writer {
             if !appends.is_empty() {
                 self.commit(appends);
             }
+            if let Some((req, reply)) = apply {
+                self.apply(req, reply);
+            }
             if last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = std::time::Instant::now();
                 self.housekeeping();
+            }
+            // Plugin kv writes with no group commit since: sync them now (at most about
+            // a second after they were made, since the gateway ticks every second).
+            if self.shared.kv_dirty.load(Ordering::Acquire)
+                && self.opts.fsync == FsyncPolicy::Always
+                && let Err(e) = self.shared.persist()
+            {
+                tracing::error!(error = %e, "fsync of plugin kv writes failed");
             }
             if let Some(done) = shutdown {
                 let _ = self.shared.db.persist(PersistMode::SyncAll);
@@ -110,16 +136,17 @@ impl Writer {
         let mut batch = shared.db.batch();
         let mut pending = Vec::with_capacity(appends.len());
         let mut committed = Vec::with_capacity(appends.len());
-        let mut in_batch: HashMap<(String, String), Ack> = HashMap::new();
+        let mut in_batch: HashMap<Vec<u8>, Ack> = HashMap::new();
         let mut touched: HashMap<String, ()> = HashMap::new();
         let now = self.opts.clock.unix_ms();
         let local = shared.local.clone();
         let local_id = index.origin_id(&shared, &mut batch, &local);
         for (req, reply) in appends {
-            // Idempotent publish: a (client, mid) seen within the window gets the original ack.
-            if let Some(mid) = &req.mid {
-                let k = (req.client.clone(), mid.clone());
-                if let Some(ack) = in_batch.get(&k) {
+            // Idempotent publish: a (principal, client, topic, mid) seen within the window
+            // gets the original ack.
+            let dedupe = req.mid.as_deref().map(|mid| dedupe_key(&req, mid));
+            if let Some(k) = &dedupe {
+                if let Some(ack) = in_batch.get(k) {
                     pending.push(Pending {
                         reply,
                         ack: Ack {
@@ -129,7 +156,7 @@ impl Writer {
                     });
                     continue;
                 }
-                match self.lookup_dedupe(&index, &req.client, mid, now) {
+                match self.lookup_dedupe(&index, k, now) {
                     Ok(Some(ack)) => {
                         let _ = reply.send(Ok(ack));
                         continue;
@@ -146,10 +173,7 @@ impl Writer {
             let Some(t) = index.topics.get_mut(&req.topic) else {
                 continue;
             };
-            let stream = t
-                .streams
-                .entry(local_id)
-                .or_insert(Stream { low: 1, high: 0 });
+            let stream = t.streams.entry(local_id).or_insert_with(Stream::empty);
             let seq = stream.high + 1;
             stream.high = seq;
             t.count += 1;
@@ -180,6 +204,15 @@ impl Writer {
                 }
             };
             debug_assert_eq!(Record::decode(&bytes).as_ref(), Ok(&record));
+            let crc = super::replica::record_crc(&bytes);
+            self.digests.add(
+                &shared,
+                &mut batch,
+                (topic_id, local_id, seq),
+                &local,
+                edgesync_replication::digest::Entry::Record { crc },
+                true,
+            );
             batch.insert(
                 &shared.records,
                 record_key(topic_id, local_id, seq).as_slice(),
@@ -193,19 +226,19 @@ impl Writer {
                 vv,
                 dup: false,
             };
-            if let Some(mid) = &record.mid {
+            if let Some(key) = dedupe {
                 let mut v = Vec::with_capacity(36);
                 v.extend_from_slice(&topic_id.to_be_bytes());
                 v.extend_from_slice(&local_id.to_be_bytes());
                 v.extend_from_slice(&seq.to_be_bytes());
                 v.extend_from_slice(&hlc.to_be_bytes());
                 v.extend_from_slice(&now.to_be_bytes());
-                batch.insert(&shared.dedupe, dedupe_key(&record.client, mid), v);
                 let mut w = b"w".to_vec();
                 w.extend_from_slice(&now.to_be_bytes());
-                w.extend_from_slice(&dedupe_key(&record.client, mid)[1..]);
+                w.extend_from_slice(&key[1..]);
                 batch.insert(&shared.dedupe, w, b"".as_slice());
-                in_batch.insert((record.client.clone(), mid.clone()), ack.clone());
+                batch.insert(&shared.dedupe, key.as_slice(), v);
+                in_batch.insert(key, ack.clone());
             }
             touched.insert(record.topic.clone(), ());
             committed.push(Arc::new(record));
@@ -256,6 +289,7 @@ impl Writer {
             Err(e) => {
                 shared.poisoned.store(true, Ordering::Relaxed);
                 tracing::error!(error = %e, "group commit failed; store poisoned, publishes refused");
+                self.digests.clear();
                 for p in pending {
                     let _ = p.reply.send(Err(StoreError::Poisoned));
                 }
@@ -267,11 +301,10 @@ impl Writer {
     pub(super) fn lookup_dedupe(
         &self,
         index: &Index,
-        client: &str,
-        mid: &str,
+        key: &[u8],
         now: u64,
     ) -> Result<Option<Ack>, StoreError> {
-        let Some(v) = self.shared.dedupe.get(dedupe_key(client, mid))? else {
+        let Some(v) = self.shared.dedupe.get(key)? else {
             return Ok(None);
         };
         if v.len() != 32 {

@@ -200,6 +200,26 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             .with_label_values(&[reason])
             .inc();
     };
+    // A handshake slot first (finding 6). Under pressure, a peer must first prove it
+    // owns its address (Retry: one round trip, no state kept by the gateway meanwhile),
+    // so spoofed Initials from many addresses cannot take the slots.
+    if admission.under_handshake_pressure()
+        && !incoming.remote_address_validated()
+        && incoming.may_retry()
+    {
+        let _ = incoming.retry();
+        return;
+    }
+    let handshake = match admission.begin_handshake(remote.ip()) {
+        Ok(h) => h,
+        Err(r) => {
+            refused("too_many_handshakes");
+            tracing::debug!(%remote, reason = %r.message, "QUIC handshake refused");
+            incoming.refuse();
+            return;
+        }
+    };
+    let deadline = tokio::time::Instant::now() + timeout;
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
@@ -208,7 +228,7 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             return;
         }
     };
-    let connection = match tokio::time::timeout(timeout, connecting).await {
+    let connection = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             refused("quic_handshake");
@@ -228,7 +248,7 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             return;
         }
     };
-    let (send, recv) = match tokio::time::timeout(timeout, connection.accept_bi()).await {
+    let (send, recv) = match tokio::time::timeout_at(deadline, connection.accept_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%remote, error = %e, "QUIC connection ended before opening a stream");
@@ -244,6 +264,7 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             return;
         }
     };
+    drop(handshake);
     let tls_identity = peer_identity(&connection);
     let datagrams = QuicDatagrams(connection.clone());
     let limits = &ctx.limits;
@@ -320,19 +341,30 @@ impl Lanes for QuicLanes {
     fn open(&self, lane: Arc<ConnOut>, session: Arc<ConnOut>, ctx: &SessionCtx) {
         let connection = self.0.clone();
         let bytes_out = ctx.metrics.bytes_out.clone();
-        ctx.tasks
-            .spawn(write_lane(connection, lane, session, bytes_out));
+        let write_timeout = Duration::from_millis(ctx.limits.idle_timeout_ms);
+        ctx.tasks.spawn(write_lane(
+            connection,
+            lane,
+            session,
+            bytes_out,
+            write_timeout,
+        ));
     }
 }
 
 /// The writer of one subscription stream. Frames are those of the session stream
 /// (length-prefixed, several pushes per frame); the first is the subscription's
 /// `subscribed`, the last (after `unsub`) its `unsubscribed`, then the stream ends.
+/// Like the session's writes, opening the stream and each write wait at most
+/// `write_timeout` (`limits.idle_timeout_ms`) for a client that stopped reading it, and
+/// give up at once when the lane closes (`slow_consumer = "disconnect"`); either ends
+/// the session.
 async fn write_lane(
     connection: Connection,
     lane: Arc<ConnOut>,
     session: Arc<ConnOut>,
     bytes_out: prometheus::IntCounter,
+    write_timeout: Duration,
 ) {
     let mut stream: Option<SendStream> = None;
     loop {
@@ -351,15 +383,37 @@ async fn write_lane(
             if lane.outbox.drain_into(&mut frame, driver::MAX_BATCH_FRAME) == 0 {
                 break;
             }
-            let send = match &mut stream {
-                Some(s) => s,
-                None => match connection.open_uni().await {
-                    Ok(s) => stream.insert(s),
-                    Err(_) => return, // the connection is gone
-                },
-            };
+            // Still the connection's bytes until written: while the client withholds
+            // stream credit, the lanes' budget (and so what the session may queue) says so.
+            let _held = lane.outbox.hold(frame.len());
             bytes_out.inc_by(frame.len() as u64);
-            match write_frame(send, frame).await {
+            let write = async {
+                let send = match &mut stream {
+                    Some(s) => s,
+                    None => match connection.open_uni().await {
+                        Ok(s) => stream.insert(s),
+                        Err(e) => return Err(quinn::WriteError::ConnectionLost(e)),
+                    },
+                };
+                write_frame(send, frame).await
+            };
+            let written = tokio::select! {
+                r = write => r,
+                () = lane.outbox.wait_closed() => {
+                    if let Some(closed) = lane.outbox.closed() {
+                        session.outbox.close(closed.code, &closed.message);
+                    }
+                    return;
+                }
+                () = tokio::time::sleep(write_timeout) => {
+                    session.outbox.close(
+                        ErrorCode::SlowConsumer,
+                        "the client stopped reading a subscription stream",
+                    );
+                    return;
+                }
+            };
+            match written {
                 Ok(()) => {}
                 Err(quinn::WriteError::Stopped(_)) => {
                     // Streams end with `unsub`, not with STOP_SENDING.
@@ -456,6 +510,13 @@ impl Conn for QuicConn {
 
     fn lanes(&self) -> Option<Arc<dyn Lanes>> {
         self.lanes.clone()
+    }
+
+    /// QUIC keep-alive packets (every `limits.ping_interval_ms`) are acknowledged by
+    /// the peer's stack, and quinn closes the connection after `limits.idle_timeout_ms`
+    /// without any packet from the peer: the transport proves liveness.
+    fn keeps_alive(&self) -> bool {
+        true
     }
 
     /// QUIC keep-alive (configured on the endpoint) already probes the path.

@@ -5,6 +5,14 @@
 //! on first start and reuses them afterwards; clients trust it with
 //! `--ca <data_dir>/tls/ca.pem` (or skip verification with `--insecure`).
 //! `edgesync cert` uses the same functions to make a cluster CA and node certificates.
+//!
+//! The development CA is meant to be trusted on a developer's machine only, so it is
+//! made harmless elsewhere (security finding 22): it is valid for
+//! [`DEV_VALIDITY_DAYS`] (regenerated at start when fewer than [`DEV_RENEW_DAYS`] are
+//! left), name-constrained to `localhost` and loopback addresses (a stolen `ca.key`
+//! cannot sign for a real domain that browsers or clients would accept), and its server
+//! leaf carries the server-auth usage only (it is not a client certificate). Private
+//! keys are created 0600 before any key byte is written, in directories created 0700.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +35,8 @@ pub enum TlsError {
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{0}")]
+    Name(String),
 }
 
 /// A certificate chain and its key.
@@ -71,14 +81,22 @@ pub fn load_or_create(cfg: &TlsConfig, data_dir: &Path) -> Result<Identity, TlsE
         dir.join("server.key"),
         dir.join("ca.pem"),
     );
-    if !cert.exists() || !key.exists() || !ca.exists() {
-        let (ca_cert, ca_key) = generate_ca(&dir, "edgesync development CA")?;
+    if !cert.exists() || !key.exists() || !ca.exists() || dev_needs_renewal(&cert) {
+        let (ca_cert, ca_key) = generate_dev_ca(&dir)?;
         let names = vec![
             "localhost".to_string(),
             "127.0.0.1".to_string(),
             "::1".to_string(),
         ];
-        generate_leaf(&ca_cert, &ca_key, &names, &dir, "server")?;
+        generate_leaf_for(
+            &ca_cert,
+            &ca_key,
+            &names,
+            &dir,
+            "server",
+            LeafUsage::Server,
+            Some(dev_validity()),
+        )?;
         tracing::info!(ca = %ca.display(), "generated a development TLS certificate");
     }
     Ok(Identity {
@@ -88,13 +106,85 @@ pub fn load_or_create(cfg: &TlsConfig, data_dir: &Path) -> Result<Identity, TlsE
     })
 }
 
+/// Days a development CA and leaf are valid.
+pub const DEV_VALIDITY_DAYS: i64 = 90;
+/// A development certificate with fewer days left is regenerated at start.
+pub const DEV_RENEW_DAYS: i64 = 7;
+
+/// `(not_before, not_after)` for development certificates: from an hour ago (clock
+/// skew) for [`DEV_VALIDITY_DAYS`].
+fn dev_validity() -> (time::OffsetDateTime, time::OffsetDateTime) {
+    let now = time::OffsetDateTime::now_utc();
+    (
+        now - time::Duration::hours(1),
+        now + time::Duration::days(DEV_VALIDITY_DAYS),
+    )
+}
+
+/// True when the development leaf at `cert` is unreadable or expires within
+/// [`DEV_RENEW_DAYS`] (or is one of the long-lived development certificates made before).
+fn dev_needs_renewal(cert: &Path) -> bool {
+    let Ok(certs) = read_certs(cert) else {
+        return true;
+    };
+    let Some(Ok((_, parsed))) = certs
+        .first()
+        .map(|c| x509_parser::parse_x509_certificate(c))
+    else {
+        return true;
+    };
+    let not_after = parsed.validity().not_after.timestamp();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    not_after - now < DEV_RENEW_DAYS * 86_400 || not_after - now > (DEV_VALIDITY_DAYS + 1) * 86_400
+}
+
+/// Create the development CA (`ca.pem`, `ca.key`) in `dir`: short-lived and allowed to
+/// sign only for `localhost` and loopback addresses.
+///
+/// # Errors
+/// [`TlsError`] on generation or write failure.
+pub fn generate_dev_ca(dir: &Path) -> Result<(PathBuf, PathBuf), TlsError> {
+    use rcgen::{CidrSubnet, GeneralSubtree, NameConstraints};
+    let constraints = NameConstraints {
+        permitted_subtrees: vec![
+            GeneralSubtree::DnsName("localhost".into()),
+            GeneralSubtree::IpAddress(CidrSubnet::V4([127, 0, 0, 0], [255, 0, 0, 0])),
+            GeneralSubtree::IpAddress(CidrSubnet::V6(
+                std::net::Ipv6Addr::LOCALHOST.octets(),
+                [0xff; 16],
+            )),
+        ],
+        excluded_subtrees: Vec::new(),
+    };
+    make_ca(
+        dir,
+        "edgesync development CA",
+        Some(constraints),
+        Some(dev_validity()),
+    )
+}
+
 /// Create a CA (`ca.pem`, `ca.key`) in `dir`. Returns their paths.
 ///
 /// # Errors
 /// [`TlsError`] on generation or write failure.
 pub fn generate_ca(dir: &Path, common_name: &str) -> Result<(PathBuf, PathBuf), TlsError> {
+    make_ca(dir, common_name, None, None)
+}
+
+fn make_ca(
+    dir: &Path,
+    common_name: &str,
+    constraints: Option<rcgen::NameConstraints>,
+    validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
     let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.name_constraints = constraints;
+    if let Some((from, to)) = validity {
+        params.not_before = from;
+        params.not_after = to;
+    }
     params
         .distinguished_name
         .push(DnType::CommonName, common_name);
@@ -112,8 +202,18 @@ pub fn generate_ca(dir: &Path, common_name: &str) -> Result<(PathBuf, PathBuf), 
     Ok((cp, kp))
 }
 
+/// What a leaf certificate may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeafUsage {
+    /// A server only (the development certificate): never accepted as a client's.
+    Server,
+    /// Server and client: a cluster node, which is both to its peers.
+    ServerAndClient,
+}
+
 /// Create a leaf certificate `<base>.pem` / `<base>.key` in `dir`, signed by the CA,
-/// valid for `names` (DNS names or IP addresses) as server and client (for mTLS).
+/// valid for `names` (DNS names or IP addresses) as server and client (a cluster node's
+/// certificate, for mTLS between nodes).
 ///
 /// # Errors
 /// [`TlsError`] on read, generation or write failure.
@@ -124,9 +224,33 @@ pub fn generate_leaf(
     dir: &Path,
     base: &str,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
+    generate_leaf_for(
+        ca_cert,
+        ca_key,
+        names,
+        dir,
+        base,
+        LeafUsage::ServerAndClient,
+        None,
+    )
+}
+
+fn generate_leaf_for(
+    ca_cert: &Path,
+    ca_key: &Path,
+    names: &[String],
+    dir: &Path,
+    base: &str,
+    usage: LeafUsage,
+    validity: Option<(time::OffsetDateTime, time::OffsetDateTime)>,
+) -> Result<(PathBuf, PathBuf), TlsError> {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
     let issuer = load_issuer(ca_cert, ca_key)?;
     let mut params = CertificateParams::new(names.to_vec())?;
+    if let Some((from, to)) = validity {
+        params.not_before = from;
+        params.not_after = to;
+    }
     params.distinguished_name.push(
         DnType::CommonName,
         names.first().cloned().unwrap_or_else(|| base.to_string()),
@@ -135,11 +259,30 @@ pub fn generate_leaf(
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = match usage {
+        LeafUsage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+        LeafUsage::ServerAndClient => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+    };
     sign_and_write(&params, &issuer, dir, base)
+}
+
+/// Why `name` cannot be a client certificate's identity, if it cannot. The identity
+/// reaches auth plugins, which commonly put it into topic patterns
+/// (`user.{identity}.>`): it must be one plain topic segment — no `.`, `*`, `>`,
+/// whitespace or control characters, not starting with `$` — and at most 64 bytes.
+pub fn client_name_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > 64 {
+        return Some("use 1 to 64 bytes".into());
+    }
+    if name.starts_with('$') {
+        return Some("it must not start with '$'".into());
+    }
+    name.chars()
+        .find(|c| matches!(c, '.' | '*' | '>' | '/') || c.is_whitespace() || c.is_control())
+        .map(|c| format!("it must not contain {c:?} (an identity is one topic segment)"))
 }
 
 /// Create a client certificate `<base>.pem` / `<base>.key` in `dir`, signed by the CA, with
@@ -157,6 +300,9 @@ pub fn generate_client(
     base: &str,
 ) -> Result<(PathBuf, PathBuf), TlsError> {
     use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyUsagePurpose};
+    if let Some(why) = client_name_problem(name) {
+        return Err(TlsError::Name(format!("client name {name:?}: {why}")));
+    }
     let issuer = load_issuer(ca_cert, ca_key)?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.distinguished_name.push(DnType::CommonName, name);
@@ -202,25 +348,40 @@ fn load_issuer(
 }
 
 fn write(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Io {
-        path: dir.into(),
-        source,
-    })?;
-    std::fs::write(path, bytes).map_err(|source| TlsError::Io {
-        path: path.into(),
-        source,
-    })
+    write_mode(dir, path, bytes, 0o644)
 }
 
+/// Write a private key: the file is 0600 before the first key byte is written (an
+/// existing file is narrowed first), in a directory created 0700.
 fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    write(dir, path, bytes)?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        TlsError::Io {
-            path: path.into(),
-            source,
-        }
-    })
+    write_mode(dir, path, bytes, 0o600)
+}
+
+fn write_mode(dir: &Path, path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| TlsError::Io { path: p, source }
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io(path))?;
+    if mode & 0o077 == 0 {
+        // A file that existed keeps its mode on open: narrow it before writing.
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .map_err(io(path))?;
+    }
+    f.write_all(bytes).map_err(io(path))
 }
 
 /// Read every certificate in a PEM file.
@@ -305,6 +466,18 @@ pub fn server_config(
 
 /// Subject CN, else the first DNS / email / URI SAN, of a DER certificate.
 pub fn certificate_identity(der: &[u8]) -> Option<String> {
+    let id = raw_identity(der)?;
+    // An identity is data that auth plugins put into topic patterns: one holding a
+    // wildcard or a control character is never meant, so the connection gets none
+    // (security finding 11).
+    if id.chars().any(|c| matches!(c, '*' | '>') || c.is_control()) {
+        tracing::debug!(identity = ?id, "client certificate identity ignored: it holds a wildcard or control character");
+        return None;
+    }
+    Some(id)
+}
+
+fn raw_identity(der: &[u8]) -> Option<String> {
     use x509_parser::extensions::GeneralName;
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     if let Some(cn) = cert
@@ -347,6 +520,11 @@ mod tests {
             Some("sensor-42")
         );
         assert_eq!(certificate_identity(b"garbage"), None);
+        // A wildcard identity is no identity (finding 11).
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name.push(rcgen::DnType::CommonName, "*");
+        let cert = p.self_signed(&key).expect("cert");
+        assert_eq!(certificate_identity(cert.der()), None);
     }
 
     #[test]
@@ -354,9 +532,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (ca, ca_key) = generate_ca(dir.path(), "test CA").expect("ca");
         let (cert, key) =
-            generate_client(&ca, &ca_key, "device 7", dir.path(), "device_7").expect("client");
+            generate_client(&ca, &ca_key, "device-7", dir.path(), "device-7").expect("client");
         let der = read_certs(&cert).expect("cert").remove(0);
-        assert_eq!(certificate_identity(&der).as_deref(), Some("device 7"));
+        assert_eq!(certificate_identity(&der).as_deref(), Some("device-7"));
         read_key(&key).expect("key");
         // The CA verifies it as a client certificate (what `[tls] client_ca` does).
         let mut roots = rustls::RootCertStore::empty();
@@ -373,5 +551,81 @@ mod tests {
         verifier
             .verify_client_cert(&der, &[], now)
             .expect("signed by the CA, usable for client auth");
+    }
+
+    #[test]
+    fn client_names_that_are_not_one_topic_segment_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (ca, ca_key) = generate_ca(dir.path(), "test CA").expect("ca");
+        for bad in ["*", ">", "a.b", "a b", "$sys", "", "a*", "x/y"] {
+            let e = generate_client(&ca, &ca_key, bad, dir.path(), "c").expect_err(bad);
+            assert!(e.to_string().contains("client name"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_dev_ca_is_short_lived_constrained_and_its_server_leaf_is_no_client() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let data = tempfile::tempdir().expect("tempdir");
+        let id = load_or_create(&TlsConfig::default(), data.path()).expect("dev identity");
+        let dir = data.path().join("tls");
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("ca.key")), 0o600);
+        assert_eq!(mode(&dir.join("server.key")), 0o600);
+        let ca_der = read_certs(&dir.join("ca.pem")).expect("ca").remove(0);
+        let (_, ca) = x509_parser::parse_x509_certificate(&ca_der).expect("parse");
+        let days =
+            (ca.validity().not_after.timestamp() - ca.validity().not_before.timestamp()) / 86_400;
+        assert!(days <= DEV_VALIDITY_DAYS, "CA valid {days} days");
+        assert!(
+            ca.name_constraints().expect("ext").is_some(),
+            "the dev CA is name-constrained"
+        );
+        // The server leaf is not accepted as a client certificate.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_der).expect("root");
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .expect("verifier");
+        let now = rustls::pki_types::UnixTime::now();
+        assert!(
+            verifier.verify_client_cert(&id.certs[0], &[], now).is_err(),
+            "the server leaf must not authenticate a client"
+        );
+        // A CA key that leaks cannot sign for a real name: the constraint excludes it.
+        let (cert, _) = generate_leaf(
+            &dir.join("ca.pem"),
+            &dir.join("ca.key"),
+            &["bank.example".to_string()],
+            data.path(),
+            "evil",
+        )
+        .expect("rcgen signs anything");
+        let leaf = read_certs(&cert).expect("leaf").remove(0);
+        let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new({
+                let mut r = rustls::RootCertStore::empty();
+                r.add(read_certs(&dir.join("ca.pem")).expect("ca").remove(0))
+                    .expect("root");
+                r
+            }),
+            provider(),
+        )
+        .build()
+        .expect("server verifier");
+        let name = rustls::pki_types::ServerName::try_from("bank.example").expect("name");
+        use rustls::client::danger::ServerCertVerifier as _;
+        assert!(
+            server_verifier
+                .verify_server_cert(&leaf, &[], &name, &[], now)
+                .is_err(),
+            "outside the dev CA's name constraints"
+        );
+        // A fresh development certificate is not renewed at the next start.
+        assert!(!dev_needs_renewal(&dir.join("server.pem")));
     }
 }

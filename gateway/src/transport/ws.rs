@@ -11,13 +11,15 @@
 //! HTTP `400 Bad Request`, instead of a silently dropped connection.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use edgesync_protocol::{Encoding, ErrorCode, ServerFrame};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -25,7 +27,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::admission::{Admission, AdmitGuard};
+use super::admission::{Admission, AdmitGuard, HandshakeGuard};
+use super::origin::OriginPolicy;
 use crate::model::{ConnInfo, Transport};
 use crate::session::driver::{self, Conn, ConnError, SessionCtx};
 
@@ -39,12 +42,14 @@ const MAX_REQUEST_HEAD_BYTES: usize = 8 << 10;
 /// Most request headers parsed.
 const MAX_REQUEST_HEADERS: usize = 64;
 
-/// Accept WebSocket connections until shutdown. `tls`: wss when present.
+/// Accept WebSocket connections until shutdown. `tls`: wss when present; `origins`:
+/// which browser pages may connect.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: Arc<SessionCtx>,
     admission: Arc<Admission>,
+    origins: Arc<OriginPolicy>,
 ) {
     let transport = if tls.is_some() {
         Transport::Wss
@@ -65,12 +70,22 @@ pub async fn serve(
                 continue;
             }
         };
+        // A handshake slot first: unfinished handshakes hold descriptors too.
+        let handshake = match admission.begin_handshake(remote.ip()) {
+            Ok(h) => h,
+            Err(r) => {
+                refuse_handshake(&ctx, stream, tls.is_none(), &r.message);
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
-        let timeout = Duration::from_millis(ctx.limits.handshake_timeout_ms);
         let accept = Accept {
             ctx: ctx.clone(),
             admission: admission.clone(),
-            timeout,
+            origins: origins.clone(),
+            deadline: tokio::time::Instant::now()
+                + Duration::from_millis(ctx.limits.handshake_timeout_ms),
+            handshake,
         };
         // One task type per listener kind: a plain connection's task is not sized for
         // the TLS state a wss connection carries.
@@ -87,12 +102,31 @@ pub async fn serve(
     }
 }
 
+/// Turn away a peer beyond the handshake limits: on plain ws an HTTP 503 if the socket
+/// takes it at once (never waiting), then close.
+fn refuse_handshake(ctx: &SessionCtx, stream: TcpStream, plain: bool, why: &str) {
+    ctx.metrics
+        .connections_refused
+        .with_label_values(&["too_many_handshakes"])
+        .inc();
+    tracing::debug!(reason = why, "handshake refused");
+    if plain {
+        let _ = stream.try_write(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    }
+}
+
 /// What a connection task needs from its listener.
 struct Accept {
     ctx: Arc<SessionCtx>,
     admission: Arc<Admission>,
-    /// Bound on each handshake step.
-    timeout: Duration,
+    origins: Arc<OriginPolicy>,
+    /// When TLS and the WebSocket upgrade must be done (`limits.handshake_timeout_ms`
+    /// after the TCP accept).
+    deadline: tokio::time::Instant,
+    /// This connection's handshake slot, freed once the session starts or is refused.
+    handshake: HandshakeGuard,
 }
 
 impl Accept {
@@ -112,7 +146,7 @@ async fn handle_tls(
     remote: SocketAddr,
     accept: Accept,
 ) {
-    match tokio::time::timeout(accept.timeout, acceptor.accept(stream)).await {
+    match tokio::time::timeout_at(accept.deadline, acceptor.accept(stream)).await {
         Ok(Ok(s)) => {
             let identity = s
                 .get_ref()
@@ -152,7 +186,8 @@ async fn handle<S>(
     let Some((conn, _admission)) = Box::pin(open(stream, remote, &accept)).await else {
         return;
     };
-    let ctx = accept.ctx;
+    let Accept { ctx, handshake, .. } = accept;
+    drop(handshake);
     ctx.metrics
         .connections_accepted
         .with_label_values(&[transport.as_str()])
@@ -181,7 +216,7 @@ async fn open<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let stream = match tokio::time::timeout(accept.timeout, upgrade_request(stream)).await {
+    let stream = match tokio::time::timeout_at(accept.deadline, upgrade_request(stream)).await {
         Ok(Ok(s)) => s,
         Ok(Err(why)) => {
             accept.refused("ws_handshake");
@@ -192,6 +227,10 @@ where
             accept.refused("handshake_timeout");
             return None;
         }
+    };
+    let stream = Counted {
+        inner: stream,
+        read: 0,
     };
     let limits = &accept.ctx.limits;
     let config = WebSocketConfig::default()
@@ -204,9 +243,22 @@ where
         .max_frame_size(Some(limits.max_frame_bytes));
     let chosen = Arc::new(Mutex::new(Encoding::Json));
     let chosen2 = chosen.clone();
+    let origins = accept.origins.clone();
+    let origin_refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let origin_refused2 = origin_refused.clone();
     // The error type is tungstenite's handshake response; its size is not ours to choose.
     #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
+        let origin = req
+            .headers()
+            .get("origin")
+            .map(|v| v.to_str().unwrap_or("?"));
+        if let Err(why) = origins.check(origin) {
+            origin_refused2.store(true, std::sync::atomic::Ordering::Relaxed);
+            let mut r = ErrorResponse::new(Some(why));
+            *r.status_mut() = http::StatusCode::FORBIDDEN;
+            return Err(r);
+        }
         let offered: Vec<String> = req
             .headers()
             .get_all("sec-websocket-protocol")
@@ -238,8 +290,8 @@ where
             }
         }
     };
-    let ws = match tokio::time::timeout(
-        accept.timeout,
+    let ws = match tokio::time::timeout_at(
+        accept.deadline,
         // Boxed: the handshake's state is freed once it completes instead of staying in
         // the size of every idle connection's task.
         Box::pin(tokio_tungstenite::accept_hdr_async_with_config(
@@ -252,7 +304,11 @@ where
     {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
-            accept.refused("ws_handshake");
+            if origin_refused.load(std::sync::atomic::Ordering::Relaxed) {
+                accept.refused("origin");
+            } else {
+                accept.refused("ws_handshake");
+            }
             tracing::debug!(%remote, error = %e, "WebSocket handshake failed");
             return None;
         }
@@ -262,13 +318,21 @@ where
         }
     };
     let encoding = chosen.lock().map(|c| *c).unwrap_or(Encoding::Json);
-    let mut conn = WsConn { ws, encoding };
+    // Progress counts from the end of the handshake.
+    let progress = ws.get_ref().read;
+    let mut conn = WsConn {
+        ws,
+        encoding,
+        progress,
+    };
     let admission = match accept.admission.admit(remote.ip()) {
         Ok(guard) => guard,
         Err(r) => {
             accept.refused("too_many_connections");
             let f = ServerFrame::error(None, r.code, r.message.clone());
-            let _ = conn.send(encoding.encode(&f)).await;
+            // Bounded: a refused peer that does not read must not hold the task.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), conn.send(encoding.encode(&f))).await;
             conn.close(Some(r.code), &r.message).await;
             return None;
         }
@@ -384,8 +448,31 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Replay<S> {
 
 /// A session's view of a WebSocket.
 pub struct WsConn<S> {
-    ws: WebSocketStream<S>,
+    ws: WebSocketStream<Counted<S>>,
     encoding: Encoding,
+    /// Bytes read from the peer up to the end of the last thing that proved progress (a
+    /// whole message, or a control frame read while no message was unfinished).
+    progress: u64,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsConn<S> {
+    /// Whether a control frame with a `payload`-byte body, just read, arrived while no
+    /// data message was unfinished: nothing but the frame itself (2 header bytes, 4 mask
+    /// bytes, ≤ 125 payload bytes) was read since the last progress. Bytes of a following
+    /// frame read in the same syscall make this false too — harmless: that frame's
+    /// message proves progress when it completes.
+    fn control_is_progress(&mut self, payload: usize) -> bool {
+        let read = self.ws.get_ref().read;
+        let clean = read.saturating_sub(self.progress) <= 6 + payload as u64;
+        if clean {
+            self.progress = read;
+        }
+        clean
+    }
+
+    fn message_is_progress(&mut self) {
+        self.progress = self.ws.get_ref().read;
+    }
 }
 
 impl<S> Conn for WsConn<S>
@@ -395,11 +482,26 @@ where
     async fn recv(&mut self) -> Option<Result<Bytes, ConnError>> {
         loop {
             return match self.ws.next().await? {
-                Ok(Message::Binary(b)) => Some(Ok(b)),
-                Ok(Message::Text(t)) => Some(Ok(Bytes::from(t))),
-                // A pong proves the peer is alive: report it as an empty frame.
-                Ok(Message::Pong(_)) => Some(Ok(Bytes::new())),
-                Ok(Message::Ping(_) | Message::Frame(_)) => continue,
+                Ok(Message::Binary(b)) => {
+                    self.message_is_progress();
+                    Some(Ok(b))
+                }
+                Ok(Message::Text(t)) => {
+                    self.message_is_progress();
+                    Some(Ok(Bytes::from(t)))
+                }
+                // A pong (or the peer's own ping) proves the peer alive — reported as an
+                // empty frame — unless it arrives between the fragments of an unfinished
+                // message: answering pings must not keep a half-sent message (and its
+                // buffer) forever (security finding 9). Then only the idle timer runs.
+                Ok(Message::Pong(p) | Message::Ping(p)) => {
+                    if self.control_is_progress(p.len()) {
+                        Some(Ok(Bytes::new()))
+                    } else {
+                        continue;
+                    }
+                }
+                Ok(Message::Frame(_)) => continue,
                 Ok(Message::Close(_)) => None,
                 Err(WsError::Capacity(e)) => Some(Err(ConnError::TooLarge(e.to_string()))),
                 Err(WsError::Protocol(e)) => Some(Err(ConnError::Protocol(e.to_string()))),
@@ -459,5 +561,59 @@ where
             while let Some(Ok(_)) = self.ws.next().await {}
         })
         .await;
+    }
+}
+
+/// A stream that counts the bytes read through it. It wraps the TLS stream on wss, so it
+/// counts WebSocket bytes; [`WsConn`] uses the count to tell a keepalive from a control
+/// frame sent in the middle of a fragmented message.
+pub struct Counted<S> {
+    inner: S,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.read += (buf.filled().len() - before) as u64;
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

@@ -20,10 +20,16 @@
 //! attributes = ["role", "tenant"]                # claims copied to the principal
 //! allow_anonymous = false                        # connect without a token
 //! anonymous_subscribe = ["public.>"]
+//! require_exp = true                             # refuse tokens without `exp` (default)
 //! ```
 //!
 //! Patterns may contain `{principal}`, replaced by the principal id (e.g.
-//! `"users.{principal}.>"`).
+//! `"users.{principal}.>"`). The id is data, never a pattern: when a template uses it,
+//! a principal that is not one plain topic segment (it holds `.`, `*`, `>`, whitespace
+//! or a control character, or starts with `$`) is refused — `sub: "*"` must not turn
+//! `users.{principal}.>` into `users.*.>`, nor `sub: "bob.x"` reach into `users.bob`.
+//!
+//! A token without `exp` never expires; it is refused unless `require_exp = false`.
 
 use edgesync_plugin::crypto::{self, JwtAlg, JwtKey};
 use edgesync_plugin::{ConnInfo, ConnectVerdict, Permissions, Plugin, Principal};
@@ -65,6 +71,12 @@ struct Config {
     anonymous_publish: Vec<String>,
     #[serde(default)]
     anonymous_subscribe: Vec<String>,
+    #[serde(default = "default_require_exp")]
+    require_exp: bool,
+}
+
+fn default_require_exp() -> bool {
+    true
 }
 
 fn default_leeway() -> u32 {
@@ -110,6 +122,20 @@ fn string_list(v: Option<&Value>) -> Option<Vec<String>> {
     }
 }
 
+/// Why `id` cannot stand for `{principal}` in a topic pattern, if it cannot: it must be
+/// exactly one topic segment with no wildcard, and not a system (`$`) segment.
+fn unsafe_in_pattern(id: &str) -> Option<String> {
+    if id.is_empty() {
+        return Some("it is empty".into());
+    }
+    if id.starts_with('$') {
+        return Some("it starts with '$'".into());
+    }
+    id.chars()
+        .find(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+        .map(|c| format!("it holds {c:?}"))
+}
+
 fn expand(patterns: &[String], principal: &str) -> Vec<String> {
     patterns
         .iter()
@@ -136,10 +162,22 @@ impl JwtAuth {
             Some(Value::Number(n)) => n.to_string(),
             _ => return Err(format!("token lacks the `{}` claim", c.principal_claim)),
         };
+        if c.require_exp && claims.get("exp").is_none() {
+            return Err("token has no `exp` claim (set require_exp = false to allow)".into());
+        }
         let publish =
             string_list(claims.get(&c.publish_claim)).unwrap_or_else(|| c.default_publish.clone());
         let subscribe = string_list(claims.get(&c.subscribe_claim))
             .unwrap_or_else(|| c.default_subscribe.clone());
+        let templated = publish
+            .iter()
+            .chain(&subscribe)
+            .any(|p| p.contains("{principal}"));
+        if templated && let Some(why) = unsafe_in_pattern(&id) {
+            return Err(format!(
+                "principal {id:?} cannot stand in a topic pattern: {why}"
+            ));
+        }
         let attributes = c
             .attributes
             .iter()

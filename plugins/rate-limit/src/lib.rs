@@ -10,6 +10,13 @@
 //! topics = ["chat.>"]       # default: every topic
 //! ```
 //!
+//! `principal` (the default) keys anonymous senders by their connection, never by
+//! their client id: a client id is chosen by the client, so keying by it could be
+//! evaded by changing ids and, worse, aimed at a victim's id to lock it out. A
+//! connection cannot be forged (a client can open more, bounded by the gateway's
+//! per-IP connection limit). `client` keys by client id anyway — for gateways where
+//! auth binds client ids to principals.
+//!
 //! When kv is unavailable the message passes (rate limiting is not worth
 //! losing messages over) and a warning is logged.
 
@@ -46,10 +53,11 @@ struct RateLimit {
 impl RateLimit {
     fn key(&self, sender: SenderRef<'_>) -> String {
         match self.config.by {
-            // Anonymous senders fall back to their client id.
             By::Principal if !sender.principal.is_empty() => format!("p:{}", sender.principal),
-            By::Principal | By::Client => format!("c:{}", sender.client_id),
-            By::Connection => format!("n:{}", sender.conn_id),
+            // Anonymous senders: their connection, which they cannot forge (not their
+            // client id, which they choose).
+            By::Principal | By::Connection => format!("n:{}", sender.conn_id),
+            By::Client => format!("c:{}", sender.client_id),
         }
     }
 }

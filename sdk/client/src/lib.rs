@@ -77,7 +77,8 @@ pub struct ClientOptions {
     /// `ws://host:port[/path]`, `wss://...` or `quic://host:port`.
     pub url: String,
     pub token: Option<String>,
-    /// Stable client id (scopes idempotent publish); generated when absent.
+    /// Stable client id (scopes idempotent publish, with the topic and, when auth is on,
+    /// the principal): 1-128 ASCII letters, digits and `-_.:@+/=~`; generated when absent.
     pub client_id: Option<String>,
     /// Encoding for WebSocket (QUIC always uses MessagePack). Default MessagePack.
     pub encoding: Encoding,

@@ -211,6 +211,10 @@ pub enum GapReason {
     SlowConsumer,
     /// The messages were removed by retention before they could be delivered.
     Retention,
+    /// The gateway holds the messages but cannot serve them: they fail their checksum
+    /// (a damaged disk). Reading the range again later may succeed once a peer
+    /// gateway has repaired them.
+    Corrupt,
 }
 
 /// Limits the gateway enforces, announced in `connected` so clients can respect them.

@@ -93,12 +93,49 @@ fn validate(s: &str, max_len: usize, wildcards: bool) -> Result<(), TopicError> 
                     TopicError::Wildcard
                 });
             }
-            if c.is_whitespace() || c.is_control() {
+            if c.is_whitespace() || c.is_control() || is_invisible(c) || is_dollar_lookalike(c) {
                 return Err(TopicError::BadChar(c));
             }
         }
     }
     Ok(())
+}
+
+/// Unicode format characters (general category Cf) and other invisible characters: they
+/// render as nothing or reorder text, so `chat\u{200B}.x` or a right-to-left override
+/// would make a topic look like another one (security finding 21). Refused everywhere.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{0600}'..='\u{0605}'
+            | '\u{061C}'
+            | '\u{06DD}'
+            | '\u{070F}'
+            | '\u{115F}'..='\u{1160}'
+            | '\u{17B4}'..='\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+            | '\u{FFA0}'
+            | '\u{FFF0}'..='\u{FFFB}'
+            | '\u{110BD}'
+            | '\u{1BCA0}'..='\u{1BCA3}'
+            | '\u{1D173}'..='\u{1D17A}'
+            | '\u{E0000}'..='\u{E0FFF}'
+    )
+}
+
+/// Characters that look like `$` (fullwidth, small form): a topic such as `＄dlq.x` would
+/// pass for a system topic in a listing without being one. Refused everywhere; `$`
+/// itself is the only dollar a topic may hold.
+fn is_dollar_lookalike(c: char) -> bool {
+    matches!(c, '\u{FF04}' | '\u{FE69}' | '\u{1F4B2}')
 }
 
 /// True when `pattern` contains a wildcard segment.
@@ -212,6 +249,24 @@ mod tests {
             Err(TopicError::PartialWildcard)
         );
         assert_eq!(validate_topic("a b", 10), Err(TopicError::BadChar(' ')));
+        // Look-alikes of `$` and invisible characters (finding 21).
+        for (topic, c) in [
+            ("\u{FF04}dlq.x", '\u{FF04}'),
+            ("\u{FE69}sys", '\u{FE69}'),
+            ("\u{200B}$dlq.x", '\u{200B}'),
+            ("chat.\u{202E}x", '\u{202E}'),
+            ("a\u{FEFF}", '\u{FEFF}'),
+            ("a\u{2060}b", '\u{2060}'),
+        ] {
+            assert_eq!(
+                validate_topic(topic, 64),
+                Err(TopicError::BadChar(c)),
+                "{topic:?}"
+            );
+            assert_eq!(validate_pattern(topic, 64), Err(TopicError::BadChar(c)));
+        }
+        // Other non-ASCII text stays allowed.
+        assert_eq!(validate_topic("café.日本.ü", 64), Ok(()));
         assert!(validate_pattern("a.*.>", 10).is_ok());
         let deep = vec!["x"; MAX_SEGMENTS + 1].join(".");
         assert!(matches!(

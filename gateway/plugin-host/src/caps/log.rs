@@ -1,7 +1,13 @@
 //! `log`: guest log lines into `tracing`, tagged with the plugin name.
 //! Bounded: lines are truncated to 4 KiB and each plugin may log at most
 //! [`LINES_PER_SECOND`] lines per second; the excess is dropped and counted.
+//! Escaped: control characters (newlines, carriage returns, ESC) and Unicode line
+//! separators and direction overrides become `\n`, `\r` or `\u{..}`, so a guest (or
+//! the client data it logs) cannot forge log lines or terminal output (security
+//! finding 19).
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -56,13 +62,40 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// `s` with every character that could start a new log line or rewrite the terminal
+/// escaped; borrowed unchanged when there is none.
+pub(crate) fn escape_line(s: &str) -> Cow<'_, str> {
+    let needs = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}')
+            || ('\u{202A}'..='\u{202E}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    if !s.chars().any(needs) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if needs(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
 impl log::Host for HostState {
     fn log(&mut self, level: Level, message: String) {
         if !self.plugin.log.admit() {
             return;
         }
         let plugin = self.plugin.name.as_str();
-        let msg = truncate(&message, MAX_LINE_BYTES);
+        let msg = escape_line(truncate(&message, MAX_LINE_BYTES));
         match level {
             Level::Trace => tracing::trace!(plugin, "{msg}"),
             Level::Debug => tracing::debug!(plugin, "{msg}"),
@@ -83,5 +116,15 @@ mod tests {
     fn truncation_respects_char_boundaries() {
         assert_eq!(truncate("héllo", 2), "h");
         assert_eq!(truncate("abc", 10), "abc");
+    }
+
+    #[test]
+    fn line_breaks_and_terminal_controls_are_escaped() {
+        assert!(matches!(escape_line("plain text é"), Cow::Borrowed(_)));
+        assert_eq!(
+            escape_line("ok\n2026-12-05 INFO admin login\r\u{1b}[2J\u{202e}x"),
+            "ok\\n2026-12-05 INFO admin login\\r\\u{1b}[2J\\u{202e}x"
+        );
+        assert_eq!(escape_line("a\u{2028}b"), "a\\u{2028}b");
     }
 }

@@ -42,6 +42,17 @@ pub(crate) fn check_topic(topic: &str) -> Result<(), String> {
     }
 }
 
+/// A reserved `$` topic only with `grants.system_topics`.
+fn check_reserved(state: &HostState, topic: &str) -> Result<(), String> {
+    if topic.starts_with('$') && !state.version.grants.system_topics {
+        return Err(format!(
+            "`{}` is a reserved `$` topic; writing it needs grants.system_topics",
+            super::log::truncate(topic, 64)
+        ));
+    }
+    Ok(())
+}
+
 fn check_payload(payload: &[u8]) -> Result<(), String> {
     if payload.len() > MAX_PAYLOAD_BYTES {
         return Err(format!("payload over {MAX_PAYLOAD_BYTES} bytes"));
@@ -57,6 +68,7 @@ impl pubsub::Host for HostState {
         payload: Vec<u8>,
     ) -> Result<(), String> {
         check_topic(&topic)?;
+        check_reserved(self, &topic)?;
         check_payload(&payload)?;
         if headers.len() > MAX_HEADERS {
             return Err(format!("at most {MAX_HEADERS} headers"));
@@ -71,6 +83,7 @@ impl pubsub::Host for HostState {
 
     fn send(&mut self, conn_id: u64, topic: String, payload: Vec<u8>) -> Result<(), String> {
         check_topic(&topic)?;
+        check_reserved(self, &topic)?;
         check_payload(&payload)?;
         host_time(self, |s| {
             s.plugin

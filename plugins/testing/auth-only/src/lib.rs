@@ -1,6 +1,7 @@
 //! Test plugin: auth hooks only. Allows every client as principal =
 //! client id, publish/subscribe under `<client-id>.>` and `public.>`;
-//! denies client ids starting with `banned`; denies subscriptions to
+//! denies client ids starting with `banned`; traps on client ids starting
+//! with `crash` (a failing auth plugin); denies subscriptions to
 //! `secret.>`. Exports no message hooks, so the host must never call it
 //! for messages.
 
@@ -17,6 +18,9 @@ impl Plugin for AuthOnly {
     }
 
     fn on_connect(&self, conn: &ConnInfo) -> ConnectVerdict {
+        if conn.client_id.starts_with("crash") {
+            panic!("auth-only: asked to crash");
+        }
         if conn.client_id.starts_with("banned") {
             return ConnectVerdict::Deny(format!("client `{}` is banned", conn.client_id));
         }

@@ -2,7 +2,9 @@
 //! when the gateway verified a client certificate (`conn-info.tls-identity`
 //! is set), makes that identity the principal id, and grants publish and
 //! subscribe on `user.<identity>.>` only. Denies every other connection with
-//! the reason `a client certificate is required`.
+//! the reason `a client certificate is required`, and an identity that is not one
+//! plain topic segment (`.`, `*`, `>`, whitespace, control, leading `$`): identities
+//! are data, never patterns.
 
 use edgesync_plugin::{
     ConnInfo, ConnRef, ConnectVerdict, Permissions, Plugin, Principal, SubscribeVerdict,
@@ -20,6 +22,16 @@ impl Plugin for MtlsAuth {
         let Some(id) = conn.tls_identity.clone() else {
             return ConnectVerdict::Deny("a client certificate is required".into());
         };
+        if id.is_empty()
+            || id.starts_with('$')
+            || id
+                .chars()
+                .any(|c| matches!(c, '.' | '*' | '>') || c.is_whitespace() || c.is_control())
+        {
+            return ConnectVerdict::Deny(format!(
+                "identity {id:?} cannot stand in a topic pattern"
+            ));
+        }
         let own = format!("user.{id}.>");
         ConnectVerdict::Allow(Principal {
             id,
