@@ -130,8 +130,8 @@ async fn the_disconnect_policy_closes_a_subscriber_that_cannot_keep_up() {
             .expect("publishers are never held back by a slow subscriber");
     }
     // The outbox overflowed and closed. (Until the subscriber reads, its session waits
-    // on the full socket to write what was queued before: a write timeout is the
-    // connection timers' business, not the policy's.)
+    // on the full socket to write what was queued before — bounded by the write
+    // timeout, `idle_timeout_ms`, which this test does not wait for.)
     // What it reads now ends with the reason, then the close code.
     let mut reason = None;
     let mut close = None;

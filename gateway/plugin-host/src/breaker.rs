@@ -5,7 +5,11 @@
 //! backoff; a fault re-opens it with the backoff doubled, up to the max.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock (the system clock unless a test pauses it): the backoff is then testable
+// on paused time.
+use tokio::time::Instant;
 
 use parking_lot::Mutex;
 

@@ -123,6 +123,9 @@ async fn crash_loop_opens_the_breaker_then_recovers() {
     c.breaker.window_ms = 10_000;
     c.breaker.backoff_ms = 150;
     let trap = h.load(c).await;
+    // The breaker runs on tokio's clock: paused (after the load, whose compile waits on
+    // a blocking thread), its backoff elapses exactly when the test says.
+    tokio::time::pause();
     for _ in 0..3 {
         let e = trap
             .on_message(&conn("a"), &msg("t.x", b"TRAP"))
@@ -149,7 +152,15 @@ async fn crash_loop_opens_the_breaker_then_recovers() {
         Some(1.0)
     );
 
-    tokio::time::sleep(Duration::from_millis(170)).await;
+    tokio::time::advance(Duration::from_millis(149)).await;
+    assert!(
+        matches!(
+            trap.on_message(&conn("a"), &msg("t.x", b"ok")).await,
+            Err(PluginError::Disabled { .. })
+        ),
+        "still open 1 ms before the backoff ends"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
     let v = trap
         .on_message(&conn("a"), &msg("t.x", b"ok"))
         .await

@@ -854,6 +854,141 @@ mod tests {
         );
     }
 
+    /// A task with subscriptions `(key, command id, pattern, live)`, no connection.
+    fn task(version: u32, subs: &[(u64, u64, &str, bool)]) -> (Task, Vec<mpsc::Receiver<Event>>) {
+        let mut t = Task {
+            opts: ClientOptions::new("ws://127.0.0.1:1"),
+            encoding: Encoding::Json,
+            next_id: 100,
+            inflight: BTreeMap::new(),
+            subs: BTreeMap::new(),
+            next_sub: 100,
+            tags: std::collections::HashMap::new(),
+            version,
+            mid_prefix: 0,
+            mid_counter: 0,
+        };
+        let mut rxs = Vec::new();
+        for &(key, id, pattern, live) in subs {
+            let (tx, rx) = mpsc::channel(64);
+            let mut s = SubState::new(pattern.into(), tx, Arc::new(Mutex::new(Cursor::new())));
+            s.live = live;
+            t.subs.insert(key, s);
+            t.tags.insert(id, key);
+            rxs.push(rx);
+        }
+        (t, rxs)
+    }
+
+    fn tagged(topic: &str, seq: u64, sub: u64) -> Msg {
+        Msg {
+            sub: Some(sub),
+            ..msg(topic, seq)
+        }
+    }
+
+    fn seqs(rx: &mut mpsc::Receiver<Event>) -> Vec<(String, u64)> {
+        drain(rx)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Msg(m) => Some((m.topic, m.seq)),
+                Event::Gap { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn version_2_routes_catch_up_by_tag_and_live_pushes_to_live_subscriptions() {
+        // `t.>` (command 2) is live; `t.x` (command 3) catches up from earliest.
+        let (mut t, mut rx) = task(2, &[(0, 2, "t.>", true), (1, 3, "t.x", false)]);
+        // Live seq 5 reaches the connection while t.x still reads history: not t.x's.
+        t.handle_server_frame(ServerFrame::Msg(msg("t.x", 5)), None);
+        for seq in 1..=5 {
+            t.handle_server_frame(ServerFrame::Msg(tagged("t.x", seq, 3)), None);
+        }
+        t.handle_server_frame(
+            ServerFrame::Live {
+                sub: 3,
+                topic: "t.x".into(),
+            },
+            None,
+        );
+        t.handle_server_frame(ServerFrame::Msg(msg("t.x", 6)), None);
+        t.handle_server_frame(ServerFrame::Msg(msg("t.y", 1)), None);
+        let x = |s: u64| ("t.x".to_string(), s);
+        assert_eq!(seqs(&mut rx[0]), vec![x(5), x(6), ("t.y".into(), 1)]);
+        assert_eq!(seqs(&mut rx[1]), (1..=6).map(x).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn version_1_gives_every_matching_subscription_each_push_once() {
+        let (mut t, mut rx) = task(1, &[(0, 2, "t.>", true), (1, 3, "t.x", false)]);
+        for seq in [1, 2, 1, 2, 3] {
+            t.handle_server_frame(ServerFrame::Msg(msg("t.x", seq)), None);
+        }
+        let want: Vec<(String, u64)> = (1..=3).map(|s| ("t.x".to_string(), s)).collect();
+        assert_eq!(seqs(&mut rx[0]), want);
+        assert_eq!(seqs(&mut rx[1]), want);
+    }
+
+    #[test]
+    fn a_reply_finds_its_subscription_whatever_was_unsubscribed_before_it() {
+        // Subscriptions 0 (`a`), 1 (`b`), 2 (`c`); `b`'s subscribe reply is pending when
+        // `a` is unsubscribed (on edgesync/2 the two travel on different streams).
+        let (mut t, mut rx) = task(
+            2,
+            &[(0, 2, "a", true), (1, 3, "b", true), (2, 4, "c", true)],
+        );
+        let (reply, mut done) = oneshot::channel();
+        t.inflight.insert(
+            3,
+            Inflight::Subscribe {
+                sub: 1,
+                reply: Some(reply),
+            },
+        );
+        let (ureply, _u) = oneshot::channel();
+        t.inflight.insert(
+            9,
+            Inflight::Unsubscribe {
+                subs: vec![0],
+                reply: ureply,
+            },
+        );
+        t.handle_server_frame(
+            ServerFrame::Unsubscribed {
+                id: 9,
+                topic: "a".into(),
+            },
+            None,
+        );
+        let mut cursor = Cursor::new();
+        cursor.observe("b", &Origin::new("n", 1), 7);
+        t.handle_server_frame(
+            ServerFrame::Subscribed {
+                id: 3,
+                topic: "b".into(),
+                cursor: cursor.encode(),
+            },
+            None,
+        );
+        assert!(done.try_recv().is_ok_and(|r| r.is_ok()));
+        assert_eq!(
+            t.subs[&1].position.position("b", &Origin::new("n", 1)),
+            7,
+            "the cursor went to `b`"
+        );
+        assert_eq!(
+            t.subs[&2].position.position("b", &Origin::new("n", 1)),
+            0,
+            "not to `c`, which a shifted index would have picked"
+        );
+        assert!(!t.subs.contains_key(&0));
+        // `b` still receives: seq 8 follows its start position.
+        t.handle_server_frame(ServerFrame::Msg(msg("b", 8)), None);
+        assert_eq!(seqs(&mut rx[1]), vec![("b".to_string(), 8)]);
+    }
+
     #[test]
     fn reconnect_waits_are_jittered_within_half_to_full() {
         let backoff = Duration::from_millis(800);
