@@ -120,6 +120,9 @@ const BATCH: &[(&str, Option<&str>, Option<u32>)] = &[
     ("{}", Some("{}"), None),
 ];
 
+/// Publishes in a row on `<lang>.s`, each through `on-message`.
+const SUSTAINED_CALLS: usize = 1500;
+
 /// Nesting: 64 levels pass, 65 are rejected.
 const MAX_DEPTH: usize = 64;
 
@@ -171,6 +174,19 @@ async fn redact_in(lang: Lang) {
         "{name}: stored payloads and headers of {topic}"
     );
 
+    // Sustained calls: the plugin keeps answering (Go's garbage collector once ran
+    // inside `cabi_realloc` and trapped after a few hundred calls).
+    let sustained_topic = format!("{}.s", lang.name());
+    for i in 0..SUSTAINED_CALLS {
+        let payload = format!(
+            r#"{{"n":{i},"password":"p{i}","pad":"{}"}}"#,
+            "x".repeat(i % 300)
+        );
+        c.publish(&sustained_topic, payload.into_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: call {i} of {SUSTAINED_CALLS} failed: {e}"));
+    }
+
     let batch_topic = format!("{}.b", lang.name());
     let replies = publish_frame(&gw, &batch_topic, BATCH).await;
     let mut expected_batch = Vec::new();
@@ -214,8 +230,8 @@ async fn redact_in(lang: Lang) {
         "{name}: the frame went through on-batch"
     );
 
-    // Messages redacted: 4 single publishes and 1 in the batch; fields
-    // masked: 2 + 2 + 1 + 1 and 1.
+    // Messages redacted: 4 single publishes, every sustained one, and 1 in the
+    // batch; fields masked: 2 + 2 + 1 + 1, one per sustained publish, and 1.
     let kv = gw
         .gateway()
         .store
@@ -224,7 +240,7 @@ async fn redact_in(lang: Lang) {
     let count = kv.as_deref().and_then(|v| v.get(16..)).map(<[u8]>::to_vec);
     assert_eq!(
         count.as_deref(),
-        Some(&b"5"[..]),
+        Some((5 + SUSTAINED_CALLS).to_string().as_bytes()),
         "{name}: the kv counter `redacted`"
     );
     let metric = format!(
@@ -233,7 +249,7 @@ async fn redact_in(lang: Lang) {
     );
     assert_eq!(
         sample(&text, &metric, &[]),
-        7.0,
+        7.0 + SUSTAINED_CALLS as f64,
         "{name}: {metric} in\n{text}"
     );
     c.close().await;

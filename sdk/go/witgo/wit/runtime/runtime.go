@@ -40,9 +40,67 @@ func Allocate(pinner *runtime.Pinner, size, align uintptr) unsafe.Pointer {
 	return p
 }
 
-// Unpin releases what cabi_realloc pinned for the current call's arguments.
+// Argument memory comes from a chunk allocated *before* the host needs it, so
+// cabi_realloc itself never allocates from the Go heap: an allocation there may
+// start the garbage collector, which calls WASI (clock_time_get), and the
+// canonical ABI forbids calling an import from inside cabi_realloc (the call
+// traps: "cannot leave component instance"). Carved memory is never reused —
+// lifted values (unsafe.String / unsafe.Slice) may alias it and outlive the
+// call — so a used-up chunk is simply dropped and the collector frees it once
+// nothing aliases it. Unpin, which the generated code calls in every export
+// after lifting its arguments (outside cabi_realloc), tops the chunk up.
+const (
+	chunkBytes   = 4 << 20 // one chunk
+	chunkReserve = 2 << 20 // free bytes kept for the next call's arguments
+)
+
+var (
+	chunk       []uint64
+	chunkUsed   uintptr // bytes carved from chunk
+	chunkPinner runtime.Pinner
+)
+
+func init() { refill() }
+
+// refill starts a new chunk when the current one has less than chunkReserve
+// bytes left. Never called from cabi_realloc.
+func refill() {
+	if uintptr(len(chunk))*8-chunkUsed >= chunkReserve {
+		return
+	}
+	chunkPinner.Unpin()
+	chunk = make([]uint64, chunkBytes/8)
+	chunkUsed = 0
+	chunkPinner.Pin(unsafe.Pointer(&chunk[0]))
+}
+
+// carve returns size bytes aligned to align from the chunk, or nil when the
+// chunk cannot hold them. It does not allocate.
+func carve(size, align uintptr) unsafe.Pointer {
+	if align < 8 {
+		align = 8
+	}
+	if size == 0 {
+		size = 1
+	}
+	if len(chunk) == 0 {
+		return nil
+	}
+	base := unsafe.Pointer(&chunk[0])
+	start := (uintptr(base) + chunkUsed + align - 1) &^ (align - 1)
+	offset := start - uintptr(base)
+	if offset+size > uintptr(len(chunk))*8 {
+		return nil
+	}
+	chunkUsed = offset + size
+	return unsafe.Add(base, offset)
+}
+
+// Unpin releases what cabi_realloc pinned for the current call's arguments
+// and makes room for the next call's.
 func Unpin() {
 	argPinner.Unpin()
+	refill()
 }
 
 // cabiRealloc is the canonical ABI's allocator: the host calls it to make
@@ -53,7 +111,12 @@ func cabiRealloc(old unsafe.Pointer, oldSize, align, newSize uintptr) unsafe.Poi
 	if old != nil && newSize <= oldSize {
 		return old
 	}
-	p := Allocate(&argPinner, newSize, align)
+	p := carve(newSize, align)
+	if p == nil {
+		// One call's arguments beyond the reserve (more than 2 MiB): the Go heap,
+		// with the collector hazard above. The next Unpin starts a fresh chunk.
+		p = Allocate(&argPinner, newSize, align)
+	}
 	if old != nil && oldSize > 0 {
 		copy(unsafe.Slice((*byte)(p), oldSize), unsafe.Slice((*byte)(old), oldSize))
 	}
