@@ -14,8 +14,8 @@ REPEAT=${REPEAT:-3}
 IDLE=${IDLE:-15000}
 mkdir -p "$OUT"
 
-B=(taskset -c 1 "$BIN" bench --server-cpus 0 --transport all)
-I=(taskset -c 1 "$BIN" bench --server-cpus 0 --transport both)
+B=(taskset -c 1 "$(dirname "$BIN")/edgesync-bench" --server-bin "$BIN" --server-cpus 0 --transport all)
+I=(taskset -c 1 "$(dirname "$BIN")/edgesync-bench" --server-bin "$BIN" --server-cpus 0 --transport both)
 
 for i in $(seq "$REPEAT"); do
   uptime >>"$OUT/load.txt"

@@ -2,7 +2,7 @@
 # Runs every scenario of BENCHMARKS.md: gateway and nats-server on CPU 0, the
 # load generator on CPU 1, each run repeated (the machine is shared; take medians).
 #
-#   CARGO_TARGET_DIR=/work/target-bench cargo build --release -p edgesync
+#   CARGO_TARGET_DIR=/work/target-bench cargo build --release -p edgesync -p edgesync-bench
 #   bench/run.sh [BIN] [OUT_DIR]
 #
 # Needs nats-server (apt-get install -y nats-server); starts and stops its own.
@@ -19,7 +19,7 @@ NATS_PID=$!
 trap 'kill "$NATS_PID" 2>/dev/null || true' EXIT
 sleep 1
 
-B=(taskset -c 1 "$BIN" bench --server-cpus 0 --nats-url ws://127.0.0.1:4223 --server-pid "$NATS_PID")
+B=(taskset -c 1 "$(dirname "$BIN")/edgesync-bench" --server-bin "$BIN" --server-cpus 0 --nats-url ws://127.0.0.1:4223 --server-pid "$NATS_PID")
 
 for i in $(seq "$REPEAT"); do
   "${B[@]}" --target both fanout -n 1000 -d 10 --json >"$OUT/fanout-$i.json"

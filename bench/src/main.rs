@@ -5,6 +5,7 @@
 //! - [`latency`]: publish at R msgs/s to N subscribers, publish → deliver percentiles.
 //! - [`durable`]: acknowledged publishes/s with fsync from C pipelined publishers.
 //! - [`idle`]: gateway RSS per idle connection.
+//! - [`soak`]: a long steady run with connection churn; RSS and descriptors sampled.
 //!
 //! Every scenario runs over WebSocket, WebSocket over TLS or QUIC (`--transport
 //! ws|wss|quic|both|all`; `both` runs ws then QUIC, `all` ws, wss then QUIC, and they
@@ -28,6 +29,7 @@ mod idle;
 mod latency;
 mod plugin;
 mod report;
+mod soak;
 mod wire;
 
 use std::cell::Cell;
@@ -128,6 +130,8 @@ pub enum Scenario {
     Idle(idle::IdleArgs),
     /// Acked publishes/s with no plugin vs one pass-through plugin (starts its own gateways).
     Plugin(plugin::PluginArgs),
+    /// A long steady run with connection churn: server RSS and descriptors sampled.
+    Soak(soak::SoakArgs),
 }
 
 impl Scenario {
@@ -138,6 +142,7 @@ impl Scenario {
             Scenario::Durable(_) => "durable",
             Scenario::Idle(_) => "idle",
             Scenario::Plugin(_) => "plugin",
+            Scenario::Soak(_) => "soak",
         }
     }
 }
@@ -270,6 +275,7 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
             Scenario::Latency(a) => latency::run(&target, a).await,
             Scenario::Durable(a) => durable::run(&target, a).await,
             Scenario::Idle(a) => idle::run(&target, a).await,
+            Scenario::Soak(a) => soak::run(&target, a).await,
             Scenario::Plugin(_) => unreachable!("handled above"),
         };
         target.dialer.shutdown().await;
