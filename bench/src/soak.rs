@@ -4,10 +4,12 @@
 //! subscribers; meanwhile `churn` connections per second open, subscribe to a
 //! topic of their own, publish once and close. Every `sample` seconds the
 //! server's resident set (`VmRSS`) and open file descriptors (`/proc/<pid>/fd`)
-//! are read. The report gives the first and last samples and the spread of the
+//! are read. The report gives the first and last samples, the spread of the
 //! samples after the warm-up (the first tenth of the run) relative to their
-//! median: a server that neither leaks memory nor descriptors stays within a few
-//! percent. It also counts deliveries the steady subscribers missed (a
+//! median, and how much the highest sample of the second half exceeds that of the
+//! first: the store's memtables make RSS a sawtooth (filled, then flushed), so a
+//! server that does not leak keeps its peaks level while the spread is the
+//! sawtooth's height. It also counts deliveries the steady subscribers missed (a
 //! correctness check: at a rate the server sustains, none).
 //!
 //! Run it for an hour at half the capacity `durable`/`fanout` measured (see
@@ -67,6 +69,20 @@ fn spread_pct(values: &[f64]) -> f64 {
         return 0.0;
     }
     (hi - lo) / median * 100.0
+}
+
+/// Growth of the highest sample from the first half of `values` to the second, in
+/// percent. The store's memtables make RSS a sawtooth (they fill, then flush to
+/// tables), so the spread of a healthy server is the sawtooth's height; a leak shows
+/// as peaks that keep rising.
+fn peak_growth_pct(values: &[f64]) -> f64 {
+    let half = values.len() / 2;
+    let peak = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    let (first, second) = (peak(&values[..half]), peak(&values[half..]));
+    if first <= 0.0 {
+        return 0.0;
+    }
+    (second - first) / first * 100.0
 }
 
 pub async fn run(target: &Target, a: &SoakArgs) -> Result<Report> {
@@ -204,6 +220,7 @@ pub async fn run(target: &Target, a: &SoakArgs) -> Result<Report> {
         .metric("rss_kib_first", samples.first().map_or(0.0, |s| s.1 as f64))
         .metric("rss_kib_last", samples.last().map_or(0.0, |s| s.1 as f64))
         .metric("rss_spread_pct", spread_pct(&rss))
+        .metric("rss_peak_growth_pct", peak_growth_pct(&rss))
         .metric("fds_first", samples.first().map_or(0.0, |s| s.2 as f64))
         .metric("fds_last", samples.last().map_or(0.0, |s| s.2 as f64))
         .metric("fds_spread_pct", spread_pct(&fd));
