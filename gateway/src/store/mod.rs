@@ -482,6 +482,7 @@ impl Store {
             clock_last: 0,
             index,
             digests: replica::DigestCache::default(),
+            dedupe_budget: housekeeping::DEDUPE_BUDGET_MIN,
         };
         std::thread::Builder::new()
             .name("edgesync-store".into())
@@ -545,7 +546,8 @@ impl Store {
         self.shared.retention_for(topic)
     }
 
-    /// Ask the writer to run retention and dedupe expiry now (normally every second).
+    /// Ask the writer to run retention and dedupe expiry now (the gateway does every
+    /// second; the writer also does at least once a second while it commits).
     pub fn tick(&self) {
         let _ = self.tx.try_send(Request::Tick);
     }

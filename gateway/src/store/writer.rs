@@ -21,6 +21,8 @@ pub(super) struct Writer {
     pub(super) index: Index,
     /// The current digest bucket per (topic, origin).
     pub(super) digests: super::replica::DigestCache,
+    /// Dedupe entries the next housekeeping pass may expire (follows the backlog).
+    pub(super) dedupe_budget: usize,
 }
 
 /// An append waiting in the current batch.
@@ -44,6 +46,7 @@ impl Writer {
             let mut apply = None;
             let mut shutdown = None;
             let mut bytes = 0usize;
+            let mut ticked = false;
             let mut next = Some(first);
             while let Some(req) = next.take() {
                 match req {
@@ -51,7 +54,7 @@ impl Writer {
                         bytes += a.payload.len();
                         appends.push((a, reply));
                     }
-                    Request::Tick => {}
+                    Request::Tick => ticked = true,
                     Request::NoteCorrupt(tid, oid, seq) => {
                         // Rare; its own small write (made durable with the next commit's fsync).
                         let key = super::keys::corrupt_key(tid, oid, seq);
@@ -79,7 +82,9 @@ impl Writer {
             if let Some((req, reply)) = apply {
                 self.apply(req, reply);
             }
-            if last_tick.elapsed() >= Duration::from_secs(1) {
+            // On the gateway's one-second tick, and at least once a second while
+            // publishes keep the writer busy.
+            if ticked || last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = std::time::Instant::now();
                 self.housekeeping();
             }
