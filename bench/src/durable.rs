@@ -41,6 +41,11 @@ pub struct DurableArgs {
     /// pipelining client sends them); 1 sends every publish in a frame of its own.
     #[arg(long, value_name = "N")]
     pub frame_publishes: Option<usize>,
+    /// Publish without a client message id. By default every publish carries a `mid`,
+    /// as the Rust client and the CLI send them, so the figure includes the dedupe
+    /// lookup and the dedupe entries (and their expiry) every real publish costs.
+    #[arg(long)]
+    pub no_mid: bool,
 }
 
 pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
@@ -54,12 +59,18 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
     let hist = Rc::new(RefCell::new(latency_histogram()));
     let mut tasks = Vec::new();
     let proto = target.proto;
+    // Distinct per run, so a rerun against the same gateway is not answered from its
+    // dedupe window.
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     for (i, ws) in conns.into_iter().enumerate() {
         let p = Publisher {
             topic: format!("bench.durable.{i}"),
             window: a.window.max(1),
             frame_publishes: a.frame_publishes.unwrap_or(usize::MAX).max(1),
             payload: vec![0x5a; a.payload],
+            mids: (!a.no_mid).then_some(run_id),
         };
         let (stop, counters, hist, measuring) = (
             stop.clone(),
@@ -104,7 +115,8 @@ pub async fn run(target: &Target, a: &DurableArgs) -> Result<Report> {
         .param("window", a.window)
         .param("seconds", a.seconds)
         .param("payload_bytes", a.payload)
-        .param("frame_publishes", a.frame_publishes);
+        .param("frame_publishes", a.frame_publishes)
+        .param("mid", !a.no_mid);
     r.windows("acks_per_sec", &rates)
         .latency("ack_us", &h)
         .metric("acked_total", counters.delivered.get() as f64)
@@ -119,6 +131,9 @@ struct Publisher {
     window: usize,
     frame_publishes: usize,
     payload: Vec<u8>,
+    /// Give every publish a client message id, unique per run (this prefix), topic
+    /// and command id; `None` sends none.
+    mids: Option<u64>,
 }
 
 impl Publisher {
@@ -155,6 +170,7 @@ impl Publisher {
                         &self.payload,
                         next_id,
                         true,
+                        self.mids.map(|run| format!("{run:016x}-{next_id:x}")),
                     );
                     inflight.insert(next_id, Instant::now());
                 }

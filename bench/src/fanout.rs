@@ -81,7 +81,7 @@ pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
                 frame.clear();
                 for _ in 0..batch {
                     id += 1;
-                    wire::encode_publish(&mut frame, proto, SUBJECT, &payload, id, false);
+                    wire::encode_publish(&mut frame, proto, SUBJECT, &payload, id, false, None);
                 }
                 if publisher.send(frame.clone()).await.is_err() {
                     break;

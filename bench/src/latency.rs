@@ -80,7 +80,15 @@ pub async fn run(target: &Target, a: &LatencyArgs) -> Result<Report> {
         tick.tick().await;
         let sent_ns = super::stamp(&mut payload, epoch);
         frame.clear();
-        wire::encode_publish(&mut frame, target.proto, SUBJECT, &payload, 100 + i, false);
+        wire::encode_publish(
+            &mut frame,
+            target.proto,
+            SUBJECT,
+            &payload,
+            100 + i,
+            false,
+            None,
+        );
         publisher.send(frame.clone()).await?;
         if sent_ns >= warmup_ns {
             measured += 1;

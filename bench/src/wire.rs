@@ -80,7 +80,7 @@ pub async fn subscribe(ws: &mut Conn, proto: Proto, subject: &str) -> Result<()>
 }
 
 /// Append one publish of `payload` to `out`. `id` is the edgesync command id; `ack` asks
-/// for a durable acknowledgement (edgesync only).
+/// for a durable acknowledgement, `mid` sets the client message id (edgesync only).
 pub fn encode_publish(
     out: &mut Vec<u8>,
     proto: Proto,
@@ -88,6 +88,7 @@ pub fn encode_publish(
     payload: &[u8],
     id: u64,
     ack: bool,
+    mid: Option<String>,
 ) {
     match proto {
         Proto::Edgesync => {
@@ -96,7 +97,7 @@ pub fn encode_publish(
                 topic: subject.into(),
                 data: Payload(bytes::Bytes::copy_from_slice(payload)),
                 headers: Default::default(),
-                mid: None,
+                mid,
                 ack,
             };
             Encoding::MsgPack.encode_into(&f, out);

@@ -4,8 +4,8 @@
 //! | route                              | auth                         | what |
 //! |------------------------------------|------------------------------|------|
 //! | `GET /metrics`                     | token if `protect_metrics`   | Prometheus text format |
-//! | `GET /healthz`                     | none                         | 200 while the process serves HTTP |
-//! | `GET /readyz`                      | token when one is configured | 200 when store open, listeners bound, plugins loaded; 503 before and while shutting down |
+//! | `GET /healthz`                     | none                         | 200 while the process serves HTTP (also on a poisoned store: a restart frees no disk) |
+//! | `GET /readyz`                      | token when one is configured | 200 when store open, listeners bound, plugins loaded; 503 before, while shutting down, and on a poisoned store (`store_poison_cause` says why) |
 //! | `POST /v1/publish`                 | token                        | publish through the client ingest path; returns the durable ack |
 //! | `GET /v1/topics`                   | token                        | topics with counts, bytes, heads, retention |
 //! | `GET /v1/history?topic=&from=&limit=` | token                     | stored messages of one topic |
@@ -406,6 +406,9 @@ struct ReadyBody {
     ready: bool,
     shutting_down: bool,
     store_poisoned: bool,
+    /// Why the store stopped accepting writes (a full disk says so); absent while it accepts them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_poison_cause: Option<String>,
 }
 
 async fn readyz(State(gw): Ctx, headers: HeaderMap) -> Response {
@@ -413,6 +416,7 @@ async fn readyz(State(gw): Ctx, headers: HeaderMap) -> Response {
         return e.into_response();
     }
     let shutting_down = gw.readiness.shutting_down();
+    let store_poison_cause = gw.store.poison_cause();
     let store_poisoned = gw.store.is_poisoned();
     let ready = gw.readiness.is_ready() && !store_poisoned;
     let status = if ready {
@@ -426,6 +430,7 @@ async fn readyz(State(gw): Ctx, headers: HeaderMap) -> Response {
             ready,
             shutting_down,
             store_poisoned,
+            store_poison_cause,
         }),
     )
         .into_response()

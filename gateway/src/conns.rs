@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use edgesync_protocol::ErrorCode;
+use edgesync_protocol::{ErrorCode, ServerFrame};
 use parking_lot::Mutex;
 use serde::Serialize;
 
@@ -123,6 +123,20 @@ impl ConnRegistry {
     /// The outbox of connection `id`, if it is still open.
     pub fn outbox(&self, id: ConnId) -> Option<Arc<ConnOut>> {
         self.conns.lock().get(&id).and_then(|c| c.out.upgrade())
+    }
+
+    /// Queue `frame` (a control push) on every open connection; how many got it.
+    pub fn broadcast(&self, frame: &ServerFrame) -> usize {
+        let outs: Vec<Arc<ConnOut>> = self
+            .conns
+            .lock()
+            .values()
+            .filter_map(|c| c.out.upgrade())
+            .collect();
+        for out in &outs {
+            out.outbox.push_reply(frame);
+        }
+        outs.len()
     }
 
     /// Close connection `id` with `code` and `reason`. False when it does not exist.

@@ -114,6 +114,9 @@ pub struct Metrics {
     /// Damage found in the store, by kind (`journal`: batches dropped at open;
     /// `record`: records that fail their checksum or cannot be read).
     pub store_damaged: IntCounterVec,
+    /// Durability work that failed in the background, by `what` (`shutdown_fsync`,
+    /// `shutdown_flush`, `syncer`): reported here and at ERROR instead of dropped.
+    pub store_durability_errors: IntCounterVec,
     /// Subscriptions currently held.
     pub subscriptions: IntGauge,
 }
@@ -219,6 +222,11 @@ impl Metrics {
                 "Damage found in the store: journal batches dropped at open, records that fail their checksum.",
                 &["kind"],
             ),
+            store_durability_errors: counter_vec(
+                "edgesync_store_durability_errors_total",
+                "Background durability work that failed: the fsync or memtable flush at shutdown, the interval fsync thread.",
+                &["what"],
+            ),
             subscriptions: IntGauge::new("edgesync_subscriptions", "Subscriptions currently held.")
                 .expect("valid metric"),
             registry,
@@ -248,6 +256,7 @@ impl Metrics {
             Box::new(self.store_fsync_seconds.clone()),
             Box::new(self.store_appends.clone()),
             Box::new(self.store_damaged.clone()),
+            Box::new(self.store_durability_errors.clone()),
             Box::new(self.subscriptions.clone()),
             Box::new(build_info()),
         ];
@@ -341,6 +350,12 @@ impl StoreObserver for Metrics {
 
     fn damaged(&self, kind: &'static str, n: u64) {
         self.store_damaged.with_label_values(&[kind]).inc_by(n);
+    }
+
+    fn durability_error(&self, what: &'static str) {
+        self.store_durability_errors
+            .with_label_values(&[what])
+            .inc();
     }
 }
 

@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use edgesync_protocol::{ErrorCode, ServerFrame};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -213,7 +214,7 @@ async fn wire(running: &mut Running, settings: &Settings) -> Result<(), ServerEr
             p.spawn_watcher(Duration::from_millis(watch), running.shutdown.clone());
         }
     }
-    spawn_housekeeping(&gw.store, running.shutdown.clone());
+    spawn_housekeeping(&gw.store, &gw.conns, running.shutdown.clone());
     watch_state(&gw);
     let authorizer: Arc<dyn Authorizer> = match &gw.plugins {
         Some(p) => p.clone(),
@@ -274,15 +275,32 @@ async fn load_plugins(
     Ok(Some(Arc::new(loaded)))
 }
 
-/// Retention and dedupe expiry, every second.
-fn spawn_housekeeping(store: &Store, stop: CancellationToken) {
+/// Retention and dedupe expiry, every second; and, once, the news that the store
+/// stopped accepting writes, to every open connection (PROTOCOL.md §6: an `error`
+/// push without `id`, code `storage_unavailable`).
+fn spawn_housekeeping(store: &Store, conns: &Arc<ConnRegistry>, stop: CancellationToken) {
     let store = store.clone();
+    let conns = conns.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
+        let mut told = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = every.tick() => store.tick(),
+            }
+            if let (false, Some(cause)) = (told, store.poison_cause()) {
+                told = true;
+                let n = conns.broadcast(&ServerFrame::Error {
+                    id: None,
+                    code: ErrorCode::StorageUnavailable,
+                    msg: format!("the gateway stopped accepting publishes: {cause}"),
+                    retry: true,
+                });
+                tracing::warn!(
+                    connections = n,
+                    "told every connection that publishes are refused"
+                );
             }
         }
     });
@@ -441,7 +459,20 @@ impl Running {
                 "sessions did not drain within the grace period"
             );
         }
-        gw.store.shutdown().await;
+        // Bounded: the store's close is itself bounded (see `store::writer`), this is
+        // the backstop so a stuck writer cannot hold the process past its grace.
+        if tokio::time::timeout(STORE_CLOSE_MAX, gw.store.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                secs = STORE_CLOSE_MAX.as_secs(),
+                "store did not close in time; exiting anyway (acknowledged records are in the durable journal)"
+            );
+        }
+        if let Some(cause) = gw.store.poison_cause() {
+            tracing::error!(cause = %cause, "gateway stopped with its store poisoned: fix the cause, then restart");
+        }
         self.fanout.abort();
         self.admin_stop.cancel();
         if let Some(t) = self.admin_task {
@@ -454,6 +485,10 @@ impl Running {
         );
     }
 }
+
+/// Longest wait for the store to close at shutdown (its own memtable flush gives up
+/// after 5 s).
+const STORE_CLOSE_MAX: Duration = Duration::from_secs(10);
 
 /// Run until `shutdown` is cancelled, then stop gracefully.
 ///

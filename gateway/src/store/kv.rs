@@ -22,10 +22,10 @@ impl Store {
     /// or tick (see the module docs). Never waits for an fsync.
     ///
     /// # Errors
-    /// Engine errors; [`StoreError::Poisoned`] after a failed fsync.
+    /// Engine errors; [`StoreError::Poisoned`] after a failed write or fsync.
     pub fn kv_write(&self, puts: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
-        if self.shared.poisoned.load(Ordering::Relaxed) {
-            return Err(StoreError::Poisoned);
+        if let Some(e) = self.shared.refusal() {
+            return Err(e);
         }
         let mut b = self.shared.db.batch();
         for (k, v) in puts {

@@ -34,8 +34,10 @@
 //! the dedupe entries in **one** atomic batch, then makes it durable with one
 //! `fdatasync` (fsync policy `always`). Only then are the publishers
 //! acknowledged and the records handed to the broker, so no seq is ever visible
-//! before it is durable. A failed fsync poisons the store: nothing more is
-//! acknowledged until restart (the state of the page cache is unknown).
+//! before it is durable. A failed write or fsync poisons the store: nothing more is
+//! acknowledged until restart (the state of the page cache is unknown), and the
+//! refusal names the cause ([`Store::poison_cause`]: "the disk is full" for ENOSPC).
+//! Closing never waits on a failed engine flush (see `writer::Writer::close`).
 //!
 //! # Opening: no full scan
 //!
@@ -150,6 +152,11 @@ pub trait StoreObserver: Send + Sync {
     /// Damage was found: `kind` is `journal` (batches dropped at open) or `record`
     /// (a record that fails its checksum or cannot be read); `n` how many.
     fn damaged(&self, _kind: &'static str, _n: u64) {}
+    /// The store stopped accepting writes (once); `cause` says which write failed and why.
+    fn poisoned(&self, _cause: &str) {}
+    /// Background durability work failed without poisoning the store: `what` is
+    /// `shutdown_fsync`, `shutdown_flush` or `syncer` (bounded label set).
+    fn durability_error(&self, _what: &'static str) {}
 }
 
 /// The observer that ignores everything.
@@ -232,8 +239,10 @@ impl StoreOptions {
 pub enum StoreError {
     #[error("storage engine: {0}")]
     Engine(#[from] fjall::Error),
-    #[error("store is poisoned after a failed fsync; restart the gateway")]
-    Poisoned,
+    /// The store stopped accepting writes; the text names the write that failed and
+    /// why (a full disk says so), see [`Store::poison_cause`].
+    #[error("store stopped accepting writes: {0}; restart the gateway once the cause is fixed")]
+    Poisoned(String),
     #[error("store is shut down")]
     Closed,
     #[error("corrupt metadata {what}: {detail}")]
@@ -337,6 +346,10 @@ struct Shared {
     epoch: u64,
     local: Origin,
     poisoned: AtomicBool,
+    /// The data directory (a write probe there tells a full disk from other failures).
+    dir: PathBuf,
+    /// Why `poisoned` was set (the first failure only), for errors, logs and `/readyz`.
+    poison_cause: parking_lot::Mutex<Option<String>>,
     /// A plugin kv write reached the OS and waits for the next fsync.
     kv_dirty: AtomicBool,
     dedupe_window: Duration,
@@ -449,6 +462,8 @@ impl Store {
             kv,
             index: RwLock::new(index),
             poisoned: AtomicBool::new(false),
+            poison_cause: parking_lot::Mutex::new(None),
+            dir: opts.dir.clone(),
             kv_dirty: AtomicBool::new(false),
             dedupe_window: opts.dedupe_window,
             observer: opts.observer.clone(),
@@ -467,12 +482,15 @@ impl Store {
             clock_last: 0,
             index,
             digests: replica::DigestCache::default(),
+            dedupe_budget: housekeeping::DEDUPE_BUDGET_MIN,
         };
         std::thread::Builder::new()
             .name("edgesync-store".into())
             .spawn(move || writer.run(rx))?;
         if let FsyncPolicy::Interval(every) = opts.fsync {
-            spawn_syncer(shared.clone(), every);
+            spawn_syncer(shared.clone(), every).inspect_err(|e| {
+                tracing::error!(error = %e, "could not start the fsync thread of policy `interval`; the store does not open");
+            })?;
         }
         Ok((Store { shared, tx }, commit_rx))
     }
@@ -502,8 +520,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Poisoned`] / [`StoreError::Closed`] / engine errors: nothing was acknowledged.
     pub async fn append(&self, req: Publish) -> Result<Ack, StoreError> {
-        if self.shared.poisoned.load(Ordering::Relaxed) {
-            return Err(StoreError::Poisoned);
+        if let Some(e) = self.shared.refusal() {
+            return Err(e);
         }
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -528,7 +546,8 @@ impl Store {
         self.shared.retention_for(topic)
     }
 
-    /// Ask the writer to run retention and dedupe expiry now (normally every second).
+    /// Ask the writer to run retention and dedupe expiry now (the gateway does every
+    /// second; the writer also does at least once a second while it commits).
     pub fn tick(&self) {
         let _ = self.tx.try_send(Request::Tick);
     }
@@ -557,9 +576,15 @@ impl Store {
         )
     }
 
-    /// True after a failed fsync: nothing more is acknowledged until restart.
+    /// True after a failed write or fsync: nothing more is acknowledged until restart.
     pub fn is_poisoned(&self) -> bool {
         self.shared.poisoned.load(Ordering::Relaxed)
+    }
+
+    /// Why the store stopped accepting writes ("a group commit failed: the disk is
+    /// full …"), or `None` while it accepts them.
+    pub fn poison_cause(&self) -> Option<String> {
+        self.shared.poison_cause.lock().clone()
     }
 
     /// Approximate bytes used on disk.
@@ -576,10 +601,109 @@ impl Shared {
         let result = self.db.persist(PersistMode::SyncData);
         self.observer.synced(started.elapsed());
         result.map_err(|e| {
-            self.poisoned.store(true, Ordering::Relaxed);
-            tracing::error!(error = %e, "fsync failed; store poisoned, no further acknowledgements");
-            StoreError::Engine(e)
+            self.poison(
+                "writing the journal to disk (flush and fdatasync) failed",
+                &e,
+            )
         })
+    }
+
+    /// Stop accepting writes because `during` failed with `err`: set the flag, keep the
+    /// first cause (a full disk is named as such), log it at ERROR, tell the observer.
+    /// Returns the error to answer the waiting writers with.
+    fn poison(&self, during: &str, err: &(dyn std::error::Error + 'static)) -> StoreError {
+        let mut cause = format!("{during}: {}", describe_io(err));
+        if engine_poisoned(err) {
+            // The engine's own background flush failed first and only logged why;
+            // a write probe tells a full disk from the rest.
+            cause = format!(
+                "{cause} (a background flush of the storage engine failed earlier; {})",
+                space_probe(&self.dir)
+            );
+        }
+        let first = {
+            let mut g = self.poison_cause.lock();
+            if g.is_none() {
+                *g = Some(cause.clone());
+            }
+            g.clone().unwrap_or(cause)
+        };
+        if !self.poisoned.swap(true, Ordering::AcqRel) {
+            tracing::error!(cause = %first, "store poisoned: no further writes are accepted or acknowledged until restart");
+            self.observer.poisoned(&first);
+        }
+        StoreError::Poisoned(first)
+    }
+
+    /// The error to refuse a write with once the store is poisoned.
+    fn refusal(&self) -> Option<StoreError> {
+        if !self.poisoned.load(Ordering::Acquire) {
+            return None;
+        }
+        let cause = self.poison_cause.lock().clone();
+        Some(StoreError::Poisoned(
+            cause.unwrap_or_else(|| "an earlier write failed".into()),
+        ))
+    }
+}
+
+/// True when `err` (or a source) is the engine's "poisoned by an earlier failure".
+fn engine_poisoned(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if matches!(
+            e.downcast_ref::<fjall::Error>(),
+            Some(fjall::Error::Poisoned)
+        ) {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// Write and sync 1 MiB in `dir`, then remove it: says whether the disk has room.
+fn space_probe(dir: &std::path::Path) -> String {
+    use std::io::Write as _;
+    const PROBE_BYTES: usize = 1 << 20;
+    let path = dir.join(".space-probe");
+    let result = std::fs::File::create(&path).and_then(|mut f| {
+        f.write_all(&vec![0u8; PROBE_BYTES])?;
+        f.sync_data()
+    });
+    let _ = std::fs::remove_file(&path);
+    match result {
+        Ok(()) => "a 1 MiB write probe in the data directory succeeded; see the engine log".into(),
+        Err(e) => format!(
+            "a 1 MiB write probe in the data directory failed: {}",
+            describe_io(&e)
+        ),
+    }
+}
+
+/// `err` and its sources in one line; a full disk (ENOSPC) or a full quota (EDQUOT)
+/// is said in words first, because that is what the operator has to fix.
+fn describe_io(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut full = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            full |= matches!(io.raw_os_error(), Some(28 | 122))
+                || io.kind() == std::io::ErrorKind::StorageFull;
+        }
+        if let Some(src) = e.source() {
+            let s = src.to_string();
+            if !text.contains(&s) {
+                text = format!("{text}: {s}");
+            }
+        }
+        cur = e.source();
+    }
+    if full {
+        format!("the disk is full ({text})")
+    } else {
+        text
     }
 }
 

@@ -179,12 +179,8 @@ impl Store {
     /// # Errors
     /// [`StoreError::Poisoned`] / [`StoreError::Closed`] / engine errors: nothing was applied.
     pub async fn apply(&self, req: ApplyRequest) -> Result<Applied, StoreError> {
-        if self
-            .shared
-            .poisoned
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Err(StoreError::Poisoned);
+        if let Some(e) = self.shared.refusal() {
+            return Err(e);
         }
         let (tx, rx) = oneshot::channel();
         self.tx
@@ -614,8 +610,8 @@ impl Writer {
         req: ApplyRequest,
         reply: oneshot::Sender<Result<Applied, StoreError>>,
     ) {
-        if self.shared.poisoned.load(Ordering::Relaxed) {
-            let _ = reply.send(Err(StoreError::Poisoned));
+        if let Some(e) = self.shared.refusal() {
+            let _ = reply.send(Err(e));
             return;
         }
         let shared = self.shared.clone();
@@ -673,13 +669,11 @@ impl Writer {
             digests.clear();
             self.digests = digests;
             self.index = index;
-            if !matches!(e, StoreError::Engine(_)) {
-                let _ = reply.send(Err(e));
-                return;
-            }
-            shared.poisoned.store(true, Ordering::Relaxed);
-            tracing::error!(error = %e, "apply failed; store poisoned");
-            let _ = reply.send(Err(StoreError::Poisoned));
+            let e = match e {
+                StoreError::Engine(e) => shared.poison("writing replicated records failed", &e),
+                other => other,
+            };
+            let _ = reply.send(Err(e));
             return;
         }
         shared.observer.committed(&CommitStats {

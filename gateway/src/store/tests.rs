@@ -363,3 +363,75 @@ fn kv_writes_never_fsync_alone_and_ride_the_next_commit() {
     assert_eq!(store.kv_get(b"late").expect("get"), Some(b"v".to_vec()));
     rt.block_on(store.shutdown());
 }
+
+/// A dedupe backlog far above the per-pass minimum (50 k expired entries, as a
+/// gateway taking 25 k publishes/s with `mid`s builds in two seconds) is gone in a
+/// bounded number of passes, and entries still inside the window stay.
+#[test]
+fn dedupe_expiry_keeps_up_with_a_backlog() {
+    use crate::clock::ManualClock;
+    const EXPIRED: u64 = 50_000;
+    let dir = tempfile::tempdir().expect("tmp");
+    let clock = ManualClock::new(1_000_000);
+    let mut opts = StoreOptions::new(dir.path());
+    opts.clock = clock.clone();
+    opts.dedupe_window = Duration::from_secs(10);
+    let (store, _rx) = Store::open(opts).expect("open");
+    let rt = rt();
+    // The entries the writer would have written: `w`·written_ms·identity and `k`·identity.
+    let dedupe = &store.shared.dedupe;
+    let mut b = store.shared.db.batch();
+    for i in 0..EXPIRED {
+        let written = 1_000_000 + i / 25; // 25 per millisecond, over 2 s
+        let id = format!("\u{0}client{i}");
+        let mut w = b"w".to_vec();
+        w.extend_from_slice(&written.to_be_bytes());
+        w.extend_from_slice(id.as_bytes());
+        let mut k = b"k".to_vec();
+        k.extend_from_slice(id.as_bytes());
+        b.insert(dedupe, w, b"".as_slice());
+        b.insert(dedupe, k, [0u8; 32].as_slice());
+    }
+    b.commit().expect("commit");
+    clock.advance(15_000); // all 50 k are past the 10 s window
+    rt.block_on(store.append(req("fresh", b"x", Some("kept"))))
+        .expect("append");
+    // Expired entries still held (written before the clock moved on).
+    let left = || {
+        store
+            .shared
+            .dedupe
+            .prefix(b"w")
+            .map(|g| g.key().expect("key"))
+            .filter(|k| {
+                k.get(1..9)
+                    .and_then(|b| b.try_into().ok())
+                    .is_some_and(|b| u64::from_be_bytes(b) < 1_010_000)
+            })
+            .count()
+    };
+    assert_eq!(left(), EXPIRED as usize);
+    let mut passes = 0;
+    while left() > 0 {
+        passes += 1;
+        assert!(passes <= 4, "{} entries left after 4 passes", left());
+        store.tick();
+        // The writer handles requests in order and runs housekeeping after the
+        // batch that held the tick: the second append starts after that pass.
+        for m in ["sync1", "sync2"] {
+            rt.block_on(store.append(req("sync", b"x", Some(m))))
+                .expect("append");
+        }
+    }
+    // Budgets 10 k, 20 k, 40 k: three passes, each at most twice the one before.
+    assert_eq!(passes, 3, "expiry follows the backlog");
+    assert!(
+        store.shared.dedupe.prefix(b"k").count() >= 3,
+        "live entries stay"
+    );
+    let dup = rt
+        .block_on(store.append(req("fresh", b"x", Some("kept"))))
+        .expect("append");
+    assert!(dup.dup, "an entry inside the window still deduplicates");
+    rt.block_on(store.shutdown());
+}

@@ -21,6 +21,8 @@ pub(super) struct Writer {
     pub(super) index: Index,
     /// The current digest bucket per (topic, origin).
     pub(super) digests: super::replica::DigestCache,
+    /// Dedupe entries the next housekeeping pass may expire (follows the backlog).
+    pub(super) dedupe_budget: usize,
 }
 
 /// An append waiting in the current batch.
@@ -44,6 +46,7 @@ impl Writer {
             let mut apply = None;
             let mut shutdown = None;
             let mut bytes = 0usize;
+            let mut ticked = false;
             let mut next = Some(first);
             while let Some(req) = next.take() {
                 match req {
@@ -51,7 +54,7 @@ impl Writer {
                         bytes += a.payload.len();
                         appends.push((a, reply));
                     }
-                    Request::Tick => {}
+                    Request::Tick => ticked = true,
                     Request::NoteCorrupt(tid, oid, seq) => {
                         // Rare; its own small write (made durable with the next commit's fsync).
                         let key = super::keys::corrupt_key(tid, oid, seq);
@@ -79,7 +82,9 @@ impl Writer {
             if let Some((req, reply)) = apply {
                 self.apply(req, reply);
             }
-            if last_tick.elapsed() >= Duration::from_secs(1) {
+            // On the gateway's one-second tick, and at least once a second while
+            // publishes keep the writer busy.
+            if ticked || last_tick.elapsed() >= Duration::from_secs(1) {
                 last_tick = std::time::Instant::now();
                 self.housekeeping();
             }
@@ -92,24 +97,67 @@ impl Writer {
                 tracing::error!(error = %e, "fsync of plugin kv writes failed");
             }
             if let Some(done) = shutdown {
-                let _ = self.shared.db.persist(PersistMode::SyncAll);
-                // Write memtables out so the next open replays a short journal, not all of it.
-                for ks in [
-                    &self.shared.records,
-                    &self.shared.meta,
-                    &self.shared.dedupe,
-                    &self.shared.kv,
-                ] {
-                    if let Err(e) = ks.rotate_memtable_and_wait() {
-                        tracing::warn!(error = %e, "memtable flush at shutdown failed; the next open replays the journal");
-                    }
-                }
+                self.close();
                 let _ = done.send(());
                 tracing::info!("store writer stopped");
                 return;
             }
         }
-        let _ = self.shared.db.persist(PersistMode::SyncAll);
+        // Every handle dropped without a shutdown request: still make it durable.
+        self.close();
+    }
+
+    /// The last fsync and the memtable flush, each failure reported (ERROR log,
+    /// observer) rather than dropped. Bounded in time: the engine waits for a failed
+    /// background flush forever (a full disk), and shutdown must end within its grace.
+    fn close(&self) {
+        let shared = &self.shared;
+        if let Some(cause) = shared.poison_cause.lock().clone() {
+            tracing::error!(
+                cause = %cause,
+                "store closed while poisoned: everything acknowledged before the failure is durable; nothing after it was acknowledged"
+            );
+            return;
+        }
+        if let Err(e) = shared.db.persist(PersistMode::SyncAll) {
+            shared.observer.durability_error("shutdown_fsync");
+            let e = shared.poison("the final fsync at shutdown failed", &e);
+            tracing::error!(error = %e, policy = ?self.opts.fsync, "acknowledged messages written since the last successful fsync may be lost on power failure");
+            return;
+        }
+        // Write memtables out so the next open replays a short journal, not all of it.
+        let keyspaces = [
+            shared.records.clone(),
+            shared.meta.clone(),
+            shared.dedupe.clone(),
+            shared.kv.clone(),
+        ];
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("edgesync-store-close".into())
+            .spawn(move || {
+                let result = keyspaces
+                    .iter()
+                    .try_for_each(|ks| ks.rotate_memtable_and_wait());
+                let _ = tx.send(result);
+            });
+        let outcome = match spawned {
+            Ok(_) => rx.recv_timeout(SHUTDOWN_FLUSH_DEADLINE),
+            Err(e) => Ok(Err(fjall::Error::Io(e))),
+        };
+        let failure = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => describe_io(&e),
+            Err(_) => format!(
+                "did not finish within {} s (a full disk makes the engine's flush fail and wait forever)",
+                SHUTDOWN_FLUSH_DEADLINE.as_secs()
+            ),
+        };
+        shared.observer.durability_error("shutdown_flush");
+        tracing::error!(
+            error = %failure,
+            "memtable flush at shutdown failed; nothing acknowledged is lost (the journal is durable), the next open replays it"
+        );
     }
 
     pub(super) fn tick_hlc(&mut self) -> u64 {
@@ -123,9 +171,9 @@ impl Writer {
         &mut self,
         appends: Vec<(Publish, oneshot::Sender<Result<Ack, StoreError>>)>,
     ) {
-        if self.shared.poisoned.load(Ordering::Relaxed) {
+        if let Some(StoreError::Poisoned(cause)) = self.shared.refusal() {
             for (_, reply) in appends {
-                let _ = reply.send(Err(StoreError::Poisoned));
+                let _ = reply.send(Err(StoreError::Poisoned(cause.clone())));
             }
             return;
         }
@@ -287,11 +335,16 @@ impl Writer {
                 }
             }
             Err(e) => {
-                shared.poisoned.store(true, Ordering::Relaxed);
-                tracing::error!(error = %e, "group commit failed; store poisoned, publishes refused");
+                let cause = match e {
+                    StoreError::Poisoned(cause) => cause,
+                    other => match shared.poison("a group commit failed", &other) {
+                        StoreError::Poisoned(cause) => cause,
+                        other => other.to_string(),
+                    },
+                };
                 self.digests.clear();
                 for p in pending {
-                    let _ = p.reply.send(Err(StoreError::Poisoned));
+                    let _ = p.reply.send(Err(StoreError::Poisoned(cause.clone())));
                 }
                 self.index = index;
             }
@@ -335,18 +388,30 @@ impl Writer {
     }
 }
 
-pub(super) fn spawn_syncer(shared: Arc<Shared>, every: Duration) {
+/// How long shutdown waits for the memtable flush before leaving it to the next
+/// open's journal replay.
+const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Start the fsync thread of policy `interval`.
+///
+/// # Errors
+/// The thread could not be started: the store would never fsync, so it must not open.
+pub(super) fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> std::io::Result<()> {
     let weak = Arc::downgrade(&shared);
     drop(shared);
-    let _ = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("edgesync-fsync".into())
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
                 let Some(s) = weak.upgrade() else { return };
                 if s.persist().is_err() {
+                    // `persist` poisoned the store and logged the cause at ERROR: no
+                    // more acknowledgements, so there is nothing left to sync.
+                    s.observer.durability_error("syncer");
                     return;
                 }
             }
-        });
+        })
+        .map(drop)
 }
