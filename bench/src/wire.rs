@@ -63,11 +63,7 @@ pub async fn handshake(ws: &mut Conn, proto: Proto) -> Result<()> {
 pub async fn subscribe(ws: &mut Conn, proto: Proto, subject: &str) -> Result<()> {
     match proto {
         Proto::Edgesync => {
-            let f = ClientFrame::Sub {
-                id: 2,
-                topic: subject.into(),
-                start: Some(Start::Latest),
-            };
+            let f = ClientFrame::sub(2, subject.into(), Some(Start::Latest));
             ws.send(Encoding::MsgPack.encode(&f)).await?;
             await_reply(ws, 2).await
         }
@@ -454,6 +450,8 @@ mod tests {
                 headers: Default::default(),
                 data: Payload::from(vec![1, 2, 3, 4, 5, 6, 7, 8, 9]),
                 sub: None,
+                queue: None,
+                delivery: None,
             })
         };
         let mut frame = Vec::new();

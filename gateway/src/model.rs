@@ -117,3 +117,38 @@ pub struct ConnInfo {
     pub tls_identity: Option<String>,
     pub encoding: Encoding,
 }
+
+/// A `sub` that joins a queue group, validated: the group and its options (defaults
+/// filled in, bounds checked by the session). `ack_wait_ms`, `max_deliveries` and
+/// `ordering` belong to the group (the first member sets them; a member asking for
+/// others is refused), `max_unacked` to the member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueJoin {
+    /// The group name: one topic segment, so `$dlq.queue.<group>` is a topic.
+    pub group: String,
+    /// Most deliveries this member holds unanswered.
+    pub max_unacked: u32,
+    /// How long a member may hold a delivery without an answer, in ms.
+    pub ack_wait_ms: u64,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_deliveries: u32,
+    /// One in flight per topic (`Strict`) or any number (`Parallel`).
+    pub ordering: edgesync_protocol::Ordering,
+}
+
+impl QueueJoin {
+    /// `max_unacked` when the `sub` names none.
+    pub const DEFAULT_MAX_UNACKED: u32 = 64;
+    /// Largest `max_unacked` a member may ask for (bounds what one member holds).
+    pub const MAX_MAX_UNACKED: u32 = 10_000;
+    /// `ack_wait_ms` when the first member names none: 30 s.
+    pub const DEFAULT_ACK_WAIT_MS: u64 = 30_000;
+    /// Accepted `ack_wait_ms`: 100 ms to 24 h.
+    pub const ACK_WAIT_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=86_400_000;
+    /// `max_deliveries` when the first member names none.
+    pub const DEFAULT_MAX_DELIVERIES: u32 = 5;
+    /// Largest `max_deliveries`: a message is never retried forever.
+    pub const MAX_MAX_DELIVERIES: u32 = 1000;
+    /// Longest `nak` `delay_ms`: 1 h.
+    pub const MAX_NAK_DELAY_MS: u64 = 3_600_000;
+}

@@ -331,6 +331,8 @@ impl Pipeline {
             headers: req.headers,
             data: Payload(req.payload),
             sub: None,
+            queue: None,
+            delivery: None,
         }
     }
 }

@@ -735,11 +735,7 @@ async fn wildcard_subscriptions_over_quic_lanes_do_not_amplify_memory() {
     let mut frame = Vec::new();
     for i in 0..1000u64 {
         for f in [
-            edgesync_protocol::ClientFrame::Sub {
-                id: 10 + 2 * i,
-                topic: ">".into(),
-                start: None,
-            },
+            edgesync_protocol::ClientFrame::sub(10 + 2 * i, ">".into(), None),
             edgesync_protocol::ClientFrame::Unsub {
                 id: 11 + 2 * i,
                 topic: ">".into(),

@@ -294,6 +294,23 @@ fn invalid_commands() -> Vec<(Value, Option<u64>)> {
         (json!({"id":19}), Some(19)),
         (json!({"t":"ping"}), None),
         (json!({"t":"ping","id":"20"}), None),
+        (
+            json!({"t":"ack","id":22,"queue":"g","topic":"a","origin":"n","epoch":1}),
+            Some(22),
+        ),
+        (
+            json!({"t":"sub","id":23,"topic":"a","queue":"g","ordering":"random"}),
+            Some(23),
+        ),
+        (
+            json!({"t":"nak","id":24,"queue":"g","topic":"a","origin":"n","epoch":1,"seq":1,"delay_ms":"soon"}),
+            Some(24),
+        ),
+        // Decodes, but the session refuses it: a group name is one topic segment.
+        (
+            json!({"t":"sub","id":25,"topic":"a","queue":"a.b"}),
+            Some(25),
+        ),
     ]
 }
 

@@ -839,12 +839,8 @@ async fn each_subscription_has_its_own_stream_and_a_stalled_one_holds_back_no_ot
     .await;
     assert_eq!(raw.alpn(), b"edgesync/2", "the gateway prefers edgesync/2");
     for (id, topic) in [(2, "bulk"), (3, "probe.>")] {
-        raw.command(edgesync_protocol::ClientFrame::Sub {
-            id,
-            topic: topic.into(),
-            start: None,
-        })
-        .await;
+        raw.command(edgesync_protocol::ClientFrame::sub(id, topic.into(), None))
+            .await;
     }
     let mut streams = std::collections::HashMap::new();
     for _ in 0..2 {
@@ -924,12 +920,8 @@ async fn an_edgesync_1_client_gets_every_push_on_the_session_stream() {
     let gw = Gw::start(|_| {}).await;
     let mut raw = raw_quic(&gw, &[edgesync_protocol::ALPN_QUIC], 1 << 20).await;
     assert_eq!(raw.alpn(), b"edgesync/1");
-    raw.command(edgesync_protocol::ClientFrame::Sub {
-        id: 2,
-        topic: "t".into(),
-        start: None,
-    })
-    .await;
+    raw.command(edgesync_protocol::ClientFrame::sub(2, "t".into(), None))
+        .await;
     assert!(matches!(
         read_frames(&mut raw.recv)
             .await

@@ -693,6 +693,8 @@ mod tests {
             headers: Headers::default(),
             data: edgesync_protocol::Payload::from("p"),
             sub: None,
+            queue: None,
+            delivery: None,
         };
         assert_eq!(
             b.fanout_ephemeral(&msg),

@@ -53,7 +53,25 @@ pub(crate) async fn command(d: &mut Driver, cmd: Command) {
             client_id,
             token,
         } => connect(d, id, client_id, token).await,
-        Command::Subscribe { id, pattern, start } => subscribe(d, id, pattern, start).await,
+        Command::Subscribe {
+            id, queue: Some(_), ..
+        } => {
+            // The protocol is in place; the gateway's queue groups are the next slice.
+            let r = Refusal::new(
+                ErrorCode::BadRequest,
+                "queue groups are not served by this gateway yet",
+            );
+            refuse(&d.ctx, &d.out, kind, id, r);
+            false
+        }
+        Command::Subscribe {
+            id, pattern, start, ..
+        } => subscribe(d, id, pattern, start).await,
+        Command::Answer(a) => {
+            let r = Refusal::new(ErrorCode::NotInFlight, "no queue delivery is held here");
+            refuse(&d.ctx, &d.out, kind, a.id, r);
+            false
+        }
         Command::Unsubscribe { id, pattern, sub } => {
             d.ctx.broker.unsubscribe(sub);
             d.ctx.metrics.subscriptions.dec();

@@ -23,11 +23,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use edgesync_protocol::topic::{covers, is_system, matches, validate_pattern, validate_topic};
-use edgesync_protocol::{ClientFrame, Cursor, ErrorCode, Headers, ServerFrame, Start};
+use edgesync_protocol::{
+    ClientFrame, Cursor, ErrorCode, Headers, QueueAnswer, ServerFrame, Start, Verdict,
+};
 
 use crate::config::Limits;
 pub use crate::model::Auth;
-use crate::model::{ConnId, ConnInfo, Publish, Refusal, Sender, SubId};
+use crate::model::{ConnId, ConnInfo, Publish, QueueJoin, Refusal, Sender, SubId};
 use crate::pipeline::BoxFuture;
 
 /// Who may connect, and subscribe to what: the auth phases of a session. The plugin
@@ -163,6 +165,51 @@ pub fn validate_client_id(limits: &Limits, value: &str) -> Result<(), Refusal> {
     }
 }
 
+/// The queue options of a `sub`, with defaults filled in and bounds checked. The group
+/// name must be one topic segment (it names the dead-letter topic `$dlq.queue.<group>`).
+fn queue_join(
+    id: u64,
+    group: String,
+    max_unacked: Option<u32>,
+    ack_wait_ms: Option<u64>,
+    max_deliveries: Option<u32>,
+    ordering: Option<edgesync_protocol::Ordering>,
+) -> Result<QueueJoin, Reply> {
+    let bad = |m: String| err(id, ErrorCode::BadRequest, m);
+    if group.is_empty() || group.contains('.') || group.len() > 64 {
+        return Err(bad(format!("queue {group:?}: 1 to 64 bytes without '.'")));
+    }
+    validate_topic(&format!("q.{group}"), 256).map_err(|e| bad(format!("queue {group:?}: {e}")))?;
+    let max_unacked = max_unacked.unwrap_or(QueueJoin::DEFAULT_MAX_UNACKED);
+    if !(1..=QueueJoin::MAX_MAX_UNACKED).contains(&max_unacked) {
+        return Err(bad(format!(
+            "max_unacked {max_unacked}: 1 to {}",
+            QueueJoin::MAX_MAX_UNACKED
+        )));
+    }
+    let ack_wait_ms = ack_wait_ms.unwrap_or(QueueJoin::DEFAULT_ACK_WAIT_MS);
+    if !QueueJoin::ACK_WAIT_MS_RANGE.contains(&ack_wait_ms) {
+        return Err(bad(format!(
+            "ack_wait_ms {ack_wait_ms}: {:?}",
+            QueueJoin::ACK_WAIT_MS_RANGE
+        )));
+    }
+    let max_deliveries = max_deliveries.unwrap_or(QueueJoin::DEFAULT_MAX_DELIVERIES);
+    if !(1..=QueueJoin::MAX_MAX_DELIVERIES).contains(&max_deliveries) {
+        return Err(bad(format!(
+            "max_deliveries {max_deliveries}: 1 to {}",
+            QueueJoin::MAX_MAX_DELIVERIES
+        )));
+    }
+    Ok(QueueJoin {
+        group,
+        max_unacked,
+        ack_wait_ms,
+        max_deliveries,
+        ordering: ordering.unwrap_or_default(),
+    })
+}
+
 /// Where a subscription or history read starts, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAt {
@@ -184,7 +231,11 @@ pub enum Command {
         id: u64,
         pattern: String,
         start: StartAt,
+        /// Set when the `sub` joins a queue group.
+        queue: Option<QueueJoin>,
     },
+    /// `ack`, `nak`, `progress` or `term` of a queue delivery.
+    Answer(QueueAnswer),
     Unsubscribe {
         id: u64,
         pattern: String,
@@ -216,6 +267,7 @@ impl Command {
             Command::Publish { .. } => "pub",
             Command::History { .. } => "history",
             Command::Ping { .. } => "ping",
+            Command::Answer(a) => verdict_kind(&a.verdict),
         }
     }
 }
@@ -229,6 +281,19 @@ pub fn frame_kind(f: &ClientFrame) -> &'static str {
         ClientFrame::Pub { .. } => "pub",
         ClientFrame::History { .. } => "history",
         ClientFrame::Ping { .. } => "ping",
+        ClientFrame::Ack { .. } => "ack",
+        ClientFrame::Nak { .. } => "nak",
+        ClientFrame::Progress { .. } => "progress",
+        ClientFrame::Term { .. } => "term",
+    }
+}
+
+fn verdict_kind(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Ack => "ack",
+        Verdict::Nak { .. } => "nak",
+        Verdict::Progress => "progress",
+        Verdict::Term { .. } => "term",
     }
 }
 
@@ -366,7 +431,29 @@ impl Session {
                 client_id,
                 cursor,
             } => self.connect(id, token, client_id, cursor),
-            ClientFrame::Sub { id, topic, start } => self.subscribe(id, topic, start),
+            ClientFrame::Sub {
+                id,
+                topic,
+                start,
+                queue,
+                max_unacked,
+                ack_wait_ms,
+                max_deliveries,
+                ordering,
+            } => {
+                let queue = match queue {
+                    Some(group) => Some(queue_join(
+                        id,
+                        group,
+                        max_unacked,
+                        ack_wait_ms,
+                        max_deliveries,
+                        ordering,
+                    )?),
+                    None => None,
+                };
+                self.subscribe(id, topic, start, queue)
+            }
             ClientFrame::Unsub { id, topic } => match self.subs.remove(&topic) {
                 Some(sub) => Ok(Command::Unsubscribe {
                     id,
@@ -409,7 +496,46 @@ impl Session {
                 })
             }
             ClientFrame::Ping { id } => Ok(Command::Ping { id }),
+            other => match QueueAnswer::from_frame(other) {
+                Ok(a) => self.answer(a),
+                Err(f) => Err(err(
+                    f.id(),
+                    ErrorCode::Internal,
+                    format!("unhandled command {}", frame_kind(&f)),
+                )),
+            },
         }
+    }
+
+    /// An `ack`/`nak`/`progress`/`term`: well-formed, within bounds. Whether this
+    /// connection holds the delivery is the queue group's decision.
+    fn answer(&self, a: QueueAnswer) -> Result<Command, Reply> {
+        if let Verdict::Nak { delay_ms } = a.verdict
+            && delay_ms > QueueJoin::MAX_NAK_DELAY_MS
+        {
+            return Err(err(
+                a.id,
+                ErrorCode::BadRequest,
+                format!(
+                    "delay_ms {delay_ms} is above {}",
+                    QueueJoin::MAX_NAK_DELAY_MS
+                ),
+            ));
+        }
+        if let Verdict::Term { reason } = &a.verdict
+            && reason.len() > self.limits.max_header_bytes
+        {
+            return Err(err(
+                a.id,
+                ErrorCode::BadRequest,
+                format!(
+                    "reason is {} bytes; limits.max_header_bytes is {}",
+                    reason.len(),
+                    self.limits.max_header_bytes
+                ),
+            ));
+        }
+        Ok(Command::Answer(a))
     }
 
     /// Validate an ephemeral publish (one QUIC datagram) with exactly the rules of a `pub`
@@ -483,6 +609,7 @@ impl Session {
         id: u64,
         pattern: String,
         start: Option<Start>,
+        queue: Option<QueueJoin>,
     ) -> Result<Command, Reply> {
         validate_pattern(&pattern, self.limits.max_topic_bytes)
             .map_err(|e| err(id, e.code(), e.to_string()))?;
@@ -511,7 +638,12 @@ impl Session {
                 ),
             ));
         }
-        Ok(Command::Subscribe { id, pattern, start })
+        Ok(Command::Subscribe {
+            id,
+            pattern,
+            start,
+            queue,
+        })
     }
 
     /// The one read check, shared by every path that returns stored or live messages
@@ -695,24 +827,13 @@ mod tests {
         );
         assert_eq!(
             code(s.handle(
-                ClientFrame::Sub {
-                    id: 8,
-                    topic: "q".into(),
-                    start: Some(Start::Cursor("!!".into()))
-                },
+                ClientFrame::sub(8, "q".into(), Some(Start::Cursor("!!".into()))),
                 now
             )),
             ErrorCode::CursorInvalid
         );
         let sub = s
-            .handle(
-                ClientFrame::Sub {
-                    id: 5,
-                    topic: "a.>".into(),
-                    start: None,
-                },
-                now,
-            )
+            .handle(ClientFrame::sub(5, "a.>".into(), None), now)
             .expect("sub");
         assert!(matches!(
             sub,
@@ -723,25 +844,11 @@ mod tests {
         ));
         s.add_subscription("a.>".into(), SubId(1));
         assert_eq!(
-            code(s.handle(
-                ClientFrame::Sub {
-                    id: 6,
-                    topic: "a.>".into(),
-                    start: None
-                },
-                now
-            )),
+            code(s.handle(ClientFrame::sub(6, "a.>".into(), None), now)),
             ErrorCode::AlreadySubscribed
         );
         assert_eq!(
-            code(s.handle(
-                ClientFrame::Sub {
-                    id: 6,
-                    topic: "b".into(),
-                    start: None
-                },
-                now
-            )),
+            code(s.handle(ClientFrame::sub(6, "b".into(), None), now)),
             ErrorCode::TooManySubscriptions
         );
         assert_eq!(
@@ -770,26 +877,12 @@ mod tests {
         );
         assert!(s.handle(publish("chat.u1.x"), now).is_ok());
         assert_eq!(
-            code(s.handle(
-                ClientFrame::Sub {
-                    id: 3,
-                    topic: "chat.>".into(),
-                    start: None
-                },
-                now
-            )),
+            code(s.handle(ClientFrame::sub(3, "chat.>".into(), None), now)),
             ErrorCode::Forbidden
         );
         assert!(
-            s.handle(
-                ClientFrame::Sub {
-                    id: 4,
-                    topic: "chat.room".into(),
-                    start: None
-                },
-                now
-            )
-            .is_ok()
+            s.handle(ClientFrame::sub(4, "chat.room".into(), None), now)
+                .is_ok()
         );
         assert_eq!(s.principal(), Some("u1"));
     }
@@ -812,14 +905,7 @@ mod tests {
         .expect("connect");
         assert!(s.client_id().is_some_and(|c| c.starts_with("c-")));
         match s
-            .handle(
-                ClientFrame::Sub {
-                    id: 2,
-                    topic: "a".into(),
-                    start: None,
-                },
-                now,
-            )
+            .handle(ClientFrame::sub(2, "a".into(), None), now)
             .expect("sub")
         {
             Command::Subscribe {
@@ -876,6 +962,64 @@ mod tests {
         assert_eq!(
             code(s.handle(history("chat.room"), now)),
             ErrorCode::Forbidden
+        );
+    }
+
+    fn queue_sub(group: &str, max_unacked: Option<u32>, ack_wait_ms: Option<u64>) -> ClientFrame {
+        ClientFrame::Sub {
+            id: 9,
+            topic: "jobs.>".into(),
+            start: Some(Start::Earliest),
+            queue: Some(group.into()),
+            max_unacked,
+            ack_wait_ms,
+            max_deliveries: None,
+            ordering: None,
+        }
+    }
+
+    #[test]
+    fn queue_options_are_checked_and_defaulted() {
+        let (mut s, now) = connected();
+        match s.handle(queue_sub("resize", None, None), now).expect("sub") {
+            Command::Subscribe { queue: Some(q), .. } => {
+                assert_eq!(q.group, "resize");
+                assert_eq!(q.max_unacked, QueueJoin::DEFAULT_MAX_UNACKED);
+                assert_eq!(q.ack_wait_ms, QueueJoin::DEFAULT_ACK_WAIT_MS);
+                assert_eq!(q.max_deliveries, QueueJoin::DEFAULT_MAX_DELIVERIES);
+                assert_eq!(q.ordering, edgesync_protocol::Ordering::Parallel);
+            }
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            queue_sub("a.b", None, None),
+            queue_sub("", None, None),
+            queue_sub("a*", None, None),
+            queue_sub("ok", Some(0), None),
+            queue_sub("ok", None, Some(5)),
+        ] {
+            assert_eq!(
+                code(s.handle(bad.clone(), now)),
+                ErrorCode::BadRequest,
+                "{bad:?}"
+            );
+        }
+        let nak = |delay_ms| {
+            QueueAnswer {
+                id: 3,
+                queue: "resize".into(),
+                topic: "jobs.a".into(),
+                origin: "n".into(),
+                epoch: 1,
+                seq: 1,
+                verdict: Verdict::Nak { delay_ms },
+            }
+            .into_frame()
+        };
+        assert!(matches!(s.handle(nak(10), now), Ok(Command::Answer(_))));
+        assert_eq!(
+            code(s.handle(nak(QueueJoin::MAX_NAK_DELAY_MS + 1), now)),
+            ErrorCode::BadRequest
         );
     }
 }

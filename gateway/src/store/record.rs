@@ -68,6 +68,8 @@ impl Record {
             headers: self.headers.clone(),
             data: Payload(self.payload.clone()),
             sub: None,
+            queue: None,
+            delivery: None,
         }
     }
 

@@ -352,11 +352,10 @@ impl Task {
                         reply: Some(reply),
                     },
                 );
-                conn.send(self.encoding.encode(&ClientFrame::Sub {
-                    id,
-                    topic: pattern,
-                    start: Some(start),
-                }))
+                conn.send(
+                    self.encoding
+                        .encode(&ClientFrame::sub(id, pattern, Some(start))),
+                )
                 .await
             }
             Request::Unsubscribe { pattern, reply } => {
@@ -637,6 +636,9 @@ impl Task {
             } => {
                 tracing::debug!(%code, %msg, "gateway error push");
             }
+            ServerFrame::Ok { .. } => {
+                // Answers to queue commands; the client does not send them yet.
+            }
             ServerFrame::Live { sub, .. } => {
                 // Its catch-up is over: from here it takes the untagged pushes.
                 if let Some(s) = self.tags.get(&sub).and_then(|k| self.subs.get_mut(k)) {
@@ -711,11 +713,11 @@ impl Task {
             if let Some(s) = self.subs.get_mut(&sub) {
                 s.live = false; // catching up from its position until `live`
             }
-            let frame = self.encoding.encode(&ClientFrame::Sub {
+            let frame = self.encoding.encode(&ClientFrame::sub(
                 id,
-                topic: pattern,
-                start: Some(Start::Cursor(position)),
-            });
+                pattern,
+                Some(Start::Cursor(position)),
+            ));
             self.inflight
                 .insert(id, Inflight::Subscribe { sub, reply: None });
             conn.send(frame).await?;
@@ -783,6 +785,8 @@ mod tests {
             headers: Default::default(),
             data: Payload::default(),
             sub: None,
+            queue: None,
+            delivery: None,
         }
     }
 
@@ -883,6 +887,8 @@ mod tests {
     fn tagged(topic: &str, seq: u64, sub: u64) -> Msg {
         Msg {
             sub: Some(sub),
+            queue: None,
+            delivery: None,
             ..msg(topic, seq)
         }
     }

@@ -14,6 +14,8 @@ fn push() -> ServerFrame {
         headers: Default::default(),
         data: Payload::from(vec![7u8; 64]),
         sub: None,
+        queue: None,
+        delivery: None,
     })
 }
 

@@ -486,7 +486,61 @@ mod tests {
                     cursor: None
                 }),
             (any::<u64>(), "[a-z.*>]{1,20}", any_start())
-                .prop_map(|(id, topic, start)| ClientFrame::Sub { id, topic, start }),
+                .prop_map(|(id, topic, start)| ClientFrame::sub(id, topic, start)),
+            (
+                any::<u64>(),
+                "[a-z.*>]{1,20}",
+                "[a-z0-9-]{1,12}",
+                prop::option::of(any::<u32>()),
+                prop::option::of(any::<u64>()),
+                prop::option::of(any::<u32>()),
+                prop::option::of(prop_oneof![
+                    Just(Ordering::Parallel),
+                    Just(Ordering::Strict)
+                ]),
+            )
+                .prop_map(
+                    |(id, topic, q, max_unacked, ack_wait_ms, max_deliveries, ordering)| {
+                        ClientFrame::Sub {
+                            id,
+                            topic,
+                            start: Some(Start::Earliest),
+                            queue: Some(q),
+                            max_unacked,
+                            ack_wait_ms,
+                            max_deliveries,
+                            ordering,
+                        }
+                    }
+                ),
+            (
+                any::<u64>(),
+                "[a-z0-9-]{1,12}",
+                "[a-z.]{1,20}",
+                any::<u64>(),
+                any::<u64>(),
+                0u8..4,
+                any::<u64>(),
+                "[ -~]{0,20}"
+            )
+                .prop_map(|(id, queue, topic, epoch, seq, kind, n, why)| {
+                    let verdict = match kind {
+                        0 => Verdict::Ack,
+                        1 => Verdict::Nak { delay_ms: n },
+                        2 => Verdict::Progress,
+                        _ => Verdict::Term { reason: why },
+                    };
+                    QueueAnswer {
+                        id,
+                        queue,
+                        topic,
+                        origin: "n1".into(),
+                        epoch,
+                        seq,
+                        verdict,
+                    }
+                    .into_frame()
+                }),
             (any::<u64>(), "[a-z.]{1,20}").prop_map(|(id, topic)| ClientFrame::Unsub { id, topic }),
             (
                 any::<u64>(),
@@ -531,9 +585,10 @@ mod tests {
             any_headers(),
             prop::option::of("[a-z]{1,4}"),
             prop::option::of(any::<u64>()),
+            prop::option::of(("[a-z0-9-]{1,12}", any::<u32>())),
         )
             .prop_map(
-                |(topic, origin, epoch, seq, hlc, data, headers, mid, sub)| Msg {
+                |(topic, origin, epoch, seq, hlc, data, headers, mid, sub, queued)| Msg {
                     topic,
                     origin,
                     epoch,
@@ -544,6 +599,8 @@ mod tests {
                     headers,
                     data,
                     sub,
+                    queue: queued.as_ref().map(|(q, _)| q.clone()),
+                    delivery: queued.map(|(_, d)| d),
                 },
             )
     }
@@ -586,6 +643,7 @@ mod tests {
                 }),
             (any::<u64>(), "[a-z.*>]{1,20}")
                 .prop_map(|(sub, topic)| ServerFrame::Live { sub, topic }),
+            any::<u64>().prop_map(|id| ServerFrame::Ok { id }),
             (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, dup)| {
                 ServerFrame::Puback {
                     id,
@@ -729,6 +787,18 @@ mod tests {
             (json!({"t":"ping"}), None),
             (json!({"t":"ping","id":"20"}), None),
             (json!({"t":"ping","id":-21}), None),
+            (
+                json!({"t":"ack","id":22,"queue":"g","topic":"a","origin":"n","epoch":1}),
+                Some(22),
+            ),
+            (
+                json!({"t":"sub","id":23,"topic":"a","queue":"g","ordering":"random"}),
+                Some(23),
+            ),
+            (
+                json!({"t":"nak","id":24,"queue":"g","topic":"a","origin":"n","epoch":1,"seq":1,"delay_ms":"soon"}),
+                Some(24),
+            ),
         ]
     }
 
@@ -799,20 +869,12 @@ mod tests {
     #[test]
     fn wire_shape_is_documented_shape() {
         // PROTOCOL.md shows these exact bytes; keep them in sync.
-        let f = ClientFrame::Sub {
-            id: 7,
-            topic: "a.*".into(),
-            start: Some(Start::Last(5)),
-        };
+        let f = ClientFrame::sub(7, "a.*".into(), Some(Start::Last(5)));
         assert_eq!(
             String::from_utf8(Encoding::Json.encode(&f)).expect("utf8"),
             r#"{"t":"sub","id":7,"topic":"a.*","start":{"last":5}}"#
         );
-        let f = ClientFrame::Sub {
-            id: 7,
-            topic: "a".into(),
-            start: Some(Start::Latest),
-        };
+        let f = ClientFrame::sub(7, "a".into(), Some(Start::Latest));
         let mp = Encoding::MsgPack.encode(&f);
         // fixmap(4) "t" "sub" "id" 7 "topic" "a" "start" "latest"
         let mut want = vec![
@@ -824,5 +886,46 @@ mod tests {
         want.push(0xa6);
         want.extend_from_slice(b"latest");
         assert_eq!(mp, want);
+    }
+
+    #[test]
+    fn queue_wire_shapes_are_documented_shapes() {
+        // PROTOCOL.md §2.5 shows these exact lines; keep them in sync.
+        let json = |f: &ClientFrame| String::from_utf8(Encoding::Json.encode(f)).expect("utf8");
+        let sub = ClientFrame::Sub {
+            id: 2,
+            topic: "jobs.>".into(),
+            start: Some(Start::Earliest),
+            queue: Some("resize".into()),
+            max_unacked: Some(4),
+            ack_wait_ms: Some(30000),
+            max_deliveries: Some(5),
+            ordering: Some(Ordering::Strict),
+        };
+        assert_eq!(
+            json(&sub),
+            r#"{"t":"sub","id":2,"topic":"jobs.>","start":"earliest","queue":"resize","max_unacked":4,"ack_wait_ms":30000,"max_deliveries":5,"ordering":"strict"}"#
+        );
+        let nak = QueueAnswer {
+            id: 9,
+            queue: "resize".into(),
+            topic: "jobs.img".into(),
+            origin: "edge-1".into(),
+            epoch: 1,
+            seq: 4,
+            verdict: Verdict::Nak { delay_ms: 500 },
+        };
+        assert_eq!(
+            json(&nak.clone().into_frame()),
+            r#"{"t":"nak","id":9,"queue":"resize","topic":"jobs.img","origin":"edge-1","epoch":1,"seq":4,"delay_ms":500}"#
+        );
+        assert_eq!(QueueAnswer::from_frame(nak.clone().into_frame()), Ok(nak));
+        assert_eq!(
+            QueueAnswer::from_frame(ClientFrame::Ping { id: 1 }),
+            Err(ClientFrame::Ping { id: 1 })
+        );
+        let ok =
+            String::from_utf8(Encoding::Json.encode(&ServerFrame::Ok { id: 9 })).expect("utf8");
+        assert_eq!(ok, r#"{"t":"ok","id":9}"#);
     }
 }

@@ -53,6 +53,12 @@ pub enum ErrorCode {
     ShuttingDown,
     /// An unexpected internal failure; nothing was acknowledged.
     Internal,
+    /// `ack`/`nak`/`progress`/`term` of a queue delivery this connection does not hold
+    /// (already answered, taken back after its ack wait or never delivered to it).
+    NotInFlight,
+    /// A `sub` joining a queue group with `ack_wait_ms`, `max_deliveries` or `ordering`
+    /// other than the group's, or with a pattern other than the group's.
+    QueueConflict,
 }
 
 impl ErrorCode {
@@ -82,6 +88,8 @@ impl ErrorCode {
             StorageUnavailable => "storage_unavailable",
             ShuttingDown => "shutting_down",
             Internal => "internal",
+            NotInFlight => "not_in_flight",
+            QueueConflict => "queue_conflict",
         }
     }
 

@@ -36,6 +36,22 @@ pub enum ClientFrame {
         /// Where to start; default `latest`, or the connect cursor when one was given.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         start: Option<Start>,
+        /// Join this queue group: each message of the matching topics goes to one member of
+        /// the group, which answers `ack`/`nak`/`progress`/`term`. Absent: plain fan-out.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue: Option<String>,
+        /// Queue member only: most deliveries this member holds unanswered (its window).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_unacked: Option<u32>,
+        /// Queue group: how long a member may hold a delivery without an answer, in ms.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ack_wait_ms: Option<u64>,
+        /// Queue group: deliveries of one message before it is dead-lettered.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_deliveries: Option<u32>,
+        /// Queue group: `parallel` (default) or `strict` (one in flight per topic).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ordering: Option<Ordering>,
     },
     /// Drop a subscription made with exactly this pattern.
     Unsub { id: u64, topic: String },
@@ -64,6 +80,197 @@ pub enum ClientFrame {
     },
     /// Liveness probe; answered with `pong`.
     Ping { id: u64 },
+    /// A queue delivery was handled: it is never delivered again. Answered with `ok`.
+    Ack {
+        id: u64,
+        queue: String,
+        topic: String,
+        origin: String,
+        epoch: u64,
+        seq: u64,
+    },
+    /// A queue delivery was not handled: deliver it again (to any member), at once or
+    /// after `delay_ms`. Answered with `ok`.
+    Nak {
+        id: u64,
+        queue: String,
+        topic: String,
+        origin: String,
+        epoch: u64,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        delay_ms: Option<u64>,
+    },
+    /// Still working on a queue delivery: its ack wait starts again. Answered with `ok`.
+    Progress {
+        id: u64,
+        queue: String,
+        topic: String,
+        origin: String,
+        epoch: u64,
+        seq: u64,
+    },
+    /// Give up on a queue delivery: it goes to the group's dead-letter topic now, with
+    /// `reason`. Answered with `ok`.
+    Term {
+        id: u64,
+        queue: String,
+        topic: String,
+        origin: String,
+        epoch: u64,
+        seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// A queue answer (`ack`, `nak`, `progress`, `term`), split from its command: the group
+/// and the message it names (topic, origin, epoch, seq exactly as the `msg` push carried
+/// them) and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueAnswer {
+    pub id: u64,
+    pub queue: String,
+    pub topic: String,
+    pub origin: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub verdict: Verdict,
+}
+
+/// What a member says about a queue delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Handled: never deliver it again.
+    Ack,
+    /// Not handled: deliver again, after this many ms (0: at once).
+    Nak { delay_ms: u64 },
+    /// Still working: restart the ack wait.
+    Progress,
+    /// Give up: dead-letter now with this reason.
+    Term { reason: String },
+}
+
+impl QueueAnswer {
+    /// The answer a command carries, or the command back when it is not one.
+    pub fn from_frame(f: ClientFrame) -> Result<QueueAnswer, ClientFrame> {
+        let (id, queue, topic, origin, epoch, seq, verdict) = match f {
+            ClientFrame::Ack {
+                id,
+                queue,
+                topic,
+                origin,
+                epoch,
+                seq,
+            } => (id, queue, topic, origin, epoch, seq, Verdict::Ack),
+            ClientFrame::Nak {
+                id,
+                queue,
+                topic,
+                origin,
+                epoch,
+                seq,
+                delay_ms,
+            } => {
+                let v = Verdict::Nak {
+                    delay_ms: delay_ms.unwrap_or(0),
+                };
+                (id, queue, topic, origin, epoch, seq, v)
+            }
+            ClientFrame::Progress {
+                id,
+                queue,
+                topic,
+                origin,
+                epoch,
+                seq,
+            } => (id, queue, topic, origin, epoch, seq, Verdict::Progress),
+            ClientFrame::Term {
+                id,
+                queue,
+                topic,
+                origin,
+                epoch,
+                seq,
+                reason,
+            } => {
+                let v = Verdict::Term {
+                    reason: reason.unwrap_or_default(),
+                };
+                (id, queue, topic, origin, epoch, seq, v)
+            }
+            other => return Err(other),
+        };
+        Ok(QueueAnswer {
+            id,
+            queue,
+            topic,
+            origin,
+            epoch,
+            seq,
+            verdict,
+        })
+    }
+
+    /// The command that carries this answer.
+    pub fn into_frame(self) -> ClientFrame {
+        let QueueAnswer {
+            id,
+            queue,
+            topic,
+            origin,
+            epoch,
+            seq,
+            verdict,
+        } = self;
+        match verdict {
+            Verdict::Ack => ClientFrame::Ack {
+                id,
+                queue,
+                topic,
+                origin,
+                epoch,
+                seq,
+            },
+            Verdict::Nak { delay_ms } => ClientFrame::Nak {
+                id,
+                queue,
+                topic,
+                origin,
+                epoch,
+                seq,
+                delay_ms: (delay_ms > 0).then_some(delay_ms),
+            },
+            Verdict::Progress => ClientFrame::Progress {
+                id,
+                queue,
+                topic,
+                origin,
+                epoch,
+                seq,
+            },
+            Verdict::Term { reason } => ClientFrame::Term {
+                id,
+                queue,
+                topic,
+                origin,
+                epoch,
+                seq,
+                reason: (!reason.is_empty()).then_some(reason),
+            },
+        }
+    }
+}
+
+/// How a queue group orders deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    /// Any number of a topic's messages in flight at once (up to the members' windows).
+    #[default]
+    Parallel,
+    /// One message per topic in flight at a time: a topic's messages are handled in order.
+    Strict,
 }
 
 impl ClientFrame {
@@ -75,7 +282,25 @@ impl ClientFrame {
             | ClientFrame::Unsub { id, .. }
             | ClientFrame::Pub { id, .. }
             | ClientFrame::History { id, .. }
+            | ClientFrame::Ack { id, .. }
+            | ClientFrame::Nak { id, .. }
+            | ClientFrame::Progress { id, .. }
+            | ClientFrame::Term { id, .. }
             | ClientFrame::Ping { id } => *id,
+        }
+    }
+
+    /// A plain (fan-out) subscription.
+    pub fn sub(id: u64, topic: String, start: Option<Start>) -> Self {
+        ClientFrame::Sub {
+            id,
+            topic,
+            start,
+            queue: None,
+            max_unacked: None,
+            ack_wait_ms: None,
+            max_deliveries: None,
+            ordering: None,
         }
     }
 }
@@ -153,6 +378,8 @@ pub enum ServerFrame {
     },
     /// Reply to `ping`.
     Pong { id: u64 },
+    /// Reply to `ack`, `nak`, `progress` and `term`.
+    Ok { id: u64 },
     /// A failed command (with `id`) or a connection-level error (without).
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -252,6 +479,14 @@ pub struct Msg {
     /// subscription takes them) and in `history` replies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<u64>,
+    /// Set on a queue delivery: the group it was handed out by. Answer it with
+    /// `ack`/`nak`/`progress`/`term`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Set on a queue delivery: how many times this message has been handed out, this
+    /// time included (1 on the first delivery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<u32>,
 }
 
 /// Message headers: ordered string pairs, encoded as a map.

@@ -22,7 +22,9 @@ pub mod topic;
 pub use codec::{DecodeError, Encoding};
 pub use cursor::{Cursor, CursorError, Origin};
 pub use error::ErrorCode;
-pub use frame::{ClientFrame, Headers, Msg, Payload, ServerFrame, Start};
+pub use frame::{
+    ClientFrame, Headers, Msg, Ordering, Payload, QueueAnswer, ServerFrame, Start, Verdict,
+};
 
 /// WebSocket subprotocol for the JSON encoding (text frames, one JSON object per line).
 pub const SUBPROTOCOL_JSON: &str = "edgesync.json.v1";
