@@ -131,6 +131,7 @@ pub async fn run(target: &Target, a: &SoakArgs) -> Result<Report> {
                         b"x",
                         1,
                         false,
+                        None,
                     );
                     c.send(frame).await?;
                     c.close().await;
@@ -172,7 +173,17 @@ pub async fn run(target: &Target, a: &SoakArgs) -> Result<Report> {
         for i in 0..total {
             tick.tick().await;
             frame.clear();
-            wire::encode_publish(&mut frame, target.proto, SUBJECT, &payload, 100 + i, false);
+            // With a `mid`, as every Rust client and CLI publish: the dedupe window is soaked too.
+            let mid = Some(format!("soak-{i}"));
+            wire::encode_publish(
+                &mut frame,
+                target.proto,
+                SUBJECT,
+                &payload,
+                100 + i,
+                false,
+                mid,
+            );
             publisher.send(frame.clone()).await?;
         }
         tokio::time::sleep(DRAIN).await;
