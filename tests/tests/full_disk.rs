@@ -232,6 +232,10 @@ async fn a_full_disk_refuses_publishes_tells_everyone_and_stops_in_time() {
         panic!("the gateway did not exit within 30 s of SIGTERM on a full disk");
     }
     eprintln!("exited {:?} after {:?}", exited, started.elapsed());
+    assert!(
+        exited.is_some_and(|s| !s.success()),
+        "a stop with refused writes exits non-zero: {exited:?}"
+    );
     let mut log = String::new();
     if let Some(mut e) = child.stderr.take() {
         use std::io::Read as _;
