@@ -103,8 +103,14 @@ impl Writer {
                 return;
             }
         }
-        // Every handle dropped without a shutdown request: still make it durable.
-        self.close();
+        // Every handle dropped without a shutdown request: make it durable, but leave
+        // the flush to the next open (which does it), so the engine closes at once
+        // and the directory can be reopened right away.
+        if let Err(e) = self.shared.db.persist(PersistMode::SyncAll) {
+            self.shared.observer.durability_error("shutdown_fsync");
+            let e = self.shared.poison("the final fsync at close failed", &e);
+            tracing::error!(error = %e, "acknowledged messages written since the last successful fsync may be lost on power failure");
+        }
     }
 
     /// The last fsync and the memtable flush, each failure reported (ERROR log,
