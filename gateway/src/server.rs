@@ -493,12 +493,19 @@ const STORE_CLOSE_MAX: Duration = Duration::from_secs(10);
 /// Run until `shutdown` is cancelled, then stop gracefully.
 ///
 /// # Errors
-/// [`ServerError`] when startup fails.
+/// [`ServerError`] when startup fails, or [`StoreError::Poisoned`] after the stop
+/// when the store had stopped accepting writes (a full disk): the process then
+/// exits non-zero.
 pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), ServerError> {
     let running = start(settings).await?;
+    let store = running.gateway.store.clone();
     shutdown.cancelled().await;
     running.stop(Duration::from_secs(10)).await;
-    Ok(())
+    // The stop was orderly, but writes had been refused: say so in the exit status.
+    match store.poison_cause() {
+        Some(cause) => Err(ServerError::Store(StoreError::Poisoned(cause))),
+        None => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -333,3 +333,46 @@ fn overwrite(path: &std::path::Path, at: u64, data: &[u8]) {
     f.write_all(data).expect("write");
     f.sync_all().expect("sync");
 }
+
+/// Restart after kill -9 replays the journal; it must not replay more with every
+/// crash. Five cycles of (start, 300 × 1 KiB publishes, SIGKILL): what the replay
+/// restores at the next open stays at about one cycle's writes, not the sum of all.
+/// Measured by opening the stopped node in inspect mode (which changes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_kill_stays_bounded_over_restarts() {
+    use edgesync::store::{Store, StoreOptions};
+    const CYCLES: usize = 5;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut replayed = Vec::new();
+    for cycle in 0..CYCLES {
+        let port = free_port();
+        let mut child = spawn_gateway(tmp.path(), port);
+        let client = connect_retry(&format!("ws://127.0.0.1:{port}")).await;
+        for i in 0..300 {
+            client
+                .publish(&format!("replay.{}", i % 3), vec![cycle as u8; 1024])
+                .await
+                .expect("publish");
+        }
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped");
+        drop(client);
+        let mut opts = StoreOptions::new(tmp.path());
+        opts.inspect = true;
+        let (store, _rx) = Store::open(opts).expect("inspect open");
+        replayed.push(store.replayed_bytes());
+        store.shutdown().await;
+    }
+    eprintln!("bytes replayed at each open after kill -9: {replayed:?}");
+    let first = replayed[0];
+    assert!(
+        first > 300 * 1024,
+        "the first cycle's writes are replayed: {replayed:?}"
+    );
+    for (i, r) in replayed.iter().enumerate() {
+        assert!(
+            *r <= first * 3 / 2,
+            "cycle {i} replayed {r} bytes, more than 1.5 × one cycle's {first}: {replayed:?}"
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! acknowledged that was not made durable, the refusal names the full disk, every
 //! open connection is told, `/readyz` says 503 with the cause while `/healthz`
 //! stays 200, SIGTERM ends the process within its grace, and after the disk is
-//! given room every acknowledged message is there.
+//! given room every acknowledged message is there. Under both fsync policies.
 //!
 //! Needs root to mount the tmpfs; without it the test says so and passes vacuously.
 
@@ -64,9 +64,15 @@ impl Drop for Tmpfs {
     }
 }
 
-fn spawn(dir: &Path, port: u16, admin: u16) -> Child {
+/// Start the gateway on `dir`; `fsync` (`always` / `interval`) goes in a config
+/// file next to the mount point, not on the small disk.
+fn spawn(dir: &Path, port: u16, admin: u16, fsync: &str) -> Child {
+    let config = dir.with_extension("toml");
+    std::fs::write(&config, format!("[store]\nfsync = \"{fsync}\"\n")).expect("config");
     Command::new(env!("CARGO_BIN_EXE_edgesync-test-gateway"))
         .args(["serve", "--ws", &format!("127.0.0.1:{port}")])
+        .arg("--config")
+        .arg(&config)
         .args(["--wss", "off", "--quic", "off"])
         .args(["--admin", &format!("127.0.0.1:{admin}")])
         .arg("--data-dir")
@@ -130,12 +136,22 @@ async fn http_get(port: u16, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_publishes_tells_everyone_and_stops_in_time() {
+    fill_then_stop("always").await;
+}
+
+/// The same under `fsync = interval`: the write to the OS fails before any fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_fsync_interval_acknowledges_nothing_it_lost() {
+    fill_then_stop("interval").await;
+}
+
+async fn fill_then_stop(fsync: &str) {
     let Some(disk) = Tmpfs::mount(DISK_MB) else {
         eprintln!("SKIPPED: cannot mount a tmpfs (needs root)");
         return;
     };
     let (port, admin) = (free_port(), free_port());
-    let mut child = spawn(&disk.dir, port, admin);
+    let mut child = spawn(&disk.dir, port, admin, fsync);
     let url = format!("ws://127.0.0.1:{port}");
     drop(connect_retry(&url).await);
 
@@ -232,6 +248,10 @@ async fn a_full_disk_refuses_publishes_tells_everyone_and_stops_in_time() {
         panic!("the gateway did not exit within 30 s of SIGTERM on a full disk");
     }
     eprintln!("exited {:?} after {:?}", exited, started.elapsed());
+    assert!(
+        exited.is_some_and(|s| !s.success()),
+        "a stop with refused writes exits non-zero: {exited:?}"
+    );
     let mut log = String::new();
     if let Some(mut e) = child.stderr.take() {
         use std::io::Read as _;
@@ -245,7 +265,7 @@ async fn a_full_disk_refuses_publishes_tells_everyone_and_stops_in_time() {
     // Room again: everything acknowledged is there, exactly once.
     disk.resize(64);
     let port = free_port();
-    let mut child = spawn(&disk.dir, port, free_port());
+    let mut child = spawn(&disk.dir, port, free_port(), fsync);
     let reader = connect_retry(&format!("ws://127.0.0.1:{port}")).await;
     let mut stored = HashSet::new();
     let mut start = Start::Earliest;

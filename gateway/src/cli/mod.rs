@@ -150,7 +150,7 @@ fn serve(args: ServeArgs) -> ExitCode {
         match crate::server::run(settings, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "gateway failed to start");
+                tracing::error!(error = %e, "gateway failed");
                 eprintln!("error: {e}");
                 ExitCode::FAILURE
             }

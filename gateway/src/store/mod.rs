@@ -50,6 +50,11 @@
 //! starts a new epoch, so new records never share a (node, epoch, seq) with
 //! records that may have been lost.
 //!
+//! The engine's journal replay restores into memtables whatever the last run left
+//! unflushed (all of it after a kill -9). Open flushes those memtables before the
+//! first write ([`Store::replayed_bytes`] says how much), so consecutive crashes do
+//! not pile up: each open replays at most what one run wrote since its own open.
+//!
 //! # Damage
 //!
 //! Before the engine opens, `salvage` drops damaged journal batches (keeping the
@@ -362,6 +367,8 @@ struct Shared {
     retention_overrides: RwLock<HashMap<String, Retention>>,
     /// Configured retention per topic.
     retention: RetentionFn,
+    /// Bytes the journal replay at open put back into memtables (flushed right after).
+    replayed_bytes: u64,
     /// Records reads found corrupt and no apply has repaired yet: (topic, origin, seq).
     corrupt: RwLock<std::collections::BTreeSet<(String, Origin, u64)>>,
 }
@@ -426,6 +433,9 @@ impl Store {
         let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
         let dedupe = db.keyspace("dedupe", KeyspaceCreateOptions::default)?;
         let kv = db.keyspace("kv", KeyspaceCreateOptions::default)?;
+        // What the journal replay put back into memtables (the engine's experimental
+        // write-buffer figure): what a kill -9 left unflushed.
+        let replayed_bytes = db.write_buffer_size();
         let recover::Recovered {
             node,
             epoch,
@@ -450,7 +460,7 @@ impl Store {
         if let Some(r) = &reason {
             tracing::warn!(node = %node, epoch, reason = %r, "store started a new epoch");
         }
-        tracing::info!(node = %node, epoch, topics = index.topics.len(), dir = %opts.dir.display(), "store open");
+        tracing::info!(node = %node, epoch, topics = index.topics.len(), replayed_bytes, dir = %opts.dir.display(), "store open");
         let shared = Arc::new(Shared {
             local: Origin::new(node.clone(), epoch),
             node,
@@ -471,7 +481,17 @@ impl Store {
             retention_overrides: RwLock::new(HashMap::new()),
             retention: opts.retention.clone(),
             corrupt: RwLock::new(damaged.into_iter().collect()),
+            replayed_bytes,
         });
+        if !opts.inspect && replayed_bytes > 0 {
+            // Flush what the replay restored, so the next open after another kill -9
+            // replays only what was written after this one: replay stays bounded by
+            // one run's unflushed writes instead of growing with every crash.
+            if let Err(failure) = writer::flush_memtables(&shared, writer::SHUTDOWN_FLUSH_DEADLINE)
+            {
+                tracing::error!(error = %failure, "flushing the replayed journal at open failed; the next open replays it again");
+            }
+        }
         let (tx, rx) = mpsc::channel(opts.queue_depth.max(1));
         let (commit_tx, commit_rx) = mpsc::channel(64);
         let index = shared.index.read().clone();
@@ -585,6 +605,13 @@ impl Store {
     /// full …"), or `None` while it accepts them.
     pub fn poison_cause(&self) -> Option<String> {
         self.shared.poison_cause.lock().clone()
+    }
+
+    /// Bytes the journal replay at this open restored into memtables: writes a
+    /// crash (kill -9) left unflushed. Open flushes them, so this stays bounded by
+    /// what one run left behind.
+    pub fn replayed_bytes(&self) -> u64 {
+        self.shared.replayed_bytes
     }
 
     /// Approximate bytes used on disk.

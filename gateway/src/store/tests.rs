@@ -435,3 +435,54 @@ fn dedupe_expiry_keeps_up_with_a_backlog() {
     assert!(dup.dup, "an entry inside the window still deduplicates");
     rt.block_on(store.shutdown());
 }
+
+/// The poison cause says "the disk is full" for ENOSPC and EDQUOT however deep the
+/// I/O error sits, and passes other errors through with their sources.
+#[test]
+fn poison_cause_names_a_full_disk() {
+    let enospc = fjall::Error::Io(std::io::Error::from_raw_os_error(28));
+    let text = describe_io(&StoreError::Engine(enospc));
+    assert!(text.starts_with("the disk is full ("), "{text}");
+    assert!(text.contains("No space left on device"), "{text}");
+    let quota = std::io::Error::from_raw_os_error(122);
+    assert!(describe_io(&quota).starts_with("the disk is full"));
+    let eio = fjall::Error::Io(std::io::Error::from_raw_os_error(5));
+    let text = describe_io(&StoreError::Engine(eio));
+    assert!(!text.contains("disk is full"), "{text}");
+    assert!(text.contains("Input/output error"), "{text}");
+    assert!(engine_poisoned(&StoreError::Engine(fjall::Error::Poisoned)));
+    assert!(!engine_poisoned(&std::io::Error::from_raw_os_error(28)));
+}
+
+/// Once poisoned, every write is refused with the first cause (later failures do
+/// not overwrite it), and shutdown still ends.
+#[test]
+fn a_poisoned_store_refuses_writes_with_the_first_cause() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (store, _rx) = open(dir.path());
+    let rt = rt();
+    rt.block_on(store.append(req("a", b"x", None)))
+        .expect("append");
+    assert_eq!(store.poison_cause(), None);
+    let full = std::io::Error::from_raw_os_error(28);
+    store.shared.poison("a group commit failed", &full);
+    store
+        .shared
+        .poison("later", &std::io::Error::from_raw_os_error(5));
+    let cause = store.poison_cause().expect("poisoned");
+    assert!(
+        cause.starts_with("a group commit failed: the disk is full"),
+        "{cause}"
+    );
+    for e in [
+        rt.block_on(store.append(req("a", b"y", None)))
+            .expect_err("refused"),
+        store
+            .kv_write(&[(b"k".to_vec(), Some(b"v".to_vec()))])
+            .expect_err("refused"),
+    ] {
+        assert!(matches!(&e, StoreError::Poisoned(c) if *c == cause), "{e}");
+        assert!(e.to_string().contains("the disk is full"), "{e}");
+    }
+    rt.block_on(store.shutdown());
+}

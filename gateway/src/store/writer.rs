@@ -103,8 +103,14 @@ impl Writer {
                 return;
             }
         }
-        // Every handle dropped without a shutdown request: still make it durable.
-        self.close();
+        // Every handle dropped without a shutdown request: make it durable, but leave
+        // the flush to the next open (which does it), so the engine closes at once
+        // and the directory can be reopened right away.
+        if let Err(e) = self.shared.db.persist(PersistMode::SyncAll) {
+            self.shared.observer.durability_error("shutdown_fsync");
+            let e = self.shared.poison("the final fsync at close failed", &e);
+            tracing::error!(error = %e, "acknowledged messages written since the last successful fsync may be lost on power failure");
+        }
     }
 
     /// The last fsync and the memtable flush, each failure reported (ERROR log,
@@ -125,39 +131,17 @@ impl Writer {
             tracing::error!(error = %e, policy = ?self.opts.fsync, "acknowledged messages written since the last successful fsync may be lost on power failure");
             return;
         }
+        if self.opts.inspect {
+            return;
+        }
         // Write memtables out so the next open replays a short journal, not all of it.
-        let keyspaces = [
-            shared.records.clone(),
-            shared.meta.clone(),
-            shared.dedupe.clone(),
-            shared.kv.clone(),
-        ];
-        let (tx, rx) = std::sync::mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("edgesync-store-close".into())
-            .spawn(move || {
-                let result = keyspaces
-                    .iter()
-                    .try_for_each(|ks| ks.rotate_memtable_and_wait());
-                let _ = tx.send(result);
-            });
-        let outcome = match spawned {
-            Ok(_) => rx.recv_timeout(SHUTDOWN_FLUSH_DEADLINE),
-            Err(e) => Ok(Err(fjall::Error::Io(e))),
-        };
-        let failure = match outcome {
-            Ok(Ok(())) => return,
-            Ok(Err(e)) => describe_io(&e),
-            Err(_) => format!(
-                "did not finish within {} s (a full disk makes the engine's flush fail and wait forever)",
-                SHUTDOWN_FLUSH_DEADLINE.as_secs()
-            ),
-        };
-        shared.observer.durability_error("shutdown_flush");
-        tracing::error!(
-            error = %failure,
-            "memtable flush at shutdown failed; nothing acknowledged is lost (the journal is durable), the next open replays it"
-        );
+        if let Err(failure) = flush_memtables(shared, SHUTDOWN_FLUSH_DEADLINE) {
+            shared.observer.durability_error("shutdown_flush");
+            tracing::error!(
+                error = %failure,
+                "memtable flush at shutdown failed; nothing acknowledged is lost (the journal is durable), the next open replays it"
+            );
+        }
     }
 
     pub(super) fn tick_hlc(&mut self) -> u64 {
@@ -388,9 +372,44 @@ impl Writer {
     }
 }
 
-/// How long shutdown waits for the memtable flush before leaving it to the next
-/// open's journal replay.
-const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+/// How long shutdown (and open, after a replay) waits for the memtable flush before
+/// leaving it to the next open's journal replay.
+pub(super) const SHUTDOWN_FLUSH_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Write every keyspace's memtable out to tables, waiting at most `deadline`: the
+/// engine waits forever for a flush that failed (a full disk), so the wait runs on a
+/// helper thread that is left behind when it overruns.
+///
+/// # Errors
+/// Why the flush failed or did not finish, in words.
+pub(super) fn flush_memtables(shared: &Shared, deadline: Duration) -> Result<(), String> {
+    let keyspaces = [
+        shared.records.clone(),
+        shared.meta.clone(),
+        shared.dedupe.clone(),
+        shared.kv.clone(),
+    ];
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("edgesync-store-flush".into())
+        .spawn(move || {
+            let result = keyspaces
+                .iter()
+                .try_for_each(|ks| ks.rotate_memtable_and_wait());
+            let _ = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        return Err(describe_io(&e));
+    }
+    match rx.recv_timeout(deadline) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(describe_io(&e)),
+        Err(_) => Err(format!(
+            "did not finish within {} s (a full disk makes the engine's flush fail and wait forever)",
+            deadline.as_secs()
+        )),
+    }
+}
 
 /// Start the fsync thread of policy `interval`.
 ///
