@@ -5,6 +5,7 @@
 # prometheus/promtool (metrics tests scrape a real Prometheus server) and the
 # plugin toolchains of every guest language (scripts/guest-toolchains.sh: the
 # tests build each language's template from source with `edgesync plugin build`).
+# The fuzz slice at the end needs nightly and cargo-fuzz (scripts/fuzz.sh installs them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,4 +41,13 @@ cargo test --workspace --locked "$@"
 # narrow the cargo run to some tests.
 if [ "$#" -eq 0 ]; then
   ./sdk/js/test.sh
+fi
+
+# --- Fuzz slice -------------------------------------------------------------------
+# 15 s per decoder target (8 targets, ~2 min; scripts/fuzz.sh installs nightly and
+# cargo-fuzz when missing) from the committed seeds: a regression in a decoder's
+# properties fails here. The long run (10^7 executions each) is `scripts/fuzz.sh`
+# (fuzz/README.md). Skipped when arguments narrow the cargo run to some tests.
+if [ "$#" -eq 0 ]; then
+  ./scripts/fuzz.sh all 15
 fi

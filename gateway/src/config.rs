@@ -250,7 +250,8 @@ pub struct StoreConfig {
     pub queue_depth: usize,
     /// Dedupe window for (client id, client message id). Default 120000 ms.
     pub dedupe_window_ms: u64,
-    /// Block cache, MiB. Default 64.
+    /// Block cache, MiB. Default 64, at most [`MAX_CACHE_MB`] (in bytes it must fit a `u64`;
+    /// a larger value used to wrap silently to a tiny cache).
     pub cache_mb: u64,
 }
 
@@ -588,6 +589,15 @@ impl Config {
                 ));
             }
         }
+        if self.store.cache_mb > MAX_CACHE_MB {
+            return Err(invalid(
+                "store.cache_mb",
+                format!(
+                    "{}: must be at most {MAX_CACHE_MB} MiB",
+                    self.store.cache_mb
+                ),
+            ));
+        }
         check_timers(l)
     }
 }
@@ -620,6 +630,10 @@ pub fn validate_origin(origin: &str) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Largest accepted block cache, MiB (1 TiB): beyond any machine's memory, and its byte
+/// count fits a `u64` with room to spare.
+pub const MAX_CACHE_MB: u64 = 1 << 20;
 
 /// Longest accepted timer or timeout, ms (a day): far beyond any useful setting, and
 /// small enough that `now + timeout` can never overflow an `Instant`.
@@ -890,6 +904,9 @@ nested = [{ password = "pw-secret", user = "bob" }]
                 "store.fsync_interval_ms",
                 2,
             ),
+            // The config fuzz target's property (settings say what the file says):
+            // 2^44 MiB is 2^64 bytes, which wrapped to a cache of 0 bytes.
+            ("[store]\ncache_mb = 17592186044416\n", "store.cache_mb", 2),
             (
                 "[limits]\nmax_subscriptions = 0\n",
                 "limits.max_subscriptions",

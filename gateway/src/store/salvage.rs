@@ -113,11 +113,16 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// Keys read from a bad batch, each with the offset just past its bytes (so keys whose
+/// claimed length runs past the damaged range, into the next valid batch, are not
+/// reported: they are not keys of the dropped batch).
+type Read = Vec<(usize, LostItem)>;
+
 /// Parse the batch starting at `pos`; when it is bad, also return the items that
 /// could be read (for the lost list).
-fn parse_batch(b: &[u8], pos: usize) -> Result<Parsed, (Bad, Vec<LostItem>)> {
+fn parse_batch(b: &[u8], pos: usize) -> Result<Parsed, (Bad, Read)> {
     let mut items = Vec::new();
-    let eof = |items: Vec<LostItem>| Err((Bad::Eof, items));
+    let eof = |items: Read| Err((Bad::Eof, items));
     if b.get(pos) != Some(&TAG_START) {
         return Err((Bad::Invalid, items));
     }
@@ -145,11 +150,10 @@ fn parse_batch(b: &[u8], pos: usize) -> Result<Parsed, (Bad, Vec<LostItem>)> {
                 }
                 let key_at = at + ITEM_HEADER;
                 let end = key_at + klen as usize + stored as usize;
-                if let Some(key) = b.get(key_at..key_at + klen as usize) {
-                    items.push(LostItem {
-                        keyspace,
-                        key: key.to_vec(),
-                    });
+                let key_end = key_at + klen as usize;
+                if let Some(key) = b.get(key_at..key_end) {
+                    let key = key.to_vec();
+                    items.push((key_end, LostItem { keyspace, key }));
                 }
                 let Some(bytes) = b.get(at..end) else {
                     return eof(items);
@@ -214,7 +218,7 @@ pub fn scan(b: &[u8]) -> FileScan {
                 match next {
                     Some(n) => {
                         out.damaged.push((pos, n));
-                        out.lost.extend(items);
+                        out.lost.extend(within(items, n));
                         pos = n;
                     }
                     // Cut short with no end marker after it: a torn write.
@@ -225,7 +229,7 @@ pub fn scan(b: &[u8]) -> FileScan {
                     None => {
                         // A complete but invalid batch (or garbage) with nothing valid after.
                         out.damaged.push((pos, b.len()));
-                        out.lost.extend(items);
+                        out.lost.extend(within(items, b.len()));
                         break;
                     }
                 }
@@ -233,6 +237,14 @@ pub fn scan(b: &[u8]) -> FileScan {
         }
     }
     out
+}
+
+/// The keys of `items` that end by `end` (inside the damaged range).
+fn within(items: Read, end: usize) -> impl Iterator<Item = LostItem> {
+    items
+        .into_iter()
+        .filter(move |(key_end, _)| *key_end <= end)
+        .map(|(_, item)| item)
 }
 
 /// The journal files of a database directory, oldest first.
@@ -383,6 +395,24 @@ mod tests {
         assert_eq!(s.valid.len(), 2);
         assert_eq!(s.valid[1].1 - s.valid[1].0, c.len());
         assert_eq!(s.damaged.len(), 1);
+    }
+
+    #[test]
+    fn a_key_length_running_into_the_next_batch_is_not_a_lost_key() {
+        // Found by the salvage fuzz target: a damaged item's key length pointed past its
+        // batch, so bytes of the next (valid) batch were reported as a lost key — a key
+        // that can name an intact record, which readers would then be told is corrupt.
+        let a = batch(1, &[(3, b"k1", b"v1")]);
+        let mut b = batch(2, &[(3, b"k2", b"v2")]);
+        let c = batch(3, &[(3, b"k3", b"v3")]);
+        let key_at = 13 + ITEM_HEADER;
+        let klen = (b.len() - key_at + 5) as u16; // 5 bytes into `c`
+        b[13 + 11..13 + 13].copy_from_slice(&klen.to_le_bytes());
+        let j = [a.clone(), b.clone(), c].concat();
+        let s = scan(&j);
+        assert_eq!(s.damaged, vec![(a.len(), a.len() + b.len())]);
+        assert_eq!(s.valid.len(), 2);
+        assert!(s.lost.is_empty(), "{:?}", s.lost);
     }
 
     #[test]

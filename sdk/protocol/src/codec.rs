@@ -119,6 +119,7 @@ impl Encoding {
                 }
             }
             Encoding::MsgPack => {
+                check_msgpack_lengths(frame).map_err(DecodeError::MsgPack)?;
                 let mut rd: &[u8] = frame;
                 while !rd.is_empty() {
                     let mut de = rmp_serde::Deserializer::new(&mut rd);
@@ -212,6 +213,7 @@ fn decode_each_json<T: DeserializeOwned>(
 fn decode_each_msgpack<T: DeserializeOwned>(
     frame: &[u8],
 ) -> Result<Vec<Result<T, Invalid>>, DecodeError> {
+    check_msgpack_lengths(frame).map_err(DecodeError::MsgPack)?;
     let mut out = Vec::new();
     let mut rd: &[u8] = frame;
     while !rd.is_empty() {
@@ -244,6 +246,68 @@ fn decode_each_msgpack<T: DeserializeOwned>(
 }
 
 const NOT_A_MAP: &str = "every message is a map with a `t` field";
+
+/// Refuse MessagePack whose arrays and maps claim more elements than the bytes left can
+/// hold (every element takes at least one byte), before any decoding.
+///
+/// The decoder trusts a claimed length up to 1 MiB of preallocation per container (serde's
+/// cautious size hint), once per nesting level: a 96-byte frame of nested `array32` headers
+/// made the gateway hold 12 MB (found by the `client_msgpack` fuzz target). After this
+/// check, what a claim can preallocate is bounded by the frame's length. One pass, no
+/// allocation; anything else wrong (a bad marker, a truncated string) is left for the
+/// decoder to report.
+///
+/// # Errors
+/// The offending container and its claim.
+pub(crate) fn check_msgpack_lengths(frame: &[u8]) -> Result<(), String> {
+    let mut at = 0usize;
+    // Values still to read in the current top-level value; each takes ≥ 1 byte.
+    let mut pending: u64 = 0;
+    while at < frame.len() {
+        pending = pending.max(1);
+        let marker = frame[at];
+        let be = |n: usize| -> Option<u64> {
+            let b = frame.get(at + 1..at + 1 + n)?;
+            Some(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        };
+        // (bytes after the marker to skip, elements the value contains)
+        let (skip, items): (u64, u64) = match marker {
+            0x00..=0x7f | 0xc0 | 0xc2 | 0xc3 | 0xe0..=0xff => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xca | 0xce | 0xd2 => (4, 0),
+            0xcb | 0xcf | 0xd3 => (8, 0),
+            0xd4..=0xd8 => (1 + (1 << (marker - 0xd4)), 0),
+            0xc4 | 0xd9 => (1 + be(1).unwrap_or(0), 0),
+            0xc5 | 0xda => (2 + be(2).unwrap_or(0), 0),
+            0xc6 | 0xdb => (4 + be(4).unwrap_or(0), 0),
+            0xc7 => (2 + be(1).unwrap_or(0), 0),
+            0xc8 => (3 + be(2).unwrap_or(0), 0),
+            0xc9 => (5 + be(4).unwrap_or(0), 0),
+            0xdc => (2, be(2).unwrap_or(0)),
+            0xdd => (4, be(4).unwrap_or(0)),
+            0xde => (2, 2 * be(2).unwrap_or(0)),
+            0xdf => (4, 2 * be(4).unwrap_or(0)),
+            // 0xc1 (never used): the decoder names it.
+            _ => return Ok(()),
+        };
+        pending = pending - 1 + items;
+        at = at
+            .saturating_add(1)
+            .saturating_add(usize::try_from(skip).unwrap_or(usize::MAX));
+        let left = frame.len().saturating_sub(at) as u64;
+        if pending > left {
+            return Err(format!(
+                "a container at byte {} claims more elements than the {left} bytes left",
+                at.min(frame.len())
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// A loose reading of one message: is it a map, and its `id` and `t` if they have the
 /// expected types. Everything else is skipped (bounded by the decoders' depth limits).
@@ -854,6 +918,40 @@ mod tests {
             Encoding::Json.decode_each::<ClientFrame>(b"  \n"),
             Err(DecodeError::Empty)
         );
+    }
+
+    #[test]
+    fn claimed_lengths_beyond_the_frame_are_refused_before_decoding() {
+        // Found by the client_msgpack fuzz target: a `sub` whose `start` holds nested
+        // array32 headers each claiming 3.7e9 elements made the decoder hold 12 MB for
+        // these 96 bytes (1 MiB of preallocation per nesting level).
+        let mut frame = vec![
+            0x84, 0xa1, b't', 0xa3, b's', b'u', b'b', 0xa2, b'i', b'd', 4,
+        ];
+        frame.extend_from_slice(&[0xa5, b't', b'o', b'p', b'i', b'c', 0xa1, b'a']);
+        frame.extend_from_slice(&[0xa5, b's', 0x8d, b't', b'a', b'r', b't', 0x81]);
+        frame.extend_from_slice(&[0xa4, b'l', b'a', 0xdd, 0xdd]);
+        frame.extend_from_slice(&[0xdd; 60]);
+        for enc_err in [
+            Encoding::MsgPack
+                .decode_each::<ClientFrame>(&frame)
+                .map(|_| ()),
+            Encoding::MsgPack
+                .decode_all::<ClientFrame>(&frame)
+                .map(|_| ()),
+        ] {
+            match enc_err {
+                Err(DecodeError::MsgPack(m)) => assert!(m.contains("claims more elements"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Every length fits: a real frame passes the check, and so do frames it does not
+        // understand (the decoder reports those).
+        let ok = Encoding::MsgPack.encode(&ClientFrame::Ping { id: 1 });
+        assert_eq!(check_msgpack_lengths(&ok), Ok(()));
+        assert_eq!(check_msgpack_lengths(&[0xc1, 0xdd, 0xff]), Ok(()));
+        assert!(check_msgpack_lengths(&[0x92, 0x01]).is_err());
+        assert!(check_msgpack_lengths(&[0xdc, 0x00, 0x02, 0x01, 0x02]).is_ok());
     }
 
     #[test]

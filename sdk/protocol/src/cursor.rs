@@ -167,6 +167,7 @@ impl Cursor {
         if version != VERSION {
             return Err(CursorError::Version(version));
         }
+        crate::codec::check_msgpack_lengths(body).map_err(CursorError::Body)?;
         let entries: Vec<Entry> =
             rmp_serde::from_slice(body).map_err(|e| CursorError::Body(e.to_string()))?;
         let mut c = Cursor::default();
