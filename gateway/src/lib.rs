@@ -14,6 +14,8 @@
 //!   and storage hooks, timers, plugin services (runtime: the `edgesync-plugin-host` crate).
 //! - [`session`]: the per-connection state machine (limits, auth state, subscriptions,
 //!   rate limit) and its thin async driver.
+//! - [`queues`]: queue groups — one member per message, acks, redelivery, dead letters
+//!   (so far the I/O-free group state; the wiring is the next slice).
 //! - [`conns`]: the registry of live connections (ids, listing, reach one by id).
 //! - [`pipeline`]: ingest — hooks, dead letters, store append, live-only delivery — for
 //!   every entry point.
@@ -38,6 +40,8 @@ pub mod transport;
 pub mod plugin;
 
 pub mod session;
+
+pub mod queues;
 
 pub mod conns;
 
