@@ -92,6 +92,11 @@ fn client_commands() -> Vec<(&'static str, ClientFrame)> {
                 id: 2,
                 topic: "room.1".into(),
                 start: None,
+                queue: None,
+                max_unacked: None,
+                ack_wait_ms: None,
+                max_deliveries: None,
+                ordering: None,
             },
         ),
         (
@@ -100,6 +105,11 @@ fn client_commands() -> Vec<(&'static str, ClientFrame)> {
                 id: 3,
                 topic: "room.*.>".into(),
                 start: Some(Start::Earliest),
+                queue: None,
+                max_unacked: None,
+                ack_wait_ms: None,
+                max_deliveries: None,
+                ordering: None,
             },
         ),
         (
@@ -108,6 +118,11 @@ fn client_commands() -> Vec<(&'static str, ClientFrame)> {
                 id: 4,
                 topic: "a".into(),
                 start: Some(Start::Last(5)),
+                queue: None,
+                max_unacked: None,
+                ack_wait_ms: None,
+                max_deliveries: None,
+                ordering: None,
             },
         ),
         (
@@ -116,6 +131,11 @@ fn client_commands() -> Vec<(&'static str, ClientFrame)> {
                 id: 5,
                 topic: "a.b".into(),
                 start: Some(Start::Cursor(cursor.clone())),
+                queue: None,
+                max_unacked: None,
+                ack_wait_ms: None,
+                max_deliveries: None,
+                ordering: None,
             },
         ),
         (
@@ -248,6 +268,8 @@ fn msg(seq: u64) -> Msg {
         hlc: (1_764_900_000_000 << 16) | seq,
         client: "sensor-7".into(),
         mid: seq.is_multiple_of(2).then(|| format!("m-{seq}")),
+        queue: None,
+        delivery: None,
         headers: if seq.is_multiple_of(3) {
             headers()
         } else {
