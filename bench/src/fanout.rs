@@ -43,16 +43,7 @@ pub async fn run(target: &Target, a: &FanoutArgs) -> Result<Report> {
     let mut publisher = target.open().await?;
     let stop = CancellationToken::new();
     let counters = Rc::new(Counters::default());
-    let mut readers = Vec::with_capacity(subs.len());
-    for ws in subs {
-        readers.push(tokio::task::spawn_local(super::subscriber(
-            ws,
-            target.proto,
-            stop.clone(),
-            counters.clone(),
-            |_| {},
-        )));
-    }
+    let readers = super::spawn_counting_readers(subs, target.proto, &stop, &counters);
     let published = Rc::new(std::cell::Cell::new(0u64));
     let pub_task = {
         let (stop, counters, published, proto) = (

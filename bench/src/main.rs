@@ -399,6 +399,26 @@ pub async fn open_subscribers(
     Ok(subs)
 }
 
+/// One [`subscriber`] task per connection, counting into `counters` and ignoring payloads.
+pub fn spawn_counting_readers(
+    subs: Vec<Conn>,
+    proto: Proto,
+    stop: &CancellationToken,
+    counters: &Rc<Counters>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    subs.into_iter()
+        .map(|ws| {
+            tokio::task::spawn_local(subscriber(
+                ws,
+                proto,
+                stop.clone(),
+                counters.clone(),
+                |_| {},
+            ))
+        })
+        .collect()
+}
+
 /// Read one subscriber until `stop`, counting deliveries and calling `on_msg(payload)`;
 /// answers NATS PINGs; closes the connection at the end.
 pub async fn subscriber(

@@ -92,16 +92,7 @@ pub async fn run(target: &Target, a: &SoakArgs) -> Result<Report> {
     let subs = super::open_subscribers(target, SUBJECT, a.subscribers, 64).await?;
     let stop = CancellationToken::new();
     let counters = Rc::new(Counters::default());
-    let mut readers = Vec::with_capacity(subs.len());
-    for ws in subs {
-        readers.push(tokio::task::spawn_local(super::subscriber(
-            ws,
-            target.proto,
-            stop.clone(),
-            counters.clone(),
-            |_| {},
-        )));
-    }
+    let readers = super::spawn_counting_readers(subs, target.proto, &stop, &counters);
     // Churn: bounded by `stop`; each connection lives for one publish.
     let churned = Rc::new(std::cell::Cell::new((0u64, 0u64))); // (opened, failed)
     let churn = {

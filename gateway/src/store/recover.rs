@@ -112,7 +112,7 @@ pub(super) fn recover(
                     topic_id = id,
                     "topic state damaged; rebuilding it from the topic's records"
                 );
-                let s = rebuild_topic_state(records, id)?;
+                let s = rebuild_topic_state(records, id);
                 repairs.insert(meta, meta_topic_key(id), encode_topic_state(&s));
                 s
             }
@@ -176,6 +176,8 @@ pub(super) fn recover(
             .get(&oid)
             .is_some_and(|s| s.covers(seq) && seq >= s.low);
         if covered && !matches!(records.get(key), Ok(Some(_))) {
+            // New to the corrupt list: keep it durable (`c` key).
+            repairs.insert(meta, corrupt_key(tid, oid, seq), b"".as_slice());
             damaged.push((name.clone(), origin.clone(), seq));
         }
     }
@@ -191,13 +193,9 @@ pub(super) fn recover(
             damaged.push((name.clone(), origin.clone(), key_seq(&key)));
         }
     }
-    for (name, origin, seq) in &damaged {
-        let (tid, oid) = (index.topics[name].id, index.origin_ids[origin]);
-        repairs.insert(meta, corrupt_key(tid, oid, *seq), b"".as_slice());
-    }
     damaged.sort();
     damaged.dedup();
-    if !inspect {
+    if !inspect && !repairs.is_empty() {
         repairs.commit()?;
     }
     // Prove the tail of every stream of the current local origin.
@@ -270,7 +268,7 @@ fn topic_keys(records: &Keyspace, tid: u32) -> impl Iterator<Item = (u32, u64, f
 /// A topic state rebuilt from the topic's record keys: per origin the lowest seq held
 /// is the floor and everything up to the highest is covered (holes inside read as
 /// corrupt gaps, never as silence).
-fn rebuild_topic_state(records: &Keyspace, tid: u32) -> Result<TopicState, StoreError> {
+fn rebuild_topic_state(records: &Keyspace, tid: u32) -> TopicState {
     let mut t = TopicState {
         id: tid,
         ..TopicState::default()
@@ -290,7 +288,7 @@ fn rebuild_topic_state(records: &Keyspace, tid: u32) -> Result<TopicState, Store
             t.bytes += Record::decode(&v).map_or(0, |r| r.payload.len() as u64);
         }
     }
-    Ok(t)
+    t
 }
 
 fn name_from_records(records: &Keyspace, tid: u32) -> Option<String> {
