@@ -99,6 +99,7 @@ pub struct AdminCtx {
     pub pipeline: Arc<Pipeline>,
     pub store: Store,
     pub conns: Arc<ConnRegistry>,
+    pub queues: Arc<crate::queues::Queues>,
     /// `None` when no plugin is configured.
     pub plugins: Option<Arc<dyn PluginAdmin>>,
     pub metrics: Arc<Metrics>,
@@ -233,6 +234,7 @@ pub fn router(gw: Arc<AdminCtx>) -> Router {
         .route("/v1/connections", get(connections))
         .route("/v1/config", get(config))
         .route("/v1/plugins", get(plugins))
+        .route("/v1/queues", get(queues))
         .route("/v1/plugins/{name}/reload", post(reload_plugin))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route")
@@ -384,6 +386,7 @@ async fn metrics(State(gw): Ctx, headers: HeaderMap) -> Response {
     {
         return e.into_response();
     }
+    gw.queues.sample();
     let body = gw.metrics.render();
     (
         [(
@@ -711,6 +714,11 @@ async fn config(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Val
     let value = serde_json::to_value(table)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(Json(value))
+}
+
+async fn queues(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+    authorize(&gw, &headers, Guard::Api)?;
+    Ok(Json(serde_json::json!({ "queues": gw.queues.list() })))
 }
 
 async fn plugins(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {

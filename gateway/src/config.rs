@@ -328,6 +328,9 @@ pub struct Limits {
     /// then opening the stream), and again for the first `connect` once the session
     /// starts (nothing before `connect` extends it: not pongs, not `ping`). Default 10000 ms.
     pub handshake_timeout_ms: u64,
+    /// Queue groups with members at once (bounds the queue metrics' `group` label). A
+    /// `sub` that would start another is refused `too_many_subscriptions`. Default 256.
+    pub max_queue_groups: usize,
 }
 
 impl Default for Limits {
@@ -353,6 +356,7 @@ impl Default for Limits {
             max_history_bytes: 1 << 20,
             max_cursor_bytes: 64 << 10,
             handshake_timeout_ms: 10_000,
+            max_queue_groups: 256,
         }
     }
 }
@@ -526,6 +530,7 @@ impl Config {
             ("limits.outbox_bytes", l.outbox_bytes),
             ("limits.max_history_bytes", l.max_history_bytes),
             ("limits.max_id_bytes", l.max_id_bytes),
+            ("limits.max_queue_groups", l.max_queue_groups),
             ("store.max_batch", self.store.max_batch),
             ("store.queue_depth", self.store.queue_depth),
         ] {

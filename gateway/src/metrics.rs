@@ -45,7 +45,8 @@ use std::time::Duration;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 use crate::broker::BrokerObserver;
@@ -119,6 +120,18 @@ pub struct Metrics {
     pub store_durability_errors: IntCounterVec,
     /// Subscriptions currently held.
     pub subscriptions: IntGauge,
+    /// Queue groups (label `group`, at most `limits.max_queue_groups` values; a group's
+    /// series go when its last member leaves): deliveries, redeliveries (timeouts,
+    /// naks, members gone), dead letters, messages skipped because retention removed
+    /// them first, ack latency; pending / in flight / members sampled at scrape time.
+    pub queue_delivered: IntCounterVec,
+    pub queue_redeliveries: IntCounterVec,
+    pub queue_dead_lettered: IntCounterVec,
+    pub queue_skipped: IntCounterVec,
+    pub queue_ack_seconds: HistogramVec,
+    pub queue_pending: IntGaugeVec,
+    pub queue_in_flight: IntGaugeVec,
+    pub queue_members: IntGaugeVec,
 }
 
 impl Metrics {
@@ -229,6 +242,50 @@ impl Metrics {
             ),
             subscriptions: IntGauge::new("edgesync_subscriptions", "Subscriptions currently held.")
                 .expect("valid metric"),
+            queue_delivered: counter_vec(
+                "edgesync_queue_deliveries_total",
+                "Queue group deliveries (redeliveries included).",
+                &["group"],
+            ),
+            queue_redeliveries: counter_vec(
+                "edgesync_queue_redeliveries_total",
+                "Queue deliveries put back in line: ack wait passed, nak, member gone.",
+                &["group"],
+            ),
+            queue_dead_lettered: counter_vec(
+                "edgesync_queue_dead_lettered_total",
+                "Queue messages sent to $dlq.queue.<group> (max_deliveries or term).",
+                &["group"],
+            ),
+            queue_skipped: counter_vec(
+                "edgesync_queue_skipped_total",
+                "Queue messages removed by retention (or damaged) before a member got them.",
+                &["group"],
+            ),
+            queue_ack_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "edgesync_queue_ack_seconds",
+                    "Queue delivery to ack, seconds.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["group"],
+            )
+            .expect("valid metric"),
+            queue_pending: gauge_vec(
+                "edgesync_queue_pending",
+                "Queue messages not answered yet (stored or held), per group with members.",
+                &["group"],
+            ),
+            queue_in_flight: gauge_vec(
+                "edgesync_queue_in_flight",
+                "Queue deliveries held by members awaiting an answer.",
+                &["group"],
+            ),
+            queue_members: gauge_vec(
+                "edgesync_queue_members",
+                "Members of each queue group.",
+                &["group"],
+            ),
             registry,
         };
         m.register_all();
@@ -258,6 +315,14 @@ impl Metrics {
             Box::new(self.store_damaged.clone()),
             Box::new(self.store_durability_errors.clone()),
             Box::new(self.subscriptions.clone()),
+            Box::new(self.queue_delivered.clone()),
+            Box::new(self.queue_redeliveries.clone()),
+            Box::new(self.queue_dead_lettered.clone()),
+            Box::new(self.queue_skipped.clone()),
+            Box::new(self.queue_ack_seconds.clone()),
+            Box::new(self.queue_pending.clone()),
+            Box::new(self.queue_in_flight.clone()),
+            Box::new(self.queue_members.clone()),
             Box::new(build_info()),
         ];
         for c in all {
@@ -283,6 +348,19 @@ impl Metrics {
         {
             tracing::debug!("state metrics already watched");
         }
+    }
+
+    /// Drop a queue group's series (its last member left): the label stays bounded.
+    pub fn forget_queue(&self, group: &str) {
+        let l = &[group];
+        let _ = self.queue_delivered.remove_label_values(l);
+        let _ = self.queue_redeliveries.remove_label_values(l);
+        let _ = self.queue_dead_lettered.remove_label_values(l);
+        let _ = self.queue_skipped.remove_label_values(l);
+        let _ = self.queue_ack_seconds.remove_label_values(l);
+        let _ = self.queue_pending.remove_label_values(l);
+        let _ = self.queue_in_flight.remove_label_values(l);
+        let _ = self.queue_members.remove_label_values(l);
     }
 
     /// Count a gap notice for a stored range (`corrupt` records or removed by retention).

@@ -32,6 +32,7 @@ use crate::metrics::{Metrics, StateSample};
 use crate::pipeline::Pipeline;
 use crate::plugin::services::GatewayServices;
 use crate::plugin::{PluginAdmin, Plugins};
+use crate::queues::Queues;
 use crate::session::driver::SessionCtx;
 use crate::session::{AllowAll, Authorizer};
 use crate::store::{Store, StoreError};
@@ -65,6 +66,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     pub pipeline: Arc<Pipeline>,
     pub broker: Arc<Broker>,
+    /// Queue groups (fed by the fan-out task, joined by sessions).
+    pub queues: Arc<Queues>,
     pub conns: Arc<ConnRegistry>,
     pub readiness: Arc<Readiness>,
     plugins: Option<Arc<Plugins>>,
@@ -139,12 +142,6 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         settings.slow_consumer_policy(),
         metrics.clone(),
     ));
-    let fanout_broker = broker.clone();
-    let fanout = tokio::spawn(async move {
-        while let Some(batch) = committed.recv().await {
-            fanout_broker.fanout(&batch);
-        }
-    });
     let pipeline = Pipeline::new(
         store.clone(),
         broker.clone(),
@@ -152,6 +149,19 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         clock.clone(),
         settings.limits().clone(),
     );
+    let queues = Queues::new(
+        pipeline.clone(),
+        store.clone(),
+        metrics.clone(),
+        settings.limits().max_queue_groups,
+    );
+    let (fanout_broker, fanout_queues) = (broker.clone(), queues.clone());
+    let fanout = tokio::spawn(async move {
+        while let Some(batch) = committed.recv().await {
+            fanout_broker.fanout(&batch);
+            fanout_queues.on_commit(&batch);
+        }
+    });
     let conns = ConnRegistry::new(clock.clone());
     let plugins = match load_plugins(&settings, &store, &pipeline, &conns, &metrics, clock).await {
         Ok(p) => p,
@@ -169,6 +179,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
             metrics,
             pipeline,
             broker,
+            queues,
             conns,
             plugins,
         }),
@@ -207,6 +218,7 @@ fn private_files() {
 /// so `/readyz` answers 503 while the rest binds).
 async fn wire(running: &mut Running, settings: &Settings) -> Result<(), ServerError> {
     let gw = running.gateway.clone();
+    gw.queues.spawn_timer(running.shutdown.clone());
     if let Some(p) = &gw.plugins {
         gw.pipeline.set_hooks(p.clone());
         let watch = settings.config.plugin_watch.interval_ms;
@@ -226,6 +238,7 @@ async fn wire(running: &mut Running, settings: &Settings) -> Result<(), ServerEr
         pipeline: gw.pipeline.clone(),
         store: gw.store.clone(),
         broker: gw.broker.clone(),
+        queues: gw.queues.clone(),
         conns: gw.conns.clone(),
         authorizer,
         metrics: gw.metrics.clone(),
@@ -350,6 +363,7 @@ async fn bind_admin(running: &mut Running, settings: &Settings) -> Result<(), Se
         pipeline: gw.pipeline.clone(),
         store: gw.store.clone(),
         conns: gw.conns.clone(),
+        queues: gw.queues.clone(),
         plugins: gw.plugins(),
         metrics: gw.metrics.clone(),
         readiness: gw.readiness.clone(),

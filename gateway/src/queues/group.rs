@@ -147,6 +147,11 @@ impl<M: Clone> Group<M> {
         self.members.values().map(|m| m.held.len()).sum()
     }
 
+    /// The members' windows added up: how much the group can have out at once.
+    pub fn windows(&self) -> usize {
+        self.members.values().map(|m| m.max_unacked as usize).sum()
+    }
+
     pub fn members(&self) -> usize {
         self.members.len()
     }

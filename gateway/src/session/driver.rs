@@ -45,6 +45,8 @@ pub struct SessionCtx {
     /// Reads: history, catch-up, heads, the node's identity.
     pub store: Store,
     pub broker: Arc<Broker>,
+    /// Queue groups: members join, answer, and leave at teardown.
+    pub queues: Arc<crate::queues::Queues>,
     pub conns: Arc<ConnRegistry>,
     pub authorizer: Arc<dyn Authorizer>,
     pub metrics: Arc<Metrics>,
@@ -525,6 +527,7 @@ impl Driver {
         let subs: Vec<SubId> = self.session.subscriptions().map(|(_, s)| *s).collect();
         self.ctx.metrics.subscriptions.sub(subs.len() as i64);
         self.ctx.broker.remove_conn(subs);
+        self.ctx.queues.leave_conn(self.out.id);
         self.delivery.finish_lanes();
         let (code, reason) = self.close_reason.take().unwrap_or((None, "closed".into()));
         if self.draining {

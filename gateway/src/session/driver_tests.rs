@@ -99,8 +99,15 @@ impl Harness {
             clock.clone(),
             limits.clone(),
         );
+        let max_groups = limits.max_queue_groups;
         let ctx = Arc::new(SessionCtx {
             limits,
+            queues: crate::queues::Queues::new(
+                pipeline.clone(),
+                store.clone(),
+                metrics.clone(),
+                max_groups,
+            ),
             pipeline,
             store,
             broker,

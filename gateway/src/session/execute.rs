@@ -14,7 +14,7 @@ use super::delivery::{CatchUp, gap_frame};
 use super::driver::{Driver, SessionCtx};
 use super::{Command, EphemeralPub, StartAt};
 use crate::broker::ConnOut;
-use crate::model::{HookOutcome, Publish, Refusal};
+use crate::model::{HookOutcome, Publish, QueueJoin, Refusal};
 use crate::pipeline::store_refusal;
 use crate::store::{Ack, StoreError};
 
@@ -54,24 +54,24 @@ pub(crate) async fn command(d: &mut Driver, cmd: Command) {
             token,
         } => connect(d, id, client_id, token).await,
         Command::Subscribe {
-            id, queue: Some(_), ..
-        } => {
-            // The protocol is in place; the gateway's queue groups are the next slice.
-            let r = Refusal::new(
-                ErrorCode::BadRequest,
-                "queue groups are not served by this gateway yet",
-            );
-            refuse(&d.ctx, &d.out, kind, id, r);
-            false
-        }
+            id,
+            pattern,
+            start,
+            queue: Some(join),
+        } => join_queue(d, id, pattern, start, join).await,
         Command::Subscribe {
             id, pattern, start, ..
         } => subscribe(d, id, pattern, start).await,
-        Command::Answer(a) => {
-            let r = Refusal::new(ErrorCode::NotInFlight, "no queue delivery is held here");
-            refuse(&d.ctx, &d.out, kind, a.id, r);
-            false
-        }
+        Command::Answer(a) => match d.ctx.queues.answer(d.out.id, &a) {
+            Ok(()) => {
+                d.out.outbox.push_reply(&ServerFrame::Ok { id: a.id });
+                true
+            }
+            Err(r) => {
+                refuse(&d.ctx, &d.out, kind, a.id, r);
+                false
+            }
+        },
         Command::Unsubscribe { id, pattern, sub } => {
             d.ctx.broker.unsubscribe(sub);
             d.ctx.metrics.subscriptions.dec();
@@ -97,6 +97,40 @@ pub(crate) async fn command(d: &mut Driver, cmd: Command) {
     if ok {
         d.ctx.count(kind, "ok");
     }
+}
+
+/// A `sub` with `queue`: the same read checks as any `sub`, then membership of the group.
+/// `start` places a new group (one with no durable progress); a group that exists goes
+/// on from its progress (docs/queues.md).
+async fn join_queue(
+    d: &mut Driver,
+    id: u64,
+    pattern: String,
+    start: StartAt,
+    join: QueueJoin,
+) -> bool {
+    let sender = d.sender();
+    if let Err(r) = d.ctx.authorizer.subscribe(&sender, &pattern).await {
+        refuse(&d.ctx, &d.out, "sub", id, r);
+        return false;
+    }
+    if let Err(r) = d.ctx.queues.check(&pattern, &join) {
+        refuse(&d.ctx, &d.out, "sub", id, r);
+        return false;
+    }
+    // The reply goes first, so no delivery precedes it. A conflict can still follow
+    // (another member raced in with other options): it comes as an error with this id.
+    let reply = ServerFrame::Subscribed {
+        id,
+        topic: pattern.clone(),
+        cursor: Cursor::new().encode(),
+    };
+    d.out.outbox.push_reply(&reply);
+    if let Err(r) = d.ctx.queues.join(&d.out, &pattern, &start, &join) {
+        refuse(&d.ctx, &d.out, "sub", id, r);
+        return false;
+    }
+    true
 }
 
 async fn connect(d: &mut Driver, id: u64, client_id: String, token: Option<String>) -> bool {
