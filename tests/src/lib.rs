@@ -79,6 +79,14 @@ impl TestGateway {
         )
     }
 
+    /// The QUIC listener's URL (start with `listen.quic` set, e.g. 127.0.0.1:0).
+    pub fn quic_url(&self) -> String {
+        format!(
+            "quic://localhost:{}",
+            self.bound().quic.expect("quic bound").port()
+        )
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.bound().dev_ca.clone().expect("dev ca")
     }

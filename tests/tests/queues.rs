@@ -447,3 +447,170 @@ async fn unacked_work_survives_sigkill_and_acked_work_never_comes_back() {
     child.kill().expect("kill");
     child.wait().expect("reaped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgesync_work_runs_a_command_per_message_and_answers_by_exit_code() {
+    let gw = TestGateway::start(|_| {}).await;
+    let url = gw.ws_url();
+    let mut p = Conn::open(&url, "producer").await;
+    let payloads = ["a", "b", "bad", "c", "poison", "d", "e", "f"];
+    for (i, data) in payloads.iter().enumerate() {
+        p.send(json!({"t":"pub","id":100 + i,"topic":"jobs.x","data":data}))
+            .await;
+        assert_eq!(p.next_of("puback").await["id"], 100 + i);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("done.txt");
+    // `bad` fails its first delivery (nak, retried); `poison` always exits 9 (term).
+    let script = r#"read p
+if [ "$p" = poison ]; then exit 9; fi
+if [ "$p" = bad ] && [ "$EDGESYNC_DELIVERY" = 1 ]; then exit 7; fi
+echo "$p $EDGESYNC_QUEUE $EDGESYNC_TOPIC" >> "$OUT""#;
+    let worker = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgesync-test-gateway"))
+            .args(["work", "jobs.>", "--group", "grp", "--from", "earliest"])
+            .args([
+                "--max-unacked",
+                "2",
+                "--nak-delay-ms",
+                "50",
+                "--term-exit",
+                "9",
+            ])
+            .args(["--idle-exit", "2", "--url", &url, "--", "sh", "-c", script])
+            .env("OUT", &out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn worker")
+    };
+    let mut workers = [worker(), worker()];
+    for w in &mut workers {
+        let status = tokio::task::block_in_place(|| w.wait()).expect("worker ends");
+        assert!(status.success(), "{status}");
+    }
+    let text = std::fs::read_to_string(&out).expect("output");
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort_unstable();
+    assert_eq!(
+        lines,
+        [
+            "a grp jobs.x",
+            "b grp jobs.x",
+            "bad grp jobs.x",
+            "c grp jobs.x",
+            "d grp jobs.x",
+            "e grp jobs.x",
+            "f grp jobs.x"
+        ],
+        "each message handled once, the failed one after its retry"
+    );
+    p.send(json!({"t":"history","id":7,"topic":"$dlq.queue.grp"}))
+        .await;
+    let h = p.next_of("history").await;
+    let msgs = h["msgs"].as_array().expect("msgs");
+    assert_eq!(msgs.len(), 1, "{h}");
+    assert_eq!(msgs[0]["data"], "poison");
+    assert_eq!(msgs[0]["headers"]["queue-reason"], "exit 9");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_clients_over_quic_and_websocket_share_a_group_in_messagepack() {
+    use edgesync_client::{Client, ClientOptions, Event, QueueOptions, Start};
+    let gw = TestGateway::start(|c| {
+        c.listen.quic =
+            edgesync::config::ListenAddr(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))));
+    })
+    .await;
+    let client = |url: String| {
+        let mut o = ClientOptions::new(url);
+        o.ca = Some(gw.ca());
+        o.reconnect = false;
+        o.request_timeout = Duration::from_secs(20);
+        async move { Client::connect(o).await.expect("client connects") }
+    };
+    let quic = client(gw.quic_url()).await;
+    let ws = client(gw.ws_url()).await;
+    let mut opts = QueueOptions::new("mix");
+    opts.max_unacked = Some(4);
+    let mut on_quic = quic.join_queue("jobs.>", opts.clone()).await.expect("join");
+    let mut on_ws = ws.join_queue("jobs.>", opts).await.expect("join");
+    // A plain subscription beside a membership gets every message, never a delivery.
+    let mut plain = ws.subscribe("jobs.>", Start::Latest).await.expect("sub");
+    let producer = client(gw.ws_url()).await;
+    for i in 0..20 {
+        producer
+            .publish("jobs.q", format!("job-{i}"))
+            .await
+            .expect("publish");
+    }
+    let mut done: BTreeMap<u64, (&str, u32)> = BTreeMap::new();
+    let mut nakked = false;
+    for _ in 0..100 {
+        if done.len() == 20 {
+            break;
+        }
+        let (who, c, ev) = tokio::select! {
+            ev = on_quic.next_timeout(Duration::from_secs(10)) => ("quic", &quic, ev),
+            ev = on_ws.next_timeout(Duration::from_secs(10)) => ("ws", &ws, ev),
+        };
+        let Some(Event::Msg(m)) = ev else {
+            panic!("{who}: no delivery: {ev:?}")
+        };
+        assert_eq!(m.queue.as_deref(), Some("mix"));
+        if !nakked {
+            // The first delivery is given back once: it comes again, delivery 2.
+            nakked = true;
+            c.nak(&m, Duration::ZERO).await.expect("nak");
+            continue;
+        }
+        c.ack(&m).await.expect("ack");
+        let first = done.insert(m.seq, (who, m.delivery.unwrap_or(0)));
+        assert!(first.is_none(), "seq {} delivered twice: {first:?}", m.seq);
+    }
+    assert_eq!(done.len(), 20);
+    assert_eq!(
+        done.values().filter(|(_, d)| *d == 2).count(),
+        1,
+        "{done:?}"
+    );
+    assert!(done.values().any(|(w, _)| *w == "quic") && done.values().any(|(w, _)| *w == "ws"));
+    // An answer for what the connection no longer holds.
+    let fake = edgesync_client::Msg {
+        topic: "jobs.q".into(),
+        origin: "nobody".into(),
+        epoch: 1,
+        seq: 1,
+        hlc: 0,
+        client: String::new(),
+        mid: None,
+        headers: edgesync_client::Headers::default(),
+        data: edgesync_client::Payload(Vec::new().into()),
+        sub: None,
+        queue: Some("mix".into()),
+        delivery: Some(1),
+    };
+    match quic.ack(&fake).await {
+        Err(edgesync_client::ClientError::Server { code, .. }) => {
+            assert_eq!(code, edgesync_client::ErrorCode::NotInFlight)
+        }
+        other => panic!("{other:?}"),
+    }
+    for _ in 0..20 {
+        match plain.next_timeout(Duration::from_secs(10)).await {
+            Some(Event::Msg(m)) => assert!(m.queue.is_none(), "{m:?}"),
+            other => panic!("plain subscription: {other:?}"),
+        }
+    }
+    let groups = gw.gateway().queues.list();
+    assert_eq!(
+        (groups.len(), groups[0].members, groups[0].in_flight),
+        (1, 2, 0),
+        "{groups:?}"
+    );
+    let text = gw.gateway().metrics.render();
+    assert!(
+        text.contains("edgesync_queue_deliveries_total{group=\"mix\"} 21"),
+        "{text}"
+    );
+}

@@ -42,7 +42,7 @@ pub struct ConnectArgs {
 }
 
 impl ConnectArgs {
-    fn options(&self) -> ClientOptions {
+    pub(crate) fn options(&self) -> ClientOptions {
         let mut o = ClientOptions::new(self.url.clone());
         o.ca = self.ca.clone();
         o.insecure = self.insecure;
@@ -103,7 +103,7 @@ pub struct SubArgs {
     pub conn: ConnectArgs,
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -177,7 +177,7 @@ pub fn run_pub(args: PubArgs) -> ExitCode {
     })
 }
 
-fn parse_start(s: &str) -> Start {
+pub(crate) fn parse_start(s: &str) -> Start {
     match s {
         "latest" => Start::Latest,
         "earliest" => Start::Earliest,

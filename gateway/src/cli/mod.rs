@@ -8,6 +8,7 @@ mod cert;
 mod client;
 pub mod plugin;
 mod store;
+mod work;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,6 +34,8 @@ pub enum Command {
     Pub(client::PubArgs),
     /// Subscribe and print messages, one per line.
     Sub(client::SubArgs),
+    /// Join a queue group and run a command per message (payload on stdin; exit 0 acks).
+    Work(work::WorkArgs),
     /// Make a CA, server and client certificates (for wss, QUIC and client mTLS).
     #[command(subcommand)]
     Cert(cert::CertCommand),
@@ -82,6 +85,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::Pub(args) => client::run_pub(args),
         Command::Sub(args) => client::run_sub(args),
+        Command::Work(args) => work::run(args),
         Command::Cert(c) => cert::run(c),
         Command::Plugin(c) => plugin::run(c),
         Command::Store(c) => store::run(c),

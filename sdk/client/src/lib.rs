@@ -32,7 +32,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 pub use edgesync_protocol::frame::{GapReason, LimitsInfo};
-pub use edgesync_protocol::{Cursor, Encoding, ErrorCode, Headers, Msg, Origin, Payload, Start};
+pub use edgesync_protocol::{
+    Cursor, Encoding, ErrorCode, Headers, Msg, Ordering, Origin, Payload, QueueAnswer, Start,
+    Verdict,
+};
 use tokio::sync::{mpsc, oneshot};
 
 /// Client failures.
@@ -148,6 +151,33 @@ impl Default for PublishOptions {
     }
 }
 
+/// Membership of a queue group (PROTOCOL.md §2.5). `None` fields take the gateway's
+/// defaults; group options (`ack_wait_ms`, `max_deliveries`, `ordering`) must match the
+/// group's or the gateway answers `queue_conflict`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueOptions {
+    pub group: String,
+    /// Where a new group starts (an existing group goes on from its progress).
+    pub start: Start,
+    pub max_unacked: Option<u32>,
+    pub ack_wait_ms: Option<u64>,
+    pub max_deliveries: Option<u32>,
+    pub ordering: Option<Ordering>,
+}
+
+impl QueueOptions {
+    pub fn new(group: impl Into<String>) -> Self {
+        QueueOptions {
+            group: group.into(),
+            start: Start::Latest,
+            max_unacked: None,
+            ack_wait_ms: None,
+            max_deliveries: None,
+            ordering: None,
+        }
+    }
+}
+
 /// A durable publish acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PubAck {
@@ -240,6 +270,7 @@ pub(crate) enum Request {
     Subscribe {
         pattern: String,
         start: Start,
+        queue: Option<QueueOptions>,
         events: mpsc::Sender<Event>,
         consumed: Arc<Mutex<Cursor>>,
         reply: oneshot::Sender<Result<String, ClientError>>,
@@ -255,6 +286,10 @@ pub(crate) enum Request {
         reply: oneshot::Sender<Result<History, ClientError>>,
     },
     Ping {
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Answer {
+        answer: QueueAnswer,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
     Raw {
@@ -368,12 +403,96 @@ impl Client {
         pattern: &str,
         start: Start,
     ) -> Result<Subscription, ClientError> {
+        self.subscribe_inner(pattern, start, None).await
+    }
+
+    /// Join a queue group: each message of the matching topics goes to one member of
+    /// the group. Deliveries come as [`Event::Msg`] with `queue` and `delivery` set;
+    /// answer each with [`Client::ack`], [`Client::nak`], [`Client::progress`] or
+    /// [`Client::term`]. After a reconnect the client joins again; what it held when
+    /// the connection dropped is delivered again (to any member), and answers for it
+    /// then fail with `not_in_flight`.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`queue_conflict`, `forbidden`, `too_many_subscriptions`).
+    pub async fn join_queue(
+        &self,
+        pattern: &str,
+        opts: QueueOptions,
+    ) -> Result<Subscription, ClientError> {
+        let start = opts.start.clone();
+        self.subscribe_inner(pattern, start, Some(opts)).await
+    }
+
+    /// The delivery `m` is handled: it is never delivered again in its group.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] `not_in_flight` (not held by this connection: answered
+    /// already, taken back after the ack wait, or held before a reconnect).
+    pub async fn ack(&self, m: &Msg) -> Result<(), ClientError> {
+        self.answer(m, Verdict::Ack).await
+    }
+
+    /// The delivery `m` was not handled: deliver it again after `delay` (zero: now).
+    ///
+    /// # Errors
+    /// As [`Client::ack`].
+    pub async fn nak(&self, m: &Msg, delay: Duration) -> Result<(), ClientError> {
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.answer(m, Verdict::Nak { delay_ms }).await
+    }
+
+    /// Still working on `m`: its ack wait starts again.
+    ///
+    /// # Errors
+    /// As [`Client::ack`].
+    pub async fn progress(&self, m: &Msg) -> Result<(), ClientError> {
+        self.answer(m, Verdict::Progress).await
+    }
+
+    /// Give up on `m`: it goes to the group's dead-letter topic with `reason`.
+    ///
+    /// # Errors
+    /// As [`Client::ack`].
+    pub async fn term(&self, m: &Msg, reason: &str) -> Result<(), ClientError> {
+        let reason = reason.to_string();
+        self.answer(m, Verdict::Term { reason }).await
+    }
+
+    async fn answer(&self, m: &Msg, verdict: Verdict) -> Result<(), ClientError> {
+        let Some(queue) = m.queue.clone() else {
+            return Err(ClientError::Protocol(format!(
+                "{} seq {} is not a queue delivery",
+                m.topic, m.seq
+            )));
+        };
+        let answer = QueueAnswer {
+            id: 0, // the connection task numbers it
+            queue,
+            topic: m.topic.clone(),
+            origin: m.origin.clone(),
+            epoch: m.epoch,
+            seq: m.seq,
+            verdict,
+        };
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Answer { answer, reply }).await?;
+        self.wait(rx).await?
+    }
+
+    async fn subscribe_inner(
+        &self,
+        pattern: &str,
+        start: Start,
+        queue: Option<QueueOptions>,
+    ) -> Result<Subscription, ClientError> {
         let (events, rx) = mpsc::channel(self.sub_buffer.max(16));
         let (reply, done) = oneshot::channel();
         let consumed = Arc::new(Mutex::new(Cursor::new()));
         self.send(Request::Subscribe {
             pattern: pattern.into(),
             start,
+            queue,
             events,
             consumed: consumed.clone(),
             reply,

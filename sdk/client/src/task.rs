@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::Conn;
 use crate::{
-    ClientError, ClientOptions, Event, History, Msg, PubAck, PublishOptions, Request, SessionInfo,
+    ClientError, ClientOptions, Event, History, Msg, PubAck, PublishOptions, QueueOptions, Request,
+    SessionInfo,
 };
 
 enum Inflight {
@@ -44,6 +45,10 @@ enum Inflight {
     Ping {
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
+    /// A queue answer, waiting for `ok`.
+    Answer {
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
 }
 
 struct SubState {
@@ -62,6 +67,8 @@ struct SubState {
     /// not fit become a `slow_consumer` gap, merged per topic and origin), so the
     /// backlog is bounded by the topics and origins the subscription sees.
     backlog: VecDeque<Event>,
+    /// Set for a queue group membership: it takes the group's deliveries only.
+    queue: Option<QueueOptions>,
 }
 
 impl SubState {
@@ -78,6 +85,24 @@ impl SubState {
             live: false,
             consumed,
             backlog: VecDeque::new(),
+            queue: None,
+        }
+    }
+
+    /// The `sub` command for this subscription from `start`.
+    fn frame(&self, id: u64, start: Start) -> ClientFrame {
+        match &self.queue {
+            None => ClientFrame::sub(id, self.pattern.clone(), Some(start)),
+            Some(q) => ClientFrame::Sub {
+                id,
+                topic: self.pattern.clone(),
+                start: Some(q.start.clone()),
+                queue: Some(q.group.clone()),
+                max_unacked: q.max_unacked,
+                ack_wait_ms: q.ack_wait_ms,
+                max_deliveries: q.max_deliveries,
+                ordering: q.ordering,
+            },
         }
     }
 
@@ -334,6 +359,7 @@ impl Task {
             Request::Subscribe {
                 pattern,
                 start,
+                queue,
                 events,
                 consumed,
                 reply,
@@ -343,6 +369,8 @@ impl Task {
                 self.next_sub += 1;
                 let mut state = SubState::new(pattern.clone(), events, consumed);
                 state.live = start == Start::Latest;
+                state.queue = queue;
+                let frame = state.frame(id, start);
                 self.subs.insert(sub, state);
                 self.tags.insert(id, sub);
                 self.inflight.insert(
@@ -352,11 +380,13 @@ impl Task {
                         reply: Some(reply),
                     },
                 );
-                conn.send(
-                    self.encoding
-                        .encode(&ClientFrame::sub(id, pattern, Some(start))),
-                )
-                .await
+                conn.send(self.encoding.encode(&frame)).await
+            }
+            Request::Answer { mut answer, reply } => {
+                let id = self.id();
+                answer.id = id;
+                self.inflight.insert(id, Inflight::Answer { reply });
+                conn.send(self.encoding.encode(&answer.into_frame())).await
             }
             Request::Unsubscribe { pattern, reply } => {
                 let id = self.id();
@@ -486,6 +516,7 @@ impl Task {
             .iter()
             .filter(|(_, s)| {
                 s.active
+                    && s.queue.is_none()
                     && (!tagged || s.live)
                     && lane.is_none_or(|l| l == s.pattern)
                     && matches(&s.pattern, topic)
@@ -501,6 +532,16 @@ impl Task {
                 for key in self.targets(m.sub, &m.topic, lane) {
                     if let Some(s) = self.subs.get(&key) {
                         let _ = s.events.try_send(Event::Msg(m.clone()));
+                    }
+                }
+            }
+            ServerFrame::Msg(m) if m.queue.is_some() => {
+                // A queue delivery is for the membership of its group only; a redelivery
+                // repeats a seq, so no position check.
+                for s in self.subs.values_mut() {
+                    if s.active && s.queue.as_ref().map(|q| &q.group) == m.queue.as_ref() {
+                        s.offer_msg(&m);
+                        break;
                     }
                 }
             }
@@ -625,6 +666,7 @@ impl Task {
                     Some(Inflight::Unsubscribe { reply, .. }) => drop(reply.send(Err(e))),
                     Some(Inflight::History { reply }) => drop(reply.send(Err(e))),
                     Some(Inflight::Ping { reply }) => drop(reply.send(Err(e))),
+                    Some(Inflight::Answer { reply }) => drop(reply.send(Err(e))),
                     _ => {}
                 }
             }
@@ -636,8 +678,10 @@ impl Task {
             } => {
                 tracing::debug!(%code, %msg, "gateway error push");
             }
-            ServerFrame::Ok { .. } => {
-                // Answers to queue commands; the client does not send them yet.
+            ServerFrame::Ok { id } => {
+                if let Some(Inflight::Answer { reply }) = self.inflight.remove(&id) {
+                    let _ = reply.send(Ok(()));
+                }
             }
             ServerFrame::Live { sub, .. } => {
                 // Its catch-up is over: from here it takes the untagged pushes.
@@ -674,7 +718,7 @@ impl Task {
                 Some(Inflight::History { reply }) => {
                     drop(reply.send(Err(ClientError::ConnectionLost)))
                 }
-                Some(Inflight::Ping { reply }) => {
+                Some(Inflight::Ping { reply }) | Some(Inflight::Answer { reply }) => {
                     drop(reply.send(Err(ClientError::ConnectionLost)))
                 }
                 _ => {}
@@ -701,23 +745,18 @@ impl Task {
     }
 
     async fn resume(&mut self, conn: &mut Conn) -> Result<(), ClientError> {
-        let subs: Vec<(u64, String, String)> = self
-            .subs
-            .iter()
-            .map(|(k, s)| (*k, s.pattern.clone(), s.position.encode()))
-            .collect();
+        let subs: Vec<u64> = self.subs.keys().copied().collect();
         self.tags.clear();
-        for (sub, pattern, position) in subs {
+        for sub in subs {
             let id = self.id();
             self.tags.insert(id, sub);
-            if let Some(s) = self.subs.get_mut(&sub) {
-                s.live = false; // catching up from its position until `live`
-            }
-            let frame = self.encoding.encode(&ClientFrame::sub(
-                id,
-                pattern,
-                Some(Start::Cursor(position)),
-            ));
+            let Some(s) = self.subs.get_mut(&sub) else {
+                continue;
+            };
+            s.live = false; // catching up from its position until `live`
+            let frame = self
+                .encoding
+                .encode(&s.frame(id, Start::Cursor(s.position.encode())));
             self.inflight
                 .insert(id, Inflight::Subscribe { sub, reply: None });
             conn.send(frame).await?;
