@@ -93,6 +93,12 @@ pub async fn run(
         connection.close(CLOSE_REFUSED.into(), why.as_bytes());
         return Err(format!("peer link refused: {why}"));
     }
+    if !dialed {
+        // The listener's transport allows clients no unidirectional stream; a peer
+        // opens one per data lane.
+        connection
+            .set_max_concurrent_uni_streams(VarInt::from_u32(super::tls::MAX_PEER_UNI_STREAMS));
+    }
     let (control_send, control_recv) = match control_stream(&connection, dialed).await {
         Ok(s) => s,
         Err(e) => {
@@ -301,6 +307,7 @@ impl Driver {
     /// Carry out the link's actions; `Some` when the link closed.
     fn drain(&mut self) -> Option<Ended> {
         while let Some(action) = self.link.poll_action() {
+            tracing::trace!(peer = %self.peer, action = ?ActionKind(&action), "link action");
             match action {
                 Action::Send { stream, frame } => self.send(stream, frame),
                 Action::Read(req) => self.read(req),
@@ -607,7 +614,11 @@ async fn write_frames(mut send: SendStream, mut rx: mpsc::UnboundedReceiver<Byte
             return;
         }
     }
-    let _ = send.finish();
+    // Finished, then until the peer has read it all (bounded by the caller): a refusal
+    // or the last acks reach the peer before the connection closes.
+    if send.finish().is_ok() {
+        let _ = send.stopped().await;
+    }
 }
 
 /// Applies, one after the other: each is one atomic batch and one fsync in the store.
@@ -654,4 +665,26 @@ fn truncate(reason: &str) -> &str {
         end -= 1;
     }
     &reason[..end]
+}
+
+/// An action without its bytes, for trace logs.
+struct ActionKind<'a>(&'a Action);
+
+impl std::fmt::Debug for ActionKind<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Action::Send { stream, frame } => write!(f, "Send({stream:?}, {} bytes)", frame.len()),
+            Action::Read(r) => write!(f, "Read({} {} {}..={})", r.topic, r.origin, r.from, r.to),
+            Action::Apply(b) => write!(
+                f,
+                "Apply({} {} {} records, gaps {:?}, repair {})",
+                b.topic,
+                b.origin,
+                b.records.len(),
+                b.gaps,
+                b.repair
+            ),
+            other => write!(f, "{other:?}"),
+        }
+    }
 }
