@@ -129,8 +129,8 @@ pub struct Metrics {
     /// Replication: 1 while the link to a peer is up, by peer node id (bounded by the
     /// cluster's size: only nodes with a cluster certificate get a label).
     pub peer_link_up: IntGaugeVec,
-    /// Replication: records this node holds (of the topics a link carries) that the peer
-    /// has not acknowledged as durable, by peer.
+    /// Replication: records this node holds (of the topics a link carries, not the peer's
+    /// own) that the peer has neither acknowledged as durable nor sent us, by peer.
     pub peer_lag_records: IntGaugeVec,
     /// Replication: records received from a peer and stored, by peer.
     pub peer_records_in: IntCounterVec,

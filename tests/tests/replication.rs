@@ -166,6 +166,19 @@ keep_alive_ms = 300
             .unwrap_or(0.0)
     }
 
+    /// Wait until exactly `n` peer links of this node are up (duplicates closed).
+    async fn wait_links_up(&self, n: usize) {
+        let mut last = String::new();
+        for _ in 0..200 {
+            last = self.admin_get("/v1/peers").await;
+            if last.matches("\"state\":\"up\"").count() == n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{}: not {n} links up: {last}", self.name);
+    }
+
     /// Wait until a peer link of this node is up.
     async fn wait_link_up(&self) {
         for _ in 0..200 {
@@ -247,8 +260,9 @@ async fn publish_on_a_is_read_on_b_and_b_catches_up_after_kill_9() {
     b.start();
     let ca = a.client().await;
     let _ = b.client().await;
-    a.wait_link_up().await;
-    b.wait_link_up().await;
+    // Both dial: one of the two links is closed, on both sides.
+    a.wait_links_up(1).await;
+    b.wait_links_up(1).await;
     publish(&ca, "sensors.t1", "m", 0..10).await;
 
     // `edgesync sub` on B prints what was published on A.
@@ -461,5 +475,73 @@ async fn a_chain_forwards_every_origin() {
         // Per-origin order, no gap, no duplicate.
         assert_eq!(from_a, expected("a", 0..20), "{}", node.name);
         assert_eq!(from_c, expected("c", 0..20), "{}", node.name);
+    }
+}
+
+/// A mesh of three: every node dials the other two; each pair keeps one link; every
+/// origin reaches every node; a node killed and restarted catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_of_three_converges() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b", "node-c"]);
+    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
+        .iter()
+        .map(|n| Node::new(root.path(), n, &certs, "plant-7", &[]))
+        .collect();
+    let ports: Vec<u16> = nodes.iter().map(|n| n.quic).collect();
+    for (i, n) in nodes.iter_mut().enumerate() {
+        let others: Vec<u16> = (0..3).filter(|j| *j != i).map(|j| ports[j]).collect();
+        n.write_config(&certs, "plant-7", &others);
+        n.start();
+    }
+    for n in &nodes {
+        n.wait_links_up(2).await;
+    }
+    let mut clients = Vec::new();
+    for n in &nodes {
+        clients.push(n.client().await);
+    }
+    for (i, c) in clients.iter().enumerate() {
+        publish(c, "sensors.mesh", &format!("{i}-"), 0..10).await;
+    }
+    nodes[2].kill9();
+    publish(&clients[0], "sensors.mesh", "0-", 10..20).await;
+    publish(&clients[1], "sensors.mesh", "1-", 10..20).await;
+    nodes[2].start();
+    clients[2] = nodes[2].client().await;
+    for (n, c) in nodes.iter().zip(&clients) {
+        let got = take(c, "sensors.mesh", Start::Earliest, 50).await;
+        let by_origin = |o: &str| -> Vec<String> {
+            got.iter()
+                .filter(|(_, origin, _)| origin == o)
+                .map(|(p, _, _)| p.clone())
+                .collect()
+        };
+        assert_eq!(by_origin("node-a"), expected("0-", 0..20), "{}", n.name);
+        assert_eq!(by_origin("node-b"), expected("1-", 0..20), "{}", n.name);
+        assert_eq!(by_origin("node-c"), expected("2-", 0..10), "{}", n.name);
+    }
+    // Lag drains to 0 once everything is acked (the gauge is refreshed every second).
+    for n in &nodes {
+        let mut lag = f64::MAX;
+        for _ in 0..100 {
+            let text = n.admin_get("/metrics").await;
+            lag = text
+                .lines()
+                .filter(|l| l.starts_with("edgesync_peer_lag_records{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if lag == 0.0 && text.contains("edgesync_peer_link_up{") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            lag,
+            0.0,
+            "{}: lag after convergence: {}",
+            n.name,
+            n.admin_get("/v1/peers").await
+        );
     }
 }

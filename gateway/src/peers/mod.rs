@@ -88,7 +88,8 @@ pub struct LinkStatus {
     pub bytes_out: u64,
     /// Records received from the peer and stored.
     pub records_in: u64,
-    /// Records held here (of the carried topics) the peer has not acked as durable.
+    /// Records held here (of the topics this side carries; not the peer's own) that the
+    /// peer has neither acked as durable nor sent us. Refreshed every second.
     pub lag_records: u64,
     /// Messages waiting for the peer's credit.
     pub backlog_messages: u64,
@@ -309,8 +310,10 @@ impl Peers {
             if l.id == id || l.peer != peer || l.state != "up" {
                 continue;
             }
-            // Two links to `peer` are up: keep the one dialed by the smaller node id.
-            let loser = if dialed == keep_dialed_by_me {
+            // Two links to `peer` are up. Dialed the same way: the old one is stale (the
+            // peer restarted and dialed again); else keep the one dialed by the smaller
+            // node id, as the peer does.
+            let loser = if l.dialed == dialed || dialed == keep_dialed_by_me {
                 l
             } else {
                 &links[&id]

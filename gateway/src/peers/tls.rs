@@ -63,9 +63,23 @@ impl PeerTls {
         let Some(certs) = certs.filter(|c| !c.is_empty()) else {
             return Err("the peer presented no certificate".into());
         };
+        let now = UnixTime::now();
         self.verifier
-            .verify_client_cert(&certs[0], &certs[1..], UnixTime::now())
+            .verify_client_cert(&certs[0], &certs[1..], now)
             .map_err(|e| format!("certificate not issued by the cluster CA: {e}"))?;
+        // A node certificate serves too (`edgesync cert node`); a device's client
+        // certificate from the same CA (`edgesync cert client`) does not, so a device
+        // cannot join the cluster as a peer.
+        let parsed = rustls::server::ParsedCertificate::try_from(&certs[0])
+            .map_err(|e| format!("unreadable certificate: {e}"))?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &self.roots,
+            &certs[1..],
+            now,
+            tls::provider().signature_verification_algorithms.all,
+        )
+        .map_err(|e| format!("not a node certificate (server and client usage): {e}"))?;
         tls::certificate_identity(&certs[0])
             .ok_or_else(|| "the certificate names no node id".to_string())
     }
@@ -166,5 +180,48 @@ impl ServerCertVerifier for ClusterServerVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(dir: &Path, base: &str) -> (Identity, Vec<CertificateDer<'static>>) {
+        let certs = tls::read_certs(&dir.join(format!("{base}.pem"))).expect("cert");
+        let id = Identity {
+            certs: certs.clone(),
+            key: tls::read_key(&dir.join(format!("{base}.key"))).expect("key"),
+            dev_ca: None,
+        };
+        (id, certs)
+    }
+
+    /// Node certificates of the cluster CA pass and name their node; a node of another
+    /// CA, a device's client certificate of the same CA and no certificate do not.
+    #[test]
+    fn only_node_certificates_of_the_cluster_ca_are_peers() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let (cluster, other) = (d.path().join("cluster"), d.path().join("other"));
+        let (ca, ca_key) = tls::generate_ca(&cluster, "cluster").expect("ca");
+        let (oca, oca_key) = tls::generate_ca(&other, "other").expect("other ca");
+        let names = vec!["127.0.0.1".to_string()];
+        tls::generate_leaf(&ca, &ca_key, &names, &cluster, "node-a").expect("node");
+        tls::generate_leaf(&oca, &oca_key, &names, &other, "node-x").expect("rogue");
+        tls::generate_client(&ca, &ca_key, "device-1", &cluster, "device-1").expect("client");
+        let (id, node) = identity(&cluster, "node-a");
+        let peers = PeerTls::new(&ca, id).expect("peer tls");
+        assert_eq!(peers.verify_peer(Some(&node)), Ok("node-a".to_string()));
+        let (_, rogue) = identity(&other, "node-x");
+        let err = peers.verify_peer(Some(&rogue)).expect_err("other CA");
+        assert!(err.contains("cluster CA"), "{err}");
+        let (_, device) = identity(&cluster, "device-1");
+        let err = peers.verify_peer(Some(&device)).expect_err("client cert");
+        assert!(err.contains("not a node certificate"), "{err}");
+        assert!(peers.verify_peer(None).is_err());
+        assert!(peers.verify_peer(Some(&[])).is_err());
+        peers
+            .client_config(Duration::from_secs(1))
+            .expect("client config");
     }
 }
