@@ -10,6 +10,7 @@
 //! | `GET /v1/topics`                   | token                        | topics with counts, bytes, heads, retention |
 //! | `GET /v1/history?topic=&from=&limit=` | token                     | stored messages of one topic |
 //! | `GET /v1/connections`              | token                        | current client connections |
+//! | `GET /v1/peers`                    | token                        | replication links: peer, state, bytes, records, lag |
 //! | `GET /v1/config`                   | token                        | effective configuration, secrets redacted |
 //! | `GET /v1/plugins`                  | token                        | loaded plugins |
 //! | `POST /v1/plugins/{name}/reload`   | token                        | reload one plugin |
@@ -104,6 +105,8 @@ pub struct AdminCtx {
     pub plugins: Option<Arc<dyn PluginAdmin>>,
     pub metrics: Arc<Metrics>,
     pub readiness: Arc<Readiness>,
+    /// The replication driver, once the QUIC listener is bound (empty without `[cluster]`).
+    pub peers: Arc<std::sync::OnceLock<Arc<crate::peers::Peers>>>,
 }
 
 impl std::fmt::Debug for AdminCtx {
@@ -232,6 +235,7 @@ pub fn router(gw: Arc<AdminCtx>) -> Router {
         .route("/v1/topics", get(topics))
         .route("/v1/history", get(history))
         .route("/v1/connections", get(connections))
+        .route("/v1/peers", get(peers))
         .route("/v1/config", get(config))
         .route("/v1/plugins", get(plugins))
         .route("/v1/queues", get(queues))
@@ -704,6 +708,18 @@ async fn history(
 async fn connections(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {
     authorize(&gw, &headers, Guard::Api)?;
     Ok(Json(serde_json::json!({ "connections": gw.conns.list() })))
+}
+
+async fn peers(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+    authorize(&gw, &headers, Guard::Api)?;
+    let Some(p) = gw.peers.get() else {
+        return Ok(Json(serde_json::json!({ "cluster": null, "links": [] })));
+    };
+    Ok(Json(serde_json::json!({
+        "cluster": p.cluster_id(),
+        "node": p.node_id(),
+        "links": p.status(),
+    })))
 }
 
 async fn config(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {

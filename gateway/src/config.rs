@@ -103,6 +103,11 @@ pub struct Config {
     pub plugin_host: edgesync_plugin_host::HostConfig,
     /// Reload plugins whose component file changed (`[plugin_watch] interval_ms`; 0 = off, the default).
     pub plugin_watch: PluginWatch,
+    /// Replication: this gateway's cluster (`[cluster]`: id, CA). Default none: no peer links.
+    pub cluster: Option<ClusterConfig>,
+    /// Replication peers (`[[peer]]`: url, direction, topics, dial); needs `[cluster]`.
+    #[serde(rename = "peer")]
+    pub peers: Vec<PeerConfig>,
     /// The file's text when read by [`Config::from_file`]: [`Config::build`] names the
     /// line of a key it refuses.
     #[serde(skip)]
@@ -143,9 +148,132 @@ impl Default for Config {
             routes: Vec::new(),
             plugin_host: edgesync_plugin_host::HostConfig::default(),
             plugin_watch: PluginWatch::default(),
+            cluster: None,
+            peers: Vec::new(),
             source: None,
         }
     }
+}
+
+/// `[cluster]`: the replication cluster this gateway belongs to (docs/replication.md).
+///
+/// Peers authenticate each other with mutual TLS on the QUIC listener (ALPN
+/// `edgesync-peer/1`): both present their node certificate (`[tls] cert`, whose subject CN
+/// is the node id), both verify the other's against `ca`, and both compare cluster ids.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Cluster id (1-255 letters, digits, `-`, `_`, `.`). Required: links between gateways
+    /// of different clusters are refused.
+    pub id: String,
+    /// PEM CA that signed every node certificate of the cluster. Required.
+    pub ca: Option<PathBuf>,
+    /// Accept links from cluster nodes that dial this one (edges behind NAT dial the hub).
+    /// Default true.
+    pub accept: bool,
+    /// Topic patterns carried on accepted links from nodes without a `[[peer]]` entry
+    /// naming them (`node_id`). Default `[">"]`.
+    pub topics: Vec<String>,
+    /// First redial delay after a link fails, ms; doubles per failure up to
+    /// `redial_max_ms`, each delay jittered ±50 %. Default 200.
+    pub redial_min_ms: u64,
+    /// Longest redial delay, ms. Default 5000.
+    pub redial_max_ms: u64,
+    /// Anti-entropy digest round per link, ms. Default 30000.
+    pub digest_interval_ms: u64,
+    /// QUIC keep-alive on peer links, ms (failure detection: a silent peer is dropped after
+    /// three of them). Default 2000.
+    pub keep_alive_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            id: String::new(),
+            ca: None,
+            accept: true,
+            topics: vec![">".into()],
+            redial_min_ms: 200,
+            redial_max_ms: 5000,
+            digest_interval_ms: 30_000,
+            keep_alive_ms: 2000,
+        }
+    }
+}
+
+/// Who sends records on a peer link, from this gateway's side.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerDirection {
+    /// This gateway sends its records to the peer only.
+    Push,
+    /// This gateway receives the peer's records only.
+    Pull,
+    /// Both ways (default).
+    #[default]
+    Both,
+}
+
+/// `[[peer]]`: one replication peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// `quic://host:port`: the peer's QUIC listener. Required when `dial` is true.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The peer's node id. When dialing, the peer's certificate must name it; an entry with
+    /// `dial = false` names the node whose inbound links get this entry's settings.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// `push`, `pull` or `both` (default).
+    #[serde(default)]
+    pub direction: PeerDirection,
+    /// Topic patterns carried (the intersection with the peer's). Default `[">"]`.
+    #[serde(default = "all_topics")]
+    pub topics: Vec<String>,
+    /// This gateway dials the peer (and redials). Default true. `false`: the peer dials.
+    #[serde(default = "yes")]
+    pub dial: bool,
+}
+
+fn all_topics() -> Vec<String> {
+    vec![">".into()]
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Parse `quic://host:port` into `(host, port)`.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn parse_peer_url(url: &str) -> Result<(String, u16), String> {
+    let Some(rest) = url.strip_prefix("quic://") else {
+        return Err(format!("{url:?}: write quic://host:port"));
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (host, port) = rest
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{url:?}: the port is missing (quic://host:port)"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+        return Err(format!("{url:?}: bad host"));
+    }
+    let port = port
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{url:?}: bad port"))?;
+    Ok((host.to_string(), port))
+}
+
+/// True for a node or cluster id: 1..=max bytes of letters, digits, `-`, `_` (and `.` when `dots`).
+fn valid_id(s: &str, max: usize, dots: bool) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || (dots && c == '.'))
 }
 
 /// Listener addresses; `"off"` disables one.
@@ -485,7 +613,11 @@ impl Config {
     pub fn build(&self) -> Result<Settings, ConfigError> {
         self.check().map_err(|e| match (e, &self.source) {
             (ConfigError::Invalid { key, message, .. }, Some(text)) => ConfigError::Invalid {
-                line: line_of(text, &key),
+                // A missing key: the line of the table that lacks it.
+                line: line_of(text, &key).or_else(|| {
+                    key.rsplit_once('.')
+                        .and_then(|(table, _)| line_of(text, table))
+                }),
                 key,
                 message,
             },
@@ -603,8 +735,107 @@ impl Config {
                 ),
             ));
         }
-        check_timers(l)
+        check_timers(l)?;
+        self.check_cluster()
     }
+
+    /// `[cluster]` and `[[peer]]`.
+    fn check_cluster(&self) -> Result<(), ConfigError> {
+        let Some(c) = &self.cluster else {
+            if !self.peers.is_empty() {
+                return Err(invalid("peer", "[[peer]] entries need a [cluster] section"));
+            }
+            return Ok(());
+        };
+        if !valid_id(&c.id, 255, true) {
+            return Err(invalid(
+                "cluster.id",
+                format!("{:?}: use 1-255 letters, digits, '-', '_' or '.'", c.id),
+            ));
+        }
+        if c.ca.is_none() {
+            return Err(invalid(
+                "cluster.ca",
+                "required: the CA that signed the cluster's node certificates",
+            ));
+        }
+        if self.tls.cert.is_none() {
+            return Err(invalid(
+                "tls.cert",
+                "[cluster] needs this node's certificate (`edgesync cert node NAME`) and key",
+            ));
+        }
+        if self.listen.quic.0.is_none() {
+            return Err(invalid(
+                "listen.quic",
+                "[cluster] links run on the QUIC listener: it cannot be off",
+            ));
+        }
+        let max_topic = self.limits.max_topic_bytes;
+        check_patterns("cluster.topics", &c.topics, max_topic)?;
+        for (key, v, min) in [
+            ("cluster.redial_min_ms", c.redial_min_ms, 1),
+            ("cluster.redial_max_ms", c.redial_max_ms, 1),
+            ("cluster.digest_interval_ms", c.digest_interval_ms, 100),
+            ("cluster.keep_alive_ms", c.keep_alive_ms, 100),
+        ] {
+            if v < min || v > MAX_TIMER_MS {
+                return Err(invalid(
+                    key,
+                    format!("{v}: must be {min} to {MAX_TIMER_MS} ms"),
+                ));
+            }
+        }
+        if c.redial_max_ms < c.redial_min_ms {
+            return Err(invalid(
+                "cluster.redial_max_ms",
+                "must be at least cluster.redial_min_ms",
+            ));
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            let key = |k: &str| format!("peer[{i}].{k}");
+            match (&p.url, p.dial) {
+                (Some(u), _) => {
+                    parse_peer_url(u).map_err(|e| invalid(&key("url"), e))?;
+                }
+                (None, true) => {
+                    return Err(invalid(&key("url"), "required when this side dials"));
+                }
+                (None, false) => {}
+            }
+            if let Some(n) = &p.node_id
+                && !valid_id(n, 64, true)
+            {
+                return Err(invalid(
+                    &key("node_id"),
+                    format!("{n:?}: use 1-64 letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            if !p.dial && p.node_id.is_none() {
+                return Err(invalid(
+                    &key("node_id"),
+                    "required with dial = false: it names the node whose links this entry sets up",
+                ));
+            }
+            check_patterns(&key("topics"), &p.topics, max_topic)?;
+        }
+        Ok(())
+    }
+}
+
+/// A non-empty list of valid topic patterns.
+fn check_patterns(key: &str, patterns: &[String], max: usize) -> Result<(), ConfigError> {
+    if patterns.is_empty() {
+        return Err(invalid(
+            key,
+            "give at least one pattern (\">\" for every topic)",
+        ));
+    }
+    for p in patterns {
+        edgesync_protocol::topic::validate_pattern(p, max)
+            .map_err(|e| invalid(key, format!("{p:?}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Check one `allowed_origins` entry: `"*"` or `scheme://host[:port]` (no path).
@@ -948,6 +1179,126 @@ nested = [{ password = "pw-secret", user = "bob" }]
         let c = Config::from_toml("[limits]\nidle_timeout_ms = 1000\nping_interval_ms = 999\n")
             .expect("parses");
         c.build().expect("valid");
+    }
+
+    /// The issue's two-gateway example parses; its defaults are the documented ones.
+    #[test]
+    fn cluster_and_peers_parse_with_defaults() {
+        let c = Config::from_toml(
+            r#"
+node_id = "edge-1"
+[tls]
+cert = "certs/edge-1.pem"
+key = "certs/edge-1.key"
+[cluster]
+id = "plant-7"
+ca = "certs/ca.pem"
+[[peer]]
+url = "quic://127.0.0.1:7543"
+topics = ["sensors.>"]
+[[peer]]
+node_id = "edge-2"
+dial = false
+direction = "push"
+"#,
+        )
+        .expect("parse");
+        c.build().expect("valid");
+        let cl = c.cluster.as_ref().expect("cluster");
+        assert_eq!((cl.id.as_str(), cl.accept), ("plant-7", true));
+        assert_eq!(cl.topics, vec![">".to_string()]);
+        assert_eq!(c.peers.len(), 2);
+        assert!(c.peers[0].dial);
+        assert_eq!(c.peers[0].direction, PeerDirection::Both);
+        assert_eq!(c.peers[1].direction, PeerDirection::Push);
+        assert_eq!(c.peers[1].topics, vec![">".to_string()]);
+        assert_eq!(
+            parse_peer_url("quic://hub.example:7443"),
+            Ok(("hub.example".into(), 7443))
+        );
+        assert_eq!(parse_peer_url("quic://[::1]:9"), Ok(("::1".into(), 9)));
+    }
+
+    #[test]
+    fn bad_cluster_and_peer_values_are_refused_with_key_and_line() {
+        let base =
+            "[tls]\ncert = \"c.pem\"\nkey = \"c.key\"\n[cluster]\nid = \"c1\"\nca = \"ca.pem\"\n";
+        for (extra, key, line) in [
+            ("[[peer]]\nurl = \"http://x:1\"\n", "peer[0].url", 8),
+            ("[[peer]]\nurl = \"quic://x\"\n", "peer[0].url", 8),
+            ("[[peer]]\nurl = \"quic://x:0\"\n", "peer[0].url", 8),
+            ("[[peer]]\ndial = true\n", "peer[0].url", 7),
+            ("[[peer]]\ndial = false\n", "peer[0].node_id", 7),
+            (
+                "[[peer]]\nurl = \"quic://x:1\"\ntopics = [\"a.>.b\"]\n",
+                "peer[0].topics",
+                9,
+            ),
+            (
+                "[[peer]]\nurl = \"quic://x:1\"\ntopics = []\n",
+                "peer[0].topics",
+                9,
+            ),
+            (
+                "[[peer]]\nurl = \"quic://x:1\"\nnode_id = \"a b\"\n",
+                "peer[0].node_id",
+                9,
+            ),
+        ] {
+            let text = format!("{base}{extra}");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("edgesync.toml");
+            std::fs::write(&path, &text).expect("write");
+            let c = Config::from_file(&path).expect("parses");
+            match c.build().expect_err(&text) {
+                ConfigError::Invalid {
+                    key: k, line: l, ..
+                } => assert_eq!((k.as_str(), l), (key, Some(line)), "{text}"),
+                other => panic!("{text}: {other}"),
+            }
+        }
+        // Unknown keys and bad enum values: the parser names them with the line.
+        let err = Config::from_toml(&format!(
+            "{base}[[peer]]\nurl = \"quic://x:1\"\ndirektion = \"push\"\n"
+        ))
+        .expect_err("unknown key");
+        assert!(err.contains("direktion") && err.contains("line 9"), "{err}");
+        let err = Config::from_toml(&format!(
+            "{base}[[peer]]\nurl = \"quic://x:1\"\ndirection = \"sideways\"\n"
+        ))
+        .expect_err("bad direction");
+        assert!(err.contains("sideways") && err.contains("line 9"), "{err}");
+        let err = Config::from_toml(&format!("{base}colour = 1\n")).expect_err("unknown");
+        assert!(err.contains("colour"), "{err}");
+        // Cross-field rules.
+        for (text, key) in [
+            ("[[peer]]\nurl = \"quic://x:1\"\n", "peer"),
+            (
+                "[tls]\ncert = \"c\"\nkey = \"k\"\n[cluster]\nid = \"c1\"\n",
+                "cluster.ca",
+            ),
+            ("[cluster]\nid = \"c1\"\nca = \"ca.pem\"\n", "tls.cert"),
+            (
+                "[tls]\ncert = \"c\"\nkey = \"k\"\n[cluster]\nid = \"\"\nca = \"a\"\n",
+                "cluster.id",
+            ),
+            (
+                "[tls]\ncert = \"c\"\nkey = \"k\"\n[cluster]\nid = \"c\"\nca = \"a\"\nredial_min_ms = 0\n",
+                "cluster.redial_min_ms",
+            ),
+            (
+                "[tls]\ncert = \"c\"\nkey = \"k\"\n[cluster]\nid = \"c\"\nca = \"a\"\nredial_min_ms = 500\nredial_max_ms = 100\n",
+                "cluster.redial_max_ms",
+            ),
+            (
+                "[listen]\nquic = \"off\"\n[tls]\ncert = \"c\"\nkey = \"k\"\n[cluster]\nid = \"c\"\nca = \"a\"\n",
+                "listen.quic",
+            ),
+        ] {
+            let c = Config::from_toml(text).expect("parses");
+            let err = c.build().expect_err(text).to_string();
+            assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
+        }
     }
 
     #[test]

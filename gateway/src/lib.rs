@@ -8,6 +8,8 @@
 //!   load generator is its own binary, `edgesync-bench`).
 //! - [`server`]: wires the layers together and orders shutdown (`server::run(config, shutdown)`).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, JSON API under `/v1/`).
+//! - [`peers`]: replication between gateways — mTLS peer links on the QUIC endpoint, one
+//!   task per link driving the I/O-free core (`edgesync-replication`) against the store.
 //! - [`transport`]: listeners — admission, [`transport::tls`] (certificates),
 //!   [`transport::ws`] (ws/wss), [`transport::quic`]. They only move frames.
 //! - [`plugin`]: WebAssembly plugins — the session's auth hooks and the pipeline's message
@@ -34,6 +36,8 @@ pub mod cli;
 pub mod server;
 
 pub mod admin;
+
+pub mod peers;
 
 pub mod transport;
 

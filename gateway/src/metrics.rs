@@ -132,6 +132,27 @@ pub struct Metrics {
     pub queue_pending: IntGaugeVec,
     pub queue_in_flight: IntGaugeVec,
     pub queue_members: IntGaugeVec,
+    /// Replication: peer links refused (handshake or hello), by reason (`certificate`,
+    /// `identity`, `cluster`, `protocol_version`, `self_link`, `direction`, `bad_hello`,
+    /// `by_peer`: the peer refused us).
+    pub peer_refused: IntCounterVec,
+    /// Replication: peer links ended, by reason (`local`, `connection`, `protocol`,
+    /// `wire`, `store`, `lagged`, `duplicate`, `refused`).
+    pub peer_links_closed: IntCounterVec,
+    /// Replication: 1 while the link to a peer is up, by peer node id (bounded by the
+    /// cluster's size: only nodes with a cluster certificate get a label).
+    pub peer_link_up: IntGaugeVec,
+    /// Replication: records this node holds (of the topics a link carries, not the peer's
+    /// own) that the peer has neither acknowledged as durable nor sent us, by peer.
+    pub peer_lag_records: IntGaugeVec,
+    /// Replication: records received from a peer and stored, by peer.
+    pub peer_records_in: IntCounterVec,
+    /// Replication: frame bytes to and from a peer, by peer and direction.
+    pub peer_bytes: IntCounterVec,
+    /// Replication: ranges a peer could no longer send (retention), stored as gap markers.
+    pub peer_gaps: IntCounter,
+    /// Replication: digest comparisons that found a difference (a repair was pulled).
+    pub peer_digest_mismatches: IntCounter,
 }
 
 impl Metrics {
@@ -285,6 +306,43 @@ impl Metrics {
                 "edgesync_queue_members",
                 "Members of each queue group.",
                 &["group"],
+            peer_refused: counter_vec(
+                "edgesync_peer_refused_total",
+                "Replication peer links refused at the handshake or hello, by reason.",
+                &["reason"],
+            ),
+            peer_links_closed: counter_vec(
+                "edgesync_peer_links_closed_total",
+                "Replication peer links ended, by reason.",
+                &["reason"],
+            ),
+            peer_link_up: gauge_vec(
+                "edgesync_peer_link_up",
+                "1 while the replication link to a peer is up, by peer node id.",
+                &["peer"],
+            ),
+            peer_lag_records: gauge_vec(
+                "edgesync_peer_lag_records",
+                "Records held here that the peer has not acknowledged as durable, by peer.",
+                &["peer"],
+            ),
+            peer_records_in: counter_vec(
+                "edgesync_peer_records_in_total",
+                "Records received from a peer and stored, by peer.",
+                &["peer"],
+            ),
+            peer_bytes: counter_vec(
+                "edgesync_peer_bytes_total",
+                "Replication frame bytes by peer and direction.",
+                &["peer", "direction"],
+            ),
+            peer_gaps: counter(
+                "edgesync_peer_gaps_received_total",
+                "Ranges a peer could no longer send (retention), stored as gap markers.",
+            ),
+            peer_digest_mismatches: counter(
+                "edgesync_peer_digest_mismatches_total",
+                "Anti-entropy digest comparisons that found a difference.",
             ),
             registry,
         };
@@ -323,6 +381,14 @@ impl Metrics {
             Box::new(self.queue_pending.clone()),
             Box::new(self.queue_in_flight.clone()),
             Box::new(self.queue_members.clone()),
+            Box::new(self.peer_refused.clone()),
+            Box::new(self.peer_links_closed.clone()),
+            Box::new(self.peer_link_up.clone()),
+            Box::new(self.peer_lag_records.clone()),
+            Box::new(self.peer_records_in.clone()),
+            Box::new(self.peer_bytes.clone()),
+            Box::new(self.peer_gaps.clone()),
+            Box::new(self.peer_digest_mismatches.clone()),
             Box::new(build_info()),
         ];
         for c in all {

@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use edgesync_protocol::{ErrorCode, ServerFrame};
@@ -29,6 +29,7 @@ use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::conns::ConnRegistry;
 use crate::metrics::{Metrics, StateSample};
+use crate::peers::{Acceptor, PeerTls, Peers};
 use crate::pipeline::Pipeline;
 use crate::plugin::services::GatewayServices;
 use crate::plugin::{PluginAdmin, Plugins};
@@ -49,6 +50,8 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("plugins: {0}")]
     Plugins(#[from] crate::plugin::PluginSetupError),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("{0}")]
     FdLimit(#[from] crate::transport::admission::FdLimitError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -70,6 +73,8 @@ pub struct Gateway {
     pub queues: Arc<Queues>,
     pub conns: Arc<ConnRegistry>,
     pub readiness: Arc<Readiness>,
+    /// The replication driver, set when the QUIC listener is bound with `[cluster]`.
+    pub peers: Arc<OnceLock<Arc<Peers>>>,
     plugins: Option<Arc<Plugins>>,
 }
 
@@ -132,6 +137,9 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
     let clock = clock::system();
     let metrics = Arc::new(Metrics::new());
     let mut opts = settings.store_options();
+    if let Some(node) = cluster_node_id(&settings)? {
+        opts.node_id = Some(node);
+    }
     opts.observer = metrics.clone();
     opts.clock = clock.clone();
     let (store, mut committed) = tokio::task::spawn_blocking(move || Store::open(opts))
@@ -142,6 +150,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         settings.slow_consumer_policy(),
         metrics.clone(),
     ));
+    let peers: Arc<OnceLock<Arc<Peers>>> = Arc::default();
     let pipeline = Pipeline::new(
         store.clone(),
         broker.clone(),
@@ -156,10 +165,14 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         settings.limits().max_queue_groups,
     );
     let (fanout_broker, fanout_queues) = (broker.clone(), queues.clone());
+    let fanout_peers = peers.clone();
     let fanout = tokio::spawn(async move {
         while let Some(batch) = committed.recv().await {
             fanout_broker.fanout(&batch);
             fanout_queues.on_commit(&batch);
+            if let Some(p) = fanout_peers.get() {
+                p.committed(&batch);
+            }
         }
     });
     let conns = ConnRegistry::new(clock.clone());
@@ -181,6 +194,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
             broker,
             queues,
             conns,
+            peers,
             plugins,
         }),
         bound: Bound::default(),
@@ -367,6 +381,7 @@ async fn bind_admin(running: &mut Running, settings: &Settings) -> Result<(), Se
         plugins: gw.plugins(),
         metrics: gw.metrics.clone(),
         readiness: gw.readiness.clone(),
+        peers: gw.peers.clone(),
     });
     running.admin_task = Some(tokio::spawn(admin::serve(
         l,
@@ -442,14 +457,98 @@ async fn bind_clients(
         ));
     }
     if let Some(addr) = cfg.listen.quic.0 {
-        let config = quic::server_config(&id, cfg.tls.client_ca.as_deref(), settings.limits())?;
+        let peer_ca = cfg.cluster.as_ref().and_then(|c| c.ca.as_deref());
+        let config = quic::server_config(
+            &id,
+            cfg.tls.client_ca.as_deref(),
+            peer_ca,
+            settings.limits(),
+        )?;
         let endpoint = quic::bind(addr, config).map_err(bind_error("quic", addr))?;
         running.bound.quic = endpoint.local_addr().ok();
-        running
-            .tasks
-            .spawn(quic::serve(endpoint, ctx.clone(), admission.clone()));
+        let routing = start_peers(running, settings, &id, &endpoint)?;
+        running.tasks.spawn(quic::serve(
+            endpoint,
+            ctx.clone(),
+            admission.clone(),
+            routing,
+        ));
     }
     Ok(())
+}
+
+/// With `[cluster]`: the replication driver on the QUIC endpoint (dial loops started),
+/// and what the listener needs to hand it peer connections.
+fn start_peers(
+    running: &Running,
+    settings: &Settings,
+    id: &tls::Identity,
+    endpoint: &quinn::Endpoint,
+) -> Result<Option<quic::PeerRouting>, ServerError> {
+    let cfg = &settings.config;
+    let Some(cluster) = &cfg.cluster else {
+        return Ok(None);
+    };
+    let Some(ca) = &cluster.ca else {
+        return Err(ServerError::Cluster("[cluster] ca is required".into()));
+    };
+    let gw = &running.gateway;
+    let peers = Peers::new(
+        gw.store.clone(),
+        gw.metrics.clone(),
+        cluster.clone(),
+        cfg.peers.clone(),
+        PeerTls::new(ca, id.clone())?,
+        endpoint.clone(),
+        running.shutdown.clone(),
+        running.tasks.clone(),
+    )?;
+    let _ = gw.peers.set(peers.clone());
+    peers.start();
+    tracing::info!(cluster = %cluster.id, node = peers.node_id(), peers = cfg.peers.len(), "replication on");
+    let client_verifier = match &cfg.tls.client_ca {
+        Some(ca) => Some(tls::client_verifier(ca)?),
+        None => None,
+    };
+    Ok(Some(quic::PeerRouting {
+        links: Arc::new(Acceptor(peers)),
+        client_verifier,
+    }))
+}
+
+/// With `[cluster]`, the node id is the subject CN of `[tls] cert` (`edgesync cert node
+/// NAME`); a configured `node_id` must equal it.
+fn cluster_node_id(settings: &Settings) -> Result<Option<String>, ServerError> {
+    let cfg = &settings.config;
+    let (Some(_), Some(cert)) = (&cfg.cluster, &cfg.tls.cert) else {
+        return Ok(None);
+    };
+    let certs = tls::read_certs(cert)?;
+    let Some(name) = certs.first().and_then(|c| tls::certificate_identity(c)) else {
+        return Err(ServerError::Cluster(format!(
+            "{}: the certificate names no node id (subject CN)",
+            cert.display()
+        )));
+    };
+    if let Some(n) = &cfg.node_id
+        && *n != name
+    {
+        return Err(ServerError::Cluster(format!(
+            "node_id {n:?} differs from the node certificate's identity {name:?} ({})",
+            cert.display()
+        )));
+    }
+    if name.is_empty()
+        || name.len() > 64
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ServerError::Cluster(format!(
+            "the node certificate's identity {name:?} is not a valid node id (1-64 letters, digits, '-', '_')"
+        )));
+    }
+    Ok(Some(name))
 }
 
 impl Running {

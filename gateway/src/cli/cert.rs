@@ -17,8 +17,9 @@ pub enum CertCommand {
         name: String,
     },
     /// Create `<NAME>.pem` / `<NAME>.key` signed by the CA in --ca-dir, valid for the given
-    /// DNS names / IPs, usable as server and as client certificate (for gateway-to-gateway
-    /// mTLS once replication is wired into `serve`; today: the wss/QUIC server certificate).
+    /// DNS names / IPs, usable as server and as client certificate: a cluster node's
+    /// certificate (`[tls] cert`/`key`), whose subject CN NAME is the node id peers see
+    /// (gateway-to-gateway mTLS, `[cluster]`).
     Node {
         /// File base name, e.g. the node id: letters, digits, `.`, `_`, `-` (not first `.`),
         /// at most 64 bytes.

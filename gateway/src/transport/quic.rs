@@ -103,24 +103,27 @@ pub fn close_code(code: Option<ErrorCode>) -> u32 {
 }
 
 /// The quinn server configuration: TLS from `identity` (ALPN `edgesync/2`, then
-/// `edgesync/1`: a client offering both gets subscription streams), optional
-/// client-certificate CA, and transport limits from `limits`.
+/// `edgesync/1`: a client offering both gets subscription streams; with `peer_ca` also
+/// `edgesync-peer/1` for replication peers), optional client-certificate CAs (clients'
+/// and peers'), and transport limits from `limits`.
 ///
 /// # Errors
 /// [`TlsError`] for an unusable certificate, key or CA.
 pub fn server_config(
     identity: &Identity,
     client_ca: Option<&Path>,
+    peer_ca: Option<&Path>,
     limits: &Limits,
 ) -> Result<quinn::ServerConfig, TlsError> {
-    let tls = tls::server_config(
-        identity,
-        &[
-            edgesync_protocol::ALPN_QUIC_V2,
-            edgesync_protocol::ALPN_QUIC,
-        ],
-        client_ca,
-    )?;
+    let mut alpn = vec![
+        edgesync_protocol::ALPN_QUIC_V2,
+        edgesync_protocol::ALPN_QUIC,
+    ];
+    if peer_ca.is_some() {
+        alpn.push(edgesync_replication::wire::ALPN_PEER);
+    }
+    let cas: Vec<&Path> = client_ca.into_iter().chain(peer_ca).collect();
+    let tls = tls::server_config_cas(identity, &alpn, &cas)?;
     let crypto = QuicServerConfig::try_from(tls)
         .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -174,8 +177,35 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket)
 }
 
-/// Accept QUIC connections until shutdown.
-pub async fn serve(endpoint: Endpoint, ctx: Arc<SessionCtx>, admission: Arc<Admission>) {
+/// Where connections with the peer ALPN (`edgesync-peer/1`) go: the replication driver,
+/// which sits above the transport (the seam keeps the transport free of replication).
+pub trait PeerLinks: Send + Sync {
+    /// A peer's connection, TLS done (its certificate chains to one of the listener's
+    /// client CAs; the driver checks it against the cluster CA).
+    fn accept(&self, connection: Connection);
+    /// A handshake with the peer ALPN failed (e.g. a certificate from another CA).
+    fn refused(&self, remote: SocketAddr, error: String);
+}
+
+/// What the QUIC listener needs besides sessions when replication is on.
+#[derive(Clone)]
+pub struct PeerRouting {
+    /// Receives peer connections.
+    pub links: Arc<dyn PeerLinks>,
+    /// Checks client certificates against `[tls] client_ca` only (the listener's TLS
+    /// verifier also trusts the cluster CA): `None` when no client CA is configured,
+    /// and then a client's certificate gives no identity.
+    pub client_verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+}
+
+/// Accept QUIC connections until shutdown. With `peers`, connections that negotiated
+/// the peer ALPN go to the replication driver.
+pub async fn serve(
+    endpoint: Endpoint,
+    ctx: Arc<SessionCtx>,
+    admission: Arc<Admission>,
+    peers: Option<PeerRouting>,
+) {
     loop {
         let incoming = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
@@ -184,14 +214,23 @@ pub async fn serve(endpoint: Endpoint, ctx: Arc<SessionCtx>, admission: Arc<Admi
                 None => break,
             },
         };
-        ctx.tasks
-            .spawn(handle(incoming, ctx.clone(), admission.clone()));
+        ctx.tasks.spawn(handle(
+            incoming,
+            ctx.clone(),
+            admission.clone(),
+            peers.clone(),
+        ));
     }
     // Refuse new handshakes; sessions close their own connections after draining.
     endpoint.set_server_config(None);
 }
 
-async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admission>) {
+async fn handle(
+    incoming: Incoming,
+    ctx: Arc<SessionCtx>,
+    admission: Arc<Admission>,
+    peers: Option<PeerRouting>,
+) {
     let remote = incoming.remote_address();
     let timeout = Duration::from_millis(ctx.limits.handshake_timeout_ms);
     let refused = |reason: &str| {
@@ -230,11 +269,25 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             return;
         }
     };
+    let mut connecting = connecting;
+    // The ALPN is known once the client's hello is in, before its certificate arrives:
+    // a peer's failed handshake (another CA) is reported to the replication driver.
+    let peer_alpn = match tokio::time::timeout_at(deadline, connecting.handshake_data()).await {
+        Ok(Ok(data)) => data
+            .downcast::<quinn::crypto::rustls::HandshakeData>()
+            .ok()
+            .and_then(|h| h.protocol)
+            .is_some_and(|p| p == edgesync_replication::wire::ALPN_PEER),
+        _ => false,
+    };
     let connection = match tokio::time::timeout_at(deadline, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             refused("quic_handshake");
             tracing::debug!(%remote, error = %e, "QUIC handshake failed");
+            if let (true, Some(p)) = (peer_alpn, &peers) {
+                p.links.refused(remote, e.to_string());
+            }
             return;
         }
         Err(_) => {
@@ -242,6 +295,31 @@ async fn handle(incoming: Incoming, ctx: Arc<SessionCtx>, admission: Arc<Admissi
             return;
         }
     };
+    if let Some(p) = &peers {
+        if peer_alpn {
+            drop(handshake);
+            p.links.accept(connection);
+            return;
+        }
+        // The TLS verifier also trusted the cluster CA: a client's certificate must
+        // come from `[tls] client_ca` (a node certificate is no client identity).
+        if let Some(certs) = presented_certs(&connection) {
+            let now = rustls::pki_types::UnixTime::now();
+            let ok = p
+                .client_verifier
+                .as_ref()
+                .is_some_and(|v| v.verify_client_cert(&certs[0], &certs[1..], now).is_ok());
+            if !ok {
+                refused("client_certificate");
+                close(
+                    &connection,
+                    Some(ErrorCode::Unauthorized),
+                    "client certificate not issued by the configured client CA",
+                );
+                return;
+            }
+        }
+    }
     let _admission = match admission.admit(remote.ip()) {
         Ok(guard) => guard,
         Err(r) => {
@@ -450,11 +528,20 @@ async fn write_frame(send: &mut SendStream, frame: Vec<u8>) -> Result<(), quinn:
 /// The identity in a verified client certificate: subject CN, else the first DNS, email
 /// or URI subject alternative name.
 fn peer_identity(connection: &Connection) -> Option<String> {
+    presented_certs(connection)?
+        .first()
+        .and_then(|c| tls::certificate_identity(c))
+}
+
+/// The certificate chain the other side presented (leaf first), if any.
+pub fn presented_certs(
+    connection: &Connection,
+) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
     let any = connection.peer_identity()?;
     let certs = any
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    certs.first().and_then(|c| tls::certificate_identity(c))
+    (!certs.is_empty()).then_some(*certs)
 }
 
 /// A session's view of a QUIC connection: the first bidirectional stream, length-prefixed.

@@ -213,7 +213,8 @@ pub enum LeafUsage {
 
 /// Create a leaf certificate `<base>.pem` / `<base>.key` in `dir`, signed by the CA,
 /// valid for `names` (DNS names or IP addresses) as server and client (a cluster node's
-/// certificate, for mTLS between nodes).
+/// certificate, for mTLS between nodes). Its subject CN is `base`: the node id, which
+/// peers read as the node's identity ([`certificate_identity`]).
 ///
 /// # Errors
 /// [`TlsError`] on read, generation or write failure.
@@ -251,10 +252,14 @@ fn generate_leaf_for(
         params.not_before = from;
         params.not_after = to;
     }
-    params.distinguished_name.push(
-        DnType::CommonName,
-        names.first().cloned().unwrap_or_else(|| base.to_string()),
-    );
+    // A cluster node's identity is its certificate's subject CN: the node id (`base`).
+    let common_name = match usage {
+        LeafUsage::Server => names.first().cloned().unwrap_or_else(|| base.to_string()),
+        LeafUsage::ServerAndClient => base.to_string(),
+    };
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -440,13 +445,30 @@ pub fn server_config(
     alpn: &[&[u8]],
     client_ca: Option<&Path>,
 ) -> Result<rustls::ServerConfig, TlsError> {
+    server_config_cas(identity, alpn, client_ca.as_slice())
+}
+
+/// [`server_config`] with several CAs for client certificates (the QUIC listener accepts
+/// `[tls] client_ca` for clients and `[cluster] ca` for peers; each connection's
+/// certificate is checked again against the CA of its ALPN once the handshake is done).
+///
+/// # Errors
+/// [`TlsError::Rustls`] for an unusable key or CA.
+pub fn server_config_cas(
+    identity: &Identity,
+    alpn: &[&[u8]],
+    cas: &[&Path],
+) -> Result<rustls::ServerConfig, TlsError> {
     let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?;
-    let builder = match client_ca {
-        Some(ca) => {
+    let builder = match cas {
+        [] => builder.with_no_client_auth(),
+        cas => {
             let mut roots = rustls::RootCertStore::empty();
-            for c in read_certs(ca)? {
-                roots.add(c)?;
+            for ca in cas {
+                for c in read_certs(ca)? {
+                    roots.add(c)?;
+                }
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -457,11 +479,27 @@ pub fn server_config(
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
             builder.with_client_cert_verifier(verifier)
         }
-        None => builder.with_no_client_auth(),
     };
     let mut cfg = builder.with_single_cert(identity.certs.clone(), identity.key.clone_key())?;
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(cfg)
+}
+
+/// A verifier of client certificates against the CA(s) in `ca` (PEM), for checking a
+/// connection's certificate after the handshake.
+///
+/// # Errors
+/// [`TlsError`] naming the file, or for an unusable CA.
+pub fn client_verifier(
+    ca: &Path,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots.add(c)?;
+    }
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))
 }
 
 /// Subject CN, else the first DNS / email / URI SAN, of a DER certificate.
