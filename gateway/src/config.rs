@@ -15,6 +15,11 @@ use crate::broker::PolicyFn;
 use crate::outbox::SlowConsumerPolicy;
 use crate::store::{FsyncPolicy, Retention, StoreOptions};
 
+mod bridge;
+pub use bridge::{
+    BridgeConfig, BridgeKind, Direction, MAX_BRIDGE_BATCH, NATS_RESERVED_ROOTS, Urls,
+};
+
 /// A configuration problem, with the key (and line, when it came from the file).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -103,6 +108,9 @@ pub struct Config {
     pub plugin_host: edgesync_plugin_host::HostConfig,
     /// Reload plugins whose component file changed (`[plugin_watch] interval_ms`; 0 = off, the default).
     pub plugin_watch: PluginWatch,
+    /// Bridges to NATS JetStream (`[[bridge]]`, docs/bridge-jetstream.md).
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
     /// The file's text when read by [`Config::from_file`]: [`Config::build`] names the
     /// line of a key it refuses.
     #[serde(skip)]
@@ -143,6 +151,7 @@ impl Default for Config {
             routes: Vec::new(),
             plugin_host: edgesync_plugin_host::HostConfig::default(),
             plugin_watch: PluginWatch::default(),
+            bridges: Vec::new(),
             source: None,
         }
     }
@@ -598,6 +607,7 @@ impl Config {
                 ),
             ));
         }
+        bridge::check(&self.bridges, l.max_topic_bytes)?;
         check_timers(l)
     }
 }
@@ -732,6 +742,13 @@ impl Settings {
         let mut c = (*self.config).clone();
         if c.admin.token.is_some() {
             c.admin.token = Some(REDACTED.into());
+        }
+        for b in &mut c.bridges {
+            for secret in [&mut b.password, &mut b.token, &mut b.nkey_seed] {
+                if secret.is_some() {
+                    *secret = Some(REDACTED.into());
+                }
+            }
         }
         for p in &mut c.plugins {
             for (k, v) in p.config.iter_mut() {
