@@ -9,7 +9,9 @@
 //! - nats-server killed mid-export and restarted: publishers unaffected, nothing
 //!   lost, nothing doubled;
 //! - import with the gateway killed mid-batch: each message exactly once in the store;
-//! - direction `both`: no record goes round.
+//! - direction `both`: no record goes round;
+//! - the lag alert rules (examples/monitoring/bridge-alerts.yml) pass `promtool
+//!   check rules` and their `promtool test rules` cases.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -233,23 +235,7 @@ impl GatewayProc {
 
     /// `GET path` on the admin listener, as JSON (None while it does not answer).
     async fn get(&self, path: &str) -> Option<serde_json::Value> {
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.admin));
-        let exchange = async {
-            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-            let req = format!(
-                "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
-            );
-            s.write_all(req.as_bytes()).await.ok()?;
-            let mut raw = Vec::new();
-            s.read_to_end(&mut raw).await.ok()?;
-            let text = String::from_utf8(raw).ok()?;
-            let (_, body) = text.split_once("\r\n\r\n")?;
-            serde_json::from_str(body).ok()
-        };
-        tokio::time::timeout(Duration::from_secs(5), exchange)
-            .await
-            .ok()
-            .flatten()
+        admin_get(SocketAddr::from(([127, 0, 0, 1], self.admin)), path).await
     }
 
     /// Records of `topic` per "node/epoch" the gateway holds (empty while down).
@@ -271,6 +257,27 @@ impl Drop for GatewayProc {
     fn drop(&mut self) {
         self.sigkill();
     }
+}
+
+/// `GET path` with the test token on the admin listener at `addr`, as JSON (None
+/// while it does not answer).
+async fn admin_get(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let req = format!(
+            "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8(raw).ok()?;
+        let (_, body) = text.split_once("\r\n\r\n")?;
+        serde_json::from_str(body).ok()
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Records of `topic` in the gateway at `url`, read back through history.
@@ -622,5 +629,34 @@ async fn both_directions_make_no_loop() -> Result<()> {
     );
     assert_eq!(store.head("loop.b").values().sum::<u64>(), 30);
     assert_eq!(m.bridge.imported.with_label_values(&["LOOP"]).get(), 30);
+    Ok(())
+}
+
+#[test]
+fn lag_alert_rules_pass_promtool() -> Result<()> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/monitoring");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/ensure-prometheus.sh");
+    let out = Command::new("sh").arg(&script).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "ensure-prometheus.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let promtool = PathBuf::from(String::from_utf8(out.stdout)?.trim()).join("promtool");
+    for args in [
+        ["check", "rules", "bridge-alerts.yml"],
+        ["test", "rules", "bridge-alerts.test.yml"],
+    ] {
+        let out = Command::new(&promtool)
+            .args(args)
+            .current_dir(&dir)
+            .output()?;
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     Ok(())
 }
