@@ -69,7 +69,12 @@ async fn session(
         if !moved {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
-                _ = commits.changed() => {}
+                changed = commits.changed() => {
+                    if changed.is_err() {
+                        // The fan-out task ended (shutdown): poll instead.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
                 // Retention moves and applied replicas also change heads.
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }

@@ -210,23 +210,40 @@ impl Link {
         let name = cfg.name().to_string();
         let b = &metrics.bridge;
         let n = name.as_str();
+        let (ex, im) = (cfg.direction.exports(), cfg.direction.imports());
+        // Series exist only for the directions this bridge runs: an export-only bridge
+        // must not show an `up{direction="import"} 0` that an alert would page on.
+        let gauge = |on: bool, v: &prometheus::IntGaugeVec, l: &[&str]| {
+            if on {
+                v.with_label_values(l)
+            } else {
+                detached_gauge()
+            }
+        };
+        let counter = |on: bool, v: &prometheus::IntCounterVec, l: &[&str]| {
+            if on {
+                v.with_label_values(l)
+            } else {
+                detached_counter()
+            }
+        };
         let m = LinkMetrics {
-            up_export: b.up.with_label_values(&[n, "export"]),
-            up_import: b.up.with_label_values(&[n, "import"]),
-            lag_export: b.lag.with_label_values(&[n, "export"]),
-            lag_import: b.lag.with_label_values(&[n, "import"]),
-            published: b.published.with_label_values(&[n]),
-            acked: b.acked.with_label_values(&[n]),
-            dup_export: b.duplicates.with_label_values(&[n, "export"]),
-            dup_import: b.duplicates.with_label_values(&[n, "import"]),
-            imported: b.imported.with_label_values(&[n]),
-            skipped_imported: b.skipped.with_label_values(&[n, "imported"]),
-            skipped_known: b.skipped.with_label_values(&[n, "known"]),
-            skipped_filtered: b.skipped.with_label_values(&[n, "filtered"]),
-            skipped_rejected: b.skipped.with_label_values(&[n, "rejected"]),
-            skipped_gap: b.skipped.with_label_values(&[n, "gap"]),
-            errors_export: b.errors.with_label_values(&[n, "export"]),
-            errors_import: b.errors.with_label_values(&[n, "import"]),
+            up_export: gauge(ex, &b.up, &[n, "export"]),
+            up_import: gauge(im, &b.up, &[n, "import"]),
+            lag_export: gauge(ex, &b.lag, &[n, "export"]),
+            lag_import: gauge(im, &b.lag, &[n, "import"]),
+            published: counter(ex, &b.published, &[n]),
+            acked: counter(ex, &b.acked, &[n]),
+            dup_export: counter(ex, &b.duplicates, &[n, "export"]),
+            dup_import: counter(im, &b.duplicates, &[n, "import"]),
+            imported: counter(im, &b.imported, &[n]),
+            skipped_imported: counter(ex, &b.skipped, &[n, "imported"]),
+            skipped_known: counter(im, &b.skipped, &[n, "known"]),
+            skipped_filtered: counter(im, &b.skipped, &[n, "filtered"]),
+            skipped_rejected: counter(im, &b.skipped, &[n, "rejected"]),
+            skipped_gap: counter(ex, &b.skipped, &[n, "gap"]),
+            errors_export: counter(ex, &b.errors, &[n, "export"]),
+            errors_import: counter(im, &b.errors, &[n, "import"]),
         };
         Link {
             cfg,
@@ -386,6 +403,18 @@ impl Link {
         );
         Ok(s)
     }
+}
+
+/// A gauge on no registry, for a direction the bridge does not run.
+fn detached_gauge() -> IntGauge {
+    // A constant, valid name: `new` cannot fail on it.
+    IntGauge::new("edgesync_bridge_unused", "not registered").unwrap_or_else(|_| unreachable!())
+}
+
+/// A counter on no registry, for a direction the bridge does not run.
+fn detached_counter() -> IntCounter {
+    // A constant, valid name: `new` cannot fail on it.
+    IntCounter::new("edgesync_bridge_unused", "not registered").unwrap_or_else(|_| unreachable!())
 }
 
 /// Sleep `d` unless `stop` is cancelled first (then false).
