@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine. Installs what the tests need:
 # the wasm32-wasip2 target (plugins are built from source by the test build),
 # Python's aioquic + msgpack (independent QUIC interop client), Debian's
-# prometheus/promtool (metrics tests scrape a real Prometheus server) and the
+# prometheus/promtool (metrics tests scrape a real Prometheus server), Debian's
+# nats-server (the JetStream bridge tests) and the
 # plugin toolchains of every guest language (scripts/guest-toolchains.sh: the
 # tests build each language's template from source with `edgesync plugin build`).
 # The fuzz slice at the end needs nightly and cargo-fuzz (scripts/fuzz.sh installs them).
@@ -19,6 +20,15 @@ if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
       || echo "warning: could not install prometheus; the metrics tests will report it"
+  fi
+fi
+
+# Debian's nats-server (JetStream): the bridge tests (tests/tests/bridge_jetstream.rs)
+# start their own `nats-server -js` on 127.0.0.1.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null) \
+      || echo "warning: could not install nats-server; the bridge tests will report it"
   fi
 fi
 

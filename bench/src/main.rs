@@ -6,6 +6,8 @@
 //! - [`durable`]: acknowledged publishes/s with fsync from C pipelined publishers.
 //! - [`idle`]: gateway RSS per idle connection.
 //! - [`soak`]: a long steady run with connection churn; RSS and descriptors sampled.
+//! - [`bridge`]: the JetStream export's throughput and lag beside async-nats
+//!   publishing straight to the same server (starts nats-server and a gateway).
 //!
 //! Every scenario runs over WebSocket, WebSocket over TLS or QUIC (`--transport
 //! ws|wss|quic|both|all`; `both` runs ws then QUIC, `all` ws, wss then QUIC, and they
@@ -21,6 +23,7 @@
 //! contention. Every loop is bounded by the scenario's duration or a count,
 //! and every connection is closed with a close frame at the end.
 
+mod bridge;
 mod conn;
 mod durable;
 mod fanout;
@@ -132,6 +135,9 @@ pub enum Scenario {
     Plugin(plugin::PluginArgs),
     /// A long steady run with connection churn: server RSS and descriptors sampled.
     Soak(soak::SoakArgs),
+    /// JetStream bridge export msgs/s and lag vs direct async-nats publishing (starts
+    /// nats-server and its own gateway).
+    Bridge(bridge::BridgeArgs),
 }
 
 impl Scenario {
@@ -143,6 +149,7 @@ impl Scenario {
             Scenario::Idle(_) => "idle",
             Scenario::Plugin(_) => "plugin",
             Scenario::Soak(_) => "soak",
+            Scenario::Bridge(_) => "bridge",
         }
     }
 }
@@ -238,6 +245,10 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
         // Starts its own pair of gateways per round, over WebSocket.
         return Ok(vec![plugin::run(args, a).await?]);
     }
+    if let Scenario::Bridge(a) = &args.scenario {
+        // Starts its own nats-server and gateway.
+        return bridge::run(args, a).await;
+    }
     let transports: &[Transport] = match args.transport {
         TransportArg::Ws => &[Transport::Ws],
         TransportArg::Wss => &[Transport::Wss],
@@ -276,7 +287,7 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
             Scenario::Durable(a) => durable::run(&target, a).await,
             Scenario::Idle(a) => idle::run(&target, a).await,
             Scenario::Soak(a) => soak::run(&target, a).await,
-            Scenario::Plugin(_) => unreachable!("handled above"),
+            Scenario::Plugin(_) | Scenario::Bridge(_) => unreachable!("handled above"),
         };
         target.dialer.shutdown().await;
         if let Some(gw) = child {

@@ -107,6 +107,8 @@ pub struct AdminCtx {
     pub readiness: Arc<Readiness>,
     /// The replication driver, once the QUIC listener is bound (empty without `[cluster]`).
     pub peers: Arc<std::sync::OnceLock<Arc<crate::peers::Peers>>>,
+    /// The JetStream bridges (`GET /v1/bridges`).
+    pub bridges: Arc<crate::bridge::Bridges>,
 }
 
 impl std::fmt::Debug for AdminCtx {
@@ -239,6 +241,7 @@ pub fn router(gw: Arc<AdminCtx>) -> Router {
         .route("/v1/config", get(config))
         .route("/v1/plugins", get(plugins))
         .route("/v1/queues", get(queues))
+        .route("/v1/bridges", get(bridges))
         .route("/v1/plugins/{name}/reload", post(reload_plugin))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such admin route")
@@ -741,6 +744,11 @@ async fn plugins(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Va
     authorize(&gw, &headers, Guard::Api)?;
     let list = gw.plugins.as_ref().map(|p| p.list()).unwrap_or_default();
     Ok(Json(serde_json::json!({ "plugins": list })))
+}
+
+async fn bridges(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Value> {
+    authorize(&gw, &headers, Guard::Api)?;
+    Ok(Json(serde_json::json!({ "bridges": gw.bridges.status() })))
 }
 
 async fn reload_plugin(

@@ -15,6 +15,11 @@ use crate::broker::PolicyFn;
 use crate::outbox::SlowConsumerPolicy;
 use crate::store::{FsyncPolicy, Retention, StoreOptions};
 
+mod bridge;
+pub use bridge::{
+    BridgeConfig, BridgeKind, Direction, MAX_BRIDGE_BATCH, NATS_RESERVED_ROOTS, Urls,
+};
+
 /// A configuration problem, with the key (and line, when it came from the file).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -108,6 +113,9 @@ pub struct Config {
     /// Replication peers (`[[peer]]`: url, direction, topics, dial); needs `[cluster]`.
     #[serde(rename = "peer")]
     pub peers: Vec<PeerConfig>,
+    /// Bridges to NATS JetStream (`[[bridge]]`, docs/bridge-jetstream.md).
+    #[serde(rename = "bridge")]
+    pub bridges: Vec<BridgeConfig>,
     /// The file's text when read by [`Config::from_file`]: [`Config::build`] names the
     /// line of a key it refuses.
     #[serde(skip)]
@@ -150,6 +158,7 @@ impl Default for Config {
             plugin_watch: PluginWatch::default(),
             cluster: None,
             peers: Vec::new(),
+            bridges: Vec::new(),
             source: None,
         }
     }
@@ -735,6 +744,7 @@ impl Config {
                 ),
             ));
         }
+        bridge::check(&self.bridges, l.max_topic_bytes)?;
         check_timers(l)?;
         self.check_cluster()
     }
@@ -968,6 +978,13 @@ impl Settings {
         let mut c = (*self.config).clone();
         if c.admin.token.is_some() {
             c.admin.token = Some(REDACTED.into());
+        }
+        for b in &mut c.bridges {
+            for secret in [&mut b.password, &mut b.token, &mut b.nkey_seed] {
+                if secret.is_some() {
+                    *secret = Some(REDACTED.into());
+                }
+            }
         }
         for p in &mut c.plugins {
             for (k, v) in p.config.iter_mut() {

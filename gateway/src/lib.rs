@@ -19,6 +19,8 @@
 //! - [`queues`]: queue groups — one member per message, acks, redelivery, dead letters
 //!   (so far the I/O-free group state; the wiring is the next slice).
 //! - [`conns`]: the registry of live connections (ids, listing, reach one by id).
+//! - [`bridge`]: links to NATS JetStream — export committed records, import through
+//!   the pipeline (one task per direction of each `[[bridge]]`).
 //! - [`pipeline`]: ingest — hooks, dead letters, store append, live-only delivery — for
 //!   every entry point.
 //! - [`metrics`]: the one Prometheus registry; observes the broker and the store.
@@ -48,6 +50,8 @@ pub mod session;
 pub mod queues;
 
 pub mod conns;
+
+pub mod bridge;
 
 pub mod pipeline;
 

@@ -153,6 +153,8 @@ pub struct Metrics {
     pub peer_gaps: IntCounter,
     /// Replication: digest comparisons that found a difference (a repair was pulled).
     pub peer_digest_mismatches: IntCounter,
+    /// The JetStream bridges' families (label `bridge`: the configured name, bounded by config).
+    pub bridge: BridgeMetrics,
 }
 
 impl Metrics {
@@ -306,6 +308,7 @@ impl Metrics {
                 "edgesync_queue_members",
                 "Members of each queue group.",
                 &["group"],
+            ),
             peer_refused: counter_vec(
                 "edgesync_peer_refused_total",
                 "Replication peer links refused at the handshake or hello, by reason.",
@@ -344,6 +347,7 @@ impl Metrics {
                 "edgesync_peer_digest_mismatches_total",
                 "Anti-entropy digest comparisons that found a difference.",
             ),
+            bridge: BridgeMetrics::new(),
             registry,
         };
         m.register_all();
@@ -391,6 +395,7 @@ impl Metrics {
             Box::new(self.peer_digest_mismatches.clone()),
             Box::new(build_info()),
         ];
+        let all = all.into_iter().chain(self.bridge.collectors());
         for c in all {
             // Names are unique constants above; a duplicate is a programming error caught by tests.
             self.registry.register(c).expect("unique metric names");
@@ -500,6 +505,93 @@ impl StoreObserver for Metrics {
         self.store_durability_errors
             .with_label_values(&[what])
             .inc();
+    }
+}
+
+/// The bridges' metrics (`crate::bridge`). Labels: `bridge` (configured names),
+/// `direction` (`export`, `import`), `reason` (a fixed set) — bounded.
+#[derive(Debug, Clone)]
+pub struct BridgeMetrics {
+    /// 1 while the bridge's link to the remote log works, else 0.
+    pub up: IntGaugeVec,
+    /// Records (export: stored here, not yet acknowledged by JetStream) or messages
+    /// (import: in the stream, not yet committed here) waiting.
+    pub lag: IntGaugeVec,
+    /// Records published to JetStream (resends included).
+    pub published: IntCounterVec,
+    /// Publishes JetStream acknowledged (the position moves only after these).
+    pub acked: IntCounterVec,
+    /// Dropped as duplicates: export — JetStream's duplicate window recognised the
+    /// `Nats-Msg-Id`; import — a redelivery already committed here.
+    pub duplicates: IntCounterVec,
+    /// Messages imported and committed here.
+    pub imported: IntCounterVec,
+    /// Not bridged, by reason: `imported` (export never sends records an import
+    /// made), `known` (import: the record is already here), `filtered` (subject outside
+    /// `topics`), `rejected` (invalid, or refused by a plugin), `gap` (records retention
+    /// removed before export).
+    pub skipped: IntCounterVec,
+    /// Failures talking to JetStream or committing, by direction (each is retried).
+    pub errors: IntCounterVec,
+}
+
+impl BridgeMetrics {
+    fn new() -> Self {
+        BridgeMetrics {
+            up: gauge_vec(
+                "edgesync_bridge_up",
+                "1 while the bridge's link to the remote log works.",
+                &["bridge", "direction"],
+            ),
+            lag: gauge_vec(
+                "edgesync_bridge_lag_messages",
+                "Messages waiting to cross the bridge (export: stored here, not yet acknowledged by JetStream; import: pending in the consumer).",
+                &["bridge", "direction"],
+            ),
+            published: counter_vec(
+                "edgesync_bridge_published_total",
+                "Records published to JetStream by export (resends included).",
+                &["bridge"],
+            ),
+            acked: counter_vec(
+                "edgesync_bridge_acked_total",
+                "Export publishes acknowledged by JetStream.",
+                &["bridge"],
+            ),
+            duplicates: counter_vec(
+                "edgesync_bridge_duplicates_total",
+                "Duplicates dropped (export: by JetStream's duplicate window; import: redeliveries already committed).",
+                &["bridge", "direction"],
+            ),
+            imported: counter_vec(
+                "edgesync_bridge_imported_total",
+                "JetStream messages imported and committed.",
+                &["bridge"],
+            ),
+            skipped: counter_vec(
+                "edgesync_bridge_skipped_total",
+                "Records or messages not bridged, by reason.",
+                &["bridge", "reason"],
+            ),
+            errors: counter_vec(
+                "edgesync_bridge_errors_total",
+                "Bridge failures (JetStream unreachable, timeouts, store refusals), by direction; each is retried.",
+                &["bridge", "direction"],
+            ),
+        }
+    }
+
+    fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.up.clone()),
+            Box::new(self.lag.clone()),
+            Box::new(self.published.clone()),
+            Box::new(self.acked.clone()),
+            Box::new(self.duplicates.clone()),
+            Box::new(self.imported.clone()),
+            Box::new(self.skipped.clone()),
+            Box::new(self.errors.clone()),
+        ]
     }
 }
 

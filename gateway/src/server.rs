@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::{self, AdminCtx, Readiness};
+use crate::bridge::{BridgeCtx, Bridges};
 use crate::broker::Broker;
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
@@ -75,7 +76,11 @@ pub struct Gateway {
     pub readiness: Arc<Readiness>,
     /// The replication driver, set when the QUIC listener is bound with `[cluster]`.
     pub peers: Arc<OnceLock<Arc<Peers>>>,
+    /// The `[[bridge]]`s to JetStream (none configured: an empty set).
+    pub bridges: Arc<Bridges>,
     plugins: Option<Arc<Plugins>>,
+    /// Bumped after every group commit; bridges wake on it.
+    commits: tokio::sync::watch::Receiver<u64>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -151,6 +156,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         metrics.clone(),
     ));
     let peers: Arc<OnceLock<Arc<Peers>>> = Arc::default();
+    let (commits_tx, commits) = tokio::sync::watch::channel(0u64);
     let pipeline = Pipeline::new(
         store.clone(),
         broker.clone(),
@@ -173,6 +179,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
             if let Some(p) = fanout_peers.get() {
                 p.committed(&batch);
             }
+            commits_tx.send_modify(|n| *n = n.wrapping_add(1));
         }
     });
     let conns = ConnRegistry::new(clock.clone());
@@ -188,6 +195,8 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
     let mut running = Running {
         gateway: Arc::new(Gateway {
             readiness: Readiness::new(shutdown.clone()),
+            bridges: Arc::new(Bridges::new(&settings.config.bridges, &metrics)),
+            commits,
             store,
             metrics,
             pipeline,
@@ -241,6 +250,14 @@ async fn wire(running: &mut Running, settings: &Settings) -> Result<(), ServerEr
         }
     }
     spawn_housekeeping(&gw.store, &gw.conns, running.shutdown.clone());
+    // After the hooks: imported messages run the route's plugins like any publish.
+    gw.bridges.spawn(&BridgeCtx {
+        store: gw.store.clone(),
+        pipeline: gw.pipeline.clone(),
+        metrics: gw.metrics.clone(),
+        commits: gw.commits.clone(),
+        limits: settings.limits().clone(),
+    });
     watch_state(&gw);
     let authorizer: Arc<dyn Authorizer> = match &gw.plugins {
         Some(p) => p.clone(),
@@ -382,6 +399,7 @@ async fn bind_admin(running: &mut Running, settings: &Settings) -> Result<(), Se
         metrics: gw.metrics.clone(),
         readiness: gw.readiness.clone(),
         peers: gw.peers.clone(),
+        bridges: gw.bridges.clone(),
     });
     running.admin_task = Some(tokio::spawn(admin::serve(
         l,
@@ -572,6 +590,8 @@ impl Running {
                 "sessions did not drain within the grace period"
             );
         }
+        // Bridges read and write the store: they stop before it closes.
+        gw.bridges.stop().await;
         // Bounded: the store's close is itself bounded (see `store::writer`), this is
         // the backstop so a stuck writer cannot hold the process past its grace.
         if tokio::time::timeout(STORE_CLOSE_MAX, gw.store.shutdown())

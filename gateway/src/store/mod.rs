@@ -16,6 +16,7 @@
 //! | `meta`    | `v` · topic_id u32 BE                        | topic state: version vector (with out-of-order ranges), low marks, counts (CRC32C) |
 //! | `meta`    | `g` · topic_id · origin_id · bucket u64 BE   | digest of 1024 seqs: count u64 · wrapping sum u64 (see `replica`) |
 //! | `meta`    | `c` · topic_id · origin_id · seq             | (empty): a record held but unservable (corrupt list) |
+//! | `meta`    | `b` · bridge (u32 BE len · bytes) · key      | a bridge's position entry, CRC32C first (see `position`) |
 //! | `dedupe`  | `k` · identity                               | topic_id, origin_id, seq, hlc, written_ms |
 //! | `dedupe`  | `w` · written_ms u64 BE · identity           | (empty): expiry order |
 //! | `kv`      | plugin · 0x00 · key                          | plugin key/value entries |
@@ -73,6 +74,7 @@ mod housekeeping;
 mod index;
 mod keys;
 mod kv;
+mod position;
 mod read;
 mod record;
 mod recover;
