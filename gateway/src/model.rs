@@ -152,3 +152,12 @@ impl QueueJoin {
     /// Longest `nak` `delay_ms`: 1 h.
     pub const MAX_NAK_DELAY_MS: u64 = 3_600_000;
 }
+
+/// Where a subscription, a history read or a new queue group starts, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    Latest,
+    Earliest,
+    Cursor(edgesync_protocol::Cursor),
+    Last(u64),
+}

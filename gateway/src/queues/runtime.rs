@@ -35,9 +35,8 @@ use tokio::sync::Notify;
 use super::group::{Answered, DeadLetter, Group, GroupOptions, JobKey, MemberId};
 use crate::broker::ConnOut;
 use crate::metrics::Metrics;
-use crate::model::{Publish, QueueJoin, Refusal};
+use crate::model::{Publish, QueueJoin, Refusal, StartAt};
 use crate::pipeline::Pipeline;
-use crate::session::StartAt;
 use crate::store::{Committed, Record, Store};
 
 /// Most records one group holds in memory (ready, delayed and in flight).

@@ -210,14 +210,7 @@ fn queue_join(
     })
 }
 
-/// Where a subscription or history read starts, decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StartAt {
-    Latest,
-    Earliest,
-    Cursor(Cursor),
-    Last(u64),
-}
+pub use crate::model::StartAt;
 
 /// A validated command for the driver.
 #[derive(Debug)]
