@@ -263,6 +263,28 @@ async fn publish_on_a_is_read_on_b_and_b_catches_up_after_kill_9() {
     // Both dial: one of the two links is closed, on both sides.
     a.wait_links_up(1).await;
     b.wait_links_up(1).await;
+    // `edgesync peers` shows the link.
+    let out = Command::new(EXE)
+        .args(["peers", "--admin", &format!("127.0.0.1:{}", a.admin)])
+        .args(["--token", TOKEN])
+        .output()
+        .expect("peers");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.starts_with("cluster plant-7, node node-a\n"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("node-b") && l.contains(" up ")),
+        "{table}"
+    );
     publish(&ca, "sensors.t1", "m", 0..10).await;
 
     // `edgesync sub` on B prints what was published on A.
