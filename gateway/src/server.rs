@@ -30,7 +30,8 @@ use crate::config::Settings;
 use crate::conns::ConnRegistry;
 use crate::metrics::{Metrics, StateSample};
 use crate::peers::{Acceptor, PeerTls, Peers};
-use crate::pipeline::Pipeline;
+use crate::pipeline::acks::ReplicaAcks;
+use crate::pipeline::{Pipeline, Replicas};
 use crate::plugin::services::GatewayServices;
 use crate::plugin::{PluginAdmin, Plugins};
 use crate::session::driver::SessionCtx;
@@ -479,8 +480,15 @@ fn start_peers(
         return Err(ServerError::Cluster("[cluster] ca is required".into()));
     };
     let gw = &running.gateway;
+    let acks = Arc::new(ReplicaAcks::new());
+    gw.pipeline.set_replicas(Replicas {
+        acks: acks.clone(),
+        k_of: settings.ack_peers(),
+        timeout: Duration::from_millis(cluster.ack_timeout_ms),
+    });
     let peers = Peers::new(
         gw.store.clone(),
+        acks,
         gw.metrics.clone(),
         cluster.clone(),
         cfg.peers.clone(),

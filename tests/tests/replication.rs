@@ -9,7 +9,11 @@
 //!   everything arrives both ways once the hub is back;
 //! - a peer with a certificate from another CA, and one of another cluster, are refused
 //!   and counted (`edgesync_peer_refused_total`), and nothing of theirs is stored;
-//! - a chain A → B → C carries A's records to C (any node forwards any origin).
+//! - a chain A → B → C carries A's records to C (any node forwards any origin), and a
+//!   mesh of three converges after one of them was killed;
+//! - `replicated:1` acks only once a peer holds the record, and without a peer fails
+//!   with the retryable `replication_timeout`; the retry with the same mid is answered
+//!   with the original record once the peer is back.
 //!
 //! Every wait is bounded; failures print what arrived.
 
@@ -17,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use edgesync_client::{Client, Event, Start};
+use edgesync_client::{Client, ClientError, ErrorCode, Event, PublishOptions, Start};
 use edgesync_tests::{connect_retry, free_port};
 
 const EXE: &str = env!("CARGO_BIN_EXE_edgesync-test-gateway");
@@ -53,6 +57,8 @@ struct Node {
     quic: u16,
     admin: u16,
     child: Option<Child>,
+    /// Appended to the config (`[[topic]]` entries, cluster keys).
+    extra: String,
 }
 
 impl Node {
@@ -68,6 +74,7 @@ impl Node {
             quic: free_port(),
             admin: free_port(),
             child: None,
+            extra: String::new(),
         };
         node.write_config(certs, cluster, peers);
         node
@@ -93,15 +100,17 @@ ca = "{c}/ca.pem"
 redial_min_ms = 50
 redial_max_ms = 300
 keep_alive_ms = 300
+ack_timeout_ms = 1500
 "#,
             data = self.dir.join("data").display(),
             ws = self.ws,
             quic = self.quic,
             admin = self.admin,
         );
+        text.push_str(&self.extra);
         for p in peers {
             text.push_str(&format!(
-                "[[peer]]\nurl = \"quic://127.0.0.1:{p}\"\ntopics = [\"sensors.>\"]\n"
+                "[[peer]]\nurl = \"quic://127.0.0.1:{p}\"\ntopics = [\"sensors.>\", \"orders.>\"]\n"
             ));
         }
         std::fs::write(self.dir.join("edgesync.toml"), text).expect("config");
@@ -566,4 +575,77 @@ async fn a_mesh_of_three_converges() {
             n.admin_get("/v1/peers").await
         );
     }
+}
+
+/// `[[topic]] ack = "replicated:1"`: acked only when a peer holds it; with the peer
+/// down, a retryable `replication_timeout` (never an early ack), and the retry with
+/// the same mid gets the original record once the peer is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_acks_wait_for_a_peer_and_never_ack_early() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    a.extra = "[[topic]]\npattern = \"orders.>\"\nack = \"replicated:1\"\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let ca = a.client().await;
+    a.wait_link_up().await;
+    let with_mid = |mid: &str| PublishOptions {
+        mid: Some(mid.into()),
+        ..PublishOptions::default()
+    };
+    let ack = ca
+        .publish_with("orders.eu", "o1", with_mid("o1"))
+        .await
+        .expect("acked with the peer up");
+    // Acked means durable on B: B has it at once (no wait beyond reading it).
+    let cb = b.client().await;
+    let page = cb
+        .history("orders.eu", Start::Earliest, Some(10))
+        .await
+        .expect("history on B");
+    assert_eq!(page.msgs.len(), 1, "o1 is on B when A acks it");
+    assert_eq!(page.msgs[0].seq, ack.seq);
+
+    b.kill9();
+    // Wait until A noticed (its link is down), so the next publish cannot reach B.
+    for _ in 0..200 {
+        if !a.admin_get("/v1/peers").await.contains("\"state\":\"up\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `local` topics keep acking alone.
+    publish(&ca, "sensors.x", "s", 0..3).await;
+    let err = ca
+        .publish_with("orders.eu", "o2", with_mid("o2"))
+        .await
+        .expect_err("no peer: no ack");
+    match &err {
+        ClientError::Server { code, retry, .. } => {
+            assert_eq!(*code, ErrorCode::ReplicationTimeout, "{err}");
+            assert!(*retry, "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    b.start();
+    // Retry as a client does (same mid) until B is back and holds it.
+    let mut again = None;
+    for _ in 0..10 {
+        match ca.publish_with("orders.eu", "o2", with_mid("o2")).await {
+            Ok(ack) => {
+                again = Some(ack);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::ReplicationTimeout), "{e}"),
+        }
+    }
+    let again = again.expect("the retry is acked once B is back");
+    assert!(again.dup, "the retry is answered with the original record");
+    assert_eq!(again.seq, ack.seq + 1);
+    let cb = b.client().await;
+    let got = take(&cb, "orders.eu", Start::Earliest, 2).await;
+    assert_eq!(payloads(&got), vec!["o1".to_string(), "o2".to_string()]);
 }

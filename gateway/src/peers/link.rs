@@ -342,7 +342,16 @@ impl Driver {
                         "LWW entries ignored: kv/presence replication is not wired yet"
                     );
                 }
-                Action::PeerDurable { .. } => {}
+                Action::PeerDurable {
+                    topic,
+                    origin,
+                    durable,
+                } => {
+                    // Only this node's own records are waited for (`replicated(k)`).
+                    if origin == *self.hub.store.local_origin() {
+                        self.hub.acks.peer_durable(&self.peer, &topic, &durable);
+                    }
+                }
                 Action::Up(up) => {
                     tracing::info!(peer = %self.peer, epoch = up.peer_epoch, sends = up.sends, receives = up.receives, filters_differ = up.filters_differ, "peer link up");
                     self.peer_origin = Some(Origin::new(up.peer_node.clone(), up.peer_epoch));

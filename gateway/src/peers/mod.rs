@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ClusterConfig, PeerConfig, PeerDirection, parse_peer_url};
 use crate::metrics::Metrics;
+use crate::pipeline::acks::ReplicaAcks;
 use crate::store::{Committed, Store};
 use crate::transport::quic::PeerLinks;
 
@@ -46,6 +47,8 @@ const COMMITTED_BUFFER: usize = 4096;
 /// The replication driver of one gateway.
 pub struct Peers {
     store: Store,
+    /// Where peers' acks of this node's records go (`replicated(k)` publishes wait there).
+    acks: Arc<ReplicaAcks>,
     metrics: Arc<Metrics>,
     cluster: ClusterConfig,
     entries: Vec<PeerConfig>,
@@ -105,6 +108,7 @@ impl Peers {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
+        acks: Arc<ReplicaAcks>,
         metrics: Arc<Metrics>,
         cluster: ClusterConfig,
         entries: Vec<PeerConfig>,
@@ -118,6 +122,7 @@ impl Peers {
         Ok(Arc::new(Peers {
             node_id: store.node().to_string(),
             store,
+            acks,
             metrics,
             cluster,
             entries,
