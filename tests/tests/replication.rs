@@ -649,3 +649,48 @@ async fn replicated_acks_wait_for_a_peer_and_never_ack_early() {
     let got = take(&cb, "orders.eu", Start::Earliest, 2).await;
     assert_eq!(payloads(&got), vec!["o1".to_string(), "o2".to_string()]);
 }
+
+/// A measurement, not a test (run with `--ignored --nocapture`): records a peer catches
+/// up per second after being away (debug build of the gateway; deps optimised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints a figure"]
+async fn catch_up_rate_figure() {
+    const N: u32 = 50_000;
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    a.extra = "[limits]\npublish_rate_per_sec = 1000000\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    let ca = a.client().await;
+    let payload = vec![b'x'; 100];
+    for i in 0..N {
+        let opts = PublishOptions {
+            ack: i + 1 == N,
+            ..PublishOptions::default()
+        };
+        ca.publish_with(&format!("sensors.t{}", i % 8), payload.clone(), opts)
+            .await
+            .expect("publish");
+    }
+    let started = std::time::Instant::now();
+    b.start();
+    let cb = b.client().await;
+    let mut total = 0u32;
+    let mut sub = cb
+        .subscribe("sensors.>", Start::Earliest)
+        .await
+        .expect("sub");
+    while total < N {
+        match sub.next_timeout(Duration::from_secs(30)).await {
+            Some(Event::Msg(_)) => total += 1,
+            other => panic!("after {total}: {other:?}"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "catch-up: {N} records of 100 B on 8 topics in {secs:.2} s (B's start included) = {:.0} records/s",
+        f64::from(N) / secs
+    );
+}
