@@ -11,6 +11,9 @@
 //!   and counted (`edgesync_peer_refused_total`), and nothing of theirs is stored;
 //! - a chain A → B → C carries A's records to C (any node forwards any origin), and a
 //!   mesh of three converges after one of them was killed;
+//! - the Rust client with a fallback URL fails over when its gateway is killed: its
+//!   subscription resumes on the other gateway from its cursor (no gap, no duplicate)
+//!   and it publishes there;
 //! - `replicated:1` acks only once a peer holds the record, and without a peer fails
 //!   with the retryable `replication_timeout`; the retry with the same mid is answered
 //!   with the original record once the peer is back.
@@ -21,7 +24,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use edgesync_client::{Client, ClientError, ErrorCode, Event, PublishOptions, Start};
+use edgesync_client::{
+    Client, ClientError, ClientOptions, ErrorCode, Event, PublishOptions, Start,
+};
 use edgesync_tests::{connect_retry, free_port};
 
 const EXE: &str = env!("CARGO_BIN_EXE_edgesync-test-gateway");
@@ -648,6 +653,65 @@ async fn replicated_acks_wait_for_a_peer_and_never_ack_early() {
     let cb = b.client().await;
     let got = take(&cb, "orders.eu", Start::Earliest, 2).await;
     assert_eq!(payloads(&got), vec!["o1".to_string(), "o2".to_string()]);
+}
+
+/// Client failover: the client's gateway dies; it reconnects to the fallback gateway
+/// and its subscription resumes from its cursor with no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_fails_over_with_its_cursor() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let pa = a.client().await;
+    let pb = b.client().await;
+    b.wait_link_up().await;
+    let mut o = ClientOptions::new(a.url());
+    o.fallback_urls = vec![b.url()];
+    o.max_backoff = Duration::from_millis(300);
+    let client = Client::connect(o).await.expect("connect to A");
+    assert_eq!(client.session().node, "node-a");
+    let mut sub = client
+        .subscribe("sensors.f", Start::Earliest)
+        .await
+        .expect("sub");
+    publish(&pa, "sensors.f", "a", 0..10).await;
+    // Everything A took is on B before A dies (as a publisher with replicated acks would know).
+    let on_b = take(&pb, "sensors.f", Start::Earliest, 10).await;
+    assert_eq!(payloads(&on_b), expected("a", 0..10));
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        match sub.next_timeout(ARRIVAL).await {
+            Some(Event::Msg(m)) => got.push(String::from_utf8_lossy(&m.data.0).into_owned()),
+            other => panic!("before failover: {other:?} after {got:?}"),
+        }
+    }
+    a.kill9();
+    publish(&pb, "sensors.f", "b", 0..10).await;
+    while got.len() < 20 {
+        match sub.next_timeout(ARRIVAL).await {
+            Some(Event::Msg(m)) => got.push(String::from_utf8_lossy(&m.data.0).into_owned()),
+            other => panic!("after failover: {other:?} after {got:?}"),
+        }
+    }
+    let mut want = expected("a", 0..10);
+    want.extend(expected("b", 0..10));
+    assert_eq!(got, want, "no gap, no duplicate across the failover");
+    let ack = client
+        .publish("sensors.f", "c0")
+        .await
+        .expect("publish on B");
+    assert_eq!(ack.origin.node, "node-b");
+    match sub.next_timeout(ARRIVAL).await {
+        Some(Event::Msg(m)) => assert_eq!(&m.data.0[..], b"c0"),
+        other => panic!("own publish: {other:?}"),
+    }
+    assert!(
+        sub.next_timeout(Duration::from_millis(300)).await.is_none(),
+        "nothing repeated"
+    );
 }
 
 /// A measurement, not a test (run with `--ignored --nocapture`): records a peer catches
