@@ -43,6 +43,9 @@ pub use tls::PeerTls;
 /// Committed batches buffered per link before a slow link is dropped and resyncs by
 /// reconnecting (summary, diff, stream: nothing is lost, only redone).
 const COMMITTED_BUFFER: usize = 4096;
+/// Corrupt-record notices buffered per link; past it a link misses some, and its
+/// reconnect or next digest round pulls them (the store's corrupt list is durable).
+const CORRUPT_BUFFER: usize = 1024;
 
 /// The replication driver of one gateway.
 pub struct Peers {
@@ -56,6 +59,8 @@ pub struct Peers {
     tls: PeerTls,
     client: quinn::ClientConfig,
     committed: broadcast::Sender<Committed>,
+    /// Records a link's read found corrupt: every link asks its peer for them.
+    corrupt: broadcast::Sender<(String, edgesync_protocol::Origin, u64)>,
     links: Mutex<BTreeMap<u64, LinkStatus>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
@@ -119,6 +124,7 @@ impl Peers {
     ) -> Result<Arc<Self>, crate::transport::tls::TlsError> {
         let client = tls.client_config(Duration::from_millis(cluster.keep_alive_ms))?;
         let (committed, _) = broadcast::channel(COMMITTED_BUFFER);
+        let (corrupt, _) = broadcast::channel(CORRUPT_BUFFER);
         Ok(Arc::new(Peers {
             node_id: store.node().to_string(),
             store,
@@ -129,6 +135,7 @@ impl Peers {
             tls,
             client,
             committed,
+            corrupt,
             links: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
