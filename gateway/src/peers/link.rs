@@ -282,6 +282,9 @@ impl Driver {
             tokio::select! {
                 _ = close.cancelled() => {
                     self.link.close();
+                    if self.hub.is_duplicate(self.id) {
+                        return ended("duplicate", "another link to this peer is kept".into(), CLOSE_NORMAL);
+                    }
                 }
                 Some(op) = self.ops_rx.recv() => match op {
                     Op::Read(id, topic, origin, Ok(result)) => {
@@ -554,7 +557,9 @@ impl Driver {
             .with_label_values(&[ended.reason])
             .inc();
         match ended.reason {
-            "local" => tracing::info!(peer = %self.peer, "peer link closed"),
+            "local" | "duplicate" => {
+                tracing::info!(peer = %self.peer, why = %ended.detail, "peer link closed")
+            }
             "connection" => {
                 tracing::info!(peer = %self.peer, why = %ended.detail, "peer connection lost")
             }

@@ -103,6 +103,9 @@ pub struct LinkStatus {
     pub backlog_messages: u64,
     #[serde(skip)]
     close: CancellationToken,
+    /// Closed because another link to the same peer is kept.
+    #[serde(skip)]
+    duplicate: bool,
 }
 
 impl Peers {
@@ -301,6 +304,7 @@ impl Peers {
                 lag_records: 0,
                 backlog_messages: 0,
                 close: close.clone(),
+                duplicate: false,
             },
         );
         (id, close)
@@ -318,6 +322,7 @@ impl Peers {
         me.receives = receives;
         let (peer, dialed) = (me.peer.clone(), me.dialed);
         let keep_dialed_by_me = self.node_id.as_str() < peer.as_str();
+        let mut loser_id = None;
         for l in links.values() {
             if l.id == id || l.peer != peer || l.state != "up" {
                 continue;
@@ -331,8 +336,12 @@ impl Peers {
                 &links[&id]
             };
             tracing::info!(%peer, "two links to one peer; closing the duplicate");
-            loser.close.cancel();
+            loser_id = Some(loser.id);
             break;
+        }
+        if let Some(l) = loser_id.and_then(|l| links.get_mut(&l)) {
+            l.duplicate = true;
+            l.close.cancel();
         }
         self.metrics
             .peer_link_up
@@ -358,6 +367,11 @@ impl Peers {
                 .with_label_values(&[gone.peer.as_str()])
                 .set(0);
         }
+    }
+
+    /// True when link `id` was closed as a duplicate.
+    fn is_duplicate(&self, id: u64) -> bool {
+        self.links.lock().get(&id).is_some_and(|l| l.duplicate)
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut LinkStatus)) {
