@@ -944,3 +944,45 @@ async fn catch_up_rate_figure() {
         f64::from(N) / secs
     );
 }
+
+/// A measurement, not a test (run with `--ignored --nocapture`): `replicated:1` publish
+/// ack latency, sequential publishes (debug build of the gateway; deps optimised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints a figure"]
+async fn replicated_ack_latency_figure() {
+    const N: usize = 2000;
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    a.extra = "[[topic]]\npattern = \"orders.>\"\nack = \"replicated:1\"\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let ca = a.client().await;
+    a.wait_link_up().await;
+    let mut local = Vec::with_capacity(N);
+    let mut replicated = Vec::with_capacity(N);
+    for i in 0..N {
+        let t = std::time::Instant::now();
+        ca.publish("sensors.l", format!("{i}"))
+            .await
+            .expect("local");
+        local.push(t.elapsed());
+        let t = std::time::Instant::now();
+        ca.publish("orders.r", format!("{i}"))
+            .await
+            .expect("replicated");
+        replicated.push(t.elapsed());
+    }
+    for (what, mut v) in [("local", local), ("replicated:1", replicated)] {
+        v.sort();
+        let ms = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
+        println!(
+            "{what} ack: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({N} sequential publishes)",
+            ms(0.5),
+            ms(0.99),
+            ms(1.0)
+        );
+    }
+}
