@@ -186,6 +186,10 @@ pub struct ClusterConfig {
     pub keep_alive_ms: u64,
     /// How long a `replicated:K` publish waits for K peers, ms. Default 5000.
     pub ack_timeout_ms: u64,
+    /// Retention hold: retention keeps this node's records that a peer receiving their
+    /// topic has not acknowledged, until they are this old, s (then the peer gets a gap
+    /// marker). 0 turns the hold off. Default 86400 (a day offline).
+    pub retention_hold_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -200,6 +204,7 @@ impl Default for ClusterConfig {
             digest_interval_ms: 30_000,
             keep_alive_ms: 2000,
             ack_timeout_ms: 5000,
+            retention_hold_secs: 86_400,
         }
     }
 }
@@ -851,6 +856,12 @@ impl Config {
                     format!("{v}: must be {min} to {MAX_TIMER_MS} ms"),
                 ));
             }
+        }
+        if c.retention_hold_secs > MAX_TIMER_MS / 1000 * 365 {
+            return Err(invalid(
+                "cluster.retention_hold_secs",
+                format!("{}: must be at most a year", c.retention_hold_secs),
+            ));
         }
         if c.redial_max_ms < c.redial_min_ms {
             return Err(invalid(

@@ -486,6 +486,17 @@ fn start_peers(
         k_of: settings.ack_peers(),
         timeout: Duration::from_millis(cluster.ack_timeout_ms),
     });
+    if cluster.retention_hold_secs > 0 {
+        let (hold_acks, local) = (acks.clone(), gw.store.local_origin().clone());
+        let max_ms = cluster.retention_hold_secs.saturating_mul(1000);
+        let clock = clock::system();
+        gw.store
+            .set_retention_hold(Arc::new(move |topic, origin, seq, hlc| {
+                *origin == local
+                    && clock.unix_ms().saturating_sub(hlc >> 16) < max_ms
+                    && hold_acks.peer_lacks(topic, seq)
+            }));
+    }
     let peers = Peers::new(
         gw.store.clone(),
         acks,

@@ -18,6 +18,7 @@
 //!   and it publishes there;
 //! - a byte flipped in a stopped node's journal costs nothing once it is back: what
 //!   the damage took is pulled again from its peer, intact;
+//! - retention holds records a peer lacks (the peer away), then trims once it has them;
 //! - `replicated:1` acks only once a peer holds the record, and without a peer fails
 //!   with the retryable `replication_timeout`; the retry with the same mid is answered
 //!   with the original record once the peer is back.
@@ -255,6 +256,12 @@ async fn take(c: &Client, pattern: &str, start: Start, n: usize) -> Vec<(String,
     }
     c.unsubscribe(pattern).await.expect("unsubscribe");
     got
+}
+
+fn payloads_of(msgs: &[edgesync_client::Msg]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
+        .collect()
 }
 
 fn payloads(got: &[(String, String, u64)]) -> Vec<String> {
@@ -898,6 +905,62 @@ async fn a_partition_heals_with_nothing_lost() {
         expected("h", 0..20),
         "the edge got what the hub took during the partition"
     );
+}
+
+/// The retention hold: a topic keeping 5 messages keeps the 20 a peer lacks while it
+/// is away, the peer gets all of them (no gap), then retention trims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_holds_what_an_away_peer_lacks() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    a.extra = "[[topic]]\npattern = \"sensors.r\"\nmax_messages = 5\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let ca = a.client().await;
+    a.wait_link_up().await;
+    publish(&ca, "sensors.r", "r", 0..1).await;
+    let cb = b.client().await;
+    let _ = take(&cb, "sensors.r", Start::Earliest, 1).await;
+    drop(cb);
+    b.kill9();
+    publish(&ca, "sensors.r", "r", 1..21).await;
+    // Retention runs every second: give it two passes while B is away.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let page = ca
+        .history("sensors.r", Start::Earliest, Some(100))
+        .await
+        .expect("history on A");
+    // r0 was on B already (trimmed); r1..r20 B lacks: held, beyond max_messages.
+    assert_eq!(
+        payloads_of(&page.msgs),
+        expected("r", 1..21),
+        "what B lacks is held"
+    );
+    b.start();
+    let cb = b.client().await;
+    assert_eq!(
+        payloads(&take(&cb, "sensors.r", Start::Earliest, 21).await),
+        expected("r", 0..21),
+        "B got everything, no gap"
+    );
+    // Once B has acked them, retention trims A to its limit.
+    let mut held = usize::MAX;
+    for _ in 0..100 {
+        held = ca
+            .history("sensors.r", Start::Earliest, Some(100))
+            .await
+            .expect("history")
+            .msgs
+            .len();
+        if held == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, 5, "trimmed once B holds them");
 }
 
 /// A measurement, not a test (run with `--ignored --nocapture`): records a peer catches

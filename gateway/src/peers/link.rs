@@ -378,6 +378,9 @@ impl Driver {
                 Action::Up(up) => {
                     tracing::info!(peer = %self.peer, epoch = up.peer_epoch, sends = up.sends, receives = up.receives, filters_differ = up.filters_differ, "peer link up");
                     self.peer_origin = Some(Origin::new(up.peer_node.clone(), up.peer_epoch));
+                    if up.sends {
+                        self.hub.acks.peer_receives(&self.peer, &self.filters);
+                    }
                     self.hub.link_up(self.id, up.sends, up.receives);
                 }
                 Action::Closed(reason) => return Some(self.closed(reason)),

@@ -9,6 +9,10 @@
 //! with the same `mid` (the dedupe window answers with the original record, which is
 //! then waited for again).
 //!
+//! The same acks drive the retention hold: a record of this node's origin that a peer
+//! receiving its topic has not acked is kept by retention ([`ReplicaAcks::peer_lacks`]),
+//! within `cluster.retention_hold_secs`.
+//!
 //! Bounded: one range set per (topic, peer) — what the peer acked of this node's
 //! origin, joined, so its size is the peer's holes, not its records — and one waiter
 //! per publish in flight (each session bounds those by `limits.max_inflight_publishes`).
@@ -30,6 +34,9 @@ pub struct ReplicaAcks {
 struct Inner {
     /// topic → peer node id → its durable set of this node's origin.
     durable: HashMap<String, HashMap<String, RangeSet>>,
+    /// Peers this node sends records to, with the topic patterns of the link (since
+    /// this process started): whose lack of a record holds retention.
+    receivers: HashMap<String, Vec<String>>,
     /// topic → publishes waiting.
     waiters: HashMap<String, Vec<Waiter>>,
     next_id: u64,
@@ -116,6 +123,30 @@ impl ReplicaAcks {
         }
     }
 
+    /// Peer `peer` receives this node's records of topics matching `patterns` (a link
+    /// to it came up; remembered while the process runs).
+    pub fn peer_receives(&self, peer: &str, patterns: &[String]) {
+        self.inner
+            .lock()
+            .receivers
+            .insert(peer.to_string(), patterns.to_vec());
+    }
+
+    /// True when a peer that receives `topic` has not acked `seq` of this node's origin
+    /// as durable (retention holds the record for it).
+    pub fn peer_lacks(&self, topic: &str, seq: u64) -> bool {
+        let inner = self.inner.lock();
+        let held = inner.durable.get(topic);
+        inner.receivers.iter().any(|(peer, patterns)| {
+            patterns
+                .iter()
+                .any(|p| edgesync_protocol::topic::matches(p, topic))
+                && !held
+                    .and_then(|h| h.get(peer))
+                    .is_some_and(|s| s.contains(seq))
+        })
+    }
+
     /// Publishes waiting (a gauge for tests and status).
     pub fn waiting(&self) -> usize {
         self.inner.lock().waiters.values().map(Vec::len).sum()
@@ -157,6 +188,20 @@ mod tests {
         assert_eq!(acks.waiting(), 0);
         // Already held: at once.
         assert_eq!(acks.wait("t", 4, 1, Duration::from_secs(1)).await, Ok(()));
+    }
+
+    #[test]
+    fn a_receiving_peer_that_lacks_a_record_holds_it() {
+        let acks = ReplicaAcks::new();
+        assert!(!acks.peer_lacks("sensors.a", 1), "no receiver, no hold");
+        acks.peer_receives("p1", &["sensors.>".to_string()]);
+        assert!(acks.peer_lacks("sensors.a", 1));
+        assert!(!acks.peer_lacks("other.a", 1), "p1 does not carry it");
+        acks.peer_durable("p1", "sensors.a", &set(1, 5));
+        assert!(!acks.peer_lacks("sensors.a", 5));
+        assert!(acks.peer_lacks("sensors.a", 6));
+        acks.peer_receives("p2", &[">".to_string()]);
+        assert!(acks.peer_lacks("sensors.a", 5), "p2 lacks it");
     }
 
     #[tokio::test(start_paused = true)]
