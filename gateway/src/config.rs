@@ -193,6 +193,12 @@ pub struct ClusterConfig {
     /// QUIC keep-alive on peer links, ms (failure detection: a silent peer is dropped after
     /// three of them). Default 2000.
     pub keep_alive_ms: u64,
+    /// How long a `replicated:K` publish waits for K peers, ms. Default 5000.
+    pub ack_timeout_ms: u64,
+    /// Retention hold: retention keeps this node's records that a peer receiving their
+    /// topic has not acknowledged, until they are this old, s (then the peer gets a gap
+    /// marker). 0 turns the hold off. Default 86400 (a day offline).
+    pub retention_hold_secs: u64,
 }
 
 impl Default for ClusterConfig {
@@ -206,6 +212,8 @@ impl Default for ClusterConfig {
             redial_max_ms: 5000,
             digest_interval_ms: 30_000,
             keep_alive_ms: 2000,
+            ack_timeout_ms: 5000,
+            retention_hold_secs: 86_400,
         }
     }
 }
@@ -516,6 +524,67 @@ pub struct TopicConfig {
     /// What a subscriber that cannot keep up gets. Default `gap`.
     #[serde(default)]
     pub slow_consumer: SlowConsumerPolicy,
+    /// When a publish is acknowledged: `local` (durable here; the default) or
+    /// `replicated:K` (also durable on K peers, K 1-32; needs `[cluster]`; fewer peers
+    /// within `cluster.ack_timeout_ms` → the retryable error `replication_timeout`).
+    #[serde(default)]
+    pub ack: AckMode,
+}
+
+/// A topic's ack mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckMode {
+    /// Durable on this gateway.
+    #[default]
+    Local,
+    /// Durable here and on this many peers.
+    Replicated(u32),
+}
+
+/// Most peers a `replicated:K` ack may wait for.
+pub const MAX_ACK_PEERS: u32 = 32;
+
+impl AckMode {
+    /// Parse `local` or `replicated:K`.
+    ///
+    /// # Errors
+    /// What is wrong with the text.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s == "local" {
+            return Ok(AckMode::Local);
+        }
+        s.strip_prefix("replicated:")
+            .and_then(|k| k.parse::<u32>().ok())
+            .filter(|k| (1..=MAX_ACK_PEERS).contains(k))
+            .map(AckMode::Replicated)
+            .ok_or_else(|| {
+                format!("{s:?}: use \"local\" or \"replicated:K\" with K from 1 to {MAX_ACK_PEERS}")
+            })
+    }
+
+    /// Peers to wait for (0 for `local`).
+    pub fn peers(self) -> usize {
+        match self {
+            AckMode::Local => 0,
+            AckMode::Replicated(k) => k as usize,
+        }
+    }
+}
+
+impl Serialize for AckMode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            AckMode::Local => s.serialize_str("local"),
+            AckMode::Replicated(k) => s.serialize_str(&format!("replicated:{k}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AckMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AckMode::parse(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// Logging.
@@ -755,6 +824,12 @@ impl Config {
             if !self.peers.is_empty() {
                 return Err(invalid("peer", "[[peer]] entries need a [cluster] section"));
             }
+            if let Some(i) = self.topics.iter().position(|t| t.ack != AckMode::Local) {
+                return Err(invalid(
+                    &format!("topic[{i}].ack"),
+                    "replicated acks need a [cluster] section (and peers)",
+                ));
+            }
             return Ok(());
         };
         if !valid_id(&c.id, 255, true) {
@@ -788,6 +863,7 @@ impl Config {
             ("cluster.redial_max_ms", c.redial_max_ms, 1),
             ("cluster.digest_interval_ms", c.digest_interval_ms, 100),
             ("cluster.keep_alive_ms", c.keep_alive_ms, 100),
+            ("cluster.ack_timeout_ms", c.ack_timeout_ms, 1),
         ] {
             if v < min || v > MAX_TIMER_MS {
                 return Err(invalid(
@@ -795,6 +871,12 @@ impl Config {
                     format!("{v}: must be {min} to {MAX_TIMER_MS} ms"),
                 ));
             }
+        }
+        if c.retention_hold_secs > MAX_TIMER_MS / 1000 * 365 {
+            return Err(invalid(
+                "cluster.retention_hold_secs",
+                format!("{}: must be at most a year", c.retention_hold_secs),
+            ));
         }
         if c.redial_max_ms < c.redial_min_ms {
             return Err(invalid(
@@ -956,6 +1038,18 @@ impl Settings {
                 .unwrap_or_default()
         });
         o
+    }
+
+    /// Peers a publish on each topic waits for (`replicated:K` → K; `local` → 0), first
+    /// matching `[[topic]]` pattern.
+    pub fn ack_peers(&self) -> Arc<dyn Fn(&str) -> usize + Send + Sync> {
+        let topics = self.config.topics.clone();
+        Arc::new(move |topic: &str| {
+            topics
+                .iter()
+                .find(|t| edgesync_protocol::topic::matches(&t.pattern, topic))
+                .map_or(0, |t| t.ack.peers())
+        })
     }
 
     /// Slow-consumer policy per topic.
@@ -1316,6 +1410,38 @@ direction = "push"
             let err = c.build().expect_err(text).to_string();
             assert!(err.contains(&format!("`{key}`")), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn ack_modes_parse_and_need_a_cluster() {
+        assert_eq!(AckMode::parse("local"), Ok(AckMode::Local));
+        assert_eq!(AckMode::parse("replicated:2"), Ok(AckMode::Replicated(2)));
+        for bad in [
+            "replicated:0",
+            "replicated:33",
+            "replicated",
+            "quorum",
+            "replicated:x",
+        ] {
+            assert!(AckMode::parse(bad).is_err(), "{bad}");
+        }
+        let err = Config::from_toml("[[topic]]\npattern = \"a\"\nack = \"replicated:0\"\n")
+            .expect_err("bad ack");
+        assert!(
+            err.contains("replicated:0") && err.contains("line 3"),
+            "{err}"
+        );
+        let c = Config::from_toml("[[topic]]\npattern = \"a\"\nack = \"replicated:1\"\n")
+            .expect("parse");
+        let err = c.build().expect_err("no cluster").to_string();
+        assert!(err.contains("topic[0].ack"), "{err}");
+        let c = Config::from_toml(
+            "[tls]\ncert = \"c\"\nkey = \"k\"\n[cluster]\nid = \"c\"\nca = \"a\"\n[[topic]]\npattern = \"orders.>\"\nack = \"replicated:2\"\n",
+        )
+        .expect("parse");
+        let s = c.build().expect("valid");
+        let k = s.ack_peers();
+        assert_eq!((k("orders.eu"), k("chat.x")), (2, 0));
     }
 
     #[test]

@@ -21,9 +21,12 @@
 //! What it does not do: validation of client input (that is `session`), and anything
 //! after the store (fan-out is the broker's).
 
+pub mod acks;
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use edgesync_protocol::{ErrorCode, Headers, Msg, Payload, ServerFrame};
@@ -106,6 +109,33 @@ pub struct Pipeline {
     /// What a message a plugin rewrote (`replace`, `accept-with`) must still fit: the
     /// bounds a client's own publish was checked against.
     limits: Limits,
+    /// `replicated(k)` acks, installed when replication is on.
+    replicas: OnceLock<Replicas>,
+}
+
+/// How `replicated(k)` publishes wait: the peers' acks, the `k` of a topic (0 = `local`),
+/// and how long to wait.
+#[derive(Clone)]
+pub struct Replicas {
+    pub acks: Arc<acks::ReplicaAcks>,
+    pub k_of: Arc<dyn Fn(&str) -> usize + Send + Sync>,
+    pub timeout: Duration,
+}
+
+/// Why a publish that passed its hooks was not acknowledged.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Durable here, but fewer than `k` peers reported it durable in time.
+    #[error(
+        "stored here, but durable on only {got} of the {k} peers the topic's ack mode needs within {timeout_ms} ms; publish again with the same mid"
+    )]
+    NotReplicated {
+        k: usize,
+        got: usize,
+        timeout_ms: u64,
+    },
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -131,7 +161,15 @@ impl Pipeline {
             clock,
             hooks: OnceLock::new(),
             limits,
+            replicas: OnceLock::new(),
         })
+    }
+
+    /// Install `replicated(k)` acks (once, when replication starts). A second call is ignored.
+    pub fn set_replicas(&self, replicas: Replicas) {
+        if self.replicas.set(replicas).is_err() {
+            tracing::warn!("replica acks were already installed; ignored");
+        }
     }
 
     /// Install the hooks (once, at startup). A second call is ignored.
@@ -194,12 +232,32 @@ impl Pipeline {
 
     /// Make a message that passed its hooks durable. The future owns what it needs, so
     /// a session can queue it and collect acks in order.
+    /// On a topic with ack mode `replicated:K` the future also waits until `K` peers
+    /// report the record durable (never earlier), or fails with
+    /// [`AppendError::NotReplicated`] after the timeout.
     pub fn append(
         &self,
         req: Publish,
-    ) -> impl Future<Output = Result<Ack, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Ack, AppendError>> + Send + 'static {
         let store = self.store.clone();
-        async move { store.append(req).await }
+        let wait = self.replicas.get().and_then(|r| {
+            let k = (r.k_of)(&req.topic);
+            (k > 0).then(|| (r.acks.clone(), k, r.timeout))
+        });
+        let topic = req.topic.clone();
+        async move {
+            let ack = store.append(req).await?;
+            if let Some((acks, k, timeout)) = wait {
+                acks.wait(&topic, ack.seq, k, timeout)
+                    .await
+                    .map_err(|got| AppendError::NotReplicated {
+                        k,
+                        got,
+                        timeout_ms: timeout.as_millis() as u64,
+                    })?;
+            }
+            Ok(ack)
+        }
     }
 
     /// Hooks then store, for one message whose caller waits for the result (admin API,
@@ -213,7 +271,7 @@ impl Pipeline {
                 .append(req)
                 .await
                 .map(Published::Stored)
-                .map_err(|e| store_refusal(&e)),
+                .map_err(|e| append_refusal(&e)),
             other => Ok(Published::NotStored(other)),
         }
     }
@@ -369,6 +427,16 @@ pub fn check_rewritten(limits: &Limits, req: &Publish) -> Result<(), Refusal> {
         ErrorCode::Rejected,
         format!("a plugin's rewrite of the message has {why}"),
     ))
+}
+
+/// The refusal a client gets when its message was not acknowledged after its hooks.
+pub fn append_refusal(e: &AppendError) -> Refusal {
+    match e {
+        AppendError::Store(e) => store_refusal(e),
+        AppendError::NotReplicated { .. } => {
+            Refusal::new(ErrorCode::ReplicationTimeout, e.to_string())
+        }
+    }
 }
 
 /// The refusal a client gets when the store could not make its message durable.

@@ -31,7 +31,8 @@ use crate::config::Settings;
 use crate::conns::ConnRegistry;
 use crate::metrics::{Metrics, StateSample};
 use crate::peers::{Acceptor, PeerTls, Peers};
-use crate::pipeline::Pipeline;
+use crate::pipeline::acks::ReplicaAcks;
+use crate::pipeline::{Pipeline, Replicas};
 use crate::plugin::services::GatewayServices;
 use crate::plugin::{PluginAdmin, Plugins};
 use crate::queues::Queues;
@@ -511,8 +512,26 @@ fn start_peers(
         return Err(ServerError::Cluster("[cluster] ca is required".into()));
     };
     let gw = &running.gateway;
+    let acks = Arc::new(ReplicaAcks::new());
+    gw.pipeline.set_replicas(Replicas {
+        acks: acks.clone(),
+        k_of: settings.ack_peers(),
+        timeout: Duration::from_millis(cluster.ack_timeout_ms),
+    });
+    if cluster.retention_hold_secs > 0 {
+        let (hold_acks, local) = (acks.clone(), gw.store.local_origin().clone());
+        let max_ms = cluster.retention_hold_secs.saturating_mul(1000);
+        let clock = clock::system();
+        gw.store
+            .set_retention_hold(Arc::new(move |topic, origin, seq, hlc| {
+                *origin == local
+                    && clock.unix_ms().saturating_sub(hlc >> 16) < max_ms
+                    && hold_acks.peer_lacks(topic, seq)
+            }));
+    }
     let peers = Peers::new(
         gw.store.clone(),
+        acks,
         gw.metrics.clone(),
         cluster.clone(),
         cfg.peers.clone(),

@@ -353,6 +353,7 @@ async fn slow_consumer_disconnect_acts_while_a_write_is_stuck() {
             max_bytes: None,
             max_age_secs: None,
             slow_consumer: edgesync::outbox::SlowConsumerPolicy::Disconnect,
+            ack: Default::default(),
         });
     })
     .await;

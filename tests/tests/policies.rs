@@ -20,6 +20,7 @@ fn topic(pattern: &str) -> TopicConfig {
         max_bytes: None,
         max_age_secs: None,
         slow_consumer: SlowConsumerPolicy::Gap,
+        ack: Default::default(),
     }
 }
 

@@ -7,9 +7,21 @@
 //!   and no duplicate; a cursor taken on A resumes on B exactly where it stopped;
 //! - edge ↔ hub with the link cut (the hub killed): the edge keeps accepting, and
 //!   everything arrives both ways once the hub is back;
+//! - a partition (a UDP proxy between edge and hub drops everything, both alive): both
+//!   keep accepting, the link is noticed down, and after the heal both hold everything;
 //! - a peer with a certificate from another CA, and one of another cluster, are refused
 //!   and counted (`edgesync_peer_refused_total`), and nothing of theirs is stored;
-//! - a chain A → B → C carries A's records to C (any node forwards any origin).
+//! - a chain A → B → C carries A's records to C (any node forwards any origin), and a
+//!   mesh of three converges after one of them was killed;
+//! - the Rust client with a fallback URL fails over when its gateway is killed: its
+//!   subscription resumes on the other gateway from its cursor (no gap, no duplicate)
+//!   and it publishes there;
+//! - a byte flipped in a stopped node's journal costs nothing once it is back: what
+//!   the damage took is pulled again from its peer, intact;
+//! - retention holds records a peer lacks (the peer away), then trims once it has them;
+//! - `replicated:1` acks only once a peer holds the record, and without a peer fails
+//!   with the retryable `replication_timeout`; the retry with the same mid is answered
+//!   with the original record once the peer is back.
 //!
 //! Every wait is bounded; failures print what arrived.
 
@@ -17,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use edgesync_client::{Client, Event, Start};
+use edgesync_client::{
+    Client, ClientError, ClientOptions, ErrorCode, Event, PublishOptions, Start,
+};
 use edgesync_tests::{connect_retry, free_port};
 
 const EXE: &str = env!("CARGO_BIN_EXE_edgesync-test-gateway");
@@ -53,6 +67,8 @@ struct Node {
     quic: u16,
     admin: u16,
     child: Option<Child>,
+    /// Appended to the config (`[[topic]]` entries, cluster keys).
+    extra: String,
 }
 
 impl Node {
@@ -68,6 +84,7 @@ impl Node {
             quic: free_port(),
             admin: free_port(),
             child: None,
+            extra: String::new(),
         };
         node.write_config(certs, cluster, peers);
         node
@@ -93,15 +110,17 @@ ca = "{c}/ca.pem"
 redial_min_ms = 50
 redial_max_ms = 300
 keep_alive_ms = 300
+ack_timeout_ms = 1500
 "#,
             data = self.dir.join("data").display(),
             ws = self.ws,
             quic = self.quic,
             admin = self.admin,
         );
+        text.push_str(&self.extra);
         for p in peers {
             text.push_str(&format!(
-                "[[peer]]\nurl = \"quic://127.0.0.1:{p}\"\ntopics = [\"sensors.>\"]\n"
+                "[[peer]]\nurl = \"quic://127.0.0.1:{p}\"\ntopics = [\"sensors.>\", \"orders.>\"]\n"
             ));
         }
         std::fs::write(self.dir.join("edgesync.toml"), text).expect("config");
@@ -239,6 +258,12 @@ async fn take(c: &Client, pattern: &str, start: Start, n: usize) -> Vec<(String,
     got
 }
 
+fn payloads_of(msgs: &[edgesync_client::Msg]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
+        .collect()
+}
+
 fn payloads(got: &[(String, String, u64)]) -> Vec<String> {
     got.iter().map(|(p, _, _)| p.clone()).collect()
 }
@@ -263,6 +288,28 @@ async fn publish_on_a_is_read_on_b_and_b_catches_up_after_kill_9() {
     // Both dial: one of the two links is closed, on both sides.
     a.wait_links_up(1).await;
     b.wait_links_up(1).await;
+    // `edgesync peers` shows the link.
+    let out = Command::new(EXE)
+        .args(["peers", "--admin", &format!("127.0.0.1:{}", a.admin)])
+        .args(["--token", TOKEN])
+        .output()
+        .expect("peers");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.starts_with("cluster plant-7, node node-a\n"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("node-b") && l.contains(" up ")),
+        "{table}"
+    );
     publish(&ca, "sensors.t1", "m", 0..10).await;
 
     // `edgesync sub` on B prints what was published on A.
@@ -542,6 +589,463 @@ async fn a_mesh_of_three_converges() {
             "{}: lag after convergence: {}",
             n.name,
             n.admin_get("/v1/peers").await
+        );
+    }
+}
+
+/// `[[topic]] ack = "replicated:1"`: acked only when a peer holds it; with the peer
+/// down, a retryable `replication_timeout` (never an early ack), and the retry with
+/// the same mid gets the original record once the peer is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_acks_wait_for_a_peer_and_never_ack_early() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    a.extra = "[[topic]]\npattern = \"orders.>\"\nack = \"replicated:1\"\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let ca = a.client().await;
+    a.wait_link_up().await;
+    let with_mid = |mid: &str| PublishOptions {
+        mid: Some(mid.into()),
+        ..PublishOptions::default()
+    };
+    let ack = ca
+        .publish_with("orders.eu", "o1", with_mid("o1"))
+        .await
+        .expect("acked with the peer up");
+    // Acked means durable on B: B has it at once (no wait beyond reading it).
+    let cb = b.client().await;
+    let page = cb
+        .history("orders.eu", Start::Earliest, Some(10))
+        .await
+        .expect("history on B");
+    assert_eq!(page.msgs.len(), 1, "o1 is on B when A acks it");
+    assert_eq!(page.msgs[0].seq, ack.seq);
+
+    b.kill9();
+    // Wait until A noticed (its link is down), so the next publish cannot reach B.
+    for _ in 0..200 {
+        if !a.admin_get("/v1/peers").await.contains("\"state\":\"up\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // `local` topics keep acking alone.
+    publish(&ca, "sensors.x", "s", 0..3).await;
+    let err = ca
+        .publish_with("orders.eu", "o2", with_mid("o2"))
+        .await
+        .expect_err("no peer: no ack");
+    match &err {
+        ClientError::Server { code, retry, .. } => {
+            assert_eq!(*code, ErrorCode::ReplicationTimeout, "{err}");
+            assert!(*retry, "{err}");
+        }
+        other => panic!("{other}"),
+    }
+    b.start();
+    // Retry as a client does (same mid) until B is back and holds it.
+    let mut again = None;
+    for _ in 0..10 {
+        match ca.publish_with("orders.eu", "o2", with_mid("o2")).await {
+            Ok(ack) => {
+                again = Some(ack);
+                break;
+            }
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::ReplicationTimeout), "{e}"),
+        }
+    }
+    let again = again.expect("the retry is acked once B is back");
+    assert!(again.dup, "the retry is answered with the original record");
+    assert_eq!(again.seq, ack.seq + 1);
+    let cb = b.client().await;
+    let got = take(&cb, "orders.eu", Start::Earliest, 2).await;
+    assert_eq!(payloads(&got), vec!["o1".to_string(), "o2".to_string()]);
+}
+
+/// Client failover: the client's gateway dies; it reconnects to the fallback gateway
+/// and its subscription resumes from its cursor with no gap and no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_fails_over_with_its_cursor() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let pa = a.client().await;
+    let pb = b.client().await;
+    b.wait_link_up().await;
+    let mut o = ClientOptions::new(a.url());
+    o.fallback_urls = vec![b.url()];
+    o.max_backoff = Duration::from_millis(300);
+    let client = Client::connect(o).await.expect("connect to A");
+    assert_eq!(client.session().node, "node-a");
+    let mut sub = client
+        .subscribe("sensors.f", Start::Earliest)
+        .await
+        .expect("sub");
+    publish(&pa, "sensors.f", "a", 0..10).await;
+    // Everything A took is on B before A dies (as a publisher with replicated acks would know).
+    let on_b = take(&pb, "sensors.f", Start::Earliest, 10).await;
+    assert_eq!(payloads(&on_b), expected("a", 0..10));
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        match sub.next_timeout(ARRIVAL).await {
+            Some(Event::Msg(m)) => got.push(String::from_utf8_lossy(&m.data.0).into_owned()),
+            other => panic!("before failover: {other:?} after {got:?}"),
+        }
+    }
+    a.kill9();
+    publish(&pb, "sensors.f", "b", 0..10).await;
+    while got.len() < 20 {
+        match sub.next_timeout(ARRIVAL).await {
+            Some(Event::Msg(m)) => got.push(String::from_utf8_lossy(&m.data.0).into_owned()),
+            other => panic!("after failover: {other:?} after {got:?}"),
+        }
+    }
+    let mut want = expected("a", 0..10);
+    want.extend(expected("b", 0..10));
+    assert_eq!(got, want, "no gap, no duplicate across the failover");
+    let ack = client
+        .publish("sensors.f", "c0")
+        .await
+        .expect("publish on B");
+    assert_eq!(ack.origin.node, "node-b");
+    match sub.next_timeout(ARRIVAL).await {
+        Some(Event::Msg(m)) => assert_eq!(&m.data.0[..], b"c0"),
+        other => panic!("own publish: {other:?}"),
+    }
+    assert!(
+        sub.next_timeout(Duration::from_millis(300)).await.is_none(),
+        "nothing repeated"
+    );
+}
+
+/// Every file under `dir` (recursively).
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// G6 with a peer: B's journal is damaged while it is stopped (a flipped byte inside a
+/// replicated record); B starts, and what the damage took comes back from A intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_replica_is_repaired_from_its_peer() {
+    const N: u32 = 60;
+    let body = |i: u32| format!("bits-{i:03}-{}", "z".repeat(200));
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let ca = a.client().await;
+    b.wait_link_up().await;
+    for i in 1..=N {
+        ca.publish("sensors.bits", body(i)).await.expect("publish");
+    }
+    let cb = b.client().await;
+    let _ = take(&cb, "sensors.bits", Start::Earliest, N as usize).await;
+    drop(cb);
+    b.kill9();
+    // Flip a byte inside record 25's payload in B's journal (its records live there).
+    let needle = b"bits-025-";
+    let mut flipped = false;
+    for f in files(&b.dir.join("data")) {
+        if f.extension().is_none_or(|x| x != "jnl") {
+            continue;
+        }
+        let mut bytes = std::fs::read(&f).expect("read");
+        if let Some(at) = bytes.windows(needle.len()).position(|w| w == needle) {
+            bytes[at + needle.len() + 3] ^= 0x20;
+            std::fs::write(&f, &bytes).expect("write");
+            flipped = true;
+            break;
+        }
+    }
+    assert!(flipped, "record 25 is in B's journal");
+    b.start();
+    let cb = b.client().await;
+    // Until the repair arrived, a reader may see a `corrupt` gap; afterwards, everything.
+    let mut last = Vec::new();
+    for _ in 0..50 {
+        let mut sub = cb
+            .subscribe("sensors.bits", Start::Earliest)
+            .await
+            .expect("sub");
+        let mut got = Vec::new();
+        let mut gap = false;
+        while got.len() < N as usize && !gap {
+            match sub.next_timeout(ARRIVAL).await {
+                Some(Event::Msg(m)) => got.push(String::from_utf8_lossy(&m.data.0).into_owned()),
+                Some(Event::Gap { .. }) => gap = true,
+                None => panic!("B stalled after {} records", got.len()),
+            }
+        }
+        cb.unsubscribe("sensors.bits").await.expect("unsubscribe");
+        if !gap {
+            assert_eq!(
+                got,
+                (1..=N).map(body).collect::<Vec<_>>(),
+                "intact, in order"
+            );
+            return;
+        }
+        last = got;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("B was not repaired: {} records then a gap", last.len());
+}
+
+/// A UDP relay between one QUIC client and a server that can black-hole the path.
+struct Relay {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    async fn start(server: u16) -> Relay {
+        use std::sync::atomic::Ordering;
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        back.connect(("127.0.0.1", server)).await.expect("connect");
+        let port = front.local_addr().expect("addr").port();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let c = cut.clone();
+        let task = tokio::spawn(async move {
+            let (mut a, mut b) = (vec![0u8; 65_536], vec![0u8; 65_536]);
+            let mut client: Option<std::net::SocketAddr> = None;
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut a) => {
+                        let Ok((n, from)) = r else { return };
+                        client = Some(from);
+                        if !c.load(Ordering::Relaxed) {
+                            let _ = back.send(&a[..n]).await;
+                        }
+                    }
+                    r = back.recv(&mut b) => {
+                        let Ok(n) = r else { continue };
+                        if let (Some(to), false) = (client, c.load(Ordering::Relaxed)) {
+                            let _ = front.send_to(&b[..n], to).await;
+                        }
+                    }
+                }
+            }
+        });
+        Relay { port, cut, task }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A partition with both sides alive: both keep accepting; after the heal, both hold
+/// everything, in order, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_heals_with_nothing_lost() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["hub", "edge-1"]);
+    let mut hub = Node::new(root.path(), "hub", &certs, "plant-7", &[]);
+    let relay = Relay::start(hub.quic).await;
+    let mut edge = Node::new(root.path(), "edge-1", &certs, "plant-7", &[relay.port]);
+    hub.start();
+    edge.start();
+    let (ch, ce) = (hub.client().await, edge.client().await);
+    edge.wait_links_up(1).await;
+    publish(&ce, "sensors.p", "e", 0..5).await;
+    assert_eq!(
+        payloads(&take(&ch, "sensors.p", Start::Earliest, 5).await),
+        expected("e", 0..5)
+    );
+
+    relay.set_cut(true);
+    // Both sides accept while cut off; the link is noticed down (keep-alive idle timeout).
+    publish(&ce, "sensors.p", "e", 5..25).await;
+    publish(&ch, "sensors.q", "h", 0..20).await;
+    edge.wait_links_up(0).await;
+    hub.wait_links_up(0).await;
+    assert!(edge.metric("edgesync_peer_link_up{peer=\"hub\"}").await == 0.0);
+
+    relay.set_cut(false);
+    assert_eq!(
+        payloads(&take(&ch, "sensors.p", Start::Earliest, 25).await),
+        expected("e", 0..25),
+        "the hub got what the edge took during the partition"
+    );
+    assert_eq!(
+        payloads(&take(&ce, "sensors.q", Start::Earliest, 20).await),
+        expected("h", 0..20),
+        "the edge got what the hub took during the partition"
+    );
+}
+
+/// The retention hold: a topic keeping 5 messages keeps the 20 a peer lacks while it
+/// is away, the peer gets all of them (no gap), then retention trims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_holds_what_an_away_peer_lacks() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    a.extra = "[[topic]]\npattern = \"sensors.r\"\nmax_messages = 5\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let ca = a.client().await;
+    a.wait_link_up().await;
+    publish(&ca, "sensors.r", "r", 0..1).await;
+    let cb = b.client().await;
+    let _ = take(&cb, "sensors.r", Start::Earliest, 1).await;
+    drop(cb);
+    b.kill9();
+    publish(&ca, "sensors.r", "r", 1..21).await;
+    // Retention runs every second: give it two passes while B is away.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let page = ca
+        .history("sensors.r", Start::Earliest, Some(100))
+        .await
+        .expect("history on A");
+    // r0 was on B already (trimmed); r1..r20 B lacks: held, beyond max_messages.
+    assert_eq!(
+        payloads_of(&page.msgs),
+        expected("r", 1..21),
+        "what B lacks is held"
+    );
+    b.start();
+    let cb = b.client().await;
+    assert_eq!(
+        payloads(&take(&cb, "sensors.r", Start::Earliest, 21).await),
+        expected("r", 0..21),
+        "B got everything, no gap"
+    );
+    // Once B has acked them, retention trims A to its limit.
+    let mut held = usize::MAX;
+    for _ in 0..100 {
+        held = ca
+            .history("sensors.r", Start::Earliest, Some(100))
+            .await
+            .expect("history")
+            .msgs
+            .len();
+        if held == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(held, 5, "trimmed once B holds them");
+}
+
+/// A measurement, not a test (run with `--ignored --nocapture`): records a peer catches
+/// up per second after being away (debug build of the gateway; deps optimised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints a figure"]
+async fn catch_up_rate_figure() {
+    const N: u32 = 50_000;
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    a.extra = "[limits]\npublish_rate_per_sec = 1000000\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    let ca = a.client().await;
+    let payload = vec![b'x'; 100];
+    for i in 0..N {
+        let opts = PublishOptions {
+            ack: i + 1 == N,
+            ..PublishOptions::default()
+        };
+        ca.publish_with(&format!("sensors.t{}", i % 8), payload.clone(), opts)
+            .await
+            .expect("publish");
+    }
+    let started = std::time::Instant::now();
+    b.start();
+    let cb = b.client().await;
+    let mut total = 0u32;
+    let mut sub = cb
+        .subscribe("sensors.>", Start::Earliest)
+        .await
+        .expect("sub");
+    while total < N {
+        match sub.next_timeout(Duration::from_secs(30)).await {
+            Some(Event::Msg(_)) => total += 1,
+            other => panic!("after {total}: {other:?}"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "catch-up: {N} records of 100 B on 8 topics in {secs:.2} s (B's start included) = {:.0} records/s",
+        f64::from(N) / secs
+    );
+}
+
+/// A measurement, not a test (run with `--ignored --nocapture`): `replicated:1` publish
+/// ack latency, sequential publishes (debug build of the gateway; deps optimised).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; prints a figure"]
+async fn replicated_ack_latency_figure() {
+    const N: usize = 2000;
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    a.extra = "[[topic]]\npattern = \"orders.>\"\nack = \"replicated:1\"\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let ca = a.client().await;
+    a.wait_link_up().await;
+    let mut local = Vec::with_capacity(N);
+    let mut replicated = Vec::with_capacity(N);
+    for i in 0..N {
+        let t = std::time::Instant::now();
+        ca.publish("sensors.l", format!("{i}"))
+            .await
+            .expect("local");
+        local.push(t.elapsed());
+        let t = std::time::Instant::now();
+        ca.publish("orders.r", format!("{i}"))
+            .await
+            .expect("replicated");
+        replicated.push(t.elapsed());
+    }
+    for (what, mut v) in [("local", local), ("replicated:1", replicated)] {
+        v.sort();
+        let ms = |q: f64| v[((v.len() as f64 * q) as usize).min(v.len() - 1)].as_secs_f64() * 1e3;
+        println!(
+            "{what} ack: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({N} sequential publishes)",
+            ms(0.5),
+            ms(0.99),
+            ms(1.0)
         );
     }
 }

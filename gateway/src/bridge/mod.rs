@@ -46,6 +46,9 @@ pub enum BridgeError {
     /// Our store refused (poisoned, shutting down) or failed.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The pipeline refused the append (store, or a topic's replicated ack mode).
+    #[error("append: {0}")]
+    Append(#[from] crate::pipeline::AppendError),
 }
 
 fn remote(e: impl std::fmt::Display) -> BridgeError {

@@ -1,4 +1,4 @@
-//! The `edgesync` command line: `serve`, `pub`, `sub`, `cert`, `plugin`, `check-config`.
+//! The `edgesync` command line: `serve`, `pub`, `sub`, `cert`, `plugin`, `peers`, `check-config`.
 //! (The load generator is its own binary, `edgesync-bench`, in `bench/`.)
 //!
 //! Flags override environment variables (`EDGESYNC_*`), which override the
@@ -6,6 +6,7 @@
 
 mod cert;
 mod client;
+mod peers;
 pub mod plugin;
 mod store;
 mod work;
@@ -45,6 +46,8 @@ pub enum Command {
     /// Check a stopped gateway's store for damage, or repair it.
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// List a running gateway's replication links (admin API `GET /v1/peers`).
+    Peers(peers::PeersArgs),
     /// Check a config file and print the effective configuration.
     CheckConfig {
         /// The TOML file.
@@ -89,6 +92,7 @@ pub fn main() -> ExitCode {
         Command::Cert(c) => cert::run(c),
         Command::Plugin(c) => plugin::run(c),
         Command::Store(c) => store::run(c),
+        Command::Peers(args) => peers::run(args),
         Command::CheckConfig { file } => match Config::from_file(&file)
             .map_err(|e| e.to_string())
             .and_then(|c| c.build().map_err(|e| e.to_string()))

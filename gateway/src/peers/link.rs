@@ -16,6 +16,11 @@
 //!
 //! A link that falls more than `COMMITTED_BUFFER` committed batches behind closes and is
 //! redialed: reconnecting is "summary, diff, stream", so nothing is lost, only redone.
+//!
+//! A record a read finds corrupt is never sent; the driver tells every link
+//! (`handle_corrupt`), so each asks its peer for a good copy at once. Corruption a
+//! client's read finds reaches links through the store's durable corrupt list, pulled
+//! on every reconnect and digest round.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,7 +69,7 @@ pub struct LinkSettings {
 
 /// Answers from the blocking pool and the apply task.
 enum Op {
-    Read(u64, Result<ReadResult, String>),
+    Read(u64, String, Origin, Result<ReadResult, String>),
     Applied(u64, ApplyOutcome, usize),
 }
 
@@ -165,6 +170,8 @@ struct Driver {
     lanes: Vec<Option<mpsc::UnboundedSender<Bytes>>>,
     control_writer: Option<tokio::task::JoinHandle<()>>,
     committed: broadcast::Receiver<Committed>,
+    /// Corrupt records found by any link's reads.
+    corrupt: broadcast::Receiver<(String, Origin, u64)>,
     /// What the peer sent us per topic (it held it durably): with its acks, what the lag
     /// gauge counts as on the peer.
     peer_has: HashMap<String, VersionVector>,
@@ -185,6 +192,7 @@ impl Driver {
     ) -> Self {
         // Subscribed before the link reads any vector: nothing committed is missed.
         let committed = hub.committed.subscribe();
+        let corrupt = hub.corrupt.subscribe();
         let direction = match settings.direction {
             PeerDirection::Push => Direction::Push,
             PeerDirection::Pull => Direction::Pull,
@@ -219,6 +227,7 @@ impl Driver {
             lanes: Vec::new(),
             control_writer: None,
             committed,
+            corrupt,
             peer_has: HashMap::new(),
             peer_origin: None,
         }
@@ -273,10 +282,19 @@ impl Driver {
             tokio::select! {
                 _ = close.cancelled() => {
                     self.link.close();
+                    if self.hub.is_duplicate(self.id) {
+                        return ended("duplicate", "another link to this peer is kept".into(), CLOSE_NORMAL);
+                    }
                 }
                 Some(op) = self.ops_rx.recv() => match op {
-                    Op::Read(id, Ok(result)) => self.link.handle_read(id, result, &store),
-                    Op::Read(_, Err(e)) => {
+                    Op::Read(id, topic, origin, Ok(result)) => {
+                        // Never sent; every link (this one too) asks its peer for them.
+                        for &seq in &result.corrupt {
+                            let _ = self.hub.corrupt.send((topic.clone(), origin.clone(), seq));
+                        }
+                        self.link.handle_read(id, result, &store);
+                    }
+                    Op::Read(_, _, _, Err(e)) => {
                         return ended("store", format!("reading the log failed: {e}"), CLOSE_ERROR);
                     }
                     Op::Applied(id, outcome, stored) => {
@@ -307,6 +325,11 @@ impl Driver {
                 _ = sleep_until(timer), if timer.is_some() => {
                     let now = self.now();
                     self.link.handle_timeout(now, &store);
+                }
+                notice = self.corrupt.recv() => {
+                    if let Ok((topic, origin, seq)) = notice {
+                        self.link.handle_corrupt(&topic, &origin, seq);
+                    }
                 }
                 _ = status.tick() => self.refresh_status(&store),
             }
@@ -342,10 +365,22 @@ impl Driver {
                         "LWW entries ignored: kv/presence replication is not wired yet"
                     );
                 }
-                Action::PeerDurable { .. } => {}
+                Action::PeerDurable {
+                    topic,
+                    origin,
+                    durable,
+                } => {
+                    // Only this node's own records are waited for (`replicated(k)`).
+                    if origin == *self.hub.store.local_origin() {
+                        self.hub.acks.peer_durable(&self.peer, &topic, &durable);
+                    }
+                }
                 Action::Up(up) => {
                     tracing::info!(peer = %self.peer, epoch = up.peer_epoch, sends = up.sends, receives = up.receives, filters_differ = up.filters_differ, "peer link up");
                     self.peer_origin = Some(Origin::new(up.peer_node.clone(), up.peer_epoch));
+                    if up.sends {
+                        self.hub.acks.peer_receives(&self.peer, &self.filters);
+                    }
                     self.hub.link_up(self.id, up.sends, up.receives);
                 }
                 Action::Closed(reason) => return Some(self.closed(reason)),
@@ -414,7 +449,7 @@ impl Driver {
                     end: r.end,
                 })
                 .map_err(|e| e.to_string());
-            let _ = ops.send(Op::Read(id, result));
+            let _ = ops.send(Op::Read(id, req.topic, req.origin, result));
         });
     }
 
@@ -525,7 +560,9 @@ impl Driver {
             .with_label_values(&[ended.reason])
             .inc();
         match ended.reason {
-            "local" => tracing::info!(peer = %self.peer, "peer link closed"),
+            "local" | "duplicate" => {
+                tracing::info!(peer = %self.peer, why = %ended.detail, "peer link closed")
+            }
             "connection" => {
                 tracing::info!(peer = %self.peer, why = %ended.detail, "peer connection lost")
             }

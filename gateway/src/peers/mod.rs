@@ -34,6 +34,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ClusterConfig, PeerConfig, PeerDirection, parse_peer_url};
 use crate::metrics::Metrics;
+use crate::pipeline::acks::ReplicaAcks;
 use crate::store::{Committed, Store};
 use crate::transport::quic::PeerLinks;
 
@@ -42,10 +43,15 @@ pub use tls::PeerTls;
 /// Committed batches buffered per link before a slow link is dropped and resyncs by
 /// reconnecting (summary, diff, stream: nothing is lost, only redone).
 const COMMITTED_BUFFER: usize = 4096;
+/// Corrupt-record notices buffered per link; past it a link misses some, and its
+/// reconnect or next digest round pulls them (the store's corrupt list is durable).
+const CORRUPT_BUFFER: usize = 1024;
 
 /// The replication driver of one gateway.
 pub struct Peers {
     store: Store,
+    /// Where peers' acks of this node's records go (`replicated(k)` publishes wait there).
+    acks: Arc<ReplicaAcks>,
     metrics: Arc<Metrics>,
     cluster: ClusterConfig,
     entries: Vec<PeerConfig>,
@@ -53,6 +59,8 @@ pub struct Peers {
     tls: PeerTls,
     client: quinn::ClientConfig,
     committed: broadcast::Sender<Committed>,
+    /// Records a link's read found corrupt: every link asks its peer for them.
+    corrupt: broadcast::Sender<(String, edgesync_protocol::Origin, u64)>,
     links: Mutex<BTreeMap<u64, LinkStatus>>,
     next_id: AtomicU64,
     shutdown: CancellationToken,
@@ -95,6 +103,9 @@ pub struct LinkStatus {
     pub backlog_messages: u64,
     #[serde(skip)]
     close: CancellationToken,
+    /// Closed because another link to the same peer is kept.
+    #[serde(skip)]
+    duplicate: bool,
 }
 
 impl Peers {
@@ -105,6 +116,7 @@ impl Peers {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
+        acks: Arc<ReplicaAcks>,
         metrics: Arc<Metrics>,
         cluster: ClusterConfig,
         entries: Vec<PeerConfig>,
@@ -115,15 +127,18 @@ impl Peers {
     ) -> Result<Arc<Self>, crate::transport::tls::TlsError> {
         let client = tls.client_config(Duration::from_millis(cluster.keep_alive_ms))?;
         let (committed, _) = broadcast::channel(COMMITTED_BUFFER);
+        let (corrupt, _) = broadcast::channel(CORRUPT_BUFFER);
         Ok(Arc::new(Peers {
             node_id: store.node().to_string(),
             store,
+            acks,
             metrics,
             cluster,
             entries,
             tls,
             client,
             committed,
+            corrupt,
             links: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(1),
             shutdown,
@@ -289,6 +304,7 @@ impl Peers {
                 lag_records: 0,
                 backlog_messages: 0,
                 close: close.clone(),
+                duplicate: false,
             },
         );
         (id, close)
@@ -306,6 +322,7 @@ impl Peers {
         me.receives = receives;
         let (peer, dialed) = (me.peer.clone(), me.dialed);
         let keep_dialed_by_me = self.node_id.as_str() < peer.as_str();
+        let mut loser_id = None;
         for l in links.values() {
             if l.id == id || l.peer != peer || l.state != "up" {
                 continue;
@@ -319,8 +336,12 @@ impl Peers {
                 &links[&id]
             };
             tracing::info!(%peer, "two links to one peer; closing the duplicate");
-            loser.close.cancel();
+            loser_id = Some(loser.id);
             break;
+        }
+        if let Some(l) = loser_id.and_then(|l| links.get_mut(&l)) {
+            l.duplicate = true;
+            l.close.cancel();
         }
         self.metrics
             .peer_link_up
@@ -346,6 +367,11 @@ impl Peers {
                 .with_label_values(&[gone.peer.as_str()])
                 .set(0);
         }
+    }
+
+    /// True when link `id` was closed as a duplicate.
+    fn is_duplicate(&self, id: u64) -> bool {
+        self.links.lock().get(&id).is_some_and(|l| l.duplicate)
     }
 
     fn update(&self, id: u64, f: impl FnOnce(&mut LinkStatus)) {

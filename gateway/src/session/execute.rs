@@ -15,8 +15,8 @@ use super::driver::{Driver, SessionCtx};
 use super::{Command, EphemeralPub, StartAt};
 use crate::broker::ConnOut;
 use crate::model::{HookOutcome, Publish, QueueJoin, Refusal};
-use crate::pipeline::store_refusal;
-use crate::store::{Ack, StoreError};
+use crate::pipeline::{AppendError, append_refusal};
+use crate::store::Ack;
 
 /// A publish on its way to the store; resolves to its ack.
 pub(crate) type AckFuture = Pin<Box<dyn Future<Output = AckDone> + Send>>;
@@ -27,7 +27,7 @@ pub(crate) struct AckDone {
     topic: String,
     want_ack: bool,
     started: Instant,
-    result: Result<Ack, StoreError>,
+    result: Result<Ack, AppendError>,
 }
 
 /// A validated publish waiting for its hooks.
@@ -356,7 +356,7 @@ pub(crate) fn finish_publish(ctx: &SessionCtx, out: &ConnOut, done: AckDone) {
                 });
             }
         }
-        Err(e) => refuse(ctx, out, "pub", done.id, store_refusal(&e)),
+        Err(e) => refuse(ctx, out, "pub", done.id, append_refusal(&e)),
     }
 }
 

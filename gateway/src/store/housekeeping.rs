@@ -84,6 +84,11 @@ impl Writer {
         let mut budget = 50_000usize;
         let now = self.opts.clock.unix_ms();
         let mut changed = Vec::new();
+        let hold = shared.retention_hold.read().clone();
+        let index_origins = match hold {
+            Some(_) => index.origins.clone(),
+            None => Default::default(),
+        };
         for (name, t) in index.topics.iter_mut() {
             let policy = shared.retention_for(name);
             if policy.is_unlimited() {
@@ -129,6 +134,13 @@ impl Writer {
                 }
                 let too_old = age_cutoff.is_some_and(|c| hlc < c);
                 if !(over_count || over_bytes || too_old) {
+                    break;
+                }
+                // Replication: a peer still lacks it (within the hold's bound): keep it
+                // and everything newer of this topic for now.
+                if let (Some(hold), Some(origin)) = (&hold, index_origins.get(&oid))
+                    && hold(name, origin, seq, hlc)
+                {
                     break;
                 }
                 batch.remove(&shared.records, record_key(t.id, oid, seq).as_slice());

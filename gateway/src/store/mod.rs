@@ -136,6 +136,8 @@ impl Retention {
 
 /// Maps a topic to its retention limits (built from config).
 pub type RetentionFn = Arc<dyn Fn(&str) -> Retention + Send + Sync>;
+/// Replication's retention hold: `(topic, origin, seq, hlc)` → keep it for now.
+pub type RetentionHold = Arc<dyn Fn(&str, &Origin, u64, u64) -> bool + Send + Sync>;
 
 /// What one group commit did, for [`StoreObserver::committed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,6 +371,8 @@ struct Shared {
     retention_overrides: RwLock<HashMap<String, Retention>>,
     /// Configured retention per topic.
     retention: RetentionFn,
+    /// Set by replication: records retention must keep for now (peers lack them).
+    retention_hold: RwLock<Option<RetentionHold>>,
     /// Bytes the journal replay at open put back into memtables (flushed right after).
     replayed_bytes: u64,
     /// Records reads found corrupt and no apply has repaired yet: (topic, origin, seq).
@@ -481,6 +485,7 @@ impl Store {
             observer: opts.observer.clone(),
             new_epoch_reason: reason,
             retention_overrides: RwLock::new(HashMap::new()),
+            retention_hold: RwLock::new(None),
             retention: opts.retention.clone(),
             corrupt: RwLock::new(damaged.into_iter().collect()),
             replayed_bytes,
@@ -560,6 +565,13 @@ impl Store {
         if g.get(topic) != Some(&retention) && (g.len() < 100_000 || g.contains_key(topic)) {
             g.insert(topic.to_string(), retention);
         }
+    }
+
+    /// Install the replication driver's retention hold: retention keeps a record (and
+    /// everything newer in its topic) while `hold(topic, origin, seq, hlc)` says a peer
+    /// still lacks it. The hold bounds itself (by age); retention resumes past it.
+    pub fn set_retention_hold(&self, hold: RetentionHold) {
+        *self.shared.retention_hold.write() = Some(hold);
     }
 
     /// The retention in force for `topic`: a storage hook's run-time override, else

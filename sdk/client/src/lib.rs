@@ -19,7 +19,8 @@
 //! not return in step — re-subscribes
 //! every subscription from its cursor (so nothing is missed or repeated), and
 //! resends publishes that were in flight with the same client message id (so
-//! the gateway stores each exactly once).
+//! the gateway stores each exactly once). With `fallback_urls` it fails over to the
+//! other gateways of a cluster the same way (see [`ClientOptions::fallback_urls`]).
 
 mod conn;
 mod task;
@@ -79,6 +80,13 @@ impl ClientError {
 pub struct ClientOptions {
     /// `ws://host:port[/path]`, `wss://...` or `quic://host:port`.
     pub url: String,
+    /// Other gateways of the same cluster (same URL forms), for failover: when the
+    /// connection fails, reconnect attempts go round `url` and these in turn, starting
+    /// with the gateway after the one that failed; the first connect tries them in order
+    /// too. Subscriptions resume from their cursors (valid on every gateway of a
+    /// cluster: nothing missed, nothing repeated) and in-flight publishes are resent
+    /// with their `mid`s. Default empty.
+    pub fallback_urls: Vec<String>,
     pub token: Option<String>,
     /// Stable client id (scopes idempotent publish, with the topic and, when auth is on,
     /// the principal): 1-128 ASCII letters, digits and `-_.:@+/=~`; generated when absent.
@@ -115,6 +123,7 @@ impl ClientOptions {
     pub fn new(url: impl Into<String>) -> Self {
         ClientOptions {
             url: url.into(),
+            fallback_urls: Vec::new(),
             token: None,
             client_id: None,
             encoding: Encoding::MsgPack,

@@ -199,13 +199,39 @@ struct Task {
     version: u32,
     mid_prefix: u64,
     mid_counter: u64,
+    /// Index in [`gateways`] of the gateway connected to (failover goes on from it).
+    current: usize,
+}
+
+/// `url`, then `fallback_urls`.
+fn gateways(opts: &ClientOptions) -> Vec<String> {
+    std::iter::once(opts.url.clone())
+        .chain(opts.fallback_urls.iter().cloned())
+        .collect()
+}
+
+/// `opts` aimed at gateway `i` of [`gateways`].
+fn aimed(opts: &ClientOptions, urls: &[String], i: usize) -> ClientOptions {
+    let mut o = opts.clone();
+    o.url = urls[i % urls.len()].clone();
+    o
 }
 
 /// Connect, say `connect`, and start the task.
 pub(crate) async fn spawn(
     mut opts: ClientOptions,
 ) -> Result<(mpsc::Sender<Request>, SessionInfo), ClientError> {
-    let (conn, encoding, info) = establish(&opts).await?;
+    let urls = gateways(&opts);
+    let mut first = Err(ClientError::ConnectionLost);
+    let mut current = 0;
+    for i in 0..urls.len() {
+        first = establish(&aimed(&opts, &urls, i)).await;
+        if first.is_ok() {
+            current = i;
+            break;
+        }
+    }
+    let (conn, encoding, info) = first?;
     opts.client_id = Some(info.client_id.clone());
     let (tx, rx) = mpsc::channel(1024);
     let task = Task {
@@ -219,6 +245,7 @@ pub(crate) async fn spawn(
         version: info.version,
         mid_prefix: rand::random(),
         mid_counter: 0,
+        current,
     };
     tokio::spawn(task.run(conn, rx));
     Ok((tx, info))
@@ -729,12 +756,18 @@ impl Task {
             return None;
         }
         let mut backoff = FIRST_BACKOFF;
+        let urls = gateways(&self.opts);
+        let mut turn = self.current + usize::from(urls.len() > 1);
         loop {
             tokio::time::sleep(jittered(backoff)).await;
             backoff = (backoff * 2).min(self.opts.max_backoff);
-            let Ok((mut conn, enc, info)) = establish(&self.opts).await else {
+            let target = turn % urls.len();
+            turn += 1;
+            let Ok((mut conn, enc, info)) = establish(&aimed(&self.opts, &urls, target)).await
+            else {
                 continue;
             };
+            self.current = target;
             self.encoding = enc;
             self.version = info.version;
             if self.resume(&mut conn).await.is_ok() {
@@ -910,6 +943,7 @@ mod tests {
             version,
             mid_prefix: 0,
             mid_counter: 0,
+            current: 0,
         };
         let mut rxs = Vec::new();
         for &(key, id, pattern, live) in subs {
@@ -1041,5 +1075,21 @@ mod tests {
         assert!(waits.iter().all(|w| *w >= backoff / 2 && *w <= backoff));
         let distinct: std::collections::HashSet<_> = waits.iter().collect();
         assert!(distinct.len() > 100, "spread out, not in step");
+    }
+}
+
+#[cfg(test)]
+mod failover_tests {
+    use super::*;
+
+    #[test]
+    fn gateways_are_the_url_then_the_fallbacks_in_turn() {
+        let mut o = ClientOptions::new("ws://a:1");
+        o.fallback_urls = vec!["ws://b:1".into(), "quic://c:2".into()];
+        let urls = gateways(&o);
+        assert_eq!(urls, vec!["ws://a:1", "ws://b:1", "quic://c:2"]);
+        assert_eq!(aimed(&o, &urls, 1).url, "ws://b:1");
+        assert_eq!(aimed(&o, &urls, 4).url, "ws://b:1", "round and round");
+        assert_eq!(gateways(&ClientOptions::new("ws://a:1")), vec!["ws://a:1"]);
     }
 }

@@ -59,6 +59,10 @@ pub enum ErrorCode {
     /// A `sub` joining a queue group with `ack_wait_ms`, `max_deliveries` or `ordering`
     /// other than the group's, or with a pattern other than the group's.
     QueueConflict,
+    /// The topic's ack mode is `replicated:K` and fewer than K peers reported the
+    /// message durable in time. It is stored on this gateway; publish again with the
+    /// same `mid` to wait again (the retry is answered with the original record).
+    ReplicationTimeout,
 }
 
 impl ErrorCode {
@@ -90,6 +94,7 @@ impl ErrorCode {
             Internal => "internal",
             NotInFlight => "not_in_flight",
             QueueConflict => "queue_conflict",
+            ReplicationTimeout => "replication_timeout",
         }
     }
 
@@ -105,6 +110,7 @@ impl ErrorCode {
                 | StorageUnavailable
                 | ShuttingDown
                 | Internal
+                | ReplicationTimeout
         )
     }
 }
