@@ -10,6 +10,8 @@
 //!   lost, nothing doubled;
 //! - import with the gateway killed mid-batch: each message exactly once in the store;
 //! - direction `both`: no record goes round;
+//! - user/password credentials reach the server, and a refused login shows as `down`
+//!   with the server's reason in `/v1/bridges`;
 //! - the lag alert rules (examples/monitoring/bridge-alerts.yml) pass `promtool
 //!   check rules` and their `promtool test rules` cases.
 
@@ -30,6 +32,8 @@ struct Nats {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Extra server flags (`--user`, `--pass`, …).
+    extra: Vec<String>,
 }
 
 fn nats_binary() -> String {
@@ -43,10 +47,15 @@ fn nats_binary() -> String {
 
 impl Nats {
     async fn start(dir: &Path) -> Nats {
+        Nats::start_with(dir, &[]).await
+    }
+
+    async fn start_with(dir: &Path, extra: &[&str]) -> Nats {
         let mut n = Nats {
             child: None,
             port: free_port(),
             dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         n.restart().await;
         n
@@ -64,6 +73,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -94,6 +104,14 @@ impl Nats {
 
     async fn js(&self) -> jetstream::Context {
         let client = async_nats::connect(self.url()).await.expect("connect");
+        jetstream::new(client)
+    }
+
+    async fn js_as(&self, user: &str, pass: &str) -> jetstream::Context {
+        let client = async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
+            .connect(self.url())
+            .await
+            .expect("connect");
         jetstream::new(client)
     }
 }
@@ -629,6 +647,53 @@ async fn both_directions_make_no_loop() -> Result<()> {
     );
     assert_eq!(store.head("loop.b").values().sum::<u64>(), 30);
     assert_eq!(m.bridge.imported.with_label_values(&["LOOP"]).get(), 30);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_used_and_a_refusal_is_reported() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let nats = Nats::start_with(
+        &tmp.path().join("nats"),
+        &["--user", "edge", "--pass", "s3cret"],
+    )
+    .await;
+    let good = bridge_toml(
+        &nats.url(),
+        "export",
+        "\"auth.>\"",
+        "AUTH",
+        "user = \"edge\"\npassword = \"s3cret\"\n",
+    );
+    let bad = bridge_toml(
+        &nats.url(),
+        "export",
+        "\"auth.>\"",
+        "AUTH",
+        "name = \"wrong\"\nuser = \"edge\"\npassword = \"guess\"\n",
+    );
+    let gw = TestGateway::start(|c| {
+        with_bridge(c, &format!("{good}\n{bad}"));
+    })
+    .await;
+    let client = gw.client(Encoding::MsgPack).await;
+    for i in 0..20 {
+        client
+            .publish("auth.t", format!("{i}").into_bytes())
+            .await?;
+    }
+    let js = nats.js_as("edge", "s3cret").await;
+    assert_eq!(wait_stream_len(&js, "AUTH", 20, 20).await, 20);
+    let refused = edgesync_tests::eventually(250, || {
+        let s = &gw.gateway().bridges.status()[1];
+        s.export_state == Some("down")
+            && s.last_error
+                .as_deref()
+                .is_some_and(|e| e.to_lowercase().contains("auth"))
+    })
+    .await;
+    assert!(refused, "{:?}", gw.gateway().bridges.status());
+    assert_eq!(gw.gateway().bridges.status()[0].acked, 20);
     Ok(())
 }
 
