@@ -10,6 +10,7 @@
 //!   lost, nothing doubled;
 //! - import with the gateway killed mid-batch: each message exactly once in the store;
 //! - direction `both`: no record goes round;
+//! - imports run the route's plugins (a transform rewrites, a schema rejects);
 //! - user/password credentials reach the server, and a refused login shows as `down`
 //!   with the server's reason in `/v1/bridges`;
 //! - the lag alert rules (examples/monitoring/bridge-alerts.yml) pass `promtool
@@ -647,6 +648,88 @@ async fn both_directions_make_no_loop() -> Result<()> {
     );
     assert_eq!(store.head("loop.b").values().sum::<u64>(), 30);
     assert_eq!(m.bridge.imported.with_label_values(&["LOOP"]).get(), 30);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_run_the_routes_plugins() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let nats = Nats::start(&tmp.path().join("nats")).await;
+    let js = nats.js().await;
+    js.create_stream(jetstream::stream::Config {
+        name: "PLUG".into(),
+        subjects: vec!["plug.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    for body in [
+        r#"{"id":1,"password":"hunter2"}"#,
+        r#"{"password":"no id"}"#,
+        r#"{"id":2}"#,
+    ] {
+        js.publish("plug.t", body.into()).await?.await?;
+    }
+    let plugins = format!(
+        r#"
+[[plugin]]
+name = "transform"
+path = "{transform}"
+[plugin.config]
+redact = ["password"]
+
+[[plugin]]
+name = "schema"
+path = "{schema}"
+[[plugin.config.rules]]
+topics = "plug.>"
+required = ["id"]
+
+[[route]]
+topics = "plug.>"
+plugins = ["transform", "schema"]
+"#,
+        transform = edgesync_plugin_host::built::TRANSFORM,
+        schema = edgesync_plugin_host::built::SCHEMA,
+    );
+    let parsed = edgesync::config::Config::from_toml(&plugins).expect("plugin toml");
+    let toml = bridge_toml(&nats.url(), "import", "\"plug.>\"", "PLUG", "");
+    let gw = TestGateway::start(|c| {
+        with_bridge(c, &toml);
+        c.plugins = parsed.plugins;
+        c.routes = parsed.routes;
+    })
+    .await;
+    let m = gw.gateway().metrics.clone();
+    let handled = || {
+        m.bridge.imported.with_label_values(&["PLUG"]).get()
+            + m.bridge
+                .skipped
+                .with_label_values(&["PLUG", "rejected"])
+                .get()
+    };
+    assert!(
+        edgesync_tests::eventually(500, || handled() == 3).await,
+        "{}",
+        handled()
+    );
+    assert_eq!(
+        m.bridge
+            .skipped
+            .with_label_values(&["PLUG", "rejected"])
+            .get(),
+        1,
+        "schema rejected one"
+    );
+    let stored = history(&gw.ws_url(), "plug.t").await;
+    let bodies: Vec<String> = stored
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(
+        bodies[0].contains("\"id\":1") && !bodies[0].contains("hunter2"),
+        "the transform ran on the import: {bodies:?}"
+    );
     Ok(())
 }
 
