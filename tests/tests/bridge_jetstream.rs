@@ -13,6 +13,7 @@
 //! - imports run the route's plugins (a transform rewrites, a schema rejects);
 //! - user/password credentials reach the server, and a refused login shows as `down`
 //!   with the server's reason in `/v1/bridges`;
+//! - mutual TLS: a bridge with a client certificate exports, one without is refused;
 //! - the lag alert rules (examples/monitoring/bridge-alerts.yml) pass `promtool
 //!   check rules` and their `promtool test rules` cases.
 
@@ -777,6 +778,78 @@ async fn credentials_are_used_and_a_refusal_is_reported() -> Result<()> {
     .await;
     assert!(refused, "{:?}", gw.gateway().bridges.status());
     assert_eq!(gw.gateway().bridges.status()[0].acked, 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate() -> Result<()> {
+    use edgesync::transport::tls;
+    let tmp = tempfile::tempdir()?;
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let (ca, ca_key) = tls::generate_ca(&pki, "bridge test CA")?;
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let (server_cert, server_key) = tls::generate_leaf(&ca, &ca_key, &names, &pki, "server")?;
+    let (cert, key) = tls::generate_client(&ca, &ca_key, "edge-1", &pki, "edge-1")?;
+    let p = |x: &Path| x.display().to_string();
+    let nats = Nats::start_with(
+        &tmp.path().join("nats"),
+        &[
+            "--tls",
+            "--tlscert",
+            &p(&server_cert),
+            "--tlskey",
+            &p(&server_key),
+            "--tlscacert",
+            &p(&ca),
+            "--tlsverify",
+        ],
+    )
+    .await;
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let tls_keys = format!(
+        "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        p(&ca),
+        p(&cert),
+        p(&key)
+    );
+    let good = bridge_toml(&url, "export", "\"mtls.>\"", "MTLS", &tls_keys);
+    let no_cert = bridge_toml(
+        &url,
+        "export",
+        "\"mtls.>\"",
+        "MTLS",
+        &format!("name = \"nocert\"\ntls_ca = \"{}\"\n", p(&ca)),
+    );
+    let gw = TestGateway::start(|c| with_bridge(c, &format!("{good}\n{no_cert}"))).await;
+    let client = gw.client(Encoding::MsgPack).await;
+    for i in 0..10 {
+        client
+            .publish("mtls.t", format!("{i}").into_bytes())
+            .await?;
+    }
+    let reader = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.clone())
+        .add_client_certificate(cert.clone(), key.clone())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await?;
+    let js = jetstream::new(reader);
+    assert_eq!(
+        wait_stream_len(&js, "MTLS", 10, 20).await,
+        10,
+        "exported over mTLS"
+    );
+    let refused = edgesync_tests::eventually(250, || {
+        let s = &gw.gateway().bridges.status()[1];
+        s.export_state == Some("down") && s.last_error.is_some()
+    })
+    .await;
+    assert!(
+        refused,
+        "no client certificate, no link: {:?}",
+        gw.gateway().bridges.status()
+    );
     Ok(())
 }
 
