@@ -3,8 +3,9 @@
 //! the same kind, in the same run, on the same server.
 //!
 //! 1. **ceiling** — `--messages` payloads published by async-nats to stream
-//!    `CEILING` with `Nats-Msg-Id` headers (as the bridge sends them) and a window of
-//!    `--batch` unacknowledged publishes: acknowledged messages/s.
+//!    `CEILING` with `Nats-Msg-Id` headers (as the bridge sends them) and a sliding
+//!    window of 3 × `--batch` unacknowledged publishes (the bridge's depth):
+//!    acknowledged messages/s. It runs last, on the same server.
 //! 2. **export drain** — a child gateway with a `[[bridge]]` to stream `EXPORT` is
 //!    loaded with `--messages` records while JetStream is not reachable yet (the
 //!    bridge retries every 100 ms); then nats-server starts and the time until the
@@ -84,7 +85,11 @@ pub async fn run(args: &BenchArgs, a: &BridgeArgs) -> Result<Vec<Report>> {
 
     let mut nats = Nats::start(a, &dir, port)?;
     let nats_client = wait_connect(&url).await?;
-    let js = jetstream::new(nats_client.clone());
+    // The same ack window the bridge gets (`Link::connect`): 4 × batch permits.
+    let js = jetstream::ContextBuilder::new()
+        .max_ack_inflight(4 * a.batch.max(1))
+        .backpressure_on_inflight(true)
+        .build(nats_client.clone());
     let started = Instant::now();
     wait_len(&js, "EXPORT", a.messages, Duration::from_secs(300)).await?;
     let export_secs = started.elapsed().as_secs_f64();
@@ -191,16 +196,18 @@ async fn ceiling(js: &jetstream::Context, a: &BridgeArgs) -> Result<f64> {
     .await?;
     let payload = bytes::Bytes::from(vec![0x5a_u8; a.payload]);
     let started = Instant::now();
-    let mut window = std::collections::VecDeque::with_capacity(a.batch);
+    // A sliding window as deep as the bridge's (3 windows of `batch`).
+    let depth = 3 * a.batch.max(1);
+    let mut window = std::collections::VecDeque::with_capacity(depth);
     for i in 0..a.messages {
         let msg = jetstream::message::PublishMessage::build()
             .payload(payload.clone())
             .message_id(format!("ceiling:{i}"));
         window.push_back(js.send_publish(format!("ceiling.t{}", i % 8), msg).await?);
-        if window.len() >= a.batch.max(1) {
-            for ack in window.drain(..) {
-                ack.await?;
-            }
+        if window.len() >= depth
+            && let Some(ack) = window.pop_front()
+        {
+            ack.await?;
         }
     }
     for ack in window.drain(..) {

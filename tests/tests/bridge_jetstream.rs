@@ -10,6 +10,10 @@
 //!   lost, nothing doubled;
 //! - import with the gateway killed mid-batch: each message exactly once in the store;
 //! - direction `both`: no record goes round;
+//! - imports run the route's plugins (a transform rewrites, a schema rejects);
+//! - user/password credentials reach the server, and a refused login shows as `down`
+//!   with the server's reason in `/v1/bridges`;
+//! - mutual TLS: a bridge with a client certificate exports, one without is refused;
 //! - the lag alert rules (examples/monitoring/bridge-alerts.yml) pass `promtool
 //!   check rules` and their `promtool test rules` cases.
 
@@ -30,6 +34,8 @@ struct Nats {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Extra server flags (`--user`, `--pass`, …).
+    extra: Vec<String>,
 }
 
 fn nats_binary() -> String {
@@ -43,10 +49,15 @@ fn nats_binary() -> String {
 
 impl Nats {
     async fn start(dir: &Path) -> Nats {
+        Nats::start_with(dir, &[]).await
+    }
+
+    async fn start_with(dir: &Path, extra: &[&str]) -> Nats {
         let mut n = Nats {
             child: None,
             port: free_port(),
             dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         n.restart().await;
         n
@@ -64,6 +75,7 @@ impl Nats {
                 "-sd",
             ])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -94,6 +106,14 @@ impl Nats {
 
     async fn js(&self) -> jetstream::Context {
         let client = async_nats::connect(self.url()).await.expect("connect");
+        jetstream::new(client)
+    }
+
+    async fn js_as(&self, user: &str, pass: &str) -> jetstream::Context {
+        let client = async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into())
+            .connect(self.url())
+            .await
+            .expect("connect");
         jetstream::new(client)
     }
 }
@@ -629,6 +649,207 @@ async fn both_directions_make_no_loop() -> Result<()> {
     );
     assert_eq!(store.head("loop.b").values().sum::<u64>(), 30);
     assert_eq!(m.bridge.imported.with_label_values(&["LOOP"]).get(), 30);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_run_the_routes_plugins() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let nats = Nats::start(&tmp.path().join("nats")).await;
+    let js = nats.js().await;
+    js.create_stream(jetstream::stream::Config {
+        name: "PLUG".into(),
+        subjects: vec!["plug.>".into()],
+        ..Default::default()
+    })
+    .await?;
+    for body in [
+        r#"{"id":1,"password":"hunter2"}"#,
+        r#"{"password":"no id"}"#,
+        r#"{"id":2}"#,
+    ] {
+        js.publish("plug.t", body.into()).await?.await?;
+    }
+    let plugins = format!(
+        r#"
+[[plugin]]
+name = "transform"
+path = "{transform}"
+[plugin.config]
+redact = ["password"]
+
+[[plugin]]
+name = "schema"
+path = "{schema}"
+[[plugin.config.rules]]
+topics = "plug.>"
+required = ["id"]
+
+[[route]]
+topics = "plug.>"
+plugins = ["transform", "schema"]
+"#,
+        transform = edgesync_plugin_host::built::TRANSFORM,
+        schema = edgesync_plugin_host::built::SCHEMA,
+    );
+    let parsed = edgesync::config::Config::from_toml(&plugins).expect("plugin toml");
+    let toml = bridge_toml(&nats.url(), "import", "\"plug.>\"", "PLUG", "");
+    let gw = TestGateway::start(|c| {
+        with_bridge(c, &toml);
+        c.plugins = parsed.plugins;
+        c.routes = parsed.routes;
+    })
+    .await;
+    let m = gw.gateway().metrics.clone();
+    let handled = || {
+        m.bridge.imported.with_label_values(&["PLUG"]).get()
+            + m.bridge
+                .skipped
+                .with_label_values(&["PLUG", "rejected"])
+                .get()
+    };
+    assert!(
+        edgesync_tests::eventually(500, || handled() == 3).await,
+        "{}",
+        handled()
+    );
+    assert_eq!(
+        m.bridge
+            .skipped
+            .with_label_values(&["PLUG", "rejected"])
+            .get(),
+        1,
+        "schema rejected one"
+    );
+    let stored = history(&gw.ws_url(), "plug.t").await;
+    let bodies: Vec<String> = stored
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.data.0).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert!(
+        bodies[0].contains("\"id\":1") && !bodies[0].contains("hunter2"),
+        "the transform ran on the import: {bodies:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_used_and_a_refusal_is_reported() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let nats = Nats::start_with(
+        &tmp.path().join("nats"),
+        &["--user", "edge", "--pass", "s3cret"],
+    )
+    .await;
+    let good = bridge_toml(
+        &nats.url(),
+        "export",
+        "\"auth.>\"",
+        "AUTH",
+        "user = \"edge\"\npassword = \"s3cret\"\n",
+    );
+    let bad = bridge_toml(
+        &nats.url(),
+        "export",
+        "\"auth.>\"",
+        "AUTH",
+        "name = \"wrong\"\nuser = \"edge\"\npassword = \"guess\"\n",
+    );
+    let gw = TestGateway::start(|c| {
+        with_bridge(c, &format!("{good}\n{bad}"));
+    })
+    .await;
+    let client = gw.client(Encoding::MsgPack).await;
+    for i in 0..20 {
+        client
+            .publish("auth.t", format!("{i}").into_bytes())
+            .await?;
+    }
+    let js = nats.js_as("edge", "s3cret").await;
+    assert_eq!(wait_stream_len(&js, "AUTH", 20, 20).await, 20);
+    let refused = edgesync_tests::eventually(250, || {
+        let s = &gw.gateway().bridges.status()[1];
+        s.export_state == Some("down")
+            && s.last_error
+                .as_deref()
+                .is_some_and(|e| e.to_lowercase().contains("auth"))
+    })
+    .await;
+    assert!(refused, "{:?}", gw.gateway().bridges.status());
+    assert_eq!(gw.gateway().bridges.status()[0].acked, 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate() -> Result<()> {
+    use edgesync::transport::tls;
+    let tmp = tempfile::tempdir()?;
+    let pki = tmp.path().join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let (ca, ca_key) = tls::generate_ca(&pki, "bridge test CA")?;
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let (server_cert, server_key) = tls::generate_leaf(&ca, &ca_key, &names, &pki, "server")?;
+    let (cert, key) = tls::generate_client(&ca, &ca_key, "edge-1", &pki, "edge-1")?;
+    let p = |x: &Path| x.display().to_string();
+    let nats = Nats::start_with(
+        &tmp.path().join("nats"),
+        &[
+            "--tls",
+            "--tlscert",
+            &p(&server_cert),
+            "--tlskey",
+            &p(&server_key),
+            "--tlscacert",
+            &p(&ca),
+            "--tlsverify",
+        ],
+    )
+    .await;
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    let tls_keys = format!(
+        "tls_ca = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        p(&ca),
+        p(&cert),
+        p(&key)
+    );
+    let good = bridge_toml(&url, "export", "\"mtls.>\"", "MTLS", &tls_keys);
+    let no_cert = bridge_toml(
+        &url,
+        "export",
+        "\"mtls.>\"",
+        "MTLS",
+        &format!("name = \"nocert\"\ntls_ca = \"{}\"\n", p(&ca)),
+    );
+    let gw = TestGateway::start(|c| with_bridge(c, &format!("{good}\n{no_cert}"))).await;
+    let client = gw.client(Encoding::MsgPack).await;
+    for i in 0..10 {
+        client
+            .publish("mtls.t", format!("{i}").into_bytes())
+            .await?;
+    }
+    let reader = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.clone())
+        .add_client_certificate(cert.clone(), key.clone())
+        .require_tls(true)
+        .connect(url.as_str())
+        .await?;
+    let js = jetstream::new(reader);
+    assert_eq!(
+        wait_stream_len(&js, "MTLS", 10, 20).await,
+        10,
+        "exported over mTLS"
+    );
+    let refused = edgesync_tests::eventually(250, || {
+        let s = &gw.gateway().bridges.status()[1];
+        s.export_state == Some("down") && s.last_error.is_some()
+    })
+    .await;
+    assert!(
+        refused,
+        "no client certificate, no link: {:?}",
+        gw.gateway().bridges.status()
+    );
     Ok(())
 }
 

@@ -1,14 +1,15 @@
 //! Export: committed records of the matching topics → JetStream.
 //!
 //! A pass walks the matching topics; for each one behind, it reads up to `batch`
-//! records after the position, publishes them all (async, the window is the batch),
-//! waits for every ack, then writes the new position (the version vector the read
-//! returned) to the store. A crash anywhere before that write resends the window at
+//! records after the position and publishes them (a window, async); windows are
+//! pipelined (at most [`INFLIGHT_WINDOWS`] unacknowledged), and a window's position —
+//! the version vector its read returned — is written to the store only after every
+//! ack of it and of the windows before it. A crash anywhere before that write resends the window at
 //! the next start; JetStream's duplicate window drops what it already holds
 //! (`Nats-Msg-Id`). Past that window, [`reconcile`] looks at the stream's last
 //! message per subject at every (re)connect and moves the position up to it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,6 +150,10 @@ async fn reconcile(
 }
 
 /// One pass over the matching topics. True when anything moved.
+///
+/// Windows are pipelined, across topics too: up to [`INFLIGHT_WINDOWS`] × `batch`
+/// records are published before the oldest window's acks are awaited, and each
+/// topic's position moves window by window, in order, only once its acks are in.
 async fn pass(
     link: &Link,
     ctx: &BridgeCtx,
@@ -163,23 +168,41 @@ async fn pass(
         .collect();
     heads.sort_by(|a, b| a.0.cmp(&b.0));
     let mut moved = false;
+    let mut inflight: VecDeque<Window> = VecDeque::new();
+    let mut inflight_records = 0;
     for (topic, head) in &heads {
+        let mut cursor = positions.get(topic).cloned().unwrap_or_default();
         for _ in 0..MAX_ROUNDS {
-            let pos = positions.entry(topic.clone()).or_default();
-            if mapping::lag(head, Some(pos)) == 0 {
+            if mapping::lag(head, Some(&cursor)) == 0 {
                 break;
             }
-            if !window(link, ctx, js, topic, pos).await? {
+            let w = send(link, ctx, js, topic, &cursor).await?;
+            if w.after == cursor {
                 // Nothing readable past the position yet (a hole replication fills
                 // later): come back on the next pass.
                 break;
             }
+            cursor = w.after.clone();
+            inflight_records += w.acks.len();
+            inflight.push_back(w);
             moved = true;
+            while inflight_records > (INFLIGHT_WINDOWS - 1) * link.cfg.batch
+                && let Some(w) = inflight.pop_front()
+            {
+                inflight_records -= settle(link, ctx, w, positions).await?;
+            }
         }
+    }
+    while let Some(w) = inflight.pop_front() {
+        settle(link, ctx, w, positions).await?;
     }
     set_lag(link, &heads.into_iter().collect(), positions);
     Ok(moved)
 }
+
+/// Windows (of up to `batch` records) published and not yet acknowledged, at most.
+/// The JetStream context's ack permits are sized above this (see `Link::connect`).
+pub(super) const INFLIGHT_WINDOWS: usize = 3;
 
 /// The export lag gauge: records of the matching topics past the positions.
 fn set_lag(
@@ -197,16 +220,23 @@ fn set_lag(
         .set(i64::try_from(lag).unwrap_or(i64::MAX));
 }
 
-/// Publish one window of `topic` after `pos`, wait for every ack, then store and
-/// adopt the new position. False when the position could not move.
-async fn window(
+/// One published window: its acks to await and the position it reaches.
+struct Window {
+    topic: String,
+    acks: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    after: BTreeMap<Origin, u64>,
+}
+
+/// Read up to `batch` records of `topic` after `from` and publish them (without
+/// waiting for acks).
+async fn send(
     link: &Link,
     ctx: &BridgeCtx,
     js: &jetstream::Context,
     topic: &str,
-    pos: &mut BTreeMap<Origin, u64>,
-) -> Result<bool, BridgeError> {
-    let read = ctx.store.read(topic, pos, None, link.cfg.batch)?;
+    from: &BTreeMap<Origin, u64>,
+) -> Result<Window, BridgeError> {
+    let read = ctx.store.read(topic, from, None, link.cfg.batch)?;
     let mut acks = Vec::with_capacity(read.records.len());
     for r in &read.records {
         if mapping::is_imported(r) {
@@ -233,24 +263,36 @@ async fn window(
         );
         link.m.published.inc();
     }
-    for ack in acks {
+    for gap in &read.missing {
+        let n = gap.to - gap.from + 1;
+        link.m.skipped_gap.inc_by(n);
+        tracing::error!(bridge = link.name, topic, origin = %gap.origin, from = gap.from, to = gap.to, corrupt = gap.corrupt, "records the store no longer holds (retention or damage) were not exported");
+    }
+    Ok(Window {
+        topic: topic.to_string(),
+        acks,
+        after: read.positions,
+    })
+}
+
+/// Await a window's acks, then store and adopt its position. Returns its record count.
+async fn settle(
+    link: &Link,
+    ctx: &BridgeCtx,
+    w: Window,
+    positions: &mut HashMap<String, BTreeMap<Origin, u64>>,
+) -> Result<usize, BridgeError> {
+    let n = w.acks.len();
+    for ack in w.acks {
         let ack = ack.await.map_err(remote)?;
         link.m.acked.inc();
         if ack.duplicate {
             link.m.dup_export.inc();
         }
     }
-    for gap in &read.missing {
-        let n = gap.to - gap.from + 1;
-        link.m.skipped_gap.inc_by(n);
-        tracing::error!(bridge = link.name, topic, origin = %gap.origin, from = gap.from, to = gap.to, corrupt = gap.corrupt, "records the store no longer holds (retention or damage) were not exported");
-    }
-    if read.positions == *pos {
-        return Ok(false);
-    }
-    *pos = read.positions;
-    save(link, ctx, topic, pos)?;
-    Ok(true)
+    save(link, ctx, &w.topic, &w.after)?;
+    positions.insert(w.topic, w.after);
+    Ok(n)
 }
 
 fn save(

@@ -369,7 +369,7 @@ impl Link {
         let client = o.connect(urls).await.map_err(remote)?;
         Ok(jetstream::ContextBuilder::new()
             .timeout(timeout)
-            .max_ack_inflight(cfg.batch.max(1))
+            .max_ack_inflight((export::INFLIGHT_WINDOWS + 1) * cfg.batch.max(1))
             .backpressure_on_inflight(true)
             .build(client))
     }

@@ -318,6 +318,27 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_redacted_in_the_effective_config() {
+        let text = format!("{OK}user = \"u\"\npassword = \"hunter2\"\n");
+        let shown = Config::from_toml(&text)
+            .expect("parse")
+            .build()
+            .expect("valid")
+            .redacted_toml();
+        assert!(
+            !shown.contains("hunter2") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+        let text = format!("{OK}nkey_seed = \"SUAKEY\"\n");
+        let shown = Config::from_toml(&text)
+            .expect("parse")
+            .build()
+            .expect("valid")
+            .redacted_toml();
+        assert!(!shown.contains("SUAKEY"), "{shown}");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_name_key_and_line() {
         let err = build(&format!("{OK}batchsize = 3\n"))
             .expect_err("unknown")
