@@ -97,6 +97,7 @@ fn client_commands() -> Vec<(&'static str, ClientFrame)> {
                 ack_wait_ms: None,
                 max_deliveries: None,
                 ordering: None,
+                presence: false,
             },
         ),
         (
@@ -110,6 +111,7 @@ fn client_commands() -> Vec<(&'static str, ClientFrame)> {
                 ack_wait_ms: None,
                 max_deliveries: None,
                 ordering: None,
+                presence: false,
             },
         ),
         (
@@ -123,6 +125,7 @@ fn client_commands() -> Vec<(&'static str, ClientFrame)> {
                 ack_wait_ms: None,
                 max_deliveries: None,
                 ordering: None,
+                presence: false,
             },
         ),
         (
@@ -136,6 +139,7 @@ fn client_commands() -> Vec<(&'static str, ClientFrame)> {
                 ack_wait_ms: None,
                 max_deliveries: None,
                 ordering: None,
+                presence: false,
             },
         ),
         (

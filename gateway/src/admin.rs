@@ -101,6 +101,7 @@ pub struct AdminCtx {
     pub store: Store,
     pub conns: Arc<ConnRegistry>,
     pub queues: Arc<crate::queues::Queues>,
+    pub presence: Arc<crate::presence::Presence>,
     /// `None` when no plugin is configured.
     pub plugins: Option<Arc<dyn PluginAdmin>>,
     pub metrics: Arc<Metrics>,
@@ -241,6 +242,7 @@ pub fn router(gw: Arc<AdminCtx>) -> Router {
         .route("/v1/config", get(config))
         .route("/v1/plugins", get(plugins))
         .route("/v1/queues", get(queues))
+        .route("/v1/presence", get(presence))
         .route("/v1/bridges", get(bridges))
         .route("/v1/plugins/{name}/reload", post(reload_plugin))
         .fallback(|| async {
@@ -731,6 +733,23 @@ async fn config(State(gw): Ctx, headers: HeaderMap) -> ApiResult<serde_json::Val
     let table: toml::Table = toml::from_str(&gw.config_toml)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let value = serde_json::to_value(table)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    Ok(Json(value))
+}
+
+#[derive(serde::Deserialize)]
+struct PresenceQuery {
+    topic: String,
+}
+
+async fn presence(
+    State(gw): Ctx,
+    headers: HeaderMap,
+    Query(q): Query<PresenceQuery>,
+) -> ApiResult<serde_json::Value> {
+    authorize(&gw, &headers, Guard::Api)?;
+    let listing = gw.presence.list(&q.topic);
+    let value = serde_json::to_value(listing)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(Json(value))
 }

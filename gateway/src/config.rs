@@ -476,6 +476,9 @@ pub struct Limits {
     /// Queue groups with members at once (bounds the queue metrics' `group` label). A
     /// `sub` that would start another is refused `too_many_subscriptions`. Default 256.
     pub max_queue_groups: usize,
+    /// Members listed in a `presence` reply (and `GET /v1/presence`); past it the reply
+    /// gives the count and `truncated: true`. Default 1000.
+    pub max_presence_members: usize,
 }
 
 impl Default for Limits {
@@ -502,6 +505,7 @@ impl Default for Limits {
             max_cursor_bytes: 64 << 10,
             handshake_timeout_ms: 10_000,
             max_queue_groups: 256,
+            max_presence_members: 1000,
         }
     }
 }
@@ -741,6 +745,7 @@ impl Config {
             ("limits.max_history_bytes", l.max_history_bytes),
             ("limits.max_id_bytes", l.max_id_bytes),
             ("limits.max_queue_groups", l.max_queue_groups),
+            ("limits.max_presence_members", l.max_presence_members),
             ("store.max_batch", self.store.max_batch),
             ("store.queue_depth", self.store.queue_depth),
         ] {

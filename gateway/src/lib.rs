@@ -47,6 +47,8 @@ pub mod plugin;
 
 pub mod session;
 
+pub mod presence;
+
 pub mod queues;
 
 pub mod conns;

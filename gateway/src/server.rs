@@ -73,6 +73,8 @@ pub struct Gateway {
     pub broker: Arc<Broker>,
     /// Queue groups (fed by the fan-out task, joined by sessions).
     pub queues: Arc<Queues>,
+    /// Who is present on which topic.
+    pub presence: Arc<crate::presence::Presence>,
     pub conns: Arc<ConnRegistry>,
     pub readiness: Arc<Readiness>,
     /// The replication driver, set when the QUIC listener is bound with `[cluster]`.
@@ -171,6 +173,11 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         metrics.clone(),
         settings.limits().max_queue_groups,
     );
+    let presence = crate::presence::Presence::new(
+        store.node().to_string(),
+        clock.clone(),
+        settings.limits().max_presence_members,
+    );
     let (fanout_broker, fanout_queues) = (broker.clone(), queues.clone());
     let fanout_peers = peers.clone();
     let fanout = tokio::spawn(async move {
@@ -203,6 +210,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
             pipeline,
             broker,
             queues,
+            presence,
             conns,
             peers,
             plugins,
@@ -271,6 +279,7 @@ async fn wire(running: &mut Running, settings: &Settings) -> Result<(), ServerEr
         store: gw.store.clone(),
         broker: gw.broker.clone(),
         queues: gw.queues.clone(),
+        presence: gw.presence.clone(),
         conns: gw.conns.clone(),
         authorizer,
         metrics: gw.metrics.clone(),
@@ -396,6 +405,7 @@ async fn bind_admin(running: &mut Running, settings: &Settings) -> Result<(), Se
         store: gw.store.clone(),
         conns: gw.conns.clone(),
         queues: gw.queues.clone(),
+        presence: gw.presence.clone(),
         plugins: gw.plugins(),
         metrics: gw.metrics.clone(),
         readiness: gw.readiness.clone(),

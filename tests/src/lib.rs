@@ -2,6 +2,8 @@
 //! 127.0.0.1 with ephemeral ports and a temporary data directory, and connect
 //! real clients to it. Nothing here mocks a component.
 
+pub mod json;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -69,6 +69,7 @@ async fn read_everything(c: &Client, topic: &str) -> (BTreeSet<u64>, Vec<(u64, u
             Some(Event::Gap {
                 from, to, reason, ..
             }) => gaps.push((from, to, reason)),
+            Some(other) => panic!("unexpected {other:?}"),
             None => panic!("stream ended: {} msgs, gaps {gaps:?}", msgs.len()),
         }
     }

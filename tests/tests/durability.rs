@@ -44,6 +44,7 @@ async fn slow_consumer_gets_a_gap_then_recovers_from_history() {
             Some(Event::Gap {
                 from, to, cursor, ..
             }) => gaps.push((from, to, cursor)),
+            Some(other) => panic!("unexpected {other:?}"),
             None => panic!("stream ended: {} msgs, gaps {:?}", got.len(), gaps),
         }
     }

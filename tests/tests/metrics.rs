@@ -269,7 +269,7 @@ async fn slow_consumer_drops_and_gaps_are_counted() -> Result<()> {
                 saw_gap = true;
                 break;
             }
-            Some(Event::Msg(_)) => {}
+            Some(_) => {}
             None => break,
         }
     }

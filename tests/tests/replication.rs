@@ -247,7 +247,7 @@ async fn take(c: &Client, pattern: &str, start: Start, n: usize) -> Vec<(String,
                 m.origin.clone(),
                 m.seq,
             )),
-            Some(Event::Gap { .. }) => panic!("unexpected gap after {got:?}"),
+            Some(other) => panic!("unexpected {other:?} after {got:?}"),
             None => panic!("only {} of {n} arrived: {got:?}", got.len()),
         }
     }

@@ -226,6 +226,8 @@ pub fn run_sub(args: SubArgs) -> ExitCode {
                     };
                     let _ = writeln!(out, "{line}");
                 }
+                Event::Join { topic, client, .. } => eprintln!("join: {client} on {topic}"),
+                Event::Leave { topic, client, .. } => eprintln!("leave: {client} on {topic}"),
                 Event::Gap { topic, from, to, cursor, .. } => {
                     eprintln!("gap: {topic} seq {from}..={to} not delivered live; re-read from cursor {cursor}");
                 }

@@ -119,7 +119,7 @@ pub fn run(args: WorkArgs) -> ExitCode {
                         let (c, cmd, a) = (client.clone(), args.command.clone(), answer_args(&args));
                         running.spawn(async move { handle(&c, &cmd, m, beat, a).await });
                     }
-                    Some(Event::Gap { .. }) => {}
+                    Some(_) => {}
                     None => break,
                 },
                 Some(done) = running.join_next(), if !running.is_empty() => {

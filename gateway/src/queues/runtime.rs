@@ -236,13 +236,22 @@ impl Queues {
         Ok(())
     }
 
+    /// Connection `conn` left `group` (`unsub`): what it held is delivered again.
+    pub fn leave(&self, conn: MemberId, group: &str) {
+        self.leave_where(conn, |name| name == group);
+    }
+
     /// Connection `conn` is gone: everything it held in any group is delivered again.
     /// A group left without members leaves memory (its progress stays in the store).
     pub fn leave_conn(&self, conn: MemberId) {
+        self.leave_where(conn, |_| true);
+    }
+
+    fn leave_where(&self, conn: MemberId, which: impl Fn(&str) -> bool) {
         let mut groups = self.groups.lock();
         let mut empty = Vec::new();
         for (name, rt) in groups.iter_mut() {
-            if rt.outs.remove(&conn).is_some() {
+            if which(name) && rt.outs.remove(&conn).is_some() {
                 let gave_back = rt.group.leave(conn);
                 self.metrics
                     .queue_redeliveries

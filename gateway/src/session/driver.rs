@@ -47,6 +47,8 @@ pub struct SessionCtx {
     pub broker: Arc<Broker>,
     /// Queue groups: members join, answer, and leave at teardown.
     pub queues: Arc<crate::queues::Queues>,
+    /// Presence: entered by `presence` subscriptions, left at unsub and teardown.
+    pub presence: Arc<crate::presence::Presence>,
     pub conns: Arc<ConnRegistry>,
     pub authorizer: Arc<dyn Authorizer>,
     pub metrics: Arc<Metrics>,
@@ -528,6 +530,7 @@ impl Driver {
         self.ctx.metrics.subscriptions.sub(subs.len() as i64);
         self.ctx.broker.remove_conn(subs);
         self.ctx.queues.leave_conn(self.out.id);
+        self.ctx.presence.leave_conn(self.out.id);
         self.delivery.finish_lanes();
         let (code, reason) = self.close_reason.take().unwrap_or((None, "closed".into()));
         if self.draining {

@@ -108,6 +108,7 @@ impl Harness {
                 metrics.clone(),
                 max_groups,
             ),
+            presence: crate::presence::Presence::new("n1".into(), clock.clone(), 1000),
             pipeline,
             store,
             broker,

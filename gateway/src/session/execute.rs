@@ -58,10 +58,50 @@ pub(crate) async fn command(d: &mut Driver, cmd: Command) {
             pattern,
             start,
             queue: Some(join),
+            ..
         } => join_queue(d, id, pattern, start, join).await,
         Command::Subscribe {
-            id, pattern, start, ..
-        } => subscribe(d, id, pattern, start).await,
+            id,
+            pattern,
+            start,
+            presence,
+            ..
+        } => {
+            let ok = subscribe(d, id, pattern.clone(), start).await;
+            if ok && presence {
+                let sender = d.sender();
+                d.ctx.presence.enter(
+                    &pattern,
+                    &sender.client_id,
+                    sender.principal.as_deref(),
+                    &d.out,
+                );
+                d.session.add_presence(pattern);
+            }
+            ok
+        }
+        Command::LeaveQueue { id, pattern, group } => {
+            d.ctx.queues.leave(d.out.id, &group);
+            d.out
+                .outbox
+                .push_reply(&ServerFrame::Unsubscribed { id, topic: pattern });
+            true
+        }
+        Command::Presence { id, topic } => {
+            if read_allowed(d, "presence", id, &topic).await {
+                let l = d.ctx.presence.list(&topic);
+                d.out.outbox.push_reply(&ServerFrame::Presence {
+                    id,
+                    topic: l.topic,
+                    count: l.count,
+                    truncated: l.truncated,
+                    members: l.members,
+                });
+                true
+            } else {
+                false
+            }
+        }
         Command::Answer(a) => match d.ctx.queues.answer(d.out.id, &a) {
             Ok(()) => {
                 d.out.outbox.push_reply(&ServerFrame::Ok { id: a.id });
@@ -72,7 +112,15 @@ pub(crate) async fn command(d: &mut Driver, cmd: Command) {
                 false
             }
         },
-        Command::Unsubscribe { id, pattern, sub } => {
+        Command::Unsubscribe {
+            id,
+            pattern,
+            sub,
+            presence,
+        } => {
+            if presence {
+                d.ctx.presence.leave(&pattern, d.out.id);
+            }
             d.ctx.broker.unsubscribe(sub);
             d.ctx.metrics.subscriptions.dec();
             let reply = ServerFrame::Unsubscribed { id, topic: pattern };
@@ -130,6 +178,7 @@ async fn join_queue(
         refuse(&d.ctx, &d.out, "sub", id, r);
         return false;
     }
+    d.session.add_queue(pattern, join.group);
     true
 }
 

@@ -226,6 +226,19 @@ pub enum Command {
         start: StartAt,
         /// Set when the `sub` joins a queue group.
         queue: Option<QueueJoin>,
+        /// Be present on `pattern` and watch its joins and leaves.
+        presence: bool,
+    },
+    /// `unsub` of a queue group membership.
+    LeaveQueue {
+        id: u64,
+        pattern: String,
+        group: String,
+    },
+    /// Who is present on `topic`.
+    Presence {
+        id: u64,
+        topic: String,
     },
     /// `ack`, `nak`, `progress` or `term` of a queue delivery.
     Answer(QueueAnswer),
@@ -233,6 +246,8 @@ pub enum Command {
         id: u64,
         pattern: String,
         sub: SubId,
+        /// The subscription was a presence one: leave the topic's presence too.
+        presence: bool,
     },
     Publish {
         id: u64,
@@ -256,7 +271,8 @@ impl Command {
         match self {
             Command::Connect { .. } => "connect",
             Command::Subscribe { .. } => "sub",
-            Command::Unsubscribe { .. } => "unsub",
+            Command::Unsubscribe { .. } | Command::LeaveQueue { .. } => "unsub",
+            Command::Presence { .. } => "presence",
             Command::Publish { .. } => "pub",
             Command::History { .. } => "history",
             Command::Ping { .. } => "ping",
@@ -278,6 +294,9 @@ pub fn frame_kind(f: &ClientFrame) -> &'static str {
         ClientFrame::Nak { .. } => "nak",
         ClientFrame::Progress { .. } => "progress",
         ClientFrame::Term { .. } => "term",
+        ClientFrame::Presence { .. } => "presence",
+        ClientFrame::Send { .. } => "send",
+        ClientFrame::PubBatch { .. } => "pub_batch",
     }
 }
 
@@ -343,6 +362,9 @@ pub struct EphemeralPub {
     pub ack: Option<bool>,
 }
 
+/// Inbox topics of direct messages: `$inbox.<client>`, `$inbox.@<principal>`.
+pub const INBOX: &str = "$inbox.";
+
 /// Protocol state of one connection.
 #[derive(Debug)]
 pub struct Session {
@@ -351,6 +373,10 @@ pub struct Session {
     auth: Option<Auth>,
     connect_cursor: Option<Cursor>,
     subs: HashMap<String, SubId>,
+    /// Queue group memberships: pattern → group.
+    queues: HashMap<String, String>,
+    /// Plain subscriptions that are also present on their pattern.
+    presence: std::collections::HashSet<String>,
     bucket: TokenBucket,
 }
 
@@ -369,6 +395,8 @@ impl Session {
             auth: None,
             connect_cursor: None,
             subs: HashMap::new(),
+            queues: HashMap::new(),
+            presence: std::collections::HashSet::new(),
             bucket,
         }
     }
@@ -396,6 +424,16 @@ impl Session {
     /// Remember a subscription the broker accepted.
     pub fn add_subscription(&mut self, pattern: String, sub: SubId) {
         self.subs.insert(pattern, sub);
+    }
+
+    /// Remember that the subscription on `pattern` is present there.
+    pub fn add_presence(&mut self, pattern: String) {
+        self.presence.insert(pattern);
+    }
+
+    /// Remember a queue group membership the gateway accepted.
+    pub fn add_queue(&mut self, pattern: String, group: String) {
+        self.queues.insert(pattern, group);
     }
 
     /// Forget the session (connect failed auth).
@@ -433,7 +471,15 @@ impl Session {
                 ack_wait_ms,
                 max_deliveries,
                 ordering,
+                presence,
             } => {
+                if presence && queue.is_some() {
+                    return Err(err(
+                        id,
+                        ErrorCode::BadRequest,
+                        "presence is for plain subscriptions, not queue members",
+                    ));
+                }
                 let queue = match queue {
                     Some(group) => Some(queue_join(
                         id,
@@ -445,14 +491,23 @@ impl Session {
                     )?),
                     None => None,
                 };
-                self.subscribe(id, topic, start, queue)
+                self.subscribe(id, topic, start, queue, presence)
             }
             ClientFrame::Unsub { id, topic } => match self.subs.remove(&topic) {
                 Some(sub) => Ok(Command::Unsubscribe {
                     id,
+                    presence: self.presence.remove(&topic),
                     pattern: topic,
                     sub,
                 }),
+                None if self.queues.contains_key(&topic) => {
+                    let group = self.queues.remove(&topic).unwrap_or_default();
+                    Ok(Command::LeaveQueue {
+                        id,
+                        pattern: topic,
+                        group,
+                    })
+                }
                 None => Err(err(
                     id,
                     ErrorCode::NotSubscribed,
@@ -489,6 +544,28 @@ impl Session {
                 })
             }
             ClientFrame::Ping { id } => Ok(Command::Ping { id }),
+            ClientFrame::Presence { id, topic } => {
+                validate_pattern(&topic, self.limits.max_topic_bytes)
+                    .map_err(|e| err(id, e.code(), e.to_string()))?;
+                self.authorize_read(id, &topic)?;
+                Ok(Command::Presence { id, topic })
+            }
+            ClientFrame::Send {
+                id,
+                to_client,
+                to_principal,
+                data,
+                headers,
+                mid,
+            } => {
+                let topic = self.inbox_of(id, to_client, to_principal)?;
+                self.publish_to(id, topic, data.0, headers, mid, true, now)
+            }
+            ClientFrame::PubBatch { id, .. } => Err(err(
+                id,
+                ErrorCode::BadRequest,
+                "pub_batch is not served by this gateway yet",
+            )),
             other => match QueueAnswer::from_frame(other) {
                 Ok(a) => self.answer(a),
                 Err(f) => Err(err(
@@ -603,6 +680,7 @@ impl Session {
         pattern: String,
         start: Option<Start>,
         queue: Option<QueueJoin>,
+        presence: bool,
     ) -> Result<Command, Reply> {
         validate_pattern(&pattern, self.limits.max_topic_bytes)
             .map_err(|e| err(id, e.code(), e.to_string()))?;
@@ -614,14 +692,14 @@ impl Session {
                 None => StartAt::Latest,
             },
         };
-        if self.subs.contains_key(&pattern) {
+        if self.subs.contains_key(&pattern) || self.queues.contains_key(&pattern) {
             return Err(err(
                 id,
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to {pattern:?}"),
             ));
         }
-        if self.subs.len() >= self.limits.max_subscriptions {
+        if self.subs.len() + self.queues.len() >= self.limits.max_subscriptions {
             return Err(err(
                 id,
                 ErrorCode::TooManySubscriptions,
@@ -636,7 +714,41 @@ impl Session {
             pattern,
             start,
             queue,
+            presence,
         })
+    }
+
+    /// The inbox topic of a direct message: `$inbox.<client>` or `$inbox.@<principal>`.
+    fn inbox_of(
+        &self,
+        id: u64,
+        to_client: Option<String>,
+        to_principal: Option<String>,
+    ) -> Result<String, Reply> {
+        let topic = match (to_client, to_principal) {
+            (Some(c), None) => {
+                validate_client_id(&self.limits, &c).map_err(|r| err(id, r.code, r.message))?;
+                if c.starts_with('@') {
+                    return Err(err(
+                        id,
+                        ErrorCode::BadRequest,
+                        "a client id starting with '@' has no inbox ('@' names principals)",
+                    ));
+                }
+                format!("{INBOX}{c}")
+            }
+            (None, Some(p)) => format!("{INBOX}@{p}"),
+            _ => {
+                return Err(err(
+                    id,
+                    ErrorCode::BadRequest,
+                    "send needs exactly one of to_client and to_principal",
+                ));
+            }
+        };
+        validate_topic(&topic, self.limits.max_topic_bytes)
+            .map_err(|e| err(id, e.code(), format!("no inbox for that name: {e}")))?;
+        Ok(topic)
     }
 
     /// The one read check, shared by every path that returns stored or live messages
@@ -645,6 +757,30 @@ impl Session {
     /// covers a `$` topic only when it names it (`$dlq.>`, not `>`). The driver then
     /// asks the [`Authorizer`] (`on-subscribe`) before reading anything.
     fn authorize_read(&self, id: u64, pattern: &str) -> Result<(), Reply> {
+        if let Some(rest) = pattern.strip_prefix(INBOX) {
+            // An inbox is read by its owner (the client, or connections authenticated as
+            // the principal) — or by a grant that names inboxes explicitly (operators).
+            let own = match rest.strip_prefix('@') {
+                Some(p) => self.principal() == Some(p),
+                None => self.client_id() == Some(rest),
+            };
+            let granted = self.auth.as_ref().is_some_and(|a| {
+                a.subscribe
+                    .iter()
+                    .any(|g| g.starts_with(INBOX) && covers(g, pattern))
+            });
+            if own || granted {
+                return Ok(());
+            }
+            return Err(err(
+                id,
+                ErrorCode::Forbidden,
+                format!("{pattern:?} is another client's inbox"),
+            ));
+        }
+        if pattern == "$inbox" || pattern.starts_with("$inbox.") {
+            return Err(err(id, ErrorCode::Forbidden, "inboxes are read one by one"));
+        }
         match &self.auth {
             Some(a) if !a.subscribe.iter().any(|g| covers(g, pattern)) => Err(err(
                 id,
@@ -679,6 +815,24 @@ impl Session {
         now: Instant,
     ) -> Result<Command, Reply> {
         validate_publish(&self.limits, &topic, &headers, mid.as_deref())
+            .map_err(|r| err(id, r.code, r.message))?;
+        self.publish_to(id, topic, payload, headers, mid, ack, now)
+    }
+
+    /// A publish to `topic`, already validated (a `pub`'s topic, or an inbox): the
+    /// grants, the rate.
+    #[allow(clippy::too_many_arguments)]
+    fn publish_to(
+        &mut self,
+        id: u64,
+        topic: String,
+        payload: Bytes,
+        headers: Headers,
+        mid: Option<String>,
+        ack: bool,
+        now: Instant,
+    ) -> Result<Command, Reply> {
+        validate_publish(&self.limits, "inbox", &headers, mid.as_deref())
             .map_err(|r| err(id, r.code, r.message))?;
         if let Some(a) = &self.auth
             && !a.publish.iter().any(|g| matches(g, &topic))
@@ -968,6 +1122,7 @@ mod tests {
             ack_wait_ms,
             max_deliveries: None,
             ordering: None,
+            presence: false,
         }
     }
 

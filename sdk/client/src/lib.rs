@@ -34,8 +34,8 @@ use std::time::Duration;
 use bytes::Bytes;
 pub use edgesync_protocol::frame::{GapReason, LimitsInfo};
 pub use edgesync_protocol::{
-    Cursor, Encoding, ErrorCode, Headers, Msg, Ordering, Origin, Payload, QueueAnswer, Start,
-    Verdict,
+    Cursor, Encoding, ErrorCode, Headers, Msg, Ordering, Origin, Payload, PresenceMember,
+    QueueAnswer, Start, Verdict,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -211,6 +211,32 @@ pub enum Event {
         reason: GapReason,
         cursor: String,
     },
+    /// A client became present on the topic (subscriptions made with
+    /// [`Client::subscribe_present`] only).
+    Join {
+        topic: String,
+        client: String,
+        principal: Option<String>,
+        node: String,
+        since: u64,
+    },
+    /// A client left the topic (its last connection there went).
+    Leave {
+        topic: String,
+        client: String,
+        principal: Option<String>,
+        node: String,
+    },
+}
+
+/// Who is present on a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceList {
+    pub topic: String,
+    pub count: u64,
+    /// More members than the gateway lists (`limits.max_presence_members`).
+    pub truncated: bool,
+    pub members: Vec<PresenceMember>,
 }
 
 /// A page of stored messages.
@@ -280,6 +306,7 @@ pub(crate) enum Request {
         pattern: String,
         start: Start,
         queue: Option<QueueOptions>,
+        presence: bool,
         events: mpsc::Sender<Event>,
         consumed: Arc<Mutex<Cursor>>,
         reply: oneshot::Sender<Result<String, ClientError>>,
@@ -300,6 +327,17 @@ pub(crate) enum Request {
     Answer {
         answer: QueueAnswer,
         reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Presence {
+        topic: String,
+        reply: oneshot::Sender<Result<PresenceList, ClientError>>,
+    },
+    Send {
+        to_client: Option<String>,
+        to_principal: Option<String>,
+        payload: Bytes,
+        opts: PublishOptions,
+        reply: oneshot::Sender<Result<PubAck, ClientError>>,
     },
     Raw {
         frame: Vec<u8>,
@@ -412,7 +450,94 @@ impl Client {
         pattern: &str,
         start: Start,
     ) -> Result<Subscription, ClientError> {
-        self.subscribe_inner(pattern, start, None).await
+        self.subscribe_inner(pattern, start, None, false).await
+    }
+
+    /// Subscribe to `topic` and be present there while subscribed: the subscription
+    /// also yields [`Event::Join`] / [`Event::Leave`] for every client that comes and
+    /// goes (this one included). After a reconnect the client is present again.
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`].
+    pub async fn subscribe_present(
+        &self,
+        topic: &str,
+        start: Start,
+    ) -> Result<Subscription, ClientError> {
+        self.subscribe_inner(topic, start, None, true).await
+    }
+
+    /// Who is present on `topic`.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] (`forbidden`, a bad topic).
+    pub async fn presence(&self, topic: &str) -> Result<PresenceList, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Presence {
+            topic: topic.into(),
+            reply,
+        })
+        .await?;
+        self.wait(rx).await?
+    }
+
+    /// A direct message to every connection of client `client`, stored in its inbox
+    /// `$inbox.<client>` (read it with [`Client::inbox`] on that client).
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn send_to_client(
+        &self,
+        client: &str,
+        payload: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Result<PubAck, ClientError> {
+        self.direct(Some(client.into()), None, payload.into(), opts)
+            .await
+    }
+
+    /// A direct message to every client authenticated as `principal`, stored in
+    /// `$inbox.@<principal>`.
+    ///
+    /// # Errors
+    /// As [`Client::publish`].
+    pub async fn send_to_principal(
+        &self,
+        principal: &str,
+        payload: impl Into<Bytes>,
+        opts: PublishOptions,
+    ) -> Result<PubAck, ClientError> {
+        self.direct(None, Some(principal.into()), payload.into(), opts)
+            .await
+    }
+
+    /// This client's inbox (`$inbox.<client id>`): direct messages from `start`, then
+    /// live. Pass a saved cursor to get what arrived while offline exactly once.
+    ///
+    /// # Errors
+    /// As [`Client::subscribe`].
+    pub async fn inbox(&self, start: Start) -> Result<Subscription, ClientError> {
+        let topic = format!("$inbox.{}", self.info.client_id);
+        self.subscribe(&topic, start).await
+    }
+
+    async fn direct(
+        &self,
+        to_client: Option<String>,
+        to_principal: Option<String>,
+        payload: Bytes,
+        opts: PublishOptions,
+    ) -> Result<PubAck, ClientError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Send {
+            to_client,
+            to_principal,
+            payload,
+            opts,
+            reply,
+        })
+        .await?;
+        self.wait(rx).await?
     }
 
     /// Join a queue group: each message of the matching topics goes to one member of
@@ -430,7 +555,8 @@ impl Client {
         opts: QueueOptions,
     ) -> Result<Subscription, ClientError> {
         let start = opts.start.clone();
-        self.subscribe_inner(pattern, start, Some(opts)).await
+        self.subscribe_inner(pattern, start, Some(opts), false)
+            .await
     }
 
     /// The delivery `m` is handled: it is never delivered again in its group.
@@ -494,6 +620,7 @@ impl Client {
         pattern: &str,
         start: Start,
         queue: Option<QueueOptions>,
+        presence: bool,
     ) -> Result<Subscription, ClientError> {
         let (events, rx) = mpsc::channel(self.sub_buffer.max(16));
         let (reply, done) = oneshot::channel();
@@ -502,6 +629,7 @@ impl Client {
             pattern: pattern.into(),
             start,
             queue,
+            presence,
             events,
             consumed: consumed.clone(),
             reply,

@@ -21,9 +21,16 @@ use crate::{
     SessionInfo,
 };
 
+/// Where a publish goes: a topic, or a direct message's inbox.
+enum Dest {
+    Topic(String),
+    Client(String),
+    Principal(String),
+}
+
 enum Inflight {
     Publish {
-        topic: String,
+        topic: Dest,
         payload: bytes::Bytes,
         opts: PublishOptions,
         reply: Option<oneshot::Sender<Result<PubAck, ClientError>>>,
@@ -49,6 +56,9 @@ enum Inflight {
     Answer {
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
+    Presence {
+        reply: oneshot::Sender<Result<crate::PresenceList, ClientError>>,
+    },
 }
 
 struct SubState {
@@ -69,6 +79,8 @@ struct SubState {
     backlog: VecDeque<Event>,
     /// Set for a queue group membership: it takes the group's deliveries only.
     queue: Option<QueueOptions>,
+    /// Present on its pattern: takes its `join`/`leave` pushes.
+    presence: bool,
 }
 
 impl SubState {
@@ -86,13 +98,24 @@ impl SubState {
             consumed,
             backlog: VecDeque::new(),
             queue: None,
+            presence: false,
         }
     }
 
     /// The `sub` command for this subscription from `start`.
     fn frame(&self, id: u64, start: Start) -> ClientFrame {
         match &self.queue {
-            None => ClientFrame::sub(id, self.pattern.clone(), Some(start)),
+            None => ClientFrame::Sub {
+                id,
+                topic: self.pattern.clone(),
+                start: Some(start),
+                queue: None,
+                max_unacked: None,
+                ack_wait_ms: None,
+                max_deliveries: None,
+                ordering: None,
+                presence: self.presence,
+            },
             Some(q) => ClientFrame::Sub {
                 id,
                 topic: self.pattern.clone(),
@@ -102,6 +125,7 @@ impl SubState {
                 ack_wait_ms: q.ack_wait_ms,
                 max_deliveries: q.max_deliveries,
                 ordering: q.ordering,
+                presence: false,
             },
         }
     }
@@ -358,35 +382,40 @@ impl Task {
 
     async fn handle_request(&mut self, conn: &mut Conn, req: Request) -> Result<(), ClientError> {
         match req {
+            Request::Send {
+                to_client,
+                to_principal,
+                payload,
+                opts,
+                reply,
+            } => {
+                let topic = match (to_client, to_principal) {
+                    (Some(c), _) => Dest::Client(c),
+                    (None, Some(p)) => Dest::Principal(p),
+                    (None, None) => Dest::Client(String::new()), // refused by the gateway
+                };
+                self.publish(conn, topic, payload, opts, Some(reply)).await
+            }
+            Request::Presence { topic, reply } => {
+                let id = self.id();
+                self.inflight.insert(id, Inflight::Presence { reply });
+                conn.send(self.encoding.encode(&ClientFrame::Presence { id, topic }))
+                    .await
+            }
             Request::Publish {
                 topic,
                 payload,
-                mut opts,
+                opts,
                 reply,
             } => {
-                if opts.mid.is_none() {
-                    self.mid_counter += 1;
-                    opts.mid = Some(format!("{:016x}-{}", self.mid_prefix, self.mid_counter));
-                }
-                let id = self.id();
-                let frame = self.pub_frame(id, &topic, &payload, &opts);
-                if opts.ack {
-                    self.inflight.insert(
-                        id,
-                        Inflight::Publish {
-                            topic,
-                            payload,
-                            opts,
-                            reply,
-                        },
-                    );
-                }
-                conn.send(frame).await
+                self.publish(conn, Dest::Topic(topic), payload, opts, reply)
+                    .await
             }
             Request::Subscribe {
                 pattern,
                 start,
                 queue,
+                presence,
                 events,
                 consumed,
                 reply,
@@ -397,6 +426,7 @@ impl Task {
                 let mut state = SubState::new(pattern.clone(), events, consumed);
                 state.live = start == Start::Latest;
                 state.queue = queue;
+                state.presence = presence;
                 let frame = state.frame(id, start);
                 self.subs.insert(sub, state);
                 self.tags.insert(id, sub);
@@ -496,21 +526,78 @@ impl Task {
         }
     }
 
+    async fn publish(
+        &mut self,
+        conn: &mut Conn,
+        topic: Dest,
+        payload: bytes::Bytes,
+        mut opts: PublishOptions,
+        reply: Option<oneshot::Sender<Result<PubAck, ClientError>>>,
+    ) -> Result<(), ClientError> {
+        if opts.mid.is_none() {
+            self.mid_counter += 1;
+            opts.mid = Some(format!("{:016x}-{}", self.mid_prefix, self.mid_counter));
+        }
+        let id = self.id();
+        let frame = self.pub_frame(id, &topic, &payload, &opts);
+        // A direct message is always acknowledged (`send` has no `ack: false`).
+        if opts.ack || !matches!(topic, Dest::Topic(_)) {
+            self.inflight.insert(
+                id,
+                Inflight::Publish {
+                    topic,
+                    payload,
+                    opts,
+                    reply,
+                },
+            );
+        }
+        conn.send(frame).await
+    }
+
     fn pub_frame(
         &self,
         id: u64,
-        topic: &str,
+        topic: &Dest,
         payload: &bytes::Bytes,
         opts: &PublishOptions,
     ) -> Vec<u8> {
-        self.encoding.encode(&ClientFrame::Pub {
+        let (to_client, to_principal) = match topic {
+            Dest::Topic(topic) => {
+                return self.encoding.encode(&ClientFrame::Pub {
+                    id,
+                    topic: topic.clone(),
+                    data: Payload(payload.clone()),
+                    headers: opts.headers.clone(),
+                    mid: opts.mid.clone(),
+                    ack: opts.ack,
+                });
+            }
+            Dest::Client(c) => (Some(c.clone()), None),
+            Dest::Principal(p) => (None, Some(p.clone())),
+        };
+        self.encoding.encode(&ClientFrame::Send {
             id,
-            topic: topic.into(),
+            to_client,
+            to_principal,
             data: Payload(payload.clone()),
             headers: opts.headers.clone(),
             mid: opts.mid.clone(),
-            ack: opts.ack,
         })
+    }
+
+    /// A `join`/`leave` push: to the presence subscription of its topic, in order with
+    /// its gaps and after its messages (never dropped: the gateway bounds them).
+    fn presence_event(&mut self, ev: Event) {
+        let topic = match &ev {
+            Event::Join { topic, .. } | Event::Leave { topic, .. } => topic.clone(),
+            _ => return,
+        };
+        for s in self.subs.values_mut() {
+            if s.active && s.presence && s.pattern == topic {
+                s.offer_gap(ev.clone());
+            }
+        }
     }
 
     /// `lane`: the pattern of the subscription stream the frame came on (`edgesync/2`);
@@ -694,6 +781,7 @@ impl Task {
                     Some(Inflight::History { reply }) => drop(reply.send(Err(e))),
                     Some(Inflight::Ping { reply }) => drop(reply.send(Err(e))),
                     Some(Inflight::Answer { reply }) => drop(reply.send(Err(e))),
+                    Some(Inflight::Presence { reply }) => drop(reply.send(Err(e))),
                     _ => {}
                 }
             }
@@ -705,6 +793,47 @@ impl Task {
             } => {
                 tracing::debug!(%code, %msg, "gateway error push");
             }
+            ServerFrame::Presence {
+                id,
+                topic,
+                count,
+                truncated,
+                members,
+            } => {
+                if let Some(Inflight::Presence { reply }) = self.inflight.remove(&id) {
+                    let _ = reply.send(Ok(crate::PresenceList {
+                        topic,
+                        count,
+                        truncated,
+                        members,
+                    }));
+                }
+            }
+            ServerFrame::Join {
+                topic,
+                client,
+                principal,
+                node,
+                since,
+            } => self.presence_event(Event::Join {
+                topic,
+                client,
+                principal,
+                node,
+                since,
+            }),
+            ServerFrame::Leave {
+                topic,
+                client,
+                principal,
+                node,
+            } => self.presence_event(Event::Leave {
+                topic,
+                client,
+                principal,
+                node,
+            }),
+            ServerFrame::BatchAck { .. } => {}
             ServerFrame::Ok { id } => {
                 if let Some(Inflight::Answer { reply }) = self.inflight.remove(&id) {
                     let _ = reply.send(Ok(()));
@@ -746,6 +875,9 @@ impl Task {
                     drop(reply.send(Err(ClientError::ConnectionLost)))
                 }
                 Some(Inflight::Ping { reply }) | Some(Inflight::Answer { reply }) => {
+                    drop(reply.send(Err(ClientError::ConnectionLost)))
+                }
+                Some(Inflight::Presence { reply }) => {
                     drop(reply.send(Err(ClientError::ConnectionLost)))
                 }
                 _ => {}
@@ -971,7 +1103,7 @@ mod tests {
             .into_iter()
             .filter_map(|e| match e {
                 Event::Msg(m) => Some((m.topic, m.seq)),
-                Event::Gap { .. } => None,
+                _ => None,
             })
             .collect()
     }

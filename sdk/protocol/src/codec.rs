@@ -574,9 +574,65 @@ mod tests {
                             ack_wait_ms,
                             max_deliveries,
                             ordering,
+                            presence: false,
                         }
                     }
                 ),
+            (any::<u64>(), "[a-z.]{1,20}").prop_map(|(id, topic)| ClientFrame::Sub {
+                id,
+                topic,
+                start: None,
+                queue: None,
+                max_unacked: None,
+                ack_wait_ms: None,
+                max_deliveries: None,
+                ordering: None,
+                presence: true,
+            }),
+            (any::<u64>(), "[a-z.]{1,20}")
+                .prop_map(|(id, topic)| ClientFrame::Presence { id, topic }),
+            (
+                any::<u64>(),
+                "[a-z0-9@-]{1,12}",
+                any::<bool>(),
+                any_payload(),
+                any_headers(),
+                prop::option::of("[a-z0-9]{1,8}")
+            )
+                .prop_map(|(id, to, principal, data, headers, mid)| {
+                    ClientFrame::Send {
+                        id,
+                        to_client: (!principal).then(|| to.clone()),
+                        to_principal: principal.then_some(to),
+                        data,
+                        headers,
+                        mid,
+                    }
+                }),
+            (
+                any::<u64>(),
+                prop::collection::vec(
+                    (
+                        "[a-z.]{1,20}",
+                        any_payload(),
+                        any_headers(),
+                        prop::option::of("[a-z0-9]{1,8}")
+                    ),
+                    0..4
+                )
+            )
+                .prop_map(|(id, items)| ClientFrame::PubBatch {
+                    id,
+                    msgs: items
+                        .into_iter()
+                        .map(|(topic, data, headers, mid)| crate::frame::BatchMsg {
+                            topic,
+                            data,
+                            headers,
+                            mid
+                        })
+                        .collect()
+                }),
             (
                 any::<u64>(),
                 "[a-z0-9-]{1,12}",
@@ -708,6 +764,54 @@ mod tests {
             (any::<u64>(), "[a-z.*>]{1,20}")
                 .prop_map(|(sub, topic)| ServerFrame::Live { sub, topic }),
             any::<u64>().prop_map(|id| ServerFrame::Ok { id }),
+            (
+                any::<u64>(),
+                any::<u64>(),
+                any::<bool>(),
+                prop::option::of("[a-z]{1,6}")
+            )
+                .prop_map(|(id, since, truncated, principal)| ServerFrame::Presence {
+                    id,
+                    topic: "chat.a".into(),
+                    count: 1,
+                    truncated,
+                    members: vec![crate::frame::PresenceMember {
+                        client: "c1".into(),
+                        principal,
+                        connections: 2,
+                        node: "n1".into(),
+                        since
+                    }]
+                }),
+            (any::<u64>(), prop::option::of("[a-z]{1,6}")).prop_map(|(since, principal)| {
+                ServerFrame::Join {
+                    topic: "chat.a".into(),
+                    client: "c1".into(),
+                    principal,
+                    node: "n1".into(),
+                    since,
+                }
+            }),
+            prop::option::of("[a-z]{1,6}").prop_map(|principal| ServerFrame::Leave {
+                topic: "chat.a".into(),
+                client: "c1".into(),
+                principal,
+                node: "n1".into(),
+            }),
+            (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, dup)| {
+                ServerFrame::BatchAck {
+                    id,
+                    acks: vec![crate::frame::BatchItemAck {
+                        topic: "a.b".into(),
+                        origin: "n1".into(),
+                        epoch: 1,
+                        seq,
+                        hlc: seq,
+                        dup,
+                    }],
+                    cursor: "x".into(),
+                }
+            }),
             (any::<u64>(), any::<u64>(), any::<bool>()).prop_map(|(id, seq, dup)| {
                 ServerFrame::Puback {
                     id,
@@ -999,6 +1103,7 @@ mod tests {
             ack_wait_ms: Some(30000),
             max_deliveries: Some(5),
             ordering: Some(Ordering::Strict),
+            presence: false,
         };
         assert_eq!(
             json(&sub),
@@ -1020,7 +1125,7 @@ mod tests {
         assert_eq!(QueueAnswer::from_frame(nak.clone().into_frame()), Ok(nak));
         assert_eq!(
             QueueAnswer::from_frame(ClientFrame::Ping { id: 1 }),
-            Err(ClientFrame::Ping { id: 1 })
+            Err(Box::new(ClientFrame::Ping { id: 1 }))
         );
         let ok =
             String::from_utf8(Encoding::Json.encode(&ServerFrame::Ok { id: 9 })).expect("utf8");

@@ -52,7 +52,32 @@ pub enum ClientFrame {
         /// Queue group: `parallel` (default) or `strict` (one in flight per topic).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ordering: Option<Ordering>,
+        /// Be present on `topic` (the exact string) while subscribed, and get `join` /
+        /// `leave` pushes for it. Not with `queue`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        presence: bool,
     },
+    /// Who is present on a topic (the exact string subscribed with `presence`).
+    /// Answered with `presence`.
+    Presence { id: u64, topic: String },
+    /// A direct message to every connection of one client (`to_client`) or of every
+    /// client authenticated as one principal (`to_principal`): stored in that inbox
+    /// topic (`$inbox.<client>` / `$inbox.@<principal>`) and answered with `puback`.
+    Send {
+        id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_client: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to_principal: Option<String>,
+        data: Payload,
+        #[serde(default, skip_serializing_if = "Headers::is_empty")]
+        headers: Headers,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mid: Option<String>,
+    },
+    /// Several messages stored all or nothing in one commit. Answered with `batch_ack`
+    /// (one position per message, in order) or one error and nothing stored.
+    PubBatch { id: u64, msgs: Vec<BatchMsg> },
     /// Drop a subscription made with exactly this pattern.
     Unsub { id: u64, topic: String },
     /// Publish one message.
@@ -124,6 +149,43 @@ pub enum ClientFrame {
     },
 }
 
+/// One message of a `pub_batch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchMsg {
+    pub topic: String,
+    pub data: Payload,
+    #[serde(default, skip_serializing_if = "Headers::is_empty")]
+    pub headers: Headers,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<String>,
+}
+
+/// Where one message of a `pub_batch` was stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchItemAck {
+    pub topic: String,
+    pub origin: String,
+    pub epoch: u64,
+    pub seq: u64,
+    pub hlc: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dup: bool,
+}
+
+/// One member of a topic's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceMember {
+    pub client: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// Its connections present on the topic (on this gateway).
+    pub connections: u32,
+    /// The gateway it is connected to.
+    pub node: String,
+    /// When it became present, Unix ms.
+    pub since: u64,
+}
+
 /// A queue answer (`ack`, `nak`, `progress`, `term`), split from its command: the group
 /// and the message it names (topic, origin, epoch, seq exactly as the `msg` push carried
 /// them) and what to do.
@@ -153,7 +215,7 @@ pub enum Verdict {
 
 impl QueueAnswer {
     /// The answer a command carries, or the command back when it is not one.
-    pub fn from_frame(f: ClientFrame) -> Result<QueueAnswer, ClientFrame> {
+    pub fn from_frame(f: ClientFrame) -> Result<QueueAnswer, Box<ClientFrame>> {
         let (id, queue, topic, origin, epoch, seq, verdict) = match f {
             ClientFrame::Ack {
                 id,
@@ -199,7 +261,7 @@ impl QueueAnswer {
                 };
                 (id, queue, topic, origin, epoch, seq, v)
             }
-            other => return Err(other),
+            other => return Err(Box::new(other)),
         };
         Ok(QueueAnswer {
             id,
@@ -286,6 +348,9 @@ impl ClientFrame {
             | ClientFrame::Nak { id, .. }
             | ClientFrame::Progress { id, .. }
             | ClientFrame::Term { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::Send { id, .. }
+            | ClientFrame::PubBatch { id, .. }
             | ClientFrame::Ping { id } => *id,
         }
     }
@@ -301,6 +366,7 @@ impl ClientFrame {
             ack_wait_ms: None,
             max_deliveries: None,
             ordering: None,
+            presence: false,
         }
     }
 }
@@ -380,6 +446,41 @@ pub enum ServerFrame {
     Pong { id: u64 },
     /// Reply to `ack`, `nak`, `progress` and `term`.
     Ok { id: u64 },
+    /// Reply to `presence`: `count` members, at most `limits.max_presence_members` of
+    /// them listed (`truncated` when there are more), sorted by client id.
+    Presence {
+        id: u64,
+        topic: String,
+        count: u64,
+        truncated: bool,
+        members: Vec<PresenceMember>,
+    },
+    /// Push to `presence` subscribers of `topic`: a client became present (its first
+    /// connection there).
+    Join {
+        topic: String,
+        client: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal: Option<String>,
+        node: String,
+        since: u64,
+    },
+    /// Push to `presence` subscribers of `topic`: a client is gone (its last connection
+    /// there unsubscribed, closed or was idled out).
+    Leave {
+        topic: String,
+        client: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        principal: Option<String>,
+        node: String,
+    },
+    /// Reply to `pub_batch`: where each message was stored, in order; `cursor` covers
+    /// them all.
+    BatchAck {
+        id: u64,
+        acks: Vec<BatchItemAck>,
+        cursor: String,
+    },
     /// A failed command (with `id`) or a connection-level error (without).
     Error {
         #[serde(default, skip_serializing_if = "Option::is_none")]

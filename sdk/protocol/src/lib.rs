@@ -23,7 +23,8 @@ pub use codec::{DecodeError, Encoding};
 pub use cursor::{Cursor, CursorError, Origin};
 pub use error::ErrorCode;
 pub use frame::{
-    ClientFrame, Headers, Msg, Ordering, Payload, QueueAnswer, ServerFrame, Start, Verdict,
+    BatchItemAck, BatchMsg, ClientFrame, Headers, Msg, Ordering, Payload, PresenceMember,
+    QueueAnswer, ServerFrame, Start, Verdict,
 };
 
 /// WebSocket subprotocol for the JSON encoding (text frames, one JSON object per line).
