@@ -794,6 +794,7 @@ async fn a_damaged_replica_is_repaired_from_its_peer() {
             match sub.next_timeout(ARRIVAL).await {
                 Some(Event::Msg(m)) => got.push(String::from_utf8_lossy(&m.data.0).into_owned()),
                 Some(Event::Gap { .. }) => gap = true,
+                Some(other) => panic!("unexpected {other:?}"),
                 None => panic!("B stalled after {} records", got.len()),
             }
         }
