@@ -260,6 +260,39 @@ impl Pipeline {
         }
     }
 
+    /// [`Pipeline::append`] for an atomic batch: one commit, all stored or none; then,
+    /// for topics with ack mode `replicated:K`, the same wait for each record.
+    pub fn append_all(
+        &self,
+        reqs: Vec<Publish>,
+    ) -> impl Future<Output = Result<Vec<Ack>, AppendError>> + Send + 'static {
+        let store = self.store.clone();
+        let waits: Vec<_> = reqs
+            .iter()
+            .map(|req| {
+                self.replicas.get().and_then(|r| {
+                    let k = (r.k_of)(&req.topic);
+                    (k > 0).then(|| (r.acks.clone(), k, r.timeout, req.topic.clone()))
+                })
+            })
+            .collect();
+        async move {
+            let acks = store.append_all(reqs).await?;
+            for (ack, wait) in acks.iter().zip(waits) {
+                if let Some((acks, k, timeout, topic)) = wait {
+                    acks.wait(&topic, ack.seq, k, timeout)
+                        .await
+                        .map_err(|got| AppendError::NotReplicated {
+                            k,
+                            got,
+                            timeout_ms: timeout.as_millis() as u64,
+                        })?;
+                }
+            }
+            Ok(acks)
+        }
+    }
+
     /// Hooks then store, for one message whose caller waits for the result (admin API,
     /// plugin publishes).
     ///

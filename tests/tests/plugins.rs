@@ -513,3 +513,96 @@ plugins = ["transform"]
         .await
         .expect("other topics are unaffected");
 }
+
+/// `pub_batch`: the route's plugin sees the batch, and one rejected message refuses
+/// the whole batch — nothing of it is stored (the next batch's records start at seq 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_one_rejected_message_stores_nothing() {
+    use futures_util::SinkExt as _;
+    let gw = start().await;
+    let token = jwt(serde_json::json!({
+        "sub": "u1",
+        "exp": exp(),
+        "publish": ["sensors.>"],
+        "subscribe": ["sensors.>"],
+    }));
+    let (mut ws, mut pending) = raw_session(&gw, &token).await;
+    let batch = |id: u64, msgs: serde_json::Value| {
+        let frame = serde_json::json!({"t": "pub_batch", "id": id, "msgs": msgs});
+        tokio_tungstenite::tungstenite::Message::text(frame.to_string())
+    };
+    let bad = batch(
+        5,
+        serde_json::json!([
+            {"topic": "sensors.batch", "data": r#"{"id":1}"#},
+            {"topic": "sensors.batch", "data": r#"{"x":1}"#},
+            {"topic": "sensors.other", "data": r#"{"id":3}"#},
+        ]),
+    );
+    ws.send(bad).await.expect("send");
+    let e = recv(&mut ws, &mut pending).await;
+    assert_eq!(
+        (e["t"].as_str(), e["id"].as_u64()),
+        (Some("error"), Some(5)),
+        "{e}"
+    );
+    assert_eq!(e["code"], "rejected", "{e}");
+    assert!(
+        e["msg"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("message 1"),
+        "{e}"
+    );
+    let good = batch(
+        6,
+        serde_json::json!([
+            {"topic": "sensors.batch", "data": r#"{"id":1}"#},
+            {"topic": "sensors.other", "data": r#"{"id":2}"#},
+            {"topic": "sensors.batch", "data": r#"{"id":3}"#, "mid": "m-3"},
+        ]),
+    );
+    ws.send(good).await.expect("send");
+    let a = recv(&mut ws, &mut pending).await;
+    assert_eq!(
+        (a["t"].as_str(), a["id"].as_u64()),
+        (Some("batch_ack"), Some(6)),
+        "{a}"
+    );
+    let seqs: Vec<(String, u64)> = a["acks"]
+        .as_array()
+        .expect("acks")
+        .iter()
+        .map(|x| {
+            (
+                x["topic"].as_str().unwrap_or_default().to_string(),
+                x["seq"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seqs,
+        [
+            ("sensors.batch".to_string(), 1),
+            ("sensors.other".to_string(), 1),
+            ("sensors.batch".to_string(), 2)
+        ],
+        "in order; the refused batch left nothing behind"
+    );
+    // The same batch again: the mid'd message is a duplicate, the others are new.
+    let again = batch(
+        7,
+        serde_json::json!([{"topic": "sensors.batch", "data": r#"{"id":3}"#, "mid": "m-3"}]),
+    );
+    ws.send(again).await.expect("send");
+    let d = recv(&mut ws, &mut pending).await;
+    assert_eq!(
+        (d["acks"][0]["seq"].as_u64(), d["acks"][0]["dup"].as_bool()),
+        (Some(2), Some(true)),
+        "{d}"
+    );
+    assert!(
+        calls(&gw, "schema", "on-batch", "ok") >= 2.0,
+        "the plugin saw each batch once"
+    );
+}

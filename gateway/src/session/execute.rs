@@ -131,6 +131,7 @@ pub(crate) async fn command(d: &mut Driver, cmd: Command) {
             publish_all(d, vec![QueuedPub { id, req, ack }]).await;
             return;
         }
+        Command::PublishBatch { id, reqs } => publish_batch(d, id, reqs).await,
         Command::History {
             id,
             topic,
@@ -272,6 +273,74 @@ async fn subscribe(d: &mut Driver, id: u64, pattern: String, start: StartAt) -> 
             target,
         });
     }
+    true
+}
+
+/// `pub_batch`: the route's plugins see the batch (one `on-batch` per chain); if any
+/// message is refused the whole batch is, and nothing is stored; otherwise one commit
+/// stores them all (messages a plugin dropped on purpose are acknowledged with seq 0,
+/// like a dropped `pub`).
+async fn publish_batch(d: &mut Driver, id: u64, mut reqs: Vec<Publish>) -> bool {
+    let sender = d.sender();
+    let outcomes = d.ctx.pipeline.ingest_batch(&sender, &mut reqs).await;
+    let mut store = Vec::with_capacity(reqs.len());
+    let mut slots = Vec::with_capacity(reqs.len());
+    for (i, (req, outcome)) in reqs.into_iter().zip(outcomes).enumerate() {
+        match outcome {
+            Ok(HookOutcome::Store) => {
+                slots.push(Ok(store.len()));
+                store.push(req);
+            }
+            Ok(HookOutcome::Dropped | HookOutcome::LiveOnly) => slots.push(Err(req.topic)),
+            Err(r) => {
+                let r = Refusal::new(r.code, format!("message {i}: {}", r.message));
+                refuse(&d.ctx, &d.out, "pub_batch", id, r);
+                return false;
+            }
+        }
+    }
+    let acks = if store.is_empty() {
+        Vec::new()
+    } else {
+        match d.ctx.pipeline.append_all(store.clone()).await {
+            Ok(acks) => acks,
+            Err(e) => {
+                refuse(&d.ctx, &d.out, "pub_batch", id, append_refusal(&e));
+                return false;
+            }
+        }
+    };
+    let mut cursor = Cursor::new();
+    let mut items = Vec::with_capacity(slots.len());
+    for slot in slots {
+        items.push(match slot {
+            Ok(i) => {
+                let (req, ack) = (&store[i], &acks[i]);
+                cursor.set_topic(&req.topic, ack.vv.clone());
+                edgesync_protocol::BatchItemAck {
+                    topic: req.topic.clone(),
+                    origin: ack.origin.node.clone(),
+                    epoch: ack.origin.epoch,
+                    seq: ack.seq,
+                    hlc: ack.hlc,
+                    dup: ack.dup,
+                }
+            }
+            Err(topic) => edgesync_protocol::BatchItemAck {
+                topic,
+                origin: String::new(),
+                epoch: 0,
+                seq: 0,
+                hlc: 0,
+                dup: false,
+            },
+        });
+    }
+    d.out.outbox.push_reply(&ServerFrame::BatchAck {
+        id,
+        acks: items,
+        cursor: cursor.encode(),
+    });
     true
 }
 

@@ -254,6 +254,11 @@ pub enum Command {
         req: Publish,
         ack: bool,
     },
+    /// `pub_batch`: stored all or nothing.
+    PublishBatch {
+        id: u64,
+        reqs: Vec<Publish>,
+    },
     History {
         id: u64,
         topic: String,
@@ -274,6 +279,7 @@ impl Command {
             Command::Unsubscribe { .. } | Command::LeaveQueue { .. } => "unsub",
             Command::Presence { .. } => "presence",
             Command::Publish { .. } => "pub",
+            Command::PublishBatch { .. } => "pub_batch",
             Command::History { .. } => "history",
             Command::Ping { .. } => "ping",
             Command::Answer(a) => verdict_kind(&a.verdict),
@@ -323,6 +329,19 @@ impl TokenBucket {
             rate: f64::from(rate_per_sec),
             tokens: f64::from(rate_per_sec),
             last: now,
+        }
+    }
+
+    /// Take `n` tokens if that many are available (none otherwise).
+    pub fn take_n(&mut self, n: usize, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        if self.tokens >= n as f64 {
+            self.tokens -= n as f64;
+            true
+        } else {
+            false
         }
     }
 
@@ -561,11 +580,7 @@ impl Session {
                 let topic = self.inbox_of(id, to_client, to_principal)?;
                 self.publish_to(id, topic, data.0, headers, mid, true, now)
             }
-            ClientFrame::PubBatch { id, .. } => Err(err(
-                id,
-                ErrorCode::BadRequest,
-                "pub_batch is not served by this gateway yet",
-            )),
+            ClientFrame::PubBatch { id, msgs } => self.publish_batch(id, msgs, now),
             other => match QueueAnswer::from_frame(other) {
                 Ok(a) => self.answer(a),
                 Err(f) => Err(err(
@@ -716,6 +731,64 @@ impl Session {
             queue,
             presence,
         })
+    }
+
+    /// A `pub_batch`: every message passes the rules of a `pub` (the first that does
+    /// not names the whole batch's refusal, with its index), one rate token each.
+    fn publish_batch(
+        &mut self,
+        id: u64,
+        msgs: Vec<edgesync_protocol::BatchMsg>,
+        now: Instant,
+    ) -> Result<Command, Reply> {
+        let max = self.limits.max_inflight_publishes;
+        if msgs.is_empty() || msgs.len() > max {
+            return Err(err(
+                id,
+                ErrorCode::BadRequest,
+                format!(
+                    "a batch holds 1 to {max} messages (limits.max_inflight_publishes); this one {}",
+                    msgs.len()
+                ),
+            ));
+        }
+        let mut reqs = Vec::with_capacity(msgs.len());
+        for (i, m) in msgs.into_iter().enumerate() {
+            validate_publish(&self.limits, &m.topic, &m.headers, m.mid.as_deref())
+                .map_err(|r| err(id, r.code, format!("message {i}: {}", r.message)))?;
+            if let Some(a) = &self.auth
+                && !a.publish.iter().any(|g| matches(g, &m.topic))
+            {
+                return Err(err(
+                    id,
+                    ErrorCode::Forbidden,
+                    format!(
+                        "message {i}: {} may not publish to {:?}",
+                        a.principal, m.topic
+                    ),
+                ));
+            }
+            reqs.push(Publish {
+                topic: m.topic,
+                client: self.client_id.clone().unwrap_or_default(),
+                principal: self.principal().map(str::to_string),
+                mid: m.mid,
+                headers: m.headers,
+                payload: m.data.0,
+            });
+        }
+        if !self.bucket.take_n(reqs.len(), now) {
+            return Err(err(
+                id,
+                ErrorCode::RateLimited,
+                format!(
+                    "a batch of {} is more than the publish rate allows now (limit {} per second per connection)",
+                    reqs.len(),
+                    self.limits.publish_rate_per_sec
+                ),
+            ));
+        }
+        Ok(Command::PublishBatch { id, reqs })
     }
 
     /// The inbox topic of a direct message: `$inbox.<client>` or `$inbox.@<principal>`.

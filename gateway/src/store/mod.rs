@@ -333,6 +333,8 @@ impl std::fmt::Debug for Store {
 
 enum Request {
     Append(Publish, oneshot::Sender<Result<Ack, StoreError>>),
+    /// Appends that go into one group commit together: all durable, or none.
+    AppendAll(Vec<Publish>, oneshot::Sender<Result<Vec<Ack>, StoreError>>),
     /// Records of another origin, already identified (the replication seam).
     Apply(
         replica::ApplyRequest,
@@ -540,6 +542,25 @@ impl Store {
     /// Why open started a new epoch, if it did.
     pub fn new_epoch_reason(&self) -> Option<&str> {
         self.shared.new_epoch_reason.as_deref()
+    }
+
+    /// Append several records in one commit (one engine batch, one fsync) and wait
+    /// until they are durable: all of them are stored, or none (an atomic batch). The
+    /// acks come in the order of `reqs`; a repeated (principal, client, topic, mid)
+    /// gets the original ack with `dup`.
+    ///
+    /// # Errors
+    /// As [`Store::append`]; nothing of the batch was stored.
+    pub async fn append_all(&self, reqs: Vec<Publish>) -> Result<Vec<Ack>, StoreError> {
+        if let Some(e) = self.shared.refusal() {
+            return Err(e);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::AppendAll(reqs, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Append one record and wait until it is durable.

@@ -43,6 +43,7 @@ impl Writer {
                 std::thread::yield_now();
             }
             let mut appends = Vec::new();
+            let mut together = Vec::new();
             let mut apply = None;
             let mut shutdown = None;
             let mut bytes = 0usize;
@@ -53,6 +54,17 @@ impl Writer {
                     Request::Append(a, reply) => {
                         bytes += a.payload.len();
                         appends.push((a, reply));
+                    }
+                    Request::AppendAll(reqs, reply) => {
+                        // Never split: the whole batch joins this commit.
+                        let mut acks = Vec::with_capacity(reqs.len());
+                        for a in reqs {
+                            bytes += a.payload.len();
+                            let (tx, rx) = oneshot::channel();
+                            appends.push((a, tx));
+                            acks.push(rx);
+                        }
+                        together.push((acks, reply));
                     }
                     Request::Tick => ticked = true,
                     Request::NoteCorrupt(tid, oid, seq) => {
@@ -78,6 +90,14 @@ impl Writer {
             }
             if !appends.is_empty() {
                 self.commit(appends);
+            }
+            // `commit` answered every append before returning.
+            for (acks, reply) in together {
+                let all: Result<Vec<Ack>, StoreError> = acks
+                    .into_iter()
+                    .map(|mut rx| rx.try_recv().unwrap_or(Err(StoreError::Closed)))
+                    .collect();
+                let _ = reply.send(all);
             }
             if let Some((req, reply)) = apply {
                 self.apply(req, reply);
