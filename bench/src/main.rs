@@ -6,6 +6,7 @@
 //! - [`durable`]: acknowledged publishes/s with fsync from C pipelined publishers.
 //! - [`idle`]: gateway RSS per idle connection.
 //! - [`soak`]: a long steady run with connection churn; RSS and descriptors sampled.
+//! - [`queue`]: queue groups (acked msgs/s, redelivery latency) and presence fan-out.
 //! - [`bridge`]: the JetStream export's throughput and lag beside async-nats
 //!   publishing straight to the same server (starts nats-server and a gateway).
 //!
@@ -31,6 +32,7 @@ mod gateway;
 mod idle;
 mod latency;
 mod plugin;
+mod queue;
 mod report;
 mod soak;
 mod wire;
@@ -138,6 +140,9 @@ pub enum Scenario {
     /// JetStream bridge export msgs/s and lag vs direct async-nats publishing (starts
     /// nats-server and its own gateway).
     Bridge(bridge::BridgeArgs),
+    /// Queue groups (1 producer → N acking members, redelivery latency) and presence
+    /// (a join reaching 10k members); starts its own gateway.
+    Queue(queue::QueueArgs),
 }
 
 impl Scenario {
@@ -150,6 +155,7 @@ impl Scenario {
             Scenario::Plugin(_) => "plugin",
             Scenario::Soak(_) => "soak",
             Scenario::Bridge(_) => "bridge",
+            Scenario::Queue(_) => "queue",
         }
     }
 }
@@ -245,6 +251,9 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
         // Starts its own pair of gateways per round, over WebSocket.
         return Ok(vec![plugin::run(args, a).await?]);
     }
+    if let Scenario::Queue(a) = &args.scenario {
+        return queue::run(args, a).await;
+    }
     if let Scenario::Bridge(a) = &args.scenario {
         // Starts its own nats-server and gateway.
         return bridge::run(args, a).await;
@@ -287,7 +296,9 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
             Scenario::Durable(a) => durable::run(&target, a).await,
             Scenario::Idle(a) => idle::run(&target, a).await,
             Scenario::Soak(a) => soak::run(&target, a).await,
-            Scenario::Plugin(_) | Scenario::Bridge(_) => unreachable!("handled above"),
+            Scenario::Plugin(_) | Scenario::Bridge(_) | Scenario::Queue(_) => {
+                unreachable!("handled above")
+            }
         };
         target.dialer.shutdown().await;
         if let Some(gw) = child {

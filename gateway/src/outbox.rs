@@ -424,6 +424,19 @@ impl Outbox {
         g.closed.is_none() && g.queue.len() < self.max_frames / 2 && g.bytes < self.max_bytes / 2
     }
 
+    /// True while the outbox is within its limits (frames and bytes): a control push
+    /// that is never dropped (presence) may still be queued.
+    pub fn within_limits(&self) -> bool {
+        let g = self.inner.lock();
+        g.closed.is_none() && g.queue.len() < self.max_frames && g.bytes < self.max_bytes
+    }
+
+    /// Queue pre-encoded control bytes (a push that is never dropped; the caller bounds
+    /// it, e.g. with [`Outbox::within_limits`]).
+    pub fn push_control(&self, frame: Bytes) {
+        self.enqueue(frame, false);
+    }
+
     /// Wait until [`Outbox::has_reply_room`] (or the outbox closed).
     pub async fn wait_reply_room(&self) {
         loop {

@@ -10,8 +10,9 @@
 //!
 //! Bounds: the `presence` reply lists at most `limits.max_presence_members` members
 //! (with the count and a `truncated` flag); a watcher whose outbox is over its limits
-//! when a push is due is closed `slow_consumer` rather than given an outbox that
-//! grows without bound or a list that silently goes wrong.
+//! (`limits.outbox_frames` / `outbox_bytes`) when a push is due is closed
+//! `slow_consumer` rather than given an outbox that grows without bound or a list that
+//! silently goes wrong. A push is encoded once per encoding, whatever the room's size.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -192,12 +193,23 @@ impl Presence {
     }
 }
 
-/// Push `frame` to every watcher of `room`; a watcher too far behind to take it is
-/// closed (`slow_consumer`) — its view of the list would otherwise be wrong.
+/// Push `frame` to every watcher of `room` (encoded once per encoding); a watcher
+/// whose outbox is past its limits is closed (`slow_consumer`) — its view of the list
+/// would otherwise be wrong.
 fn broadcast(room: &Room, frame: &ServerFrame) {
+    let mut encoded: Vec<(edgesync_protocol::Encoding, bytes::Bytes)> = Vec::with_capacity(2);
     for out in room.watchers.values() {
-        if out.outbox.has_room() {
-            out.outbox.push_reply(frame);
+        if out.outbox.within_limits() {
+            let enc = out.outbox.encoding();
+            let bytes = match encoded.iter().find(|(e, _)| *e == enc) {
+                Some((_, b)) => b.clone(),
+                None => {
+                    let b = bytes::Bytes::from(enc.encode(frame));
+                    encoded.push((enc, b.clone()));
+                    b
+                }
+            };
+            out.outbox.push_control(bytes);
         } else {
             out.outbox.close(
                 ErrorCode::SlowConsumer,

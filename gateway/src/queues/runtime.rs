@@ -516,6 +516,11 @@ impl Queues {
             Ordering::Strict => 8,
             Ordering::Parallel => 64,
         };
+        // Refill in chunks, once the group is down to half its target: one read per
+        // answer would cost a store read per message.
+        if rt.group.pending() > rt.target() / 2 {
+            return;
+        }
         let mut passes = 0;
         while rt.group.pending() < rt.target() && !rt.dirty.is_empty() && passes < 64 {
             passes += 1;
