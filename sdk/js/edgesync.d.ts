@@ -70,7 +70,64 @@ export interface Message {
   readonly ephemeral: boolean;
   text(): string;
   json(): unknown;
+  /** Queue deliveries only (`joinQueue`): the group. */
+  queue?: string;
+  /** Queue deliveries only: how many times this message was handed out, this one included. */
+  delivery?: number;
+  /** Queue deliveries only: `client.ack(this)` etc.; `invalid_argument` on other messages. */
+  ack(): Promise<void>;
+  nak(options?: { delayMs?: number }): Promise<void>;
+  progress(): Promise<void>;
+  term(reason?: string): Promise<void>;
 }
+
+/** A client became present on a topic (subscriptions made with `presence: true`). */
+export interface Join {
+  kind: "join";
+  topic: string;
+  client: string;
+  principal?: string;
+  node: string;
+  /** Unix ms. */
+  since: number;
+}
+
+/** A client left a topic (its last connection there went). */
+export interface Leave {
+  kind: "leave";
+  topic: string;
+  client: string;
+  principal?: string;
+  node: string;
+}
+
+/** Who is present on a topic (`client.presence`). */
+export interface PresenceList {
+  topic: string;
+  count: number;
+  /** More members than the gateway lists (`limits.max_presence_members`). */
+  truncated: boolean;
+  members: Array<{ client: string; principal?: string; connections: number; node: string; since: number }>;
+}
+
+/** Queue group membership (PROTOCOL.md §2.5); unset fields take the gateway's defaults. */
+export interface QueueOptions {
+  /** The group name: one topic segment, 1–64 bytes. */
+  group: string;
+  /** Where a new group starts (default `latest`); an existing group goes on from its progress. */
+  from?: Start;
+  /** Unanswered deliveries this member holds at most (1–10 000, default 64). */
+  maxUnacked?: number;
+  /** Group: no answer in this time → delivered again (default 30 000). */
+  ackWaitMs?: number;
+  /** Group: deliveries before a message is dead-lettered to `$dlq.queue.<group>` (default 5). */
+  maxDeliveries?: number;
+  /** Group: `"strict"` keeps one message per topic in flight. */
+  ordering?: "parallel" | "strict";
+  bufferSize?: number;
+}
+
+export type Item = Message | Gap | Join | Leave;
 
 /** Messages `from`..`to` of (topic, origin) will not arrive live: re-read them with `history` from `cursor`. */
 export interface Gap {
@@ -119,16 +176,20 @@ export class EdgesyncError extends Error {
   constructor(code: string, message: string, retry?: boolean, options?: { cause?: unknown });
 }
 
-export class Subscription implements AsyncIterableIterator<Message | Gap> {
+export class Subscription implements AsyncIterableIterator<Item> {
   readonly pattern: string;
+  /** Made with `presence: true`: yields `join`/`leave` items too. */
+  readonly presence: boolean;
+  /** The wire options of a queue membership (`joinQueue`), else null. */
+  readonly queue: Record<string, unknown> | null;
   /** Resolves with the start cursor once the gateway confirmed; rejects when it refused. */
   readonly ready: Promise<string>;
   /** Items buffered and not yet taken. */
   readonly buffered: number;
   /** What the application consumed from this subscription. */
   cursor(): string;
-  next(): Promise<IteratorResult<Message | Gap, undefined>>;
-  return(): Promise<IteratorResult<Message | Gap, undefined>>;
+  next(): Promise<IteratorResult<Item, undefined>>;
+  return(): Promise<IteratorResult<Item, undefined>>;
   /** Unsubscribe and end the iteration. */
   close(): Promise<void>;
   [Symbol.asyncIterator](): Subscription;
@@ -154,7 +215,22 @@ export class Client extends EventTarget {
     data: string | Uint8Array | ArrayBuffer | ArrayBufferView,
     options: PublishOptions & { ack: false },
   ): Promise<undefined>;
-  subscribe(pattern: string, options?: { from?: Start; bufferSize?: number }): Subscription;
+  /** `presence: true`: be present on `pattern` (an exact topic) while subscribed and get its `join`/`leave` items. */
+  subscribe(pattern: string, options?: { from?: Start; bufferSize?: number; presence?: boolean }): Subscription;
+  /** Join a queue group: each message goes to one member; answer every delivery. */
+  joinQueue(pattern: string, options: QueueOptions): Subscription;
+  ack(m: Message): Promise<void>;
+  nak(m: Message, options?: { delayMs?: number }): Promise<void>;
+  progress(m: Message): Promise<void>;
+  term(m: Message, reason?: string): Promise<void>;
+  /** Who is present on `topic`. */
+  presence(topic: string): Promise<PresenceList>;
+  /** A direct message into `$inbox.<clientId>`; acked, idempotent by `mid`, resent after a reconnect. */
+  sendToClient(clientId: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: Omit<PublishOptions, "ack">): Promise<PubAck>;
+  /** A direct message into `$inbox.@<principal>`. */
+  sendToPrincipal(principal: string, data: string | Uint8Array | ArrayBuffer | ArrayBufferView, options?: Omit<PublishOptions, "ack">): Promise<PubAck>;
+  /** This client's inbox `$inbox.<client id>` (owner only), from `from` (default `latest`). */
+  inbox(options?: { from?: Start; bufferSize?: number }): Subscription;
   history(topic: string, options?: { from?: Start; limit?: number }): Promise<HistoryPage>;
   ping(): Promise<void>;
   /** Everything the application consumed, merged with the connect cursor: resume from it. */

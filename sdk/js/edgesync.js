@@ -207,6 +207,114 @@ export class Client extends EventTarget {
     if (typeof pattern !== "string") throw clientError.arg("pattern must be a string");
     const start = encodeStart(options.from);
     const sub = new Subscription(this, pattern, start, options.bufferSize ?? this.#opts.bufferSize);
+    sub.presence = options.presence === true;
+    return this.#addSub(sub, start);
+  }
+
+  /**
+   * Join a queue group (PROTOCOL.md §2.5): each message of the matching topics goes to
+   * one member of the group. Deliveries are `Message`s with `queue` and `delivery` set;
+   * answer each with `ack()`, `nak()`, `progress()` or `term()` (on the message or the
+   * client). After a reconnect the client joins again; what it held is delivered again
+   * (to any member) and answers for it fail with `not_in_flight`.
+   *
+   * @param {string} pattern
+   * @param {QueueOptions} options  `group` is required
+   * @returns {Subscription}
+   */
+  joinQueue(pattern, options = {}) {
+    if (typeof pattern !== "string") throw clientError.arg("pattern must be a string");
+    const group = options.group;
+    if (typeof group !== "string" || group.length === 0) throw clientError.arg("joinQueue needs a group name");
+    const start = encodeStart(options.from);
+    const sub = new Subscription(this, pattern, start, options.bufferSize ?? this.#opts.bufferSize);
+    const q = { queue: group };
+    const fields = [
+      ["maxUnacked", "max_unacked"],
+      ["ackWaitMs", "ack_wait_ms"],
+      ["maxDeliveries", "max_deliveries"],
+    ];
+    for (const [js, wire] of fields) {
+      if (options[js] === undefined) continue;
+      if (!Number.isInteger(options[js]) || options[js] < 0) throw clientError.arg(`${js} must be a non-negative integer`);
+      q[wire] = options[js];
+    }
+    if (options.ordering !== undefined) {
+      if (options.ordering !== "parallel" && options.ordering !== "strict") {
+        throw clientError.arg(`ordering must be "parallel" or "strict", not ${options.ordering}`);
+      }
+      q.ordering = options.ordering;
+    }
+    sub.queue = q;
+    return this.#addSub(sub, start);
+  }
+
+  /** The queue delivery `m` is handled: never delivered again in its group. */
+  ack(m) {
+    return this.#answer(m, "ack", {});
+  }
+
+  /** The queue delivery `m` was not handled: deliver it again after `delayMs` (default at once). */
+  nak(m, options = {}) {
+    const extra = {};
+    if (options.delayMs !== undefined) extra.delay_ms = options.delayMs;
+    return this.#answer(m, "nak", extra);
+  }
+
+  /** Still working on the queue delivery `m`: its ack wait starts again. */
+  progress(m) {
+    return this.#answer(m, "progress", {});
+  }
+
+  /** Give up on the queue delivery `m`: it goes to the group's dead-letter topic with `reason`. */
+  term(m, reason) {
+    return this.#answer(m, "term", reason === undefined ? {} : { reason: String(reason) });
+  }
+
+  /**
+   * Who is present on `topic` (the exact string subscribed with `presence: true`).
+   *
+   * @returns {Promise<PresenceList>}
+   */
+  async presence(topic) {
+    if (typeof topic !== "string") throw clientError.arg("topic must be a string");
+    const frame = { t: "presence", id: this.#nextId++, topic };
+    const r = await this.#command(frame, { kind: "presence", resend: true, timeout: true });
+    return {
+      topic: r.topic,
+      count: r.count,
+      truncated: r.truncated === true,
+      members: (r.members ?? []).map((m) => ({ ...m })),
+    };
+  }
+
+  /**
+   * A direct message to every connection of client `clientId`, stored in its inbox
+   * `$inbox.<clientId>` (PROTOCOL.md §2.7). Acked, idempotent by `mid` and resent after
+   * a reconnect like `publish`.
+   */
+  sendToClient(clientId, data, options = {}) {
+    if (typeof clientId !== "string") return Promise.reject(clientError.arg("clientId must be a string"));
+    return this.#direct({ to_client: clientId }, data, options);
+  }
+
+  /** A direct message to every client authenticated as `principal` (`$inbox.@<principal>`). */
+  sendToPrincipal(principal, data, options = {}) {
+    if (typeof principal !== "string") return Promise.reject(clientError.arg("principal must be a string"));
+    return this.#direct({ to_principal: principal }, data, options);
+  }
+
+  /**
+   * This client's inbox `$inbox.<client id>`: direct messages from `from` (default
+   * `latest`; pass a saved cursor to get what arrived while offline), then live.
+   *
+   * @param {{ from?: Start, bufferSize?: number }} [options]
+   */
+  inbox(options = {}) {
+    return this.subscribe(`$inbox.${this.#clientId}`, options);
+  }
+
+  #addSub(sub, start) {
     if (this.#state === "closed") {
       sub._end(clientError.closed());
       return sub;
@@ -214,6 +322,44 @@ export class Client extends EventTarget {
     this.#subs.add(sub);
     this.#sendSub(sub, start);
     return sub;
+  }
+
+  #direct(to, data, options) {
+    if (this.#state === "closed") return Promise.reject(clientError.closed());
+    let payload;
+    try {
+      payload = toPayload(data, this.#encoding);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const mid = options.mid ?? `${this.#midPrefix}-${++this.#midCounter}`;
+    const frame = { t: "send", id: this.#nextId++, ...to, data: payload, mid };
+    if (options.headers && Object.keys(options.headers).length > 0) {
+      try {
+        frame.headers = checkHeaders(options.headers);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    }
+    return this.#command(frame, { kind: "pub", resend: true, timeout: true });
+  }
+
+  /** Answer a queue delivery. Never resent: after a reconnect the delivery is not held. */
+  async #answer(m, verb, extra) {
+    if (!m || typeof m.queue !== "string") {
+      throw clientError.arg(`${m?.topic ?? "this"} seq ${m?.seq} is not a queue delivery`);
+    }
+    const frame = {
+      t: verb,
+      id: this.#nextId++,
+      queue: m.queue,
+      topic: m.topic,
+      origin: m.origin,
+      epoch: m.epoch,
+      seq: m.seq,
+      ...extra,
+    };
+    await this.#command(frame, { kind: "answer", resend: false, timeout: true });
   }
 
   /**
@@ -404,6 +550,8 @@ export class Client extends EventTarget {
     this.#subsById.set(id, sub);
     const frame = { t: "sub", id, topic: sub.pattern };
     if (start !== undefined) frame.start = start;
+    if (sub.presence) frame.presence = true;
+    if (sub.queue) Object.assign(frame, sub.queue);
     this.#command(frame, { kind: "sub", resend: true, timeout: false, sub }).catch((e) => {
       if (this.#subsById.get(id) === sub) this.#subsById.delete(id);
       this.#subs.delete(sub);
@@ -566,7 +714,14 @@ export class Client extends EventTarget {
   #onMessage(m) {
     switch (m.t) {
       case "msg":
+        if (typeof m.queue === "string") return this.#routeQueue(m);
         return this.#route(m, (sub) => sub._deliverMsg(m));
+      case "join":
+      case "leave":
+        for (const sub of this.#subs) {
+          if (sub._held && sub.presence && sub.pattern === m.topic) sub._deliverPresence(m);
+        }
+        return undefined;
       case "gap":
         return this.#route(m, (sub) => sub._deliverGap(m));
       case "live": {
@@ -594,6 +749,8 @@ export class Client extends EventTarget {
         return undefined;
       case "unsubscribed":
       case "history":
+      case "presence":
+      case "ok":
       case "pong":
       case "connected":
         if (m.id !== undefined) this.#settle(m.id, null, m);
@@ -623,8 +780,18 @@ export class Client extends EventTarget {
       return;
     }
     for (const sub of this.#subs) {
-      if (!sub._held || (tagged && !sub._live)) continue;
+      if (!sub._held || sub.queue || (tagged && !sub._live)) continue;
       if (topicMatches(sub.pattern, m.topic)) deliver(sub);
+    }
+  }
+
+  /** A queue delivery: for the membership of its group only (a redelivery repeats a seq). */
+  #routeQueue(m) {
+    for (const sub of this.#subs) {
+      if (sub._held && sub.queue?.queue === m.queue) {
+        sub._deliverQueued(toMessage(m, sub.pattern, this));
+        return;
+      }
     }
   }
 
@@ -708,7 +875,8 @@ export class Client extends EventTarget {
   #resume() {
     for (const sub of this.#subs) {
       if (sub._suspended) continue; // re-subscribes when the application drains it
-      this.#sendSub(sub, sub._confirmed ? { cursor: sub._position.encode() } : sub._start);
+      const resumeAt = sub._confirmed && !sub.queue ? { cursor: sub._position.encode() } : sub._start;
+      this.#sendSub(sub, resumeAt);
     }
     const waiting = [...this.#pending.entries()].filter(([, p]) => !p.sent).sort((a, b) => a[0] - b[0]);
     for (const [id, p] of waiting) {
@@ -786,6 +954,10 @@ export class Subscription {
   /** @internal */
   constructor(client, pattern, start, bufferSize) {
     this.pattern = pattern;
+    /** True when made with `presence: true`: it also yields `join` and `leave` items. */
+    this.presence = false;
+    /** The wire options of a queue group membership (`joinQueue`), else `null`. */
+    this.queue = null;
     this._client = client;
     this._start = start;
     this._bufferSize = Math.max(1, bufferSize);
@@ -867,7 +1039,7 @@ export class Subscription {
       this._queue = this._queue.slice(this._queueHead);
       this._queueHead = 0;
     }
-    if (item.kind === "msg" && item.seq > 0) {
+    if (item.kind === "msg" && item.seq > 0 && item.queue === undefined) {
       this._consumedPos.observe(item.topic, item.origin, item.epoch, item.seq);
       this._client._consumed(item);
     }
@@ -904,6 +1076,24 @@ export class Subscription {
     }
     this._position.observe(raw.topic, raw.origin, raw.epoch, seq);
     this._push(toMessage(raw, this.pattern));
+  }
+
+  /**
+   * A queue delivery: no position check (a redelivery repeats a seq). Not suspended on
+   * overflow: the group's `max_unacked` bounds what a member holds.
+   */
+  _deliverQueued(message) {
+    if (this._ended) return;
+    this._push(message);
+  }
+
+  /** A `join` or `leave` of this subscription's topic, in order with its messages. */
+  _deliverPresence(raw) {
+    if (this._ended) return;
+    const item = { kind: raw.t, topic: raw.topic, client: raw.client, node: raw.node };
+    if (raw.principal !== undefined && raw.principal !== null) item.principal = raw.principal;
+    if (raw.t === "join") item.since = raw.since;
+    this._push(Object.freeze(item));
   }
 
   _deliverGap(raw) {
@@ -970,7 +1160,7 @@ const utf8Decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** A delivered message. `data` is the payload's bytes whatever the encoding. */
 class Message {
-  constructor(raw, subscription) {
+  constructor(raw, subscription, client) {
     this.kind = "msg";
     this.topic = raw.topic;
     this.data = fromPayload(raw.data);
@@ -982,6 +1172,39 @@ class Message {
     this.mid = raw.mid;
     this.headers = raw.headers ?? {};
     this.subscription = subscription;
+    if (typeof raw.queue === "string") {
+      /** The queue group of a queue delivery. */
+      this.queue = raw.queue;
+      /** How many times this message has been handed out, this one included. */
+      this.delivery = raw.delivery;
+      Object.defineProperty(this, "_client", { value: client, enumerable: false });
+    }
+  }
+
+  /** Queue deliveries only: handled, never delivered again in the group. */
+  ack() {
+    return this.#queueClient().ack(this);
+  }
+
+  /** Queue deliveries only: deliver again (to any member) now or after `delayMs`. */
+  nak(options) {
+    return this.#queueClient().nak(this, options);
+  }
+
+  /** Queue deliveries only: still working, the ack wait starts again. */
+  progress() {
+    return this.#queueClient().progress(this);
+  }
+
+  /** Queue deliveries only: to the group's dead-letter topic with `reason`. */
+  term(reason) {
+    return this.#queueClient().term(this, reason);
+  }
+
+  #queueClient() {
+    if (this._client) return this._client;
+    const e = clientError.arg(`${this.topic} seq ${this.seq} is not a queue delivery`);
+    return { ack: () => Promise.reject(e), nak: () => Promise.reject(e), progress: () => Promise.reject(e), term: () => Promise.reject(e) };
   }
 
   /** The payload as UTF-8 text. */
@@ -1000,8 +1223,8 @@ class Message {
   }
 }
 
-function toMessage(raw, subscription) {
-  return new Message(raw, subscription);
+function toMessage(raw, subscription, client = undefined) {
+  return new Message(raw, subscription, client);
 }
 
 function toBigInt(v) {

@@ -2,7 +2,7 @@
 # The JavaScript client's tests, on a fresh machine: installs what they need (Debian's
 # chromium for the browser test; npm packages pinned by package-lock.json), then runs
 # Node's test runner against a real gateway (test/*.test.js, the browser test
-# included), then the examples that use the client (examples/data-sync).
+# included), then the examples that use the client (examples/data-sync, work-queue, …).
 #
 # The gateway binary is $EDGESYNC_BIN, else target/debug/edgesync (cargo build first).
 # Times are printed so the cost shows in the CI log.
@@ -54,4 +54,11 @@ cd "$repo/examples/data-sync"
 npm_ci
 step "node --test (examples/data-sync)"
 node --test --test-reporter=spec --test-timeout=120000 test/*.test.js
+
+# The examples with no npm dependency of their own (they import sdk/js; chat uses its playwright-core).
+for example in work-queue task-distribution chat; do
+  cd "$repo/examples/$example"
+  step "node --test (examples/$example)"
+  node --test --test-reporter=spec --test-timeout=120000 test/*.test.js
+done
 step "done"
