@@ -170,3 +170,27 @@ pub async fn connect_retry(url: &str) -> Client {
     }
     panic!("gateway at {url} did not come up");
 }
+
+/// `GET path` on an admin listener at 127.0.0.1:`port`: (status, body). Bounded (20 s).
+pub async fn admin_get(port: u16, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).await?;
+        std::io::Result::Ok(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(20), exchange)
+        .await
+        .expect("admin answers within 20 s")
+        .expect("admin exchange");
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
