@@ -500,7 +500,9 @@ async fn admin_requests_must_arrive_in_time() {
         .await
         .expect("a request whose headers never finish is closed")
         .ok();
-    assert!(started.elapsed() <= edgesync::admin::HEADER_TIMEOUT + Duration::from_secs(1));
+    // Closed by the header timeout, not by anything much later (a liveness bound with
+    // room for a loaded machine, not a timing claim).
+    assert!(started.elapsed() <= edgesync::admin::HEADER_TIMEOUT * 2);
     let mut answer = Vec::new();
     tokio::time::timeout(PATIENCE, trickle.read_to_end(&mut answer))
         .await
