@@ -116,6 +116,10 @@ pub struct Config {
     /// Bridges to NATS JetStream (`[[bridge]]`, docs/bridge-jetstream.md).
     #[serde(rename = "bridge")]
     pub bridges: Vec<BridgeConfig>,
+    /// Queue groups served by one node of a cluster (`[[queue]] group, owner`;
+    /// docs/queues.md "Replication").
+    #[serde(rename = "queue")]
+    pub queues: Vec<QueueConfig>,
     /// The file's text when read by [`Config::from_file`]: [`Config::build`] names the
     /// line of a key it refuses.
     #[serde(skip)]
@@ -130,6 +134,18 @@ pub struct RouteConfig {
     pub topics: String,
     /// Plugin names, in call order.
     pub plugins: Vec<String>,
+}
+
+/// `[[queue]]`: the node of the cluster that serves queue group `group` — it hands
+/// out the group's messages of every origin; members on other nodes are refused.
+/// A group without an entry is served by every node for the messages that were
+/// first stored on it (docs/queues.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub group: String,
+    /// Node id of the serving gateway.
+    pub owner: String,
 }
 
 /// Hot reload on file change.
@@ -159,6 +175,7 @@ impl Default for Config {
             cluster: None,
             peers: Vec::new(),
             bridges: Vec::new(),
+            queues: Vec::new(),
             source: None,
         }
     }
@@ -820,10 +837,41 @@ impl Config {
         }
         bridge::check(&self.bridges, l.max_topic_bytes)?;
         check_timers(l)?;
+        self.check_queues()?;
         self.check_cluster()
     }
 
     /// `[cluster]` and `[[peer]]`.
+    /// `[[queue]]`: group names as a `sub` takes them, each once, an owner named.
+    fn check_queues(&self) -> Result<(), ConfigError> {
+        let mut seen = std::collections::HashSet::new();
+        for (i, q) in self.queues.iter().enumerate() {
+            if q.group.is_empty()
+                || q.group.len() > 64
+                || q.group.contains(['.', '*', '>', ' '])
+                || q.group.starts_with('$')
+            {
+                return Err(invalid(
+                    &format!("queue[{i}].group"),
+                    format!("{:?}: 1 to 64 bytes, one topic segment", q.group),
+                ));
+            }
+            if !seen.insert(q.group.as_str()) {
+                return Err(invalid(
+                    &format!("queue[{i}].group"),
+                    format!("{:?} is listed twice", q.group),
+                ));
+            }
+            if !valid_id(&q.owner, 255, true) {
+                return Err(invalid(
+                    &format!("queue[{i}].owner"),
+                    format!("{:?}: a node id", q.owner),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_cluster(&self) -> Result<(), ConfigError> {
         let Some(c) = &self.cluster else {
             if !self.peers.is_empty() {

@@ -167,11 +167,17 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
         clock.clone(),
         settings.limits().clone(),
     );
-    let queues = Queues::new(
+    let queues = Queues::with_owners(
         pipeline.clone(),
         store.clone(),
         metrics.clone(),
         settings.limits().max_queue_groups,
+        settings
+            .config
+            .queues
+            .iter()
+            .map(|q| (q.group.clone(), q.owner.clone()))
+            .collect(),
     );
     let presence = crate::presence::Presence::new(
         store.node().to_string(),

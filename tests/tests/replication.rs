@@ -1050,3 +1050,85 @@ async fn replicated_ack_latency_figure() {
         );
     }
 }
+
+/// Take `n` queue deliveries from `sub`, ack each; their payloads, sorted.
+async fn work_off(c: &Client, sub: &mut edgesync_client::Subscription, n: usize) -> Vec<String> {
+    let mut got = Vec::new();
+    while got.len() < n {
+        match sub.next_timeout(ARRIVAL).await {
+            Some(Event::Msg(m)) => {
+                got.push(String::from_utf8_lossy(&m.data.0).into_owned());
+                c.ack(&m).await.expect("ack");
+            }
+            Some(_) => {}
+            None => panic!("only {} of {n} deliveries: {got:?}", got.len()),
+        }
+    }
+    got.sort();
+    got
+}
+
+/// Queue groups in a cluster: no message is handed out twice in one group. Without a
+/// `[[queue]]` entry each node serves the messages first stored on it; with one, the
+/// owner serves every origin and members elsewhere are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_group_hands_each_message_out_once_across_the_cluster() {
+    use edgesync_client::QueueOptions;
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[]);
+    let owned = "[[queue]]\ngroup = \"central\"\nowner = \"node-a\"\n";
+    a.extra = owned.into();
+    b.extra = owned.into();
+    a.write_config(&certs, "plant-7", &[b.quic]);
+    b.write_config(&certs, "plant-7", &[]);
+    a.start();
+    b.start();
+    a.wait_link_up().await;
+    b.wait_link_up().await;
+    let (ca, cb) = (a.client().await, b.client().await);
+    let join = |group: &str| {
+        let mut q = QueueOptions::new(group);
+        q.start = Start::Earliest;
+        q
+    };
+    let mut local_a = ca
+        .join_queue("orders.>", join("local"))
+        .await
+        .expect("join");
+    let mut local_b = cb
+        .join_queue("orders.>", join("local"))
+        .await
+        .expect("join");
+    // One pattern per connection: the other group's members on their own connections.
+    let (ca2, cb2) = (a.client().await, b.client().await);
+    let mut central = ca2
+        .join_queue("orders.>", join("central"))
+        .await
+        .expect("join");
+    match cb2.join_queue("orders.>", join("central")).await {
+        Err(edgesync_client::ClientError::Server { code, message, .. }) => {
+            assert_eq!(code, edgesync_client::ErrorCode::QueueConflict);
+            assert!(message.contains("node-a"), "{message}");
+        }
+        other => panic!("a member on a node that does not own the group: {other:?}"),
+    }
+    publish(&ca, "orders.q", "a-", 0..5).await;
+    publish(&cb, "orders.q", "b-", 0..5).await;
+    // Both nodes hold all ten (replicated) before anyone looks.
+    assert_eq!(take(&ca, "orders.q", Start::Earliest, 10).await.len(), 10);
+    assert_eq!(take(&cb, "orders.q", Start::Earliest, 10).await.len(), 10);
+    assert_eq!(work_off(&ca, &mut local_a, 5).await, expected("a-", 0..5));
+    assert_eq!(work_off(&cb, &mut local_b, 5).await, expected("b-", 0..5));
+    let mut all = expected("a-", 0..5);
+    all.extend(expected("b-", 0..5));
+    all.sort();
+    assert_eq!(work_off(&ca2, &mut central, 10).await, all);
+    // Nothing else comes: each message was handed out once per group.
+    for sub in [&mut local_a, &mut local_b, &mut central] {
+        if let Some(Event::Msg(m)) = sub.next_timeout(Duration::from_millis(300)).await {
+            panic!("handed out twice: {m:?}");
+        }
+    }
+}

@@ -84,6 +84,8 @@ pub struct Queues {
     metrics: Arc<Metrics>,
     /// Most groups at once (also bounds the metrics' `group` label).
     max_groups: usize,
+    /// `[[queue]]`: groups served by one node of the cluster (group → node id).
+    owners: HashMap<String, String>,
     me: Weak<Queues>,
     /// Woken when a deadline may have moved earlier.
     wake: Notify,
@@ -149,12 +151,24 @@ impl Queues {
         metrics: Arc<Metrics>,
         max_groups: usize,
     ) -> Arc<Self> {
+        Self::with_owners(pipeline, store, metrics, max_groups, HashMap::new())
+    }
+
+    /// [`Queues::new`] with `[[queue]]` owners (group → node id).
+    pub fn with_owners(
+        pipeline: Arc<Pipeline>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        max_groups: usize,
+        owners: HashMap<String, String>,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Queues {
             groups: Mutex::new(HashMap::new()),
             pipeline,
             store,
             metrics,
             max_groups,
+            owners,
             me: me.clone(),
             wake: Notify::new(),
         })
@@ -189,6 +203,17 @@ impl Queues {
     /// `queue_conflict`, as [`Queues::join`]; `too_many_subscriptions` when the gateway has
     /// `max_queue_groups` groups and this would be a new one.
     pub fn check(&self, pattern: &str, join: &QueueJoin) -> Result<(), Refusal> {
+        if let Some(owner) = self.owners.get(&join.group)
+            && owner != self.store.node()
+        {
+            return Err(Refusal::new(
+                ErrorCode::QueueConflict,
+                format!(
+                    "queue {:?} is served by node {owner:?} ([[queue]] owner); join it there",
+                    join.group
+                ),
+            ));
+        }
         let groups = self.groups.lock();
         match groups.get(&join.group) {
             Some(rt) => conflict(&join.group, rt, pattern, options(join)),
@@ -361,7 +386,7 @@ impl Queues {
                     group: name.clone(),
                     pattern: rt.pattern.clone(),
                     members: rt.group.members(),
-                    pending: self.backlog(rt),
+                    pending: self.backlog(name, rt),
                     in_flight: rt.group.in_flight(),
                     ordering: match o.ordering {
                         Ordering::Strict => "strict",
@@ -395,15 +420,28 @@ impl Queues {
         }
     }
 
+    /// Whether this gateway hands out `origin`'s records in `group`: all of them when
+    /// it owns the group (`[[queue]]`), else only those first stored here — so in a
+    /// cluster no message is handed out twice in one group.
+    fn serves(&self, group: &str, origin: &Origin) -> bool {
+        match self.owners.get(group) {
+            Some(owner) => owner == self.store.node(),
+            None => origin.node == self.store.node(),
+        }
+    }
+
     /// Records of the group's streams not answered yet: per stream, the head minus
     /// what is done (retention may have removed some of them since).
-    fn backlog(&self, rt: &GroupRt) -> u64 {
+    fn backlog(&self, group: &str, rt: &GroupRt) -> u64 {
         let mut total = 0;
         for (topic, vv) in self.store.heads() {
             if !matches(&rt.pattern, &topic) {
                 continue;
             }
             for (origin, head) in vv {
+                if !self.serves(group, &origin) {
+                    continue;
+                }
                 let done = rt
                     .streams
                     .get(&(topic.clone(), origin))
@@ -574,7 +612,7 @@ impl Queues {
                     .entry((topic.clone(), r.origin.clone()))
                     .or_default();
                 s.fetched = s.fetched.max(r.seq);
-                if s.done.contains(r.seq) {
+                if s.done.contains(r.seq) || !self.serves(name, &r.origin) {
                     continue;
                 }
                 let key = JobKey {
