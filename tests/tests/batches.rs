@@ -78,3 +78,39 @@ async fn a_batch_is_stored_whole_or_not_at_all() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_publishes_a_batch_over_quic_in_messagepack() {
+    use edgesync_client::{Client, ClientError, ClientOptions, ErrorCode, Headers};
+    let gw = TestGateway::start(|c| {
+        c.listen.quic =
+            edgesync::config::ListenAddr(Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0))));
+    })
+    .await;
+    let mut o = ClientOptions::new(gw.quic_url());
+    o.ca = Some(gw.ca());
+    o.reconnect = false;
+    let c = Client::connect(o).await.expect("quic client");
+    let msg = |t: &str, d: &'static str| (t.to_string(), bytes::Bytes::from(d), Headers::default());
+    let acks = c
+        .publish_batch(vec![msg("q.a", "1"), msg("q.b", "2"), msg("q.a", "3")])
+        .await
+        .expect("batch");
+    let got: Vec<(&str, u64)> = acks.iter().map(|a| (a.topic.as_str(), a.seq)).collect();
+    assert_eq!(got, [("q.a", 1), ("q.b", 1), ("q.a", 2)]);
+    match c
+        .publish_batch(vec![msg("q.a", "4"), msg("bad topic", "5")])
+        .await
+    {
+        Err(ClientError::Server { code, message, .. }) => {
+            assert_eq!(code, ErrorCode::TopicInvalid, "{message}");
+            assert!(message.starts_with("message 1"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let h = c
+        .history("q.a", edgesync_client::Start::Earliest, None)
+        .await
+        .expect("history");
+    assert_eq!(h.msgs.len(), 2, "the refused batch stored nothing");
+}

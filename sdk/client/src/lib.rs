@@ -332,6 +332,10 @@ pub(crate) enum Request {
         topic: String,
         reply: oneshot::Sender<Result<PresenceList, ClientError>>,
     },
+    Batch {
+        msgs: Vec<edgesync_protocol::BatchMsg>,
+        reply: oneshot::Sender<Result<Vec<PubAck>, ClientError>>,
+    },
     Send {
         to_client: Option<String>,
         to_principal: Option<String>,
@@ -465,6 +469,31 @@ impl Client {
         start: Start,
     ) -> Result<Subscription, ClientError> {
         self.subscribe_inner(topic, start, None, true).await
+    }
+
+    /// Publish several messages stored all or nothing in one commit (`pub_batch`,
+    /// PROTOCOL.md §2.8): `(topic, payload, headers)` each. Every message gets a `mid`
+    /// (generated), so the batch is resent as it is after a reconnect and stored once.
+    /// The acks come in order; a message a plugin dropped has `seq` 0.
+    ///
+    /// # Errors
+    /// [`ClientError::Server`] naming the first message refused (nothing stored).
+    pub async fn publish_batch(
+        &self,
+        msgs: Vec<(String, Bytes, Headers)>,
+    ) -> Result<Vec<PubAck>, ClientError> {
+        let msgs = msgs
+            .into_iter()
+            .map(|(topic, data, headers)| edgesync_protocol::BatchMsg {
+                topic,
+                data: Payload(data),
+                headers,
+                mid: None,
+            })
+            .collect();
+        let (reply, rx) = oneshot::channel();
+        self.send(Request::Batch { msgs, reply }).await?;
+        self.wait(rx).await?
     }
 
     /// Who is present on `topic`.

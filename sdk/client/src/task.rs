@@ -59,6 +59,11 @@ enum Inflight {
     Presence {
         reply: oneshot::Sender<Result<crate::PresenceList, ClientError>>,
     },
+    /// A `pub_batch`: resent as it is (same mids) after a reconnect.
+    Batch {
+        msgs: Vec<edgesync_protocol::BatchMsg>,
+        reply: oneshot::Sender<Result<Vec<PubAck>, ClientError>>,
+    },
 }
 
 struct SubState {
@@ -395,6 +400,21 @@ impl Task {
                     (None, None) => Dest::Client(String::new()), // refused by the gateway
                 };
                 self.publish(conn, topic, payload, opts, Some(reply)).await
+            }
+            Request::Batch { mut msgs, reply } => {
+                for m in &mut msgs {
+                    if m.mid.is_none() {
+                        self.mid_counter += 1;
+                        m.mid = Some(format!("{:016x}-{}", self.mid_prefix, self.mid_counter));
+                    }
+                }
+                let id = self.id();
+                let frame = self.encoding.encode(&ClientFrame::PubBatch {
+                    id,
+                    msgs: msgs.clone(),
+                });
+                self.inflight.insert(id, Inflight::Batch { msgs, reply });
+                conn.send(frame).await
             }
             Request::Presence { topic, reply } => {
                 let id = self.id();
@@ -782,6 +802,7 @@ impl Task {
                     Some(Inflight::Ping { reply }) => drop(reply.send(Err(e))),
                     Some(Inflight::Answer { reply }) => drop(reply.send(Err(e))),
                     Some(Inflight::Presence { reply }) => drop(reply.send(Err(e))),
+                    Some(Inflight::Batch { reply, .. }) => drop(reply.send(Err(e))),
                     _ => {}
                 }
             }
@@ -833,7 +854,22 @@ impl Task {
                 principal,
                 node,
             }),
-            ServerFrame::BatchAck { .. } => {}
+            ServerFrame::BatchAck { id, acks, cursor } => {
+                if let Some(Inflight::Batch { reply, .. }) = self.inflight.remove(&id) {
+                    let acks = acks
+                        .into_iter()
+                        .map(|a| PubAck {
+                            topic: a.topic,
+                            origin: Origin::new(a.origin, a.epoch),
+                            seq: a.seq,
+                            hlc: a.hlc,
+                            cursor: cursor.clone(),
+                            dup: a.dup,
+                        })
+                        .collect();
+                    let _ = reply.send(Ok(acks));
+                }
+            }
             ServerFrame::Ok { id } => {
                 if let Some(Inflight::Answer { reply }) = self.inflight.remove(&id) {
                     let _ = reply.send(Ok(()));
@@ -856,7 +892,7 @@ impl Task {
         let ids: Vec<u64> = self.inflight.keys().copied().collect();
         for id in ids {
             match self.inflight.remove(&id) {
-                Some(p @ Inflight::Publish { .. }) => {
+                Some(p @ (Inflight::Publish { .. } | Inflight::Batch { .. })) => {
                     self.inflight.insert(id, p);
                 }
                 Some(Inflight::Subscribe {
@@ -926,6 +962,23 @@ impl Task {
                 .insert(id, Inflight::Subscribe { sub, reply: None });
             conn.send(frame).await?;
         }
+        let batches: Vec<(u64, Vec<u8>)> = self
+            .inflight
+            .iter()
+            .filter_map(|(id, p)| match p {
+                Inflight::Batch { msgs, .. } => Some((
+                    *id,
+                    self.encoding.encode(&ClientFrame::PubBatch {
+                        id: *id,
+                        msgs: msgs.clone(),
+                    }),
+                )),
+                _ => None,
+            })
+            .collect();
+        for (_, frame) in batches {
+            conn.send(frame).await?;
+        }
         let publishes: Vec<u64> = self
             .inflight
             .iter()
@@ -951,6 +1004,7 @@ impl Task {
         for (_, p) in std::mem::take(&mut self.inflight) {
             match p {
                 Inflight::Publish { reply: Some(r), .. } => drop(r.send(Err(e.clone()))),
+                Inflight::Batch { reply, .. } => drop(reply.send(Err(e.clone()))),
                 Inflight::Subscribe { reply: Some(r), .. } => drop(r.send(Err(e.clone()))),
                 Inflight::Unsubscribe { reply, .. } => drop(reply.send(Err(e.clone()))),
                 Inflight::History { reply } => drop(reply.send(Err(e.clone()))),
