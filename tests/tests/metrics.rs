@@ -805,8 +805,8 @@ async fn queue_alert_rules_pass_promtool() -> Result<()> {
 }
 
 /// Every dashboard query is accepted by a real Prometheus scraping a gateway, and each
-/// queue-group query returns a series once a group has delivered, acked, dead-lettered
-/// and holds a message in flight (skips aside: no retention runs here).
+/// queue-group query returns a series once a group has delivered, acked, dead-lettered,
+/// redelivered and holds a message in flight (skips aside: no retention runs here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_queries_run_on_a_real_prometheus_and_queue_panels_have_data() -> Result<()> {
     let queries = dashboard_queries()?;
@@ -832,7 +832,7 @@ async fn dashboard_queries_run_on_a_real_prometheus_and_queue_panels_have_data()
 
     let tools = tokio::task::spawn_blocking(ensure_prometheus).await??;
     let gw = Gw::start(Some(TOKEN), |_| {}).await?;
-    // A queue group that has worked: an ack, a dead letter, one delivery in flight.
+    // A queue group that has worked: an ack, a dead letter, a redelivery, one in flight.
     let worker = gw.client("worker").await?;
     let mut group = worker
         .join_queue("jobs.>", QueueOptions::new("work"))
@@ -841,14 +841,16 @@ async fn dashboard_queries_run_on_a_real_prometheus_and_queue_panels_have_data()
     for i in 0..3 {
         producer.publish("jobs.a", format!("job {i}")).await?;
     }
-    for i in 0..3 {
+    // Deliveries: ack one, term one (a dead letter), nak one and hold its redelivery.
+    for i in 0..4 {
         let Some(Event::Msg(m)) = group.next_timeout(Duration::from_secs(10)).await else {
             bail!("queue delivery {i} did not come");
         };
         match i {
             0 => worker.ack(&m).await?,
             1 => worker.term(&m, "bad job").await?,
-            _ => {} // held: in flight
+            2 => worker.nak(&m, Duration::ZERO).await?,
+            _ => assert_eq!(m.delivery, Some(2), "the nak'd job again"), // held: in flight
         }
     }
 
