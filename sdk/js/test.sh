@@ -56,7 +56,7 @@ step "node --test (examples/data-sync)"
 node --test --test-reporter=spec --test-timeout=120000 test/*.test.js
 
 # The examples with no npm dependency of their own (they import sdk/js; chat uses its playwright-core).
-for example in work-queue task-distribution chat; do
+for example in work-queue task-distribution chat ha-cluster; do
   cd "$repo/examples/$example"
   step "node --test (examples/$example)"
   node --test --test-reporter=spec --test-timeout=120000 test/*.test.js

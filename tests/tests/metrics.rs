@@ -4,6 +4,11 @@
 //! The promtool and Prometheus tests call `tests/scripts/ensure-prometheus.sh`,
 //! which installs Debian's `prometheus` package when the tools are missing.
 //! Every wait is a bounded poll; nothing asserts on wall-clock durations.
+//!
+//! The monitoring example (examples/monitoring) is checked here too: every query of
+//! its Grafana dashboard is sent to a real Prometheus scraping a gateway (a query
+//! that does not parse fails), the queue-group panels return series once a group
+//! has worked, and the queue alert rules pass `promtool check rules` / `test rules`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use edgesync::config::{Config, ListenAddr};
 use edgesync::server::{Running, start};
-use edgesync_client::{Client, ClientOptions, Event, PublishOptions, Start};
+use edgesync_client::{Client, ClientOptions, Event, PublishOptions, QueueOptions, Start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -730,6 +735,212 @@ async fn plugin_calls_show_in_metrics_and_the_admin_api_lists_and_reloads_plugin
     assert_eq!(status, 200, "{body}");
     let m = gw.metrics().await?;
     assert!(plugin_calls(&m, "pass", "ok") >= 4.0, "{m}");
+    gw.stop().await;
+    Ok(())
+}
+
+/// examples/monitoring, next to this package.
+fn monitoring_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/monitoring")
+}
+
+/// Every `expr` of the dashboard's panels (rows' nested panels included), with the
+/// Grafana variables replaced as Grafana would for job "edgesync" and all instances.
+fn dashboard_queries() -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(monitoring_dir().join("grafana-dashboard.json"))?;
+    let dashboard = json(&text)?;
+    let mut panels: Vec<&serde_json::Value> = dashboard["panels"]
+        .as_array()
+        .context("dashboard has no panels")?
+        .iter()
+        .collect();
+    let mut out = Vec::new();
+    while let Some(p) = panels.pop() {
+        panels.extend(p["panels"].as_array().into_iter().flatten());
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"]
+                .as_str()
+                .with_context(|| format!("a target without expr in {}", p["title"]))?;
+            out.push(
+                expr.replace("$__rate_interval", "1m")
+                    .replace("$job", "edgesync")
+                    .replace("$instance", ".*"),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// `s` percent-encoded for a URL query value.
+fn query_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_alert_rules_pass_promtool() -> Result<()> {
+    let tools = tokio::task::spawn_blocking(ensure_prometheus).await??;
+    for args in [
+        ["check", "rules", "queue-alerts.yml"],
+        ["test", "rules", "queue-alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new(tools.join("promtool"))
+            .args(args)
+            .current_dir(monitoring_dir())
+            .output()?;
+        assert!(
+            out.status.success(),
+            "promtool {args:?}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Every dashboard query is accepted by a real Prometheus scraping a gateway, and each
+/// queue-group query returns a series once a group has delivered, acked, dead-lettered,
+/// redelivered and holds a message in flight (skips aside: no retention runs here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_queries_run_on_a_real_prometheus_and_queue_panels_have_data() -> Result<()> {
+    let queries = dashboard_queries()?;
+    let queue_queries: Vec<&String> = queries
+        .iter()
+        .filter(|q| q.contains("edgesync_queue_"))
+        .collect();
+    for family in [
+        "edgesync_queue_pending",
+        "edgesync_queue_in_flight",
+        "edgesync_queue_members",
+        "edgesync_queue_deliveries_total",
+        "edgesync_queue_redeliveries_total",
+        "edgesync_queue_dead_lettered_total",
+        "edgesync_queue_skipped_total",
+        "edgesync_queue_ack_seconds_bucket",
+    ] {
+        assert!(
+            queue_queries.iter().any(|q| q.contains(family)),
+            "no dashboard panel shows {family}"
+        );
+    }
+
+    let tools = tokio::task::spawn_blocking(ensure_prometheus).await??;
+    let gw = Gw::start(Some(TOKEN), |_| {}).await?;
+    // A queue group that has worked: an ack, a dead letter, a redelivery, one in flight.
+    let worker = gw.client("worker").await?;
+    let mut group = worker
+        .join_queue("jobs.>", QueueOptions::new("work"))
+        .await?;
+    let producer = gw.client("producer").await?;
+    for i in 0..3 {
+        producer.publish("jobs.a", format!("job {i}")).await?;
+    }
+    // Deliveries: ack one, term one (a dead letter), nak one and hold its redelivery.
+    for i in 0..4 {
+        let Some(Event::Msg(m)) = group.next_timeout(Duration::from_secs(10)).await else {
+            bail!("queue delivery {i} did not come");
+        };
+        match i {
+            0 => worker.ack(&m).await?,
+            1 => worker.term(&m, "bad job").await?,
+            2 => worker.nak(&m, Duration::ZERO).await?,
+            _ => assert_eq!(m.delivery, Some(2), "the nak'd job again"), // held: in flight
+        }
+    }
+
+    let dir = tempfile::tempdir()?;
+    let config = format!(
+        "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: edgesync\n    static_configs:\n      - targets: ['{}']\n",
+        gw.admin()
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config)?;
+    let web = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut prom = tokio::process::Command::new(tools.join("prometheus"))
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting prometheus")?;
+
+    // The answer to one instant query: Err when Prometheus refuses it (a parse error is
+    // a 400 with status "error"), else the number of series.
+    let run = |q: String| async move {
+        let (code, body) = http(
+            web,
+            "GET",
+            &format!("/api/v1/query?query={}", query_encode(&q)),
+            None,
+            None,
+        )
+        .await?;
+        let j = json(&body)?;
+        anyhow::ensure!(
+            code == 200 && j["status"] == "success",
+            "Prometheus refused {q}: {code} {body}"
+        );
+        anyhow::Ok(j["data"]["result"].as_array().map_or(0, Vec::len))
+    };
+    // Prometheus up (it answers queries) before the dashboard's are judged.
+    let mut up = false;
+    for _ in 0..POLL_STEPS {
+        if let Some(status) = prom.try_wait()? {
+            bail!("prometheus exited early: {status}");
+        }
+        if run("up".into()).await.is_ok_and(|n| n > 0) {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::ensure!(up, "Prometheus never scraped the gateway");
+    for q in &queries {
+        run(q.clone()).await?;
+    }
+    // Rates need two scrapes of the group's series: poll until every queue query has data
+    // (but skips: that series appears with the first message retention took from a group).
+    let with_data: Vec<&String> = queue_queries
+        .iter()
+        .copied()
+        .filter(|q| !q.contains("edgesync_queue_skipped_total"))
+        .collect();
+    let mut empty = Vec::new();
+    for _ in 0..POLL_STEPS {
+        empty.clear();
+        for q in &with_data {
+            if run((*q).clone()).await? == 0 {
+                empty.push((*q).clone());
+            }
+        }
+        if empty.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(empty.is_empty(), "queue panels without data: {empty:#?}");
+    let in_flight = run(
+        "sum(edgesync_queue_in_flight{group=\"work\"}) == 1 and sum(edgesync_queue_dead_lettered_total{group=\"work\"}) == 1"
+            .into(),
+    )
+    .await?;
+    assert_eq!(in_flight, 1, "one delivery in flight, one dead letter");
+    let _ = prom.kill().await;
+    worker.close().await;
+    producer.close().await;
     gw.stop().await;
     Ok(())
 }
