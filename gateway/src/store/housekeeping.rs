@@ -172,9 +172,15 @@ impl Writer {
             }
         }
         if !changed.is_empty() {
+            // Readers see the new floors before the records go: a reader that finds a
+            // hole then finds the floor above it and reports `retention`, never
+            // `corrupt` (the other order left a window where a trimmed range looked
+            // like damage: `store::tests::a_retention_race_is_never_reported_as_corruption`).
+            // If the commit fails, the records below the floor stay on disk unserved,
+            // reported as removed by retention: nothing is served twice or wrongly.
+            publish_index(shared, index, &changed);
             batch.commit()?;
             shared.db.persist(PersistMode::Buffer)?;
-            publish_index(shared, index, &changed);
             tracing::debug!(topics = changed.len(), "retention applied");
         }
         Ok(())
