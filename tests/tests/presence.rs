@@ -214,3 +214,25 @@ async fn direct_messages_reach_every_connection_and_wait_in_the_inbox_while_offl
     let list = sender.presence("chat.lobby").await.expect("presence");
     assert_eq!((list.count, list.members[0].client.as_str()), (1, "dave"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_answering_is_idled_out_and_leaves() {
+    let gw = TestGateway::start(|c| {
+        c.limits.idle_timeout_ms = 600;
+        c.limits.ping_interval_ms = 200;
+    })
+    .await;
+    let url = gw.ws_url();
+    let mut bob = Conn::open(&url, "bob").await;
+    present(&mut bob, 2, "room").await;
+    assert_eq!(event(&mut bob).await, ("join".into(), "bob".into()));
+    let mut eve = Conn::open(&url, "eve").await;
+    present(&mut eve, 2, "room").await;
+    assert_eq!(event(&mut bob).await, ("join".into(), "eve".into()));
+    // Eve's process hangs: her socket stays open but nothing reads it, so the
+    // gateway's pings go unanswered. Bob keeps reading (his client answers pings).
+    let leave = event(&mut bob).await;
+    assert_eq!(leave, ("leave".into(), "eve".into()));
+    assert_eq!(query(&mut bob, 3, "room").await["count"], 1);
+    drop(eve);
+}
