@@ -454,6 +454,7 @@ fn record(seq: u64) -> Record {
         hlc: m.hlc,
         client: m.client,
         mid: m.mid,
+        publish_key: None,
         headers: m.headers,
         payload: m.data.0,
     }

@@ -21,7 +21,10 @@
 //! - retention holds records a peer lacks (the peer away), then trims once it has them;
 //! - `replicated:1` acks only once a peer holds the record, and without a peer fails
 //!   with the retryable `replication_timeout`; the retry with the same mid is answered
-//!   with the original record once the peer is back.
+//!   with the original record once the peer is back;
+//! - idempotent publish across gateways: A stores and replicates a publish but dies
+//!   before acking it; the client fails over to B and resends the same mid; B answers
+//!   with A's record, and the cluster holds it once.
 //!
 //! Every wait is bounded; failures print what arrived.
 
@@ -723,6 +726,88 @@ async fn the_client_fails_over_with_its_cursor() {
         sub.next_timeout(Duration::from_millis(300)).await.is_none(),
         "nothing repeated"
     );
+}
+
+/// Idempotent publish across gateways (issue 13 item 7): A holds the publish and B
+/// has it by replication, but A dies before its ack leaves (A waits for two peers and
+/// has one). The client fails over to B and resends the same mid: B answers with A's
+/// record (`dup`), and after A is back each gateway holds the message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_resent_after_failover_is_stored_once() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    // Never acked on A: replicated:2 with one peer, and a timeout the test never sees.
+    a.extra = "[[topic]]\npattern = \"orders.>\"\nack = \"replicated:2\"\n".into();
+    a.write_config(&certs, "plant-7", &[]);
+    let config = a.dir.join("edgesync.toml");
+    let text = std::fs::read_to_string(&config).expect("config");
+    let text = text.replace("ack_timeout_ms = 1500", "ack_timeout_ms = 60000");
+    std::fs::write(&config, text).expect("config");
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    a.start();
+    b.start();
+    let pb = b.client().await;
+    a.client().await;
+    b.wait_link_up().await;
+    let mut o = ClientOptions::new(a.url());
+    o.fallback_urls = vec![b.url()];
+    o.max_backoff = Duration::from_millis(300);
+    let client = Client::connect(o).await.expect("connect to A");
+    assert_eq!(client.session().node, "node-a");
+    let opts = PublishOptions {
+        mid: Some("order-1".into()),
+        ..PublishOptions::default()
+    };
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        async move { client.publish_with("orders.eu", "o1", opts).await }
+    });
+    // B holds A's record (replicated); A has not acked it.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        held = pb
+            .history("orders.eu", Start::Earliest, Some(10))
+            .await
+            .expect("history on B")
+            .msgs;
+        if !held.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(payloads_of(&held), vec!["o1".to_string()], "B has it");
+    assert_eq!(held[0].origin, "node-a");
+    assert!(!publishing.is_finished(), "A must not have acked");
+    a.kill9();
+    let ack = tokio::time::timeout(ARRIVAL, publishing)
+        .await
+        .expect("the resent publish is answered")
+        .expect("task")
+        .expect("acked by B");
+    assert!(ack.dup, "B answers with the original record: {ack:?}");
+    assert_eq!((ack.origin.node.as_str(), ack.seq), ("node-a", held[0].seq));
+    // Resent once more on B: still the original.
+    let again = client
+        .publish_with(
+            "orders.eu",
+            "o1",
+            PublishOptions {
+                mid: Some("order-1".into()),
+                ..PublishOptions::default()
+            },
+        )
+        .await
+        .expect("retry on B");
+    assert!(again.dup);
+    assert_eq!(again.origin.node, "node-a");
+    a.start();
+    a.wait_link_up().await;
+    let pa = a.client().await;
+    let on_a = take(&pa, "orders.eu", Start::Earliest, 1).await;
+    let on_b = take(&pb, "orders.eu", Start::Earliest, 1).await;
+    assert_eq!(on_a, on_b, "one record cluster-wide");
+    assert_eq!(payloads(&on_b), vec!["o1".to_string()]);
 }
 
 /// Every file under `dir` (recursively).

@@ -181,6 +181,7 @@ mod tests {
             hlc: 7 << 16,
             client: "dev-1".into(),
             mid: Some("m-9".into()),
+            publish_key: None,
             headers: Headers(
                 headers
                     .into_iter()

@@ -634,6 +634,7 @@ mod tests {
             hlc: seq,
             client: "c".into(),
             mid: None,
+            publish_key: None,
             headers: Headers::default(),
             payload: Bytes::from_static(b"x"),
         })

@@ -768,6 +768,7 @@ mod tests {
             hlc: seq << 16,
             client: "c".into(),
             mid: Some(format!("m{seq}")),
+            publish_key: None,
             headers: Headers::default(),
             payload: Bytes::from(format!("p{seq}")),
         })

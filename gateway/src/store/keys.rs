@@ -42,16 +42,15 @@ pub(super) fn decode_topic_state(bytes: &[u8]) -> Result<TopicState, String> {
     rmp_serde::from_slice(&bytes[4..]).map_err(|e| e.to_string())
 }
 
-/// The dedupe key of an idempotent publish: `k`, then the principal (a presence byte,
+/// The dedupe identity of an idempotent publish: the principal (a presence byte,
 /// then length-prefixed), the client id, the topic (each length-prefixed) and the mid.
 /// The prefixes make the encoding injective: no two (principal, client, topic, mid)
-/// share a key, whatever bytes they hold.
-pub(super) fn dedupe_key(req: &Publish, mid: &str) -> Vec<u8> {
+/// share an identity, whatever bytes they hold.
+pub(super) fn dedupe_identity(req: &Publish, mid: &str) -> Vec<u8> {
     let principal = req.principal.as_deref();
     let mut k = Vec::with_capacity(
-        14 + principal.map_or(0, str::len) + req.client.len() + req.topic.len() + mid.len(),
+        13 + principal.map_or(0, str::len) + req.client.len() + req.topic.len() + mid.len(),
     );
-    k.push(b'k');
     let field = |k: &mut Vec<u8>, s: &str| {
         k.extend_from_slice(&(s.len() as u32).to_be_bytes());
         k.extend_from_slice(s.as_bytes());
@@ -66,6 +65,25 @@ pub(super) fn dedupe_key(req: &Publish, mid: &str) -> Vec<u8> {
     field(&mut k, &req.client);
     field(&mut k, &req.topic);
     k.extend_from_slice(mid.as_bytes());
+    k
+}
+
+/// The publish key a record carries: SHA-256 of the dedupe identity, first 16 bytes.
+pub(super) fn publish_key(req: &Publish, mid: &str) -> PublishKey {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(dedupe_identity(req, mid));
+    let mut key = [0u8; 16];
+    key.copy_from_slice(&digest[..16]);
+    key
+}
+
+/// The dedupe keyspace key of a publish key: `k` · key. Local publishes and
+/// replicated records with a publish key share one entry, so a retry on any
+/// gateway that holds the record is answered with the original ack.
+pub(super) fn dedupe_key(key: &PublishKey) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'k';
+    k[1..].copy_from_slice(key);
     k
 }
 
@@ -128,7 +146,7 @@ mod tests {
             headers: edgesync_protocol::Headers::default(),
             payload: bytes::Bytes::new(),
         };
-        dedupe_key(&req, mid)
+        dedupe_identity(&req, mid)
     }
 
     /// Finding 18: the old `client · 0x00 · mid` key made (`a\0b`, `c`) and (`a`, `b\0c`)
@@ -152,5 +170,10 @@ mod tests {
                 assert_ne!(a, b);
             }
         }
+        let hashed: std::collections::HashSet<_> = cases
+            .iter()
+            .map(|identity| <sha2::Sha256 as sha2::Digest>::digest(identity)[..16].to_vec())
+            .collect::<std::collections::HashSet<Vec<u8>>>();
+        assert_eq!(hashed.len(), cases.len());
     }
 }

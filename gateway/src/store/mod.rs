@@ -17,15 +17,18 @@
 //! | `meta`    | `g` · topic_id · origin_id · bucket u64 BE   | digest of 1024 seqs: count u64 · wrapping sum u64 (see `replica`) |
 //! | `meta`    | `c` · topic_id · origin_id · seq             | (empty): a record held but unservable (corrupt list) |
 //! | `meta`    | `b` · bridge (u32 BE len · bytes) · key      | a bridge's position entry, CRC32C first (see `position`) |
-//! | `dedupe`  | `k` · identity                               | topic_id, origin_id, seq, hlc, written_ms |
-//! | `dedupe`  | `w` · written_ms u64 BE · identity           | (empty): expiry order |
+//! | `dedupe`  | `k` · publish key (16 bytes)                 | topic_id, origin_id, seq, hlc, written_ms |
+//! | `dedupe`  | `w` · written_ms u64 BE · publish key        | (empty): expiry order |
 //! | `kv`      | plugin · 0x00 · key                          | plugin key/value entries |
 //!
 //! A publish's dedupe *identity* is 0x00, or 0x01 · principal (u32 BE length ·
 //! bytes), then client id and topic (u32 BE length · bytes each), then the mid: every
 //! part but the last length-prefixed, so no two publishes share one by accident.
-//! Entries written before this layout (`client · 0x00 · mid`) match nothing and
-//! expire with the dedupe window.
+//! Its *publish key* is the first 16 bytes of SHA-256 over the identity; the record
+//! carries it (format version 2), so a replica indexes the records it applies under
+//! the same key and answers a retry made on it after a failover. Entries written
+//! before this layout (the raw identity after `k`) match nothing and expire with the
+//! dedupe window.
 //!
 //! # Writing: one thread, group commit
 //!
@@ -86,12 +89,12 @@ mod writer;
 use index::{Index, Stream, TopicState, publish_index};
 use keys::{
     corrupt_key, decode_topic_state, dedupe_key, encode_topic_state, key_seq, meta_topic_key,
-    record_key,
+    publish_key, record_key,
 };
 use recover::recover;
-use writer::{Writer, spawn_syncer};
+use writer::{DedupeEntry, Writer, spawn_syncer};
 
-pub use record::{Record, RecordError};
+pub use record::{PublishKey, Record, RecordError};
 pub use replica::{Applied, ApplyRequest, MAX_HLC_DRIFT_MS, RangeRead, RawRecord};
 pub use verify::Verify;
 

@@ -1,11 +1,11 @@
 //! The record: the unit the store writes, replicates and delivers.
 //!
-//! # On-disk / on-wire format (version 1, little endian)
+//! # On-disk / on-wire format (versions 1 and 2, little endian)
 //!
 //! ```text
 //! offset  size  field
 //! 0       4     crc32c of every byte after this field
-//! 4       1     format version = 1
+//! 4       1     format version: 2 when the record carries a publish key, else 1
 //! 5       8     seq     (dense per topic and origin, from 1)
 //! 13      8     hlc     (ms since Unix epoch << 16 | logical)
 //! 21      8     epoch   (origin epoch)
@@ -13,18 +13,33 @@
 //! ..      2+n   topic   (u16 length, UTF-8)
 //! ..      1+n   client  (u8 length, UTF-8)
 //! ..      1     has_mid (0 or 1), then 1+n mid (u8 length, UTF-8) when 1
+//! ..      16    publish key (version 2 only): see [`PublishKey`]
 //! ..      2     header count, then per header 2+n name and 2+n value
 //! ..      4+n   payload
 //! ```
 //!
 //! The record is self-describing (topic and origin inside), so a peer can store
 //! it byte for byte. The CRC is computed on write and checked on every read.
+//!
+//! The publish key lets every gateway that stores a replica answer a retried
+//! publish (same principal, client, topic and `mid`) with the original ack: the
+//! record does not carry the publisher's principal, only this hash of the whole
+//! dedupe identity. A record without one (no `mid`, or written before version 2)
+//! is encoded as version 1, so decode → encode stays byte-identical either way.
 
 use bytes::Bytes;
 use edgesync_protocol::{Headers, Msg, Origin, Payload};
 
-/// Current format version byte.
+/// Format version of a record without a publish key.
 pub const FORMAT_VERSION: u8 = 1;
+/// Format version of a record with a publish key (after the mid).
+pub const FORMAT_VERSION_KEYED: u8 = 2;
+
+/// The first 16 bytes of SHA-256 over a publish's dedupe identity (principal,
+/// client, topic, mid; see `keys::dedupe_identity`). 128 bits: an accidental
+/// collision needs ~2^64 publishes inside one dedupe window, and a chosen one a
+/// SHA-256 second preimage on 128 bits.
+pub type PublishKey = [u8; 16];
 
 /// A decoded record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +50,8 @@ pub struct Record {
     pub hlc: u64,
     pub client: String,
     pub mid: Option<String>,
+    /// Hash of the publish's dedupe identity; `Some` only with a `mid`.
+    pub publish_key: Option<PublishKey>,
     pub headers: Headers,
     pub payload: Bytes,
 }
@@ -52,6 +69,8 @@ pub enum RecordError {
     Utf8(&'static str),
     #[error("record field {0} is too long to encode")]
     TooLong(&'static str),
+    #[error("record has a publish key but no mid")]
+    KeyWithoutMid,
 }
 
 impl Record {
@@ -81,7 +100,10 @@ impl Record {
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         let mut out = Vec::with_capacity(64 + self.topic.len() + self.payload.len());
         out.extend_from_slice(&[0; 4]);
-        out.push(FORMAT_VERSION);
+        out.push(match self.publish_key {
+            Some(_) => FORMAT_VERSION_KEYED,
+            None => FORMAT_VERSION,
+        });
         out.extend_from_slice(&self.seq.to_le_bytes());
         out.extend_from_slice(&self.hlc.to_le_bytes());
         out.extend_from_slice(&self.origin.epoch.to_le_bytes());
@@ -94,6 +116,12 @@ impl Record {
                 out.push(1);
                 put_u8_str(&mut out, mid, "mid")?;
             }
+        }
+        if let Some(key) = &self.publish_key {
+            if self.mid.is_none() {
+                return Err(RecordError::KeyWithoutMid);
+            }
+            out.extend_from_slice(key);
         }
         let n = u16::try_from(self.headers.len()).map_err(|_| RecordError::TooLong("headers"))?;
         out.extend_from_slice(&n.to_le_bytes());
@@ -121,7 +149,7 @@ impl Record {
             return Err(RecordError::Checksum { stored, computed });
         }
         let version = r.array::<1>("version")?[0];
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_KEYED {
             return Err(RecordError::Version(version));
         }
         let seq = u64::from_le_bytes(r.array::<8>("seq")?);
@@ -133,6 +161,11 @@ impl Record {
         let mid = match r.array::<1>("has_mid")?[0] {
             0 => None,
             _ => Some(r.u8_str("mid")?),
+        };
+        let publish_key = match version {
+            FORMAT_VERSION_KEYED if mid.is_none() => return Err(RecordError::KeyWithoutMid),
+            FORMAT_VERSION_KEYED => Some(r.array::<16>("publish key")?),
+            _ => None,
         };
         let n = u16::from_le_bytes(r.array::<2>("header count")?);
         let mut headers = Vec::with_capacity(usize::from(n).min(64));
@@ -148,6 +181,7 @@ impl Record {
             hlc,
             client,
             mid,
+            publish_key,
             headers: Headers(headers),
             payload,
         })
@@ -213,7 +247,7 @@ mod tests {
             any::<u64>(),
             any::<u64>(),
             any::<u64>(),
-            prop::option::of("[a-z0-9]{0,12}"),
+            prop::option::of(("[a-z0-9]{0,12}", prop::option::of(any::<[u8; 16]>()))),
             prop::collection::vec(("[a-z]{1,5}", "[ -~]{0,8}"), 0..3),
             prop::collection::vec(any::<u8>(), 0..200),
         )
@@ -224,7 +258,8 @@ mod tests {
                     seq,
                     hlc,
                     client: "client".into(),
-                    mid,
+                    publish_key: mid.as_ref().and_then(|(_, k)| *k),
+                    mid: mid.map(|(m, _)| m),
                     headers: Headers(headers),
                     payload: Bytes::from(payload),
                 },
@@ -235,7 +270,11 @@ mod tests {
         #[test]
         fn round_trip(r in any_record()) {
             let bytes = r.encode().expect("encode");
-            prop_assert_eq!(Record::decode(&bytes).expect("decode"), r);
+            let decoded = Record::decode(&bytes).expect("decode");
+            // Replicas store what they receive byte for byte: re-encoding is identical.
+            prop_assert_eq!(decoded.encode().expect("re-encode"), bytes.clone());
+            prop_assert_eq!(bytes[4], if r.publish_key.is_some() { 2 } else { 1 });
+            prop_assert_eq!(decoded, r);
         }
 
         #[test]

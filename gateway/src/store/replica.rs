@@ -652,6 +652,10 @@ impl Writer {
             ab.batch
                 .insert(&shared.meta, meta_topic_key(t.id), encode_topic_state(t));
         }
+        if result.is_ok() {
+            let now = self.opts.clock.unix_ms();
+            result = index_publish_keys(&shared, &index, &mut ab.batch, (tid, oid), &ab.fresh, now);
+        }
         let hlcs: Vec<u64> = ab.fresh.values().map(|r| r.hlc).collect();
         for hlc in hlcs {
             self.merge_hlc(hlc);
@@ -704,6 +708,63 @@ impl Writer {
             stored,
         }));
     }
+}
+
+/// Index the publish keys of records just applied, so a publish retried here after
+/// a failover is answered with the original ack (G3 across gateways).
+///
+/// Two records may share a publish key when their origin crashed before the first
+/// one replicated and the client retried elsewhere: both are stored (the log is
+/// immutable), and the entry names the smaller by (hlc, node, epoch, seq), whatever
+/// the order they arrive in — the same answer on every gateway that holds both.
+/// A replaced entry keeps its expiry clock (its `w` twin is moved, not left
+/// behind to expire the new one early).
+fn index_publish_keys(
+    shared: &Shared,
+    index: &Index,
+    batch: &mut fjall::OwnedWriteBatch,
+    (topic_id, origin_id): (u32, u32),
+    fresh: &BTreeMap<u64, Arc<Record>>,
+    now: u64,
+) -> Result<(), StoreError> {
+    let window_ms = shared.dedupe_window.as_millis() as u64;
+    let mut written: HashMap<PublishKey, DedupeEntry> = HashMap::new();
+    for r in fresh.values() {
+        let Some(pk) = r.publish_key else {
+            continue;
+        };
+        let held = match written.get(&pk) {
+            Some(e) => Some(*e),
+            None => DedupeEntry::read(shared, &dedupe_key(&pk))?,
+        };
+        let mut entry = DedupeEntry {
+            topic_id,
+            origin_id,
+            seq: r.seq,
+            hlc: r.hlc,
+            written_ms: now,
+        };
+        if let Some(h) = held {
+            let live = now.saturating_sub(h.written_ms) <= window_ms;
+            let earlier = index.origins.get(&h.origin_id).is_some_and(|o| {
+                (h.hlc, &o.node, o.epoch, h.seq) <= (r.hlc, &r.origin.node, r.origin.epoch, r.seq)
+            });
+            if live && earlier {
+                continue;
+            }
+            let mut w = Vec::with_capacity(25);
+            w.push(b'w');
+            w.extend_from_slice(&h.written_ms.to_be_bytes());
+            w.extend_from_slice(&pk);
+            batch.remove(&shared.dedupe, w);
+            if live {
+                entry.written_ms = h.written_ms;
+            }
+        }
+        entry.insert(shared, batch, &pk);
+        written.insert(pk, entry);
+    }
+    Ok(())
 }
 
 /// A repaired seq inside a gap marker that starts below it: cut the marker in two.

@@ -32,6 +32,7 @@ fn foreign(topic: &str, seq: u64, hlc: u64) -> Bytes {
             hlc,
             client: "dev-1".into(),
             mid: None,
+            publish_key: None,
             headers: Headers::default(),
             payload: Bytes::from(format!("payload {seq}")),
         }
@@ -146,6 +147,7 @@ fn bad_bytes_and_foreign_identities_are_rejected_not_stored() {
         hlc: 1,
         client: "x".into(),
         mid: None,
+        publish_key: None,
         headers: Headers::default(),
         payload: Bytes::new(),
     };
@@ -365,5 +367,106 @@ fn a_corrupt_record_is_listed_and_repair_from_a_peer_replaces_it() {
     let b = store.read("t", &BTreeMap::new(), None, 10).expect("read");
     assert_eq!(b.records.len(), 3);
     assert!(b.missing.is_empty());
+    rt().block_on(store.shutdown());
+}
+
+/// A record of `origin` carrying the publish key of `req` (as its origin's writer
+/// would have written it).
+fn keyed(origin: &Origin, seq: u64, hlc: u64, req: &Publish) -> Bytes {
+    let mid = req.mid.as_deref().expect("mid");
+    Bytes::from(
+        Record {
+            topic: req.topic.clone(),
+            origin: origin.clone(),
+            seq,
+            hlc,
+            client: req.client.clone(),
+            mid: req.mid.clone(),
+            publish_key: Some(keys::publish_key(req, mid)),
+            headers: Headers::default(),
+            payload: Bytes::from_static(b"once"),
+        }
+        .encode()
+        .expect("encode"),
+    )
+}
+
+fn publish(principal: &str, mid: &str) -> Publish {
+    Publish {
+        topic: "t".into(),
+        client: "dev-1".into(),
+        principal: Some(principal.into()),
+        mid: Some(mid.into()),
+        headers: Headers::default(),
+        payload: Bytes::from_static(b"once"),
+    }
+}
+
+fn apply_from(store: &Store, origin: &Origin, records: Vec<Bytes>) -> Applied {
+    rt().block_on(store.apply(ApplyRequest {
+        topic: "t".into(),
+        origin: origin.clone(),
+        records,
+        gaps: vec![],
+        repair: false,
+    }))
+    .expect("apply")
+}
+
+/// Issue 13 item 7: a publish retried on a gateway that holds the original by
+/// replication gets the original ack and stores nothing; another principal's
+/// identical (client, mid) is not a duplicate; of two records with one publish key
+/// the entry names the earlier by (hlc, origin), whatever the arrival order.
+#[test]
+fn replicated_records_answer_retried_publishes_with_the_original_ack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, _rx) = Store::open(StoreOptions::new(dir.path())).expect("open");
+    let now_hlc = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64)
+        << 16;
+    let req = publish("alice", "m-1");
+    let a = apply_from(&store, &peer(), vec![keyed(&peer(), 1, now_hlc, &req)]);
+    assert_eq!(a.stored, 1);
+    let ack = rt().block_on(store.append(req.clone())).expect("append");
+    assert!(ack.dup, "the retry is answered from the replicated record");
+    assert_eq!((ack.origin.clone(), ack.seq, ack.hlc), (peer(), 1, now_hlc));
+    let local = store.local_origin().clone();
+    let vv = store.vector("t").expect("vector");
+    assert!(
+        vv.get(&local).is_none(),
+        "nothing stored under this node: {vv:?}"
+    );
+
+    // Same client and mid, another principal: a different publish.
+    let other = rt()
+        .block_on(store.append(publish("mallory", "m-1")))
+        .expect("append");
+    assert!(!other.dup);
+    assert_eq!(other.origin, local);
+
+    // A later copy under a third origin (its origin crashed before replicating and
+    // the client retried there) does not move the answer; an earlier one does.
+    let later = Origin::new("peer-b", 1);
+    apply_from(&store, &later, vec![keyed(&later, 1, now_hlc + 5, &req)]);
+    let ack = rt().block_on(store.append(req.clone())).expect("append");
+    assert_eq!((ack.origin.clone(), ack.seq), (peer(), 1));
+    let earlier = Origin::new("peer-c", 1);
+    apply_from(
+        &store,
+        &earlier,
+        vec![keyed(&earlier, 1, now_hlc - 5, &req)],
+    );
+    let ack = rt().block_on(store.append(req.clone())).expect("append");
+    assert!(ack.dup);
+    assert_eq!((ack.origin.clone(), ack.hlc), (earlier, now_hlc - 5));
+    // It survives a reopen (the index is on disk, not in memory).
+    rt().block_on(store.shutdown());
+    drop(store);
+    let (store, _rx) = Store::open(StoreOptions::new(dir.path())).expect("reopen");
+    let ack = rt().block_on(store.append(req)).expect("append");
+    assert!(ack.dup);
+    assert_eq!(ack.origin, Origin::new("peer-c", 1));
     rt().block_on(store.shutdown());
 }

@@ -188,7 +188,7 @@ impl Writer {
         let mut batch = shared.db.batch();
         let mut pending = Vec::with_capacity(appends.len());
         let mut committed = Vec::with_capacity(appends.len());
-        let mut in_batch: HashMap<Vec<u8>, Ack> = HashMap::new();
+        let mut in_batch: HashMap<PublishKey, Ack> = HashMap::new();
         let mut touched: HashMap<String, ()> = HashMap::new();
         let now = self.opts.clock.unix_ms();
         let local = shared.local.clone();
@@ -196,9 +196,9 @@ impl Writer {
         for (req, reply) in appends {
             // Idempotent publish: a (principal, client, topic, mid) seen within the window
             // gets the original ack.
-            let dedupe = req.mid.as_deref().map(|mid| dedupe_key(&req, mid));
-            if let Some(k) = &dedupe {
-                if let Some(ack) = in_batch.get(k) {
+            let publish_key = req.mid.as_deref().map(|mid| publish_key(&req, mid));
+            if let Some(pk) = &publish_key {
+                if let Some(ack) = in_batch.get(pk) {
                     pending.push(Pending {
                         reply,
                         ack: Ack {
@@ -208,7 +208,7 @@ impl Writer {
                     });
                     continue;
                 }
-                match self.lookup_dedupe(&index, k, now) {
+                match self.lookup_dedupe(&index, &dedupe_key(pk), now) {
                     Ok(Some(ack)) => {
                         let _ = reply.send(Ok(ack));
                         continue;
@@ -237,6 +237,7 @@ impl Writer {
                 hlc,
                 client: req.client,
                 mid: req.mid,
+                publish_key,
                 headers: req.headers,
                 payload: req.payload,
             };
@@ -278,19 +279,16 @@ impl Writer {
                 vv,
                 dup: false,
             };
-            if let Some(key) = dedupe {
-                let mut v = Vec::with_capacity(36);
-                v.extend_from_slice(&topic_id.to_be_bytes());
-                v.extend_from_slice(&local_id.to_be_bytes());
-                v.extend_from_slice(&seq.to_be_bytes());
-                v.extend_from_slice(&hlc.to_be_bytes());
-                v.extend_from_slice(&now.to_be_bytes());
-                let mut w = b"w".to_vec();
-                w.extend_from_slice(&now.to_be_bytes());
-                w.extend_from_slice(&key[1..]);
-                batch.insert(&shared.dedupe, w, b"".as_slice());
-                batch.insert(&shared.dedupe, key.as_slice(), v);
-                in_batch.insert(key, ack.clone());
+            if let Some(pk) = publish_key {
+                let entry = DedupeEntry {
+                    topic_id,
+                    origin_id: local_id,
+                    seq,
+                    hlc,
+                    written_ms: now,
+                };
+                entry.insert(&shared, &mut batch, &pk);
+                in_batch.insert(pk, ack.clone());
             }
             touched.insert(record.topic.clone(), ());
             committed.push(Arc::new(record));
@@ -361,19 +359,16 @@ impl Writer {
         key: &[u8],
         now: u64,
     ) -> Result<Option<Ack>, StoreError> {
-        let Some(v) = self.shared.dedupe.get(key)? else {
+        let Some(DedupeEntry {
+            origin_id,
+            seq,
+            hlc,
+            written_ms: written,
+            ..
+        }) = DedupeEntry::read(&self.shared, key)?
+        else {
             return Ok(None);
         };
-        if v.len() != 32 {
-            return Ok(None);
-        }
-        let u32_at = |i: usize| u32::from_be_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
-        let u64_at = |i: usize| {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&v[i..i + 8]);
-            u64::from_be_bytes(b)
-        };
-        let (origin_id, seq, hlc, written) = (u32_at(4), u64_at(8), u64_at(16), u64_at(24));
         if now.saturating_sub(written) > self.shared.dedupe_window.as_millis() as u64 {
             return Ok(None);
         }
@@ -389,6 +384,64 @@ impl Writer {
             vv,
             dup: true,
         }))
+    }
+}
+
+/// A dedupe entry: where the first record of a publish key is, and when the entry
+/// was written (its expiry clock). Value: topic_id u32 · origin_id u32 · seq u64 ·
+/// hlc u64 · written_ms u64, all BE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DedupeEntry {
+    pub topic_id: u32,
+    pub origin_id: u32,
+    pub seq: u64,
+    pub hlc: u64,
+    pub written_ms: u64,
+}
+
+impl DedupeEntry {
+    /// The entry under `key` (a [`dedupe_key`]), if any and well formed.
+    pub(super) fn read(shared: &Shared, key: &[u8]) -> Result<Option<DedupeEntry>, StoreError> {
+        let Some(v) = shared.dedupe.get(key)? else {
+            return Ok(None);
+        };
+        if v.len() != 32 {
+            return Ok(None);
+        }
+        let u32_at = |i: usize| u32::from_be_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&v[i..i + 8]);
+            u64::from_be_bytes(b)
+        };
+        Ok(Some(DedupeEntry {
+            topic_id: u32_at(0),
+            origin_id: u32_at(4),
+            seq: u64_at(8),
+            hlc: u64_at(16),
+            written_ms: u64_at(24),
+        }))
+    }
+
+    /// Write the entry and its expiry-order twin into `batch`.
+    pub(super) fn insert(
+        &self,
+        shared: &Shared,
+        batch: &mut fjall::OwnedWriteBatch,
+        key: &PublishKey,
+    ) {
+        let mut v = Vec::with_capacity(32);
+        v.extend_from_slice(&self.topic_id.to_be_bytes());
+        v.extend_from_slice(&self.origin_id.to_be_bytes());
+        v.extend_from_slice(&self.seq.to_be_bytes());
+        v.extend_from_slice(&self.hlc.to_be_bytes());
+        v.extend_from_slice(&self.written_ms.to_be_bytes());
+        let mut w = Vec::with_capacity(25);
+        w.push(b'w');
+        w.extend_from_slice(&self.written_ms.to_be_bytes());
+        w.extend_from_slice(key);
+        batch.insert(&shared.dedupe, w, b"".as_slice());
+        batch.insert(&shared.dedupe, dedupe_key(key).as_slice(), v);
     }
 }
 
