@@ -247,7 +247,10 @@ impl Pipeline {
         let topic = req.topic.clone();
         async move {
             let ack = store.append(req).await?;
-            if let Some((acks, k, timeout)) = wait {
+            // A resend answered with another gateway's record (`dup`, cross-gateway
+            // dedupe) came here from a peer: it is not this node's seq to wait for.
+            let local = ack.origin == *store.local_origin();
+            if let Some((acks, k, timeout)) = wait.filter(|_| local) {
                 acks.wait(&topic, ack.seq, k, timeout)
                     .await
                     .map_err(|got| AppendError::NotReplicated {
@@ -279,6 +282,9 @@ impl Pipeline {
         async move {
             let acks = store.append_all(reqs).await?;
             for (ack, wait) in acks.iter().zip(waits) {
+                if ack.origin != *store.local_origin() {
+                    continue; // a dup of a replicated record (see `append`)
+                }
                 if let Some((acks, k, timeout, topic)) = wait {
                     acks.wait(&topic, ack.seq, k, timeout)
                         .await
