@@ -99,6 +99,15 @@ pub fn validate_publish(
             "topics starting with '$' are reserved for the gateway",
         ));
     }
+    validate_body(limits, headers, mid)
+}
+
+/// The rules of a publish that do not concern its topic: header bounds with non-empty
+/// names, a `mid` within the id bound (a direct message's inbox topic is the gateway's).
+///
+/// # Errors
+/// The refusal naming the broken rule.
+pub fn validate_body(limits: &Limits, headers: &Headers, mid: Option<&str>) -> Result<(), Refusal> {
     if headers.len() > limits.max_headers || headers.byte_len() > limits.max_header_bytes {
         return Err(Refusal::new(
             ErrorCode::HeadersTooLarge,
@@ -347,15 +356,7 @@ impl TokenBucket {
 
     /// Take one token if available.
     pub fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.take_n(1, now)
     }
 }
 
@@ -578,6 +579,8 @@ impl Session {
                 mid,
             } => {
                 let topic = self.inbox_of(id, to_client, to_principal)?;
+                validate_body(&self.limits, &headers, mid.as_deref())
+                    .map_err(|r| err(id, r.code, r.message))?;
                 self.publish_to(id, topic, data.0, headers, mid, true, now)
             }
             ClientFrame::PubBatch { id, msgs } => self.publish_batch(id, msgs, now),
@@ -756,18 +759,8 @@ impl Session {
         for (i, m) in msgs.into_iter().enumerate() {
             validate_publish(&self.limits, &m.topic, &m.headers, m.mid.as_deref())
                 .map_err(|r| err(id, r.code, format!("message {i}: {}", r.message)))?;
-            if let Some(a) = &self.auth
-                && !a.publish.iter().any(|g| matches(g, &m.topic))
-            {
-                return Err(err(
-                    id,
-                    ErrorCode::Forbidden,
-                    format!(
-                        "message {i}: {} may not publish to {:?}",
-                        a.principal, m.topic
-                    ),
-                ));
-            }
+            self.granted(&m.topic)
+                .map_err(|why| err(id, ErrorCode::Forbidden, format!("message {i}: {why}")))?;
             reqs.push(Publish {
                 topic: m.topic,
                 client: self.client_id.clone().unwrap_or_default(),
@@ -892,7 +885,17 @@ impl Session {
         self.publish_to(id, topic, payload, headers, mid, ack, now)
     }
 
-    /// A publish to `topic`, already validated (a `pub`'s topic, or an inbox): the
+    /// The publish grants must cover `topic`; `Err` is the `forbidden` text.
+    fn granted(&self, topic: &str) -> Result<(), String> {
+        match &self.auth {
+            Some(a) if !a.publish.iter().any(|g| matches(g, topic)) => {
+                Err(format!("{} may not publish to {topic:?}", a.principal))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A publish to `topic` whose rules were checked (a `pub`'s, or an inbox's): the
     /// grants, the rate.
     #[allow(clippy::too_many_arguments)]
     fn publish_to(
@@ -905,17 +908,8 @@ impl Session {
         ack: bool,
         now: Instant,
     ) -> Result<Command, Reply> {
-        validate_publish(&self.limits, "inbox", &headers, mid.as_deref())
-            .map_err(|r| err(id, r.code, r.message))?;
-        if let Some(a) = &self.auth
-            && !a.publish.iter().any(|g| matches(g, &topic))
-        {
-            return Err(err(
-                id,
-                ErrorCode::Forbidden,
-                format!("{} may not publish to {topic:?}", a.principal),
-            ));
-        }
+        self.granted(&topic)
+            .map_err(|m| err(id, ErrorCode::Forbidden, m))?;
         if !self.bucket.take(now) {
             return Err(err(
                 id,
