@@ -194,9 +194,12 @@ impl Conn {
             .map_err(|e| ClientError::Tls(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = quinn::TransportConfig::default();
-        // Keep NAT bindings and the gateway's idle timer (QUIC level) fresh on quiet sessions.
+        // Keep NAT bindings and the gateway's idle timer (QUIC level) fresh on quiet
+        // sessions, and take a gateway silent for `liveness_timeout` for dead (quinn's
+        // default would wait 30 s before the client fails over).
         transport
-            .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
+            .keep_alive_interval(Some(opts.liveness_timeout / 3))
+            .max_idle_timeout(quinn::IdleTimeout::try_from(opts.liveness_timeout).ok())
             .max_concurrent_uni_streams(quinn::VarInt::from_u32(MAX_LANES));
         config.transport_config(Arc::new(transport));
         let bind: std::net::SocketAddr = if addr.is_ipv6() {

@@ -117,6 +117,11 @@ pub struct ClientOptions {
     /// delivered when the application takes events again; read the range with
     /// [`Client::history`] from its cursor. Default 65536.
     pub subscription_buffer: usize,
+    /// How long the gateway may stay silent before the connection is taken for dead
+    /// and the client fails over (a killed or stopped gateway, a cut link: neither
+    /// says goodbye). After half of it without a frame the client sends a `ping`;
+    /// over QUIC it is also the connection's idle timeout. Default 10 s.
+    pub liveness_timeout: Duration,
 }
 
 impl ClientOptions {
@@ -136,6 +141,7 @@ impl ClientOptions {
             request_timeout: Duration::from_secs(30),
             cursor: None,
             subscription_buffer: 65_536,
+            liveness_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -343,12 +343,34 @@ async fn establish(opts: &ClientOptions) -> Result<(Conn, Encoding, SessionInfo)
 
 impl Task {
     async fn run(mut self, mut conn: Conn, mut rx: mpsc::Receiver<Request>) {
+        // Liveness: after half of `liveness_timeout` without a frame from the gateway,
+        // a `ping`; after all of it, the connection is dead (a killed or stopped
+        // gateway, a cut link) and the client fails over.
+        let liveness = self.opts.liveness_timeout.max(Duration::from_millis(100));
+        let mut last_rx = tokio::time::Instant::now();
+        let mut probed = false;
         loop {
             let lagging = self.subs.values().any(|s| !s.backlog.is_empty());
+            let wake = last_rx + if probed { liveness } else { liveness / 2 };
             tokio::select! {
                 () = tokio::time::sleep(BACKLOG_RETRY), if lagging => {
                     for s in self.subs.values_mut() {
                         s.flush_backlog();
+                    }
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    let alive = !probed && {
+                        let id = self.id();
+                        conn.send(self.encoding.encode(&ClientFrame::Ping { id })).await.is_ok()
+                    };
+                    probed = true;
+                    if !alive {
+                        match self.reconnect().await {
+                            Some(c) => conn = c,
+                            None => break,
+                        }
+                        last_rx = tokio::time::Instant::now();
+                        probed = false;
                     }
                 }
                 req = rx.recv() => match req {
@@ -365,15 +387,24 @@ impl Task {
                                 Some(c) => conn = c,
                                 None => break,
                             }
+                            last_rx = tokio::time::Instant::now();
+                            probed = false;
                         }
                     }
                 },
-                frame = conn.recv() => match frame {
-                    Some(f) => self.handle_frame(&f.bytes, f.lane.as_deref()),
-                    None => match self.reconnect().await {
-                        Some(c) => conn = c,
-                        None => break,
-                    },
+                frame = conn.recv() => {
+                    last_rx = tokio::time::Instant::now();
+                    probed = false;
+                    match frame {
+                        Some(f) => self.handle_frame(&f.bytes, f.lane.as_deref()),
+                        None => {
+                            match self.reconnect().await {
+                                Some(c) => conn = c,
+                                None => break,
+                            }
+                            last_rx = tokio::time::Instant::now();
+                        }
+                    }
                 },
             }
         }
