@@ -35,7 +35,11 @@ pub enum Fsync {
 #[derive(Debug)]
 pub struct ChildGateway {
     child: Child,
+    exe: PathBuf,
+    cpus: Option<String>,
     dir: PathBuf,
+    /// (ws, QUIC) ports, kept across a restart.
+    ports: (u16, u16),
     /// `ws://127.0.0.1:PORT`.
     pub url: String,
     /// `quic://127.0.0.1:PORT`.
@@ -79,48 +83,43 @@ impl ChildGateway {
             config_toml(&dir.join("data"), port, wss_port, quic_port, fsync) + extra_toml,
         )
         .context("write bench config")?;
-        let log = std::fs::File::create(dir.join("gateway.log")).context("create gateway log")?;
-        let mut cmd = match cpus {
-            Some(c) => {
-                let mut t = Command::new("taskset");
-                t.args(["-c", c]).arg(exe);
-                t
-            }
-            None => Command::new(exe),
-        };
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        // Keep the child's listeners exactly as configured.
-        for var in [
-            "EDGESYNC_WS",
-            "EDGESYNC_WSS",
-            "EDGESYNC_QUIC",
-            "EDGESYNC_ADMIN",
-            "EDGESYNC_DATA_DIR",
-            "EDGESYNC_CONFIG",
-        ] {
-            cmd.env_remove(var);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start {} serve", exe.display()))?;
-        let pid = child.id();
         let ca = dir.join("data").join("tls").join("ca.pem");
         let mut gw = ChildGateway {
-            child,
+            child: spawn(exe, cpus, &dir)?,
+            exe: exe.clone(),
+            cpus: cpus.map(str::to_string),
             dir,
             url: format!("ws://127.0.0.1:{port}"),
             quic_url: format!("quic://127.0.0.1:{quic_port}"),
             wss_url: format!("wss://127.0.0.1:{wss_port}"),
             ca,
-            pid,
+            pid: 0,
+            ports: (port, quic_port),
         };
+        gw.pid = gw.child.id();
         gw.wait_ready(port, quic_port)?;
         Ok(gw)
+    }
+
+    /// SIGKILL the child and start it again on the same data directory and ports;
+    /// returns how long the new process took from spawn until both listeners were
+    /// bound (restart-to-serving after a crash).
+    ///
+    /// # Errors
+    /// As [`ChildGateway::start`].
+    pub fn kill9_and_restart(&mut self) -> Result<Duration> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let started = Instant::now();
+        self.child = spawn(&self.exe, self.cpus.as_deref(), &self.dir)?;
+        self.pid = self.child.id();
+        self.wait_ready(self.ports.0, self.ports.1)?;
+        Ok(started.elapsed())
+    }
+
+    /// The directory holding the child's config (`bench.toml`), data and log.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     /// Wait until both listeners are bound (QUIC is bound last, after the certificate).
@@ -172,6 +171,43 @@ impl Drop for ChildGateway {
         self.stop_inner();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Start `exe serve --config <dir>/bench.toml` (under taskset when `cpus` is given),
+/// stderr appended to `<dir>/gateway.log`.
+fn spawn(exe: &PathBuf, cpus: Option<&str>, dir: &std::path::Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("gateway.log"))
+        .context("open gateway log")?;
+    let mut cmd = match cpus {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.args(["-c", c]).arg(exe);
+            t
+        }
+        None => Command::new(exe),
+    };
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(dir.join("bench.toml"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // Keep the child's listeners exactly as configured.
+    for var in [
+        "EDGESYNC_WS",
+        "EDGESYNC_WSS",
+        "EDGESYNC_QUIC",
+        "EDGESYNC_ADMIN",
+        "EDGESYNC_DATA_DIR",
+        "EDGESYNC_CONFIG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.spawn()
+        .with_context(|| format!("start {} serve", exe.display()))
 }
 
 /// The child's config: limits raised so the bench measures throughput, not admission.

@@ -7,6 +7,8 @@
 //! - [`idle`]: gateway RSS per idle connection.
 //! - [`soak`]: a long steady run with connection churn; RSS and descriptors sampled.
 //! - [`queue`]: queue groups (acked msgs/s, redelivery latency) and presence fan-out.
+//! - [`replication`]: two gateways replicating over QUIC + mTLS: catch-up rate, lag,
+//!   `replicated:1` ack latency, restart-to-serving after kill -9.
 //! - [`bridge`]: the JetStream export's throughput and lag beside async-nats
 //!   publishing straight to the same server (starts nats-server and a gateway).
 //!
@@ -33,6 +35,7 @@ mod idle;
 mod latency;
 mod plugin;
 mod queue;
+mod replication;
 mod report;
 mod soak;
 mod wire;
@@ -143,6 +146,9 @@ pub enum Scenario {
     /// Queue groups (1 producer → N acking members, redelivery latency) and presence
     /// (a join reaching 10k members); starts its own gateway.
     Queue(queue::QueueArgs),
+    /// Two replicating gateways: catch-up records/s, lag at a rate, `replicated:1` acks,
+    /// restart after kill -9 (starts its own pair per round).
+    Replication(replication::ReplicationArgs),
 }
 
 impl Scenario {
@@ -156,6 +162,7 @@ impl Scenario {
             Scenario::Soak(_) => "soak",
             Scenario::Bridge(_) => "bridge",
             Scenario::Queue(_) => "queue",
+            Scenario::Replication(_) => "replication",
         }
     }
 }
@@ -254,6 +261,9 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
     if let Scenario::Queue(a) = &args.scenario {
         return queue::run(args, a).await;
     }
+    if let Scenario::Replication(a) = &args.scenario {
+        return replication::run(args, a).await;
+    }
     if let Scenario::Bridge(a) = &args.scenario {
         // Starts its own nats-server and gateway.
         return bridge::run(args, a).await;
@@ -296,7 +306,10 @@ async fn run_all(args: &BenchArgs) -> Result<Vec<Report>> {
             Scenario::Durable(a) => durable::run(&target, a).await,
             Scenario::Idle(a) => idle::run(&target, a).await,
             Scenario::Soak(a) => soak::run(&target, a).await,
-            Scenario::Plugin(_) | Scenario::Bridge(_) | Scenario::Queue(_) => {
+            Scenario::Plugin(_)
+            | Scenario::Bridge(_)
+            | Scenario::Queue(_)
+            | Scenario::Replication(_) => {
                 unreachable!("handled above")
             }
         };
