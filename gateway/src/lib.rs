@@ -1,11 +1,14 @@
 //! edgesync: a WASM-extensible edge sync gateway.
 //!
-//! Layers, top to bottom. A message enters at a transport and flows down this list
-//! to the store; each module imports only modules listed below it (the
-//! architecture test `tests/layers.rs` checks it).
+//! Layers, top to bottom: each module imports only modules listed below it (the
+//! architecture test `tests/layers.rs` checks it). This is the import order, not the
+//! data flow: a client's message goes transport → session → pipeline → store, and the
+//! store's commits → broker → outbox → transport (ARCHITECTURE.md, "A message's
+//! journey"); the admin API, plugin publishes and bridge imports enter at the pipeline
+//! too.
 //!
-//! - [`cli`]: the `edgesync` command line (serve, pub, sub, cert, plugin, check-config; the
-//!   load generator is its own binary, `edgesync-bench`).
+//! - [`cli`]: the `edgesync` command line (serve, pub, sub, work, cert, plugin, store, peers,
+//!   check-config; the load generator is its own binary, `edgesync-bench`).
 //! - [`server`]: wires the layers together and orders shutdown (`server::run(config, shutdown)`).
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`, JSON API under `/v1/`).
 //! - [`peers`]: replication between gateways — mTLS peer links on the QUIC endpoint, one
@@ -16,8 +19,10 @@
 //!   and storage hooks, timers, plugin services (runtime: the `edgesync-plugin-host` crate).
 //! - [`session`]: the per-connection state machine (limits, auth state, subscriptions,
 //!   rate limit) and its thin async driver.
+//! - [`presence`]: who is on a topic — members by client, `join`/`leave` pushes, bounded
+//!   listings.
 //! - [`queues`]: queue groups — one member per message, acks, redelivery, dead letters
-//!   (so far the I/O-free group state; the wiring is the next slice).
+//!   (the I/O-free group state and its wiring to the store and outboxes).
 //! - [`conns`]: the registry of live connections (ids, listing, reach one by id).
 //! - [`bridge`]: links to NATS JetStream — export committed records, import through
 //!   the pipeline (one task per direction of each `[[bridge]]`).

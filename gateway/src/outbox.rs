@@ -13,10 +13,11 @@
 //! - policy `disconnect` closes the connection with `slow_consumer` instead.
 //!
 //! Replies to commands are always queued, so a reply is never lost. What bounds them
-//! is the session, not the outbox: one reply per command, and the driver reads the
-//! next frame only after writing out what the last one produced (publish acks are
-//! further bounded by `max_inflight_publishes`; a `history` reply by `max_history`
-//! records).
+//! is the session, not the outbox: one reply per command, a command runs only while
+//! the outbox is under half full ([`Outbox::has_reply_room`]), the next frame is read
+//! only once the last one's commands have all run, and each reply is bounded (publish
+//! acks by `max_inflight_publishes` in flight; a `history` reply by `max_history`
+//! records and `max_history_bytes`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -518,7 +518,8 @@ plugins = ["hot"]
 }
 
 /// `[plugin_watch]`: replacing a plugin's component file hot-reloads it — here a
-/// pass-through plugin is replaced by one that upper-cases payloads.
+/// pass-through plugin is replaced by the `trap` test plugin, which upper-cases every
+/// payload that does not contain `TRAP` (none here), so its output shows it runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugin_file_change_triggers_hot_reload() {
     let files = tempfile::tempdir().expect("tmp");

@@ -52,6 +52,10 @@ fn base_config() -> Config {
     c.cranelift_opt_level(wasmtime::OptLevel::Speed);
     // Guests get a generous but bounded stack; deep recursion traps.
     c.max_wasm_stack(512 << 10);
+    // No guest call runs on a fiber (hooks are called synchronously), but wasmtime's
+    // `async` feature is compiled in (wasmtime-wasi-io requires it), and with it the
+    // pooling allocator reserves a fiber stack of this size per `total_stacks` slot.
+    // Keep that reservation small; it must stay at least `max_wasm_stack`.
     c.async_stack_size(1 << 20);
     c
 }

@@ -444,7 +444,7 @@ impl Broker {
         }
     }
 
-    /// Topics the broker holds (for tests and metrics).
+    /// Topics the broker holds (tests check with it that empty topics are released).
     pub fn topic_count(&self) -> usize {
         self.inner.lock().topics.len()
     }

@@ -1,4 +1,5 @@
-//! The `edgesync` command line: `serve`, `pub`, `sub`, `cert`, `plugin`, `peers`, `check-config`.
+//! The `edgesync` command line: `serve`, `pub`, `sub`, `work`, `cert`, `plugin`, `store`,
+//! `peers`, `check-config`.
 //! (The load generator is its own binary, `edgesync-bench`, in `bench/`.)
 //!
 //! Flags override environment variables (`EDGESYNC_*`), which override the

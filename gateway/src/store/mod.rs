@@ -19,7 +19,8 @@
 //! | `meta`    | `b` · bridge (u32 BE len · bytes) · key      | a bridge's position entry, CRC32C first (see `position`) |
 //! | `dedupe`  | `k` · publish key (16 bytes)                 | topic_id, origin_id, seq, hlc, written_ms |
 //! | `dedupe`  | `w` · written_ms u64 BE · publish key        | (empty): expiry order |
-//! | `kv`      | plugin · 0x00 · key                          | plugin key/value entries |
+//! | `kv`      | `p` · plugin · 0x00 · key                    | plugin key/value entries (format: `edgesync_plugin_host::kv`) |
+//! | `kv`      | 0x00 · `q` · 0x00 · group · 0x00 · …         | queue-group progress (see `queues`) |
 //!
 //! A publish's dedupe *identity* is 0x00, or 0x01 · principal (u32 BE length ·
 //! bytes), then client id and topic (u32 BE length · bytes each), then the mid: every
