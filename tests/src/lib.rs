@@ -2,6 +2,9 @@
 //! 127.0.0.1 with ephemeral ports and a temporary data directory, and connect
 //! real clients to it. Nothing here mocks a component.
 
+pub mod chaos;
+pub mod cluster;
+pub mod fault_proxy;
 pub mod json;
 
 use std::net::SocketAddr;

@@ -29,202 +29,27 @@
 //! Every wait is bounded; failures print what arrived.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use edgesync_client::{
     Client, ClientError, ClientOptions, ErrorCode, Event, PublishOptions, Start,
 };
-use edgesync_tests::{connect_retry, free_port};
+use edgesync_tests::cluster::{self, Node, TOKEN, files};
+use edgesync_tests::fault_proxy::FaultProxy;
 
 const EXE: &str = env!("CARGO_BIN_EXE_edgesync-test-gateway");
-const TOKEN: &str = "repl-test-token";
 /// Longest wait for records to cross a link (bounded; normally milliseconds).
 const ARRIVAL: Duration = Duration::from_secs(20);
 
-/// Run the CLI (`edgesync cert …`), asserting success.
-fn cli(args: &[&str]) {
-    let out = Command::new(EXE).args(args).output().expect("run cli");
-    assert!(
-        out.status.success(),
-        "edgesync {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A cluster CA in `dir` and a node certificate per name, made with the CLI.
 fn make_certs(dir: &Path, nodes: &[&str]) -> PathBuf {
-    let d = dir.to_str().expect("utf-8 path");
-    cli(&["cert", "ca", "--out", d]);
-    for n in nodes {
-        cli(&["cert", "node", n, "--ca-dir", d, "--out", d]);
-    }
-    dir.to_path_buf()
+    cluster::make_certs(Path::new(EXE), dir, nodes)
 }
 
-/// One gateway process with its config and data directory.
-struct Node {
-    name: String,
-    dir: PathBuf,
-    ws: u16,
-    quic: u16,
-    admin: u16,
-    child: Option<Child>,
-    /// Appended to the config (`[[topic]]` entries, cluster keys).
-    extra: String,
-}
-
-impl Node {
-    /// A node whose certificate is `<certs>/<name>.pem`, in `cluster`, dialing `peers`
-    /// (QUIC ports) with `topics`.
-    fn new(root: &Path, name: &str, certs: &Path, cluster: &str, peers: &[u16]) -> Node {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).expect("node dir");
-        let node = Node {
-            name: name.into(),
-            dir,
-            ws: free_port(),
-            quic: free_port(),
-            admin: free_port(),
-            child: None,
-            extra: String::new(),
-        };
-        node.write_config(certs, cluster, peers);
-        node
-    }
-
-    fn write_config(&self, certs: &Path, cluster: &str, peers: &[u16]) {
-        let (c, n) = (certs.display(), &self.name);
-        let mut text = format!(
-            r#"data_dir = "{data}"
-[listen]
-ws = "127.0.0.1:{ws}"
-wss = "off"
-quic = "127.0.0.1:{quic}"
-admin = "127.0.0.1:{admin}"
-[admin]
-token = "{TOKEN}"
-[tls]
-cert = "{c}/{n}.pem"
-key = "{c}/{n}.key"
-[cluster]
-id = "{cluster}"
-ca = "{c}/ca.pem"
-redial_min_ms = 50
-redial_max_ms = 300
-keep_alive_ms = 300
-ack_timeout_ms = 1500
-"#,
-            data = self.dir.join("data").display(),
-            ws = self.ws,
-            quic = self.quic,
-            admin = self.admin,
-        );
-        text.push_str(&self.extra);
-        for p in peers {
-            text.push_str(&format!(
-                "[[peer]]\nurl = \"quic://127.0.0.1:{p}\"\ntopics = [\"sensors.>\", \"orders.>\"]\n"
-            ));
-        }
-        std::fs::write(self.dir.join("edgesync.toml"), text).expect("config");
-    }
-
-    fn start(&mut self) {
-        assert!(self.child.is_none(), "{} already running", self.name);
-        let child = Command::new(EXE)
-            .arg("serve")
-            .arg("--config")
-            .arg(self.dir.join("edgesync.toml"))
-            .env(
-                "RUST_LOG",
-                std::env::var("REPL_TEST_LOG")
-                    .unwrap_or_else(|_| "warn,edgesync::peers=info".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn gateway");
-        self.child = Some(child);
-    }
-
-    /// SIGKILL: no shutdown, no flush.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://127.0.0.1:{}", self.ws)
-    }
-
-    async fn client(&self) -> Client {
-        connect_retry(&self.url()).await
-    }
-
-    /// `GET path` on the admin listener with the token; the body.
-    async fn admin_get(&self, path: &str) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", self.admin)).await else {
-            return String::new();
-        };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-        );
-        if s.write_all(req.as_bytes()).await.is_err() {
-            return String::new();
-        }
-        let mut body = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut body)).await;
-        String::from_utf8_lossy(&body).into_owned()
-    }
-
-    /// The value of one metric sample (`name{labels}`), 0 when absent.
-    async fn metric(&self, sample: &str) -> f64 {
-        let text = self.admin_get("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Wait until exactly `n` peer links of this node are up (duplicates closed).
-    async fn wait_links_up(&self, n: usize) {
-        let mut last = String::new();
-        for _ in 0..200 {
-            last = self.admin_get("/v1/peers").await;
-            if last.matches("\"state\":\"up\"").count() == n {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("{}: not {n} links up: {last}", self.name);
-    }
-
-    /// Wait until a peer link of this node is up.
-    async fn wait_link_up(&self) {
-        for _ in 0..200 {
-            if self
-                .admin_get("/v1/peers")
-                .await
-                .contains("\"state\":\"up\"")
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "{}: no peer link came up: {}",
-            self.name,
-            self.admin_get("/v1/peers").await
-        );
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// A node of the test gateway binary (see [`cluster::Node::new`]).
+fn node(root: &Path, name: &str, certs: &Path, cluster: &str, peers: &[u16]) -> Node {
+    Node::new(Path::new(EXE), root, name, certs, cluster, peers)
 }
 
 /// Publish `prefix{i}` for `range` on `topic`, each acked durably.
@@ -280,8 +105,8 @@ fn expected(prefix: &str, range: std::ops::Range<u32>) -> Vec<String> {
 async fn publish_on_a_is_read_on_b_and_b_catches_up_after_kill_9() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[]);
     a.write_config(&certs, "plant-7", &[b.quic]);
     b.write_config(&certs, "plant-7", &[a.quic]);
     a.start();
@@ -387,8 +212,8 @@ async fn publish_on_a_is_read_on_b_and_b_catches_up_after_kill_9() {
 async fn edge_keeps_accepting_while_the_hub_is_down() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["hub", "edge-1"]);
-    let mut hub = Node::new(root.path(), "hub", &certs, "plant-7", &[]);
-    let mut edge = Node::new(root.path(), "edge-1", &certs, "plant-7", &[hub.quic]);
+    let mut hub = node(root.path(), "hub", &certs, "plant-7", &[]);
+    let mut edge = node(root.path(), "edge-1", &certs, "plant-7", &[hub.quic]);
     hub.start();
     edge.start();
     let ce = edge.client().await;
@@ -439,11 +264,11 @@ async fn foreign_ca_and_wrong_cluster_are_refused() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-c"]);
     let other = make_certs(&root.path().join("other-ca"), &["rogue"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
     a.start();
     let _ = a.client().await;
-    let mut rogue = Node::new(root.path(), "rogue", &other, "plant-7", &[a.quic]);
-    let mut wrong = Node::new(root.path(), "node-c", &certs, "plant-8", &[a.quic]);
+    let mut rogue = node(root.path(), "rogue", &other, "plant-7", &[a.quic]);
+    let mut wrong = node(root.path(), "node-c", &certs, "plant-8", &[a.quic]);
     rogue.start();
     wrong.start();
     let cr = rogue.client().await;
@@ -502,9 +327,9 @@ async fn foreign_ca_and_wrong_cluster_are_refused() {
 async fn a_chain_forwards_every_origin() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b", "node-c"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
-    let mut c = Node::new(root.path(), "node-c", &certs, "plant-7", &[b.quic]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    let mut c = node(root.path(), "node-c", &certs, "plant-7", &[b.quic]);
     a.start();
     b.start();
     c.start();
@@ -536,7 +361,7 @@ async fn a_mesh_of_three_converges() {
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b", "node-c"]);
     let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"]
         .iter()
-        .map(|n| Node::new(root.path(), n, &certs, "plant-7", &[]))
+        .map(|n| node(root.path(), n, &certs, "plant-7", &[]))
         .collect();
     let ports: Vec<u16> = nodes.iter().map(|n| n.quic).collect();
     for (i, n) in nodes.iter_mut().enumerate() {
@@ -603,10 +428,10 @@ async fn a_mesh_of_three_converges() {
 async fn replicated_acks_wait_for_a_peer_and_never_ack_early() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
     a.extra = "[[topic]]\npattern = \"orders.>\"\nack = \"replicated:1\"\n".into();
     a.write_config(&certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
     a.start();
     b.start();
     let ca = a.client().await;
@@ -675,8 +500,8 @@ async fn replicated_acks_wait_for_a_peer_and_never_ack_early() {
 async fn the_client_fails_over_with_its_cursor() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
     a.start();
     b.start();
     let pa = a.client().await;
@@ -736,7 +561,7 @@ async fn the_client_fails_over_with_its_cursor() {
 async fn a_publish_resent_after_failover_is_stored_once() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
     // Never acked on A: replicated:2 with one peer, and a timeout the test never sees.
     a.extra = "[[topic]]\npattern = \"orders.>\"\nack = \"replicated:2\"\n".into();
     a.write_config(&certs, "plant-7", &[]);
@@ -744,7 +569,7 @@ async fn a_publish_resent_after_failover_is_stored_once() {
     let text = std::fs::read_to_string(&config).expect("config");
     let text = text.replace("ack_timeout_ms = 1500", "ack_timeout_ms = 60000");
     std::fs::write(&config, text).expect("config");
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
     a.start();
     b.start();
     let pb = b.client().await;
@@ -810,23 +635,6 @@ async fn a_publish_resent_after_failover_is_stored_once() {
     assert_eq!(payloads(&on_b), vec!["o1".to_string()]);
 }
 
-/// Every file under `dir` (recursively).
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 /// G6 with a peer: B's journal is damaged while it is stopped (a flipped byte inside a
 /// replicated record); B starts, and what the damage took comes back from A intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -835,8 +643,8 @@ async fn a_damaged_replica_is_repaired_from_its_peer() {
     let body = |i: u32| format!("bits-{i:03}-{}", "z".repeat(200));
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
     a.start();
     b.start();
     let ca = a.client().await;
@@ -898,70 +706,15 @@ async fn a_damaged_replica_is_repaired_from_its_peer() {
     panic!("B was not repaired: {} records then a gap", last.len());
 }
 
-/// A UDP relay between one QUIC client and a server that can black-hole the path.
-struct Relay {
-    port: u16,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start(server: u16) -> Relay {
-        use std::sync::atomic::Ordering;
-        let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        back.connect(("127.0.0.1", server)).await.expect("connect");
-        let port = front.local_addr().expect("addr").port();
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let c = cut.clone();
-        let task = tokio::spawn(async move {
-            let (mut a, mut b) = (vec![0u8; 65_536], vec![0u8; 65_536]);
-            let mut client: Option<std::net::SocketAddr> = None;
-            loop {
-                tokio::select! {
-                    r = front.recv_from(&mut a) => {
-                        let Ok((n, from)) = r else { return };
-                        client = Some(from);
-                        if !c.load(Ordering::Relaxed) {
-                            let _ = back.send(&a[..n]).await;
-                        }
-                    }
-                    r = back.recv(&mut b) => {
-                        let Ok(n) = r else { continue };
-                        if let (Some(to), false) = (client, c.load(Ordering::Relaxed)) {
-                            let _ = front.send_to(&b[..n], to).await;
-                        }
-                    }
-                }
-            }
-        });
-        Relay { port, cut, task }
-    }
-
-    fn set_cut(&self, cut: bool) {
-        self.cut.store(cut, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A partition with both sides alive: both keep accepting; after the heal, both hold
 /// everything, in order, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_heals_with_nothing_lost() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["hub", "edge-1"]);
-    let mut hub = Node::new(root.path(), "hub", &certs, "plant-7", &[]);
-    let relay = Relay::start(hub.quic).await;
-    let mut edge = Node::new(root.path(), "edge-1", &certs, "plant-7", &[relay.port]);
+    let mut hub = node(root.path(), "hub", &certs, "plant-7", &[]);
+    let relay = FaultProxy::start(hub.quic, 7).await.expect("proxy");
+    let mut edge = node(root.path(), "edge-1", &certs, "plant-7", &[relay.port]);
     hub.start();
     edge.start();
     let (ch, ce) = (hub.client().await, edge.client().await);
@@ -972,7 +725,7 @@ async fn a_partition_heals_with_nothing_lost() {
         expected("e", 0..5)
     );
 
-    relay.set_cut(true);
+    relay.set_partitioned(true);
     // Both sides accept while cut off; the link is noticed down (keep-alive idle timeout).
     publish(&ce, "sensors.p", "e", 5..25).await;
     publish(&ch, "sensors.q", "h", 0..20).await;
@@ -980,7 +733,7 @@ async fn a_partition_heals_with_nothing_lost() {
     hub.wait_links_up(0).await;
     assert!(edge.metric("edgesync_peer_link_up{peer=\"hub\"}").await == 0.0);
 
-    relay.set_cut(false);
+    relay.set_partitioned(false);
     assert_eq!(
         payloads(&take(&ch, "sensors.p", Start::Earliest, 25).await),
         expected("e", 0..25),
@@ -999,10 +752,10 @@ async fn a_partition_heals_with_nothing_lost() {
 async fn retention_holds_what_an_away_peer_lacks() {
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
     a.extra = "[[topic]]\npattern = \"sensors.r\"\nmax_messages = 5\n".into();
     a.write_config(&certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
     a.start();
     b.start();
     let ca = a.client().await;
@@ -1057,10 +810,10 @@ async fn catch_up_rate_figure() {
     const N: u32 = 50_000;
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
     a.extra = "[limits]\npublish_rate_per_sec = 1000000\n".into();
     a.write_config(&certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
     a.start();
     let ca = a.client().await;
     let payload = vec![b'x'; 100];
@@ -1102,10 +855,10 @@ async fn replicated_ack_latency_figure() {
     const N: usize = 2000;
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
     a.extra = "[[topic]]\npattern = \"orders.>\"\nack = \"replicated:1\"\n".into();
     a.write_config(&certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[a.quic]);
     a.start();
     b.start();
     let ca = a.client().await;
@@ -1161,8 +914,8 @@ async fn a_queue_group_hands_each_message_out_once_across_the_cluster() {
     use edgesync_client::QueueOptions;
     let root = tempfile::tempdir().expect("tempdir");
     let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
-    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
-    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[]);
     let owned = "[[queue]]\ngroup = \"central\"\nowner = \"node-a\"\n";
     a.extra = owned.into();
     b.extra = owned.into();
