@@ -192,7 +192,10 @@ async fn a_silent_gateway_is_left_for_the_next_url_over_ws_and_quic() {
         .await
         .unwrap_or_else(|_| panic!("{scheme}: no failover within 25 s"))
         .expect("acked");
-        assert_eq!(ack.origin.node, node_b, "{scheme}: acked by B after A went silent");
+        assert_eq!(
+            ack.origin.node, node_b,
+            "{scheme}: acked by B after A went silent"
+        );
     }
     signal(&a, "-CONT");
     for child in [&mut a, &mut b] {

@@ -33,14 +33,14 @@ use edgesync_protocol::topic::matches;
 use edgesync_replication::wire::{self, Direction, RecordBody, RefuseReason, StreamId};
 use edgesync_replication::{
     Action, ApplyBatch, ApplyOutcome, CloseReason, Committed as CoreCommitted, Link, LinkConfig,
-    LinkEvent, LocalView, ReadRequest, ReadResult, VersionVector,
+    LinkEvent, LocalView, LwwEntry, ReadRequest, ReadResult, VersionVector,
 };
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Peers;
 use crate::config::PeerDirection;
-use crate::store::{ApplyRequest, Committed, Record};
+use crate::store::{ApplyRequest, Committed, LwwBatch, Record};
 
 /// QUIC application close code: the link ended normally.
 pub const CLOSE_NORMAL: u32 = 0x0;
@@ -172,6 +172,8 @@ struct Driver {
     committed: broadcast::Receiver<Committed>,
     /// Corrupt records found by any link's reads.
     corrupt: broadcast::Receiver<(String, Origin, u64)>,
+    /// New LWW winners (local plugin kv writes, merges by other links): sent live.
+    lww: broadcast::Receiver<LwwBatch>,
     /// What the peer sent us per topic (it held it durably): with its acks, what the lag
     /// gauge counts as on the peer.
     peer_has: HashMap<String, VersionVector>,
@@ -193,6 +195,8 @@ impl Driver {
         // Subscribed before the link reads any vector: nothing committed is missed.
         let committed = hub.committed.subscribe();
         let corrupt = hub.corrupt.subscribe();
+        // Before the link's digest exchange: a write is either in the digest or sent live.
+        let lww = hub.store.subscribe_lww();
         let direction = match settings.direction {
             PeerDirection::Push => Direction::Push,
             PeerDirection::Pull => Direction::Pull,
@@ -228,6 +232,7 @@ impl Driver {
             control_writer: None,
             committed,
             corrupt,
+            lww,
             peer_has: HashMap::new(),
             peer_origin: None,
         }
@@ -326,6 +331,16 @@ impl Driver {
                     let now = self.now();
                     self.link.handle_timeout(now, &store);
                 }
+                batch = self.lww.recv() => match batch {
+                    Ok(batch) if batch.source != self.id => self.link.send_lww(&batch.entries),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        return ended("lagged", format!("{n} LWW batches behind; reconnecting to resync"), CLOSE_NORMAL);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return ended("local", "gateway stopping".into(), CLOSE_NORMAL);
+                    }
+                },
                 notice = self.corrupt.recv() => {
                     if let Ok((topic, origin, seq)) = notice {
                         self.link.handle_corrupt(&topic, &origin, seq);
@@ -359,11 +374,9 @@ impl Driver {
                     let _ = self.apply_tx.send(batch);
                 }
                 Action::LwwMerge(entries) => {
-                    tracing::debug!(
-                        peer = %self.peer,
-                        entries = entries.len(),
-                        "LWW entries ignored: kv/presence replication is not wired yet"
-                    );
+                    if let Some(ended) = self.lww_merge(entries) {
+                        return Some(ended);
+                    }
                 }
                 Action::PeerDurable {
                     topic,
@@ -388,6 +401,38 @@ impl Driver {
             }
         }
         None
+    }
+
+    /// Merge LWW entries from the peer into the store; the winners go to the other
+    /// links through the store's channel. A failed write ends the link (the store is
+    /// poisoned or broken; the peer resends on the next connection's digest exchange).
+    fn lww_merge(&mut self, entries: Vec<LwwEntry>) -> Option<Ended> {
+        let received = entries.len();
+        match self.hub.store.lww_merge(entries, self.id) {
+            Ok(merged) => {
+                let m = &self.hub.metrics;
+                m.peer_lww_entries
+                    .with_label_values(&["won"])
+                    .inc_by(merged.winners.len() as u64);
+                m.peer_lww_entries
+                    .with_label_values(&["stale"])
+                    .inc_by(merged.stale as u64);
+                m.peer_lww_entries
+                    .with_label_values(&["refused"])
+                    .inc_by(merged.refused as u64);
+                m.peer_lww_clamped.inc_by(merged.clamped as u64);
+                if merged.clamped > 0 {
+                    tracing::warn!(peer = %self.peer, entries = merged.clamped, "LWW entries stamped beyond the clock drift bound: stored clamped (a clock in the cluster runs ahead)");
+                }
+                tracing::debug!(peer = %self.peer, received, won = merged.winners.len(), stale = merged.stale, "LWW entries merged");
+                None
+            }
+            Err(e) => Some(ended(
+                "store",
+                format!("merging LWW entries failed: {e}"),
+                CLOSE_ERROR,
+            )),
+        }
     }
 
     fn send(&mut self, stream: StreamId, frame: Bytes) {
