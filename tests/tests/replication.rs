@@ -1323,3 +1323,106 @@ async fn plugin_kv_converges_last_writer_wins() {
     kv_eventually(&ce, "doomed", "none", "edge").await;
     assert_eq!(kv(&ce, "scan ").await, kv(&ch, "scan ").await);
 }
+
+/// A client with a fixed id on `node` (reconnect off).
+async fn client_as(node: &Node, id: &str) -> Client {
+    for _ in 0..200 {
+        let mut o = ClientOptions::new(node.url());
+        o.client_id = Some(id.to_string());
+        o.reconnect = false;
+        o.request_timeout = Duration::from_secs(5);
+        if let Ok(c) = Client::connect(o).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} did not come up", node.name);
+}
+
+/// The next join/leave on a presence subscription: (kind, client, node).
+async fn presence_event(sub: &mut edgesync_client::Subscription) -> (String, String, String) {
+    match sub.next_timeout(ARRIVAL).await {
+        Some(Event::Join { client, node, .. }) => ("join".into(), client, node),
+        Some(Event::Leave { client, node, .. }) => ("leave".into(), client, node),
+        other => panic!("expected a presence event, got {other:?}"),
+    }
+}
+
+/// Presence spans the cluster: a client present on A is listed on B with A's node and
+/// B's watchers see it join and leave; when A is killed and restarts, its old members
+/// leave everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_the_cluster() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = Node::new(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = Node::new(root.path(), "node-b", &certs, "plant-7", &[]);
+    a.write_config(&certs, "plant-7", &[b.quic]);
+    a.start();
+    b.start();
+    a.wait_links_up(1).await;
+    b.wait_links_up(1).await;
+    let watcher = client_as(&b, "watcher").await;
+    let mut watch = watcher
+        .subscribe_present("chat.room", Start::Latest)
+        .await
+        .expect("watch");
+    let me = presence_event(&mut watch).await;
+    assert_eq!(me, ("join".into(), "watcher".into(), "node-b".into()));
+
+    let alice = client_as(&a, "alice").await;
+    let _here = alice
+        .subscribe_present("chat.room", Start::Latest)
+        .await
+        .expect("present");
+    let joined = presence_event(&mut watch).await;
+    assert_eq!(joined, ("join".into(), "alice".into(), "node-a".into()));
+    let list = watcher.presence("chat.room").await.expect("presence");
+    let listed: Vec<(String, String)> = list
+        .members
+        .iter()
+        .map(|m| (m.client.clone(), m.node.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("alice".into(), "node-a".into()),
+            ("watcher".into(), "node-b".into())
+        ]
+    );
+    assert_eq!(list.count, 2);
+    // A sees B's watcher too.
+    let from_a = alice.presence("chat.room").await.expect("presence");
+    assert_eq!(from_a.count, 2, "{from_a:?}");
+
+    alice.unsubscribe("chat.room").await.expect("unsubscribe");
+    let left = presence_event(&mut watch).await;
+    assert_eq!(left, ("leave".into(), "alice".into(), "node-a".into()));
+    assert_eq!(
+        watcher.presence("chat.room").await.expect("presence").count,
+        1
+    );
+
+    // Present again, then A dies: after its restart, its old member leaves on B.
+    let _again = alice
+        .subscribe_present("chat.room", Start::Latest)
+        .await
+        .expect("present");
+    assert_eq!(presence_event(&mut watch).await.0, "join");
+    // SIGKILL: A says nothing; B still lists alice (its link is down for less than the
+    // hiding bound).
+    a.kill9();
+    drop(alice);
+    assert_eq!(
+        watcher.presence("chat.room").await.expect("presence").count,
+        2
+    );
+    a.start();
+    a.wait_links_up(1).await;
+    let left = presence_event(&mut watch).await;
+    assert_eq!(left, ("leave".into(), "alice".into(), "node-a".into()));
+    assert_eq!(
+        watcher.presence("chat.room").await.expect("presence").count,
+        1
+    );
+}

@@ -40,7 +40,8 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::Peers;
 use crate::config::PeerDirection;
-use crate::store::{ApplyRequest, Committed, LwwBatch, Record};
+use crate::presence::{PRESENCE_NAMESPACE, Presence};
+use crate::store::{ApplyRequest, Committed, LwwBatch, Record, Store};
 
 /// QUIC application close code: the link ended normally.
 pub const CLOSE_NORMAL: u32 = 0x0;
@@ -174,6 +175,8 @@ struct Driver {
     corrupt: broadcast::Receiver<(String, Origin, u64)>,
     /// New LWW winners (local plugin kv writes, merges by other links): sent live.
     lww: broadcast::Receiver<LwwBatch>,
+    /// The same for presence entries.
+    presence_lww: broadcast::Receiver<LwwBatch>,
     /// What the peer sent us per topic (it held it durably): with its acks, what the lag
     /// gauge counts as on the peer.
     peer_has: HashMap<String, VersionVector>,
@@ -197,6 +200,7 @@ impl Driver {
         let corrupt = hub.corrupt.subscribe();
         // Before the link's digest exchange: a write is either in the digest or sent live.
         let lww = hub.store.subscribe_lww();
+        let presence_lww = hub.presence.subscribe_lww();
         let direction = match settings.direction {
             PeerDirection::Push => Direction::Push,
             PeerDirection::Pull => Direction::Pull,
@@ -233,6 +237,7 @@ impl Driver {
             committed,
             corrupt,
             lww,
+            presence_lww,
             peer_has: HashMap::new(),
             peer_origin: None,
         }
@@ -283,7 +288,11 @@ impl Driver {
                 let at = self.started + Duration::from_millis(t);
                 tokio::time::Instant::from_std(at)
             });
-            let store = self.hub.store.clone();
+            let (store, presence) = (self.hub.store.clone(), self.hub.presence.clone());
+            let store = View {
+                store: &store,
+                presence: &presence,
+            };
             tokio::select! {
                 _ = close.cancelled() => {
                     self.link.close();
@@ -331,15 +340,11 @@ impl Driver {
                     let now = self.now();
                     self.link.handle_timeout(now, &store);
                 }
-                batch = self.lww.recv() => match batch {
-                    Ok(batch) if batch.source != self.id => self.link.send_lww(&batch.entries),
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        return ended("lagged", format!("{n} LWW batches behind; reconnecting to resync"), CLOSE_NORMAL);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => {
-                        return ended("local", "gateway stopping".into(), CLOSE_NORMAL);
-                    }
+                batch = self.lww.recv() => if let Some(ended) = self.on_lww(batch) {
+                    return ended;
+                },
+                batch = self.presence_lww.recv() => if let Some(ended) = self.on_lww(batch) {
+                    return ended;
                 },
                 notice = self.corrupt.recv() => {
                     if let Ok((topic, origin, seq)) = notice {
@@ -403,13 +408,40 @@ impl Driver {
         None
     }
 
-    /// Merge LWW entries from the peer into the store; the winners go to the other
+    /// New LWW winners made here or by another link: send them to the peer.
+    fn on_lww(&mut self, batch: Result<LwwBatch, broadcast::error::RecvError>) -> Option<Ended> {
+        match batch {
+            Ok(batch) if batch.source != self.id => self.link.send_lww(&batch.entries),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                return Some(ended(
+                    "lagged",
+                    format!("{n} LWW batches behind; reconnecting to resync"),
+                    CLOSE_NORMAL,
+                ));
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                return Some(ended("local", "gateway stopping".into(), CLOSE_NORMAL));
+            }
+        }
+        None
+    }
+
+    /// Merge LWW entries from the peer into the store (plugin kv) and presence; the winners go to the other
     /// links through the store's channel. A failed write ends the link (the store is
     /// poisoned or broken; the peer resends on the next connection's digest exchange).
     fn lww_merge(&mut self, entries: Vec<LwwEntry>) -> Option<Ended> {
         let received = entries.len();
-        match self.hub.store.lww_merge(entries, self.id) {
-            Ok(merged) => {
+        let (presence, kv): (Vec<LwwEntry>, Vec<LwwEntry>) = entries
+            .into_iter()
+            .partition(|e| e.namespace == PRESENCE_NAMESPACE);
+        let from_presence = self.hub.presence.lww_merge(presence, self.id);
+        match self.hub.store.lww_merge(kv, self.id) {
+            Ok(mut merged) => {
+                merged.winners.extend(from_presence.winners);
+                merged.stale += from_presence.stale;
+                merged.clamped += from_presence.clamped;
+                merged.refused += from_presence.refused;
                 let m = &self.hub.metrics;
                 m.peer_lww_entries
                     .with_label_values(&["won"])
@@ -797,6 +829,44 @@ impl std::fmt::Debug for ActionKind<'_> {
             ),
             other => write!(f, "{other:?}"),
         }
+    }
+}
+
+/// What a link sees of this node: the store, with presence's LWW entries beside plugin kv.
+struct View<'a> {
+    store: &'a Store,
+    presence: &'a Presence,
+}
+
+impl LocalView for View<'_> {
+    fn topics(&self) -> Vec<String> {
+        LocalView::topics(self.store)
+    }
+
+    fn vector(&self, topic: &str) -> Option<VersionVector> {
+        LocalView::vector(self.store, topic)
+    }
+
+    fn digest(&self, topic: &str, origin: &Origin) -> Option<edgesync_replication::OriginDigest> {
+        LocalView::digest(self.store, topic, origin)
+    }
+
+    fn lww_digests(&self) -> Vec<(String, u32, edgesync_replication::BucketDigest)> {
+        let mut all = LocalView::lww_digests(self.store);
+        all.extend(self.presence.lww_digests());
+        all
+    }
+
+    fn lww_bucket(&self, namespace: &str, bucket: u32) -> Vec<LwwEntry> {
+        if namespace == PRESENCE_NAMESPACE {
+            self.presence.lww_bucket(bucket)
+        } else {
+            LocalView::lww_bucket(self.store, namespace, bucket)
+        }
+    }
+
+    fn corrupt(&self) -> Vec<(String, Origin, u64)> {
+        LocalView::corrupt(self.store)
     }
 }
 
