@@ -132,6 +132,7 @@ impl Peers {
         let client = tls.client_config(Duration::from_millis(cluster.keep_alive_ms))?;
         let (committed, _) = broadcast::channel(COMMITTED_BUFFER);
         let (corrupt, _) = broadcast::channel(CORRUPT_BUFFER);
+        presence.replicate();
         Ok(Arc::new(Peers {
             node_id: store.node().to_string(),
             store,

@@ -92,6 +92,14 @@ impl KvBackend for StoreKv {
         self.0.plugin_kv_put(key, value).map_err(|e| e.to_string())
     }
 
+    /// Removed without a tombstone: expiry is by absolute time, so every gateway's
+    /// sweep removes its own copy.
+    fn remove_expired(&self, key: &[u8]) -> Result<(), String> {
+        self.0
+            .plugin_kv_remove_expired(key)
+            .map_err(|e| e.to_string())
+    }
+
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<KvPairs, String> {
         self.0
             .plugin_kv_scan(prefix, after, limit)

@@ -63,6 +63,8 @@ pub struct Presence {
     node: String,
     /// This gateway's origin: the writer of its presence entries.
     origin: Origin,
+    /// Set when the gateway has peers (`[cluster]`): only then are entries kept and sent.
+    replicating: std::sync::atomic::AtomicBool,
     clock: Arc<dyn Clock>,
     max_members: usize,
 }
@@ -88,6 +90,7 @@ impl Presence {
             inner: Mutex::new(Inner::default()),
             node: origin.node.clone(),
             origin,
+            replicating: std::sync::atomic::AtomicBool::new(false),
             clock,
             max_members,
         })
@@ -129,8 +132,18 @@ impl Presence {
         }
     }
 
+    /// Replicate presence from now on (the gateway has peers). Without it no entry is
+    /// kept, so a gateway alone holds no tombstones.
+    pub fn replicate(&self) {
+        self.replicating
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
     /// State this gateway's member (topic, client) to the cluster as it is now.
     fn write_own(&self, g: &mut Inner, topic: &str, client: &str, floor: u64) {
+        if !self.replicating.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
         let value = g
             .rooms
             .get(topic)
@@ -431,6 +444,7 @@ mod tests {
             p.inner.lock().rooms.is_empty(),
             "nothing kept for an empty room"
         );
+        assert!(p.lww_digests().is_empty(), "no entries without a cluster");
     }
 
     fn remote(topic: &str, client: &str, node: &str, present: bool, ms: u64) -> LwwEntry {
@@ -506,6 +520,7 @@ mod tests {
     fn a_previous_run_s_own_members_are_answered_with_a_newer_tombstone() {
         let clock = crate::clock::ManualClock::new(1_000_000);
         let p = Presence::new(Origin::new("n1", 1), clock, 10);
+        p.replicate();
         let mut live = p.subscribe_lww();
         // A peer still holds "ghost" on this node, stamped ahead of this node's clock.
         let ghost = remote("room", "ghost", "n1", true, 1_005_000);

@@ -179,6 +179,43 @@ impl Store {
         Ok(())
     }
 
+    /// Remove a plugin kv entry the expiry sweep found expired: no tombstone and
+    /// nothing sent (expiry is by absolute time, so every gateway's sweep removes its own
+    /// copy). Keeps the sweep from turning every expired key into a tombstone kept
+    /// forever (a rate limiter writes a key per sender per window).
+    ///
+    /// # Errors
+    /// Engine errors; [`StoreError::Poisoned`].
+    pub fn plugin_kv_remove_expired(&self, key: &[u8]) -> Result<(), StoreError> {
+        if let Some(e) = self.shared.refusal() {
+            return Err(e);
+        }
+        let mut st = self.shared.lww.lock();
+        let mut b = self.shared.db.batch();
+        match self.stored(key)? {
+            None => return Ok(()),
+            Some(Stored::Stamped(e)) if e.value.is_none() => return Ok(()),
+            Some(Stored::Legacy(_)) => {}
+            Some(Stored::Stamped(e)) => {
+                let slot = (e.namespace.clone(), key_bucket(&e.key));
+                let mut d = st.digests.get(&slot).copied().unwrap_or_default();
+                d.remove(e.element());
+                let k = digest_key(&slot.0, slot.1);
+                if d.is_empty() {
+                    b.remove(&self.shared.meta, k);
+                } else {
+                    b.insert(&self.shared.meta, k, encode_digest(&d));
+                }
+                st.digests.insert(slot, d);
+            }
+        }
+        b.remove(&self.shared.kv, key);
+        b.commit()?;
+        self.shared.db.persist(PersistMode::Buffer)?;
+        self.shared.kv_dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Plain plugin kv entries under `prefix` sorting after `after`, at most `limit`
     /// (deleted keys skipped, stamps stripped).
     ///

@@ -302,3 +302,30 @@ fn two_stores_exchanging_entries_converge() {
     close(a);
     close(b);
 }
+
+#[test]
+fn an_expired_entry_is_removed_without_a_tombstone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store = open_at(dir.path(), "a", &clock);
+    store
+        .plugin_kv_put(&pkey("counter", "rl:1"), Some(b"1"))
+        .expect("put");
+    store
+        .plugin_kv_put(&pkey("counter", "keep"), Some(b"2"))
+        .expect("put");
+    let mut live = store.subscribe_lww();
+    store
+        .plugin_kv_remove_expired(&pkey("counter", "rl:1"))
+        .expect("remove");
+    assert!(live.try_recv().is_err(), "nothing sent to peers");
+    assert_eq!(
+        store.kv_get(&pkey("counter", "rl:1")).expect("raw"),
+        None,
+        "no tombstone"
+    );
+    let keys: Vec<String> = all_entries(&store).into_iter().map(|e| e.key).collect();
+    assert_eq!(keys, ["keep"]);
+    assert_eq!(store.lww_digest_list(), recomputed(&store));
+    close(store);
+}
