@@ -153,6 +153,13 @@ pub struct Metrics {
     pub peer_gaps: IntCounter,
     /// Replication: digest comparisons that found a difference (a repair was pulled).
     pub peer_digest_mismatches: IntCounter,
+    /// Replication: last-writer-wins entries (plugin kv) received from peers, by outcome
+    /// (`won`: stored, `stale`: an equal or newer entry was held, `refused`: not a
+    /// namespace this node holds).
+    pub peer_lww_entries: IntCounterVec,
+    /// Replication: LWW entries whose stamp ran more than the drift bound ahead of this
+    /// node's clock, stored clamped.
+    pub peer_lww_clamped: IntCounter,
     /// The JetStream bridges' families (label `bridge`: the configured name, bounded by config).
     pub bridge: BridgeMetrics,
 }
@@ -347,6 +354,15 @@ impl Metrics {
                 "edgesync_peer_digest_mismatches_total",
                 "Anti-entropy digest comparisons that found a difference.",
             ),
+            peer_lww_entries: counter_vec(
+                "edgesync_peer_lww_entries_total",
+                "Last-writer-wins entries received from peers, by outcome (won, stale, refused).",
+                &["outcome"],
+            ),
+            peer_lww_clamped: counter(
+                "edgesync_peer_lww_clamped_total",
+                "LWW entries from peers stamped beyond the clock drift bound, stored clamped.",
+            ),
             bridge: BridgeMetrics::new(),
             registry,
         };
@@ -393,6 +409,8 @@ impl Metrics {
             Box::new(self.peer_bytes.clone()),
             Box::new(self.peer_gaps.clone()),
             Box::new(self.peer_digest_mismatches.clone()),
+            Box::new(self.peer_lww_entries.clone()),
+            Box::new(self.peer_lww_clamped.clone()),
             Box::new(build_info()),
         ];
         let all = all.into_iter().chain(self.bridge.collectors());

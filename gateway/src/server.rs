@@ -180,7 +180,7 @@ pub async fn start(settings: Settings) -> Result<Running, ServerError> {
             .collect(),
     );
     let presence = crate::presence::Presence::new(
-        store.node().to_string(),
+        store.local_origin().clone(),
         clock.clone(),
         settings.limits().max_presence_members,
     );
@@ -547,6 +547,7 @@ fn start_peers(
     }
     let peers = Peers::new(
         gw.store.clone(),
+        gw.presence.clone(),
         acks,
         gw.metrics.clone(),
         cluster.clone(),

@@ -24,7 +24,9 @@
 //!   with the original record once the peer is back;
 //! - idempotent publish across gateways: A stores and replicates a publish but dies
 //!   before acking it; the client fails over to B and resends the same mid; B answers
-//!   with A's record, and the cluster holds it once.
+//!   with A's record, and the cluster holds it once;
+//! - plugin kv (`kv-counter`) written on both sides converges to the last writer's
+//!   value, live, after a partition, and across a kill -9 of one side.
 //!
 //! Every wait is bounded; failures print what arrived.
 
@@ -969,4 +971,211 @@ async fn a_queue_group_hands_each_message_out_once_across_the_cluster() {
             panic!("handed out twice: {m:?}");
         }
     }
+}
+
+/// The `kv-counter` plugin on `count.>` (its kv is replicated last-writer-wins).
+fn kv_plugin() -> String {
+    format!(
+        "[[plugin]]\nname = \"kv-counter\"\npath = \"{}\"\n[[route]]\ntopics = \"count.>\"\nplugins = [\"kv-counter\"]\n",
+        edgesync_plugin_host::built::KV_COUNTER
+    )
+}
+
+/// Run a `kv-counter` command on this node; its answer (the stored replacement).
+async fn kv(c: &Client, cmd: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let topic = format!(
+        "count.cmd{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    c.publish(&topic, cmd.to_string())
+        .await
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let page = c
+        .history(&topic, Start::Earliest, None)
+        .await
+        .expect("history");
+    payloads_of(&page.msgs).pop().expect("the command's answer")
+}
+
+/// Wait until `get key` on this node answers `want` (value@version, or `none`).
+async fn kv_eventually(c: &Client, key: &str, want: &str, node: &str) {
+    let mut last = String::new();
+    for _ in 0..400 {
+        last = kv(c, &format!("get {key}")).await;
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{node}: `get {key}` answers {last:?}, not {want:?}");
+}
+
+/// Plugin kv written on both sides converges to the last writer's value: live while
+/// linked, after a partition heals (writes on both sides meanwhile, deletes too), and
+/// across a kill -9 and restart of one side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_kv_converges_last_writer_wins() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["hub", "edge-1"]);
+    let mut hub = node(root.path(), "hub", &certs, "plant-7", &[]);
+    hub.extra = kv_plugin();
+    hub.write_config(&certs, "plant-7", &[]);
+    let relay = FaultProxy::start(hub.quic, 11).await.expect("proxy");
+    let mut edge = node(root.path(), "edge-1", &certs, "plant-7", &[]);
+    edge.extra = kv_plugin();
+    edge.write_config(&certs, "plant-7", &[relay.port]);
+    hub.start();
+    edge.start();
+    let (ch, ce) = (hub.client().await, edge.client().await);
+    edge.wait_links_up(1).await;
+
+    // Live: a write on one side is read on the other (value and version as written).
+    assert_eq!(kv(&ce, "set color red").await, "v1");
+    kv_eventually(&ch, "color", "red@1", "hub").await;
+    assert_eq!(kv(&ch, "set color blue").await, "v2");
+    kv_eventually(&ce, "color", "blue@2", "edge").await;
+    assert_eq!(kv(&ce, "set doomed x").await, "v1");
+    kv_eventually(&ch, "doomed", "x@1", "hub").await;
+
+    // Partition: both write the same keys; the later write of each key wins everywhere.
+    relay.set_partitioned(true);
+    edge.wait_links_up(0).await;
+    hub.wait_links_up(0).await;
+    // A few ms between the two writers of a key: "later" is by the wall clock (ms).
+    let tick = || tokio::time::sleep(Duration::from_millis(5));
+    assert_eq!(kv(&ch, "set color hub-early").await, "v3");
+    assert_eq!(kv(&ce, "set shape edge-early").await, "v1");
+    tick().await;
+    assert_eq!(kv(&ce, "set color edge-late").await, "v3");
+    assert_eq!(kv(&ch, "set shape hub-late").await, "v1");
+    assert_eq!(kv(&ch, "del doomed").await, "true");
+    assert_eq!(kv(&ce, "set edge-only e").await, "v1");
+    relay.set_partitioned(false);
+    for (c, node) in [(&ch, "hub"), (&ce, "edge")] {
+        kv_eventually(c, "color", "edge-late@3", node).await;
+        kv_eventually(c, "shape", "hub-late@1", node).await;
+        kv_eventually(c, "doomed", "none", node).await;
+        kv_eventually(c, "edge-only", "e@1", node).await;
+    }
+    assert!(
+        hub.metric("edgesync_peer_lww_entries_total{outcome=\"won\"}")
+            .await
+            >= 2.0
+    );
+
+    // A kill -9 of the edge loses none of it, and the two stay converged afterwards.
+    drop(ce);
+    edge.kill9();
+    assert_eq!(kv(&ch, "set color after-kill").await, "v4");
+    edge.start();
+    let ce = edge.client().await;
+    edge.wait_links_up(1).await;
+    kv_eventually(&ce, "shape", "hub-late@1", "edge").await;
+    kv_eventually(&ce, "color", "after-kill@4", "edge").await;
+    kv_eventually(&ce, "doomed", "none", "edge").await;
+    assert_eq!(kv(&ce, "scan ").await, kv(&ch, "scan ").await);
+}
+
+/// A client with a fixed id on `node` (reconnect off).
+async fn client_as(node: &Node, id: &str) -> Client {
+    for _ in 0..200 {
+        let mut o = ClientOptions::new(node.url());
+        o.client_id = Some(id.to_string());
+        o.reconnect = false;
+        o.request_timeout = Duration::from_secs(5);
+        if let Ok(c) = Client::connect(o).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{} did not come up", node.name);
+}
+
+/// The next join/leave on a presence subscription: (kind, client, node).
+async fn presence_event(sub: &mut edgesync_client::Subscription) -> (String, String, String) {
+    match sub.next_timeout(ARRIVAL).await {
+        Some(Event::Join { client, node, .. }) => ("join".into(), client, node),
+        Some(Event::Leave { client, node, .. }) => ("leave".into(), client, node),
+        other => panic!("expected a presence event, got {other:?}"),
+    }
+}
+
+/// Presence spans the cluster: a client present on A is listed on B with A's node and
+/// B's watchers see it join and leave; when A is killed and restarts, its old members
+/// leave everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_spans_the_cluster() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let certs = make_certs(&root.path().join("certs"), &["node-a", "node-b"]);
+    let mut a = node(root.path(), "node-a", &certs, "plant-7", &[]);
+    let mut b = node(root.path(), "node-b", &certs, "plant-7", &[]);
+    a.write_config(&certs, "plant-7", &[b.quic]);
+    a.start();
+    b.start();
+    a.wait_links_up(1).await;
+    b.wait_links_up(1).await;
+    let watcher = client_as(&b, "watcher").await;
+    let mut watch = watcher
+        .subscribe_present("chat.room", Start::Latest)
+        .await
+        .expect("watch");
+    let me = presence_event(&mut watch).await;
+    assert_eq!(me, ("join".into(), "watcher".into(), "node-b".into()));
+
+    let alice = client_as(&a, "alice").await;
+    let _here = alice
+        .subscribe_present("chat.room", Start::Latest)
+        .await
+        .expect("present");
+    let joined = presence_event(&mut watch).await;
+    assert_eq!(joined, ("join".into(), "alice".into(), "node-a".into()));
+    let list = watcher.presence("chat.room").await.expect("presence");
+    let listed: Vec<(String, String)> = list
+        .members
+        .iter()
+        .map(|m| (m.client.clone(), m.node.clone()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("alice".into(), "node-a".into()),
+            ("watcher".into(), "node-b".into())
+        ]
+    );
+    assert_eq!(list.count, 2);
+    // A sees B's watcher too.
+    let from_a = alice.presence("chat.room").await.expect("presence");
+    assert_eq!(from_a.count, 2, "{from_a:?}");
+
+    alice.unsubscribe("chat.room").await.expect("unsubscribe");
+    let left = presence_event(&mut watch).await;
+    assert_eq!(left, ("leave".into(), "alice".into(), "node-a".into()));
+    assert_eq!(
+        watcher.presence("chat.room").await.expect("presence").count,
+        1
+    );
+
+    // Present again, then A dies: after its restart, its old member leaves on B.
+    let _again = alice
+        .subscribe_present("chat.room", Start::Latest)
+        .await
+        .expect("present");
+    assert_eq!(presence_event(&mut watch).await.0, "join");
+    // SIGKILL: A says nothing; B still lists alice (its link is down for less than the
+    // hiding bound).
+    a.kill9();
+    drop(alice);
+    assert_eq!(
+        watcher.presence("chat.room").await.expect("presence").count,
+        2
+    );
+    a.start();
+    a.wait_links_up(1).await;
+    let left = presence_event(&mut watch).await;
+    assert_eq!(left, ("leave".into(), "alice".into(), "node-a".into()));
+    assert_eq!(
+        watcher.presence("chat.room").await.expect("presence").count,
+        1
+    );
 }

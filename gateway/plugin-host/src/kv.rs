@@ -52,6 +52,15 @@ pub trait KvBackend: Send + Sync {
     /// # Errors
     /// The storage failed.
     fn put(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), String>;
+    /// Remove `key`, whose entry the expiry sweep found expired. Unlike a delete, a
+    /// backend that replicates need not tell anyone: the entry is expired everywhere.
+    /// Default: as `put(key, None)`.
+    ///
+    /// # Errors
+    /// The storage failed.
+    fn remove_expired(&self, key: &[u8]) -> Result<(), String> {
+        self.put(key, None)
+    }
     /// Up to `limit` pairs whose key starts with `prefix` and sorts after `after`
     /// (when given), in key order.
     ///
@@ -191,7 +200,7 @@ impl<B: KvBackend> Kv<B> {
         let mut deleted = 0;
         for (k, v) in page {
             if decode_raw(&v).is_some_and(|r| !live(&r, now)) {
-                self.backend.put(&k, None)?;
+                self.backend.remove_expired(&k)?;
                 deleted += 1;
             }
         }

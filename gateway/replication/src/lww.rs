@@ -81,6 +81,14 @@ pub fn key_bucket(key: &str) -> u32 {
     h % LWW_BUCKETS
 }
 
+/// The clamped HLC of an entry whose physical part is more than `max_drift_ms`
+/// ahead of `wall_ms` (ms since the Unix epoch): `(wall + max_drift) << 16`.
+/// `None` when the HLC is within the bound (kept as it is).
+pub fn clamp_hlc(hlc: u64, wall_ms: u64, max_drift_ms: u64) -> Option<u64> {
+    let limit = wall_ms.saturating_add(max_drift_ms).saturating_mul(1 << 16);
+    (hlc > limit | 0xffff).then_some(limit)
+}
+
 /// What a merge did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Merge {
@@ -125,9 +133,8 @@ impl LwwMap {
     /// Merge one entry received from a peer (or written locally), clamping an HLC
     /// more than `max_drift_ms` ahead of `wall_ms` (ms since the Unix epoch).
     pub fn merge(&mut self, mut entry: LwwEntry, wall_ms: u64, max_drift_ms: u64) -> Merge {
-        let limit = wall_ms.saturating_add(max_drift_ms).saturating_mul(1 << 16);
-        let clamped = entry.hlc > limit | 0xffff;
-        if clamped {
+        let clamped = clamp_hlc(entry.hlc, wall_ms, max_drift_ms);
+        if let Some(limit) = clamped {
             entry.hlc = limit;
         }
         let k = (entry.namespace.clone(), entry.key.clone());
@@ -142,7 +149,7 @@ impl LwwMap {
         if let Some(old) = self.entries.insert(k, entry) {
             d.remove(old.element());
         }
-        if clamped {
+        if clamped.is_some() {
             Merge::Clamped
         } else {
             Merge::Applied

@@ -33,14 +33,15 @@ use edgesync_protocol::topic::matches;
 use edgesync_replication::wire::{self, Direction, RecordBody, RefuseReason, StreamId};
 use edgesync_replication::{
     Action, ApplyBatch, ApplyOutcome, CloseReason, Committed as CoreCommitted, Link, LinkConfig,
-    LinkEvent, LocalView, ReadRequest, ReadResult, VersionVector,
+    LinkEvent, LocalView, LwwEntry, ReadRequest, ReadResult, VersionVector,
 };
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::{broadcast, mpsc};
 
 use super::Peers;
 use crate::config::PeerDirection;
-use crate::store::{ApplyRequest, Committed, Record};
+use crate::presence::{PRESENCE_NAMESPACE, Presence};
+use crate::store::{ApplyRequest, Committed, LwwBatch, Record, Store};
 
 /// QUIC application close code: the link ended normally.
 pub const CLOSE_NORMAL: u32 = 0x0;
@@ -172,6 +173,10 @@ struct Driver {
     committed: broadcast::Receiver<Committed>,
     /// Corrupt records found by any link's reads.
     corrupt: broadcast::Receiver<(String, Origin, u64)>,
+    /// New LWW winners (local plugin kv writes, merges by other links): sent live.
+    lww: broadcast::Receiver<LwwBatch>,
+    /// The same for presence entries.
+    presence_lww: broadcast::Receiver<LwwBatch>,
     /// What the peer sent us per topic (it held it durably): with its acks, what the lag
     /// gauge counts as on the peer.
     peer_has: HashMap<String, VersionVector>,
@@ -193,6 +198,9 @@ impl Driver {
         // Subscribed before the link reads any vector: nothing committed is missed.
         let committed = hub.committed.subscribe();
         let corrupt = hub.corrupt.subscribe();
+        // Before the link's digest exchange: a write is either in the digest or sent live.
+        let lww = hub.store.subscribe_lww();
+        let presence_lww = hub.presence.subscribe_lww();
         let direction = match settings.direction {
             PeerDirection::Push => Direction::Push,
             PeerDirection::Pull => Direction::Pull,
@@ -228,6 +236,8 @@ impl Driver {
             control_writer: None,
             committed,
             corrupt,
+            lww,
+            presence_lww,
             peer_has: HashMap::new(),
             peer_origin: None,
         }
@@ -278,7 +288,11 @@ impl Driver {
                 let at = self.started + Duration::from_millis(t);
                 tokio::time::Instant::from_std(at)
             });
-            let store = self.hub.store.clone();
+            let (store, presence) = (self.hub.store.clone(), self.hub.presence.clone());
+            let store = View {
+                store: &store,
+                presence: &presence,
+            };
             tokio::select! {
                 _ = close.cancelled() => {
                     self.link.close();
@@ -326,6 +340,12 @@ impl Driver {
                     let now = self.now();
                     self.link.handle_timeout(now, &store);
                 }
+                batch = self.lww.recv() => if let Some(ended) = self.on_lww(batch) {
+                    return ended;
+                },
+                batch = self.presence_lww.recv() => if let Some(ended) = self.on_lww(batch) {
+                    return ended;
+                },
                 notice = self.corrupt.recv() => {
                     if let Ok((topic, origin, seq)) = notice {
                         self.link.handle_corrupt(&topic, &origin, seq);
@@ -359,11 +379,9 @@ impl Driver {
                     let _ = self.apply_tx.send(batch);
                 }
                 Action::LwwMerge(entries) => {
-                    tracing::debug!(
-                        peer = %self.peer,
-                        entries = entries.len(),
-                        "LWW entries ignored: kv/presence replication is not wired yet"
-                    );
+                    if let Some(ended) = self.lww_merge(entries) {
+                        return Some(ended);
+                    }
                 }
                 Action::PeerDurable {
                     topic,
@@ -388,6 +406,65 @@ impl Driver {
             }
         }
         None
+    }
+
+    /// New LWW winners made here or by another link: send them to the peer.
+    fn on_lww(&mut self, batch: Result<LwwBatch, broadcast::error::RecvError>) -> Option<Ended> {
+        match batch {
+            Ok(batch) if batch.source != self.id => self.link.send_lww(&batch.entries),
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                return Some(ended(
+                    "lagged",
+                    format!("{n} LWW batches behind; reconnecting to resync"),
+                    CLOSE_NORMAL,
+                ));
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                return Some(ended("local", "gateway stopping".into(), CLOSE_NORMAL));
+            }
+        }
+        None
+    }
+
+    /// Merge LWW entries from the peer into the store (plugin kv) and presence; the winners go to the other
+    /// links through the store's channel. A failed write ends the link (the store is
+    /// poisoned or broken; the peer resends on the next connection's digest exchange).
+    fn lww_merge(&mut self, entries: Vec<LwwEntry>) -> Option<Ended> {
+        let received = entries.len();
+        let (presence, kv): (Vec<LwwEntry>, Vec<LwwEntry>) = entries
+            .into_iter()
+            .partition(|e| e.namespace == PRESENCE_NAMESPACE);
+        let from_presence = self.hub.presence.lww_merge(presence, self.id);
+        match self.hub.store.lww_merge(kv, self.id) {
+            Ok(mut merged) => {
+                merged.winners.extend(from_presence.winners);
+                merged.stale += from_presence.stale;
+                merged.clamped += from_presence.clamped;
+                merged.refused += from_presence.refused;
+                let m = &self.hub.metrics;
+                m.peer_lww_entries
+                    .with_label_values(&["won"])
+                    .inc_by(merged.winners.len() as u64);
+                m.peer_lww_entries
+                    .with_label_values(&["stale"])
+                    .inc_by(merged.stale as u64);
+                m.peer_lww_entries
+                    .with_label_values(&["refused"])
+                    .inc_by(merged.refused as u64);
+                m.peer_lww_clamped.inc_by(merged.clamped as u64);
+                if merged.clamped > 0 {
+                    tracing::warn!(peer = %self.peer, entries = merged.clamped, "LWW entries stamped beyond the clock drift bound: stored clamped (a clock in the cluster runs ahead)");
+                }
+                tracing::debug!(peer = %self.peer, received, won = merged.winners.len(), stale = merged.stale, "LWW entries merged");
+                None
+            }
+            Err(e) => Some(ended(
+                "store",
+                format!("merging LWW entries failed: {e}"),
+                CLOSE_ERROR,
+            )),
+        }
     }
 
     fn send(&mut self, stream: StreamId, frame: Bytes) {
@@ -752,6 +829,44 @@ impl std::fmt::Debug for ActionKind<'_> {
             ),
             other => write!(f, "{other:?}"),
         }
+    }
+}
+
+/// What a link sees of this node: the store, with presence's LWW entries beside plugin kv.
+struct View<'a> {
+    store: &'a Store,
+    presence: &'a Presence,
+}
+
+impl LocalView for View<'_> {
+    fn topics(&self) -> Vec<String> {
+        LocalView::topics(self.store)
+    }
+
+    fn vector(&self, topic: &str) -> Option<VersionVector> {
+        LocalView::vector(self.store, topic)
+    }
+
+    fn digest(&self, topic: &str, origin: &Origin) -> Option<edgesync_replication::OriginDigest> {
+        LocalView::digest(self.store, topic, origin)
+    }
+
+    fn lww_digests(&self) -> Vec<(String, u32, edgesync_replication::BucketDigest)> {
+        let mut all = LocalView::lww_digests(self.store);
+        all.extend(self.presence.lww_digests());
+        all
+    }
+
+    fn lww_bucket(&self, namespace: &str, bucket: u32) -> Vec<LwwEntry> {
+        if namespace == PRESENCE_NAMESPACE {
+            self.presence.lww_bucket(bucket)
+        } else {
+            LocalView::lww_bucket(self.store, namespace, bucket)
+        }
+    }
+
+    fn corrupt(&self) -> Vec<(String, Origin, u64)> {
+        LocalView::corrupt(self.store)
     }
 }
 

@@ -35,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{ClusterConfig, PeerConfig, PeerDirection, parse_peer_url};
 use crate::metrics::Metrics;
 use crate::pipeline::acks::ReplicaAcks;
+use crate::presence::Presence;
 use crate::store::{Committed, Store};
 use crate::transport::quic::PeerLinks;
 
@@ -50,6 +51,8 @@ const CORRUPT_BUFFER: usize = 1024;
 /// The replication driver of one gateway.
 pub struct Peers {
     store: Store,
+    /// Presence replicates over the links too (LWW namespace `presence`).
+    presence: Arc<Presence>,
     /// Where peers' acks of this node's records go (`replicated(k)` publishes wait there).
     acks: Arc<ReplicaAcks>,
     metrics: Arc<Metrics>,
@@ -116,6 +119,7 @@ impl Peers {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
+        presence: Arc<Presence>,
         acks: Arc<ReplicaAcks>,
         metrics: Arc<Metrics>,
         cluster: ClusterConfig,
@@ -128,9 +132,11 @@ impl Peers {
         let client = tls.client_config(Duration::from_millis(cluster.keep_alive_ms))?;
         let (committed, _) = broadcast::channel(COMMITTED_BUFFER);
         let (corrupt, _) = broadcast::channel(CORRUPT_BUFFER);
+        presence.replicate();
         Ok(Arc::new(Peers {
             node_id: store.node().to_string(),
             store,
+            presence,
             acks,
             metrics,
             cluster,
@@ -321,6 +327,7 @@ impl Peers {
         me.sends = sends;
         me.receives = receives;
         let (peer, dialed) = (me.peer.clone(), me.dialed);
+        self.presence.peer_up(&peer);
         let keep_dialed_by_me = self.node_id.as_str() < peer.as_str();
         let mut loser_id = None;
         for l in links.values() {
@@ -362,6 +369,7 @@ impl Peers {
                 .peer_link_up
                 .with_label_values(&[gone.peer.as_str()])
                 .set(0);
+            self.presence.peer_down(&gone.peer);
             self.metrics
                 .peer_lag_records
                 .with_label_values(&[gone.peer.as_str()])

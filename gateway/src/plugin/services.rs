@@ -2,7 +2,8 @@
 //!
 //! - **kv**: plugin-scoped keys in the store's `kv` keyspace, under the rules of
 //!   `edgesync_plugin_host::kv` (value format, versions, expiry, counters — the
-//!   same code the in-memory test services run). A write never waits for an
+//!   same code the in-memory test services run), each write stamped and replicated
+//!   last-writer-wins to peer gateways (`store::lww`). A write never waits for an
 //!   fsync: it reaches the OS at once (it survives a process crash) and the disk
 //!   with the next group commit or within about a second; any kv write made while
 //!   a message's hooks run is durable before that message is acknowledged,
@@ -83,18 +84,25 @@ struct StoreKv(Store);
 
 impl KvBackend for StoreKv {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        self.0.kv_get(key).map_err(|e| e.to_string())
+        self.0.plugin_kv_get(key).map_err(|e| e.to_string())
     }
 
+    /// Stamped for last-writer-wins replication (`store::lww`); sent to peers.
     fn put(&self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        self.0.plugin_kv_put(key, value).map_err(|e| e.to_string())
+    }
+
+    /// Removed without a tombstone: expiry is by absolute time, so every gateway's
+    /// sweep removes its own copy.
+    fn remove_expired(&self, key: &[u8]) -> Result<(), String> {
         self.0
-            .kv_write(&[(key.to_vec(), value.map(<[u8]>::to_vec))])
+            .plugin_kv_remove_expired(key)
             .map_err(|e| e.to_string())
     }
 
     fn scan(&self, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<KvPairs, String> {
         self.0
-            .kv_scan(prefix, after, limit)
+            .plugin_kv_scan(prefix, after, limit)
             .map_err(|e| e.to_string())
     }
 }

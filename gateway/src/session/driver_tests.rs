@@ -108,7 +108,11 @@ impl Harness {
                 metrics.clone(),
                 max_groups,
             ),
-            presence: crate::presence::Presence::new("n1".into(), clock.clone(), 1000),
+            presence: crate::presence::Presence::new(
+                edgesync_protocol::Origin::new("n1", 1),
+                clock.clone(),
+                1000,
+            ),
             pipeline,
             store,
             broker,

@@ -19,8 +19,10 @@
 //! | `meta`    | `b` · bridge (u32 BE len · bytes) · key      | a bridge's position entry, CRC32C first (see `position`) |
 //! | `dedupe`  | `k` · publish key (16 bytes)                 | topic_id, origin_id, seq, hlc, written_ms |
 //! | `dedupe`  | `w` · written_ms u64 BE · publish key        | (empty): expiry order |
-//! | `kv`      | `p` · plugin · 0x00 · key                    | plugin key/value entries (format: `edgesync_plugin_host::kv`) |
-//! | `kv`      | 0x00 · `q` · 0x00 · group · 0x00 · …         | queue-group progress (see `queues`) |
+//! | `meta`    | `l` · LWW namespace · 0x00 · bucket u32 BE    | digest of that key bucket: count u64 · wrapping sum u64 (see `lww`) |
+//! | `meta`    | `Lh` / `Lv`                                  | highest LWW stamp; unstamped plugin kv migrated |
+//! | `kv`      | `p` · plugin · 0x00 · key                    | plugin key/value entries, stamped (see `lww`) |
+//! | `kv`      | 0x00 · `q` · 0x00 · …                         | queue progress (see `queues::runtime`) |
 //!
 //! A publish's dedupe *identity* is 0x00, or 0x01 · principal (u32 BE length ·
 //! bytes), then client id and topic (u32 BE length · bytes each), then the mid: every
@@ -78,6 +80,7 @@ mod housekeeping;
 mod index;
 mod keys;
 mod kv;
+mod lww;
 mod position;
 mod read;
 mod record;
@@ -95,6 +98,7 @@ use keys::{
 use recover::recover;
 use writer::{DedupeEntry, Writer, spawn_syncer};
 
+pub use lww::{KV_NAMESPACE_PREFIX, LWW_MAX_DRIFT_MS, LWW_SOURCE_LOCAL, LwwBatch, LwwMerged};
 pub use record::{PublishKey, Record, RecordError};
 pub use replica::{Applied, ApplyRequest, MAX_HLC_DRIFT_MS, RangeRead, RawRecord};
 pub use verify::Verify;
@@ -383,6 +387,10 @@ struct Shared {
     replayed_bytes: u64,
     /// Records reads found corrupt and no apply has repaired yet: (topic, origin, seq).
     corrupt: RwLock<std::collections::BTreeSet<(String, Origin, u64)>>,
+    /// Plugin kv as LWW state: stamp clock, digests, the live channel (see `lww`).
+    lww: parking_lot::Mutex<lww::LwwState>,
+    /// The wall clock (LWW stamps; the writer holds its own handle).
+    clock: SharedClock,
 }
 
 impl Shared {
@@ -495,7 +503,10 @@ impl Store {
             retention: opts.retention.clone(),
             corrupt: RwLock::new(damaged.into_iter().collect()),
             replayed_bytes,
+            lww: parking_lot::Mutex::new(lww::LwwState::new()),
+            clock: opts.clock.clone(),
         });
+        shared.open_lww(opts.inspect)?;
         if !opts.inspect && replayed_bytes > 0 {
             // Flush what the replay restored, so the next open after another kill -9
             // replays only what was written after this one: replay stays bounded by
@@ -778,3 +789,6 @@ mod tests;
 
 #[cfg(test)]
 mod replica_tests;
+
+#[cfg(test)]
+mod lww_tests;

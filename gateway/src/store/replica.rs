@@ -392,13 +392,19 @@ impl LocalView for Store {
         Store::digest(self, topic, origin)
     }
 
-    /// No LWW state (plugin kv, presence) is replicated yet: empty.
+    /// Plugin kv's digests (module `lww`), kept in memory.
     fn lww_digests(&self) -> Vec<(String, u32, BucketDigest)> {
-        Vec::new()
+        self.lww_digest_list()
     }
 
-    fn lww_bucket(&self, _namespace: &str, _bucket: u32) -> Vec<LwwEntry> {
-        Vec::new()
+    /// A bucket the peer's digest disagrees with: one scan of the namespace. A read
+    /// error sends nothing now; the next digest round retries.
+    fn lww_bucket(&self, namespace: &str, bucket: u32) -> Vec<LwwEntry> {
+        self.lww_bucket_entries(namespace, bucket)
+            .unwrap_or_else(|e| {
+                tracing::warn!(%namespace, bucket, error = %e, "reading an LWW bucket failed");
+                Vec::new()
+            })
     }
 
     fn corrupt(&self) -> Vec<(String, Origin, u64)> {
