@@ -117,11 +117,6 @@ impl ChildGateway {
         Ok(started.elapsed())
     }
 
-    /// The directory holding the child's config (`bench.toml`), data and log.
-    pub fn dir(&self) -> &std::path::Path {
-        &self.dir
-    }
-
     /// Wait until both listeners are bound (QUIC is bound last, after the certificate).
     fn wait_ready(&mut self, port: u16, quic_port: u16) -> Result<()> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

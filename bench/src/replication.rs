@@ -192,7 +192,10 @@ async fn one_round(
         }
     }
     let catch_up = started.elapsed().as_secs_f64();
-    figures.push(("catch_up_records_per_sec".into(), a.messages as f64 / catch_up));
+    figures.push((
+        "catch_up_records_per_sec".into(),
+        a.messages as f64 / catch_up,
+    ));
     figures.push(("catch_up_secs".into(), catch_up));
     figures.push(("edge_start_secs".into(), edge_ready));
     reader.close().await;
@@ -229,7 +232,9 @@ async fn one_round(
     let killed = Instant::now();
     let listening = hub.kill9_and_restart()?;
     let c = connect(&hub.url).await?;
-    c.publish("bench.restart", "x").await.context("publish after restart")?;
+    c.publish("bench.restart", "x")
+        .await
+        .context("publish after restart")?;
     let serving = killed.elapsed().as_secs_f64();
     c.close().await;
     figures.push(("restart_listening_secs".into(), listening.as_secs_f64()));
@@ -259,7 +264,8 @@ async fn lag(a: &ReplicationArgs, producer: &Client, edge_url: &str) -> Result<F
             for _ in 0..per_tick.min(total - sent) {
                 let mut body = (t0.elapsed().as_micros() as u64).to_le_bytes().to_vec();
                 body.resize(8 + pad, 0);
-                acks.push(producer.publish(&format!("bench.lag.t{}", sent % 8), body));
+                let topic = format!("bench.lag.t{}", sent % 8);
+                acks.push(async move { producer.publish(&topic, body).await });
                 sent += 1;
             }
             while let Some(Some(r)) = futures_util::FutureExt::now_or_never(acks.next()) {
