@@ -235,7 +235,7 @@ async fn redact_in(lang: Lang) {
     let kv = gw
         .gateway()
         .store
-        .kv_get(format!("p{name}\0redacted").as_bytes())
+        .plugin_kv_get(format!("p{name}\0redacted").as_bytes())
         .expect("kv read");
     let count = kv.as_deref().and_then(|v| v.get(16..)).map(<[u8]>::to_vec);
     assert_eq!(
