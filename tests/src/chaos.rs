@@ -789,7 +789,7 @@ impl Nemesis {
             let mid = &candidates[self.rng.random_range(0..candidates.len())];
             let needle = format!("chaos|{mid}|");
             for f in &files {
-                let Ok(mut bytes) = std::fs::read(f) else {
+                let Ok(bytes) = std::fs::read(f) else {
                     continue;
                 };
                 let Some(at) = bytes
@@ -798,8 +798,10 @@ impl Nemesis {
                 else {
                     continue;
                 };
-                bytes[at + needle.len() + 3] ^= 0x20;
-                if std::fs::write(f, &bytes).is_ok() {
+                // One byte written in place: rewriting the whole file would turn a
+                // sparse, preallocated journal into that many bytes on the tmpfs.
+                let pos = at + needle.len() + 3;
+                if flip_byte(f, pos as u64, bytes[pos] ^ 0x20).is_ok() {
                     placed = Some(f.clone());
                 }
                 break;
@@ -817,6 +819,14 @@ impl Nemesis {
         }
         c.nodes[v].start();
     }
+}
+
+/// Overwrite the byte at `pos` of `path` with `value`, in place.
+fn flip_byte(path: &Path, pos: u64, value: u8) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt as _;
+    let f = std::fs::OpenOptions::new().write(true).open(path)?;
+    f.write_all_at(&[value], pos)?;
+    f.sync_all()
 }
 
 /// Write zeros to `filler` until the disk refuses (bounded by 4 GiB).

@@ -109,9 +109,17 @@ async fn a_flipped_journal_byte_costs_one_record_not_the_node() {
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
-    flip_inside(tmp.path(), b"jnl-025-", |p| {
+    let journal = flip_inside(tmp.path(), b"jnl-025-", |p| {
         p.extension().is_some_and(|x| x == "jnl")
     });
+    // What quarantine must keep: the damaged journal up to its last byte in use (the
+    // engine preallocates journals with zeros; a whole copy would cost that space).
+    let flipped = std::fs::read(&journal).expect("read journal");
+    let used = flipped.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    assert!(
+        used < flipped.len(),
+        "the journal is preallocated past its use"
+    );
 
     // `store check` reports the damage without changing anything.
     let (ok, report) = store_cli(tmp.path(), "check");
@@ -127,14 +135,20 @@ async fn a_flipped_journal_byte_costs_one_record_not_the_node() {
         "exactly the damaged record, as corrupt"
     );
     assert_eq!(msgs.len() as u64, N - 1);
-    assert!(
-        tmp.path()
-            .join("quarantine")
-            .read_dir()
-            .expect("quarantine")
-            .next()
-            .is_some(),
-        "the original journal is kept"
+    let kept = tmp
+        .path()
+        .join("quarantine")
+        .read_dir()
+        .expect("quarantine")
+        .next()
+        .expect("a quarantine directory")
+        .expect("entry")
+        .path()
+        .join(journal.file_name().expect("journal name"));
+    assert_eq!(
+        std::fs::read(&kept).expect("the original journal is kept"),
+        flipped[..used],
+        "quarantine keeps the damaged journal's used bytes, without the zero padding"
     );
     // Still accepting writes, after the highest seq.
     let ack = c

@@ -453,8 +453,14 @@ impl ApplyBatch<'_> {
         let seq = record.seq;
         let (tid, oid) = self.ids;
         let stream = t.streams.entry(oid).or_insert_with(Stream::empty);
-        if seq == 0 || (local && (!repair || seq > stream.high)) {
+        if seq == 0 || (local && seq > stream.high) {
             self.rejected.push(seq);
+            return Ok(());
+        }
+        if local && !repair {
+            // Our own record forwarded back by a peer (in a mesh under loss a peer's
+            // view of this node can trail): held already. Not a verification failure,
+            // which would make the link pull it again.
             return Ok(());
         }
         let key = record_key(tid, oid, seq);

@@ -325,6 +325,20 @@ fn digests_and_ranged_vectors_are_incremental_and_survive_reopen() {
             .iter()
             .map(|x| (x.seq, Entry::Record { crc: x.crc })),
     );
+    assert_eq!(store.digest("t", &own), Some(want.clone()));
+    // Our own records forwarded back by a peer: held already, not "failed verification"
+    // (which would make the link pull them again), and nothing changes.
+    let back = rt
+        .block_on(store.apply(ApplyRequest {
+            topic: "t".into(),
+            origin: own.clone(),
+            records: r.records.iter().map(|x| x.bytes.clone()).collect(),
+            gaps: vec![],
+            repair: false,
+        }))
+        .expect("apply");
+    assert!(back.rejected.is_empty(), "{:?}", back.rejected);
+    assert_eq!(back.stored, 0);
     assert_eq!(store.digest("t", &own), Some(want));
     rt.block_on(store.shutdown());
 }

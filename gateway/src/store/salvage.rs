@@ -14,8 +14,9 @@
 //!   batch's fsync, so it was never acknowledged) is left for the engine, which
 //!   discards it as it always does.
 //!
-//! When anything was dropped, the original files are copied to
-//! `<data_dir>/quarantine/<unix ms>/` and each damaged journal is rewritten with
+//! When anything was dropped, the original files (without their trailing zero
+//! padding, so the copy costs the journal's used bytes, not its preallocated size)
+//! are copied to `<data_dir>/quarantine/<unix ms>/` and each damaged journal is rewritten with
 //! only its valid batches (written to a temporary file, fsynced, renamed). What the
 //! dropped batches held is reported as far as it can be read: keys of the records
 //! keyspace (16 bytes: topic id, origin id, seq) become the store's corrupt list
@@ -302,8 +303,12 @@ pub fn salvage(db_dir: &Path, quarantine: &Path, rewrite: bool) -> std::io::Resu
                 d
             }
         };
+        // The original without the engine's zero padding: a journal is preallocated
+        // (64 MiB), and a whole copy would need that much free space (on a small or
+        // nearly full disk the copy alone kept the gateway from starting).
+        let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
         let name = path.file_name().unwrap_or_default();
-        std::fs::copy(&path, dir.join(name))?;
+        std::fs::write(dir.join(name), &bytes[..used])?;
         let tmp = path.with_extension("jnl.salvage");
         {
             let mut f = std::fs::File::create(&tmp)?;
