@@ -5,8 +5,8 @@
 //! heal and converge. The checker's counts must all be zero: nothing lost,
 //! duplicated, reordered, diverged or made up.
 //!
-//! Two runs: a fixed seed, and one from the clock (printed: a failure names the seed
-//! to replay with `cargo run -p edgesync-tests --bin edgesync-chaos -- --seed N`).
+//! Two runs with fixed seeds that between them schedule every fault kind (replay one
+//! with `cargo run -p edgesync-tests --bin edgesync-chaos -- --seed N`).
 //! Long runs are by command (README, "Chaos").
 
 use std::path::PathBuf;
@@ -37,11 +37,14 @@ async fn run(seed: u64) {
 }
 
 /// One test, two runs one after the other (in parallel they would share 2 cores).
+///
+/// Fixed seeds, so a failure here replays exactly; between them they schedule every
+/// fault kind (seed 99: bitflip, kill, lossy, stop; seed 606: cut_pair, disk_full,
+/// isolate). Random seeds are the long command's job (README, "Chaos"): a seed from
+/// the clock in the suite found a real bug once (a salvage that needed 64 MiB of free
+/// disk) but made CI's verdict depend on the day it ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos_runs_lose_duplicate_reorder_diverge_and_invent_nothing() {
-    run(13).await;
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_secs());
-    run(seed).await;
+    run(99).await;
+    run(606).await;
 }
