@@ -415,7 +415,16 @@ pub struct StoreConfig {
     /// Block cache, MiB. Default 64, at most [`MAX_CACHE_MB`] (in bytes it must fit a `u64`;
     /// a larger value used to wrap silently to a tiny cache).
     pub cache_mb: u64,
+    /// How long a deleted plugin kv key's tombstone is kept, seconds: a gateway cut off
+    /// from its cluster for longer can bring the key back. Default 604800 (7 days),
+    /// [`MIN_KV_TOMBSTONE_SECS`] ..= [`MAX_KV_TOMBSTONE_SECS`].
+    pub kv_tombstone_secs: u64,
 }
+
+/// Shortest `store.kv_tombstone_secs`: a minute.
+pub const MIN_KV_TOMBSTONE_SECS: u64 = 60;
+/// Longest `store.kv_tombstone_secs`: ten years.
+pub const MAX_KV_TOMBSTONE_SECS: u64 = 10 * 366 * 24 * 3600;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -426,6 +435,7 @@ impl Default for StoreConfig {
             queue_depth: 16_384,
             dedupe_window_ms: 120_000,
             cache_mb: 64,
+            kv_tombstone_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -835,6 +845,15 @@ impl Config {
                 ),
             ));
         }
+        if !(MIN_KV_TOMBSTONE_SECS..=MAX_KV_TOMBSTONE_SECS).contains(&self.store.kv_tombstone_secs) {
+            return Err(invalid(
+                "store.kv_tombstone_secs",
+                format!(
+                    "{}: must be {MIN_KV_TOMBSTONE_SECS}..={MAX_KV_TOMBSTONE_SECS} s",
+                    self.store.kv_tombstone_secs
+                ),
+            ));
+        }
         bridge::check(&self.bridges, l.max_topic_bytes)?;
         check_timers(l)?;
         self.check_queues()?;
@@ -1078,6 +1097,7 @@ impl Settings {
         o.queue_depth = c.store.queue_depth;
         o.dedupe_window = Duration::from_millis(c.store.dedupe_window_ms);
         o.cache_bytes = c.store.cache_mb << 20;
+        o.kv_tombstone_ttl = Duration::from_secs(c.store.kv_tombstone_secs);
         let topics = c.topics.clone();
         o.retention = Arc::new(move |topic: &str| {
             topics
@@ -1307,6 +1327,11 @@ nested = [{ password = "pw-secret", user = "bob" }]
             // The config fuzz target's property (settings say what the file says):
             // 2^44 MiB is 2^64 bytes, which wrapped to a cache of 0 bytes.
             ("[store]\ncache_mb = 17592186044416\n", "store.cache_mb", 2),
+            (
+                "[store]\nkv_tombstone_secs = 0\n",
+                "store.kv_tombstone_secs",
+                2,
+            ),
             (
                 "[limits]\nmax_subscriptions = 0\n",
                 "limits.max_subscriptions",

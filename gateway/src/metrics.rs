@@ -118,6 +118,8 @@ pub struct Metrics {
     /// Durability work that failed in the background, by `what` (`shutdown_fsync`,
     /// `shutdown_flush`, `syncer`): reported here and at ERROR instead of dropped.
     pub store_durability_errors: IntCounterVec,
+    /// Plugin kv tombstones removed once older than `store.kv_tombstone_secs`.
+    pub store_tombstones_collected: IntCounter,
     /// Subscriptions currently held.
     pub subscriptions: IntGauge,
     /// Queue groups (label `group`, at most `limits.max_queue_groups` values; a group's
@@ -270,6 +272,11 @@ impl Metrics {
                 "Background durability work that failed: the fsync or memtable flush at shutdown, the interval fsync thread.",
                 &["what"],
             ),
+            store_tombstones_collected: IntCounter::new(
+                "edgesync_store_kv_tombstones_collected_total",
+                "Plugin kv tombstones (deleted keys) removed once older than store.kv_tombstone_secs.",
+            )
+            .expect("valid metric"),
             subscriptions: IntGauge::new("edgesync_subscriptions", "Subscriptions currently held.")
                 .expect("valid metric"),
             queue_delivered: counter_vec(
@@ -392,6 +399,7 @@ impl Metrics {
             Box::new(self.store_appends.clone()),
             Box::new(self.store_damaged.clone()),
             Box::new(self.store_durability_errors.clone()),
+            Box::new(self.store_tombstones_collected.clone()),
             Box::new(self.subscriptions.clone()),
             Box::new(self.queue_delivered.clone()),
             Box::new(self.queue_redeliveries.clone()),
@@ -523,6 +531,10 @@ impl StoreObserver for Metrics {
         self.store_durability_errors
             .with_label_values(&[what])
             .inc();
+    }
+
+    fn tombstones_collected(&self, n: u64) {
+        self.store_tombstones_collected.inc_by(n);
     }
 }
 

@@ -156,6 +156,25 @@ impl LwwMap {
         }
     }
 
+    /// Remove the tombstones stamped below `cutoff` (an HLC), with their digest
+    /// elements; returns how many went. Nodes that collect by the same stamp bound
+    /// agree again once each has collected.
+    pub fn collect_tombstones(&mut self, cutoff: u64) -> usize {
+        let before = self.entries.len();
+        let digests = &mut self.digests;
+        self.entries.retain(|(ns, k), e| {
+            if e.value.is_some() || e.hlc >= cutoff {
+                return true;
+            }
+            if let Some(d) = digests.get_mut(&(ns.clone(), key_bucket(k))) {
+                d.remove(e.element());
+            }
+            false
+        });
+        self.digests.retain(|_, d| !d.is_empty());
+        before - self.entries.len()
+    }
+
     /// The digests of every (namespace, bucket) holding entries.
     pub fn digests(&self) -> &BTreeMap<(String, u32), BucketDigest> {
         &self.digests
@@ -256,5 +275,29 @@ mod tests {
         // Later, the wall clock has caught up: the original outranks both.
         assert_eq!(m.merge(far, 20_000_000, 60_000), Merge::Applied);
         assert_eq!(m.get("kv", "x").map(|e| e.hlc), Some(10_000_000 << 16));
+    }
+    #[test]
+    fn collected_tombstones_leave_the_digest_of_what_remains() {
+        let origin = Origin::new("n1", 1);
+        let e = |key: &str, value: Option<&'static [u8]>, hlc: u64| LwwEntry {
+            namespace: "ns".into(),
+            key: key.into(),
+            value: value.map(Bytes::from_static),
+            hlc: hlc << 16,
+            origin: origin.clone(),
+        };
+        let mut m = LwwMap::new();
+        m.merge(e("old-delete", None, 1), 1_000, 10);
+        m.merge(e("new-delete", None, 5), 1_000, 10);
+        m.merge(e("value", Some(b"v"), 1), 1_000, 10);
+        assert_eq!(m.collect_tombstones(3 << 16), 1);
+        assert!(m.get("ns", "old-delete").is_none());
+        assert!(m.get("ns", "new-delete").is_some() && m.get("ns", "value").is_some());
+        let mut fresh = LwwMap::new();
+        fresh.merge(e("new-delete", None, 5), 1_000, 10);
+        fresh.merge(e("value", Some(b"v"), 1), 1_000, 10);
+        assert_eq!(m.digests(), fresh.digests(), "as if the tombstone never was");
+        assert_eq!(m.collect_tombstones(9 << 16), 1);
+        assert_eq!(m.collect_tombstones(9 << 16), 0);
     }
 }

@@ -544,6 +544,30 @@ mod tests {
     }
 
     #[test]
+    fn tombstones_are_collected_after_their_bound_and_not_taken_back() {
+        let clock = crate::clock::ManualClock::new(1_000_000);
+        let p = Presence::new(Origin::new("n1", 1), clock.clone(), 10);
+        p.replicate();
+        let joined = remote("room", "bob", "n2", true, 1_000_000);
+        let left = remote("room", "bob", "n2", false, 1_000_100);
+        p.lww_merge(vec![joined.clone(), left.clone()], 5);
+        assert_eq!(p.list("room").count, 0);
+        assert_eq!(p.inner.lock().repl.held_len(), 1, "bob's tombstone");
+        // Within the bound the tombstone stays: the old join stays beaten.
+        clock.advance(i64::try_from(replica::PRESENCE_TOMBSTONE_TTL_MS).unwrap() - 1_000);
+        assert_eq!(p.lww_merge(vec![joined.clone()], 5).stale, 1);
+        // Past it, the next merge sweeps it; the same tombstone coming back is not
+        // stored again.
+        clock.advance(2_000);
+        let other = remote("room", "carol", "n2", true, 1_000_000 + 601_000);
+        p.lww_merge(vec![other], 5);
+        assert_eq!(p.inner.lock().repl.held_len(), 1, "only carol");
+        assert_eq!(p.lww_merge(vec![left], 5).stale, 1);
+        assert_eq!(p.inner.lock().repl.held_len(), 1);
+        assert_eq!(p.list("room").count, 1);
+    }
+
+    #[test]
     fn listings_are_bounded_and_say_so() {
         let p = p();
         for i in 0..5 {

@@ -27,6 +27,15 @@ pub const PRESENCE_NAMESPACE: &str = "presence";
 pub const REMOTE_HIDE_AFTER_MS: u64 = 30_000;
 /// Batches of new presence entries the live channel holds for a slow link.
 const CHANNEL: usize = 4096;
+/// A presence tombstone (a member left) is kept this long after its stamp (10 min),
+/// then collected. Enough: only a member's own gateway writes its entries, and it
+/// answers a stale entry of its own with a fresh tombstone whenever a peer shows it
+/// one (above), so a resurrected "present" is corrected at the next link; a gone
+/// gateway's members are hidden anyway.
+pub const PRESENCE_TOMBSTONE_TTL_MS: u64 = 10 * 60 * 1000;
+/// How often (at most) the tombstones are swept: on a write or merge this long after
+/// the last sweep (one pass over the map).
+const COLLECT_EVERY_MS: u64 = 10_000;
 
 /// What a present entry says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +55,8 @@ pub(super) struct Replica {
     /// node → since when no link to it is up (ms).
     down_since: HashMap<String, u64>,
     tx: broadcast::Sender<LwwBatch>,
+    /// Wall time (ms) of the last tombstone sweep.
+    collected_at: u64,
 }
 
 impl Default for Replica {
@@ -56,8 +67,14 @@ impl Default for Replica {
             remote: HashMap::new(),
             down_since: HashMap::new(),
             tx: broadcast::channel(CHANNEL).0,
+            collected_at: 0,
         }
     }
+}
+
+/// Tombstones stamped below this HLC are past [`PRESENCE_TOMBSTONE_TTL_MS`].
+fn tombstone_cutoff(wall_ms: u64) -> u64 {
+    wall_ms.saturating_sub(PRESENCE_TOMBSTONE_TTL_MS) << 16
 }
 
 impl Replica {
@@ -93,6 +110,22 @@ impl Replica {
         self.down_since.entry(node.to_string()).or_insert(now_ms);
     }
 
+    /// Sweep tombstones past [`PRESENCE_TOMBSTONE_TTL_MS`], at most every
+    /// [`COLLECT_EVERY_MS`]; returns how many went.
+    pub(super) fn collect(&mut self, wall_ms: u64) -> usize {
+        if wall_ms.saturating_sub(self.collected_at) < COLLECT_EVERY_MS {
+            return 0;
+        }
+        self.collected_at = wall_ms;
+        self.map.collect_tombstones(tombstone_cutoff(wall_ms))
+    }
+
+    /// Entries held (members and tombstones), for tests.
+    #[cfg(test)]
+    pub(super) fn held_len(&self) -> usize {
+        self.map.len()
+    }
+
     /// A new entry of this node for (topic, client), stamped above `floor`, stored and
     /// sent to every link.
     pub(super) fn write_local(
@@ -112,6 +145,7 @@ impl Replica {
             origin: origin.clone(),
         };
         self.map.merge(entry.clone(), wall_ms, LWW_MAX_DRIFT_MS);
+        self.collect(wall_ms);
         let _ = self.tx.send(LwwBatch {
             source: LWW_SOURCE_LOCAL,
             entries: Arc::new(vec![entry]),
@@ -132,6 +166,13 @@ impl Replica {
         out: &mut LwwMerged,
     ) -> Option<Option<MemberValue>> {
         let (ns, k) = (entry.namespace.clone(), entry.key.clone());
+        self.collect(wall_ms);
+        let held_value = self.map.get(&ns, &k).is_some_and(|e| e.value.is_some());
+        if entry.value.is_none() && entry.hlc < tombstone_cutoff(wall_ms) && !held_value {
+            // A tombstone past the bound with no member to remove: collected here.
+            out.stale += 1;
+            return None;
+        }
         match self.map.merge(entry, wall_ms, LWW_MAX_DRIFT_MS) {
             Merge::Stale => {
                 out.stale += 1;

@@ -13,10 +13,15 @@ pub(super) const DEDUPE_BUDGET_MIN: usize = 10_000;
 pub(super) const DEDUPE_BUDGET_MAX: usize = 1 << 18;
 
 impl Writer {
-    /// Retention and dedupe expiry; bounded work per call.
+    /// Retention, dedupe expiry and plugin kv tombstones; bounded work per call.
     pub(super) fn housekeeping(&mut self) {
         if let Err(e) = self.expire_dedupe().and_then(|_| self.apply_retention()) {
             tracing::warn!(error = %e, "store housekeeping failed");
+        }
+        match self.shared.collect_tombstones(&mut self.tombstones_from) {
+            Ok(0) => {}
+            Ok(n) => self.shared.observer.tombstones_collected(n as u64),
+            Err(e) => tracing::warn!(error = %e, "collecting plugin kv tombstones failed"),
         }
     }
 

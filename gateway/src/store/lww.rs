@@ -9,7 +9,7 @@
 //! `0xE5 · hlc u64 BE · epoch u64 BE · node length u16 BE · node · kind u8 · value`
 //!
 //! where kind is 1 for a value and 0 for a tombstone (a delete, kept so a
-//! partitioned node cannot resurrect the key), and value is the kv rules' bytes
+//! partitioned node cannot resurrect the key; see "Tombstones"), and value is the kv rules' bytes
 //! (`edgesync_plugin_host::kv`: version, expiry, the plugin's value), opaque here.
 //! Reads through [`Store::plugin_kv_get`] and [`Store::plugin_kv_scan`] strip the
 //! stamp and skip tombstones, so plugins see the plain value. A value that does not
@@ -31,6 +31,17 @@
 //! per key; only a mismatched bucket is read, by one scan of its namespace. The
 //! highest stamp handed out or merged is kept under meta `Lh`, so stamps keep
 //! growing across restarts even when the wall clock steps back.
+//!
+//! # Tombstones
+//!
+//! A tombstone is kept for `StoreOptions::kv_tombstone_ttl` (config
+//! `store.kv_tombstone_secs`, default 7 days) after its stamp, then collected by the
+//! writer's housekeeping ([`Shared::collect_tombstones`], a bounded slice of the keys
+//! per pass, resuming where the last pass stopped). Every gateway collects by the stamp,
+//! not by arrival, so their digests agree again once each sweep has passed. A tombstone
+//! older than the bound that arrives from a peer is not stored; when it outranks a
+//! stored value it still deletes it. The price, stated in docs/replication.md: a
+//! gateway cut off for longer than the bound can bring a deleted key back.
 //!
 //! # Clock and durability
 //!
@@ -67,6 +78,11 @@ pub const LWW_SOURCE_LOCAL: u64 = 0;
 const LWW_CHANNEL: usize = 4096;
 /// Values a migration batch stamps at once.
 const MIGRATE_CHUNK: usize = 1024;
+/// Plugin kv keys one housekeeping pass looks at for expired tombstones.
+pub(super) const TOMBSTONE_SWEEP_BUDGET: usize = 4096;
+/// The default of `StoreOptions::kv_tombstone_ttl`: 7 days.
+pub const DEFAULT_KV_TOMBSTONE_TTL: std::time::Duration =
+    std::time::Duration::from_secs(7 * 24 * 3600);
 
 const STAMP_TAG: u8 = 0xE5;
 const META_DIGEST: u8 = b'l';
@@ -103,16 +119,29 @@ pub(super) struct LwwState {
     /// (namespace, bucket) → digest of the stored entries.
     digests: BTreeMap<(String, u32), BucketDigest>,
     tx: broadcast::Sender<LwwBatch>,
+    /// How long a tombstone is kept after its stamp, ms.
+    tombstone_ttl_ms: u64,
 }
 
 impl LwwState {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(tombstone_ttl: std::time::Duration) -> Self {
         LwwState {
             last_hlc: 0,
             digests: BTreeMap::new(),
             tx: broadcast::channel(LWW_CHANNEL).0,
+            tombstone_ttl_ms: u64::try_from(tombstone_ttl.as_millis()).unwrap_or(u64::MAX),
         }
     }
+
+    /// Tombstones stamped below this HLC are past the bound.
+    fn tombstone_cutoff(&self, wall_ms: u64) -> u64 {
+        wall_ms.saturating_sub(self.tombstone_ttl_ms) << 16
+    }
+}
+
+/// A tombstone past the bound: deletes what it outranks, is never stored.
+fn expired_tombstone(e: &LwwEntry, cutoff: u64) -> bool {
+    e.value.is_none() && e.hlc < cutoff
 }
 
 /// A stored plugin value, decoded.
@@ -265,6 +294,7 @@ impl Store {
         let mut out = LwwMerged::default();
         let mut st = self.shared.lww.lock();
         let wall_ms = self.shared.clock.unix_ms();
+        let cutoff = st.tombstone_cutoff(wall_ms);
         // Key → (entry, what it replaces): later entries of one key meet earlier winners.
         let mut pending: BTreeMap<Vec<u8>, (LwwEntry, Option<LwwEntry>)> = BTreeMap::new();
         let mut clamped_keys = std::collections::BTreeSet::new();
@@ -285,6 +315,13 @@ impl Store {
                 },
             };
             if current.as_ref().is_some_and(|c| c.rank() >= entry.rank()) {
+                out.stale += 1;
+                continue;
+            }
+            if expired_tombstone(&entry, cutoff)
+                && current.as_ref().is_none_or(|c| c.value.is_none())
+            {
+                // Past the bound and nothing to delete: collected here already.
                 out.stale += 1;
                 continue;
             }
@@ -370,6 +407,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut b = self.shared.db.batch();
         let mut touched: BTreeMap<(String, u32), BucketDigest> = BTreeMap::new();
+        let cutoff = st.tombstone_cutoff(self.shared.clock.unix_ms());
         for (key, entry, old) in &writes {
             let slot = (entry.namespace.clone(), key_bucket(&entry.key));
             let d = touched
@@ -377,6 +415,11 @@ impl Store {
                 .or_insert_with(|| st.digests.get(&slot).copied().unwrap_or_default());
             if let Some(old) = old {
                 d.remove(old.element());
+            }
+            if expired_tombstone(entry, cutoff) {
+                // A delete older than the bound: the key goes, no tombstone stays.
+                b.remove(&self.shared.kv, key.as_slice());
+                continue;
             }
             d.add(entry.element());
             b.insert(&self.shared.kv, key.as_slice(), encode(entry));
@@ -399,6 +442,67 @@ impl Store {
 }
 
 impl Shared {
+    /// Collect expired plugin kv tombstones (see "Tombstones" above): look at up to
+    /// [`TOMBSTONE_SWEEP_BUDGET`] plugin keys after `from` (the last pass's end; `None`
+    /// starts over), remove the tombstones stamped more than the bound ago with their
+    /// digests, and leave `from` where the next pass resumes. Returns how many went.
+    ///
+    /// # Errors
+    /// Engine errors (nothing removed then).
+    pub(super) fn collect_tombstones(
+        &self,
+        from: &mut Option<Vec<u8>>,
+    ) -> Result<usize, StoreError> {
+        let mut st = self.lww.lock();
+        let cutoff = st.tombstone_cutoff(self.clock.unix_ms());
+        let start = match from.take() {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Included(b"p".to_vec()),
+        };
+        let mut b = self.db.batch();
+        let mut touched: BTreeMap<(String, u32), BucketDigest> = BTreeMap::new();
+        let (mut seen, mut removed, mut last) = (0usize, 0usize, None);
+        for g in self.kv.range::<Vec<u8>, _>((start, Bound::Unbounded)) {
+            let (k, v) = g.into_inner()?;
+            if !k.starts_with(b"p") {
+                break;
+            }
+            if let Some(Stored::Stamped(e)) = decode(&k, &v)
+                && expired_tombstone(&e, cutoff)
+            {
+                let slot = (e.namespace.clone(), key_bucket(&e.key));
+                touched
+                    .entry(slot.clone())
+                    .or_insert_with(|| st.digests.get(&slot).copied().unwrap_or_default())
+                    .remove(e.element());
+                b.remove(&self.kv, k.to_vec());
+                removed += 1;
+            }
+            seen += 1;
+            if seen == TOMBSTONE_SWEEP_BUDGET {
+                last = Some(k.to_vec());
+                break;
+            }
+        }
+        *from = last;
+        if removed == 0 {
+            return Ok(0);
+        }
+        for ((ns, bucket), d) in &touched {
+            let k = digest_key(ns, *bucket);
+            if d.is_empty() {
+                b.remove(&self.meta, k);
+            } else {
+                b.insert(&self.meta, k, encode_digest(d));
+            }
+        }
+        b.commit()?;
+        self.db.persist(PersistMode::Buffer)?;
+        self.kv_dirty.store(true, Ordering::Release);
+        st.digests.extend(touched);
+        Ok(removed)
+    }
+
     /// Load the LWW state at open: digests and the highest stamp from meta; on the
     /// first open of a store with unstamped plugin values, stamp them (once).
     pub(super) fn open_lww(&self, inspect: bool) -> Result<(), StoreError> {

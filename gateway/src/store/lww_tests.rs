@@ -329,3 +329,58 @@ fn an_expired_entry_is_removed_without_a_tombstone() {
     assert_eq!(store.lww_digest_list(), recomputed(&store));
     close(store);
 }
+
+#[test]
+fn tombstones_go_after_their_bound_and_an_expired_one_still_deletes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = ManualClock::new(T0);
+    let store = open_at(dir.path(), "a", &clock);
+    for k in ["x", "y", "z"] {
+        store
+            .plugin_kv_put(&pkey("counter", k), Some(b"v"))
+            .expect("put");
+    }
+    store.plugin_kv_put(&pkey("counter", "x"), None).expect("del");
+    store.plugin_kv_put(&pkey("counter", "y"), None).expect("del");
+    let mut from = None;
+    assert_eq!(store.shared.collect_tombstones(&mut from).expect("sweep"), 0);
+    assert!(from.is_none(), "one pass saw every key");
+    assert!(store.kv_get(&pkey("counter", "x")).expect("raw").is_some());
+
+    let ttl = i64::try_from(DEFAULT_KV_TOMBSTONE_TTL.as_millis()).expect("ms");
+    clock.advance(ttl + 1_000);
+    assert_eq!(store.shared.collect_tombstones(&mut from).expect("sweep"), 2);
+    assert_eq!(store.kv_get(&pkey("counter", "x")).expect("raw"), None);
+    assert_eq!(store.kv_get(&pkey("counter", "y")).expect("raw"), None);
+    assert_eq!(store.lww_digest_list(), recomputed(&store));
+
+    // An expired tombstone from a peer: nothing to delete → stale, not stored; one
+    // that outranks a value deletes it and leaves no tombstone.
+    let m = store
+        .lww_merge(vec![entry("x", None, T0 + 5, "b")], 1)
+        .expect("merge");
+    assert_eq!((m.stale, m.winners.len()), (1, 0));
+    let m = store
+        .lww_merge(vec![entry("z", None, T0 + 5, "b")], 1)
+        .expect("merge");
+    assert_eq!(m.winners.len(), 1, "the delete wins over z's value");
+    assert_eq!(store.plugin_kv_get(&pkey("counter", "z")).expect("get"), None);
+    assert_eq!(store.kv_get(&pkey("counter", "z")).expect("raw"), None);
+    assert!(store.lww_digest_list().is_empty(), "nothing left");
+
+    // Sweeps are bounded and resume where they stopped.
+    let n = lww::TOMBSTONE_SWEEP_BUDGET + 10;
+    for i in 0..n {
+        let k = pkey("counter", &format!("k{i:05}"));
+        store.plugin_kv_put(&k, Some(b"v")).expect("put");
+        store.plugin_kv_put(&k, None).expect("del");
+    }
+    clock.advance(ttl + 1_000);
+    let first = store.shared.collect_tombstones(&mut from).expect("sweep");
+    assert_eq!(first, lww::TOMBSTONE_SWEEP_BUDGET);
+    assert!(from.is_some(), "the next pass resumes");
+    let second = store.shared.collect_tombstones(&mut from).expect("sweep");
+    assert_eq!((second, from.is_none()), (10, true));
+    assert!(store.lww_digest_list().is_empty());
+    close(store);
+}

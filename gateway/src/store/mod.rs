@@ -98,7 +98,8 @@ use keys::{
 use recover::recover;
 use writer::{DedupeEntry, Writer, spawn_syncer};
 
-pub use lww::{KV_NAMESPACE_PREFIX, LWW_MAX_DRIFT_MS, LWW_SOURCE_LOCAL, LwwBatch, LwwMerged};
+pub use lww::{
+    DEFAULT_KV_TOMBSTONE_TTL, KV_NAMESPACE_PREFIX, LWW_MAX_DRIFT_MS, LWW_SOURCE_LOCAL, LwwBatch, LwwMerged};
 pub use record::{PublishKey, Record, RecordError};
 pub use replica::{Applied, ApplyRequest, MAX_HLC_DRIFT_MS, RangeRead, RawRecord};
 pub use verify::Verify;
@@ -174,6 +175,8 @@ pub trait StoreObserver: Send + Sync {
     /// Background durability work failed without poisoning the store: `what` is
     /// `shutdown_fsync`, `shutdown_flush` or `syncer` (bounded label set).
     fn durability_error(&self, _what: &'static str) {}
+    /// Housekeeping removed `n` plugin kv tombstones older than their bound.
+    fn tombstones_collected(&self, _n: u64) {}
 }
 
 /// The observer that ignores everything.
@@ -220,6 +223,9 @@ pub struct StoreOptions {
     /// Open to look, not to change (`edgesync store check`): no journal rewrite, no
     /// new epoch, no metadata repair written. Appends still work; do not use them.
     pub inspect: bool,
+    /// How long a deleted plugin kv key's tombstone is kept after its stamp (module
+    /// `lww`, "Tombstones"). Default [`lww::DEFAULT_KV_TOMBSTONE_TTL`] (7 days).
+    pub kv_tombstone_ttl: Duration,
 }
 
 impl std::fmt::Debug for StoreOptions {
@@ -247,6 +253,7 @@ impl StoreOptions {
             observer: Arc::new(NoObserver),
             clock: crate::clock::system(),
             inspect: false,
+            kv_tombstone_ttl: lww::DEFAULT_KV_TOMBSTONE_TTL,
         }
     }
 }
@@ -503,7 +510,7 @@ impl Store {
             retention: opts.retention.clone(),
             corrupt: RwLock::new(damaged.into_iter().collect()),
             replayed_bytes,
-            lww: parking_lot::Mutex::new(lww::LwwState::new()),
+            lww: parking_lot::Mutex::new(lww::LwwState::new(opts.kv_tombstone_ttl)),
             clock: opts.clock.clone(),
         });
         shared.open_lww(opts.inspect)?;
@@ -527,6 +534,7 @@ impl Store {
             index,
             digests: replica::DigestCache::default(),
             dedupe_budget: housekeeping::DEDUPE_BUDGET_MIN,
+            tombstones_from: None,
         };
         std::thread::Builder::new()
             .name("edgesync-store".into())

@@ -23,6 +23,8 @@ pub(super) struct Writer {
     pub(super) digests: super::replica::DigestCache,
     /// Dedupe entries the next housekeeping pass may expire (follows the backlog).
     pub(super) dedupe_budget: usize,
+    /// Where the next plugin kv tombstone sweep resumes (`None`: from the start).
+    pub(super) tombstones_from: Option<Vec<u8>>,
 }
 
 /// An append waiting in the current batch.
