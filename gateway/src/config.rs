@@ -845,7 +845,8 @@ impl Config {
                 ),
             ));
         }
-        if !(MIN_KV_TOMBSTONE_SECS..=MAX_KV_TOMBSTONE_SECS).contains(&self.store.kv_tombstone_secs) {
+        if !(MIN_KV_TOMBSTONE_SECS..=MAX_KV_TOMBSTONE_SECS).contains(&self.store.kv_tombstone_secs)
+        {
             return Err(invalid(
                 "store.kv_tombstone_secs",
                 format!(

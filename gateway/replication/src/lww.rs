@@ -296,7 +296,11 @@ mod tests {
         let mut fresh = LwwMap::new();
         fresh.merge(e("new-delete", None, 5), 1_000, 10);
         fresh.merge(e("value", Some(b"v"), 1), 1_000, 10);
-        assert_eq!(m.digests(), fresh.digests(), "as if the tombstone never was");
+        assert_eq!(
+            m.digests(),
+            fresh.digests(),
+            "as if the tombstone never was"
+        );
         assert_eq!(m.collect_tombstones(9 << 16), 1);
         assert_eq!(m.collect_tombstones(9 << 16), 0);
     }

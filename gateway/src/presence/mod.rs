@@ -554,12 +554,12 @@ mod tests {
         assert_eq!(p.list("room").count, 0);
         assert_eq!(p.inner.lock().repl.held_len(), 1, "bob's tombstone");
         // Within the bound the tombstone stays: the old join stays beaten.
-        clock.advance(i64::try_from(replica::PRESENCE_TOMBSTONE_TTL_MS).unwrap() - 1_000);
+        clock.advance(i64::try_from(replica::PRESENCE_TOMBSTONE_TTL_MS).expect("ms") - 1_000);
         assert_eq!(p.lww_merge(vec![joined.clone()], 5).stale, 1);
-        // Past it, the next merge sweeps it; the same tombstone coming back is not
-        // stored again.
-        clock.advance(2_000);
-        let other = remote("room", "carol", "n2", true, 1_000_000 + 601_000);
+        // Past it (and 10 s after the last sweep), the next merge sweeps it; the same
+        // tombstone coming back is not stored again.
+        clock.advance(11_000);
+        let other = remote("room", "carol", "n2", true, 1_000_000 + 610_000);
         p.lww_merge(vec![other], 5);
         assert_eq!(p.inner.lock().repl.held_len(), 1, "only carol");
         assert_eq!(p.lww_merge(vec![left], 5).stale, 1);

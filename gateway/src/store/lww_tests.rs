@@ -340,16 +340,26 @@ fn tombstones_go_after_their_bound_and_an_expired_one_still_deletes() {
             .plugin_kv_put(&pkey("counter", k), Some(b"v"))
             .expect("put");
     }
-    store.plugin_kv_put(&pkey("counter", "x"), None).expect("del");
-    store.plugin_kv_put(&pkey("counter", "y"), None).expect("del");
+    store
+        .plugin_kv_put(&pkey("counter", "x"), None)
+        .expect("del");
+    store
+        .plugin_kv_put(&pkey("counter", "y"), None)
+        .expect("del");
     let mut from = None;
-    assert_eq!(store.shared.collect_tombstones(&mut from).expect("sweep"), 0);
+    assert_eq!(
+        store.shared.collect_tombstones(&mut from).expect("sweep"),
+        0
+    );
     assert!(from.is_none(), "one pass saw every key");
     assert!(store.kv_get(&pkey("counter", "x")).expect("raw").is_some());
 
     let ttl = i64::try_from(DEFAULT_KV_TOMBSTONE_TTL.as_millis()).expect("ms");
     clock.advance(ttl + 1_000);
-    assert_eq!(store.shared.collect_tombstones(&mut from).expect("sweep"), 2);
+    assert_eq!(
+        store.shared.collect_tombstones(&mut from).expect("sweep"),
+        2
+    );
     assert_eq!(store.kv_get(&pkey("counter", "x")).expect("raw"), None);
     assert_eq!(store.kv_get(&pkey("counter", "y")).expect("raw"), None);
     assert_eq!(store.lww_digest_list(), recomputed(&store));
@@ -364,7 +374,10 @@ fn tombstones_go_after_their_bound_and_an_expired_one_still_deletes() {
         .lww_merge(vec![entry("z", None, T0 + 5, "b")], 1)
         .expect("merge");
     assert_eq!(m.winners.len(), 1, "the delete wins over z's value");
-    assert_eq!(store.plugin_kv_get(&pkey("counter", "z")).expect("get"), None);
+    assert_eq!(
+        store.plugin_kv_get(&pkey("counter", "z")).expect("get"),
+        None
+    );
     assert_eq!(store.kv_get(&pkey("counter", "z")).expect("raw"), None);
     assert!(store.lww_digest_list().is_empty(), "nothing left");
 

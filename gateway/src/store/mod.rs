@@ -99,7 +99,9 @@ use recover::recover;
 use writer::{DedupeEntry, Writer, spawn_syncer};
 
 pub use lww::{
-    DEFAULT_KV_TOMBSTONE_TTL, KV_NAMESPACE_PREFIX, LWW_MAX_DRIFT_MS, LWW_SOURCE_LOCAL, LwwBatch, LwwMerged};
+    DEFAULT_KV_TOMBSTONE_TTL, KV_NAMESPACE_PREFIX, LWW_MAX_DRIFT_MS, LWW_SOURCE_LOCAL, LwwBatch,
+    LwwMerged,
+};
 pub use record::{PublishKey, Record, RecordError};
 pub use replica::{Applied, ApplyRequest, MAX_HLC_DRIFT_MS, RangeRead, RawRecord};
 pub use verify::Verify;
