@@ -764,8 +764,11 @@ async fn write_frames(mut send: SendStream, mut rx: mpsc::UnboundedReceiver<Byte
     }
 }
 
-/// Applies queued at once that one store apply takes together.
-const APPLY_COALESCE: usize = 64;
+/// Applies queued at once that one round takes together. Live pushes are often one
+/// record per batch and a round costs an fsync per (topic, origin), so this bounds the
+/// rate: 64 held a link at ~2k records/s over 8 topics. What can queue is bounded by the
+/// credit window anyway.
+const APPLY_COALESCE: usize = 4096;
 
 /// Applies, one store apply (one atomic batch, one fsync) at a time. What queued while
 /// the last one ran is taken together, grouped by (topic, origin, repair): live pushes
