@@ -160,9 +160,10 @@ pub fn spawn_gateway_process(exe: &str, dir: &Path, port: u16) -> std::process::
         .expect("spawn gateway")
 }
 
-/// Connect (reconnect off) once the gateway at `url` answers; at most 200 tries 25 ms apart.
+/// Connect (reconnect off) once the gateway at `url` answers; at most 1200 tries 25 ms
+/// apart (30 s: a restart replaying its journal on a loaded 2-core machine took over 5 s).
 pub async fn connect_retry(url: &str) -> Client {
-    for _ in 0..200 {
+    for _ in 0..1200 {
         let mut o = ClientOptions::new(url);
         o.reconnect = false;
         o.request_timeout = Duration::from_secs(5);

@@ -11,8 +11,9 @@
 //! - each stream has a writer task fed by an unbounded queue: what the link sends is
 //!   bounded by the peer's credit (records) and by one message per request (control);
 //! - reads run on the blocking pool (`Store::read_range`, at most
-//!   `LinkConfig::reads_in_flight` at once); applies run one after the other on an apply
-//!   task (`Store::apply`: one atomic batch, one fsync, then the durable set is acked).
+//!   `LinkConfig::reads_in_flight` at once); applies run on an apply task in rounds:
+//!   what queued since the last round, one `Store::apply` (one atomic batch, one fsync)
+//!   per (topic, origin), then each batch's durable set is acked.
 //!
 //! A link that falls more than `COMMITTED_BUFFER` committed batches behind closes and is
 //! redialed: reconnecting is "summary, diff, stream", so nothing is lost, only redone.
