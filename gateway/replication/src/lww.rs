@@ -54,6 +54,12 @@ pub struct LwwEntry {
 }
 
 impl LwwEntry {
+    /// A tombstone stamped below `cutoff` ([`tombstone_cutoff`]): past its bound, it is
+    /// collected, never stored again, and only deletes a value it outranks.
+    pub fn expired_tombstone(&self, cutoff: u64) -> bool {
+        self.value.is_none() && self.hlc < cutoff
+    }
+
     /// The order of writes to one key: greater wins.
     pub fn rank(&self) -> (u64, &Origin, Option<&[u8]>) {
         (self.hlc, &self.origin, self.value.as_deref())
@@ -73,6 +79,12 @@ impl LwwEntry {
         }
         h ^ (h >> 29)
     }
+}
+
+/// The HLC below which a tombstone is past a bound of `ttl_ms` at wall time `wall_ms`
+/// (ms since the Unix epoch).
+pub fn tombstone_cutoff(wall_ms: u64, ttl_ms: u64) -> u64 {
+    wall_ms.saturating_sub(ttl_ms) << 16
 }
 
 /// The digest bucket of a key.
@@ -156,14 +168,14 @@ impl LwwMap {
         }
     }
 
-    /// Remove the tombstones stamped below `cutoff` (an HLC), with their digest
-    /// elements; returns how many went. Nodes that collect by the same stamp bound
-    /// agree again once each has collected.
+    /// Remove the tombstones stamped below `cutoff` (an HLC, see [`tombstone_cutoff`]),
+    /// with their digest elements; returns how many went. Nodes that collect by the same
+    /// stamp bound agree again once each has collected.
     pub fn collect_tombstones(&mut self, cutoff: u64) -> usize {
         let before = self.entries.len();
         let digests = &mut self.digests;
         self.entries.retain(|(ns, k), e| {
-            if e.value.is_some() || e.hlc >= cutoff {
+            if !e.expired_tombstone(cutoff) {
                 return true;
             }
             if let Some(d) = digests.get_mut(&(ns.clone(), key_bucket(k))) {

@@ -807,11 +807,15 @@ async fn apply_task(
                 gaps: group.iter().flat_map(|b| b.gaps.iter().copied()).collect(),
                 repair: head.repair,
             };
-            let seqs: std::collections::HashSet<u64> = group
-                .iter()
-                .flat_map(|b| b.records.iter().map(|r| r.seq))
-                .collect();
             let result = store.apply(req).await;
+            // Only when something was rejected: the seqs the group's batches name.
+            let seqs: std::collections::HashSet<u64> = match &result {
+                Ok(a) if !a.rejected.is_empty() => group
+                    .iter()
+                    .flat_map(|b| b.records.iter().map(|r| r.seq))
+                    .collect(),
+                _ => Default::default(),
+            };
             for (i, b) in group.into_iter().enumerate() {
                 let (outcome, stored) = match &result {
                     Ok(a) => (

@@ -74,7 +74,7 @@ impl Default for Replica {
 
 /// Tombstones stamped below this HLC are past [`PRESENCE_TOMBSTONE_TTL_MS`].
 fn tombstone_cutoff(wall_ms: u64) -> u64 {
-    wall_ms.saturating_sub(PRESENCE_TOMBSTONE_TTL_MS) << 16
+    edgesync_replication::lww::tombstone_cutoff(wall_ms, PRESENCE_TOMBSTONE_TTL_MS)
 }
 
 impl Replica {
@@ -168,7 +168,7 @@ impl Replica {
         let (ns, k) = (entry.namespace.clone(), entry.key.clone());
         self.collect(wall_ms);
         let held_value = self.map.get(&ns, &k).is_some_and(|e| e.value.is_some());
-        if entry.value.is_none() && entry.hlc < tombstone_cutoff(wall_ms) && !held_value {
+        if entry.expired_tombstone(tombstone_cutoff(wall_ms)) && !held_value {
             // A tombstone past the bound with no member to remove: collected here.
             out.stale += 1;
             return None;

@@ -62,7 +62,7 @@ use bytes::Bytes;
 use edgesync_protocol::Origin;
 use edgesync_replication::BucketDigest;
 use edgesync_replication::LwwEntry;
-use edgesync_replication::lww::{DEFAULT_MAX_DRIFT_MS, clamp_hlc, key_bucket};
+use edgesync_replication::lww::{DEFAULT_MAX_DRIFT_MS, clamp_hlc, key_bucket, tombstone_cutoff};
 use fjall::PersistMode;
 use tokio::sync::broadcast;
 
@@ -135,13 +135,8 @@ impl LwwState {
 
     /// Tombstones stamped below this HLC are past the bound.
     fn tombstone_cutoff(&self, wall_ms: u64) -> u64 {
-        wall_ms.saturating_sub(self.tombstone_ttl_ms) << 16
+        tombstone_cutoff(wall_ms, self.tombstone_ttl_ms)
     }
-}
-
-/// A tombstone past the bound: deletes what it outranks, is never stored.
-fn expired_tombstone(e: &LwwEntry, cutoff: u64) -> bool {
-    e.value.is_none() && e.hlc < cutoff
 }
 
 /// A stored plugin value, decoded.
@@ -220,7 +215,7 @@ impl Store {
             return Err(e);
         }
         let mut st = self.shared.lww.lock();
-        let mut b = self.shared.db.batch();
+        let mut touched = BTreeMap::new();
         match self.stored(key)? {
             None => return Ok(()),
             Some(Stored::Stamped(e)) if e.value.is_none() => return Ok(()),
@@ -229,20 +224,12 @@ impl Store {
                 let slot = (e.namespace.clone(), key_bucket(&e.key));
                 let mut d = st.digests.get(&slot).copied().unwrap_or_default();
                 d.remove(e.element());
-                let k = digest_key(&slot.0, slot.1);
-                if d.is_empty() {
-                    b.remove(&self.shared.meta, k);
-                } else {
-                    b.insert(&self.shared.meta, k, encode_digest(&d));
-                }
-                st.digests.insert(slot, d);
+                touched.insert(slot, d);
             }
         }
+        let mut b = self.shared.db.batch();
         b.remove(&self.shared.kv, key);
-        b.commit()?;
-        self.shared.db.persist(PersistMode::Buffer)?;
-        self.shared.kv_dirty.store(true, Ordering::Release);
-        Ok(())
+        self.shared.commit_lww(&mut st, b, touched)
     }
 
     /// Plain plugin kv entries under `prefix` sorting after `after`, at most `limit`
@@ -318,8 +305,7 @@ impl Store {
                 out.stale += 1;
                 continue;
             }
-            if expired_tombstone(&entry, cutoff)
-                && current.as_ref().is_none_or(|c| c.value.is_none())
+            if entry.expired_tombstone(cutoff) && current.as_ref().is_none_or(|c| c.value.is_none())
             {
                 // Past the bound and nothing to delete: collected here already.
                 out.stale += 1;
@@ -416,7 +402,7 @@ impl Store {
             if let Some(old) = old {
                 d.remove(old.element());
             }
-            if expired_tombstone(entry, cutoff) {
+            if entry.expired_tombstone(cutoff) {
                 // A delete older than the bound: the key goes, no tombstone stays.
                 b.remove(&self.shared.kv, key.as_slice());
                 continue;
@@ -424,24 +410,36 @@ impl Store {
             d.add(entry.element());
             b.insert(&self.shared.kv, key.as_slice(), encode(entry));
         }
-        for ((ns, bucket), d) in &touched {
-            let k = digest_key(ns, *bucket);
-            if d.is_empty() {
-                b.remove(&self.shared.meta, k);
-            } else {
-                b.insert(&self.shared.meta, k, encode_digest(d));
-            }
-        }
         b.insert(&self.shared.meta, META_MAX_HLC, st.last_hlc.to_be_bytes());
-        b.commit()?;
-        self.shared.db.persist(PersistMode::Buffer)?;
-        self.shared.kv_dirty.store(true, Ordering::Release);
-        st.digests.extend(touched);
-        Ok(())
+        self.shared.commit_lww(st, b, touched)
     }
 }
 
 impl Shared {
+    /// Commit a plugin kv batch with the digest buckets it changed (a bucket left empty
+    /// is removed), reaching the OS at once and the disk with the next group commit or
+    /// tick, then adopt the buckets in memory.
+    fn commit_lww(
+        &self,
+        st: &mut LwwState,
+        mut b: fjall::OwnedWriteBatch,
+        touched: BTreeMap<(String, u32), BucketDigest>,
+    ) -> Result<(), StoreError> {
+        for ((ns, bucket), d) in &touched {
+            let k = digest_key(ns, *bucket);
+            if d.is_empty() {
+                b.remove(&self.meta, k);
+            } else {
+                b.insert(&self.meta, k, encode_digest(d));
+            }
+        }
+        b.commit()?;
+        self.db.persist(PersistMode::Buffer)?;
+        self.kv_dirty.store(true, Ordering::Release);
+        st.digests.extend(touched);
+        Ok(())
+    }
+
     /// Collect expired plugin kv tombstones (see "Tombstones" above): look at up to
     /// [`TOMBSTONE_SWEEP_BUDGET`] plugin keys after `from` (the last pass's end; `None`
     /// starts over), remove the tombstones stamped more than the bound ago with their
@@ -468,7 +466,7 @@ impl Shared {
                 break;
             }
             if let Some(Stored::Stamped(e)) = decode(&k, &v)
-                && expired_tombstone(&e, cutoff)
+                && e.expired_tombstone(cutoff)
             {
                 let slot = (e.namespace.clone(), key_bucket(&e.key));
                 touched
@@ -488,18 +486,7 @@ impl Shared {
         if removed == 0 {
             return Ok(0);
         }
-        for ((ns, bucket), d) in &touched {
-            let k = digest_key(ns, *bucket);
-            if d.is_empty() {
-                b.remove(&self.meta, k);
-            } else {
-                b.insert(&self.meta, k, encode_digest(d));
-            }
-        }
-        b.commit()?;
-        self.db.persist(PersistMode::Buffer)?;
-        self.kv_dirty.store(true, Ordering::Release);
-        st.digests.extend(touched);
+        self.commit_lww(&mut st, b, touched)?;
         Ok(removed)
     }
 
