@@ -42,7 +42,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::Peers;
 use crate::config::PeerDirection;
 use crate::presence::{PRESENCE_NAMESPACE, Presence};
-use crate::store::{ApplyRequest, Committed, LwwBatch, Record, Store};
+use crate::store::{ApplyRequest, Applied, Committed, LwwBatch, Record, Store};
 
 /// QUIC application close code: the link ended normally.
 pub const CLOSE_NORMAL: u32 = 0x0;
@@ -766,9 +766,8 @@ async fn write_frames(mut send: SendStream, mut rx: mpsc::UnboundedReceiver<Byte
 }
 
 /// Applies queued at once that one round takes together. Live pushes are often one
-/// record per batch and a round costs an fsync per (topic, origin), so this bounds the
-/// rate: 64 held a link at ~2k records/s over 8 topics. What can queue is bounded by the
-/// credit window anyway.
+/// record per batch and a round costs an fsync, so this bounds the rate: 64 held a link
+/// at ~2k records/s over 8 topics. What can queue is bounded by the credit window anyway.
 const APPLY_COALESCE: usize = 4096;
 
 /// Applies, one store apply (one atomic batch, one fsync) at a time. What queued while
@@ -795,19 +794,30 @@ async fn apply_task(
                 None => groups.push(vec![b]),
             }
         }
-        for group in groups {
-            let head = &group[0];
-            let req = ApplyRequest {
-                topic: head.topic.clone(),
-                origin: head.origin.clone(),
-                records: group
-                    .iter()
-                    .flat_map(|b| b.records.iter().map(|r| r.bytes.clone()))
-                    .collect(),
-                gaps: group.iter().flat_map(|b| b.gaps.iter().copied()).collect(),
-                repair: head.repair,
-            };
-            let result = store.apply(req).await;
+        // One store apply for the whole round: one atomic batch and one fsync for
+        // every (topic, origin) group (a stream named twice, repair and not, commits
+        // in two).
+        let reqs: Vec<ApplyRequest> = groups
+            .iter()
+            .map(|group| {
+                let head = &group[0];
+                ApplyRequest {
+                    topic: head.topic.clone(),
+                    origin: head.origin.clone(),
+                    records: group
+                        .iter()
+                        .flat_map(|b| b.records.iter().map(|r| r.bytes.clone()))
+                        .collect(),
+                    gaps: group.iter().flat_map(|b| b.gaps.iter().copied()).collect(),
+                    repair: head.repair,
+                }
+            })
+            .collect();
+        let results: Vec<Result<Applied, String>> = match store.apply_all(reqs).await {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e.to_string()); groups.len()],
+        };
+        for (group, result) in groups.into_iter().zip(results) {
             // Only when something was rejected: the seqs the group's batches name.
             let seqs: std::collections::HashSet<u64> = match &result {
                 Ok(a) if !a.rejected.is_empty() => group
@@ -835,7 +845,7 @@ async fn apply_task(
                         },
                         if i == 0 { a.stored } else { 0 },
                     ),
-                    Err(e) => (ApplyOutcome::Failed(e.to_string()), 0),
+                    Err(e) => (ApplyOutcome::Failed(e.clone()), 0),
                 };
                 if ops.send(Op::Applied(b.id, outcome, stored)).is_err() {
                     return;

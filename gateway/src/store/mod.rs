@@ -352,10 +352,10 @@ enum Request {
     Append(Publish, oneshot::Sender<Result<Ack, StoreError>>),
     /// Appends that go into one group commit together: all durable, or none.
     AppendAll(Vec<Publish>, oneshot::Sender<Result<Vec<Ack>, StoreError>>),
-    /// Records of another origin, already identified (the replication seam).
+    /// Records of other origins, already identified (the replication seam).
     Apply(
-        replica::ApplyRequest,
-        oneshot::Sender<Result<replica::Applied, StoreError>>,
+        Vec<replica::ApplyRequest>,
+        oneshot::Sender<Result<Vec<replica::Applied>, StoreError>>,
     ),
     Tick,
     /// A read found this record corrupt: keep it on the durable corrupt list.

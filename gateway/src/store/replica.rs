@@ -13,7 +13,9 @@
 //! replaced when the held copy is missing, fails its CRC or is a gap marker (never
 //! when it is a valid record). Records, gap markers, the topic state and the
 //! digest buckets go in **one** atomic batch with one fsync, like a local group
-//! commit; only then does the caller get the durable set.
+//! commit; only then does the caller get the durable set. [`Store::apply_all`]
+//! puts several requests (distinct streams, queued together by one or more peer
+//! links) in that one batch: one fsync per round, not one per topic.
 //!
 //! Records of this node's own current origin are accepted only in repair mode and
 //! only below the high-water mark (a peer may give back what a corrupt disk lost;
@@ -179,12 +181,28 @@ impl Store {
     /// # Errors
     /// [`StoreError::Poisoned`] / [`StoreError::Closed`] / engine errors: nothing was applied.
     pub async fn apply(&self, req: ApplyRequest) -> Result<Applied, StoreError> {
+        self.apply_all(vec![req])
+            .await?
+            .pop()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// [`Store::apply`] for several requests at once, answered in order: requests
+    /// naming distinct (topic, origin) streams share one atomic batch and one fsync
+    /// (a peer link applies everything that queued while its last apply ran this way).
+    ///
+    /// # Errors
+    /// As [`Store::apply`]; a failed commit fails every request.
+    pub async fn apply_all(&self, reqs: Vec<ApplyRequest>) -> Result<Vec<Applied>, StoreError> {
         if let Some(e) = self.shared.refusal() {
             return Err(e);
         }
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(Request::Apply(req, tx))
+            .send(Request::Apply(reqs, tx))
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -616,109 +634,145 @@ impl Writer {
         }
     }
 
-    /// Apply one [`ApplyRequest`] in its own atomic batch with one fsync.
-    pub(super) fn apply(
-        &mut self,
-        req: ApplyRequest,
-        reply: oneshot::Sender<Result<Applied, StoreError>>,
-    ) {
+    /// Apply requests in order: one atomic batch and one fsync for as many as name
+    /// distinct (topic, origin) streams (a stream named again starts the next batch,
+    /// so each request sees the ones before it committed). Every request is answered
+    /// from the same commit; a failed commit fails them all.
+    pub(super) fn apply_all(&mut self, reqs: Vec<ApplyRequest>) -> Result<Vec<Applied>, StoreError> {
+        let mut out = Vec::with_capacity(reqs.len());
+        let mut segment: Vec<ApplyRequest> = Vec::new();
+        for req in reqs {
+            if segment
+                .iter()
+                .any(|r| r.topic == req.topic && r.origin == req.origin)
+            {
+                out.extend(self.apply_segment(std::mem::take(&mut segment))?);
+            }
+            segment.push(req);
+        }
+        if !segment.is_empty() {
+            out.extend(self.apply_segment(segment)?);
+        }
+        Ok(out)
+    }
+
+    /// Apply requests naming distinct streams in one atomic batch with one fsync.
+    fn apply_segment(&mut self, reqs: Vec<ApplyRequest>) -> Result<Vec<Applied>, StoreError> {
         if let Some(e) = self.shared.refusal() {
-            let _ = reply.send(Err(e));
-            return;
+            return Err(e);
         }
         let shared = self.shared.clone();
         let mut index = std::mem::take(&mut self.index);
         let mut digests = std::mem::take(&mut self.digests);
         let mut batch = shared.db.batch();
-        let tid = index.topic_id(&mut batch, &shared, &req.topic);
-        let oid = index.origin_id(&shared, &mut batch, &req.origin);
-        let mut ab = ApplyBatch {
-            shared: &shared,
-            batch,
-            ids: (tid, oid),
-            origin: &req.origin,
-            topic: &req.topic,
-            rejected: Vec::new(),
-            stored: 0,
-            advanced: Vec::new(),
-            fresh: BTreeMap::new(),
-        };
-        let mut records = Vec::with_capacity(req.records.len());
-        for bytes in &req.records {
-            match verify_record(bytes.clone(), &req.topic, &req.origin) {
-                Ok(r) => records.push(r),
-                Err(seq) => ab.rejected.push(seq),
-            }
-        }
-        records.sort_by_key(|(r, _)| r.seq);
-        records.dedup_by_key(|(r, _)| r.seq);
-        let local = req.origin == shared.local;
+        let now = self.opts.clock.unix_ms();
+        // Publish keys indexed by this batch (two streams may carry the same one).
+        let mut written = HashMap::new();
+        let mut built: Vec<ApplyBatch<'_>> = Vec::with_capacity(reqs.len());
         let mut result = Ok(());
-        if let Some(t) = index.topics.get_mut(&req.topic) {
-            for r in records {
-                result = result.and_then(|()| ab.record(t, &mut digests, r, req.repair, local));
+        for req in &reqs {
+            let tid = index.topic_id(&mut batch, &shared, &req.topic);
+            let oid = index.origin_id(&shared, &mut batch, &req.origin);
+            let mut ab = ApplyBatch {
+                shared: &shared,
+                batch,
+                ids: (tid, oid),
+                origin: &req.origin,
+                topic: &req.topic,
+                rejected: Vec::new(),
+                stored: 0,
+                advanced: Vec::new(),
+                fresh: BTreeMap::new(),
+            };
+            let mut records = Vec::with_capacity(req.records.len());
+            for bytes in &req.records {
+                match verify_record(bytes.clone(), &req.topic, &req.origin) {
+                    Ok(r) => records.push(r),
+                    Err(seq) => ab.rejected.push(seq),
+                }
             }
-            for &g in &req.gaps {
-                ab.gap(t, &mut digests, g);
+            records.sort_by_key(|(r, _)| r.seq);
+            records.dedup_by_key(|(r, _)| r.seq);
+            let local = req.origin == shared.local;
+            if let Some(t) = index.topics.get_mut(&req.topic) {
+                for r in records {
+                    result =
+                        result.and_then(|()| ab.record(t, &mut digests, r, req.repair, local));
+                }
+                for &g in &req.gaps {
+                    ab.gap(t, &mut digests, g);
+                }
+                ab.batch
+                    .insert(&shared.meta, meta_topic_key(t.id), encode_topic_state(t));
             }
-            ab.batch
-                .insert(&shared.meta, meta_topic_key(t.id), encode_topic_state(t));
-        }
-        if result.is_ok() {
-            let now = self.opts.clock.unix_ms();
-            result = index_publish_keys(&shared, &index, &mut ab.batch, (tid, oid), &ab.fresh, now);
-        }
-        let hlcs: Vec<u64> = ab.fresh.values().map(|r| r.hlc).collect();
-        for hlc in hlcs {
-            self.merge_hlc(hlc);
+            if result.is_ok() {
+                result = index_publish_keys(
+                    &shared,
+                    &index,
+                    &mut ab.batch,
+                    (tid, oid),
+                    &ab.fresh,
+                    (now, &mut written),
+                );
+            }
+            let hlcs: Vec<u64> = ab.fresh.values().map(|r| r.hlc).collect();
+            for hlc in hlcs {
+                self.merge_hlc(hlc);
+            }
+            batch = std::mem::replace(&mut ab.batch, shared.db.batch());
+            built.push(ab);
         }
         index.max_hlc = self.clock_last;
-        ab.batch.insert(
+        batch.insert(
             &shared.meta,
             b"h".as_slice(),
             self.clock_last.to_be_bytes().as_slice(),
         );
         let started = std::time::Instant::now();
-        let batch = std::mem::replace(&mut ab.batch, shared.db.batch());
         let durable = result.and_then(|()| batch.commit().map_err(StoreError::from));
         if let Err(e) = durable.and_then(|()| shared.persist()) {
             digests.clear();
             self.digests = digests;
             self.index = index;
-            let e = match e {
+            return Err(match e {
                 StoreError::Engine(e) => shared.poison("writing replicated records failed", &e),
                 other => other,
-            };
-            let _ = reply.send(Err(e));
-            return;
+            });
         }
         shared.observer.committed(&CommitStats {
-            requests: 1,
-            records: ab.stored,
+            requests: reqs.len(),
+            records: built.iter().map(|ab| ab.stored).sum(),
             elapsed: started.elapsed(),
         });
-        publish_index(&shared, &index, std::slice::from_ref(&req.topic));
-        let set = index
-            .topics
-            .get(&req.topic)
-            .and_then(|t| t.streams.get(&oid))
-            .map(Stream::set)
-            .unwrap_or_default();
-        let deliver = ab.deliverable();
-        let (mut rejected, stored) = (ab.rejected, ab.stored);
+        let topics: Vec<String> = reqs.iter().map(|r| r.topic.clone()).collect();
+        publish_index(&shared, &index, &topics);
+        let mut deliver = Vec::new();
+        let mut out = Vec::with_capacity(built.len());
+        for ab in built {
+            let oid = ab.ids.1;
+            let set = index
+                .topics
+                .get(ab.topic)
+                .and_then(|t| t.streams.get(&oid))
+                .map(Stream::set)
+                .unwrap_or_default();
+            deliver.extend(ab.deliverable());
+            let mut rejected = ab.rejected;
+            rejected.sort_unstable();
+            out.push(Applied {
+                durable: set,
+                rejected,
+                stored: ab.stored,
+            });
+        }
         self.digests = digests;
         self.index = index;
-        rejected.sort_unstable();
-        // Hand what became contiguous to the broker, in seq order, before answering:
-        // when `apply` returns, the records are on their way to subscribers.
+        // Hand what became contiguous to the broker, in seq order per stream, before
+        // answering: when `apply` returns, the records are on their way to subscribers.
         if !deliver.is_empty() && self.commit_tx.blocking_send(Arc::new(deliver)).is_err() {
             tracing::debug!("broker gone; applied records not fanned out");
         }
-        let _ = reply.send(Ok(Applied {
-            durable: set,
-            rejected,
-            stored,
-        }));
+        Ok(out)
     }
 }
 
@@ -737,10 +791,9 @@ fn index_publish_keys(
     batch: &mut fjall::OwnedWriteBatch,
     (topic_id, origin_id): (u32, u32),
     fresh: &BTreeMap<u64, Arc<Record>>,
-    now: u64,
+    (now, written): (u64, &mut HashMap<PublishKey, DedupeEntry>),
 ) -> Result<(), StoreError> {
     let window_ms = shared.dedupe_window.as_millis() as u64;
-    let mut written: HashMap<PublishKey, DedupeEntry> = HashMap::new();
     for r in fresh.values() {
         let Some(pk) = r.publish_key else {
             continue;

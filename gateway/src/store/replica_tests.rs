@@ -484,3 +484,93 @@ fn replicated_records_answer_retried_publishes_with_the_original_ack() {
     assert_eq!(ack.origin, Origin::new("peer-c", 1));
     rt().block_on(store.shutdown());
 }
+
+/// Counts the writer's fsyncs.
+#[derive(Default)]
+struct Syncs(std::sync::atomic::AtomicUsize);
+
+impl StoreObserver for Syncs {
+    fn synced(&self, _elapsed: Duration) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A peer link's round: requests for several streams share one atomic batch and one
+/// fsync; a stream named again starts the next batch (it sees the first committed);
+/// answers come back in request order; two streams carrying one publish key in the
+/// same batch leave the entry naming the earlier record, as separate applies do.
+#[test]
+fn apply_all_commits_distinct_streams_with_one_fsync_and_answers_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let syncs = Arc::new(Syncs::default());
+    let mut opts = StoreOptions::new(dir.path());
+    opts.observer = syncs.clone();
+    let (store, mut rx) = Store::open(opts).expect("open");
+    let hlc = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64)
+        << 16;
+    let req = |topic: &str, origin: &Origin, records: Vec<Bytes>| ApplyRequest {
+        topic: topic.into(),
+        origin: origin.clone(),
+        records,
+        gaps: vec![],
+        repair: false,
+    };
+    let (b, c) = (Origin::new("peer-b", 1), Origin::new("peer-c", 1));
+    let retried = publish("alice", "m-9");
+    let before = syncs.0.load(std::sync::atomic::Ordering::Relaxed);
+    let all = rt()
+        .block_on(store.apply_all(vec![
+            req("a", &peer(), (1..=3).map(|s| foreign("a", s, hlc)).collect()),
+            req("b", &peer(), (1..=2).map(|s| foreign("b", s, hlc)).collect()),
+            // The earlier copy first: the later one, in the same batch, must not
+            // replace its entry (it cannot be read back before the commit).
+            req("t", &c, vec![keyed(&c, 1, hlc - 5, &retried)]),
+            req("t", &b, vec![keyed(&b, 1, hlc + 5, &retried)]),
+            // "a" of the same origin again: its own batch, after the first.
+            req("a", &peer(), vec![foreign("a", 5, hlc), foreign("a", 4, hlc)]),
+            // Bytes of another topic: rejected, answered in its place.
+            req("b", &b, vec![foreign("a", 9, hlc)]),
+        ]))
+        .expect("apply_all");
+    let after = syncs.0.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(after - before, 2, "one fsync per batch of distinct streams");
+    let durable: Vec<RangeSet> = all.iter().map(|a| a.durable.clone()).collect();
+    assert_eq!(
+        durable,
+        vec![
+            set(&[(1, 3)]),
+            set(&[(1, 2)]),
+            set(&[(1, 1)]),
+            set(&[(1, 1)]),
+            set(&[(1, 5)]),
+            RangeSet::new(),
+        ]
+    );
+    let stored: Vec<usize> = all.iter().map(|a| a.stored).collect();
+    assert_eq!(stored, vec![3, 2, 1, 1, 2, 0]);
+    assert_eq!(all[5].rejected, vec![9]);
+    let mut delivered: Vec<(String, String, u64)> = Vec::new();
+    while let Ok(batch) = rx.try_recv() {
+        delivered.extend(
+            batch
+                .iter()
+                .map(|r| (r.topic.clone(), r.origin.node.clone(), r.seq)),
+        );
+    }
+    let of = |topic: &str| -> Vec<u64> {
+        delivered
+            .iter()
+            .filter(|d| d.0 == topic && d.1 == "peer-a")
+            .map(|d| d.2)
+            .collect()
+    };
+    assert_eq!(of("a"), vec![1, 2, 3, 4, 5], "per stream in seq order");
+    assert_eq!(of("b"), vec![1, 2]);
+    let ack = rt().block_on(store.append(retried)).expect("append");
+    assert!(ack.dup, "the retry is answered from a replicated record");
+    assert_eq!((ack.origin, ack.hlc), (c, hlc - 5));
+    rt().block_on(store.shutdown());
+}

@@ -27,6 +27,12 @@ pub(super) struct Writer {
     pub(super) tombstones_from: Option<Vec<u8>>,
 }
 
+/// Where the writer answers an apply.
+type ApplyReply = oneshot::Sender<Result<Vec<super::replica::Applied>, StoreError>>;
+
+/// Apply messages (each from one peer link's round) committed together at most.
+const MAX_APPLIES_TOGETHER: usize = 16;
+
 /// An append waiting in the current batch.
 pub(super) struct Pending {
     pub(super) reply: oneshot::Sender<Result<Ack, StoreError>>,
@@ -37,7 +43,9 @@ impl Writer {
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Request>) {
         self.clock_last = self.shared.index.read().max_hlc;
         let mut last_tick = std::time::Instant::now();
-        while let Some(first) = rx.blocking_recv() {
+        // A request read while gathering applies that belongs to the next round.
+        let mut carried: Option<Request> = None;
+        while let Some(first) = carried.take().or_else(|| rx.blocking_recv()) {
             // Woken by the first append of a batch: give its producers (often on the
             // same core) the chance to queue the rest before committing, so a commit
             // carries many appends instead of one per wake-up.
@@ -46,7 +54,7 @@ impl Writer {
             }
             let mut appends = Vec::new();
             let mut together = Vec::new();
-            let mut apply = None;
+            let mut applies: Vec<(Vec<super::replica::ApplyRequest>, ApplyReply)> = Vec::new();
             let mut shutdown = None;
             let mut bytes = 0usize;
             let mut ticked = false;
@@ -76,9 +84,21 @@ impl Writer {
                             tracing::warn!(error = %e, "could not record a corrupt record on the list");
                         }
                     }
-                    Request::Apply(req, reply) => {
-                        // Appends queued before it commit first: commit order is queue order.
-                        apply = Some((req, reply));
+                    Request::Apply(reqs, reply) => {
+                        // Appends queued before it commit first: commit order is queue
+                        // order. Applies queued right behind it (other peer links) join
+                        // its batch; anything else waits for the next round.
+                        applies.push((reqs, reply));
+                        while applies.len() < MAX_APPLIES_TOGETHER {
+                            match rx.try_recv() {
+                                Ok(Request::Apply(reqs, reply)) => applies.push((reqs, reply)),
+                                Ok(other) => {
+                                    carried = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
                         break;
                     }
                     Request::Shutdown(done) => {
@@ -101,8 +121,8 @@ impl Writer {
                     .collect();
                 let _ = reply.send(all);
             }
-            if let Some((req, reply)) = apply {
-                self.apply(req, reply);
+            if !applies.is_empty() {
+                self.apply_queued(applies);
             }
             // On the gateway's one-second tick, and at least once a second while
             // publishes keep the writer busy.
@@ -163,6 +183,35 @@ impl Writer {
                 error = %failure,
                 "memtable flush at shutdown failed; nothing acknowledged is lost (the journal is durable), the next open replays it"
             );
+        }
+    }
+
+    /// Apply the queued apply messages in one commit where their streams are
+    /// distinct, and answer each with its own results.
+    fn apply_queued(&mut self, applies: Vec<(Vec<super::replica::ApplyRequest>, ApplyReply)>) {
+        let counts: Vec<usize> = applies.iter().map(|(reqs, _)| reqs.len()).collect();
+        let (reqs, replies): (Vec<_>, Vec<_>) = applies.into_iter().unzip();
+        match self.apply_all(reqs.into_iter().flatten().collect()) {
+            Ok(all) => {
+                let mut all = all.into_iter();
+                for (n, reply) in counts.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(all.by_ref().take(n).collect()));
+                }
+            }
+            Err(e) => {
+                // The first gets the error itself; the others the store's refusal it
+                // caused, or its text.
+                let text = e.to_string();
+                let mut e = Some(e);
+                for reply in replies {
+                    let err = e.take().unwrap_or_else(|| {
+                        self.shared
+                            .refusal()
+                            .unwrap_or_else(|| StoreError::Io(std::io::Error::other(text.clone())))
+                    });
+                    let _ = reply.send(Err(err));
+                }
+            }
         }
     }
 
