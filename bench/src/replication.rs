@@ -279,6 +279,8 @@ async fn lag(a: &ReplicationArgs, producer: &Client, edge_url: &str) -> Result<F
     };
     let receive = async {
         let mut hist = latency_histogram();
+        // The worst lag of the messages sent in each second: where the tail comes from.
+        let mut worst_by_second = vec![0u64; a.seconds as usize + 1];
         let mut got = 0u64;
         while got < total {
             match sub.next_timeout(Duration::from_secs(30)).await {
@@ -291,7 +293,10 @@ async fn lag(a: &ReplicationArgs, producer: &Client, edge_url: &str) -> Result<F
                         .map(u64::from_le_bytes)
                         .context("payload without send time")?;
                     let now = t0.elapsed().as_micros() as u64;
-                    let _ = hist.record(now.saturating_sub(sent).max(1));
+                    let lag = now.saturating_sub(sent).max(1);
+                    let _ = hist.record(lag);
+                    let second = ((sent / 1_000_000) as usize).min(worst_by_second.len() - 1);
+                    worst_by_second[second] = worst_by_second[second].max(lag);
                     got += 1;
                 }
                 Some(Event::Gap { .. }) => bail!("lag: a gap on the edge"),
@@ -299,6 +304,11 @@ async fn lag(a: &ReplicationArgs, producer: &Client, edge_url: &str) -> Result<F
                 None => bail!("lag: {got} of {total} delivered on the edge"),
             }
         }
+        let worst: Vec<String> = worst_by_second
+            .iter()
+            .map(|us| format!("{:.1}", *us as f64 / 1000.0))
+            .collect();
+        eprintln!("bench: lag, worst per second sent (ms): {}", worst.join(" "));
         Ok(hist)
     };
     let (sent, hist) = tokio::join!(send, receive);

@@ -12,6 +12,87 @@ pub(super) const DEDUPE_BUDGET_MIN: usize = 10_000;
 /// pass never holds more than that many keys in memory.
 pub(super) const DEDUPE_BUDGET_MAX: usize = 1 << 18;
 
+/// How often the reclaimer looks for record tables wholly below a retention floor.
+pub(super) const RECLAIM_EVERY: Duration = Duration::from_secs(10);
+/// A stream's floor must have moved this many seqs since its tables were last
+/// dropped before the reclaimer tries again (each try writes the engine's manifest).
+pub(super) const RECLAIM_MIN_SEQS: u64 = 4096;
+
+/// Retention floors the reclaimer has not acted on yet; see [`Shared::reclaim`].
+#[derive(Default)]
+pub(super) struct Reclaim {
+    /// (topic id, origin id) → (floor now, floor at the last drop).
+    floors: HashMap<(u32, u32), (u64, u64)>,
+}
+
+impl Reclaim {
+    /// Retention moved a stream's floor to `low`.
+    pub(super) fn moved(&mut self, ids: (u32, u32), low: u64) {
+        let e = self.floors.entry(ids).or_insert((low, 1));
+        e.0 = e.0.max(low);
+    }
+
+    /// Streams worth a drop now; each is marked dropped at its current floor.
+    fn due(&mut self) -> Vec<((u32, u32), u64)> {
+        let mut out = Vec::new();
+        for (ids, (low, dropped)) in &mut self.floors {
+            if *low >= dropped.saturating_add(RECLAIM_MIN_SEQS) {
+                *dropped = *low;
+                out.push((*ids, *low));
+            }
+        }
+        out
+    }
+
+}
+
+impl Shared {
+    /// Give back the disk space of records retention removed: drop the record tables
+    /// that lie wholly below a stream's floor. Retention deletes with tombstones, and
+    /// the engine's leveled compaction reclaims a log trimmed at its head only slowly
+    /// (the one-hour soak grew the data directory by the ingest rate with a ten-minute
+    /// age limit); a table wholly below the floor holds nothing a reader may see, so
+    /// dropping it is a manifest edit. Keys below a floor that stay behind in tables
+    /// straddling it are never read (every read starts at the floor) and go when a
+    /// later drop or compaction takes their table. Returns how many streams were tried.
+    ///
+    /// # Errors
+    /// Engine errors (the next pass tries again when the floor moves on).
+    pub(super) fn reclaim(&self) -> Result<usize, StoreError> {
+        use fjall::AbstractTree as _;
+        let due = self.reclaim.lock().due();
+        for &((tid, oid), low) in &due {
+            self.records
+                .tree
+                .drop_range(record_key(tid, oid, 0)..record_key(tid, oid, low))
+                .map_err(fjall::Error::from)?;
+        }
+        Ok(due.len())
+    }
+}
+
+/// The reclaimer thread: every `every`, [`Shared::reclaim`]. Off the writer thread,
+/// because dropping tables waits for the engine's running compaction to finish.
+pub(super) fn spawn_reclaimer(shared: Arc<Shared>, every: Duration) -> std::io::Result<()> {
+    let weak = Arc::downgrade(&shared);
+    drop(shared);
+    std::thread::Builder::new()
+        .name("edgesync-reclaim".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(every);
+                let Some(s) = weak.upgrade() else { return };
+                if s.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                if let Err(e) = s.reclaim() {
+                    tracing::warn!(error = %e, "dropping record tables below retention floors failed");
+                }
+            }
+        })
+        .map(drop)
+}
+
 impl Writer {
     /// Retention, dedupe expiry and plugin kv tombstones; bounded work per call.
     pub(super) fn housekeeping(&mut self) {
@@ -176,6 +257,12 @@ impl Writer {
                 changed.push(name.clone());
             }
         }
+        let mut moved = Vec::new();
+        for name in &changed {
+            if let Some(t) = index.topics.get(name) {
+                moved.extend(t.streams.iter().map(|(oid, s)| ((t.id, *oid), s.low)));
+            }
+        }
         if !changed.is_empty() {
             // Readers see the new floors before the records go: a reader that finds a
             // hole then finds the floor above it and reports `retention`, never
@@ -186,6 +273,10 @@ impl Writer {
             publish_index(shared, index, &changed);
             batch.commit()?;
             shared.db.persist(PersistMode::Buffer)?;
+            let mut reclaim = shared.reclaim.lock();
+            for (ids, low) in moved {
+                reclaim.moved(ids, low);
+            }
             tracing::debug!(topics = changed.len(), "retention applied");
         }
         Ok(())

@@ -400,6 +400,9 @@ struct Shared {
     lww: parking_lot::Mutex<lww::LwwState>,
     /// The wall clock (LWW stamps; the writer holds its own handle).
     clock: SharedClock,
+    /// Streams whose retention floor moved, for the reclaimer (`housekeeping`):
+    /// (topic id, origin id) → floor now, and the floor its tables were last dropped at.
+    reclaim: parking_lot::Mutex<housekeeping::Reclaim>,
 }
 
 impl Shared {
@@ -514,6 +517,7 @@ impl Store {
             replayed_bytes,
             lww: parking_lot::Mutex::new(lww::LwwState::new(opts.kv_tombstone_ttl)),
             clock: opts.clock.clone(),
+            reclaim: parking_lot::Mutex::new(housekeeping::Reclaim::default()),
         });
         shared.open_lww(opts.inspect)?;
         if !opts.inspect && replayed_bytes > 0 {
@@ -541,6 +545,9 @@ impl Store {
         std::thread::Builder::new()
             .name("edgesync-store".into())
             .spawn(move || writer.run(rx))?;
+        if !opts.inspect {
+            housekeeping::spawn_reclaimer(shared.clone(), housekeeping::RECLAIM_EVERY)?;
+        }
         if let FsyncPolicy::Interval(every) = opts.fsync {
             spawn_syncer(shared.clone(), every).inspect_err(|e| {
                 tracing::error!(error = %e, "could not start the fsync thread of policy `interval`; the store does not open");
