@@ -18,6 +18,7 @@
 //! `rounds` rounds (default 3); the report gives each figure's median over the rounds
 //! and its spread (min, max).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -281,6 +282,8 @@ async fn lag(a: &ReplicationArgs, producer: &Client, edge_url: &str) -> Result<F
         let mut hist = latency_histogram();
         // The worst lag of the messages sent in each second: where the tail comes from.
         let mut worst_by_second = vec![0u64; a.seconds as usize + 1];
+        // Per topic, deliveries later than a second: is the tail one stream or all?
+        let mut late_by_topic: BTreeMap<String, u64> = BTreeMap::new();
         let mut got = 0u64;
         while got < total {
             match sub.next_timeout(Duration::from_secs(30)).await {
@@ -297,6 +300,9 @@ async fn lag(a: &ReplicationArgs, producer: &Client, edge_url: &str) -> Result<F
                     let _ = hist.record(lag);
                     let second = ((sent / 1_000_000) as usize).min(worst_by_second.len() - 1);
                     worst_by_second[second] = worst_by_second[second].max(lag);
+                    if lag > 1_000_000 {
+                        *late_by_topic.entry(m.topic.clone()).or_default() += 1;
+                    }
                     got += 1;
                 }
                 Some(Event::Gap { .. }) => bail!("lag: a gap on the edge"),
@@ -308,7 +314,11 @@ async fn lag(a: &ReplicationArgs, producer: &Client, edge_url: &str) -> Result<F
             .iter()
             .map(|us| format!("{:.1}", *us as f64 / 1000.0))
             .collect();
-        eprintln!("bench: lag, worst per second sent (ms): {}", worst.join(" "));
+        eprintln!(
+            "bench: lag, worst per second sent (ms): {}",
+            worst.join(" ")
+        );
+        eprintln!("bench: lag, deliveries over 1 s late by topic: {late_by_topic:?}");
         Ok(hist)
     };
     let (sent, hist) = tokio::join!(send, receive);

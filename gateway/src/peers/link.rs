@@ -42,7 +42,7 @@ use tokio::sync::{broadcast, mpsc};
 use super::Peers;
 use crate::config::PeerDirection;
 use crate::presence::{PRESENCE_NAMESPACE, Presence};
-use crate::store::{ApplyRequest, Applied, Committed, LwwBatch, Record, Store};
+use crate::store::{Applied, ApplyRequest, Committed, LwwBatch, Record, Store};
 
 /// QUIC application close code: the link ended normally.
 pub const CLOSE_NORMAL: u32 = 0x0;

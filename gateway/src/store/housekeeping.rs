@@ -43,7 +43,6 @@ impl Reclaim {
         }
         out
     }
-
 }
 
 impl Shared {

@@ -638,7 +638,10 @@ impl Writer {
     /// distinct (topic, origin) streams (a stream named again starts the next batch,
     /// so each request sees the ones before it committed). Every request is answered
     /// from the same commit; a failed commit fails them all.
-    pub(super) fn apply_all(&mut self, reqs: Vec<ApplyRequest>) -> Result<Vec<Applied>, StoreError> {
+    pub(super) fn apply_all(
+        &mut self,
+        reqs: Vec<ApplyRequest>,
+    ) -> Result<Vec<Applied>, StoreError> {
         let mut out = Vec::with_capacity(reqs.len());
         let mut segment: Vec<ApplyRequest> = Vec::new();
         for req in reqs {
@@ -696,8 +699,7 @@ impl Writer {
             let local = req.origin == shared.local;
             if let Some(t) = index.topics.get_mut(&req.topic) {
                 for r in records {
-                    result =
-                        result.and_then(|()| ab.record(t, &mut digests, r, req.repair, local));
+                    result = result.and_then(|()| ab.record(t, &mut digests, r, req.repair, local));
                 }
                 for &g in &req.gaps {
                     ab.gap(t, &mut digests, g);

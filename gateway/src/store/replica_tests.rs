@@ -523,14 +523,26 @@ fn apply_all_commits_distinct_streams_with_one_fsync_and_answers_in_order() {
     let before = syncs.0.load(std::sync::atomic::Ordering::Relaxed);
     let all = rt()
         .block_on(store.apply_all(vec![
-            req("a", &peer(), (1..=3).map(|s| foreign("a", s, hlc)).collect()),
-            req("b", &peer(), (1..=2).map(|s| foreign("b", s, hlc)).collect()),
+            req(
+                "a",
+                &peer(),
+                (1..=3).map(|s| foreign("a", s, hlc)).collect(),
+            ),
+            req(
+                "b",
+                &peer(),
+                (1..=2).map(|s| foreign("b", s, hlc)).collect(),
+            ),
             // The earlier copy first: the later one, in the same batch, must not
             // replace its entry (it cannot be read back before the commit).
             req("t", &c, vec![keyed(&c, 1, hlc - 5, &retried)]),
             req("t", &b, vec![keyed(&b, 1, hlc + 5, &retried)]),
             // "a" of the same origin again: its own batch, after the first.
-            req("a", &peer(), vec![foreign("a", 5, hlc), foreign("a", 4, hlc)]),
+            req(
+                "a",
+                &peer(),
+                vec![foreign("a", 5, hlc), foreign("a", 4, hlc)],
+            ),
             // Bytes of another topic: rejected, answered in its place.
             req("b", &b, vec![foreign("a", 9, hlc)]),
         ]))

@@ -576,7 +576,10 @@ fn tables_wholly_below_a_retention_floor_are_dropped() {
     // Retention keeps the newest 1,000: seqs 1..=14000 go (tombstones, no space back).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while store.topics()[0].messages != 1000 {
-        assert!(std::time::Instant::now() < deadline, "retention did not run");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retention did not run"
+        );
         store.tick();
         std::thread::sleep(Duration::from_millis(20));
     }
