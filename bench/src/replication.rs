@@ -259,22 +259,28 @@ async fn lag(a: &ReplicationArgs, producer: &Client, edge_url: &str) -> Result<F
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         let per_tick = (a.rate / 100).max(1);
         let mut sent = 0u64;
-        let mut acks = futures_util::stream::FuturesUnordered::new();
+        // Each publish is its own task, so it goes out when it is made. (Futures kept in
+        // a `FuturesUnordered` polled with `now_or_never` once per tick started only as
+        // many as one poll reached before tokio's cooperative budget ran out; the rest
+        // went out when publishing ended, and the "lag" measured was the bench's own
+        // queue: seconds-old sends stamped when made, all topics alike.)
+        let mut acks = tokio::task::JoinSet::new();
         while sent < total {
             tick.tick().await;
             for _ in 0..per_tick.min(total - sent) {
                 let mut body = (t0.elapsed().as_micros() as u64).to_le_bytes().to_vec();
                 body.resize(8 + pad, 0);
                 let topic = format!("bench.lag.t{}", sent % 8);
-                acks.push(async move { producer.publish(&topic, body).await });
+                let p = producer.clone();
+                acks.spawn_local(async move { p.publish(&topic, body).await });
                 sent += 1;
             }
-            while let Some(Some(r)) = futures_util::FutureExt::now_or_never(acks.next()) {
-                r.context("lag publish")?;
+            while let Some(r) = acks.try_join_next() {
+                r.context("lag publish task")?.context("lag publish")?;
             }
         }
-        while let Some(r) = acks.next().await {
-            r.context("lag publish")?;
+        while let Some(r) = acks.join_next().await {
+            r.context("lag publish task")?.context("lag publish")?;
         }
         anyhow::Ok(())
     };
