@@ -192,7 +192,9 @@ impl Store {
     /// (a peer link applies everything that queued while its last apply ran this way).
     ///
     /// # Errors
-    /// As [`Store::apply`]; a failed commit fails every request.
+    /// As [`Store::apply`]; a failed commit fails every request (when the requests took
+    /// two batches, the first may be durable: applies are idempotent, and the failure
+    /// poisons the store).
     pub async fn apply_all(&self, reqs: Vec<ApplyRequest>) -> Result<Vec<Applied>, StoreError> {
         if let Some(e) = self.shared.refusal() {
             return Err(e);
@@ -636,8 +638,8 @@ impl Writer {
 
     /// Apply requests in order: one atomic batch and one fsync for as many as name
     /// distinct (topic, origin) streams (a stream named again starts the next batch,
-    /// so each request sees the ones before it committed). Every request is answered
-    /// from the same commit; a failed commit fails them all.
+    /// so each request sees the ones before it committed). A failed commit fails them
+    /// all, though an earlier batch may be durable (see [`Store::apply_all`]).
     pub(super) fn apply_all(
         &mut self,
         reqs: Vec<ApplyRequest>,
