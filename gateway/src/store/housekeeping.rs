@@ -73,23 +73,15 @@ impl Shared {
 /// The reclaimer thread: every `every`, [`Shared::reclaim`]. Off the writer thread,
 /// because dropping tables waits for the engine's running compaction to finish.
 pub(super) fn spawn_reclaimer(shared: Arc<Shared>, every: Duration) -> std::io::Result<()> {
-    let weak = Arc::downgrade(&shared);
-    drop(shared);
-    std::thread::Builder::new()
-        .name("edgesync-reclaim".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(s) = weak.upgrade() else { return };
-                if s.poisoned.load(std::sync::atomic::Ordering::Acquire) {
-                    return;
-                }
-                if let Err(e) = s.reclaim() {
-                    tracing::warn!(error = %e, "dropping record tables below retention floors failed");
-                }
-            }
-        })
-        .map(drop)
+    spawn_periodic(shared, "edgesync-reclaim", every, |s| {
+        if s.poisoned.load(std::sync::atomic::Ordering::Acquire) {
+            return false;
+        }
+        if let Err(e) = s.reclaim() {
+            tracing::warn!(error = %e, "dropping record tables below retention floors failed");
+        }
+        true
+    })
 }
 
 impl Writer {
@@ -256,12 +248,6 @@ impl Writer {
                 changed.push(name.clone());
             }
         }
-        let mut moved = Vec::new();
-        for name in &changed {
-            if let Some(t) = index.topics.get(name) {
-                moved.extend(t.streams.iter().map(|(oid, s)| ((t.id, *oid), s.low)));
-            }
-        }
         if !changed.is_empty() {
             // Readers see the new floors before the records go: a reader that finds a
             // hole then finds the floor above it and reports `retention`, never
@@ -273,8 +259,10 @@ impl Writer {
             batch.commit()?;
             shared.db.persist(PersistMode::Buffer)?;
             let mut reclaim = shared.reclaim.lock();
-            for (ids, low) in moved {
-                reclaim.moved(ids, low);
+            for t in changed.iter().filter_map(|name| index.topics.get(name)) {
+                for (oid, s) in &t.streams {
+                    reclaim.moved((t.id, *oid), s.low);
+                }
             }
             tracing::debug!(topics = changed.len(), "retention applied");
         }

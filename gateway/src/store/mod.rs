@@ -96,7 +96,7 @@ use keys::{
     publish_key, record_key,
 };
 use recover::recover;
-use writer::{DedupeEntry, Writer, spawn_syncer};
+use writer::{DedupeEntry, Writer, spawn_periodic, spawn_syncer};
 
 pub use lww::{
     DEFAULT_KV_TOMBSTONE_TTL, KV_NAMESPACE_PREFIX, LWW_MAX_DRIFT_MS, LWW_SOURCE_LOCAL, LwwBatch,

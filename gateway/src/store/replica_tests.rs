@@ -485,16 +485,6 @@ fn replicated_records_answer_retried_publishes_with_the_original_ack() {
     rt().block_on(store.shutdown());
 }
 
-/// Counts the writer's fsyncs.
-#[derive(Default)]
-struct Syncs(std::sync::atomic::AtomicUsize);
-
-impl StoreObserver for Syncs {
-    fn synced(&self, _elapsed: Duration) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
 /// A peer link's round: requests for several streams share one atomic batch and one
 /// fsync; a stream named again starts the next batch (it sees the first committed);
 /// answers come back in request order; two streams carrying one publish key in the
@@ -502,7 +492,7 @@ impl StoreObserver for Syncs {
 #[test]
 fn apply_all_commits_distinct_streams_with_one_fsync_and_answers_in_order() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let syncs = Arc::new(Syncs::default());
+    let syncs = Arc::new(super::tests::Recorder::default());
     let mut opts = StoreOptions::new(dir.path());
     opts.observer = syncs.clone();
     let (store, mut rx) = Store::open(opts).expect("open");
@@ -520,7 +510,7 @@ fn apply_all_commits_distinct_streams_with_one_fsync_and_answers_in_order() {
     };
     let (b, c) = (Origin::new("peer-b", 1), Origin::new("peer-c", 1));
     let retried = publish("alice", "m-9");
-    let before = syncs.0.load(std::sync::atomic::Ordering::Relaxed);
+    let before = syncs.syncs.load(std::sync::atomic::Ordering::Relaxed);
     let all = rt()
         .block_on(store.apply_all(vec![
             req(
@@ -547,7 +537,7 @@ fn apply_all_commits_distinct_streams_with_one_fsync_and_answers_in_order() {
             req("b", &b, vec![foreign("a", 9, hlc)]),
         ]))
         .expect("apply_all");
-    let after = syncs.0.load(std::sync::atomic::Ordering::Relaxed);
+    let after = syncs.syncs.load(std::sync::atomic::Ordering::Relaxed);
     assert_eq!(after - before, 2, "one fsync per batch of distinct streams");
     let durable: Vec<RangeSet> = all.iter().map(|a| a.durable.clone()).collect();
     assert_eq!(

@@ -263,9 +263,9 @@ fn missing_tail_record_starts_a_new_epoch() {
 
 /// Records what the writer reports, for the observer test.
 #[derive(Default)]
-struct Recorder {
+pub(super) struct Recorder {
     commits: parking_lot::Mutex<Vec<CommitStats>>,
-    syncs: std::sync::atomic::AtomicUsize,
+    pub(super) syncs: std::sync::atomic::AtomicUsize,
 }
 
 impl StoreObserver for Recorder {

@@ -540,18 +540,34 @@ pub(super) fn flush_memtables(shared: &Shared, deadline: Duration) -> Result<(),
 /// # Errors
 /// The thread could not be started: the store would never fsync, so it must not open.
 pub(super) fn spawn_syncer(shared: Arc<Shared>, every: Duration) -> std::io::Result<()> {
+    spawn_periodic(shared, "edgesync-fsync", every, |s| {
+        if s.persist().is_err() {
+            // `persist` poisoned the store and logged the cause at ERROR: no
+            // more acknowledgements, so there is nothing left to sync.
+            s.observer.durability_error("syncer");
+            return false;
+        }
+        true
+    })
+}
+
+/// A thread that runs `tick` every `every` while the store is open (it holds only a
+/// weak handle) and `tick` returns true.
+pub(super) fn spawn_periodic(
+    shared: Arc<Shared>,
+    name: &str,
+    every: Duration,
+    mut tick: impl FnMut(&Shared) -> bool + Send + 'static,
+) -> std::io::Result<()> {
     let weak = Arc::downgrade(&shared);
     drop(shared);
     std::thread::Builder::new()
-        .name("edgesync-fsync".into())
+        .name(name.into())
         .spawn(move || {
             loop {
                 std::thread::sleep(every);
                 let Some(s) = weak.upgrade() else { return };
-                if s.persist().is_err() {
-                    // `persist` poisoned the store and logged the cause at ERROR: no
-                    // more acknowledgements, so there is nothing left to sync.
-                    s.observer.durability_error("syncer");
+                if !tick(&s) {
                     return;
                 }
             }
